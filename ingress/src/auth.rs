@@ -1,0 +1,170 @@
+//! Webhook tokens.
+//!
+//! Drop Cowboy signs nothing, so a secret in the callback URL is the only way
+//! to tell its calls from anyone else's. The token may arrive as the `token`
+//! query parameter, as `Authorization: Bearer <token>`, or as the password of
+//! HTTP Basic auth (a callback URL `https://corral:<token>@host/...`).
+//!
+//! Candidates and configured tokens are compared as SHA-256 digests with a
+//! constant-time equality, every configured token every time, so neither the
+//! position of the first wrong byte nor the length of a token leaks through
+//! timing.
+
+use actix_web::{HttpRequest, http::header};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The accepted tokens, kept only as digests.
+#[derive(Clone)]
+pub struct Tokens {
+    /// Digests of the configured tokens; empty means authentication is off.
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print tokens or their digests.
+        f.debug_struct("Tokens")
+            .field("count", &self.digests.len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Tokens to accept; an empty list turns authentication off.
+    pub fn new(tokens: &[String]) -> Self {
+        Self {
+            digests: tokens.iter().map(|t| digest(t.as_bytes())).collect(),
+        }
+    }
+
+    /// Whether requests need a token at all.
+    pub fn enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    /// Whether `request` carries an accepted token in any of the three places.
+    pub fn authorizes(&self, request: &HttpRequest) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let mut accepted = false;
+        for candidate in candidates(request) {
+            accepted |= self.matches(candidate.as_bytes());
+        }
+        accepted
+    }
+
+    fn matches(&self, candidate: &[u8]) -> bool {
+        let candidate = digest(candidate);
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, token| {
+                acc | token.ct_eq(&candidate)
+            })
+            .into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Every token the request offers, from the query and the Authorization header.
+fn candidates(request: &HttpRequest) -> Vec<String> {
+    let mut found: Vec<String> = form_urlencoded::parse(request.query_string().as_bytes())
+        .filter(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    if let Some(value) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            found.push(credentials.to_owned());
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let password = base64::engine::general_purpose::STANDARD
+                .decode(credentials)
+                .ok()
+                .and_then(|decoded| String::from_utf8(decoded).ok())
+                .and_then(|pair| {
+                    pair.split_once(':')
+                        .map(|(_, password)| password.to_owned())
+                });
+            found.extend(password);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens::new(&["old-secret".into(), "new-secret".into()])
+    }
+
+    #[test]
+    fn each_place_and_each_rotated_token_is_accepted() {
+        let basic = base64::engine::general_purpose::STANDARD.encode("corral:new-secret");
+        for request in [
+            TestRequest::post()
+                .uri("/x?token=old-secret")
+                .to_http_request(),
+            TestRequest::post()
+                .uri("/x?a=1&token=new%2Dsecret")
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", "Bearer new-secret"))
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", format!("Basic {basic}")))
+                .to_http_request(),
+        ] {
+            assert!(tokens().authorizes(&request), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_missing_and_malformed_tokens_are_refused() {
+        let wrong_basic = base64::engine::general_purpose::STANDARD.encode("new-secret:nope");
+        for request in [
+            TestRequest::post().uri("/x").to_http_request(),
+            TestRequest::post().uri("/x?token=").to_http_request(),
+            TestRequest::post()
+                .uri("/x?token=new-secre")
+                .to_http_request(),
+            TestRequest::post()
+                .uri("/x?tok=new-secret")
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", "Bearer"))
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", "Token new-secret"))
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", "Basic !!!"))
+                .to_http_request(),
+            TestRequest::post()
+                .insert_header(("Authorization", format!("Basic {wrong_basic}")))
+                .to_http_request(),
+        ] {
+            assert!(!tokens().authorizes(&request), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn no_tokens_means_authentication_is_off() {
+        let open = Tokens::new(&[]);
+        assert!(!open.enabled());
+        assert!(open.authorizes(&TestRequest::post().uri("/x").to_http_request()));
+    }
+}

@@ -1,0 +1,153 @@
+//! corral-ingress settings: every `CORRAL_*` variable is also a `--flag`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use corral_shared::config::{AmqpSettings, LogSettings};
+
+/// Takes Drop Cowboy delivery-status webhooks and answers 200 only once
+/// RabbitMQ has durably confirmed them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "corral-ingress", version, about, long_about = None)]
+pub struct IngressConfig {
+    /// Address of the public webhook listener.
+    #[arg(long, env = "CORRAL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CORRAL_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: String,
+
+    /// Accepted webhook tokens, comma-separated (several allow rotation). Sent
+    /// as `?token=`, `Authorization: Bearer`, or the password of Basic auth.
+    #[arg(
+        long = "webhook-tokens",
+        env = "CORRAL_WEBHOOK_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_tokens: Vec<String>,
+
+    /// Accept webhooks without any token. For local development only: anyone
+    /// who can reach the listener can then write into your database.
+    #[arg(long, env = "CORRAL_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(2..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Deadline for RabbitMQ to confirm a publish, in milliseconds; past it the
+    /// webhook gets 503 with Retry-After.
+    #[arg(long, env = "CORRAL_PUBLISH_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_timeout_ms: u64,
+
+    /// Most publishes awaiting a confirm at once; bounds memory when the broker is slow.
+    #[arg(long, env = "CORRAL_MAX_IN_FLIGHT", default_value_t = 2_048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// How long a request waits for an in-flight slot before it gets 503, in milliseconds.
+    #[arg(long, env = "CORRAL_IN_FLIGHT_WAIT_MS", default_value_t = 250)]
+    pub in_flight_wait_ms: u64,
+
+    /// Confirm-mode channels publishes are spread over.
+    #[arg(long, env = "CORRAL_AMQP_CHANNELS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub amqp_channels: u16,
+
+    /// HTTP worker threads; 0 means one per CPU.
+    #[arg(long, env = "CORRAL_HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(long, env = "CORRAL_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u32,
+
+    /// After a shutdown signal, how long /readyz answers 503 while the listener
+    /// still serves, in milliseconds, so a load balancer stops sending first.
+    #[arg(long, env = "CORRAL_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+
+    /// Longest wait for requests in flight to finish at shutdown, in milliseconds.
+    #[arg(long, env = "CORRAL_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No token and no explicit opt-out.
+    #[error(
+        "no webhook token configured: set CORRAL_WEBHOOK_TOKENS (comma-separated), \
+         or pass --allow-unauthenticated for local development"
+    )]
+    NoTokens,
+    /// The publish deadline is shorter than the wait for a slot, or longer than
+    /// the shutdown drain, so in-flight requests could outlive shutdown.
+    #[error(
+        "CORRAL_SHUTDOWN_TIMEOUT_MS ({shutdown} ms) must exceed CORRAL_PUBLISH_TIMEOUT_MS \
+         ({publish} ms), or shutdown would cut requests still awaiting their confirm"
+    )]
+    ShutdownShorterThanPublish {
+        /// Shutdown timeout in ms.
+        shutdown: u64,
+        /// Publish timeout in ms.
+        publish: u64,
+    },
+}
+
+impl IngressConfig {
+    /// A configuration for tests and tools: ports chosen by the OS, one token,
+    /// the local broker under `prefix`.
+    pub fn for_tests(prefix: &str, token: &str) -> Self {
+        let mut config = Self::parse_from(["corral-ingress"]);
+        config.listen = "127.0.0.1:0".into();
+        config.admin_listen = "127.0.0.1:0".into();
+        config.webhook_tokens = vec![token.into()];
+        config.http_workers = 2;
+        config.amqp = AmqpSettings::local(prefix);
+        config
+    }
+
+    /// Tokens with surrounding blanks and empty entries removed.
+    pub fn tokens(&self) -> Vec<String> {
+        self.webhook_tokens
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// Checks the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tokens().is_empty() && !self.allow_unauthenticated {
+            return Err(ConfigError::NoTokens);
+        }
+        if self.shutdown_timeout_ms <= self.publish_timeout_ms {
+            return Err(ConfigError::ShutdownShorterThanPublish {
+                shutdown: self.shutdown_timeout_ms,
+                publish: self.publish_timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// The publish deadline.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The shutdown drain bound.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}

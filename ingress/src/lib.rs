@@ -1,0 +1,189 @@
+//! corral-ingress: takes Drop Cowboy delivery-status webhooks off the
+//! internet and answers `200 {"id": …}` only once RabbitMQ has durably
+//! confirmed each one.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings (`CORRAL_*` / `--flags`) and their validation.
+//! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
+//! - [`webhook`]: the routes and their errors, cheapest check first.
+//! - [`publisher`]: persistent, mandatory publishes with confirms over a
+//!   self-healing broker link, with bounded memory.
+//! - [`Application`]: binds both listeners and runs until the shutdown token
+//!   is cancelled, then drains.
+
+pub mod auth;
+pub mod config;
+pub mod publisher;
+pub mod webhook;
+
+use std::{net::TcpListener, time::Duration};
+
+use actix_web::{App, HttpServer, dev::Server, web};
+use anyhow::Context as _;
+use corral_shared::{admin, admin::Health, telemetry};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Tokens,
+    config::IngressConfig,
+    publisher::{Publisher, PublisherSettings},
+    webhook::WebhookState,
+};
+
+/// The running ingress: both listeners bound, the publisher connecting.
+pub struct Application {
+    config: IngressConfig,
+    port: u16,
+    admin_port: u16,
+    server: Server,
+    admin: Server,
+    publisher: Publisher,
+    supervisor: tokio::task::JoinHandle<()>,
+    health: Health,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .field("admin_port", &self.admin_port)
+            .finish()
+    }
+}
+
+impl Application {
+    /// Validates `config`, binds the listeners (port 0 picks a free one) and
+    /// starts connecting to the broker in the background. `shutdown` stops it.
+    pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        config.validate()?;
+        corral_shared::amqp::parse_url(&config.amqp.url)?;
+        let prometheus = telemetry::prometheus();
+        telemetry::metrics::register_binary("corral-ingress");
+
+        let tokens = config.tokens();
+        if tokens.is_empty() {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {} can \
+                 write webhooks into your database. Never run this way in production.",
+                config.listen
+            );
+        }
+
+        let health = Health::new(false);
+        let (publisher, supervisor) = Publisher::start(
+            PublisherSettings {
+                amqp: config.amqp.clone(),
+                channels: config.amqp_channels,
+                max_in_flight: config.max_in_flight,
+                in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
+                publish_timeout: config.publish_timeout(),
+            },
+            health.clone(),
+            shutdown.child_token(),
+        );
+
+        let state = web::Data::new(WebhookState {
+            tokens: Tokens::new(&tokens),
+            publisher: publisher.clone(),
+            max_body_bytes: config.max_body_bytes as usize,
+            retry_after_secs: config.retry_after_secs,
+        });
+        let listener = TcpListener::bind(&config.listen)
+            .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let workers = match config.http_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .service(
+                    web::resource("/webhooks/dropcowboy/sms")
+                        .route(web::post().to(webhook::sms))
+                        .default_service(web::to(webhook::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks/dropcowboy/rvm")
+                        .route(web::post().to(webhook::rvm))
+                        .default_service(web::to(webhook::method_not_allowed)),
+                )
+                .default_service(web::to(webhook::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout().as_secs().max(1))
+        .listen(listener)?
+        .run();
+
+        let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
+            .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
+        tracing::info!(port, admin_port, workers, "corral-ingress listening");
+
+        Ok(Self {
+            config,
+            port,
+            admin_port,
+            server,
+            admin,
+            publisher,
+            supervisor,
+            health,
+            shutdown,
+        })
+    }
+
+    /// Port of the webhook listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Port of the admin listener.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// The publisher (tests wait on its connection).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: `/readyz`
+    /// turns 503, the listener stops accepting after `CORRAL_DRAIN_DELAY_MS`,
+    /// requests in flight finish (their confirms awaited, bounded by
+    /// `CORRAL_SHUTDOWN_TIMEOUT_MS`), and the broker connection closes.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            server,
+            admin,
+            publisher,
+            supervisor,
+            health,
+            shutdown,
+            ..
+        } = self;
+        let server_handle = server.handle();
+        let admin_handle = admin.handle();
+        let serving = tokio::spawn(server);
+        let admin_serving = tokio::spawn(admin);
+
+        shutdown.cancelled().await;
+        health.start_draining();
+        tracing::info!("draining: /readyz answers 503");
+        if config.drain_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
+        }
+        // Graceful stop: no new connections, in-flight requests run to their answer.
+        server_handle.stop(true).await;
+        serving.await.context("webhook server task")??;
+        publisher.close(config.publish_timeout()).await;
+        let _ = supervisor.await;
+        admin_handle.stop(true).await;
+        admin_serving.await.context("admin server task")??;
+        tracing::info!("corral-ingress stopped");
+        Ok(())
+    }
+}

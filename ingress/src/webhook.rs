@@ -1,0 +1,331 @@
+//! The webhook routes: authenticate, bound, check it is a JSON object,
+//! publish, and answer 200 only once RabbitMQ confirmed.
+//!
+//! The checks run cheapest-first (token, media type, declared length, then
+//! the body) and nothing is published for a request that fails any of them.
+//! The payload's fields are not judged here: typing is the worker's job, so a
+//! change in the provider's format never turns into a lost webhook.
+
+use std::time::Instant;
+
+use actix_web::{
+    HttpRequest, HttpResponse, ResponseError,
+    http::{StatusCode, header},
+    web,
+};
+use bytes::BytesMut;
+use chrono::Utc;
+use corral_shared::{envelope::Kind, telemetry::metrics};
+use futures_util::StreamExt;
+use serde::de::IgnoredAny;
+use uuid::Uuid;
+
+use crate::{
+    auth::Tokens,
+    publisher::{PublishError, Publisher},
+};
+
+/// What the webhook handlers share.
+#[derive(Debug)]
+pub struct WebhookState {
+    /// Accepted tokens.
+    pub tokens: Tokens,
+    /// The broker link.
+    pub publisher: Publisher,
+    /// `CORRAL_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// Seconds for `Retry-After` on 503.
+    pub retry_after_secs: u32,
+}
+
+/// Why a webhook was not accepted. The `Display` text is the `error` field of
+/// the response body, so it says what is wrong without revealing internals.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// No token, or not an accepted one.
+    #[error("missing or invalid token")]
+    Unauthorized,
+    /// A `Content-Type` that is not JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// Body over the limit.
+    #[error("body exceeds {limit} bytes")]
+    TooLarge {
+        /// `CORRAL_MAX_BODY_BYTES`.
+        limit: usize,
+    },
+    /// Body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// Body is JSON, but not an object.
+    #[error("body must be a JSON object")]
+    NotObject,
+    /// The body could not be read (the client went away mid-body).
+    #[error("could not read the request body")]
+    BodyRead(#[source] actix_web::error::PayloadError),
+    /// The broker did not take the webhook.
+    #[error("temporarily unable to accept webhooks; retry later")]
+    Unavailable {
+        /// What went wrong, for the log line only.
+        #[source]
+        cause: PublishError,
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u32,
+    },
+}
+
+impl WebhookError {
+    /// The `corral_ingress_rejected_total{reason}` label, for rejections.
+    fn reject_reason(&self) -> Option<&'static str> {
+        match self {
+            WebhookError::Unauthorized => Some("unauthorized"),
+            WebhookError::UnsupportedMediaType => Some("unsupported_media_type"),
+            WebhookError::TooLarge { .. } => Some("too_large"),
+            WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => Some("invalid_json"),
+            WebhookError::NotObject => Some("not_object"),
+            WebhookError::Unavailable { .. } => None,
+        }
+    }
+}
+
+impl ResponseError for WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebhookError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::InvalidJson(_) | WebhookError::NotObject | WebhookError::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            // Senders that put `user:token@` in a callback URL only send the
+            // credentials after this challenge.
+            WebhookError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, r#"Basic realm="corral""#));
+            }
+            WebhookError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+/// `POST /webhooks/dropcowboy/sms`
+pub async fn sms(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    handle(Kind::Sms, request, body, state).await
+}
+
+/// `POST /webhooks/dropcowboy/rvm`
+pub async fn rvm(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    handle(Kind::Rvm, request, body, state).await
+}
+
+async fn handle(
+    kind: Kind,
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let message_id = Uuid::now_v7();
+    let route = kind.as_str();
+    let response = match accept(kind, message_id, &request, body, &state).await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "id": message_id })),
+        Err(err) => {
+            // Only the path is logged: the query string may hold the token.
+            let error = corral_shared::amqp::error_chain(&err);
+            if let Some(reason) = err.reject_reason() {
+                metrics::ingress_rejected(reason);
+                tracing::info!(
+                    route,
+                    reason,
+                    error,
+                    path = request.path(),
+                    "webhook rejected"
+                );
+            } else if let WebhookError::Unavailable { cause, .. } = &err {
+                metrics::ingress_publish_failed(cause.cause());
+                tracing::warn!(route, %message_id, cause = cause.cause(), error, "webhook not accepted: 503");
+            }
+            err.error_response()
+        }
+    };
+    metrics::ingress_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn accept(
+    kind: Kind,
+    message_id: Uuid,
+    request: &HttpRequest,
+    mut body: web::Payload,
+    state: &WebhookState,
+) -> Result<(), WebhookError> {
+    if !state.tokens.authorizes(request) {
+        return Err(WebhookError::Unauthorized);
+    }
+    check_media_type(request)?;
+    let limit = state.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(WebhookError::TooLarge { limit });
+    }
+    let received_at = Utc::now();
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(WebhookError::BodyRead)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(WebhookError::TooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    check_json_object(&bytes)?;
+
+    let confirm = state
+        .publisher
+        .publish(kind, &bytes, message_id, received_at)
+        .await
+        .map_err(|cause| WebhookError::Unavailable {
+            cause,
+            retry_after_secs: state.retry_after_secs,
+        })?;
+    metrics::ingress_published(kind.as_str(), confirm);
+    tracing::debug!(route = kind.as_str(), %message_id, bytes = bytes.len(), "webhook accepted");
+    Ok(())
+}
+
+/// A missing `Content-Type` is accepted (some senders omit it); a present one
+/// must be `application/json` or a `+json` type.
+fn check_media_type(request: &HttpRequest) -> Result<(), WebhookError> {
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime: mime::Mime = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(WebhookError::UnsupportedMediaType)?;
+    let json = mime.type_() == mime::APPLICATION
+        && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON));
+    if json {
+        Ok(())
+    } else {
+        Err(WebhookError::UnsupportedMediaType)
+    }
+}
+
+/// Validates the whole document without building it, then checks its top level.
+fn check_json_object(body: &[u8]) -> Result<(), WebhookError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|err| WebhookError::InvalidJson(format!("not UTF-8 ({err})")))?;
+    serde_json::from_str::<IgnoredAny>(text)
+        .map_err(|err| WebhookError::InvalidJson(err.to_string()))?;
+    if text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        Ok(())
+    } else {
+        Err(WebhookError::NotObject)
+    }
+}
+
+/// Any other route: 404 with a JSON body.
+pub async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({ "error": "not found" }))
+}
+
+/// A webhook route with another method: 405.
+pub async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(serde_json::json!({ "error": "method not allowed; use POST" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_pass_and_everything_else_is_named() {
+        assert!(check_json_object(b" {\"a\": [1, {\"b\": null}]}\n").is_ok());
+        assert!(matches!(
+            check_json_object(b"[1]"),
+            Err(WebhookError::NotObject)
+        ));
+        assert!(matches!(
+            check_json_object(b"\"str\""),
+            Err(WebhookError::NotObject)
+        ));
+        assert!(matches!(
+            check_json_object(b"42"),
+            Err(WebhookError::NotObject)
+        ));
+        assert!(matches!(
+            check_json_object(b"{\"a\":1"),
+            Err(WebhookError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            check_json_object(b"{} {}"),
+            Err(WebhookError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            check_json_object(b""),
+            Err(WebhookError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            check_json_object(b"{\"a\":\"\xff\"}"),
+            Err(WebhookError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn media_types_other_than_json_are_unsupported() {
+        use actix_web::test::TestRequest;
+        let with = |ct: &str| {
+            TestRequest::post()
+                .insert_header(("Content-Type", ct))
+                .to_http_request()
+        };
+        assert!(check_media_type(&TestRequest::post().to_http_request()).is_ok());
+        assert!(check_media_type(&with("application/json")).is_ok());
+        assert!(check_media_type(&with("Application/JSON; charset=utf-8")).is_ok());
+        assert!(check_media_type(&with("application/vnd.dropcowboy+json")).is_ok());
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "garbage",
+        ] {
+            assert!(
+                matches!(
+                    check_media_type(&with(ct)),
+                    Err(WebhookError::UnsupportedMediaType)
+                ),
+                "{ct}"
+            );
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The admin listener both binaries run beside their work: `GET /metrics`,
+//! `GET /healthz` (the process is alive) and `GET /readyz` (connected to
+//! everything it needs and not draining).
+
+use std::{
+    net::TcpListener,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use actix_web::{App, HttpResponse, HttpServer, dev::Server, http::header, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::telemetry::metrics;
+
+/// Readiness as the rest of the process reports it; cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct Health(Arc<HealthInner>);
+
+#[derive(Debug)]
+struct HealthInner {
+    /// Whether readiness depends on the database (the worker) or not (ingress).
+    needs_database: bool,
+    /// Connected to RabbitMQ with the topology declared.
+    broker: AtomicBool,
+    /// The last database operation succeeded.
+    database: AtomicBool,
+    /// Shutting down: stop sending traffic here, whatever else is true.
+    draining: AtomicBool,
+}
+
+/// The body of `/readyz`, so an operator sees which dependency is missing.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// Overall answer.
+    pub ready: bool,
+    /// Broker link state.
+    pub broker: bool,
+    /// Database state; absent for a binary that does not use one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<bool>,
+    /// Whether shutdown has begun.
+    pub draining: bool,
+}
+
+impl Health {
+    /// Health of a binary; `needs_database` for the worker.
+    pub fn new(needs_database: bool) -> Self {
+        Self(Arc::new(HealthInner {
+            needs_database,
+            broker: AtomicBool::new(false),
+            database: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Records the broker link state.
+    pub fn set_broker(&self, connected: bool) {
+        if self.0.broker.swap(connected, Ordering::SeqCst) != connected {
+            metrics::broker_connected(connected);
+            self.publish();
+        }
+    }
+
+    /// Records the database state.
+    pub fn set_database(&self, connected: bool) {
+        if self.0.database.swap(connected, Ordering::SeqCst) != connected {
+            metrics::database_connected(connected);
+            self.publish();
+        }
+    }
+
+    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.publish();
+    }
+
+    /// Whether the broker link is up.
+    pub fn broker(&self) -> bool {
+        self.0.broker.load(Ordering::SeqCst)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
+    /// The current readiness.
+    pub fn readiness(&self) -> Readiness {
+        let broker = self.broker();
+        let database = self
+            .0
+            .needs_database
+            .then(|| self.0.database.load(Ordering::SeqCst));
+        let draining = self.draining();
+        Readiness {
+            ready: broker && database.unwrap_or(true) && !draining,
+            broker,
+            database,
+            draining,
+        }
+    }
+
+    fn publish(&self) {
+        metrics::ready(self.readiness().ready);
+    }
+}
+
+/// Binds the admin listener (port 0 picks a free port) and returns the server
+/// with the port it got. The caller awaits the server and stops it through
+/// its handle; signals are the application's business, not actix's.
+pub fn bind(
+    listen: &str,
+    health: Health,
+    prometheus: PrometheusHandle,
+) -> std::io::Result<(Server, u16)> {
+    let listener = TcpListener::bind(listen)?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(health.clone()))
+            .app_data(web::Data::new(prometheus.clone()))
+            .route("/metrics", web::get().to(render_metrics))
+            .route(
+                "/healthz",
+                web::get()
+                    .to(|| async { HttpResponse::Ok().json(serde_json::json!({"alive": true})) }),
+            )
+            .route("/readyz", web::get().to(readyz))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((server, port))
+}
+
+async fn render_metrics(prometheus: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
+        .body(prometheus.render())
+}
+
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    let readiness = health.readiness();
+    if readiness.ready {
+        HttpResponse::Ok().json(readiness)
+    } else {
+        HttpResponse::ServiceUnavailable().json(readiness)
+    }
+}

@@ -1,0 +1,115 @@
+//! Settings both binaries share.
+//!
+//! Each setting is a clap argument with an `env = "CORRAL_*"` twin, so the
+//! same value can come from a flag (local runs) or the environment
+//! (containers), and `--help` documents every one with its default.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How to reach RabbitMQ and which names to use there.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpSettings {
+    /// AMQP URI of the broker (`amqps://` for TLS). Credentials in it are never logged.
+    #[arg(
+        long = "amqp-url",
+        env = "CORRAL_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub url: String,
+
+    /// Prefix of every exchange and queue name, so tests and tenants can share one broker.
+    #[arg(
+        long = "amqp-prefix",
+        env = "CORRAL_AMQP_PREFIX",
+        default_value = "corral"
+    )]
+    pub prefix: String,
+
+    /// `x-delivery-limit` of the quorum queue: after this many failed deliveries
+    /// a message goes to the dead-letter queue. Both binaries must agree.
+    #[arg(
+        long = "amqp-delivery-limit",
+        env = "CORRAL_AMQP_DELIVERY_LIMIT",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub delivery_limit: u32,
+
+    /// Deadline for connecting (TCP, TLS and the AMQP handshake) and for each
+    /// topology declaration, in milliseconds.
+    #[arg(
+        long = "amqp-connect-timeout-ms",
+        env = "CORRAL_AMQP_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// AMQP heartbeat in seconds, used unless the URI sets `heartbeat`. A short
+    /// heartbeat is what notices a network path that silently stopped carrying packets.
+    #[arg(
+        long = "amqp-heartbeat-secs",
+        env = "CORRAL_AMQP_HEARTBEAT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub heartbeat_secs: u16,
+
+    /// Longest pause between two reconnect attempts, in milliseconds
+    /// (the backoff starts at 100 ms, doubles, and is jittered).
+    #[arg(
+        long = "amqp-reconnect-max-ms",
+        env = "CORRAL_AMQP_RECONNECT_MAX_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(100..)
+    )]
+    pub reconnect_max_ms: u64,
+}
+
+impl AmqpSettings {
+    /// Settings for a local broker with the given prefix (tests and tools).
+    pub fn local(prefix: impl Into<String>) -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: prefix.into(),
+            delivery_limit: 20,
+            connect_timeout_ms: 5_000,
+            heartbeat_secs: 10,
+            reconnect_max_ms: 5_000,
+        }
+    }
+
+    /// The connect and declare deadline.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The longest pause between reconnect attempts.
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
+    /// Log format.
+    #[arg(long = "log-format", env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub format: LogFormat,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `info,corral_ingress=debug`.
+    #[arg(long = "log", env = "CORRAL_LOG", default_value = "info")]
+    pub filter: String,
+}

@@ -1,0 +1,30 @@
+//! What `corral-ingress` and `corral-worker` agree on.
+//!
+//! corral takes Drop Cowboy's delivery-status webhooks off the internet
+//! (`corral-ingress`), holds them in a RabbitMQ quorum queue, and lands each
+//! one exactly once in PostgreSQL (`corral-worker`). Everything both sides of
+//! the queue must agree on lives here, so that a contract changes in one place.
+//!
+//! # Layout
+//!
+//! - [`config`]: the settings both binaries share (broker, logging), as clap
+//!   argument groups so every `CORRAL_*` variable is also a `--flag`.
+//! - [`telemetry`]: tracing set-up and the one catalogue of metric names
+//!   ([`telemetry::metrics`]); nothing else may name a metric.
+//! - [`shutdown`]: turns SIGTERM / SIGINT into a cancellation token that is
+//!   passed down, never global.
+//! - [`amqp`]: connecting with deadlines, the topology (exchange, quorum queue,
+//!   dead-letter path) and reconnect backoff.
+//! - [`envelope`]: the AMQP message contract between ingress and worker.
+//! - [`payload`]: the Drop Cowboy payload, typed strictly where it must be and
+//!   tolerantly where the provider may vary.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
+//!   readiness state behind it.
+
+pub mod admin;
+pub mod amqp;
+pub mod config;
+pub mod envelope;
+pub mod payload;
+pub mod shutdown;
+pub mod telemetry;
