@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 pub struct AmqpSettings {
     /// AMQP URI of the broker (`amqps://` for TLS). Credentials in it are never logged.
     #[arg(
+        global = true,
         long = "amqp-url",
         env = "CORRAL_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
@@ -22,6 +23,7 @@ pub struct AmqpSettings {
 
     /// Prefix of every exchange and queue name, so tests and tenants can share one broker.
     #[arg(
+        global = true,
         long = "amqp-prefix",
         env = "CORRAL_AMQP_PREFIX",
         default_value = "corral"
@@ -31,6 +33,7 @@ pub struct AmqpSettings {
     /// `x-delivery-limit` of the quorum queue: after this many failed deliveries
     /// a message goes to the dead-letter queue. Both binaries must agree.
     #[arg(
+        global = true,
         long = "amqp-delivery-limit",
         env = "CORRAL_AMQP_DELIVERY_LIMIT",
         default_value_t = 20,
@@ -41,6 +44,7 @@ pub struct AmqpSettings {
     /// Deadline for connecting (TCP, TLS and the AMQP handshake) and for each
     /// topology declaration, in milliseconds.
     #[arg(
+        global = true,
         long = "amqp-connect-timeout-ms",
         env = "CORRAL_AMQP_CONNECT_TIMEOUT_MS",
         default_value_t = 5_000,
@@ -51,6 +55,7 @@ pub struct AmqpSettings {
     /// AMQP heartbeat in seconds, used unless the URI sets `heartbeat`. A short
     /// heartbeat is what notices a network path that silently stopped carrying packets.
     #[arg(
+        global = true,
         long = "amqp-heartbeat-secs",
         env = "CORRAL_AMQP_HEARTBEAT_SECS",
         default_value_t = 10,
@@ -61,6 +66,7 @@ pub struct AmqpSettings {
     /// Longest pause between two reconnect attempts, in milliseconds
     /// (the backoff starts at 100 ms, doubles, and is jittered).
     #[arg(
+        global = true,
         long = "amqp-reconnect-max-ms",
         env = "CORRAL_AMQP_RECONNECT_MAX_MS",
         default_value_t = 5_000,
@@ -106,10 +112,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogSettings {
     /// Log format.
-    #[arg(long = "log-format", env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(global = true, long = "log-format", env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub format: LogFormat,
 
     /// Log filter in `tracing` syntax, e.g. `info` or `info,corral_ingress=debug`.
-    #[arg(long = "log", env = "CORRAL_LOG", default_value = "info")]
+    #[arg(
+        global = true,
+        long = "log",
+        env = "CORRAL_LOG",
+        default_value = "info"
+    )]
     pub filter: String,
 }

@@ -1,1 +1,31 @@
-fn main() {}
+use clap::Parser;
+use corral_shared::{shutdown, telemetry};
+use corral_worker::{
+    Application,
+    config::{Cli, Command},
+    db,
+};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { command, config } = Cli::parse();
+    telemetry::init_tracing(&config.log);
+    let result = match command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let token = CancellationToken::new();
+            shutdown::cancel_on_signal(token.clone());
+            match Application::build(config, token) {
+                Ok(app) => app.run_until_stopped().await,
+                Err(err) => Err(err),
+            }
+        }
+        Command::Migrate => {
+            config.validate()?;
+            db::migrate(&config.database_url, config.db_timeout())
+                .await
+                .map(|applied| tracing::info!(applied, "database is up to date"))
+        }
+    };
+    result.inspect_err(|err| tracing::error!(error = format!("{err:#}"), "corral-worker failed"))
+}

@@ -1,0 +1,160 @@
+//! corral-worker settings and commands: every `CORRAL_*` variable is also a `--flag`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use corral_shared::config::{AmqpSettings, LogSettings};
+
+/// Consumes corral's queue and lands each webhook exactly once in PostgreSQL.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "corral-worker", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: WorkerConfig,
+}
+
+/// corral-worker commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then consume until SIGTERM (the default).
+    Run,
+    /// Create the database if missing and apply migrations, then exit.
+    Migrate,
+}
+
+/// Settings of the worker.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// PostgreSQL connection URL. The database is created at start if it does not exist.
+    #[arg(
+        long,
+        env = "CORRAL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/corral",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "CORRAL_DB_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    pub db_pool_size: u32,
+
+    /// Deadline for each database wait (pool checkout, connect, each statement), in milliseconds.
+    #[arg(long, env = "CORRAL_DB_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub db_timeout_ms: u64,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(
+        long,
+        env = "CORRAL_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9091",
+        global = true
+    )]
+    pub admin_listen: String,
+
+    /// Messages RabbitMQ may send before they are acknowledged.
+    #[arg(long, env = "CORRAL_PREFETCH", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub prefetch: u16,
+
+    /// A batch is written when it holds this many messages...
+    #[arg(long, env = "CORRAL_BATCH_MAX", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub batch_max: u32,
+
+    /// ...or when its first message has waited this long, in milliseconds.
+    #[arg(
+        long,
+        env = "CORRAL_BATCH_LINGER_MS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub batch_linger_ms: u64,
+
+    /// Longest pause between retries of a batch the database refused for a
+    /// transient reason, in milliseconds (starts at 100 ms, doubles, jittered).
+    #[arg(long, env = "CORRAL_DB_RETRY_MAX_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub db_retry_max_ms: u64,
+
+    /// Longest wait at shutdown to commit and acknowledge the messages in hand, in milliseconds.
+    #[arg(
+        long,
+        env = "CORRAL_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub shutdown_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Prefetch below the batch size would cap batches at the prefetch.
+    #[error(
+        "CORRAL_PREFETCH ({prefetch}) must be at least CORRAL_BATCH_MAX ({batch_max}): \
+         RabbitMQ never sends more than the prefetch before an ack"
+    )]
+    PrefetchBelowBatch {
+        /// Prefetch.
+        prefetch: u16,
+        /// Batch size.
+        batch_max: u32,
+    },
+    /// The database URL does not parse.
+    #[error("CORRAL_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    DatabaseUrl(String),
+}
+
+impl WorkerConfig {
+    /// Defaults, with `database_url` and the AMQP `prefix` for a test.
+    pub fn for_tests(database_url: &str, prefix: &str) -> Self {
+        let mut config = Cli::parse_from(["corral-worker"]).config;
+        config.database_url = database_url.into();
+        config.admin_listen = "127.0.0.1:0".into();
+        config.db_pool_size = 2;
+        config.amqp = AmqpSettings::local(prefix);
+        config
+    }
+
+    /// Checks the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if u32::from(self.prefetch) < self.batch_max {
+            return Err(ConfigError::PrefetchBelowBatch {
+                prefetch: self.prefetch,
+                batch_max: self.batch_max,
+            });
+        }
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|err| ConfigError::DatabaseUrl(err.to_string()))?;
+        Ok(())
+    }
+
+    /// Per-wait database deadline.
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+
+    /// Batch linger.
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+
+    /// Shutdown bound.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}

@@ -1,0 +1,376 @@
+//! Consuming: batches off the queue, one transaction each, acked only after commit.
+//!
+//! A batch closes at `CORRAL_BATCH_MAX` messages or `CORRAL_BATCH_LINGER_MS`
+//! after its first message, whichever comes first. It is written by
+//! [`store::write_batch`] and acknowledged with one `multiple` ack of its last
+//! delivery tag, only once the transaction committed. If the database fails
+//! for a transient reason, the batch is retried (with backoff) while the
+//! messages stay unacknowledged in hand; they are never nacked, since every
+//! requeue would count towards the quorum queue's delivery limit. If the
+//! broker link dies, the loop reconnects and RabbitMQ redelivers whatever was
+//! not acknowledged; rows already committed make those redeliveries duplicates.
+//!
+//! On shutdown the consumer is cancelled, the messages already received are
+//! written and acknowledged, and only then does the connection close.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use corral_shared::{
+    admin::Health,
+    amqp::{self, AmqpError, Topology, deadline},
+    config::AmqpSettings,
+    envelope::Envelope,
+    telemetry::metrics,
+};
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use lapin::{
+    Acker, Channel, Connection,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{self, BatchOutcome, Incoming};
+
+/// What the consumer needs to know.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Broker and names.
+    pub amqp: AmqpSettings,
+    /// `basic.qos` prefetch.
+    pub prefetch: u16,
+    /// Messages per batch at most.
+    pub batch_max: usize,
+    /// How long a batch waits for more messages after its first.
+    pub batch_linger: Duration,
+    /// Cap of the database retry backoff.
+    pub db_retry_max: Duration,
+    /// Overall deadline of one batch write attempt.
+    pub db_timeout: Duration,
+    /// Bound on finishing the messages in hand at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Why a consuming session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    /// Shutdown finished cleanly: everything received was committed and acked.
+    #[error("drained")]
+    Drained,
+    /// Shutdown's deadline passed with messages still in hand (the database is
+    /// down); they stay unacknowledged and RabbitMQ redelivers them.
+    #[error("shutdown deadline passed with {0} messages uncommitted; RabbitMQ will redeliver them")]
+    DrainTimedOut(usize),
+    /// The broker side failed; reconnect.
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+    /// The consumer stream reported an error or ended.
+    #[error("the consumer stopped: {0}")]
+    Consumer(String),
+}
+
+/// Consumes until `shutdown`, reconnecting whenever the broker link fails.
+pub async fn run(
+    settings: ConsumerSettings,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let topology = Topology::new(&settings.amqp);
+    let mut backoff = amqp::reconnect_backoff(settings.amqp.reconnect_max());
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match amqp::connect_and_declare(&settings.amqp, &topology, "corral-worker").await {
+            Ok((connection, channel)) => {
+                metrics::broker_connect_attempt(true);
+                backoff = amqp::reconnect_backoff(settings.amqp.reconnect_max());
+                let end = session(&settings, &topology, &channel, &pool, &health, &shutdown).await;
+                health.set_broker(false);
+                close(&connection, settings.amqp.connect_timeout()).await;
+                match end {
+                    SessionEnd::Drained => {
+                        tracing::info!(
+                            "consumer drained: every message received was committed and acknowledged"
+                        );
+                        return;
+                    }
+                    SessionEnd::DrainTimedOut(_) => {
+                        tracing::warn!(error = %end, "stopping with messages uncommitted");
+                        return;
+                    }
+                    _ => tracing::warn!(
+                        error = amqp::error_chain(&end),
+                        "lost the RabbitMQ link; reconnecting"
+                    ),
+                }
+            }
+            Err(err) => {
+                metrics::broker_connect_attempt(false);
+                tracing::warn!(
+                    error = amqp::error_chain(&err),
+                    "cannot connect to RabbitMQ; retrying"
+                );
+            }
+        }
+        let delay = backoff.next().unwrap_or(settings.amqp.reconnect_max());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn close(connection: &Connection, timeout: Duration) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(
+            timeout,
+            connection.close(200, "corral-worker closing".into()),
+        )
+        .await;
+    }
+}
+
+/// What woke the batch loop.
+#[allow(clippy::large_enum_variant)] // lives for one loop turn; boxing would allocate per message
+enum Next {
+    Delivery(Delivery),
+    LingerOver,
+    Shutdown,
+    DrainDeadline,
+    Ended,
+    Failed(lapin::Error),
+}
+
+/// One consuming session on one channel.
+async fn session(
+    settings: &ConsumerSettings,
+    topology: &Topology,
+    channel: &Channel,
+    pool: &Pool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let timeout = settings.amqp.connect_timeout();
+    if let Err(err) = deadline(
+        "setting the prefetch",
+        timeout,
+        channel.basic_qos(settings.prefetch, BasicQosOptions::default()),
+    )
+    .await
+    {
+        return err.into();
+    }
+    let tag = format!(
+        "corral-worker-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let mut consumer = match deadline(
+        "starting the consumer",
+        timeout,
+        channel.basic_consume(
+            topology.queue().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    {
+        Ok(consumer) => consumer,
+        Err(err) => return err.into(),
+    };
+    health.set_broker(true);
+    tracing::info!(
+        queue = topology.queue(),
+        prefetch = settings.prefetch,
+        "consuming"
+    );
+
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let mut batch: Vec<Delivery> = Vec::with_capacity(settings.batch_max);
+        let mut linger_until: Option<tokio::time::Instant> = None;
+        let mut stop: Option<SessionEnd> = None;
+        while batch.len() < settings.batch_max {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if drain_deadline.is_none() => Next::Shutdown,
+                () = sleep_until(drain_deadline), if drain_deadline.is_some() => Next::DrainDeadline,
+                () = sleep_until(linger_until), if linger_until.is_some() => Next::LingerOver,
+                item = consumer.next() => match item {
+                    Some(Ok(delivery)) => Next::Delivery(delivery),
+                    Some(Err(err)) => Next::Failed(err),
+                    None => Next::Ended,
+                },
+            };
+            match next {
+                Next::Delivery(delivery) => {
+                    if linger_until.is_none() {
+                        linger_until = Some(tokio::time::Instant::now() + settings.batch_linger);
+                    }
+                    batch.push(delivery);
+                }
+                Next::LingerOver => break,
+                Next::Shutdown => {
+                    // Stop new deliveries; the ones already received still come
+                    // through the stream, which then ends.
+                    drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_timeout);
+                    health.start_draining();
+                    tracing::info!(in_hand = batch.len(), "draining: cancelling the consumer");
+                    if let Err(err) = deadline(
+                        "cancelling the consumer",
+                        timeout,
+                        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                    )
+                    .await
+                    {
+                        tracing::warn!(
+                            error = amqp::error_chain(&err),
+                            "could not cancel the consumer"
+                        );
+                    }
+                }
+                Next::DrainDeadline => {
+                    // The stream did not end by itself; what is in hand still
+                    // gets one attempt below.
+                    stop = Some(SessionEnd::Drained);
+                    break;
+                }
+                Next::Ended => {
+                    stop = Some(if drain_deadline.is_some() {
+                        SessionEnd::Drained
+                    } else {
+                        SessionEnd::Consumer(
+                            "RabbitMQ cancelled the consumer (queue deleted?)".into(),
+                        )
+                    });
+                    break;
+                }
+                Next::Failed(err) => {
+                    stop = Some(SessionEnd::Consumer(amqp::error_chain(&err)));
+                    break;
+                }
+            }
+        }
+        metrics::worker_in_hand(batch.len());
+        if !batch.is_empty() {
+            let deadline_at = drain_deadline.map(|at| at.into_std());
+            if let Err(end) = handle_batch(settings, batch, pool, health, deadline_at).await {
+                return end;
+            }
+        }
+        if let Some(end) = stop {
+            return end;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes one batch (retrying transient database failures) and acks it.
+async fn handle_batch(
+    settings: &ConsumerSettings,
+    batch: Vec<Delivery>,
+    pool: &Pool,
+    health: &Health,
+    drain_deadline: Option<Instant>,
+) -> Result<(), SessionEnd> {
+    let size = batch.len();
+    let mut last: Option<(u64, Acker)> = None;
+    let mut messages = Vec::with_capacity(size);
+    for delivery in batch {
+        last = Some((delivery.delivery_tag, delivery.acker));
+        messages.push(Incoming {
+            envelope: Envelope::read(&delivery.properties),
+            routing_key: delivery.routing_key.to_string(),
+            body: delivery.data,
+        });
+    }
+    let (tag, acker) = last.expect("a batch is never empty");
+
+    let mut backoff = amqp::reconnect_backoff(settings.db_retry_max);
+    let started = Instant::now();
+    let outcome: BatchOutcome = loop {
+        let attempt = tokio::time::timeout(settings.db_timeout * 3, async {
+            let mut client = pool.get().await.map_err(|err| err.to_string())?;
+            store::write_batch(&mut client, &messages)
+                .await
+                .map_err(|err| amqp::error_chain(&err))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.db_timeout * 3)));
+        match attempt {
+            Ok(outcome) => {
+                health.set_database(true);
+                break outcome;
+            }
+            Err(error) => {
+                health.set_database(false);
+                metrics::worker_db_error("transient");
+                tracing::warn!(
+                    error,
+                    messages = size,
+                    "batch not committed; retrying (nothing acknowledged)"
+                );
+                if !acker.usable() {
+                    // The channel died: RabbitMQ will redeliver these elsewhere.
+                    return Err(SessionEnd::Consumer(
+                        "channel closed while the batch was retried".into(),
+                    ));
+                }
+                let delay = backoff.next().unwrap_or(settings.db_retry_max);
+                if drain_deadline.is_some_and(|at| Instant::now() + delay > at) {
+                    return Err(SessionEnd::DrainTimedOut(size));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let write_time = started.elapsed();
+
+    let timeout = settings.amqp.connect_timeout();
+    let acked = deadline(
+        "acknowledging a batch",
+        timeout,
+        acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await;
+    let committed_at = Utc::now();
+    metrics::worker_batch(size, write_time);
+    metrics::worker_messages("stored", outcome.stored);
+    metrics::worker_messages("duplicate", outcome.duplicate);
+    metrics::worker_messages("quarantined", outcome.quarantined);
+    metrics::worker_in_hand(0);
+    for message in &messages {
+        if let Some(received_at) = message.envelope.received_at {
+            let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::worker_end_to_end(seconds.max(0.0));
+        }
+    }
+    tracing::debug!(size, tag, ?outcome, ?write_time, "batch committed");
+    match acked {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            metrics::worker_ack_failed();
+            Err(SessionEnd::Consumer(
+                "the channel closed before the ack; the batch will be redelivered as duplicates"
+                    .into(),
+            ))
+        }
+        Err(err) => {
+            metrics::worker_ack_failed();
+            Err(err.into())
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! corral-worker: consumes corral's queue and lands each Drop Cowboy webhook
+//! exactly once in PostgreSQL, typed and exact, in batches.
+//!
+//! # Layout
+//!
+//! - [`config`]: commands and settings (`CORRAL_*` / `--flags`).
+//! - [`db`]: the pool (verified connections, deadlines everywhere), database
+//!   creation and migrations (`worker/migrations/`, under an advisory lock).
+//! - [`store`]: the set-based batch write, with its SQL beside it; splits a
+//!   batch to quarantine the one message the database refuses.
+//! - [`consumer`]: batches off the queue, acked only after commit; reconnects.
+//! - [`Application`]: admin listener, migrations, consumer, graceful drain.
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod store;
+
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use anyhow::Context as _;
+use corral_shared::{
+    admin::{self, Health},
+    amqp,
+    telemetry::{self, metrics},
+};
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::WorkerConfig, consumer::ConsumerSettings};
+
+/// The worker, admin listener bound, ready to run.
+pub struct Application {
+    config: WorkerConfig,
+    admin: Server,
+    admin_port: u16,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("admin_port", &self.admin_port)
+            .finish()
+    }
+}
+
+impl Application {
+    /// Validates `config` and binds the admin listener; no network I/O yet.
+    pub fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        config.validate()?;
+        amqp::parse_url(&config.amqp.url)?;
+        let prometheus = telemetry::prometheus();
+        metrics::register_binary("corral-worker");
+        let pool = db::pool(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_timeout(),
+        )?;
+        let health = Health::new(true);
+        let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
+            .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
+        Ok(Self {
+            config,
+            admin,
+            admin_port,
+            pool,
+            health,
+            shutdown,
+        })
+    }
+
+    /// Port of the admin listener.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Applies migrations (waiting, with backoff, for a database that is not
+    /// there yet), then consumes until the shutdown token is cancelled and
+    /// the messages in hand are committed and acknowledged.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            admin,
+            pool,
+            health,
+            shutdown,
+            ..
+        } = self;
+        let admin_handle = admin.handle();
+        let admin_serving = tokio::spawn(admin);
+
+        if migrate_with_retry(&config, &health, &shutdown).await {
+            let watchdog = tokio::spawn(database_watchdog(
+                pool.clone(),
+                health.clone(),
+                shutdown.clone(),
+            ));
+            let settings = ConsumerSettings {
+                amqp: config.amqp.clone(),
+                prefetch: config.prefetch,
+                batch_max: config.batch_max as usize,
+                batch_linger: config.batch_linger(),
+                db_retry_max: Duration::from_millis(config.db_retry_max_ms),
+                db_timeout: config.db_timeout(),
+                shutdown_timeout: config.shutdown_timeout(),
+            };
+            consumer::run(settings, pool.clone(), health.clone(), shutdown.clone()).await;
+            watchdog.abort();
+        }
+        health.start_draining();
+        pool.close();
+        admin_handle.stop(true).await;
+        admin_serving.await.context("admin server task")??;
+        tracing::info!("corral-worker stopped");
+        Ok(())
+    }
+}
+
+/// Runs migrations until they succeed or shutdown is requested; `false` on shutdown.
+async fn migrate_with_retry(
+    config: &WorkerConfig,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = amqp::reconnect_backoff(Duration::from_millis(config.db_retry_max_ms));
+    loop {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            result = db::migrate(&config.database_url, config.db_timeout()) => result,
+        };
+        match attempt {
+            Ok(_) => {
+                health.set_database(true);
+                return true;
+            }
+            Err(err) => {
+                health.set_database(false);
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot migrate the database yet; retrying"
+                );
+            }
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Keeps `/readyz` honest while no batches flow: checks the database every
+/// few seconds (a pool checkout runs the verification query).
+async fn database_watchdog(pool: Pool, health: Health, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = match pool.get().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        };
+        health.set_database(ok);
+    }
+}

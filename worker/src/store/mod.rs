@@ -1,0 +1,284 @@
+//! Writing batches: every message of a batch becomes a `delivery_events` row
+//! (or is recognised as a duplicate of one) or a `quarantined_webhooks` row,
+//! all in one transaction, with set-based statements (`UNNEST` arrays), never
+//! a statement per row.
+//!
+//! A batch the database refuses because of one message's data does not fail
+//! as a whole: it is split in halves under savepoints until the culprit is
+//! alone, and that one is quarantined with PostgreSQL's own error.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use corral_shared::{
+    envelope::{Envelope, Kind},
+    payload::{self, DeliveryStatus},
+};
+use deadpool_postgres::{GenericClient, Transaction};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::db::is_data_error;
+
+const INSERT_EVENTS: &str = include_str!("insert_events.sql");
+const INSERT_QUARANTINED: &str = include_str!("insert_quarantined.sql");
+
+/// A message as it came off the queue.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The webhook body, byte for byte.
+    pub body: Vec<u8>,
+    /// `dropcowboy.sms` / `dropcowboy.rvm` (anything else is quarantined).
+    pub routing_key: String,
+    /// What the message's properties say.
+    pub envelope: Envelope,
+}
+
+/// A typed webhook.
+#[derive(Debug)]
+struct EventRow<'a> {
+    incoming: &'a Incoming,
+    kind: Kind,
+    typed: payload::Typed,
+    /// The ingress id, or one derived from the fingerprint for a message
+    /// ingress did not make (deterministic, so a redelivery gets the same).
+    message_id: Uuid,
+    received_at: DateTime<Utc>,
+}
+
+/// An untypeable webhook and why.
+#[derive(Debug)]
+struct QuarantineRow<'a> {
+    incoming: &'a Incoming,
+    error: String,
+}
+
+/// How the messages of a committed batch ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// New `delivery_events` rows.
+    pub stored: usize,
+    /// Already stored (or quarantined) before, or twice in this batch.
+    pub duplicate: usize,
+    /// New `quarantined_webhooks` rows.
+    pub quarantined: usize,
+}
+
+/// Types a message, or says why it must be quarantined.
+fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, String> {
+    let Some(kind) = Kind::from_routing_key(&incoming.routing_key) else {
+        return Err(format!("unknown routing key {:?}", incoming.routing_key));
+    };
+    match payload::parse(&incoming.body) {
+        Ok(typed) => {
+            let message_id = incoming.envelope.message_id.unwrap_or_else(|| {
+                let bytes: [u8; 16] = typed.fingerprint.0[..16]
+                    .try_into()
+                    .expect("16 of 32 bytes");
+                Uuid::new_v8(bytes)
+            });
+            Ok(EventRow {
+                incoming,
+                kind,
+                typed,
+                message_id,
+                received_at: incoming.envelope.received_at.unwrap_or(now),
+            })
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Writes one batch in one transaction and commits it. On `Err` nothing was
+/// committed and nothing may be acknowledged.
+pub async fn write_batch(
+    client: &mut deadpool_postgres::Client,
+    messages: &[Incoming],
+) -> Result<BatchOutcome, tokio_postgres::Error> {
+    let now = Utc::now();
+    let mut events = Vec::with_capacity(messages.len());
+    let mut quarantined = Vec::new();
+    for message in messages {
+        match prepare(message, now) {
+            Ok(row) => events.push(row),
+            Err(error) => quarantined.push(QuarantineRow {
+                incoming: message,
+                error,
+            }),
+        }
+    }
+    let mut tx = client.transaction().await?;
+    let stored = store_events(&mut tx, &events, &mut quarantined).await?;
+    let new_quarantined = store_quarantined(&tx, &quarantined).await?;
+    tx.commit().await?;
+    Ok(BatchOutcome {
+        stored,
+        duplicate: messages.len() - stored - new_quarantined,
+        quarantined: new_quarantined,
+    })
+}
+
+/// Inserts `rows` under a savepoint; on a data error, splits them in halves
+/// until the culprit is alone and moves it to `quarantine`.
+fn store_events<'t, 'r>(
+    tx: &'t mut Transaction<'_>,
+    rows: &'r [EventRow<'r>],
+    quarantine: &'t mut Vec<QuarantineRow<'r>>,
+) -> Pin<Box<dyn Future<Output = Result<usize, tokio_postgres::Error>> + Send + 't>>
+where
+    'r: 't,
+{
+    Box::pin(async move {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let savepoint = tx.savepoint("corral_rows").await?;
+        match insert_events(&savepoint, rows).await {
+            Ok(stored) => {
+                savepoint.commit().await?;
+                Ok(stored)
+            }
+            Err(err) if is_data_error(&err) => {
+                savepoint.rollback().await?;
+                if let [row] = rows {
+                    let reason = err
+                        .as_db_error()
+                        .map_or_else(|| err.to_string(), |db| db.message().to_owned());
+                    tracing::warn!(message_id = %row.message_id, error = reason, "PostgreSQL refused a webhook; quarantined");
+                    quarantine.push(QuarantineRow {
+                        incoming: row.incoming,
+                        error: format!("PostgreSQL refused the typed row: {reason}"),
+                    });
+                    return Ok(0);
+                }
+                let (left, right) = rows.split_at(rows.len() / 2);
+                let stored_left = store_events(tx, left, quarantine).await?;
+                let stored_right = store_events(tx, right, quarantine).await?;
+                Ok(stored_left + stored_right)
+            }
+            Err(err) => Err(err),
+        }
+    })
+}
+
+async fn insert_events(
+    client: &impl GenericClient,
+    rows: &[EventRow<'_>],
+) -> Result<usize, tokio_postgres::Error> {
+    let statement = client.prepare_cached(INSERT_EVENTS).await?;
+    fn status<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
+        &row.typed.status
+    }
+    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.typed.fingerprint.0[..]).collect();
+    let message_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+    let drop_ids: Vec<&str> = rows.iter().map(|r| status(r).drop_id.as_str()).collect();
+    let phones: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| status(r).phone_number.as_deref())
+        .collect();
+    let attempt_dates: Vec<DateTime<Utc>> = rows.iter().map(|r| status(r).attempt_date).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| status(r).status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = rows.iter().map(|r| status(r).reason.as_deref()).collect();
+    let dncs: Vec<Option<bool>> = rows.iter().map(|r| status(r).dnc).collect();
+    let spams: Vec<Option<bool>> = rows.iter().map(|r| status(r).spam).collect();
+    let product_costs: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).product_cost).collect();
+    let compliance_fees: Vec<Option<Decimal>> =
+        rows.iter().map(|r| status(r).compliance_fee).collect();
+    let tts_fees: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).tts_fee).collect();
+    let network_names: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| status(r).network_name.as_deref())
+        .collect();
+    let network_types: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| status(r).network_type.as_deref())
+        .collect();
+    let foreign_ids: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| status(r).foreign_id.as_deref())
+        .collect();
+    // The body was validated as UTF-8 JSON when it was typed.
+    let payloads: Vec<&str> = rows
+        .iter()
+        .map(|r| std::str::from_utf8(&r.incoming.body).expect("typed payloads are UTF-8"))
+        .collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    let new = client
+        .query(
+            &statement,
+            &[
+                &fingerprints,
+                &message_ids,
+                &kinds,
+                &drop_ids,
+                &phones,
+                &attempt_dates,
+                &statuses,
+                &reasons,
+                &dncs,
+                &spams,
+                &product_costs,
+                &compliance_fees,
+                &tts_fees,
+                &network_names,
+                &network_types,
+                &foreign_ids,
+                &payloads,
+                &received,
+            ],
+        )
+        .await?;
+    Ok(new.len())
+}
+
+async fn store_quarantined(
+    client: &impl GenericClient,
+    rows: &[QuarantineRow<'_>],
+) -> Result<usize, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let statement = client.prepare_cached(INSERT_QUARANTINED).await?;
+    let digests: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| Sha256::digest(&r.incoming.body).to_vec())
+        .collect();
+    let message_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.incoming.envelope.message_id)
+        .collect();
+    let routing_keys: Vec<&str> = rows
+        .iter()
+        .map(|r| r.incoming.routing_key.as_str())
+        .collect();
+    let bodies: Vec<&[u8]> = rows.iter().map(|r| r.incoming.body.as_slice()).collect();
+    let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+    let received: Vec<Option<DateTime<Utc>>> = rows
+        .iter()
+        .map(|r| r.incoming.envelope.received_at)
+        .collect();
+    for row in rows {
+        tracing::warn!(
+            message_id = ?row.incoming.envelope.message_id,
+            error = row.error,
+            "webhook quarantined: it cannot be typed"
+        );
+    }
+    let new = client
+        .query(
+            &statement,
+            &[
+                &digests,
+                &message_ids,
+                &routing_keys,
+                &bodies,
+                &errors,
+                &received,
+            ],
+        )
+        .await?;
+    Ok(new.len())
+}
