@@ -1,1 +1,42 @@
-//! End-to-end tooling for corral.
+//! corral's test harness, shared by the integration tests (`tests/it/`), the
+//! load generator and the fault suite.
+//!
+//! # Layout
+//!
+//! - [`broker`]: a private AMQP prefix per test, with helpers to read what
+//!   landed in its queue, and clean-up on drop.
+//! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
+//! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
+//!   a service without touching the shared service itself.
+//! - [`apps`]: the real ingress and worker, built in-process on port 0.
+//! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
+//! - [`fixtures`]: the provider's samples and generated payloads.
+
+pub mod apps;
+pub mod broker;
+pub mod database;
+pub mod fixtures;
+pub mod proxy;
+pub mod wait;
+
+/// Sends the harness's and the services' logs to the test output when
+/// `TEST_LOG` is set, and nowhere otherwise.
+pub fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let filter = std::env::var("TEST_LOG").unwrap_or_default();
+        let filter = if filter.is_empty() || filter == "1" {
+            "info".to_owned()
+        } else {
+            filter
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A unique name for this test's resources: `corral-test-<uuid>`.
+pub fn unique_name(kind: &str) -> String {
+    format!("corral-{kind}-{}", uuid::Uuid::now_v7().simple())
+}

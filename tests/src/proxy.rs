@@ -1,0 +1,169 @@
+//! A TCP proxy a test controls: forward, black-hole (sockets stay open but
+//! nothing passes — the case where a publisher confirm never arrives), or cut
+//! (every connection dropped and new ones refused). It lets a test break the
+//! path to RabbitMQ or PostgreSQL without touching the shared service.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Pass bytes both ways.
+    Forward,
+    /// Keep every socket open but pass nothing.
+    Blackhole,
+    /// Close every connection and refuse new ones.
+    Cut,
+}
+
+/// A running proxy; stops when dropped.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: SocketAddr,
+    mode: Arc<watch::Sender<(Mode, u64)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free local port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (mode, _) = watch::channel((Mode::Forward, 0u64));
+        let mode = Arc::new(mode);
+        let accept_mode = mode.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let current = *accept_mode.borrow();
+                if current.0 == Mode::Cut {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(relay(client, target, accept_mode.subscribe()));
+            }
+        });
+        Self { addr, mode, task }
+    }
+
+    /// Where clients should connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An AMQP URL through this proxy (guest/guest, default vhost).
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Stops passing bytes; sockets stay open.
+    pub fn blackhole(&self) {
+        self.set(Mode::Blackhole, false);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.set(Mode::Cut, true);
+    }
+
+    /// Drops every connection but keeps accepting new ones (forwarding).
+    pub fn drop_connections(&self) {
+        self.set(Mode::Forward, true);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.set(Mode::Forward, false);
+    }
+
+    fn set(&self, mode: Mode, kill: bool) {
+        self.mode.send_modify(|(current, generation)| {
+            *current = mode;
+            if kill {
+                *generation += 1;
+            }
+        });
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.set(Mode::Cut, true);
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<(Mode, u64)>) {
+    let generation = mode.borrow().1;
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(client_read, server_write, mode.clone(), generation);
+    let down = pump(server_read, client_write, mode.clone(), generation);
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = killed(&mut mode, generation) => {}
+    }
+}
+
+async fn killed(mode: &mut watch::Receiver<(Mode, u64)>, generation: u64) {
+    let _ = mode.wait_for(|(_, current)| *current != generation).await;
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    generation: u64,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        // While black-holed, do not even read: the bytes wait in the kernel,
+        // exactly as on a path that silently stopped delivering.
+        if mode
+            .wait_for(|(m, g)| *m == Mode::Forward || *g != generation)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if mode.borrow().1 != generation {
+            return;
+        }
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = mode.changed() => continue,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if mode
+                    .wait_for(|(m, g)| *m == Mode::Forward || *g != generation)
+                    .await
+                    .is_err()
+                    || mode.borrow().1 != generation
+                {
+                    return;
+                }
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
