@@ -11,11 +11,15 @@
 //! - [`apps`]: the real ingress and worker, built in-process on port 0.
 //! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
 //! - [`fixtures`]: the provider's samples and generated payloads.
+//! - [`process`]: the real binaries as child processes.
+//! - [`loadgen`]: the Drop Cowboy simulator behind `corral-loadgen`.
 
 pub mod apps;
 pub mod broker;
 pub mod database;
 pub mod fixtures;
+pub mod loadgen;
+pub mod process;
 pub mod proxy;
 pub mod wait;
 

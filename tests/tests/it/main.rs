@@ -1,6 +1,16 @@
 //! corral's integration and end-to-end tests: real RabbitMQ, real PostgreSQL,
 //! each test under its own AMQP prefix and in its own database.
+//!
+//! - `smoke`: the whole path in one process.
+//! - `ingress`: the HTTP contract, publishing, broker loss, shutdown.
+//! - `worker`: typing, exactly-once storage, ordering, quarantine, outages.
+//! - `e2e`: both binaries as real processes.
+//! - `loadgen`: a short `corral-loadgen --verify` run: zero lost, zero duplicated.
+//! - `ops`: the operator commands (dead-letter replay, quarantine re-processing).
 
+mod e2e;
 mod ingress;
+mod loadgen;
+mod ops;
 mod smoke;
 mod worker;

@@ -1,0 +1,1 @@
+//! The Drop Cowboy simulator behind `corral-loadgen`.

@@ -1,0 +1,1 @@
+//! Launching the real binaries as processes (end-to-end tests, fault suite).
