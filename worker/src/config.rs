@@ -24,6 +24,70 @@ pub enum Command {
     Run,
     /// Create the database if missing and apply migrations, then exit.
     Migrate,
+    /// Inspect and replay the dead-letter queue (`<prefix>.dead-letter`).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Inspect and re-process quarantined webhooks (`quarantined_webhooks`).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+/// `corral-worker dead-letters …`: messages RabbitMQ gave up delivering
+/// (`x-delivery-limit` reached) wait in the dead-letter queue for an operator.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Show dead-lettered messages; removes none (each one read is moved to
+    /// the tail of the dead-letter queue, so their order changes).
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Publish dead-lettered messages back to the webhooks exchange with their
+    /// original routing key and properties; each dead-letter copy is removed
+    /// only after RabbitMQ confirmed the republished one.
+    Replay {
+        /// Show what would be replayed; replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replay at most this many (all by default).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Replay only the messages with this `message_id` (repeatable); the
+        /// others stay in the dead-letter queue.
+        #[arg(long = "message-id", value_name = "ID")]
+        message_ids: Vec<String>,
+    },
+}
+
+/// `corral-worker quarantine …`: webhooks the worker could not type, kept in
+/// `quarantined_webhooks` byte for byte.
+#[derive(Debug, Clone, Subcommand)]
+pub enum QuarantineCommand {
+    /// Show quarantined webhooks, oldest first.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Re-type quarantined webhooks with this version's code: those that now
+    /// type are stored exactly as the worker stores them and leave the
+    /// quarantine in the same transaction; the others stay, with their error
+    /// updated.
+    Reprocess {
+        /// Report what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Re-process at most this many rows (all by default).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only these rows (`quarantined_webhooks.id`, repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+    },
 }
 
 /// Settings of the worker.

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod ops;
 pub mod store;
 
 use std::time::Duration;

@@ -3,7 +3,7 @@ use corral_shared::{shutdown, telemetry};
 use corral_worker::{
     Application,
     config::{Cli, Command},
-    db,
+    db, ops,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,12 @@ async fn main() -> anyhow::Result<()> {
             db::migrate(&config.database_url, config.db_timeout())
                 .await
                 .map(|applied| tracing::info!(applied, "database is up to date"))
+        }
+        Command::DeadLetters(command) => {
+            ops::dead_letters_command(command, &config, &mut std::io::stdout()).await
+        }
+        Command::Quarantine(command) => {
+            ops::quarantine_command(command, &config, &mut std::io::stdout()).await
         }
     };
     result.inspect_err(|err| tracing::error!(error = format!("{err:#}"), "corral-worker failed"))

@@ -282,3 +282,56 @@ async fn store_quarantined(
         .await?;
     Ok(new.len())
 }
+
+/// What [`store_in`] did with a set of messages.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredIn {
+    /// New rows and duplicates; `quarantined` is always 0 here, the messages
+    /// that could not be stored are in `refused` instead.
+    pub outcome: BatchOutcome,
+    /// The messages that still cannot be stored: index in the input, and why
+    /// (the typing error, or PostgreSQL's refusal).
+    pub refused: Vec<(usize, String)>,
+}
+
+/// Types and stores `messages` in the caller's transaction exactly as
+/// [`write_batch`] does (same SQL, same split on a data error), but hands the
+/// messages it cannot store back to the caller instead of quarantining them:
+/// `corral-worker quarantine reprocess` re-types rows that already are in
+/// `quarantined_webhooks` and decides itself what happens to them.
+pub async fn store_in(
+    tx: &mut Transaction<'_>,
+    messages: &[Incoming],
+) -> Result<StoredIn, tokio_postgres::Error> {
+    let now = Utc::now();
+    let mut events = Vec::with_capacity(messages.len());
+    let mut refused = Vec::new();
+    for message in messages {
+        match prepare(message, now) {
+            Ok(row) => events.push(row),
+            Err(error) => refused.push(QuarantineRow {
+                incoming: message,
+                error,
+            }),
+        }
+    }
+    let stored = store_events(tx, &events, &mut refused).await?;
+    let refused: Vec<(usize, String)> = refused
+        .into_iter()
+        .map(|row| {
+            let index = messages
+                .iter()
+                .position(|message| std::ptr::eq(message, row.incoming))
+                .expect("a refused row is one of the messages");
+            (index, row.error)
+        })
+        .collect();
+    Ok(StoredIn {
+        outcome: BatchOutcome {
+            stored,
+            duplicate: messages.len() - stored - refused.len(),
+            quarantined: 0,
+        },
+        refused,
+    })
+}
