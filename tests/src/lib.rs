@@ -13,12 +13,14 @@
 //! - [`fixtures`]: the provider's samples and generated payloads.
 //! - [`process`]: the real binaries as child processes.
 //! - [`loadgen`]: the Drop Cowboy simulator behind `corral-loadgen`.
+//! - [`probes`]: the broker's and the database's own limits, for benchmarks.
 
 pub mod apps;
 pub mod broker;
 pub mod database;
 pub mod fixtures;
 pub mod loadgen;
+pub mod probes;
 pub mod process;
 pub mod proxy;
 pub mod wait;

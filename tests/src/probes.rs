@@ -1,0 +1,270 @@
+//! Limit probes: how fast the broker and the database themselves go on this
+//! machine, with corral's own payloads and topology but none of its code in
+//! the way. corral's throughput is reported as a ratio of these.
+//!
+//! - [`publish`]: a bare lapin client publishing persistent messages with
+//!   publisher confirms into the same quorum queue, with a fixed window of
+//!   publishes in flight.
+//! - [`insert`]: a bare tokio-postgres client inserting the same typed rows
+//!   into the same `delivery_events` table (same indexes) with one set-based
+//!   `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per batch.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use corral_shared::{
+    amqp::{self, Topology},
+    config::AmqpSettings,
+    envelope,
+    payload::{self, DeliveryStatus},
+};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::fixtures;
+
+/// What a probe measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    /// What was measured, e.g. `publish 64 in flight, 4 channels`.
+    pub name: String,
+    /// Operations completed (messages confirmed, rows inserted).
+    pub count: u64,
+    /// Wall time of the measurement.
+    pub seconds: f64,
+    /// `count / seconds`.
+    pub per_second: f64,
+}
+
+impl ProbeResult {
+    fn new(name: String, count: u64, elapsed: Duration) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            name,
+            count,
+            seconds,
+            per_second: count as f64 / seconds,
+        }
+    }
+}
+
+/// Settings of the publish probe.
+#[derive(Debug, Clone)]
+pub struct PublishProbe {
+    /// Broker and prefix (the probe declares corral's topology under it).
+    pub amqp: AmqpSettings,
+    /// Confirm-mode channels used round-robin.
+    pub channels: usize,
+    /// Publishes awaiting a confirm at once.
+    pub in_flight: usize,
+    /// How long to publish.
+    pub duration: Duration,
+    /// The body to publish.
+    pub body: Vec<u8>,
+    /// Delete the queue afterwards (false to leave the messages for a worker).
+    pub delete_after: bool,
+}
+
+/// Publishes for `probe.duration` and reports confirmed messages per second.
+pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
+    let topology = Topology::new(&probe.amqp);
+    let timeout = probe.amqp.connect_timeout();
+    let (connection, first) =
+        amqp::connect_and_declare(&probe.amqp, &topology, "corral-probe").await?;
+    let mut channels = vec![first];
+    while channels.len() < probe.channels {
+        channels.push(connection.create_channel().await?);
+    }
+    for channel in &channels {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    // One task per channel, each keeping its share of the window full, so
+    // publishing is as parallel as the client allows.
+    let exchange = topology.exchange();
+    let started = Instant::now();
+    let window = probe.in_flight.div_ceil(channels.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    for channel in channels.iter().cloned() {
+        let (exchange, body, duration) = (exchange.clone(), probe.body.clone(), probe.duration);
+        tasks.spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let mut confirmed = 0u64;
+            while started.elapsed() < duration {
+                while pending.len() < window {
+                    let confirm = channel
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            "dropcowboy.sms".into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &body,
+                            envelope::properties(Uuid::now_v7(), Utc::now()),
+                        )
+                        .await?;
+                    pending.push(confirm);
+                }
+                if let Some(confirmation) = pending.next().await {
+                    anyhow::ensure!(confirmation?.is_ack(), "the broker nacked a probe publish");
+                    confirmed += 1;
+                }
+            }
+            while let Some(confirmation) = pending.next().await {
+                anyhow::ensure!(confirmation?.is_ack(), "the broker nacked a probe publish");
+                confirmed += 1;
+            }
+            Ok::<_, anyhow::Error>(confirmed)
+        });
+    }
+    let mut confirmed = 0u64;
+    while let Some(done) = tasks.join_next().await {
+        confirmed += done??;
+    }
+    let elapsed = started.elapsed();
+    if probe.delete_after {
+        topology.delete(&channels[0], timeout).await?;
+    }
+    let _ = connection.close(200, "probe done".into()).await;
+    Ok(ProbeResult::new(
+        format!(
+            "bare lapin publish, {} in flight, {} channel(s)",
+            probe.in_flight, probe.channels
+        ),
+        confirmed,
+        elapsed,
+    ))
+}
+
+/// `count` distinct, realistic webhook bodies (every failure reason, success)
+/// tagged with `run` so they never collide with other runs.
+pub fn bodies(run: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let reason = match i % (fixtures::FAILURE_REASONS.len() + 3) {
+                n if n < fixtures::FAILURE_REASONS.len() => fixtures::FAILURE_REASONS[n],
+                _ => "",
+            };
+            fixtures::delivery_status(
+                &format!("{run}-{i:09}"),
+                "2026-11-27T05:00:00.000Z",
+                reason,
+                &format!("{run}-order-{i}"),
+            )
+        })
+        .collect()
+}
+
+const INSERT: &str = "
+INSERT INTO delivery_events (
+    fingerprint, message_id, kind, drop_id, phone_number, attempt_date, status, reason, dnc, spam,
+    product_cost, compliance_fee, tts_fee, network_name, network_type, foreign_id, payload, received_at)
+SELECT fingerprint, message_id, kind, drop_id, phone_number, attempt_date, status, reason, dnc, spam,
+       product_cost, compliance_fee, tts_fee, network_name, network_type, foreign_id, payload::jsonb, received_at
+FROM unnest($1::bytea[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+            $8::text[], $9::boolean[], $10::boolean[], $11::numeric[], $12::numeric[], $13::numeric[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[])
+    AS t(fingerprint, message_id, kind, drop_id, phone_number, attempt_date, status, reason, dnc, spam,
+         product_cost, compliance_fee, tts_fee, network_name, network_type, foreign_id, payload, received_at)
+ON CONFLICT (fingerprint) DO NOTHING";
+
+/// Inserts `rows` rows in batches of `batch` on one connection into a fresh,
+/// migrated database on the server of `server_url`, and drops it afterwards.
+pub async fn insert(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {
+    let name = crate::unique_name("probe").replace('-', "_");
+    let admin = crate::database::connect(server_url).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    let server = server_url
+        .rsplit_once('/')
+        .map_or(server_url, |(server, _)| server);
+    let url = format!("{server}/{name}");
+    let result = async {
+        corral_worker::db::migrate(&url, Duration::from_secs(30)).await?;
+        let client = crate::database::connect(&url).await;
+        let statement = client.prepare(INSERT).await?;
+        let bodies = bodies(&name, rows);
+        let typed: Vec<(payload::Typed, &str)> = bodies
+            .iter()
+            .map(|body| Ok((payload::parse(body.as_bytes())?, body.as_str())))
+            .collect::<Result<_, payload::PayloadError>>()?;
+        let now = Utc::now();
+        let started = Instant::now();
+        let mut inserted = 0u64;
+        for chunk in typed.chunks(batch) {
+            inserted += insert_chunk(&client, &statement, chunk, now).await?;
+        }
+        Ok::<_, anyhow::Error>(ProbeResult::new(
+            format!("bare tokio-postgres UNNEST insert, {batch}-row batches, 1 connection"),
+            inserted,
+            started.elapsed(),
+        ))
+    }
+    .await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .context("dropping the probe database")?;
+    result
+}
+
+async fn insert_chunk(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    chunk: &[(payload::Typed, &str)],
+    now: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    fn s<'a>(row: &'a (payload::Typed, &str)) -> &'a DeliveryStatus {
+        &row.0.status
+    }
+    let fingerprints: Vec<&[u8]> = chunk.iter().map(|r| &r.0.fingerprint.0[..]).collect();
+    let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::now_v7()).collect();
+    let kinds: Vec<&str> = chunk.iter().map(|_| "sms").collect();
+    let drop_ids: Vec<&str> = chunk.iter().map(|r| s(r).drop_id.as_str()).collect();
+    let phones: Vec<Option<&str>> = chunk.iter().map(|r| s(r).phone_number.as_deref()).collect();
+    let dates: Vec<DateTime<Utc>> = chunk.iter().map(|r| s(r).attempt_date).collect();
+    let statuses: Vec<&str> = chunk.iter().map(|r| s(r).status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = chunk.iter().map(|r| s(r).reason.as_deref()).collect();
+    let dncs: Vec<Option<bool>> = chunk.iter().map(|r| s(r).dnc).collect();
+    let spams: Vec<Option<bool>> = chunk.iter().map(|r| s(r).spam).collect();
+    let costs: Vec<Option<Decimal>> = chunk.iter().map(|r| s(r).product_cost).collect();
+    let fees: Vec<Option<Decimal>> = chunk.iter().map(|r| s(r).compliance_fee).collect();
+    let tts: Vec<Option<Decimal>> = chunk.iter().map(|r| s(r).tts_fee).collect();
+    let names: Vec<Option<&str>> = chunk.iter().map(|r| s(r).network_name.as_deref()).collect();
+    let types: Vec<Option<&str>> = chunk.iter().map(|r| s(r).network_type.as_deref()).collect();
+    let foreign: Vec<Option<&str>> = chunk.iter().map(|r| s(r).foreign_id.as_deref()).collect();
+    let payloads: Vec<&str> = chunk.iter().map(|r| r.1).collect();
+    let received: Vec<DateTime<Utc>> = chunk.iter().map(|_| now).collect();
+    Ok(client
+        .execute(
+            statement,
+            &[
+                &fingerprints,
+                &ids,
+                &kinds,
+                &drop_ids,
+                &phones,
+                &dates,
+                &statuses,
+                &reasons,
+                &dncs,
+                &spams,
+                &costs,
+                &fees,
+                &tts,
+                &names,
+                &types,
+                &foreign,
+                &payloads,
+                &received,
+            ],
+        )
+        .await?)
+}
