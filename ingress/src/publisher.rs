@@ -274,6 +274,11 @@ impl Publisher {
                 Ok(confirm_started.elapsed())
             }
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                // Every routing key matches the binding we declare, so a return
+                // means the topology is gone (a queue deleted under us). Only a
+                // reconnect re-declares it; without this the link stayed "up"
+                // and every webhook got 503 until something else broke it.
+                link.mark_broken();
                 Err(PublishError::Unroutable(returned.reply_text.to_string()))
             }
             Confirmation::Nack(None) => Err(PublishError::Nacked),

@@ -11,10 +11,12 @@ use lapin::{
     message::BasicGetMessage,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
+
+use crate::wait;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +65,44 @@ impl TestBroker {
     /// The prefix.
     pub fn prefix(&self) -> &str {
         &self.settings.prefix
+    }
+
+    /// The main (delivery-status) queue of this prefix.
+    pub fn queue(&self) -> String {
+        self.topology.queue()
+    }
+
+    /// Deletes `queue` under whatever is using it, as an operator might by
+    /// mistake. The next (re)connect of ingress or worker declares it again.
+    pub async fn delete_queue(&self, queue: &str) {
+        amqp::deadline(
+            "queue.delete",
+            TIMEOUT,
+            self.channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("deleting the queue");
+    }
+
+    /// Takes messages off `queue` until at least `count` have been taken, or
+    /// panics once `timeout` has passed. Returns every message taken (more
+    /// than `count` if more were there), so a caller can assert the exact number.
+    pub async fn take(&self, queue: &str, count: usize, timeout: Duration) -> Vec<BasicGetMessage> {
+        let taken = std::cell::RefCell::new(Vec::new());
+        let taken_ref = &taken;
+        wait::until_true(
+            &format!("{count} messages in {queue}"),
+            timeout,
+            move || async move {
+                while let Some(message) = self.get(queue).await {
+                    taken_ref.borrow_mut().push(message);
+                }
+                taken_ref.borrow().len() >= count
+            },
+        )
+        .await;
+        taken.into_inner()
     }
 
     /// Messages ready in a queue (passive declare).

@@ -56,6 +56,12 @@ impl TcpProxy {
         Self { addr, mode, task }
     }
 
+    /// A proxy in front of the local RabbitMQ (127.0.0.1:5672); give
+    /// [`TcpProxy::amqp_url`] to the application under test.
+    pub async fn rabbitmq() -> Self {
+        Self::start(SocketAddr::from(([127, 0, 0, 1], 5672))).await
+    }
+
     /// Where clients should connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
