@@ -1,0 +1,367 @@
+"""Static checks of deploy/ and the Dockerfile that need no container engine
+and no cluster; run by deploy/check.sh after the schema validators.
+
+    python3 deploy/tools/check_deploy.py RENDERED_BASE.yaml RENDERED_OVERLAY.yaml
+
+Each check prints one line; any failure makes the exit status 1.
+"""
+
+import json
+import pathlib
+import re
+import shlex
+import sys
+import tomllib
+import urllib.parse
+
+import yaml
+from dockerfile_parse import DockerfileParser
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+failures: list[str] = []
+
+
+def check(ok: bool, what: str, detail: str = "") -> None:
+    print(("  ok    " if ok else "  FAIL  ") + what + ("" if ok or not detail else f": {detail}"))
+    if not ok:
+        failures.append(what)
+
+
+def load_all(path: pathlib.Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def env_file(path: pathlib.Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes: what the schemas cannot say.
+# ---------------------------------------------------------------------------
+
+
+def kubernetes(rendered: pathlib.Path) -> None:
+    print(f"kubernetes policy ({rendered.name})")
+    docs = load_all(rendered)
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    config = ROOT / "deploy/k8s/base/config"
+    shared = env_file(config / "shared.env")
+    ingress_env = env_file(config / "ingress.env")
+    worker_env = env_file(config / "worker.env")
+
+    deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+    check(set(deployments) == {"corral-ingress", "corral-worker"}, "two Deployments", str(sorted(deployments)))
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        check(
+            psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+            f"{name}: pod runs as non-root with the RuntimeDefault seccomp profile",
+        )
+        check(pod.get("automountServiceAccountToken") is False, f"{name}: no service account token mounted")
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            cname = f"{name}/{container['name']}"
+            sc = container.get("securityContext", {})
+            check(
+                sc.get("readOnlyRootFilesystem") is True
+                and sc.get("allowPrivilegeEscalation") is False
+                and sc.get("capabilities", {}).get("drop") == ["ALL"],
+                f"{cname}: read-only root, no privilege escalation, all capabilities dropped",
+            )
+            resources = container.get("resources", {})
+            check(
+                {"cpu", "memory"} <= set(resources.get("requests", {}))
+                and "memory" in resources.get("limits", {}),
+                f"{cname}: cpu and memory requests, memory limit",
+                json.dumps(resources),
+            )
+        main = pod["containers"][0]
+        check(
+            main.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz"
+            and main.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
+            f"{name}: liveness /healthz, readiness /readyz",
+        )
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if name == "corral-ingress":
+            drain_ms = sum(int(ingress_env[k]) for k in ("CORRAL_DRAIN_DELAY_MS", "CORRAL_SHUTDOWN_TIMEOUT_MS", "CORRAL_PUBLISH_TIMEOUT_MS"))
+            check(
+                int(ingress_env["CORRAL_DRAIN_DELAY_MS"]) > 0,
+                "corral-ingress: CORRAL_DRAIN_DELAY_MS set, so endpoints drop the pod before it stops serving",
+            )
+            check(main["command"] == ["/usr/local/bin/corral-ingress"], "corral-ingress runs corral-ingress")
+        else:
+            drain_ms = int(worker_env["CORRAL_SHUTDOWN_TIMEOUT_MS"])
+            init = [c.get("command") for c in pod.get("initContainers", [])]
+            check(["/usr/local/bin/corral-worker", "migrate"] in init, "corral-worker: migrations run first (`corral-worker migrate`)")
+            check(main["command"] == ["/usr/local/bin/corral-worker", "run"], "corral-worker runs `corral-worker run`")
+        check(
+            grace * 1000 > drain_ms,
+            f"{name}: terminationGracePeriodSeconds ({grace}s) outlasts the drain timeouts ({drain_ms} ms)",
+        )
+
+    check(len(by_kind.get("HorizontalPodAutoscaler", [])) == 1, "ingress HorizontalPodAutoscaler")
+    pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for p in by_kind.get("PodDisruptionBudget", [])}
+    check(pdbs == {"corral-ingress", "corral-worker"}, "a PodDisruptionBudget for each Deployment", str(sorted(pdbs)))
+    scaled = by_kind.get("ScaledObject", [])
+    check(len(scaled) == 1, "worker ScaledObject")
+    for so in scaled:
+        trigger = so["spec"]["triggers"][0]
+        queue = f"{shared['CORRAL_AMQP_PREFIX']}.delivery-status"
+        check(
+            trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue,
+            f"KEDA scales the worker on {queue} (CORRAL_AMQP_PREFIX)",
+            json.dumps(trigger["metadata"]),
+        )
+        check(so["spec"]["scaleTargetRef"]["name"] == "corral-worker", "KEDA targets corral-worker")
+
+    rabbit = by_kind.get("RabbitmqCluster", [])
+    check(len(rabbit) == 1 and rabbit[0]["spec"].get("replicas") == 3, "a 3-node RabbitmqCluster")
+    for cluster in rabbit:
+        spec = cluster["spec"]
+        check(
+            set(spec) <= {"replicas", "image", "resources", "persistence", "rabbitmq", "affinity", "service", "override",
+                          "tls", "tolerations", "terminationGracePeriodSeconds", "skipPostDeploySteps",
+                          "delayStartSeconds", "secretBackend", "imagePullSecrets"},
+            "RabbitmqCluster: only known spec fields (no schema package; checked here)",
+            str(sorted(spec)),
+        )
+    pg = by_kind.get("Cluster", [])
+    check(len(pg) == 1 and pg[0]["spec"].get("instances") == 3, "a 3-instance CloudNativePG Cluster")
+    for cluster in pg:
+        database = cluster["spec"].get("bootstrap", {}).get("initdb", {}).get("database")
+        check(database == "corral", "CloudNativePG bootstraps the `corral` database")
+
+    if "Secret" in by_kind:
+        secret = by_kind["Secret"][0]
+        keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
+        check(
+            keys == {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
+            "the Secret holds the tokens and both URLs, nothing else",
+            str(sorted(keys)),
+        )
+    configmaps = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"].startswith("corral-") and "data" in c]
+    for cm in configmaps:
+        for key in cm["data"]:
+            check(
+                key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
+                f"ConfigMap {cm['metadata']['name']}: no secret in it ({key})",
+            )
+
+
+# ---------------------------------------------------------------------------
+# Alerts: a runbook for each.
+# ---------------------------------------------------------------------------
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def runbooks() -> None:
+    print("alerts and runbooks")
+    rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text())
+    operations = ROOT / "docs/operations.md"
+    anchors = set()
+    if operations.exists():
+        for line in operations.read_text().splitlines():
+            if line.startswith("#"):
+                anchors.add(anchor(line.lstrip("#")))
+    check(operations.exists(), "docs/operations.md exists")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            name = rule["alert"]
+            url = rule.get("annotations", {}).get("runbook_url", "")
+            fragment = urllib.parse.urlparse(url).fragment
+            check(
+                url.split("#")[0].endswith("docs/operations.md") and fragment in anchors,
+                f"{name}: runbook_url points at a heading of docs/operations.md",
+                url,
+            )
+            check(rule.get("labels", {}).get("severity") in {"warning", "critical"}, f"{name}: severity warning or critical")
+
+
+# ---------------------------------------------------------------------------
+# Compose: parses (schema checked by check-jsonschema) and references only
+# services and files that exist.
+# ---------------------------------------------------------------------------
+
+
+def compose() -> None:
+    print("compose")
+    directory = DEPLOY / "compose"
+    spec = yaml.safe_load((directory / "compose.yaml").read_text())
+    services = spec["services"]
+    volumes = set(spec.get("volumes", {}) or {})
+    for name, service in services.items():
+        depends = service.get("depends_on", [])
+        names = depends if isinstance(depends, list) else list(depends)
+        for dep in names:
+            check(dep in services, f"{name}: depends_on {dep} is a service")
+        build = service.get("build")
+        if build:
+            context = (directory / build["context"]).resolve()
+            check(context.is_dir(), f"{name}: build context {build['context']} exists")
+            check((context / build.get("dockerfile", "Dockerfile")).is_file(), f"{name}: {build.get('dockerfile', 'Dockerfile')} exists")
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0] if isinstance(mount, str) else mount.get("source")
+            if source.startswith((".", "/")):
+                check((directory / source).resolve().exists(), f"{name}: mounted {source} exists")
+            else:
+                check(source in volumes, f"{name}: named volume {source} is declared")
+    check(services.get("ingress", {}).get("deploy", {}).get("replicas") == 2, "two ingress replicas")
+    for needed in ("rabbitmq", "postgres", "ingress", "worker", "prometheus", "grafana"):
+        check(needed in services, f"service {needed}")
+
+    prometheus = yaml.safe_load((directory / "prometheus.yml").read_text())
+    for job in prometheus["scrape_configs"]:
+        hosts = [t.split(":")[0] for sc in job.get("static_configs", []) for t in sc["targets"]]
+        hosts += [n for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+        for host in hosts:
+            check(host in services, f"prometheus job {job['job_name']}: scrapes service {host}")
+    scraped = {job["job_name"] for job in prometheus["scrape_configs"]}
+    check({"corral-ingress", "corral-worker", "rabbitmq", "rabbitmq-queues"} <= scraped, "Prometheus scrapes both binaries and RabbitMQ")
+    nginx = (directory / "nginx.conf").read_text()
+    for host in re.findall(r"^\s*server\s+([\w.-]+):\d+", nginx, re.M):
+        check(host in services, f"nginx upstream {host} is a service")
+    datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    for ds in datasources["datasources"]:
+        host = urllib.parse.urlparse(ds["url"]).hostname
+        check(host in services, f"Grafana datasource {ds['name']} points at service {host}")
+    plugins = (directory / "rabbitmq/enabled_plugins").read_text()
+    check("rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins, "RabbitMQ management and Prometheus plugins enabled")
+
+
+def grafana() -> None:
+    print("grafana")
+    for path in sorted((DEPLOY / "grafana").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        check(bool(dashboard.get("uid")) and bool(dashboard.get("title")), f"{path.name}: has a uid and a title")
+        panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+        check(all(p.get("targets") for p in panels), f"{path.name}: every panel has a query")
+        ids = [p["id"] for p in dashboard["panels"]]
+        check(len(ids) == len(set(ids)), f"{path.name}: panel ids are unique")
+        exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+        for needed in ("corral_ingress_requests_total", "corral_ingress_rejected_total", "corral_ingress_publish_failures_total",
+                       "rabbitmq_detailed_queue_messages_ready", "corral_worker_messages_total", "corral_worker_batch_size",
+                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected"):
+            check(needed in exprs, f"{path.name}: shows {needed}")
+
+
+# ---------------------------------------------------------------------------
+# Dockerfile: builds the binaries the workspace declares, the way the README
+# builds them.
+# ---------------------------------------------------------------------------
+
+
+def cargo_build(command: str) -> tuple[frozenset, frozenset] | None:
+    """(packages and bins, flags) of the first `cargo build` in a shell command."""
+    for part in re.split(r"&&|;|\|\|", command):
+        words = shlex.split(part.replace("\\\n", " "))
+        if words[:2] == ["cargo", "build"]:
+            targets, flags = set(), set()
+            it = iter(words[2:])
+            for word in it:
+                if word in ("-p", "--package", "--bin"):
+                    targets.add(f"{word.lstrip('-')[0]}:{next(it)}")
+                elif word.startswith("--package=") or word.startswith("--bin="):
+                    key, value = word.lstrip("-").split("=", 1)
+                    targets.add(f"{key[0]}:{value}")
+                elif word.startswith("-"):
+                    flags.add(word)
+            return frozenset(targets), frozenset(flags)
+    return None
+
+
+def dockerfile() -> None:
+    print("Dockerfile")
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    instructions = parser.structure
+    stages = [i["value"] for i in instructions if i["instruction"] == "FROM"]
+    check(len(stages) >= 3, "multi-stage build", str(stages))
+    runs = [i["value"] for i in instructions if i["instruction"] == "RUN"]
+    cooks = [r for r in runs if "cargo chef cook" in r]
+    check(bool(cooks), "dependencies built in their own layer (cargo chef cook) before the sources are copied")
+    builds = [b for b in (cargo_build(r) for r in runs) if b]
+    check(len(builds) == 1, "exactly one `cargo build`", str(builds))
+    if not builds:
+        return
+    targets, flags = builds[0]
+    check({"--release", "--locked"} <= flags, "release build with the locked dependencies", str(sorted(flags)))
+
+    # The binaries the workspace declares.
+    declared = {}
+    for package_dir in ("ingress", "worker"):
+        manifest = tomllib.loads((ROOT / package_dir / "Cargo.toml").read_text())
+        declared[manifest["package"]["name"]] = [b["name"] for b in manifest.get("bin", [])]
+    check(
+        {t.split(":", 1)[1] for t in targets if t.startswith("p:")} == set(declared),
+        "the Dockerfile builds the packages corral-ingress and corral-worker",
+        str(sorted(targets)),
+    )
+    if cooks:
+        cook_words = shlex.split(cooks[0])
+        cook_packages = {cook_words[i + 1] for i, w in enumerate(cook_words) if w in ("-p", "--package")}
+        check(cook_packages == set(declared), "cargo chef cooks the same packages")
+    copies = " ".join(i["value"] for i in instructions if i["instruction"] == "COPY" and "--from=builder" in i["value"])
+    for binaries in declared.values():
+        for binary in binaries:
+            check(f"/usr/local/bin/{binary}" in copies, f"the image holds /usr/local/bin/{binary}")
+    users = [i["value"] for i in instructions if i["instruction"] == "USER"]
+    check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), "the image runs as a non-root user", str(users))
+
+    # The README's build command, when it has one, must be the same build.
+    readme = ROOT / "README.md"
+    readme_builds = []
+    if readme.exists():
+        for line in readme.read_text().splitlines():
+            if "cargo build" in line and "--release" in line:
+                found = cargo_build(line.strip().strip("`").lstrip("$ ").strip())
+                if found:
+                    readme_builds.append(found)
+    if readme_builds:
+        check(
+            (targets, flags) in readme_builds,
+            "the Dockerfile's `cargo build` matches the README's release build",
+            f"Dockerfile {sorted(targets)} {sorted(flags)}; README {[(sorted(t), sorted(f)) for t, f in readme_builds]}",
+        )
+    else:
+        print("  note  README.md has no `cargo build --release` line yet: only the workspace manifests were compared")
+
+    # .dockerignore must not drop what the build needs.
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    needed = ["Cargo.toml", "Cargo.lock", "shared", "ingress", "worker", "tests", "worker/migrations", "tests/fixtures"]
+    for path in needed:
+        hit = [p for p in ignored if p.rstrip("/") == path or (p.endswith("/") and path.startswith(p))]
+        check(not hit, f".dockerignore keeps {path}", str(hit))
+    check("target/" in ignored and ".git/" in ignored, ".dockerignore drops target/ and .git/")
+
+
+def main() -> int:
+    for rendered in sys.argv[1:]:
+        kubernetes(pathlib.Path(rendered))
+    runbooks()
+    compose()
+    grafana()
+    dockerfile()
+    if failures:
+        print(f"\n{len(failures)} check(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
