@@ -17,7 +17,7 @@ pub mod config;
 pub mod publisher;
 pub mod webhook;
 
-use std::{net::TcpListener, time::Duration};
+use std::time::Duration;
 
 use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context as _;
@@ -90,9 +90,6 @@ impl Application {
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
         });
-        let listener = TcpListener::bind(&config.listen)
-            .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
-        let port = listener.local_addr()?.port();
         let workers = match config.http_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -113,10 +110,19 @@ impl Application {
                 .default_service(web::to(webhook::not_found))
         })
         .workers(workers)
+        // Bursts open many connections at once; a std listener would keep
+        // the kernel's default backlog of 128 and drop SYNs past it.
+        .backlog(4096)
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout().as_secs().max(1))
-        .listen(listener)?
-        .run();
+        .bind(&config.listen)
+        .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
+        let port = server
+            .addrs()
+            .first()
+            .map(|addr| addr.port())
+            .context("no bound address")?;
+        let server = server.run();
 
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
             .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;

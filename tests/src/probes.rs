@@ -90,7 +90,7 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
     let started = Instant::now();
     let window = probe.in_flight.div_ceil(channels.len());
     let mut tasks = tokio::task::JoinSet::new();
-    for channel in channels.iter().cloned() {
+    for channel in channels.clone() {
         let (exchange, body, duration) = (exchange.clone(), probe.body.clone(), probe.duration);
         tasks.spawn(async move {
             let mut pending = FuturesUnordered::new();
