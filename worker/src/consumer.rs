@@ -261,7 +261,9 @@ async fn session(
         metrics::worker_in_hand(batch.len());
         if !batch.is_empty() {
             let deadline_at = drain_deadline.map(|at| at.into_std());
-            if let Err(end) = handle_batch(settings, batch, pool, health, deadline_at).await {
+            if let Err(end) =
+                handle_batch(settings, batch, pool, health, shutdown, deadline_at).await
+            {
                 return end;
             }
         }
@@ -284,7 +286,8 @@ async fn handle_batch(
     batch: Vec<Delivery>,
     pool: &Pool,
     health: &Health,
-    drain_deadline: Option<Instant>,
+    shutdown: &CancellationToken,
+    mut drain_deadline: Option<Instant>,
 ) -> Result<(), SessionEnd> {
     let size = batch.len();
     let mut last: Option<(u64, Acker)> = None;
@@ -329,11 +332,23 @@ async fn handle_batch(
                         "channel closed while the batch was retried".into(),
                     ));
                 }
+                // Shutdown requested while this batch was already being
+                // retried: without this the retries went on until the
+                // database came back, ignoring CORRAL_SHUTDOWN_TIMEOUT_MS
+                // (SIGTERM never ended the process while the database was down).
+                if drain_deadline.is_none() && shutdown.is_cancelled() {
+                    drain_deadline = Some(Instant::now() + settings.shutdown_timeout);
+                    health.start_draining();
+                }
                 let delay = backoff.next().unwrap_or(settings.db_retry_max);
                 if drain_deadline.is_some_and(|at| Instant::now() + delay > at) {
                     return Err(SessionEnd::DrainTimedOut(size));
                 }
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    // Wake up to start the shutdown deadline at once.
+                    () = shutdown.cancelled(), if drain_deadline.is_none() => {}
+                }
             }
         }
     };

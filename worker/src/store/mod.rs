@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use corral_shared::{
     envelope::{Envelope, Kind},
     payload::{self, DeliveryStatus},
+    telemetry::metrics,
 };
 use deadpool_postgres::{GenericClient, Transaction};
 use rust_decimal::Decimal;
@@ -141,6 +142,9 @@ where
                 Ok(stored)
             }
             Err(err) if is_data_error(&err) => {
+                // Counted per refused insert (the catalogue's `kind="data"`);
+                // without it a batch split was invisible to operators.
+                metrics::worker_db_error("data");
                 savepoint.rollback().await?;
                 if let [row] = rows {
                     let reason = err
@@ -250,9 +254,18 @@ async fn store_quarantined(
         .iter()
         .map(|r| r.incoming.envelope.message_id)
         .collect();
-    let routing_keys: Vec<&str> = rows
+    // An AMQP routing key may hold U+0000, which a PostgreSQL text column
+    // refuses; unescaped, that failed the whole batch as if the database were
+    // down, and it was retried forever, blocking the queue. Kept escaped.
+    let routing_keys: Vec<std::borrow::Cow<'_, str>> = rows
         .iter()
-        .map(|r| r.incoming.routing_key.as_str())
+        .map(|r| {
+            if r.incoming.routing_key.contains('\0') {
+                r.incoming.routing_key.replace('\0', "\\u0000").into()
+            } else {
+                r.incoming.routing_key.as_str().into()
+            }
+        })
         .collect();
     let bodies: Vec<&[u8]> = rows.iter().map(|r| r.incoming.body.as_slice()).collect();
     let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
