@@ -1,1 +1,534 @@
-//! Launching the real binaries as processes (end-to-end tests, fault suite).
+//! The real `corral-ingress` and `corral-worker` binaries as child processes,
+//! for the end-to-end tests and the fault suite: start with `CORRAL_*`
+//! environment only, wait on `/readyz`, SIGTERM, SIGKILL, restart with the
+//! same configuration (same ports), read the resident set size from `/proc`.
+//!
+//! The binaries come from the workspace's target directory
+//! (`$CARGO_TARGET_DIR` or `<workspace>/target`, `debug` profile). They are
+//! built with `cargo build --bins` when missing or older than the sources, so
+//! a test never runs yesterday's binary by accident. `CORRAL_TEST_BIN_DIR`
+//! points at another directory (a release build for the fault suite); those
+//! binaries are used as they are, never built.
+//!
+//! Each process's output is forwarded line by line to the test's stderr
+//! (which the test runner shows only for a failing test) and the last lines
+//! are kept, so a process that dies or never gets ready explains itself in
+//! the panic message.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, SystemTime},
+};
+
+use crate::apps::{self, Metrics};
+
+/// Lines of a process's output kept for panic messages.
+const LOG_TAIL_LINES: usize = 60;
+
+/// Deadline for a process to become ready (or not) and for a build.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `corral-ingress`.
+    Ingress,
+    /// `corral-worker`.
+    Worker,
+}
+
+impl Binary {
+    /// The executable's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Binary::Ingress => "corral-ingress",
+            Binary::Worker => "corral-worker",
+        }
+    }
+}
+
+/// The workspace root (the parent of this package's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The directory holding the binaries the tests run.
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CORRAL_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                workspace_root().join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug")
+}
+
+/// Makes sure both binaries exist and are not older than the sources,
+/// building them if needed (only in the workspace's own target directory).
+/// The build runs on a blocking thread, so a runtime that must keep a broker
+/// connection's heartbeats going meanwhile is not stalled by it.
+pub async fn prepare_binaries() {
+    tokio::task::spawn_blocking(build_once)
+        .await
+        .expect("building the binaries");
+}
+
+fn build_once() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    if std::env::var_os("CORRAL_TEST_BIN_DIR").is_some() {
+        return;
+    }
+    BUILT.get_or_init(|| {
+        let dir = bin_dir();
+        let stale = [Binary::Ingress, Binary::Worker]
+            .iter()
+            .any(|b| is_stale(&dir.join(b.name())));
+        if stale {
+            build_binaries();
+        }
+    });
+}
+
+/// The path of `binary`, built first if needed (blocking: async code calls
+/// [`prepare_binaries`] first, as [`Process::start`] does).
+pub fn binary_path(binary: Binary) -> PathBuf {
+    build_once();
+    let path = bin_dir().join(binary.name());
+    assert!(
+        path.exists(),
+        "{} not found at {} (set CORRAL_TEST_BIN_DIR or run `cargo build --bins`)",
+        binary.name(),
+        path.display()
+    );
+    path
+}
+
+/// Whether `binary` is missing or older than any source it is built from.
+fn is_stale(binary: &Path) -> bool {
+    let Some(built) = modified(binary) else {
+        return true;
+    };
+    let root = workspace_root();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in ["Cargo.toml", "Cargo.lock"] {
+        if let Some(at) = modified(&root.join(entry)) {
+            newest = newest.max(at);
+        }
+    }
+    for dir in ["shared", "ingress", "worker"] {
+        newest = newest.max(newest_in(&root.join(dir)));
+    }
+    newest > built
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of any file under `dir`.
+fn newest_in(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return newest;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let at = if path.is_dir() {
+            newest_in(&path)
+        } else {
+            modified(&path).unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(at);
+    }
+    newest
+}
+
+/// `cargo build --bins` for the two service packages (cargo's own lock makes
+/// concurrent test processes build one after another; the second is a no-op).
+fn build_binaries() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "corral-ingress",
+            "-p",
+            "corral-worker",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .expect("running cargo build --bins");
+    assert!(status.success(), "cargo build --bins failed: {status}");
+}
+
+/// A free local TCP port (bound, then released; the OS does not hand it out
+/// again at once, and restarts reuse it thanks to SO_REUSEADDR).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding a free port")
+        .port()
+}
+
+/// How to run one service process: the binary, its environment and ports.
+/// Kept by [`Process`] so a restart reuses it exactly.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Which binary.
+    pub binary: Binary,
+    /// `CORRAL_*` variables (inherited `CORRAL_*` variables are removed).
+    pub env: BTreeMap<String, String>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Port of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
+    /// Port of the public webhook listener (ingress only).
+    pub listen_port: Option<u16>,
+}
+
+impl ProcessConfig {
+    /// An ingress on free local ports, accepting `token`, under AMQP `prefix`.
+    pub fn ingress(prefix: &str, token: &str) -> Self {
+        let admin_port = free_port();
+        let listen_port = free_port();
+        Self {
+            binary: Binary::Ingress,
+            env: BTreeMap::new(),
+            args: Vec::new(),
+            admin_port,
+            listen_port: Some(listen_port),
+        }
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{listen_port}"))
+        .env("CORRAL_WEBHOOK_TOKENS", token)
+        .env("CORRAL_HTTP_WORKERS", "2")
+        .common(prefix)
+    }
+
+    /// A worker on a free admin port, writing to `database_url`, consuming
+    /// under AMQP `prefix`, with a small pool (PostgreSQL's connections are shared).
+    pub fn worker(database_url: &str, prefix: &str) -> Self {
+        Self {
+            binary: Binary::Worker,
+            env: BTreeMap::new(),
+            args: Vec::new(),
+            admin_port: free_port(),
+            listen_port: None,
+        }
+        .env("CORRAL_DATABASE_URL", database_url)
+        .env("CORRAL_DB_POOL_SIZE", "2")
+        .common(prefix)
+    }
+
+    fn common(self, prefix: &str) -> Self {
+        let admin = format!("127.0.0.1:{}", self.admin_port);
+        self.env("CORRAL_ADMIN_LISTEN", admin)
+            .env("CORRAL_AMQP_PREFIX", prefix)
+            .env("CORRAL_LOG", "info")
+            .env("CORRAL_LOG_FORMAT", "text")
+    }
+
+    /// Sets (or overrides) an environment variable.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// A running (or exited) service process. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Process {
+    config: ProcessConfig,
+    child: Child,
+    /// Set once the process has been reaped; its pid must not be signalled after.
+    exit: Option<ExitStatus>,
+    log: Arc<Mutex<VecDeque<String>>>,
+    http: reqwest::Client,
+}
+
+impl Process {
+    /// Spawns the process (building the binaries first if needed); does not
+    /// wait for readiness.
+    pub async fn start(config: ProcessConfig) -> Self {
+        crate::init_test_logging();
+        prepare_binaries().await;
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let child = spawn(&config, &log);
+        Self {
+            config,
+            child,
+            exit: None,
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Spawns the process and waits until `/readyz` answers 200.
+    pub async fn start_ready(config: ProcessConfig) -> Self {
+        let process = Self::start(config).await;
+        process.wait_ready(true).await;
+        process
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ProcessConfig {
+        &self.config
+    }
+
+    /// Operating-system process id (of the current incarnation).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Admin port.
+    pub fn admin_port(&self) -> u16 {
+        self.config.admin_port
+    }
+
+    /// `http://127.0.0.1:<listen port>/webhooks/dropcowboy/<kind>` (ingress only).
+    pub fn webhook_url(&self, kind: &str) -> String {
+        let port = self
+            .config
+            .listen_port
+            .expect("only the ingress has a webhook listener");
+        format!("http://127.0.0.1:{port}/webhooks/dropcowboy/{kind}")
+    }
+
+    /// The last lines the process wrote.
+    pub fn log_tail(&self) -> String {
+        let log = self.log.lock().expect("log lock");
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Whether `/readyz` answers 200 right now.
+    pub async fn is_ready(&self) -> bool {
+        self.readyz_status().await == Some(200)
+    }
+
+    async fn readyz_status(&self) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.config.admin_port);
+        let response = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// Waits until `/readyz` answers 200 (`ready`) or 503 (`!ready`). Panics
+    /// with the process's last log lines if it exits or the deadline passes.
+    pub async fn wait_ready(&self, ready: bool) {
+        let want = if ready { 200 } else { 503 };
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.readyz_status().await == Some(want) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child_exit_status() {
+                panic!(
+                    "{} exited ({status}) while waiting for /readyz {want}; its log:\n{}",
+                    self.config.binary.name(),
+                    self.log_tail()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{} did not answer /readyz {want} within {READY_TIMEOUT:?}; its log:\n{}",
+                    self.config.binary.name(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Exit status without reaping twice (`&self`: peeks via /proc).
+    fn child_exit_status(&self) -> std::io::Result<Option<String>> {
+        if let Some(status) = self.exit {
+            return Ok(Some(status.to_string()));
+        }
+        // A zombie (exited, not yet reaped) shows state Z.
+        let status = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let state = status
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        Ok((state == Some("Z")).then(|| "exited".to_owned()))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_reap().is_none()
+    }
+
+    fn try_reap(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("polling the child");
+        }
+        self.exit
+    }
+
+    /// Sends SIGTERM (a graceful shutdown request).
+    pub fn sigterm(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGKILL (a crash).
+    pub fn sigkill(&mut self) {
+        self.signal("KILL");
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`…), unless the
+    /// process has already been reaped (its pid may belong to another by then).
+    pub fn signal(&mut self, name: &str) {
+        if self.try_reap().is_some() {
+            return;
+        }
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running kill");
+        assert!(
+            status.success() || self.try_reap().is_some(),
+            "kill -{name} {} failed",
+            self.pid()
+        );
+    }
+
+    /// Waits for the process to exit, panicking (with its log) after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_reap() {
+                return status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{} (pid {}) did not exit within {timeout:?}; its log:\n{}",
+                    self.config.binary.name(),
+                    self.pid(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit and returns its status.
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(timeout).await
+    }
+
+    /// Starts the process again with the same configuration (same ports,
+    /// same environment). It must have exited (SIGTERM or SIGKILL it first).
+    pub fn restart(&mut self) {
+        assert!(
+            self.try_reap().is_some(),
+            "restart() needs the previous {} to have exited",
+            self.config.binary.name()
+        );
+        self.child = spawn(&self.config, &self.log);
+        self.exit = None;
+    }
+
+    /// Resident set size in bytes (`VmRSS` from `/proc/<pid>/status`), or
+    /// `None` once the process is gone.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Scrapes `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        apps::scrape(&self.http, self.config.admin_port).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.try_reap().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn(config: &ProcessConfig, log: &Arc<Mutex<VecDeque<String>>>) -> Child {
+    let path = binary_path(config.binary);
+    let mut command = Command::new(&path);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CORRAL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(&config.args)
+        .envs(&config.env)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {}: {err}", path.display()));
+    let tag = format!("[{} {}]", config.binary.name(), child.id());
+    if let Some(stdout) = child.stdout.take() {
+        forward(stdout, tag.clone(), log.clone());
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forward(stderr, tag, log.clone());
+    }
+    child
+}
+
+/// Copies a child's output to the test's stderr and into the log tail.
+fn forward(stream: impl Read + Send + 'static, tag: String, log: Arc<Mutex<VecDeque<String>>>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                    eprintln!("{tag} {text}");
+                    let mut log = log.lock().expect("log lock");
+                    if log.len() == LOG_TAIL_LINES {
+                        log.pop_front();
+                    }
+                    log.push_back(format!("{tag} {text}"));
+                }
+            }
+        }
+    });
+}
