@@ -14,10 +14,12 @@
 //! - [`process`]: the real binaries as child processes.
 //! - [`loadgen`]: the Drop Cowboy simulator behind `corral-loadgen`.
 //! - [`probes`]: the broker's and the database's own limits, for benchmarks.
+//! - [`faults`]: the fault suite behind `corral-faults`.
 
 pub mod apps;
 pub mod broker;
 pub mod database;
+pub mod faults;
 pub mod fixtures;
 pub mod loadgen;
 pub mod probes;
