@@ -26,6 +26,12 @@ use crate::{
 /// Token of the suite's ingresses.
 const TOKEN: &str = "fault-suite-token-0123456789";
 
+/// Connections each load may open. A process's memory grows with the
+/// connections it serves at once (buffers per connection), so every scenario
+/// first serves this many (see [`Stack::warm_up`]) and the load never opens
+/// more: RSS before and after a fault then differ only by what the fault left.
+const MAX_CONNECTIONS: usize = 64;
+
 /// How hard and how long each scenario runs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Profile {
@@ -170,6 +176,25 @@ impl Stack {
             stack.ingresses.push(Process::start_ready(config).await);
         }
         Ok(stack)
+    }
+
+    /// Serves `MAX_CONNECTIONS` connections on every ingress for a second,
+    /// so the RSS measured before the fault is the process at its working size.
+    async fn warm_up(
+        &self,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>>>
+    {
+        let mut runs = Vec::new();
+        for i in 0..self.ingresses.len() {
+            let mut config = loadgen::Config::new(self.ingress_base(i), TOKEN);
+            config.load = Load::Closed {
+                connections: MAX_CONNECTIONS,
+            };
+            config.duration = Some(Duration::from_secs(1));
+            let run = loadgen::run(config).await?;
+            runs.push(tokio::spawn(async move { Ok(run) }));
+        }
+        Ok(runs)
     }
 
     fn ingress_base(&self, i: usize) -> String {
@@ -416,12 +441,15 @@ fn total(profile: Profile, fault: Duration) -> Duration {
 
 async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(6)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(6))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
-    for _ in 0..3 {
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         rabbitmqctl(&["close_all_connections", "corral fault suite"])?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let recovered = stack.wait_recovered(Instant::now()).await?;
     stack
@@ -438,15 +466,16 @@ async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, p.outage));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, p.outage)));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     rabbitmqctl(&["stop_app"])?;
-    let stopped = tokio::time::sleep(p.outage);
-    stopped.await;
-    let start = rabbitmqctl(&["start_app"]);
+    tokio::time::sleep(p.outage).await;
+    // Recovery counts from the restart command: the broker's own start-up
+    // (recovering the quorum queues) is part of what the services wait out.
     let since = Instant::now();
-    start?;
+    rabbitmqctl(&["start_app"])?;
     let recovered = stack.wait_recovered(since).await?;
     stack
         .finish(
@@ -462,7 +491,8 @@ async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn worker_killed(p: Profile, graceful: bool) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(2)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let mut notes = Vec::new();
@@ -498,7 +528,8 @@ async fn worker_killed(p: Profile, graceful: bool) -> anyhow::Result<Outcome> {
 
 async fn ingress_sigterm(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(2)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let in_flight = stack.ingresses[0]
@@ -530,15 +561,17 @@ async fn ingress_sigterm(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn postgres_restarted(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(5)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(5))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let version = postgres_version()?;
+    let since = Instant::now();
     shell(
         "pg_ctlcluster",
         &["--skip-systemctl-redirect", &version, "main", "restart"],
     )?;
-    let recovered = stack.wait_recovered(Instant::now()).await?;
+    let recovered = stack.wait_recovered(since).await?;
     stack
         .finish(
             "postgres-restarted",
@@ -553,12 +586,18 @@ async fn postgres_restarted(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn postgres_backends_terminated(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(4)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(4))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let admin = crate::database::connect(crate::database::SERVER_URL).await;
     let mut terminated = 0i64;
-    for _ in 0..3 {
+    let mut since = Instant::now();
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        since = Instant::now();
         let row = admin
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -566,9 +605,8 @@ async fn postgres_backends_terminated(p: Profile) -> anyhow::Result<Outcome> {
             )
             .await?;
         terminated += row.get::<_, i64>(0);
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let recovered = stack.wait_recovered(Instant::now()).await?;
+    let recovered = stack.wait_recovered(since).await?;
     stack
         .finish(
             "postgres-backends-terminated",
@@ -583,7 +621,8 @@ async fn postgres_backends_terminated(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, true).await?;
-    let loads = stack.start_load(p, total(p, p.outage));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, p.outage)));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let proxy = stack.proxy.as_ref().expect("proxied stack");
@@ -616,7 +655,8 @@ async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome> {
 /// traffic around them must be stored as usual.
 async fn poison_messages(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(2)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     let poisons = [
@@ -684,7 +724,8 @@ async fn poison_messages(p: Profile) -> anyhow::Result<Outcome> {
 
 async fn two_of_each_one_killed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(2, 2, false).await?;
-    let loads = stack.start_load(p, total(p, Duration::from_secs(3)));
+    let mut loads = stack.warm_up().await?;
+    loads.extend(stack.start_load(p, total(p, Duration::from_secs(3))));
     tokio::time::sleep(p.before).await;
     let rss = stack.rss();
     stack.ingresses[1].sigkill();

@@ -82,7 +82,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let failed = outcomes.iter().filter(|o| !o.passed).count() + errors.len();
     if failed > 0 {
-        anyhow::bail!("{failed} of {} scenarios failed", names.len());
+        eprintln!(
+            "corral-faults: {failed} of {} scenarios failed",
+            names.len()
+        );
+        std::process::exit(1);
     }
     Ok(())
 }
