@@ -157,7 +157,7 @@ pub mod metrics {
             "Publishes waiting for the broker's confirm.";
 
         WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
-            "Messages committed to PostgreSQL and acknowledged, by outcome (stored, duplicate, quarantined).";
+            "Messages committed to PostgreSQL, by outcome (stored, duplicate, quarantined); a batch whose ack was lost is redelivered and counted again as duplicates.";
         WORKER_BATCH_SIZE = "corral_worker_batch_size", Histogram, [], Some(BATCH_BUCKETS),
             "Messages per committed batch.";
         WORKER_DB_WRITE_SECONDS = "corral_worker_db_write_seconds", Histogram, [], Some(LATENCY_BUCKETS),
