@@ -15,8 +15,10 @@
 //! - [`loadgen`]: the Drop Cowboy simulator behind `corral-loadgen`.
 //! - [`probes`]: the broker's and the database's own limits, for benchmarks.
 //! - [`faults`]: the fault suite behind `corral-faults`.
+//! - [`bench`]: the benchmark suite behind `corral-bench all`.
 
 pub mod apps;
+pub mod bench;
 pub mod broker;
 pub mod database;
 pub mod faults;

@@ -145,20 +145,20 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
 /// `count` distinct, realistic webhook bodies (every failure reason, success)
 /// tagged with `run` so they never collide with other runs.
 pub fn bodies(run: &str, count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| {
-            let reason = match i % (fixtures::FAILURE_REASONS.len() + 3) {
-                n if n < fixtures::FAILURE_REASONS.len() => fixtures::FAILURE_REASONS[n],
-                _ => "",
-            };
-            fixtures::delivery_status(
-                &format!("{run}-{i:09}"),
-                "2026-11-27T05:00:00.000Z",
-                reason,
-                &format!("{run}-order-{i}"),
-            )
-        })
-        .collect()
+    (0..count).map(|i| body(run, i)).collect()
+}
+
+/// The `i`-th body of [`bodies`], made on demand (a million bodies need not
+/// sit in memory to be published).
+pub fn body(run: &str, i: usize) -> String {
+    let reasons = fixtures::FAILURE_REASONS;
+    let reason = reasons.get(i % (reasons.len() + 3)).copied().unwrap_or("");
+    fixtures::delivery_status(
+        &format!("{run}-{i:09}"),
+        "2026-11-27T05:00:00.000Z",
+        reason,
+        &format!("{run}-order-{i}"),
+    )
 }
 
 const INSERT: &str = "

@@ -1,11 +1,12 @@
 //! corral's benchmark suite: limit probes, ingress alone, worker alone, and
-//! the whole pipeline at fixed rates. See docs/benchmarks.md.
+//! the whole pipeline at fixed rates. See docs/benchmarks.md; `scripts/bench`
+//! builds the release binaries and runs `corral-bench all`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use corral_shared::config::AmqpSettings;
-use corral_tests::{fixtures, probes};
+use corral_tests::{bench, fixtures, probes};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,7 +20,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure the broker's and the database's own limits with corral's payloads.
+    /// Everything: probes, ingress alone, worker alone, pipeline; writes
+    /// benchmarks.md, benchmarks.json and benchmarks.svg. Run it through
+    /// `scripts/bench` (it needs CORRAL_TEST_BIN_DIR pointing at release binaries).
+    All {
+        /// A shorter run (one pre-fill of 100,000, 5 s per ingress run).
+        #[arg(long)]
+        quick: bool,
+        /// Directory to write the results to.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
         #[arg(long, default_value_t = 10)]
@@ -36,6 +48,16 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::All { quick, out } => {
+            let plan = if quick {
+                bench::Plan::quick()
+            } else {
+                bench::Plan::full()
+            };
+            let results = bench::run(plan).await?;
+            bench::write(&results, &out)?;
+            eprintln!("bench: wrote {}/benchmarks.{{md,json,svg}}", out.display());
+        }
         Command::Probes {
             seconds,
             rows,
