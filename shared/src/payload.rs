@@ -128,17 +128,20 @@ pub struct Typed {
 /// Types a webhook body.
 pub fn parse(body: &[u8]) -> Result<Typed, PayloadError> {
     let text = std::str::from_utf8(body).map_err(|err| PayloadError::NotUtf8(err.to_string()))?;
-    let root: &RawValue =
-        serde_json::from_str(text).map_err(|err| PayloadError::InvalidJson(err.to_string()))?;
-    if json_type(root) != "an object" {
-        return Err(PayloadError::NotObject);
-    }
+    // One parse of the top level serves both the fingerprint and the fields.
+    let fields: BTreeMap<String, &RawValue> = match serde_json::from_str(text) {
+        Ok(fields) => fields,
+        Err(err) => {
+            return Err(match serde_json::from_str::<&RawValue>(text) {
+                Ok(_) => PayloadError::NotObject,
+                Err(_) => PayloadError::InvalidJson(err.to_string()),
+            });
+        }
+    };
     let mut canonical = Vec::with_capacity(body.len());
-    canonicalize(root, &mut canonical)?;
+    canonical_object(&fields, &mut canonical)?;
     let fingerprint = Fingerprint(Sha256::digest(&canonical).into());
 
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(root.get())
-        .map_err(|err| PayloadError::InvalidJson(err.to_string()))?;
     let field = |name: &str| fields.get(name).copied().filter(|raw| raw.get() != "null");
 
     let drop_id = required_string(field("drop_id"), "drop_id")?;
@@ -318,19 +321,7 @@ fn canonicalize(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), PayloadError> {
         "an object" => {
             let map: BTreeMap<String, &RawValue> =
                 serde_json::from_str(raw.get()).map_err(invalid)?;
-            out.push(b'{');
-            for (i, (key, value)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                if key.contains('\0') {
-                    return Err(PayloadError::NulCharacter);
-                }
-                serde_json::to_writer(&mut *out, key).map_err(invalid)?;
-                out.push(b':');
-                canonicalize(value, out)?;
-            }
-            out.push(b'}');
+            canonical_object(&map, out)?;
         }
         "an array" => {
             let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(invalid)?;
@@ -343,6 +334,10 @@ fn canonicalize(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), PayloadError> {
             }
             out.push(b']');
         }
+        // Without a backslash a JSON string has no escapes, and (being valid
+        // JSON) no quote or control character: it already is its canonical
+        // form, and it cannot hold U+0000.
+        "a string" if !raw.get().contains('\\') => out.extend_from_slice(raw.get().as_bytes()),
         "a string" => {
             let value: String = serde_json::from_str(raw.get()).map_err(invalid)?;
             if value.contains('\0') {
@@ -352,6 +347,28 @@ fn canonicalize(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), PayloadError> {
         }
         _ => out.extend_from_slice(raw.get().trim().as_bytes()),
     }
+    Ok(())
+}
+
+/// The canonical form of an object already parsed into its (sorted) members.
+fn canonical_object(
+    map: &BTreeMap<String, &RawValue>,
+    out: &mut Vec<u8>,
+) -> Result<(), PayloadError> {
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if key.contains('\0') {
+            return Err(PayloadError::NulCharacter);
+        }
+        serde_json::to_writer(&mut *out, key)
+            .map_err(|err| PayloadError::InvalidJson(err.to_string()))?;
+        out.push(b':');
+        canonicalize(value, out)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -560,6 +577,23 @@ mod tests {
             d.fingerprint, e.fingerprint,
             "numbers are compared as exact text"
         );
+    }
+
+    #[test]
+    fn unescaped_strings_are_already_canonical() {
+        for raw in [
+            r#""plain""#,
+            r#""Verizon Wireless:6006 - SVR/2""#,
+            "\"é ü 中 🐄\"",
+            r#""a/b<c>&'d""#,
+            r#""""#,
+        ] {
+            let value: String = serde_json::from_str(raw).unwrap();
+            assert_eq!(serde_json::to_string(&value).unwrap(), raw);
+            let mut out = Vec::new();
+            canonicalize(serde_json::from_str::<&RawValue>(raw).unwrap(), &mut out).unwrap();
+            assert_eq!(out, raw.as_bytes());
+        }
     }
 
     #[test]

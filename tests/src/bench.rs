@@ -204,9 +204,15 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         probe_results.push(result);
     }
     for batch in [500, 1000] {
-        let result = probes::insert(crate::database::SERVER_URL, plan.insert_rows, batch).await?;
-        eprintln!("bench: {}: {:.0}/s", result.name, result.per_second);
-        probe_results.push(result);
+        for kind in [
+            probes::InsertKind::EventsOnly,
+            probes::InsertKind::WithLatest,
+        ] {
+            let result =
+                probes::insert(crate::database::SERVER_URL, plan.insert_rows, batch, kind).await?;
+            eprintln!("bench: {}: {:.0}/s", result.name, result.per_second);
+            probe_results.push(result);
+        }
     }
 
     let mut ingress_runs = Vec::new();
@@ -435,6 +441,14 @@ pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
 }
 
 async fn worker_alone(messages: usize) -> anyhow::Result<WorkerRun> {
+    worker_alone_with(messages, &[]).await
+}
+
+/// [`worker_alone`] with extra `CORRAL_*` settings for the worker (tuning experiments).
+pub async fn worker_alone_with(
+    messages: usize,
+    env: &[(String, String)],
+) -> anyhow::Result<WorkerRun> {
     let prefix = crate::unique_name("bench");
     let db = TestDatabase::migrated().await;
     let started_fill = Instant::now();
@@ -444,9 +458,12 @@ async fn worker_alone(messages: usize) -> anyhow::Result<WorkerRun> {
         started_fill.elapsed().as_secs_f64()
     );
     let client = db.client().await;
-    let config = ProcessConfig::worker(&db.url, &prefix)
+    let mut config = ProcessConfig::worker(&db.url, &prefix)
         .env("CORRAL_DB_POOL_SIZE", "4")
         .env("CORRAL_LOG", "warn");
+    for (key, value) in env {
+        config = config.env(key, value.clone());
+    }
     let started = Instant::now();
     let mut worker = Process::start(config).await;
     let sampler = Sampler::start(worker.pid());
@@ -466,6 +483,13 @@ async fn worker_alone(messages: usize) -> anyhow::Result<WorkerRun> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let metrics = worker.metrics().await;
+    let batches = metrics.get("corral_worker_batch_size_count");
+    eprintln!(
+        "bench: {batches} batches, mean size {:.0}, mean write {:.1} ms",
+        metrics.get("corral_worker_batch_size_sum") / batches.max(1.0),
+        metrics.get("corral_worker_db_write_seconds_sum") / batches.max(1.0) * 1000.0
+    );
     let (cpu, peak) = sampler.finish();
     worker.terminate(Duration::from_secs(40)).await;
     cleanup_prefix(&prefix).await;

@@ -174,9 +174,28 @@ FROM unnest($1::bytea[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::tim
          product_cost, compliance_fee, tts_fee, network_name, network_type, foreign_id, payload, received_at)
 ON CONFLICT (fingerprint) DO NOTHING";
 
+/// The whole job of storing a webhook in one statement: the event rows and
+/// the `deliveries` upsert (the same statement the worker runs; here without
+/// any of the worker's code around it).
+const INSERT_WITH_LATEST: &str = include_str!("../../worker/src/store/insert_events.sql");
+
+/// What the insert probe writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertKind {
+    /// `delivery_events` rows only.
+    EventsOnly,
+    /// `delivery_events` rows and the `deliveries` upsert: the same work as the worker.
+    WithLatest,
+}
+
 /// Inserts `rows` rows in batches of `batch` on one connection into a fresh,
 /// migrated database on the server of `server_url`, and drops it afterwards.
-pub async fn insert(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {
+pub async fn insert(
+    server_url: &str,
+    rows: usize,
+    batch: usize,
+    kind: InsertKind,
+) -> anyhow::Result<ProbeResult> {
     let name = crate::unique_name("probe").replace('-', "_");
     let admin = crate::database::connect(server_url).await;
     admin
@@ -189,7 +208,12 @@ pub async fn insert(server_url: &str, rows: usize, batch: usize) -> anyhow::Resu
     let result = async {
         corral_worker::db::migrate(&url, Duration::from_secs(30)).await?;
         let client = crate::database::connect(&url).await;
-        let statement = client.prepare(INSERT).await?;
+        let statement = client
+            .prepare(match kind {
+                InsertKind::EventsOnly => INSERT,
+                InsertKind::WithLatest => INSERT_WITH_LATEST,
+            })
+            .await?;
         let bodies = bodies(&name, rows);
         let typed: Vec<(payload::Typed, &str)> = bodies
             .iter()
@@ -201,8 +225,14 @@ pub async fn insert(server_url: &str, rows: usize, batch: usize) -> anyhow::Resu
         for chunk in typed.chunks(batch) {
             inserted += insert_chunk(&client, &statement, chunk, now).await?;
         }
+        let what = match kind {
+            InsertKind::EventsOnly => "events only",
+            InsertKind::WithLatest => "events + deliveries upsert",
+        };
         Ok::<_, anyhow::Error>(ProbeResult::new(
-            format!("bare tokio-postgres UNNEST insert, {batch}-row batches, 1 connection"),
+            format!(
+                "bare tokio-postgres UNNEST insert ({what}), {batch}-row batches, 1 connection"
+            ),
             inserted,
             started.elapsed(),
         ))
@@ -267,4 +297,39 @@ async fn insert_chunk(
             ],
         )
         .await?)
+}
+
+/// corral's own write path without the broker: `store::write_batch` on one
+/// pooled connection, `rows` rows in batches of `batch`, into a fresh database.
+/// The gap between this and [`insert`] is the price of corral's statement
+/// (typing, fingerprints, the `deliveries` upsert); the gap between this and
+/// the worker draining a queue is the price of consuming and acknowledging.
+pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {
+    let db = crate::database::TestDatabase::migrated().await;
+    let _ = server_url;
+    let pool = corral_worker::db::pool(&db.url, 1, Duration::from_secs(30))?;
+    let mut client = pool.get().await?;
+    let name = crate::unique_name("store");
+    let messages: Vec<corral_worker::store::Incoming> = (0..rows)
+        .map(|i| corral_worker::store::Incoming {
+            body: body(&name, i).into_bytes(),
+            routing_key: "dropcowboy.sms".into(),
+            envelope: corral_shared::envelope::Envelope {
+                message_id: Some(Uuid::now_v7()),
+                received_at: Some(Utc::now()),
+            },
+        })
+        .collect();
+    let started = Instant::now();
+    let mut stored = 0u64;
+    for chunk in messages.chunks(batch) {
+        stored += corral_worker::store::write_batch(&mut client, chunk)
+            .await?
+            .stored as u64;
+    }
+    Ok(ProbeResult::new(
+        format!("corral store::write_batch, {batch}-row batches, 1 connection"),
+        stored,
+        started.elapsed(),
+    ))
 }

@@ -108,6 +108,12 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
     pub db_pool_size: u32,
 
+    /// Batches written at once, each on its own pooled connection (at most
+    /// CORRAL_DB_POOL_SIZE); acknowledged in delivery order whatever order they commit in.
+    #[arg(long, env = "CORRAL_DB_WRITERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    pub db_writers: u32,
+
     /// Deadline for each database wait (pool checkout, connect, each statement), in milliseconds.
     #[arg(long, env = "CORRAL_DB_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..), global = true)]
@@ -123,7 +129,7 @@ pub struct WorkerConfig {
     pub admin_listen: String,
 
     /// Messages RabbitMQ may send before they are acknowledged.
-    #[arg(long, env = "CORRAL_PREFETCH", default_value_t = 1_000,
+    #[arg(long, env = "CORRAL_PREFETCH", default_value_t = 2_000,
           value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub prefetch: u16,
 
@@ -177,6 +183,14 @@ pub enum ConfigError {
         /// Batch size.
         batch_max: u32,
     },
+    /// More writers than connections would leave writers waiting for one.
+    #[error("CORRAL_DB_WRITERS ({writers}) must not exceed CORRAL_DB_POOL_SIZE ({pool})")]
+    WritersAbovePool {
+        /// Writers.
+        writers: u32,
+        /// Pool size.
+        pool: u32,
+    },
     /// The database URL does not parse.
     #[error("CORRAL_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     DatabaseUrl(String),
@@ -199,6 +213,12 @@ impl WorkerConfig {
             return Err(ConfigError::PrefetchBelowBatch {
                 prefetch: self.prefetch,
                 batch_max: self.batch_max,
+            });
+        }
+        if self.db_writers > self.db_pool_size {
+            return Err(ConfigError::WritersAbovePool {
+                writers: self.db_writers,
+                pool: self.db_pool_size,
             });
         }
         self.database_url

@@ -13,7 +13,11 @@
 //! On shutdown the consumer is cancelled, the messages already received are
 //! written and acknowledged, and only then does the connection close.
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use corral_shared::{
@@ -24,7 +28,7 @@ use corral_shared::{
     telemetry::metrics,
 };
 use deadpool_postgres::Pool;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::FuturesOrdered};
 use lapin::{
     Acker, Channel, Connection,
     message::Delivery,
@@ -42,6 +46,8 @@ pub struct ConsumerSettings {
     pub amqp: AmqpSettings,
     /// `basic.qos` prefetch.
     pub prefetch: u16,
+    /// Batches written at once.
+    pub writers: usize,
     /// Messages per batch at most.
     pub batch_max: usize,
     /// How long a batch waits for more messages after its first.
@@ -138,6 +144,7 @@ async fn close(connection: &Connection, timeout: Duration) {
 /// What woke the batch loop.
 #[allow(clippy::large_enum_variant)] // lives for one loop turn; boxing would allocate per message
 enum Next {
+    Written(Result<Written, SessionEnd>),
     Delivery(Delivery),
     LingerOver,
     Shutdown,
@@ -146,7 +153,16 @@ enum Next {
     Failed(lapin::Error),
 }
 
+/// A batch being written, resolving when it committed (or gave up).
+type Write = Pin<Box<dyn Future<Output = Result<Written, SessionEnd>> + Send>>;
+
 /// One consuming session on one channel.
+///
+/// Up to `CORRAL_DB_WRITERS` batches are written at once (each on its own
+/// pooled connection, so PostgreSQL works on them in parallel while the next
+/// batch fills), but acknowledged strictly in delivery order: a `multiple`
+/// ack of a batch's last tag then never covers a message of a batch that has
+/// not committed yet.
 async fn session(
     settings: &ConsumerSettings,
     topology: &Topology,
@@ -189,86 +205,106 @@ async fn session(
     tracing::info!(
         queue = topology.queue(),
         prefetch = settings.prefetch,
+        writers = settings.writers,
         "consuming"
     );
 
+    let mut writes: FuturesOrdered<Write> = FuturesOrdered::new();
+    let mut batch: Vec<Delivery> = Vec::with_capacity(settings.batch_max);
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let mut flush = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut ended: Option<SessionEnd> = None;
+    // Messages in batches being written or waiting for their ack.
+    let mut held = 0usize;
     loop {
-        let mut batch: Vec<Delivery> = Vec::with_capacity(settings.batch_max);
-        let mut linger_until: Option<tokio::time::Instant> = None;
-        let mut stop: Option<SessionEnd> = None;
-        while batch.len() < settings.batch_max {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if drain_deadline.is_none() => Next::Shutdown,
-                () = sleep_until(drain_deadline), if drain_deadline.is_some() => Next::DrainDeadline,
-                () = sleep_until(linger_until), if linger_until.is_some() => Next::LingerOver,
-                item = consumer.next() => match item {
-                    Some(Ok(delivery)) => Next::Delivery(delivery),
-                    Some(Err(err)) => Next::Failed(err),
-                    None => Next::Ended,
-                },
-            };
-            match next {
-                Next::Delivery(delivery) => {
-                    if linger_until.is_none() {
-                        linger_until = Some(tokio::time::Instant::now() + settings.batch_linger);
-                    }
-                    batch.push(delivery);
-                }
-                Next::LingerOver => break,
-                Next::Shutdown => {
-                    // Stop new deliveries; the ones already received still come
-                    // through the stream, which then ends.
-                    drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_timeout);
-                    health.start_draining();
-                    tracing::info!(in_hand = batch.len(), "draining: cancelling the consumer");
-                    if let Err(err) = deadline(
-                        "cancelling the consumer",
-                        timeout,
-                        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-                    )
-                    .await
-                    {
-                        tracing::warn!(
-                            error = amqp::error_chain(&err),
-                            "could not cancel the consumer"
-                        );
-                    }
-                }
-                Next::DrainDeadline => {
-                    // The stream did not end by itself; what is in hand still
-                    // gets one attempt below.
-                    stop = Some(SessionEnd::Drained);
-                    break;
-                }
-                Next::Ended => {
-                    stop = Some(if drain_deadline.is_some() {
-                        SessionEnd::Drained
-                    } else {
-                        SessionEnd::Consumer(
-                            "RabbitMQ cancelled the consumer (queue deleted?)".into(),
-                        )
-                    });
-                    break;
-                }
-                Next::Failed(err) => {
-                    stop = Some(SessionEnd::Consumer(amqp::error_chain(&err)));
-                    break;
-                }
-            }
-        }
-        metrics::worker_in_hand(batch.len());
-        if !batch.is_empty() {
+        let ready =
+            !batch.is_empty() && (batch.len() >= settings.batch_max || flush || ended.is_some());
+        if ready && writes.len() < settings.writers {
+            held += batch.len();
+            metrics::worker_in_hand(held);
+            let deliveries = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_max));
             let deadline_at = drain_deadline.map(|at| at.into_std());
-            if let Err(end) =
-                handle_batch(settings, batch, pool, health, shutdown, deadline_at).await
-            {
-                return end;
-            }
+            writes.push_back(Box::pin(write(
+                settings.clone(),
+                deliveries,
+                pool.clone(),
+                health.clone(),
+                shutdown.clone(),
+                deadline_at,
+            )));
+            linger_until = None;
+            flush = false;
+            continue;
         }
-        if let Some(end) = stop {
+        if batch.is_empty()
+            && writes.is_empty()
+            && let Some(end) = ended
+        {
             return end;
+        }
+        let taking = ended.is_none() && batch.len() < settings.batch_max;
+        let next = tokio::select! {
+            biased;
+            Some(written) = writes.next(), if !writes.is_empty() => Next::Written(written),
+            () = shutdown.cancelled(), if drain_deadline.is_none() => Next::Shutdown,
+            () = sleep_until(drain_deadline), if drain_deadline.is_some() && ended.is_none() => Next::DrainDeadline,
+            () = sleep_until(linger_until), if linger_until.is_some() && !ready => Next::LingerOver,
+            item = consumer.next(), if taking => match item {
+                Some(Ok(delivery)) => Next::Delivery(delivery),
+                Some(Err(err)) => Next::Failed(err),
+                None => Next::Ended,
+            },
+        };
+        match next {
+            Next::Written(Ok(written)) => {
+                held -= written.size;
+                metrics::worker_in_hand(held);
+                if let Err(end) = acknowledge(settings, written).await {
+                    return end;
+                }
+            }
+            Next::Written(Err(end)) => return end,
+            Next::Delivery(delivery) => {
+                if linger_until.is_none() {
+                    linger_until = Some(tokio::time::Instant::now() + settings.batch_linger);
+                }
+                batch.push(delivery);
+            }
+            Next::LingerOver => flush = true,
+            Next::Shutdown => {
+                // Stop new deliveries; the ones already received still come
+                // through the stream, which then ends.
+                drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_timeout);
+                health.start_draining();
+                tracing::info!(
+                    in_hand = batch.len() + held,
+                    "draining: cancelling the consumer"
+                );
+                if let Err(err) = deadline(
+                    "cancelling the consumer",
+                    timeout,
+                    channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await
+                {
+                    tracing::warn!(
+                        error = amqp::error_chain(&err),
+                        "could not cancel the consumer"
+                    );
+                }
+            }
+            // The stream did not end by itself; what is in hand still gets
+            // its attempt.
+            Next::DrainDeadline => ended = Some(SessionEnd::Drained),
+            Next::Ended => {
+                ended = Some(if drain_deadline.is_some() {
+                    SessionEnd::Drained
+                } else {
+                    SessionEnd::Consumer("RabbitMQ cancelled the consumer (queue deleted?)".into())
+                });
+            }
+            Next::Failed(err) => ended = Some(SessionEnd::Consumer(amqp::error_chain(&err))),
         }
     }
 }
@@ -280,15 +316,28 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes one batch (retrying transient database failures) and acks it.
-async fn handle_batch(
-    settings: &ConsumerSettings,
+/// A committed batch, waiting for its turn to be acknowledged.
+struct Written {
+    size: usize,
+    /// Delivery tag of the batch's last message, acked with `multiple`.
+    tag: u64,
+    acker: Acker,
+    outcome: BatchOutcome,
+    write_time: Duration,
+    /// When ingress received each message, for the end-to-end histogram.
+    received: Vec<chrono::DateTime<Utc>>,
+}
+
+/// Writes one batch, retrying transient database failures with backoff
+/// while its messages stay unacknowledged.
+async fn write(
+    settings: ConsumerSettings,
     batch: Vec<Delivery>,
-    pool: &Pool,
-    health: &Health,
-    shutdown: &CancellationToken,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
     mut drain_deadline: Option<Instant>,
-) -> Result<(), SessionEnd> {
+) -> Result<Written, SessionEnd> {
     let size = batch.len();
     let mut last: Option<(u64, Acker)> = None;
     let mut messages = Vec::with_capacity(size);
@@ -352,12 +401,32 @@ async fn handle_batch(
             }
         }
     };
-    let write_time = started.elapsed();
+    Ok(Written {
+        size,
+        tag,
+        acker,
+        outcome,
+        write_time: started.elapsed(),
+        received: messages
+            .iter()
+            .filter_map(|m| m.envelope.received_at)
+            .collect(),
+    })
+}
 
-    let timeout = settings.amqp.connect_timeout();
+/// Acknowledges a committed batch and records its metrics.
+async fn acknowledge(settings: &ConsumerSettings, written: Written) -> Result<(), SessionEnd> {
+    let Written {
+        size,
+        tag,
+        acker,
+        outcome,
+        write_time,
+        received,
+    } = written;
     let acked = deadline(
         "acknowledging a batch",
-        timeout,
+        settings.amqp.connect_timeout(),
         acker.ack(BasicAckOptions { multiple: true }),
     )
     .await;
@@ -366,12 +435,9 @@ async fn handle_batch(
     metrics::worker_messages("stored", outcome.stored);
     metrics::worker_messages("duplicate", outcome.duplicate);
     metrics::worker_messages("quarantined", outcome.quarantined);
-    metrics::worker_in_hand(0);
-    for message in &messages {
-        if let Some(received_at) = message.envelope.received_at {
-            let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics::worker_end_to_end(seconds.max(0.0));
-        }
+    for received_at in received {
+        let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::worker_end_to_end(seconds.max(0.0));
     }
     tracing::debug!(size, tag, ?outcome, ?write_time, "batch committed");
     match acked {

@@ -103,6 +103,7 @@ impl Application {
             let settings = ConsumerSettings {
                 amqp: config.amqp.clone(),
                 prefetch: config.prefetch,
+                writers: config.db_writers as usize,
                 batch_max: config.batch_max as usize,
                 batch_linger: config.batch_linger(),
                 db_retry_max: Duration::from_millis(config.db_retry_max_ms),

@@ -31,6 +31,16 @@ enum Command {
         #[arg(long, default_value = "docs")]
         out: PathBuf,
     },
+    /// Only the worker draining a pre-filled queue, with extra settings
+    /// (`--env CORRAL_BATCH_MAX=1000`), for tuning.
+    Drain {
+        /// Messages to pre-fill.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Extra worker settings, `KEY=VALUE`.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
     /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
@@ -58,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
             bench::write(&results, &out)?;
             eprintln!("bench: wrote {}/benchmarks.{{md,json,svg}}", out.display());
         }
+        Command::Drain { messages, env } => {
+            let run = bench::worker_alone_with(messages, &env).await?;
+            eprintln!("{}", serde_json::to_string(&run)?);
+        }
         Command::Probes {
             seconds,
             rows,
@@ -76,10 +90,23 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("{}: {:.0}/s", result.name, result.per_second);
             }
             for batch in [500, 1000] {
-                let result = probes::insert(&database_url, rows, batch).await?;
+                for kind in [
+                    probes::InsertKind::EventsOnly,
+                    probes::InsertKind::WithLatest,
+                ] {
+                    let result = probes::insert(&database_url, rows, batch, kind).await?;
+                    eprintln!("{}: {:.0}/s", result.name, result.per_second);
+                }
+                let result = probes::store(&database_url, rows, batch).await?;
                 eprintln!("{}: {:.0}/s", result.name, result.per_second);
             }
         }
     }
     Ok(())
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {pair:?}"))
 }

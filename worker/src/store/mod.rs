@@ -110,8 +110,19 @@ pub async fn write_batch(
             }),
         }
     }
+    // The common case needs no savepoint: insert the whole batch. Only when
+    // PostgreSQL refuses its data is the transaction rolled back and the
+    // batch written again, split under savepoints to isolate the culprit.
     let mut tx = client.transaction().await?;
-    let stored = store_events(&mut tx, &events, &mut quarantined).await?;
+    let stored = match insert_events(&tx, &events).await {
+        Ok(stored) => stored,
+        Err(err) if is_data_error(&err) => {
+            tx.rollback().await?;
+            tx = client.transaction().await?;
+            store_events(&mut tx, &events, &mut quarantined).await?
+        }
+        Err(err) => return Err(err),
+    };
     let new_quarantined = store_quarantined(&tx, &quarantined).await?;
     tx.commit().await?;
     Ok(BatchOutcome {
@@ -171,6 +182,9 @@ async fn insert_events(
     client: &impl GenericClient,
     rows: &[EventRow<'_>],
 ) -> Result<usize, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
     let statement = client.prepare_cached(INSERT_EVENTS).await?;
     fn status<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
         &row.typed.status
