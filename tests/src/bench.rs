@@ -34,7 +34,7 @@ use crate::{
 const TOKEN: &str = "bench-token-0123456789";
 
 /// What to run and for how long.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Plan {
     /// Seconds per publish probe and per ingress run.
     pub seconds: u64,
@@ -77,7 +77,7 @@ impl Plan {
 }
 
 /// Where the numbers were measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     /// When.
     pub date: String,
@@ -98,7 +98,7 @@ pub struct Machine {
 }
 
 /// Ingress alone at a concurrency.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct IngressRun {
     /// Closed-loop connections.
     pub connections: usize,
@@ -121,7 +121,7 @@ pub struct IngressRun {
 }
 
 /// Worker alone draining a pre-filled queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerRun {
     /// Messages in the queue at start.
     pub messages: usize,
@@ -136,7 +136,7 @@ pub struct WorkerRun {
 }
 
 /// The whole pipeline at a fixed arrival rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PipelineRun {
     /// Fraction of the ingress maximum.
     pub fraction: f64,
@@ -165,7 +165,7 @@ pub struct PipelineRun {
 }
 
 /// Everything measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
     /// Where.
     pub machine: Machine,
@@ -632,8 +632,16 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let m = &results.machine;
     let publish64 = probe(results, "bare lapin publish, 64 in flight").unwrap_or(f64::NAN);
     let publish1024 = probe(results, "bare lapin publish, 1024 in flight").unwrap_or(f64::NAN);
-    let insert500 =
-        probe(results, "bare tokio-postgres UNNEST insert, 500-row").unwrap_or(f64::NAN);
+    let insert500 = probe(
+        results,
+        "bare tokio-postgres UNNEST insert (events only), 500-row",
+    )
+    .unwrap_or(f64::NAN);
+    let same500 = probe(
+        results,
+        "bare tokio-postgres UNNEST insert (events + deliveries upsert), 500-row",
+    )
+    .unwrap_or(f64::NAN);
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -705,16 +713,17 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let _ = writeln!(out, "\n## Worker alone\n");
     let _ = writeln!(
         out,
-        "| messages | seconds | rows/s | ÷ insert probe (500-row batches) | peak RSS MiB | CPU % |\n|---:|---:|---:|---:|---:|---:|"
+        "| messages | seconds | rows/s | ÷ insert probe, events only | ÷ insert probe, same work (events + deliveries) | peak RSS MiB | CPU % |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.worker {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} |",
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} |",
             r.messages,
             r.seconds,
             r.rows_per_sec,
             r.rows_per_sec / insert500,
+            r.rows_per_sec / same500,
             r.peak_rss_mib,
             r.cpu_percent
         );
@@ -749,7 +758,16 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
 /// A two-panel SVG: throughput against the limits, and latency by load.
 pub fn svg(results: &Results) -> String {
     let publish64 = probe(results, "bare lapin publish, 64 in flight").unwrap_or(0.0);
-    let insert500 = probe(results, "bare tokio-postgres UNNEST insert, 500-row").unwrap_or(0.0);
+    let insert500 = probe(
+        results,
+        "bare tokio-postgres UNNEST insert (events only), 500-row",
+    )
+    .unwrap_or(0.0);
+    let same500 = probe(
+        results,
+        "bare tokio-postgres UNNEST insert (events + deliveries upsert), 500-row",
+    )
+    .unwrap_or(0.0);
     let ingress64 = results
         .ingress
         .iter()
@@ -759,18 +777,19 @@ pub fn svg(results: &Results) -> String {
     let bars = [
         ("publish probe (64 in flight)", publish64, "#9aa5b1"),
         ("corral-ingress (64 connections)", ingress64, "#2f6fdf"),
-        ("insert probe (500-row batches)", insert500, "#9aa5b1"),
+        ("insert probe, events only", insert500, "#9aa5b1"),
+        ("insert probe, same work", same500, "#9aa5b1"),
         ("corral-worker (drain)", worker, "#1f9d55"),
     ];
     let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
     let mut svg = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="960" height="420" font-family="sans-serif" font-size="12">
-<rect width="960" height="420" fill="white"/>
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="250" font-family="sans-serif" font-size="12">
+<rect width="1000" height="250" fill="white"/>
 <text x="20" y="24" font-size="15" font-weight="bold">Throughput against this machine's limits (per second)</text>
 "#,
     );
     for (i, (label, value, color)) in bars.iter().enumerate() {
-        let y = 44.0 + i as f64 * 40.0;
+        let y = 44.0 + i as f64 * 34.0;
         let width = value / max * 260.0;
         let _ = writeln!(
             svg,
@@ -783,7 +802,7 @@ pub fn svg(results: &Results) -> String {
     }
     let _ = writeln!(
         svg,
-        r#"<text x="540" y="24" font-size="15" font-weight="bold">Answer latency, ms (p50 / p99 / p99.9)</text>"#
+        r#"<text x="540" y="24" font-size="15" font-weight="bold">Answer latency, ms, log scale (p50 / p99 / p99.9)</text>"#
     );
     let rows: Vec<(String, f64, f64, f64)> = results
         .ingress
@@ -808,7 +827,8 @@ pub fn svg(results: &Results) -> String {
     let lmax = rows.iter().map(|r| r.3).fold(1.0, f64::max);
     for (i, (label, p50, p99, p999)) in rows.iter().enumerate() {
         let y = 44.0 + i as f64 * 30.0;
-        let scale = |v: f64| v / lmax * 200.0;
+        // Logarithmic: the interesting latencies span milliseconds to seconds.
+        let scale = |v: f64| (v + 1.0).log10() / (lmax + 1.0).log10() * 140.0;
         let _ = writeln!(
             svg,
             r##"<text x="540" y="{:.0}">{label}</text><rect x="700" y="{y:.0}" width="{:.1}" height="18" fill="#c7d7f5"/><rect x="700" y="{y:.0}" width="{:.1}" height="18" fill="#7ea3ea"/><rect x="700" y="{y:.0}" width="{:.1}" height="18" fill="#2f6fdf"/><text x="{:.0}" y="{:.0}">{p50:.1} / {p99:.1} / {p999:.1}</text>"##,

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::fixtures;
 
 /// What a probe measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ProbeResult {
     /// What was measured, e.g. `publish 64 in flight, 4 channels`.
     pub name: String,

@@ -31,6 +31,12 @@ enum Command {
         #[arg(long, default_value = "docs")]
         out: PathBuf,
     },
+    /// Rewrite benchmarks.md and benchmarks.svg from an existing benchmarks.json.
+    Report {
+        /// Directory holding benchmarks.json; the files are written there.
+        #[arg(long, default_value = "docs")]
+        dir: PathBuf,
+    },
     /// Only the worker draining a pre-filled queue, with extra settings
     /// (`--env CORRAL_BATCH_MAX=1000`), for tuning.
     Drain {
@@ -67,6 +73,11 @@ async fn main() -> anyhow::Result<()> {
             let results = bench::run(plan).await?;
             bench::write(&results, &out)?;
             eprintln!("bench: wrote {}/benchmarks.{{md,json,svg}}", out.display());
+        }
+        Command::Report { dir } => {
+            let results: bench::Results =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("benchmarks.json"))?)?;
+            bench::write(&results, &dir)?;
         }
         Command::Drain { messages, env } => {
             let run = bench::worker_alone_with(messages, &env).await?;
