@@ -175,6 +175,19 @@ async fn wait_ready(http: &reqwest::Client, admin_port: u16, ready: bool) {
 pub struct Metrics(pub BTreeMap<String, f64>);
 
 impl Metrics {
+    /// Parses Prometheus exposition text.
+    pub fn parse(text: &str) -> Self {
+        Metrics(
+            text.lines()
+                .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
     /// The value of a series, e.g. `corral_ingress_rejected_total{reason="too_large"}`;
     /// 0 when absent.
     pub fn get(&self, series: &str) -> f64 {
@@ -207,13 +220,5 @@ pub async fn scrape(http: &reqwest::Client, admin_port: u16) -> Metrics {
         .text()
         .await
         .expect("reading /metrics");
-    Metrics(
-        text.lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect(),
-    )
+    Metrics::parse(&text)
 }

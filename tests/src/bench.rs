@@ -14,13 +14,9 @@ use std::{
 
 use anyhow::Context as _;
 use chrono::Utc;
-use corral_shared::{
-    amqp::{self, Topology},
-    config::AmqpSettings,
-    envelope,
-};
+use corral_shared::{config::AmqpSettings, envelope};
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -344,17 +340,6 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-async fn cleanup_prefix(prefix: &str) {
-    let settings = AmqpSettings::local(prefix);
-    let topology = Topology::new(&settings);
-    if let Ok((connection, channel)) =
-        amqp::connect_and_declare(&settings, &topology, "corral-bench-cleanup").await
-    {
-        let _ = topology.delete(&channel, Duration::from_secs(30)).await;
-        let _ = connection.close(200, "cleanup".into()).await;
-    }
-}
-
 async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result<IngressRun> {
     let prefix = crate::unique_name("bench");
     let mut ingress =
@@ -372,7 +357,7 @@ async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result
     let run = loadgen::run(config).await?;
     let (cpu, peak) = sampler.finish();
     ingress.terminate(Duration::from_secs(40)).await;
-    cleanup_prefix(&prefix).await;
+    crate::broker::delete_prefix(&prefix).await;
     let report = run.report;
     Ok(IngressRun {
         connections,
@@ -390,19 +375,8 @@ async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result
 /// Publishes `count` distinct webhooks into the prefix's queue, confirmed,
 /// as ingress would have (same properties), 1,024 in flight on 4 channels.
 pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
-    let settings = AmqpSettings::local(prefix);
-    let topology = Topology::new(&settings);
-    let (connection, first) =
-        amqp::connect_and_declare(&settings, &topology, "corral-bench-prefill").await?;
-    let mut channels = vec![first];
-    while channels.len() < 4 {
-        channels.push(connection.create_channel().await?);
-    }
-    for channel in &channels {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-    }
+    let (connection, channels, topology) =
+        probes::confirm_channels(&AmqpSettings::local(prefix), 4).await?;
     let exchange = topology.exchange();
     let run = crate::unique_name("bench-row");
     let mut pending = FuturesUnordered::new();
@@ -492,7 +466,7 @@ pub async fn worker_alone_with(
     );
     let (cpu, peak) = sampler.finish();
     worker.terminate(Duration::from_secs(40)).await;
-    cleanup_prefix(&prefix).await;
+    crate::broker::delete_prefix(&prefix).await;
     Ok(WorkerRun {
         messages,
         seconds,
@@ -548,7 +522,7 @@ async fn pipeline(fraction: f64, rate: f64, duration: Duration) -> anyhow::Resul
     let (e2e_p50, e2e_p99): (f64, f64) = (row.get(0), row.get(1));
     ingress.terminate(Duration::from_secs(40)).await;
     worker.terminate(Duration::from_secs(40)).await;
-    cleanup_prefix(&prefix).await;
+    crate::broker::delete_prefix(&prefix).await;
     let report = run.report;
     Ok(PipelineRun {
         fraction,

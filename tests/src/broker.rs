@@ -188,24 +188,21 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        let settings = self.settings.clone();
-        let topology = self.topology.clone();
-        // Drop cannot await; a short-lived runtime on its own thread can.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok((connection, channel)) =
-                    amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
-                {
-                    let _ = topology.delete(&channel, TIMEOUT).await;
-                    let _ = connection.close(200, "cleanup".into()).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        let prefix = self.settings.prefix.clone();
+        crate::block_on_cleanup(async move { delete_prefix(&prefix).await });
         let _ = &self.connection;
+    }
+}
+
+/// Deletes the queues and exchanges of an AMQP prefix (best effort: a test's
+/// or a benchmark's clean-up must not fail the run).
+pub async fn delete_prefix(prefix: &str) {
+    let settings = AmqpSettings::local(prefix);
+    let topology = Topology::new(&settings);
+    if let Ok((connection, channel)) =
+        amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
+    {
+        let _ = topology.delete(&channel, TIMEOUT).await;
+        let _ = connection.close(200, "cleanup".into()).await;
     }
 }

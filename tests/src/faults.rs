@@ -215,7 +215,7 @@ impl Stack {
                 let mut config = loadgen::Config::new(self.ingress_base(i), TOKEN);
                 config.load = Load::Open {
                     rate: share,
-                    max_connections: 256,
+                    max_connections: MAX_CONNECTIONS,
                 };
                 config.duration = Some(duration);
                 config.timeout = Duration::from_secs(15);
@@ -372,15 +372,7 @@ impl Stack {
                 process.terminate(Duration::from_secs(40)).await;
             }
         }
-        let settings = corral_shared::config::AmqpSettings::local(self.prefix.clone());
-        let topology = corral_shared::amqp::Topology::new(&settings);
-        if let Ok((connection, channel)) =
-            corral_shared::amqp::connect_and_declare(&settings, &topology, "corral-faults-cleanup")
-                .await
-        {
-            let _ = topology.delete(&channel, Duration::from_secs(10)).await;
-            let _ = connection.close(200, "cleanup".into()).await;
-        }
+        crate::broker::delete_prefix(&self.prefix).await;
     }
 }
 

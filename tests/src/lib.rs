@@ -50,3 +50,20 @@ pub fn init_test_logging() {
 pub fn unique_name(kind: &str) -> String {
     format!("corral-{kind}-{}", uuid::Uuid::now_v7().simple())
 }
+
+/// Runs `cleanup` to completion from a `Drop` (which cannot await), on a
+/// short-lived runtime of its own thread, so it works inside and outside a
+/// test's runtime.
+pub fn block_on_cleanup<F>(cleanup: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a cleanup runtime")
+            .block_on(cleanup);
+    });
+    let _ = thread.join();
+}

@@ -69,14 +69,17 @@ pub struct PublishProbe {
     pub delete_after: bool,
 }
 
-/// Publishes for `probe.duration` and reports confirmed messages per second.
-pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
-    let topology = Topology::new(&probe.amqp);
-    let timeout = probe.amqp.connect_timeout();
+/// A connection to the broker of `settings` with corral's topology declared
+/// and `count` channels in confirm mode: a bare publisher's set-up.
+pub async fn confirm_channels(
+    settings: &AmqpSettings,
+    count: usize,
+) -> anyhow::Result<(lapin::Connection, Vec<lapin::Channel>, Topology)> {
+    let topology = Topology::new(settings);
     let (connection, first) =
-        amqp::connect_and_declare(&probe.amqp, &topology, "corral-probe").await?;
+        amqp::connect_and_declare(settings, &topology, "corral-probe").await?;
     let mut channels = vec![first];
-    while channels.len() < probe.channels {
+    while channels.len() < count {
         channels.push(connection.create_channel().await?);
     }
     for channel in &channels {
@@ -84,6 +87,13 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
     }
+    Ok((connection, channels, topology))
+}
+
+/// Publishes for `probe.duration` and reports confirmed messages per second.
+pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
+    let timeout = probe.amqp.connect_timeout();
+    let (connection, channels, topology) = confirm_channels(&probe.amqp, probe.channels).await?;
     // One task per channel, each keeping its share of the window full, so
     // publishing is as parallel as the client allows.
     let exchange = topology.exchange();

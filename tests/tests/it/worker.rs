@@ -143,16 +143,7 @@ async fn settled(worker: &RunningWorker, series: &str, total: f64) -> Metrics {
 /// The metrics of this test process's recorder (for after the worker, and
 /// so its admin listener, has stopped).
 fn local_metrics() -> Metrics {
-    let text = telemetry::prometheus().render();
-    Metrics(
-        text.lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect(),
-    )
+    Metrics::parse(&telemetry::prometheus().render())
 }
 
 /// Asserts each sent message is exactly one `delivery_events` row (by

@@ -92,24 +92,30 @@ fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, Stri
     }
 }
 
+/// Types every message: the rows to store, and the ones to quarantine with why.
+fn prepare_all(messages: &[Incoming]) -> (Vec<EventRow<'_>>, Vec<QuarantineRow<'_>>) {
+    let now = Utc::now();
+    let mut events = Vec::with_capacity(messages.len());
+    let mut refused = Vec::new();
+    for message in messages {
+        match prepare(message, now) {
+            Ok(row) => events.push(row),
+            Err(error) => refused.push(QuarantineRow {
+                incoming: message,
+                error,
+            }),
+        }
+    }
+    (events, refused)
+}
+
 /// Writes one batch in one transaction and commits it. On `Err` nothing was
 /// committed and nothing may be acknowledged.
 pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
     messages: &[Incoming],
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
-    let now = Utc::now();
-    let mut events = Vec::with_capacity(messages.len());
-    let mut quarantined = Vec::new();
-    for message in messages {
-        match prepare(message, now) {
-            Ok(row) => events.push(row),
-            Err(error) => quarantined.push(QuarantineRow {
-                incoming: message,
-                error,
-            }),
-        }
-    }
+    let (events, mut quarantined) = prepare_all(messages);
     // The common case needs no savepoint: insert the whole batch. Only when
     // PostgreSQL refuses its data is the transaction rolled back and the
     // batch written again, split under savepoints to isolate the culprit.
@@ -330,18 +336,7 @@ pub async fn store_in(
     tx: &mut Transaction<'_>,
     messages: &[Incoming],
 ) -> Result<StoredIn, tokio_postgres::Error> {
-    let now = Utc::now();
-    let mut events = Vec::with_capacity(messages.len());
-    let mut refused = Vec::new();
-    for message in messages {
-        match prepare(message, now) {
-            Ok(row) => events.push(row),
-            Err(error) => refused.push(QuarantineRow {
-                incoming: message,
-                error,
-            }),
-        }
-    }
+    let (events, mut refused) = prepare_all(messages);
     let stored = store_events(tx, &events, &mut refused).await?;
     let refused: Vec<(usize, String)> = refused
         .into_iter()
