@@ -62,6 +62,12 @@ pub struct IngressConfig {
     #[arg(long, env = "CORRAL_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
 
+    /// Longest wait for a request's whole body, in milliseconds; a slower
+    /// client gets 408 instead of holding a connection and a buffer.
+    #[arg(long, env = "CORRAL_BODY_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(long, env = "CORRAL_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u32,

@@ -81,7 +81,10 @@ impl Application {
                 publish_timeout: config.publish_timeout(),
             },
             health.clone(),
-            shutdown.child_token(),
+            // Its own token, cancelled by `Publisher::close` once the HTTP
+            // server has drained: during the drain the link must still be
+            // repaired if it fails, or every late webhook would get 503.
+            CancellationToken::new(),
         );
 
         let state = web::Data::new(WebhookState {
@@ -89,6 +92,7 @@ impl Application {
             publisher: publisher.clone(),
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         });
         let workers = match config.http_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -114,7 +118,7 @@ impl Application {
         // the kernel's default backlog of 128 and drop SYNs past it.
         .backlog(4096)
         .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout().as_secs().max(1))
+        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1))
         .bind(&config.listen)
         .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
         let port = server

@@ -150,6 +150,22 @@ impl Link {
         &self.channels[i]
     }
 
+    /// A broker alarm stops RabbitMQ reading the socket, so confirms stall on
+    /// a healthy link; replacing it would only bring a fresh, unblocked-looking
+    /// link that stalls again (and reset the blocked gauge the alert watches).
+    fn mark_broken_unless_blocked(&self) {
+        if !self.is_blocked() {
+            self.mark_broken();
+        }
+    }
+
+    fn is_blocked(&self) -> bool {
+        self.blocked
+            .read()
+            .expect("blocked lock poisoned")
+            .is_some()
+    }
+
     fn mark_broken(&self) {
         if !self.broken.swap(true, Ordering::SeqCst) {
             self.failed.notify_one();
@@ -249,7 +265,7 @@ impl Publisher {
                 return Err(PublishError::ChannelClosed(err));
             }
             Err(_elapsed) => {
-                link.mark_broken();
+                link.mark_broken_unless_blocked();
                 return Err(PublishError::Timeout(timeout));
             }
         };
@@ -279,6 +295,25 @@ impl Publisher {
                 // reconnect re-declares it; without this the link stayed "up"
                 // and every webhook got 503 until something else broke it.
                 link.mark_broken();
+                let returned_id = returned
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned());
+                if returned_id.as_deref() != Some(message_id.to_string().as_str()) {
+                    // lapin hands a channel's returns to whichever confirm a
+                    // (multiple) ack completes first, so the return may belong
+                    // to another publish of the same ack — which may then have
+                    // been answered 200 although the broker did not route it.
+                    tracing::error!(
+                        %message_id,
+                        returned = returned_id.as_deref().unwrap_or("none"),
+                        "RabbitMQ returned another publish than this one as unroutable: \
+                         that webhook may have been answered 200 without being queued \
+                         (the queue or its binding was removed under live traffic)"
+                    );
+                }
                 Err(PublishError::Unroutable(returned.reply_text.to_string()))
             }
             Confirmation::Nack(None) => Err(PublishError::Nacked),
@@ -300,7 +335,7 @@ impl Publisher {
         guard: InFlight,
     ) {
         let timeout = self.inner.settings.publish_timeout;
-        if link.last_ack_ms.load(Ordering::Relaxed) < sent_ms {
+        if link.last_ack_ms.load(Ordering::Relaxed) < sent_ms && !link.is_blocked() {
             tracing::warn!(
                 "no confirm from RabbitMQ on this link for {timeout:?}; replacing the connection"
             );
@@ -317,13 +352,15 @@ impl Publisher {
                     );
                 }
                 Ok(_) => {}
-                Err(_) => link.mark_broken(),
+                Err(_) => link.mark_broken_unless_blocked(),
             }
             drop((permit, guard));
         });
     }
 
-    /// Stops reconnecting, waits for late confirms (bounded), and closes the link.
+    /// Stops reconnecting, waits for late confirms (bounded), and closes the
+    /// link. Until then the supervisor keeps repairing the link, so webhooks
+    /// still arriving during the shutdown drain are served.
     pub async fn close(&self, timeout: Duration) {
         self.inner.shutdown.cancel();
         self.inner.orphans.close();
@@ -368,7 +405,11 @@ async fn supervise(inner: Arc<Inner>) {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        match establish(&inner).await {
+        let established = tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            established = establish(&inner) => established,
+        };
+        match established {
             Ok((link, events)) => {
                 metrics::broker_connect_attempt(true);
                 tracing::info!(

@@ -36,6 +36,8 @@ pub struct WebhookState {
     pub max_body_bytes: usize,
     /// Seconds for `Retry-After` on 503.
     pub retry_after_secs: u32,
+    /// `CORRAL_BODY_TIMEOUT_MS`: longest wait for a whole body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Why a webhook was not accepted. The `Display` text is the `error` field of
@@ -60,6 +62,10 @@ pub enum WebhookError {
     /// Body is JSON, but not an object.
     #[error("body must be a JSON object")]
     NotObject,
+    /// The body did not arrive in time (a client trickling it byte by byte
+    /// would otherwise hold a connection and a buffer for ever).
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The body could not be read (the client went away mid-body).
     #[error("could not read the request body")]
     BodyRead(#[source] actix_web::error::PayloadError),
@@ -82,6 +88,7 @@ impl WebhookError {
             WebhookError::UnsupportedMediaType => Some("unsupported_media_type"),
             WebhookError::TooLarge { .. } => Some("too_large"),
             WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => Some("invalid_json"),
+            WebhookError::BodyTimeout(_) => Some("body_timeout"),
             WebhookError::NotObject => Some("not_object"),
             WebhookError::Unavailable { .. } => None,
         }
@@ -93,6 +100,7 @@ impl ResponseError for WebhookError {
         match self {
             WebhookError::Unauthorized => StatusCode::UNAUTHORIZED,
             WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::InvalidJson(_) | WebhookError::NotObject | WebhookError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
@@ -193,14 +201,20 @@ async fn accept(
         return Err(WebhookError::TooLarge { limit });
     }
     let received_at = Utc::now();
-    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(WebhookError::BodyRead)?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(WebhookError::TooLarge { limit });
+    let read = async {
+        let mut bytes = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(WebhookError::BodyRead)?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(WebhookError::TooLarge { limit });
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
-    }
+        Ok(bytes)
+    };
+    let bytes = tokio::time::timeout(state.body_timeout, read)
+        .await
+        .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
     check_json_object(&bytes)?;
 
     let confirm = state

@@ -133,8 +133,9 @@ pub fn parse(body: &[u8]) -> Result<Typed, PayloadError> {
         Ok(fields) => fields,
         Err(err) => {
             return Err(match serde_json::from_str::<&RawValue>(text) {
-                Ok(_) => PayloadError::NotObject,
-                Err(_) => PayloadError::InvalidJson(err.to_string()),
+                Ok(raw) if json_type(raw) != "an object" => PayloadError::NotObject,
+                // An object whose keys do not decode (a lone surrogate escape).
+                _ => PayloadError::InvalidJson(err.to_string()),
             });
         }
     };
@@ -289,10 +290,13 @@ pub fn exact_decimal(text: &str) -> Option<Decimal> {
         None => (text, 0),
     };
     let mantissa = Decimal::from_str_exact(mantissa).ok()?;
-    let scale = i64::from(mantissa.scale()) - exponent;
+    // Checked: an exponent near i64::MIN/MAX is valid JSON and must be
+    // refused, not overflow.
+    let scale = i64::from(mantissa.scale()).checked_sub(exponent)?;
     let mut units = mantissa.mantissa();
     if scale < 0 {
-        units = units.checked_mul(10i128.checked_pow(u32::try_from(-scale).ok()?)?)?;
+        units =
+            units.checked_mul(10i128.checked_pow(u32::try_from(scale.checked_neg()?).ok()?)?)?;
     }
     Decimal::try_from_i128_with_scale(units, u32::try_from(scale.max(0)).ok()?).ok()
 }
@@ -610,7 +614,17 @@ mod tests {
         assert_eq!(exact_decimal("-1.50"), Some(dec("-1.50")));
         assert_eq!(exact_decimal("25e-4"), Some(dec("0.0025")));
         assert_eq!(exact_decimal("1E2"), Some(dec("100")));
-        for bad in ["", "abc", "1.2.3", "--1", "e5", "NaN", "Infinity"] {
+        for bad in [
+            "",
+            "abc",
+            "1.2.3",
+            "--1",
+            "e5",
+            "NaN",
+            "Infinity",
+            "1.5e-9223372036854775808",
+            "1e9223372036854775807",
+        ] {
             assert_eq!(exact_decimal(bad), None, "{bad}");
         }
     }

@@ -194,10 +194,12 @@ pub mod metrics {
         "not_object",
         "too_large",
         "unsupported_media_type",
+        "body_timeout",
     ];
     /// Causes of a 503 on publish.
     pub const PUBLISH_FAILURE_CAUSES: &[&str] = &[
         "unavailable",
+        "blocked",
         "overloaded",
         "nack",
         "unroutable",
@@ -359,6 +361,7 @@ pub mod metrics {
             401 => "401",
             404 => "404",
             405 => "405",
+            408 => "408",
             413 => "413",
             415 => "415",
             500 => "500",

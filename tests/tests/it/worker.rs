@@ -1291,3 +1291,37 @@ async fn competing_workers_store_each_webhook_once_and_the_newest_state() {
         .await
         .expect("the second worker stops cleanly");
 }
+
+/// Shutdown is bounded by `CORRAL_SHUTDOWN_TIMEOUT_MS` even when the batch in
+/// hand is stuck on a database that stopped answering (a black-holed path:
+/// each attempt would otherwise wait its full `3 × CORRAL_DB_TIMEOUT_MS`).
+/// The messages go back to RabbitMQ unacknowledged.
+#[tokio::test]
+async fn shutdown_is_bounded_even_while_a_write_hangs_on_a_silent_database() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let queue = broker.topology.queue();
+    let (pg, url) = postgres_proxy(&db).await;
+    let mut settings = batches_of(100, &url, broker.prefix());
+    settings.shutdown_timeout_ms = 1_000;
+    // Far longer than the test's deadline: only the drain deadline can end it.
+    settings.db_timeout_ms = 60_000;
+    let worker = RunningWorker::start(settings).await;
+    pg.blackhole();
+    for _ in 0..10 {
+        send(&broker, SMS, valid("").1).await;
+    }
+    wait::until_true("the worker to hold every message", WAIT, || async {
+        broker.ready_count(&queue).await == 0
+    })
+    .await;
+    tokio::time::timeout(WAIT, worker.stop())
+        .await
+        .expect("the worker gave up at its shutdown deadline, not the database's")
+        .expect("the worker exits Ok");
+    wait::until_true("RabbitMQ to hold the messages again", WAIT, || async {
+        broker.ready_count(&queue).await == 10
+    })
+    .await;
+    pg.restore();
+}
