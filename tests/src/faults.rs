@@ -26,6 +26,10 @@ use crate::{
 /// Token of the suite's ingresses.
 const TOKEN: &str = "fault-suite-token-0123456789";
 
+/// The publish deadline the suite's ingresses run with (`tuned`) plus two
+/// seconds of slack for a loaded 2-core machine: no answer may take longer.
+const SLOWEST_ANSWER_MS: f64 = 5_000.0;
+
 /// Connections each load may open. A process's memory grows with the
 /// connections it serves at once (buffers per connection), so every scenario
 /// first serves this many (see [`Stack::warm_up`]) and the load never opens
@@ -90,6 +94,9 @@ pub struct Outcome {
     /// Seconds from the end of the fault until every process was ready and a
     /// webhook was accepted again.
     pub recovered_secs: f64,
+    /// The slowest answer any request got, from its actual send, ms: no
+    /// request may hang past the publish deadline (plus scheduling slack).
+    pub slowest_answer_ms: f64,
     /// Resident memory before the fault and after recovery, per process, MiB.
     pub rss_mib: Vec<(String, f64, f64)>,
     /// Whether RSS after recovery is within 20 % of before (broker scenarios).
@@ -305,6 +312,7 @@ impl Stack {
             duplicated: 0,
             wrong: 0,
             recovered_secs,
+            slowest_answer_ms: 0.0,
             rss_mib: Vec::new(),
             rss_checked: check_rss,
             notes: Vec::new(),
@@ -322,6 +330,12 @@ impl Stack {
                 .map(|(_, n)| n)
                 .sum::<u64>();
             outcome.unavailable += report.statuses.get(&503).copied().unwrap_or(0);
+            let slowest = report
+                .service_time_us
+                .as_ref()
+                .unwrap_or(&report.latency_us)
+                .max;
+            outcome.slowest_answer_ms = outcome.slowest_answer_ms.max(slowest as f64 / 1000.0);
             let options = VerifyOptions {
                 timeout: Duration::from_secs(120),
                 ..VerifyOptions::default()
@@ -355,7 +369,15 @@ impl Stack {
                 ));
             }
         }
-        outcome.passed = outcome.lost == 0
+        let hung = outcome.slowest_answer_ms > SLOWEST_ANSWER_MS;
+        if hung {
+            notes.push(format!(
+                "a request waited {:.0} ms for its answer (more than {SLOWEST_ANSWER_MS} ms)",
+                outcome.slowest_answer_ms
+            ));
+        }
+        outcome.passed = !hung
+            && outcome.lost == 0
             && outcome.duplicated == 0
             && outcome.wrong == 0
             && outcome.ok > 0
@@ -747,7 +769,7 @@ async fn two_of_each_one_killed(p: Profile) -> anyhow::Result<Outcome> {
 /// Renders outcomes as the markdown table of docs/reliability.md.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | sent | 2xx | 503 | other | rows | lost | duplicated | wrong | recovered in | RSS before → after (MiB) | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        "| scenario | sent | 2xx | 503 | other | rows | lost | duplicated | wrong | recovered in | slowest answer | RSS before → after (MiB) | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for o in outcomes {
         let rss = o
@@ -757,7 +779,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {}{} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} ms | {}{} | {} |\n",
             o.scenario,
             o.sent,
             o.ok,
@@ -768,6 +790,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.duplicated,
             o.wrong,
             o.recovered_secs,
+            o.slowest_answer_ms,
             rss,
             if o.rss_checked {
                 " (checked ≤ +20 %)"
