@@ -2,12 +2,14 @@
 //! each test under its own AMQP prefix and in its own database.
 //!
 //! - `smoke`: the whole path in one process.
+//! - `docs`: the README documents every setting with its default.
 //! - `ingress`: the HTTP contract, publishing, broker loss, shutdown.
 //! - `worker`: typing, exactly-once storage, ordering, quarantine, outages.
 //! - `e2e`: both binaries as real processes.
 //! - `loadgen`: a short `corral-loadgen --verify` run: zero lost, zero duplicated.
 //! - `ops`: the operator commands (dead-letter replay, quarantine re-processing).
 
+mod docs;
 mod e2e;
 mod ingress;
 mod loadgen;
