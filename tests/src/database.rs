@@ -32,7 +32,9 @@ impl TestDatabase {
     /// Creates the database and applies corral's migrations to it.
     pub async fn migrated() -> Self {
         let db = Self::new().await;
-        corral_worker::db::migrate(&db.url, Duration::from_secs(10))
+        let target = corral_worker::db::Target::new(&db.url, None, Duration::from_secs(10))
+            .expect("the test database URL");
+        corral_worker::db::migrate(&target)
             .await
             .expect("migrating the test database");
         db

@@ -8,6 +8,7 @@
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
 //! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
 //!   a service without touching the shared service itself.
+//! - [`tls`]: a TLS front for PostgreSQL with a throwaway CA.
 //! - [`apps`]: the real ingress and worker, built in-process on port 0.
 //! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
 //! - [`fixtures`]: the provider's samples and generated payloads.
@@ -27,6 +28,7 @@ pub mod loadgen;
 pub mod probes;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 pub mod wait;
 
 /// Sends the harness's and the services' logs to the test output when

@@ -216,7 +216,12 @@ pub async fn insert(
         .map_or(server_url, |(server, _)| server);
     let url = format!("{server}/{name}");
     let result = async {
-        corral_worker::db::migrate(&url, Duration::from_secs(30)).await?;
+        corral_worker::db::migrate(&corral_worker::db::Target::new(
+            &url,
+            None,
+            Duration::from_secs(30),
+        )?)
+        .await?;
         let client = crate::database::connect(&url).await;
         let statement = client
             .prepare(match kind {
@@ -317,7 +322,10 @@ async fn insert_chunk(
 pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {
     let db = crate::database::TestDatabase::migrated().await;
     let _ = server_url;
-    let pool = corral_worker::db::pool(&db.url, 1, Duration::from_secs(30))?;
+    let pool = corral_worker::db::pool(
+        &corral_worker::db::Target::new(&db.url, None, Duration::from_secs(30))?,
+        1,
+    )?;
     let mut client = pool.get().await?;
     let name = crate::unique_name("store");
     let messages: Vec<corral_worker::store::Incoming> = (0..rows)

@@ -103,6 +103,12 @@ pub struct WorkerConfig {
     )]
     pub database_url: String,
 
+    /// PEM file of the CA certificate(s) that signed PostgreSQL's certificate, for
+    /// `sslmode=require` in the URL (TLS, with certificate and host name verified);
+    /// without it the system's roots are used.
+    #[arg(long, env = "CORRAL_DATABASE_CA_FILE", global = true)]
+    pub database_ca_file: Option<std::path::PathBuf>,
+
     /// Database connections in the pool.
     #[arg(long, env = "CORRAL_DB_POOL_SIZE", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
@@ -223,8 +229,30 @@ impl WorkerConfig {
         }
         self.database_url
             .parse::<tokio_postgres::Config>()
-            .map_err(|err| ConfigError::DatabaseUrl(err.to_string()))?;
+            .map_err(|err| {
+                let mut reason = err.to_string();
+                if let Some(source) = std::error::Error::source(&err) {
+                    reason = format!("{reason}: {source}");
+                }
+                // libpq's verifying modes: what `require` already does here.
+                if self.database_url.contains("sslmode=verify-") {
+                    reason.push_str(
+                        " (use sslmode=require: corral always verifies the server's \
+                         certificate and host name)",
+                    );
+                }
+                ConfigError::DatabaseUrl(reason)
+            })?;
         Ok(())
+    }
+
+    /// The database to connect to: URL, TLS and deadline (reads the CA file).
+    pub fn database(&self) -> anyhow::Result<crate::db::Target> {
+        crate::db::Target::new(
+            &self.database_url,
+            self.database_ca_file.as_deref(),
+            self.db_timeout(),
+        )
     }
 
     /// Per-wait database deadline.

@@ -36,6 +36,7 @@ pub struct Application {
     config: WorkerConfig,
     admin: Server,
     admin_port: u16,
+    database: db::Target,
     pool: Pool,
     health: Health,
     shutdown: CancellationToken,
@@ -56,11 +57,11 @@ impl Application {
         amqp::parse_url(&config.amqp.url)?;
         let prometheus = telemetry::prometheus();
         metrics::register_binary("corral-worker");
-        let pool = db::pool(
-            &config.database_url,
-            config.db_pool_size,
-            config.db_timeout(),
-        )?;
+        let database = config.database()?;
+        let pool = db::pool(&database, config.db_pool_size)?;
+        if database.uses_tls() {
+            tracing::info!("PostgreSQL over TLS, server certificate verified");
+        }
         let health = Health::new(true);
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
             .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -68,6 +69,7 @@ impl Application {
             config,
             admin,
             admin_port,
+            database,
             pool,
             health,
             shutdown,
@@ -86,6 +88,7 @@ impl Application {
         let Self {
             config,
             admin,
+            database,
             pool,
             health,
             shutdown,
@@ -94,7 +97,7 @@ impl Application {
         let admin_handle = admin.handle();
         let admin_serving = tokio::spawn(admin);
 
-        if migrate_with_retry(&config, &health, &shutdown).await {
+        if migrate_with_retry(&config, &database, &health, &shutdown).await {
             let watchdog = tokio::spawn(database_watchdog(
                 pool.clone(),
                 health.clone(),
@@ -125,6 +128,7 @@ impl Application {
 /// Runs migrations until they succeed or shutdown is requested; `false` on shutdown.
 async fn migrate_with_retry(
     config: &WorkerConfig,
+    database: &db::Target,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -132,7 +136,7 @@ async fn migrate_with_retry(
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => return false,
-            result = db::migrate(&config.database_url, config.db_timeout()) => result,
+            result = db::migrate(database) => result,
         };
         match attempt {
             Ok(_) => {

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             config.validate()?;
-            db::migrate(&config.database_url, config.db_timeout())
+            db::migrate(&config.database()?)
                 .await
                 .map(|applied| tracing::info!(applied, "database is up to date"))
         }

@@ -704,10 +704,13 @@ impl ReprocessReport {
 }
 
 fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
-    db::pool(&config.database_url, 1, config.db_timeout()).map_err(|source| OpsError::Database {
-        context: "building the database pool",
-        source,
-    })
+    config
+        .database()
+        .and_then(|target| db::pool(&target, 1))
+        .map_err(|source| OpsError::Database {
+            context: "building the database pool",
+            source,
+        })
 }
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, OpsError> {
