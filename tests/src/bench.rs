@@ -179,6 +179,20 @@ pub struct Results {
     pub worker: Vec<WorkerRun>,
     /// Pipeline.
     pub pipeline: Vec<PipelineRun>,
+    /// The layers under the pipeline's answer latency, at the same rates.
+    #[serde(default)]
+    pub latency: Vec<LatencyRun>,
+}
+
+/// At one of the pipeline's rates: the broker alone and ingress alone.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LatencyRun {
+    /// Fraction of the best ingress rate.
+    pub fraction: f64,
+    /// The broker's own confirm latency (bare client, bare consumer).
+    pub broker: probes::LatencyProbe,
+    /// Ingress's answer latency with no worker.
+    pub ingress: IngressRun,
 }
 
 /// Runs the whole suite.
@@ -258,6 +272,20 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         );
         pipeline_runs.push(run);
     }
+    let mut latency_runs = Vec::new();
+    for &fraction in &plan.rates {
+        let (broker, ingress) =
+            latency_at(max * fraction, Duration::from_secs(plan.pipeline_seconds)).await?;
+        eprintln!(
+            "bench: at {:.0}/s the broker alone confirms with p99 {:.2} ms, ingress alone answers with p99 {:.2} ms",
+            broker.rate, broker.p99_ms, ingress.p99_ms
+        );
+        latency_runs.push(LatencyRun {
+            fraction,
+            broker,
+            ingress,
+        });
+    }
     Ok(Results {
         machine,
         plan,
@@ -265,6 +293,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         ingress: ingress_runs,
         worker: worker_runs,
         pipeline: pipeline_runs,
+        latency: latency_runs,
     })
 }
 
@@ -345,7 +374,23 @@ fn ms(us: u64) -> f64 {
 }
 
 async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result<IngressRun> {
+    ingress_under(Load::Closed { connections }, connections, duration, false).await
+}
+
+/// Ingress alone (no worker) under `load`; `connections` labels the run.
+/// With `drained`, a bare consumer keeps the queue empty meanwhile.
+async fn ingress_under(
+    load: Load,
+    connections: usize,
+    duration: Duration,
+    drained: bool,
+) -> anyhow::Result<IngressRun> {
     let prefix = crate::unique_name("bench");
+    let drain = if drained {
+        Some(probes::Drain::start(&AmqpSettings::local(prefix.clone())).await?)
+    } else {
+        None
+    };
     let mut ingress =
         Process::start_ready(ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn"))
             .await;
@@ -354,13 +399,16 @@ async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result
         .trim_end_matches("/webhooks/dropcowboy/sms")
         .to_owned();
     let mut config = loadgen::Config::new(base, TOKEN);
-    config.load = Load::Closed { connections };
+    config.load = load;
     config.duration = Some(duration);
     config.warmup = Duration::from_secs(2);
     let sampler = Sampler::start(ingress.pid());
     let run = loadgen::run(config).await?;
     let (cpu, peak) = sampler.finish();
     ingress.terminate(Duration::from_secs(40)).await;
+    if let Some(drain) = drain {
+        drain.stop().await;
+    }
     crate::broker::delete_prefix(&prefix).await;
     let report = run.report;
     Ok(IngressRun {
@@ -374,6 +422,34 @@ async fn ingress_alone(connections: usize, duration: Duration) -> anyhow::Result
         cpu_percent: cpu,
         generator_cpu_percent: report.generator.cpu_percent,
     })
+}
+
+/// At a fixed `rate`: the broker's own confirm latency (bare client), then
+/// ingress's answer latency (no worker), each with a bare consumer keeping the
+/// queue empty — the two layers under the pipeline's answer latency at that rate.
+pub async fn latency_at(
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(probes::LatencyProbe, IngressRun)> {
+    let probe = probes::confirm_latency(
+        &AmqpSettings::local(crate::unique_name("bench-latency")),
+        rate,
+        Duration::from_secs(2),
+        duration,
+        crate::fixtures::SMS_SUCCESS.as_bytes(),
+    )
+    .await?;
+    let ingress = ingress_under(
+        Load::Open {
+            rate,
+            max_connections: 512,
+        },
+        0,
+        duration,
+        true,
+    )
+    .await?;
+    Ok((probe, ingress))
 }
 
 /// Publishes `count` distinct webhooks into the prefix's queue, confirmed,
@@ -739,6 +815,42 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
             r.ingress_peak_rss_mib,
             r.worker_peak_rss_mib
         );
+    }
+    if !results.latency.is_empty() {
+        let _ = writeln!(out, "\n## Where the answer latency goes\n");
+        let _ = writeln!(
+            out,
+            "The same rates, one layer at a time, each measured from the scheduled send time and with a bare consumer \
+             (prefetch 2,000, one acknowledgement per 100 messages, nothing stored) keeping the queue empty as the worker does: the broker alone (a bare lapin \
+             client publishing with confirms on 4 channels), ingress alone (no worker), then the whole pipeline from \
+             the table above (ingress, worker and PostgreSQL sharing the cores).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| load | rate/s | broker alone: confirm p50 / p99 / p99.9 ms | ingress alone: answer p50 / p99 / p99.9 ms | whole pipeline: answer p50 / p99 / p99.9 ms |\n|---|---:|---|---|---|"
+        );
+        for r in &results.latency {
+            let pipeline = results
+                .pipeline
+                .iter()
+                .find(|p| (p.fraction - r.fraction).abs() < 1e-9)
+                .map_or_else(
+                    || "–".to_owned(),
+                    |p| format!("{:.2} / {:.2} / {:.2}", p.p50_ms, p.p99_ms, p.p999_ms),
+                );
+            let _ = writeln!(
+                out,
+                "| {:.0} % | {:.0} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {pipeline} |",
+                r.fraction * 100.0,
+                r.broker.rate,
+                r.broker.p50_ms,
+                r.broker.p99_ms,
+                r.broker.p999_ms,
+                r.ingress.p50_ms,
+                r.ingress.p99_ms,
+                r.ingress.p999_ms,
+            );
+        }
     }
     out.push_str(previous_notes);
     out

@@ -47,6 +47,17 @@ enum Command {
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
     },
+    /// Only the broker's own confirm latency at fixed publish rates, and
+    /// ingress's answer latency alone (no worker) at the same rates, the queue
+    /// kept empty by a bare consumer.
+    Latency {
+        /// Publishes (and webhooks) per second; repeat for several.
+        #[arg(long = "rate", required = true)]
+        rates: Vec<f64>,
+        /// Seconds measured per rate, after a 2 s warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
@@ -82,6 +93,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Drain { messages, env } => {
             let run = bench::worker_alone_with(messages, &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
+        }
+        Command::Latency { rates, seconds } => {
+            for rate in rates {
+                let (probe, ingress) =
+                    bench::latency_at(rate, Duration::from_secs(seconds)).await?;
+                eprintln!("{}", serde_json::to_string(&probe)?);
+                eprintln!("{}", serde_json::to_string(&ingress)?);
+            }
         }
         Command::Probes {
             seconds,
