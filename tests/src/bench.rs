@@ -709,7 +709,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let _ = writeln!(
         out,
         "How fast corral is on one small machine, measured in the same run as the limits of the broker and the database it \
-         sits on. Reproduce with `scripts/bench` (about 10 minutes; `scripts/bench --quick` for a 3-minute version). Raw \
+         sits on. Reproduce with `scripts/bench` (15–20 minutes; `scripts/bench --quick` for a 5-minute version). Raw \
          numbers: [`benchmarks.json`](benchmarks.json); chart: [`benchmarks.svg`](benchmarks.svg).\n"
     );
     let _ = writeln!(out, "![throughput and latency](benchmarks.svg)\n");
