@@ -58,7 +58,7 @@ impl Application {
     /// starts connecting to the broker in the background. `shutdown` stops it.
     pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        corral_shared::amqp::parse_url(&config.amqp.url)?;
+        corral_shared::amqp::check_settings(&config.amqp)?;
         let prometheus = telemetry::prometheus();
         telemetry::metrics::register_binary("corral-ingress");
 

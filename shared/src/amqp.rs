@@ -14,8 +14,9 @@ use lapin::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
         QueueDeleteOptions,
     },
+    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    uri::AMQPUri,
+    uri::{AMQPScheme, AMQPUri},
 };
 
 use crate::{config::AmqpSettings, envelope::Kind};
@@ -42,6 +43,14 @@ pub enum AmqpError {
         /// The socket error.
         #[source]
         source: std::io::Error,
+    },
+    /// `CORRAL_AMQP_CA_FILE` is set but cannot be used.
+    #[error("CORRAL_AMQP_CA_FILE {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The broker or the client library reported an error.
     #[error("RabbitMQ refused {operation}")]
@@ -73,6 +82,47 @@ pub fn parse_url(url: &str) -> Result<AMQPUri, AmqpError> {
     AMQPUri::from_str(url).map_err(AmqpError::InvalidUrl)
 }
 
+/// Checks the URL and the CA file together at start: a CA file next to a
+/// plain `amqp://` URL would otherwise be silently ignored.
+pub fn check_settings(settings: &AmqpSettings) -> Result<(), AmqpError> {
+    let uri = parse_url(&settings.url)?;
+    if let Some(path) = &settings.ca_file {
+        if uri.scheme != AMQPScheme::AMQPS {
+            return Err(AmqpError::CaFile {
+                path: path.display().to_string(),
+                reason:
+                    "set, but CORRAL_AMQP_URL is not amqps://: use amqps:// (or unset the CA file)"
+                        .into(),
+            });
+        }
+        tls_config(settings)?;
+    }
+    Ok(())
+}
+
+/// The client's TLS settings: the CA file's certificates (if any) on top of
+/// the system's roots; the server's certificate and host name are verified.
+fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, AmqpError> {
+    let cert_chain = match &settings.ca_file {
+        None => None,
+        Some(path) => {
+            let ca_error = |reason: String| AmqpError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read_to_string(path).map_err(|err| ca_error(err.to_string()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ca_error("holds no PEM certificate".into()));
+            }
+            Some(pem)
+        }
+    };
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
 /// Connects to the broker named by `settings`, with the heartbeat and the
 /// connect deadline applied. `name` shows in the management UI.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
@@ -97,10 +147,15 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     }
     let properties =
         ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+    let tls = tls_config(settings)?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| AmqpError::Broker {
+        operation: "connection",
+        source,
+    })?;
     deadline(
         "connection",
         timeout,
-        Connection::connect_uri(uri, properties),
+        Connection::connect_uri_with_config(uri, properties, tls, runtime),
     )
     .await
 }

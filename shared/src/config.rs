@@ -73,6 +73,12 @@ pub struct AmqpSettings {
         value_parser = clap::value_parser!(u64).range(100..)
     )]
     pub reconnect_max_ms: u64,
+
+    /// PEM file of the CA certificate(s) that signed RabbitMQ's certificate, for an
+    /// `amqps://` URL; trusted in addition to the system's roots. Read at every
+    /// connect, so a rotated file is picked up without a restart.
+    #[arg(global = true, long = "amqp-ca-file", env = "CORRAL_AMQP_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl AmqpSettings {
@@ -85,6 +91,7 @@ impl AmqpSettings {
             connect_timeout_ms: 5_000,
             heartbeat_secs: 10,
             reconnect_max_ms: 5_000,
+            ca_file: None,
         }
     }
 

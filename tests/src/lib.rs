@@ -8,7 +8,7 @@
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
 //! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
 //!   a service without touching the shared service itself.
-//! - [`tls`]: a TLS front for PostgreSQL with a throwaway CA.
+//! - [`tls`]: a TLS front for PostgreSQL or RabbitMQ with a throwaway CA.
 //! - [`apps`]: the real ingress and worker, built in-process on port 0.
 //! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
 //! - [`fixtures`]: the provider's samples and generated payloads.

@@ -1,12 +1,12 @@
-//! A TLS front for the local PostgreSQL, with its own throwaway CA: lets a test
-//! check that the worker speaks verified TLS to its database without
-//! reconfiguring the shared server (whose certificate, if any, names whatever
-//! host it was made on).
+//! A TLS front for the local PostgreSQL or RabbitMQ, with its own throwaway CA:
+//! lets a test check that corral speaks verified TLS to them without
+//! reconfiguring the shared servers (whose certificates, if any, name whatever
+//! host they were made on).
 //!
-//! It answers PostgreSQL's `SSLRequest` with `S`, completes the handshake with
-//! a certificate for `127.0.0.1` signed by its CA, then relays the decrypted
-//! stream to the server. A client that does not ask for TLS is refused, as a
-//! `hostssl`-only server would.
+//! It completes the handshake with a certificate for `127.0.0.1` signed by its
+//! CA, then relays the decrypted stream to the server. For PostgreSQL it first
+//! answers the `SSLRequest` with `S`, and refuses a client that does not ask for
+//! TLS, as a `hostssl`-only server would; for AMQP TLS starts with the first byte.
 
 use std::{
     net::SocketAddr,
@@ -100,18 +100,27 @@ struct TlsCounts {
     plaintext_refused: AtomicUsize,
 }
 
+/// What speaks behind the front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// PostgreSQL: `SSLRequest`, then TLS.
+    Postgres,
+    /// AMQP over TLS (`amqps://`): TLS from the first byte.
+    Amqps,
+}
+
 /// A running TLS front; stops when dropped.
 #[derive(Debug)]
-pub struct PostgresTlsFront {
+pub struct TlsFront {
     addr: SocketAddr,
     counts: Arc<TlsCounts>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl PostgresTlsFront {
+impl TlsFront {
     /// Listens on a free local port, presenting a certificate for
     /// `127.0.0.1` signed by `ca`, and relays to `server`.
-    pub async fn start(ca: &TestCa, server: SocketAddr) -> Self {
+    async fn start(ca: &TestCa, server: SocketAddr, protocol: Protocol) -> Self {
         let (certificate, key) = ca.issue(&["127.0.0.1"]);
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -130,19 +139,37 @@ impl PostgresTlsFront {
         let task_counts = counts.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(serve(client, server, acceptor.clone(), task_counts.clone()));
+                tokio::spawn(serve(
+                    client,
+                    server,
+                    protocol,
+                    acceptor.clone(),
+                    task_counts.clone(),
+                ));
             }
         });
         Self { addr, counts, task }
     }
 
     /// In front of the local PostgreSQL (127.0.0.1:5432).
-    pub async fn local(ca: &TestCa) -> Self {
-        Self::start(ca, "127.0.0.1:5432".parse().expect("address")).await
+    pub async fn postgres(ca: &TestCa) -> Self {
+        let server = "127.0.0.1:5432".parse().expect("address");
+        Self::start(ca, server, Protocol::Postgres).await
+    }
+
+    /// In front of the local RabbitMQ (127.0.0.1:5672), as `amqps://`.
+    pub async fn amqps(ca: &TestCa) -> Self {
+        let server = "127.0.0.1:5672".parse().expect("address");
+        Self::start(ca, server, Protocol::Amqps).await
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:port/%2f` through this front.
+    pub fn amqps_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.addr.port())
     }
 
     /// `postgres://…/dbname?sslmode=require` through this front.
-    pub fn url(&self, dbname: &str) -> String {
+    pub fn postgres_url(&self, dbname: &str) -> String {
         format!(
             "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=require",
             self.addr.port()
@@ -165,7 +192,7 @@ impl PostgresTlsFront {
     }
 }
 
-impl Drop for PostgresTlsFront {
+impl Drop for TlsFront {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -174,19 +201,22 @@ impl Drop for PostgresTlsFront {
 async fn serve(
     mut client: TcpStream,
     server: SocketAddr,
+    protocol: Protocol,
     acceptor: TlsAcceptor,
     counts: Arc<TlsCounts>,
 ) {
-    let mut request = [0u8; 8];
-    if client.read_exact(&mut request).await.is_err() {
-        return;
-    }
-    if request != SSL_REQUEST {
-        counts.plaintext_refused.fetch_add(1, Ordering::SeqCst);
-        return;
-    }
-    if client.write_all(b"S").await.is_err() {
-        return;
+    if protocol == Protocol::Postgres {
+        let mut request = [0u8; 8];
+        if client.read_exact(&mut request).await.is_err() {
+            return;
+        }
+        if request != SSL_REQUEST {
+            counts.plaintext_refused.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        if client.write_all(b"S").await.is_err() {
+            return;
+        }
     }
     let mut tls = match acceptor.accept(client).await {
         Ok(tls) => {

@@ -54,7 +54,7 @@ impl Application {
     /// Validates `config` and binds the admin listener; no network I/O yet.
     pub fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        amqp::parse_url(&config.amqp.url)?;
+        amqp::check_settings(&config.amqp)?;
         let prometheus = telemetry::prometheus();
         metrics::register_binary("corral-worker");
         let database = config.database()?;

@@ -20,7 +20,7 @@ use corral_tests::{
     database::{self, TestDatabase},
     fixtures::{self, FAILURE_REASONS},
     proxy::TcpProxy,
-    tls::{PostgresTlsFront, TestCa},
+    tls::{TestCa, TlsFront},
     wait,
 };
 use corral_worker::config::WorkerConfig;
@@ -1334,8 +1334,8 @@ async fn stores_webhooks_over_verified_tls() {
     let broker = TestBroker::new().await;
     let db = TestDatabase::new().await;
     let ca = TestCa::new("trusted");
-    let front = PostgresTlsFront::local(&ca).await;
-    let mut settings = config(&front.url(&db.name), broker.prefix());
+    let front = TlsFront::postgres(&ca).await;
+    let mut settings = config(&front.postgres_url(&db.name), broker.prefix());
     settings.database_ca_file = Some(ca.pem_file().to_owned());
     let worker = RunningWorker::start(settings).await;
 
@@ -1357,12 +1357,13 @@ async fn refuses_a_database_whose_certificate_does_not_verify() {
     let db = TestDatabase::new().await;
     let trusted = TestCa::new("trusted");
     let impostor = TestCa::new("impostor");
-    let front = PostgresTlsFront::local(&impostor).await;
+    let front = TlsFront::postgres(&impostor).await;
     let timeout = Duration::from_secs(5);
 
     for ca_file in [Some(trusted.pem_file()), None] {
-        let target = corral_worker::db::Target::new(&front.url(&db.name), ca_file, timeout)
-            .expect("a valid target");
+        let target =
+            corral_worker::db::Target::new(&front.postgres_url(&db.name), ca_file, timeout)
+                .expect("a valid target");
         let err = corral_worker::db::migrate(&target)
             .await
             .expect_err("an unverifiable server must be refused");
