@@ -105,17 +105,14 @@ pub fn check_settings(settings: &AmqpSettings) -> Result<(), AmqpError> {
 fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, AmqpError> {
     let cert_chain = match &settings.ca_file {
         None => None,
-        Some(path) => {
-            let ca_error = |reason: String| AmqpError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read_to_string(path).map_err(|err| ca_error(err.to_string()))?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ca_error("holds no PEM certificate".into()));
-            }
-            Some(pem)
-        }
+        Some(path) => Some(
+            crate::config::read_ca_bundle(path)
+                .map_err(|reason| AmqpError::CaFile {
+                    path: path.display().to_string(),
+                    reason,
+                })?
+                .pem,
+        ),
     };
     Ok(OwnedTLSConfig {
         identity: None,

@@ -106,6 +106,30 @@ impl AmqpSettings {
     }
 }
 
+/// A CA bundle named by `CORRAL_AMQP_CA_FILE` or `CORRAL_DATABASE_CA_FILE`:
+/// the PEM text and the certificates in it.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// The file's text, as read.
+    pub pem: String,
+    /// Its certificates (at least one).
+    pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// Reads a PEM CA bundle; the error says what is wrong with the file (the
+/// caller names the setting).
+pub fn read_ca_bundle(path: &std::path::Path) -> Result<CaBundle, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let pem = std::fs::read_to_string(path).map_err(|err| err.to_string())?;
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("not a PEM certificate bundle: {err}"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(CaBundle { pem, certificates })
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -8,7 +8,6 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use tokio_postgres::{Client, Connection, NoTls, config::SslMode, error::SqlState};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -117,10 +116,13 @@ fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .with_context(|| format!("reading CORRAL_DATABASE_CA_FILE {}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certificates);
+            let bundle = corral_shared::config::read_ca_bundle(path).map_err(|reason| {
+                anyhow::anyhow!(
+                    "reading CORRAL_DATABASE_CA_FILE {}: {reason}",
+                    path.display()
+                )
+            })?;
+            let (added, _) = roots.add_parsable_certificates(bundle.certificates);
             anyhow::ensure!(
                 added > 0,
                 "CORRAL_DATABASE_CA_FILE {} holds no usable PEM certificate",
