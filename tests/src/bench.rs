@@ -14,11 +14,9 @@ use std::{
 
 use anyhow::Context as _;
 use chrono::Utc;
-use corral_shared::{config::AmqpSettings, envelope};
+use corral_shared::config::AmqpSettings;
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use lapin::options::BasicPublishOptions;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::{
     database::TestDatabase,
@@ -473,18 +471,13 @@ pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
         } else {
             "dropcowboy.sms"
         };
-        let confirm = channels[i % channels.len()]
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                body.as_bytes(),
-                envelope::properties(Uuid::now_v7(), Utc::now()),
-            )
-            .await?;
+        let confirm = probes::publish_as_ingress(
+            &channels[i % channels.len()],
+            &exchange,
+            routing_key,
+            body.as_bytes(),
+        )
+        .await?;
         pending.push(confirm);
     }
     while let Some(confirmation) = pending.next().await {

@@ -93,6 +93,28 @@ pub async fn confirm_channels(
     Ok((connection, channels, topology))
 }
 
+/// One publish as ingress makes it: persistent, mandatory, with a fresh
+/// message id and `x-received-at` (the channel must be in confirm mode).
+pub async fn publish_as_ingress(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> lapin::Result<lapin::PublisherConfirm> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            body,
+            envelope::properties(Uuid::now_v7(), Utc::now()),
+        )
+        .await
+}
+
 /// Publishes for `probe.duration` and reports confirmed messages per second.
 pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
     let timeout = probe.amqp.connect_timeout();
@@ -110,18 +132,8 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
             let mut confirmed = 0u64;
             while started.elapsed() < duration {
                 while pending.len() < window {
-                    let confirm = channel
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            "dropcowboy.sms".into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                immediate: false,
-                            },
-                            &body,
-                            envelope::properties(Uuid::now_v7(), Utc::now()),
-                        )
-                        .await?;
+                    let confirm =
+                        publish_as_ingress(&channel, &exchange, "dropcowboy.sms", &body).await?;
                     pending.push(confirm);
                 }
                 if let Some(confirmation) = pending.next().await {
@@ -216,15 +228,7 @@ pub async fn confirm_latency(
             }
             () = tokio::time::sleep_until(next), if sent < total => {
                 let channel = &channels[sent as usize % channels.len()];
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "dropcowboy.sms".into(),
-                        BasicPublishOptions { mandatory: true, immediate: false },
-                        body,
-                        envelope::properties(Uuid::now_v7(), Utc::now()),
-                    )
-                    .await?;
+                let confirm = publish_as_ingress(channel, &exchange, "dropcowboy.sms", body).await?;
                 pending.push(Box::pin(async move {
                     (next, tokio::time::timeout(Duration::from_secs(30), confirm).await)
                 }));
