@@ -250,7 +250,7 @@ impl Publisher {
 
         let publish = link.channel().basic_publish(
             inner.exchange.clone(),
-            Topology::routing_key(kind).into(),
+            kind.routing_key().into(),
             BasicPublishOptions {
                 mandatory: true,
                 immediate: false,

@@ -19,7 +19,7 @@ use lapin::{
     uri::{AMQPScheme, AMQPUri},
 };
 
-use crate::{config::AmqpSettings, envelope::Kind};
+use crate::config::AmqpSettings;
 
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -193,14 +193,6 @@ impl Topology {
     /// Queue holding dead-lettered messages until an operator replays them.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead-letter", self.prefix)
-    }
-
-    /// Routing key of a webhook of `kind`.
-    pub fn routing_key(kind: Kind) -> &'static str {
-        match kind {
-            Kind::Sms => "dropcowboy.sms",
-            Kind::Rvm => "dropcowboy.rvm",
-        }
     }
 
     /// Arguments of the main queue. Any difference from an existing queue of

@@ -43,13 +43,17 @@ impl Kind {
         }
     }
 
+    /// The routing key a webhook of this kind is published with.
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Kind::Sms => "dropcowboy.sms",
+            Kind::Rvm => "dropcowboy.rvm",
+        }
+    }
+
     /// The kind a routing key (`dropcowboy.sms`) names.
     pub fn from_routing_key(key: &str) -> Option<Self> {
-        match key {
-            "dropcowboy.sms" => Some(Kind::Sms),
-            "dropcowboy.rvm" => Some(Kind::Rvm),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.routing_key() == key)
     }
 }
 
@@ -168,7 +172,7 @@ mod tests {
     fn routing_keys_name_their_kind() {
         for kind in Kind::ALL {
             assert_eq!(
-                Kind::from_routing_key(crate::amqp::Topology::routing_key(kind)),
+                Kind::from_routing_key(kind.routing_key()),
                 Some(kind)
             );
         }

@@ -16,8 +16,9 @@
 //! - [`amqp`]: connecting with deadlines, the topology (exchange, quorum queue,
 //!   dead-letter path) and reconnect backoff.
 //! - [`envelope`]: the AMQP message contract between ingress and worker.
-//! - [`payload`]: the Drop Cowboy payload, typed strictly where it must be and
-//!   tolerantly where the provider may vary.
+//! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
+//!   where it must be and tolerantly where the provider may vary; the worker
+//!   and the load generator's verifier use it, ingress never does.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
 //!   readiness state behind it.
 
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod amqp;
 pub mod config;
 pub mod envelope;
+#[cfg(feature = "payload")]
 pub mod payload;
 pub mod shutdown;
 pub mod telemetry;

@@ -22,6 +22,23 @@ use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+/// Every failure reason the provider documents, exactly as it spells them.
+/// Typing accepts any reason; this list is what the documentation promises.
+pub const FAILURE_REASONS: &[&str] = &[
+    "Invalid message",
+    "Spam detected",
+    "Invalid caller ID or not SMS enabled",
+    "No Funds",
+    "Known Litigator",
+    "Prohibited by carrier or not SMS enabled",
+    "Message too long",
+    "Opted out",
+    "Internal DNC",
+    "Temporarily unreachable",
+    "Too Many",
+    "Unregistered Brand",
+];
+
 /// A delivery-status webhook with every documented field typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryStatus {

@@ -6,21 +6,7 @@ pub const SMS_SUCCESS: &str = include_str!("../fixtures/sms-success.json");
 /// `../shared/samples/sms-failure.json`, byte for byte.
 pub const SMS_FAILURE: &str = include_str!("../fixtures/sms-failure.json");
 
-/// Every failure reason the provider documents, exactly as it spells them.
-pub const FAILURE_REASONS: &[&str] = &[
-    "Invalid message",
-    "Spam detected",
-    "Invalid caller ID or not SMS enabled",
-    "No Funds",
-    "Known Litigator",
-    "Prohibited by carrier or not SMS enabled",
-    "Message too long",
-    "Opted out",
-    "Internal DNC",
-    "Temporarily unreachable",
-    "Too Many",
-    "Unregistered Brand",
-];
+pub use corral_shared::payload::FAILURE_REASONS;
 
 /// A delivery-status body in the provider's shape. `reason` empty means success.
 /// Money is written as literal JSON text, so tests can compare it exactly.
