@@ -116,16 +116,29 @@ pub struct CaBundle {
     pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// Reads a PEM CA bundle; the error says what is wrong with the file (the
-/// caller names the setting).
-pub fn read_ca_bundle(path: &std::path::Path) -> Result<CaBundle, String> {
+/// What is wrong with a CA bundle file (the caller names the setting).
+#[derive(Debug, thiserror::Error)]
+pub enum CaBundleError {
+    /// The file cannot be read.
+    #[error("cannot be read")]
+    Read(#[source] std::io::Error),
+    /// The file is not PEM.
+    #[error("not a PEM certificate bundle")]
+    NotPem(#[source] rustls::pki_types::pem::Error),
+    /// The file is PEM but holds no certificate.
+    #[error("holds no PEM certificate")]
+    Empty,
+}
+
+/// Reads a PEM CA bundle.
+pub fn read_ca_bundle(path: &std::path::Path) -> Result<CaBundle, CaBundleError> {
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    let pem = std::fs::read_to_string(path).map_err(|err| err.to_string())?;
+    let pem = std::fs::read_to_string(path).map_err(CaBundleError::Read)?;
     let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| format!("not a PEM certificate bundle: {err}"))?;
+        .map_err(CaBundleError::NotPem)?;
     if certificates.is_empty() {
-        return Err("holds no PEM certificate".into());
+        return Err(CaBundleError::Empty);
     }
     Ok(CaBundle { pem, certificates })
 }

@@ -171,10 +171,7 @@ mod tests {
     #[test]
     fn routing_keys_name_their_kind() {
         for kind in Kind::ALL {
-            assert_eq!(
-                Kind::from_routing_key(kind.routing_key()),
-                Some(kind)
-            );
+            assert_eq!(Kind::from_routing_key(kind.routing_key()), Some(kind));
         }
         assert_eq!(Kind::from_routing_key("dropcowboy.fax"), None);
     }

@@ -14,7 +14,10 @@
 //! - [`shutdown`]: turns SIGTERM / SIGINT into a cancellation token that is
 //!   passed down, never global.
 //! - [`amqp`]: connecting with deadlines, the topology (exchange, quorum queue,
-//!   dead-letter path) and reconnect backoff.
+//!   dead-letter path), the mandatory publish and what its confirm means.
+//! - [`retry`]: the one retry policy (jittered exponential backoff, never
+//!   giving up) and retrying until shutdown.
+//! - [`error_chain`]: an error and its causes as one log line.
 //! - [`envelope`]: the AMQP message contract between ingress and worker.
 //! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
 //!   where it must be and tolerantly where the provider may vary; the worker
@@ -26,7 +29,11 @@ pub mod admin;
 pub mod amqp;
 pub mod config;
 pub mod envelope;
+mod error;
 #[cfg(feature = "payload")]
 pub mod payload;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+
+pub use error::chain as error_chain;

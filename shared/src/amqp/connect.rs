@@ -1,0 +1,124 @@
+//! Connecting to the broker (with TLS where asked) and closing a connection.
+
+use std::{str::FromStr, time::Duration};
+
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    tcp::OwnedTLSConfig,
+    types::LongString,
+    uri::{AMQPScheme, AMQPUri},
+};
+
+use super::{AmqpError, Topology, deadline};
+use crate::config::AmqpSettings;
+
+/// Parses `CORRAL_AMQP_URL`; binaries call it at start so a typo fails fast
+/// instead of looking like an unreachable broker.
+pub fn parse_url(url: &str) -> Result<AMQPUri, AmqpError> {
+    AMQPUri::from_str(url).map_err(AmqpError::InvalidUrl)
+}
+
+/// Checks the URL and the CA file together at start: a CA file next to a
+/// plain `amqp://` URL would otherwise be silently ignored.
+pub fn check_settings(settings: &AmqpSettings) -> Result<(), AmqpError> {
+    let uri = parse_url(&settings.url)?;
+    if let Some(path) = &settings.ca_file {
+        if uri.scheme != AMQPScheme::AMQPS {
+            return Err(AmqpError::CaFileWithoutTls {
+                path: path.display().to_string(),
+            });
+        }
+        tls_config(settings)?;
+    }
+    Ok(())
+}
+
+/// The client's TLS settings: the CA file's certificates (if any) on top of
+/// the system's roots; the server's certificate and host name are verified.
+fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, AmqpError> {
+    let cert_chain = match &settings.ca_file {
+        None => None,
+        Some(path) => Some(
+            crate::config::read_ca_bundle(path)
+                .map_err(|source| AmqpError::CaFile {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .pem,
+        ),
+    };
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
+/// Connects to the broker named by `settings`, with the heartbeat and the
+/// connect deadline applied. `name` shows in the management UI.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
+    let mut uri = parse_url(&settings.url)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(settings.heartbeat_secs);
+    }
+    let timeout = settings.connect_timeout();
+    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    // Each failed `Connection::connect` leaves memory behind in the client
+    // library; a plain TCP probe first keeps a long outage from growing the
+    // process while the port is closed.
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address)).await {
+        Ok(Ok(_probe)) => {}
+        Ok(Err(source)) => return Err(AmqpError::Unreachable { address, source }),
+        Err(_) => {
+            return Err(AmqpError::Timeout {
+                operation: "TCP connect",
+                timeout,
+            });
+        }
+    }
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+    let tls = tls_config(settings)?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| AmqpError::Broker {
+        operation: "connection",
+        source,
+    })?;
+    deadline(
+        "connection",
+        timeout,
+        Connection::connect_uri_with_config(uri, properties, tls, runtime),
+    )
+    .await
+}
+
+/// Connects, opens a channel and declares the topology: what both binaries do
+/// on every (re)connect.
+pub async fn connect_and_declare(
+    settings: &AmqpSettings,
+    topology: &Topology,
+    name: &str,
+) -> Result<(Connection, Channel), AmqpError> {
+    let timeout = settings.connect_timeout();
+    let connection = connect(settings, name).await?;
+    let declared = async {
+        let channel = deadline("opening a channel", timeout, connection.create_channel()).await?;
+        topology.declare(&channel, timeout).await?;
+        Ok::<_, AmqpError>(channel)
+    }
+    .await;
+    match declared {
+        Ok(channel) => Ok((connection, channel)),
+        Err(err) => {
+            // Do not leave a half-set-up connection open on the broker.
+            close(&connection, timeout, "setup failed").await;
+            Err(err)
+        }
+    }
+}
+
+/// Closes `connection` if it is still open, waiting at most `timeout`: a
+/// broker that stopped answering must not hold up a reconnect or a shutdown.
+pub async fn close(connection: &Connection, timeout: Duration, reason: &str) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(timeout, connection.close(200, reason.into())).await;
+    }
+}

@@ -1,0 +1,93 @@
+//! RabbitMQ: connecting with deadlines, the topology, publishing with
+//! confirms, and closing.
+//!
+//! The client library can hang when a connection dies under it, so every
+//! broker operation here runs under [`deadline`]. Both binaries declare the
+//! whole topology idempotently each time they (re)connect, so whichever
+//! starts first creates it and a broker that lost it gets it back.
+//!
+//! # Layout
+//!
+//! - [`connect`](mod@connect): URL and TLS checks, connecting, closing.
+//! - [`topology`]: the names under `CORRAL_AMQP_PREFIX` and their declaration.
+//! - [`publish`]: a mandatory publish and what its confirm means.
+
+mod connect;
+mod publish;
+mod topology;
+
+use std::{future::Future, time::Duration};
+
+pub use connect::{check_settings, close, connect, connect_and_declare, parse_url};
+pub use publish::{
+    PublishOutcomeError, Refused, check_confirmation, publish_confirmed, publish_mandatory,
+};
+pub use topology::Topology;
+
+use crate::config::CaBundleError;
+
+/// What can go wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// `CORRAL_AMQP_URL` does not parse; a configuration error, not retried.
+    #[error("invalid AMQP URL: {0}")]
+    InvalidUrl(String),
+    /// The broker did not answer within the deadline.
+    #[error("RabbitMQ did not answer {operation} within {timeout:?}")]
+    Timeout {
+        /// What we were waiting for.
+        operation: &'static str,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+    /// The TCP port refused or could not be reached.
+    #[error("cannot reach RabbitMQ at {address}")]
+    Unreachable {
+        /// `host:port`, without credentials.
+        address: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `CORRAL_AMQP_CA_FILE` cannot be read as a CA bundle.
+    #[error("CORRAL_AMQP_CA_FILE {path}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: CaBundleError,
+    },
+    /// `CORRAL_AMQP_CA_FILE` is set next to a plain `amqp://` URL, where it
+    /// would be silently ignored.
+    #[error(
+        "CORRAL_AMQP_CA_FILE {path} is set, but CORRAL_AMQP_URL is not amqps://: use amqps:// \
+         (or unset the CA file)"
+    )]
+    CaFileWithoutTls {
+        /// The file.
+        path: String,
+    },
+    /// The broker or the client library reported an error.
+    #[error("RabbitMQ refused {operation}")]
+    Broker {
+        /// What we tried.
+        operation: &'static str,
+        /// The library's error, with the broker's reply text where there is one.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+/// Runs a broker operation under a deadline, naming it in the error.
+pub async fn deadline<T>(
+    operation: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(AmqpError::Broker { operation, source }),
+        Err(_) => Err(AmqpError::Timeout { operation, timeout }),
+    }
+}
