@@ -1,0 +1,129 @@
+//! The closed sets of label values, one enum each. The code that counts an
+//! event names it with a variant; registration at start, the docs tests and
+//! the dashboard checks read the same enum through `VARIANTS`, so a new value
+//! cannot be counted without also being registered and checked.
+
+use strum::{IntoStaticStr, VariantArray};
+
+/// A closed set of label values, for code that registers every value.
+pub trait Label: Copy + Into<&'static str> + VariantArray {}
+
+macro_rules! labels {
+    ($($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident,)* })*) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, VariantArray)]
+            #[strum(serialize_all = "snake_case")]
+            pub enum $name { $($(#[$vmeta])* $variant,)* }
+            impl Label for $name {}
+            impl $name {
+                /// The label value as exported.
+                pub fn as_str(self) -> &'static str {
+                    self.into()
+                }
+            }
+        )*
+    };
+}
+
+/// Which binary: `corral_build_info{binary}` and what registration covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, VariantArray)]
+pub enum Binary {
+    /// `corral-ingress`.
+    #[strum(serialize = "corral-ingress")]
+    Ingress,
+    /// `corral-worker`.
+    #[strum(serialize = "corral-worker")]
+    Worker,
+}
+impl Label for Binary {}
+impl Binary {
+    /// The binary's name, as exported.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+labels! {
+    /// `corral_broker_connect_attempts_total{outcome}`.
+    ConnectOutcome {
+        /// Connected and declared the topology.
+        Success,
+        /// Could not.
+        Failure,
+    }
+
+    /// `corral_ingress_rejected_total{reason}`: why a webhook was refused
+    /// before anything was published.
+    RejectReason {
+        /// No token, or not an accepted one.
+        Unauthorized,
+        /// Not JSON (or not UTF-8, or the body could not be read).
+        InvalidJson,
+        /// JSON, but not an object.
+        NotObject,
+        /// Over `CORRAL_MAX_BODY_BYTES`.
+        TooLarge,
+        /// A `Content-Type` that is not JSON.
+        UnsupportedMediaType,
+        /// The body did not arrive within `CORRAL_BODY_TIMEOUT_MS`.
+        BodyTimeout,
+    }
+
+    /// `corral_ingress_publish_failures_total{cause}`: why the buffer did not
+    /// take a webhook (answered 503).
+    PublishFailure {
+        /// No broker link.
+        Unavailable,
+        /// The broker blocks publishers (memory or disk alarm).
+        Blocked,
+        /// Too many publishes in flight.
+        Overloaded,
+        /// The broker nacked it.
+        Nack,
+        /// The broker returned it as unroutable.
+        Unroutable,
+        /// The channel closed before the confirm.
+        ChannelClosed,
+        /// No confirm within the deadline.
+        Timeout,
+        /// Shutdown closed the link first.
+        ShuttingDown,
+    }
+
+    /// `corral_worker_messages_total{outcome}`: how a committed message ended.
+    MessageOutcome {
+        /// A new `delivery_events` row.
+        Stored,
+        /// Already stored: a redelivery or a resend.
+        Duplicate,
+        /// Could not be typed; kept in `quarantined_webhooks`.
+        Quarantined,
+    }
+
+    /// `corral_worker_db_errors_total{kind}`.
+    DbErrorKind {
+        /// Retried unchanged, nothing acknowledged.
+        Transient,
+        /// The batch was split and the culprit quarantined.
+        Data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_the_exported_spellings() {
+        assert_eq!(Binary::Ingress.as_str(), "corral-ingress");
+        assert_eq!(Binary::Worker.as_str(), "corral-worker");
+        assert_eq!(
+            RejectReason::UnsupportedMediaType.as_str(),
+            "unsupported_media_type"
+        );
+        assert_eq!(PublishFailure::ChannelClosed.as_str(), "channel_closed");
+        assert_eq!(MessageOutcome::Quarantined.as_str(), "quarantined");
+        assert_eq!(RejectReason::VARIANTS.len(), 6);
+    }
+}

@@ -1,0 +1,270 @@
+//! The catalogue of every metric corral exports, and the only functions
+//! that write them. Label values come from the enums in [`super::labels`],
+//! closed sets, so a request can never create a new time series.
+
+// The one place allowed to name metrics.
+#![allow(clippy::disallowed_macros)]
+
+use std::time::Duration;
+
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use strum::VariantArray as _;
+
+use super::labels::{
+    Binary, ConnectOutcome, DbErrorKind, Label, MessageOutcome, PublishFailure, RejectReason,
+};
+use crate::envelope::Kind as WebhookKind;
+
+/// What kind of Prometheus metric a catalogue entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Bucketed distribution (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Full Prometheus name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Help text shown in `/metrics`.
+    pub help: &'static str,
+    /// Label names, for the dashboard checks.
+    pub labels: &'static [&'static str],
+    /// Histogram buckets; without them the exporter would emit a summary.
+    pub buckets: Option<&'static [f64]>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+const E2E_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+macro_rules! catalogue {
+    ($($id:ident = $name:literal, $kind:ident, [$($label:literal),*], $buckets:expr, $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $id: &str = $name;
+        )*
+        /// Every metric corral exports.
+        pub const CATALOGUE: &[MetricDef] = &[
+            $(MetricDef { name: $name, kind: Kind::$kind, help: $help, labels: &[$($label),*], buckets: $buckets },)*
+        ];
+    };
+}
+
+catalogue! {
+    BUILD_INFO = "corral_build_info", Gauge, ["binary", "version"], None,
+        "Always 1; labels say which binary and version is running.";
+    BROKER_CONNECTED = "corral_broker_connected", Gauge, [], None,
+        "1 while connected to RabbitMQ with the topology declared, else 0.";
+    BROKER_BLOCKED = "corral_broker_blocked", Gauge, [], None,
+        "1 while RabbitMQ blocks publishing on this connection (memory or disk alarm).";
+    BROKER_CONNECT_ATTEMPTS = "corral_broker_connect_attempts_total", Counter, ["outcome"], None,
+        "Attempts to connect to RabbitMQ and declare the topology, by outcome (success, failure).";
+    DATABASE_CONNECTED = "corral_database_connected", Gauge, [], None,
+        "1 while the last database operation succeeded, else 0.";
+    READY = "corral_ready", Gauge, [], None,
+        "1 while /readyz answers 200.";
+
+    INGRESS_REQUESTS = "corral_ingress_requests_total", Counter, ["route", "status"], None,
+        "Webhook requests answered, by route and HTTP status.";
+    INGRESS_REJECTED = "corral_ingress_rejected_total", Counter, ["reason"], None,
+        "Webhook requests refused before publishing, by reason.";
+    INGRESS_PUBLISHED = "corral_ingress_published_total", Counter, ["kind"], None,
+        "Webhooks confirmed by RabbitMQ, by kind (sms, rvm).";
+    INGRESS_PUBLISH_FAILURES = "corral_ingress_publish_failures_total", Counter, ["cause"], None,
+        "Webhooks answered 503 because the broker did not take them, by cause.";
+    INGRESS_PUBLISH_CONFIRM_SECONDS = "corral_ingress_publish_confirm_seconds", Histogram, [], Some(LATENCY_BUCKETS),
+        "Time from publish to the broker's confirm.";
+    INGRESS_REQUEST_SECONDS = "corral_ingress_request_seconds", Histogram, ["route"], Some(LATENCY_BUCKETS),
+        "Time to answer a webhook request, from the first byte of its body to the answer.";
+    INGRESS_PUBLISHES_IN_FLIGHT = "corral_ingress_publishes_in_flight", Gauge, [], None,
+        "Publishes waiting for the broker's confirm.";
+
+    WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
+        "Messages committed to PostgreSQL, by outcome (stored, duplicate, quarantined); a batch whose ack was lost is redelivered and counted again as duplicates.";
+    WORKER_BATCH_SIZE = "corral_worker_batch_size", Histogram, [], Some(BATCH_BUCKETS),
+        "Messages per committed batch.";
+    WORKER_DB_WRITE_SECONDS = "corral_worker_db_write_seconds", Histogram, [], Some(LATENCY_BUCKETS),
+        "Time to write and commit one batch.";
+    WORKER_END_TO_END_SECONDS = "corral_worker_end_to_end_seconds", Histogram, [], Some(E2E_BUCKETS),
+        "Time from ingress receiving a webhook to its row being committed.";
+    WORKER_DB_ERRORS = "corral_worker_db_errors_total", Counter, ["kind"], None,
+        "Failed batch writes, by kind: transient (retried, nothing acked) or data (batch split, culprit quarantined).";
+    WORKER_ACK_FAILURES = "corral_worker_ack_failures_total", Counter, [], None,
+        "Batches committed whose acknowledgement failed; RabbitMQ redelivers them and they count as duplicates.";
+    WORKER_DRAIN_MESSAGES_IN_HAND = "corral_worker_messages_in_hand", Gauge, [], None,
+        "Messages received from RabbitMQ and not yet acknowledged.";
+}
+
+pub(super) fn describe_all() {
+    for def in CATALOGUE {
+        match def.kind {
+            Kind::Counter => describe_counter!(def.name, def.help),
+            Kind::Gauge => describe_gauge!(def.name, def.help),
+            Kind::Histogram => {
+                let unit = if def.name.ends_with("_seconds") {
+                    Unit::Seconds
+                } else {
+                    Unit::Count
+                };
+                describe_histogram!(def.name, unit, def.help)
+            }
+        }
+    }
+}
+
+/// Registers the series of `binary` at zero, so dashboards and `rate()`
+/// see them before the first event.
+pub fn register_binary(binary: Binary) {
+    gauge!(BUILD_INFO, "binary" => binary.as_str(), "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    gauge!(BROKER_CONNECTED).set(0.0);
+    gauge!(BROKER_BLOCKED).set(0.0);
+    gauge!(READY).set(0.0);
+    zero_counters(BROKER_CONNECT_ATTEMPTS, "outcome", ConnectOutcome::VARIANTS);
+    match binary {
+        Binary::Ingress => {
+            zero_counters(INGRESS_REJECTED, "reason", RejectReason::VARIANTS);
+            zero_counters(INGRESS_PUBLISH_FAILURES, "cause", PublishFailure::VARIANTS);
+            for kind in WebhookKind::ALL {
+                counter!(INGRESS_PUBLISHED, "kind" => kind.as_str()).increment(0);
+            }
+            gauge!(INGRESS_PUBLISHES_IN_FLIGHT).set(0.0);
+        }
+        Binary::Worker => {
+            gauge!(DATABASE_CONNECTED).set(0.0);
+            zero_counters(WORKER_MESSAGES, "outcome", MessageOutcome::VARIANTS);
+            zero_counters(WORKER_DB_ERRORS, "kind", DbErrorKind::VARIANTS);
+            counter!(WORKER_ACK_FAILURES).increment(0);
+            gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(0.0);
+        }
+    }
+}
+
+fn zero_counters<L: Label>(name: &'static str, label: &'static str, values: &[L]) {
+    for value in values {
+        let value: &'static str = (*value).into();
+        counter!(name, label => value).increment(0);
+    }
+}
+
+fn flag(value: bool) -> f64 {
+    if value { 1.0 } else { 0.0 }
+}
+
+/// Broker link up or down.
+pub fn broker_connected(connected: bool) {
+    gauge!(BROKER_CONNECTED).set(flag(connected));
+}
+
+/// Broker flow control (connection.blocked / unblocked).
+pub fn broker_blocked(blocked: bool) {
+    gauge!(BROKER_BLOCKED).set(flag(blocked));
+}
+
+/// One attempt to (re)connect and declare the topology.
+pub fn broker_connect_attempt(outcome: ConnectOutcome) {
+    counter!(BROKER_CONNECT_ATTEMPTS, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// Database reachable or not.
+pub fn database_connected(connected: bool) {
+    gauge!(DATABASE_CONNECTED).set(flag(connected));
+}
+
+/// Readiness as `/readyz` reports it.
+pub fn ready(ready: bool) {
+    gauge!(READY).set(flag(ready));
+}
+
+/// A webhook request answered.
+pub fn ingress_request(route: WebhookKind, status: u16, elapsed: Duration) {
+    let route = route.as_str();
+    counter!(INGRESS_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+    histogram!(INGRESS_REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// A webhook refused before publishing.
+pub fn ingress_rejected(reason: RejectReason) {
+    counter!(INGRESS_REJECTED, "reason" => reason.as_str()).increment(1);
+}
+
+/// A webhook the broker confirmed.
+pub fn ingress_published(kind: WebhookKind, confirm: Duration) {
+    counter!(INGRESS_PUBLISHED, "kind" => kind.as_str()).increment(1);
+    histogram!(INGRESS_PUBLISH_CONFIRM_SECONDS).record(confirm.as_secs_f64());
+}
+
+/// A webhook the broker did not take.
+pub fn ingress_publish_failed(cause: PublishFailure) {
+    counter!(INGRESS_PUBLISH_FAILURES, "cause" => cause.as_str()).increment(1);
+}
+
+/// Publishes awaiting confirmation.
+pub fn ingress_in_flight(count: usize) {
+    gauge!(INGRESS_PUBLISHES_IN_FLIGHT).set(count as f64);
+}
+
+/// A committed and acknowledged batch.
+pub fn worker_batch(size: usize, write: Duration) {
+    histogram!(WORKER_BATCH_SIZE).record(size as f64);
+    histogram!(WORKER_DB_WRITE_SECONDS).record(write.as_secs_f64());
+}
+
+/// Messages by outcome.
+pub fn worker_messages(outcome: MessageOutcome, count: usize) {
+    counter!(WORKER_MESSAGES, "outcome" => outcome.as_str()).increment(count as u64);
+}
+
+/// Receive-to-commit latency of one message.
+pub fn worker_end_to_end(seconds: f64) {
+    histogram!(WORKER_END_TO_END_SECONDS).record(seconds);
+}
+
+/// A failed batch write.
+pub fn worker_db_error(kind: DbErrorKind) {
+    counter!(WORKER_DB_ERRORS, "kind" => kind.as_str()).increment(1);
+}
+
+/// A committed batch whose ack did not reach the broker.
+pub fn worker_ack_failed() {
+    counter!(WORKER_ACK_FAILURES).increment(1);
+}
+
+/// Messages held between delivery and ack.
+pub fn worker_in_hand(count: usize) {
+    gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(count as f64);
+}
+
+/// Status codes as static labels (no allocation per request).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
