@@ -7,38 +7,46 @@
 //! - [`config`]: settings (`CORRAL_*` / `--flags`) and their validation.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
 //! - [`webhook`]: the routes and their errors, cheapest check first.
-//! - [`publisher`]: persistent, mandatory publishes with confirms over a
-//!   self-healing broker link, with bounded memory.
+//! - [`buffer`]: where a webhook is kept before it is answered — the seam —
+//!   and its RabbitMQ implementation: persistent, mandatory publishes with
+//!   confirms over a self-healing broker link, with bounded memory.
 //! - [`Application`]: binds both listeners and runs until the shutdown token
 //!   is cancelled, then drains.
 
 pub mod auth;
+pub mod buffer;
 pub mod config;
-pub mod publisher;
 pub mod webhook;
 
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context as _;
-use corral_shared::{admin, admin::Health, telemetry};
+use corral_shared::{
+    admin,
+    admin::Health,
+    telemetry::{self, labels::Binary},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Tokens,
+    buffer::{
+        Buffer,
+        rabbitmq::{self, RabbitMq},
+    },
     config::IngressConfig,
-    publisher::{Publisher, PublisherSettings},
     webhook::WebhookState,
 };
 
-/// The running ingress: both listeners bound, the publisher connecting.
+/// The running ingress: both listeners bound, the buffer connecting.
 pub struct Application {
     config: IngressConfig,
     port: u16,
     admin_port: u16,
     server: Server,
     admin: Server,
-    publisher: Publisher,
+    buffer: RabbitMq,
     supervisor: tokio::task::JoinHandle<()>,
     health: Health,
     shutdown: CancellationToken,
@@ -60,7 +68,7 @@ impl Application {
         config.validate()?;
         corral_shared::amqp::check_settings(&config.amqp)?;
         let prometheus = telemetry::prometheus();
-        telemetry::metrics::register_binary("corral-ingress");
+        telemetry::metrics::register_binary(Binary::Ingress);
 
         let tokens = config.tokens();
         if tokens.is_empty() {
@@ -72,8 +80,8 @@ impl Application {
         }
 
         let health = Health::new(false);
-        let (publisher, supervisor) = Publisher::start(
-            PublisherSettings {
+        let (buffer, supervisor) = RabbitMq::start(
+            rabbitmq::Settings {
                 amqp: config.amqp.clone(),
                 channels: config.amqp_channels,
                 max_in_flight: config.max_in_flight,
@@ -81,53 +89,19 @@ impl Application {
                 publish_timeout: config.publish_timeout(),
             },
             health.clone(),
-            // Its own token, cancelled by `Publisher::close` once the HTTP
+            // Its own token, cancelled by `RabbitMq::close` once the HTTP
             // server has drained: during the drain the link must still be
             // repaired if it fails, or every late webhook would get 503.
             CancellationToken::new(),
         );
-
-        let state = web::Data::new(WebhookState {
+        let state = WebhookState {
             tokens: Tokens::new(&tokens),
-            publisher: publisher.clone(),
+            buffer: buffer.clone(),
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
-        });
-        let workers = match config.http_workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
         };
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .service(
-                    web::resource("/webhooks/dropcowboy/sms")
-                        .route(web::post().to(webhook::sms))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/webhooks/dropcowboy/rvm")
-                        .route(web::post().to(webhook::rvm))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
-                .default_service(web::to(webhook::not_found))
-        })
-        .workers(workers)
-        // Bursts open many connections at once; a std listener would keep
-        // the kernel's default backlog of 128 and drop SYNs past it.
-        .backlog(4096)
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1))
-        .bind(&config.listen)
-        .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
-        let port = server
-            .addrs()
-            .first()
-            .map(|addr| addr.port())
-            .context("no bound address")?;
-        let server = server.run();
-
+        let (server, port, workers) = webhook_server(&config, state)?;
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
             .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
         tracing::info!(port, admin_port, workers, "corral-ingress listening");
@@ -138,7 +112,7 @@ impl Application {
             admin_port,
             server,
             admin,
-            publisher,
+            buffer,
             supervisor,
             health,
             shutdown,
@@ -155,11 +129,6 @@ impl Application {
         self.admin_port
     }
 
-    /// The publisher (tests wait on its connection).
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
     /// Serves until the shutdown token is cancelled, then drains: `/readyz`
     /// turns 503, the listener stops accepting after `CORRAL_DRAIN_DELAY_MS`,
     /// requests in flight finish (their confirms awaited, bounded by
@@ -169,7 +138,7 @@ impl Application {
             config,
             server,
             admin,
-            publisher,
+            buffer,
             supervisor,
             health,
             shutdown,
@@ -189,11 +158,53 @@ impl Application {
         // Graceful stop: no new connections, in-flight requests run to their answer.
         server_handle.stop(true).await;
         serving.await.context("webhook server task")??;
-        publisher.close(config.publish_timeout()).await;
+        buffer.close(config.publish_timeout()).await;
         let _ = supervisor.await;
         admin_handle.stop(true).await;
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-ingress stopped");
         Ok(())
     }
+}
+
+/// Binds the public listener with the webhook routes; returns the server, the
+/// port it got and its worker count.
+fn webhook_server<B: Buffer + std::fmt::Debug>(
+    config: &IngressConfig,
+    state: WebhookState<B>,
+) -> anyhow::Result<(Server, u16, usize)> {
+    let state = web::Data::new(state);
+    let workers = match config.http_workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .service(
+                web::resource("/webhooks/dropcowboy/sms")
+                    .route(web::post().to(webhook::sms::<B>))
+                    .default_service(web::to(webhook::method_not_allowed)),
+            )
+            .service(
+                web::resource("/webhooks/dropcowboy/rvm")
+                    .route(web::post().to(webhook::rvm::<B>))
+                    .default_service(web::to(webhook::method_not_allowed)),
+            )
+            .default_service(web::to(webhook::not_found))
+    })
+    .workers(workers)
+    // Bursts open many connections at once; a std listener would keep
+    // the kernel's default backlog of 128 and drop SYNs past it.
+    .backlog(4096)
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1))
+    .bind(&config.listen)
+    .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
+    let port = server
+        .addrs()
+        .first()
+        .map(|addr| addr.port())
+        .context("no bound address")?;
+    Ok((server.run(), port, workers))
 }

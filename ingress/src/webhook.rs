@@ -15,23 +15,30 @@ use actix_web::{
 };
 use bytes::BytesMut;
 use chrono::Utc;
-use corral_shared::{envelope::Kind, telemetry::metrics};
+use corral_shared::{
+    envelope::Kind,
+    error_chain,
+    telemetry::{
+        labels::{PublishFailure, RejectReason},
+        metrics,
+    },
+};
 use futures_util::StreamExt;
 use serde::de::IgnoredAny;
 use uuid::Uuid;
 
 use crate::{
     auth::Tokens,
-    publisher::{PublishError, Publisher},
+    buffer::{Buffer, Refusal, Webhook},
 };
 
 /// What the webhook handlers share.
 #[derive(Debug)]
-pub struct WebhookState {
+pub struct WebhookState<B> {
     /// Accepted tokens.
     pub tokens: Tokens,
-    /// The broker link.
-    pub publisher: Publisher,
+    /// Where accepted webhooks are kept.
+    pub buffer: B,
     /// `CORRAL_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
     /// Seconds for `Retry-After` on 503.
@@ -69,12 +76,14 @@ pub enum WebhookError {
     /// The body could not be read (the client went away mid-body).
     #[error("could not read the request body")]
     BodyRead(#[source] actix_web::error::PayloadError),
-    /// The broker did not take the webhook.
+    /// The buffer did not take the webhook.
     #[error("temporarily unable to accept webhooks; retry later")]
     Unavailable {
+        /// The metric label of `cause`.
+        failure: PublishFailure,
         /// What went wrong, for the log line only.
         #[source]
-        cause: PublishError,
+        cause: Box<dyn std::error::Error + Send + Sync>,
         /// Seconds for `Retry-After`.
         retry_after_secs: u32,
     },
@@ -82,14 +91,16 @@ pub enum WebhookError {
 
 impl WebhookError {
     /// The `corral_ingress_rejected_total{reason}` label, for rejections.
-    fn reject_reason(&self) -> Option<&'static str> {
+    fn reject_reason(&self) -> Option<RejectReason> {
         match self {
-            WebhookError::Unauthorized => Some("unauthorized"),
-            WebhookError::UnsupportedMediaType => Some("unsupported_media_type"),
-            WebhookError::TooLarge { .. } => Some("too_large"),
-            WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => Some("invalid_json"),
-            WebhookError::BodyTimeout(_) => Some("body_timeout"),
-            WebhookError::NotObject => Some("not_object"),
+            WebhookError::Unauthorized => Some(RejectReason::Unauthorized),
+            WebhookError::UnsupportedMediaType => Some(RejectReason::UnsupportedMediaType),
+            WebhookError::TooLarge { .. } => Some(RejectReason::TooLarge),
+            WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => {
+                Some(RejectReason::InvalidJson)
+            }
+            WebhookError::BodyTimeout(_) => Some(RejectReason::BodyTimeout),
+            WebhookError::NotObject => Some(RejectReason::NotObject),
             WebhookError::Unavailable { .. } => None,
         }
     }
@@ -129,63 +140,68 @@ impl ResponseError for WebhookError {
 }
 
 /// `POST /webhooks/dropcowboy/sms`
-pub async fn sms(
+pub async fn sms<B: Buffer>(
     request: HttpRequest,
     body: web::Payload,
-    state: web::Data<WebhookState>,
+    state: web::Data<WebhookState<B>>,
 ) -> HttpResponse {
     handle(Kind::Sms, request, body, state).await
 }
 
 /// `POST /webhooks/dropcowboy/rvm`
-pub async fn rvm(
+pub async fn rvm<B: Buffer>(
     request: HttpRequest,
     body: web::Payload,
-    state: web::Data<WebhookState>,
+    state: web::Data<WebhookState<B>>,
 ) -> HttpResponse {
     handle(Kind::Rvm, request, body, state).await
 }
 
-async fn handle(
+async fn handle<B: Buffer>(
     kind: Kind,
     request: HttpRequest,
     body: web::Payload,
-    state: web::Data<WebhookState>,
+    state: web::Data<WebhookState<B>>,
 ) -> HttpResponse {
     let started = Instant::now();
     let message_id = Uuid::now_v7();
-    let route = kind.as_str();
     let response = match accept(kind, message_id, &request, body, &state).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "id": message_id })),
         Err(err) => {
-            // Only the path is logged: the query string may hold the token.
-            let error = corral_shared::amqp::error_chain(&err);
-            if let Some(reason) = err.reject_reason() {
-                metrics::ingress_rejected(reason);
-                tracing::info!(
-                    route,
-                    reason,
-                    error,
-                    path = request.path(),
-                    "webhook rejected"
-                );
-            } else if let WebhookError::Unavailable { cause, .. } = &err {
-                metrics::ingress_publish_failed(cause.cause());
-                tracing::warn!(route, %message_id, cause = cause.cause(), error, "webhook not accepted: 503");
-            }
+            log_refusal(kind, message_id, &request, &err);
             err.error_response()
         }
     };
-    metrics::ingress_request(route, response.status().as_u16(), started.elapsed());
+    metrics::ingress_request(kind, response.status().as_u16(), started.elapsed());
     response
 }
 
-async fn accept(
+/// Counts a refused webhook and logs why. Only the path is logged: the query
+/// string may hold the token.
+fn log_refusal(kind: Kind, message_id: Uuid, request: &HttpRequest, err: &WebhookError) {
+    let route = kind.as_str();
+    let error = error_chain(err);
+    if let Some(reason) = err.reject_reason() {
+        metrics::ingress_rejected(reason);
+        tracing::info!(
+            route,
+            reason = reason.as_str(),
+            error,
+            path = request.path(),
+            "webhook rejected"
+        );
+    } else if let WebhookError::Unavailable { failure, .. } = err {
+        metrics::ingress_publish_failed(*failure);
+        tracing::warn!(route, %message_id, cause = failure.as_str(), error, "webhook not accepted: 503");
+    }
+}
+
+async fn accept<B: Buffer>(
     kind: Kind,
     message_id: Uuid,
     request: &HttpRequest,
     mut body: web::Payload,
-    state: &WebhookState,
+    state: &WebhookState<B>,
 ) -> Result<(), WebhookError> {
     if !state.tokens.authorizes(request) {
         return Err(WebhookError::Unauthorized);
@@ -217,15 +233,22 @@ async fn accept(
         .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
     check_json_object(&bytes)?;
 
+    let webhook = Webhook {
+        kind,
+        body: &bytes,
+        message_id,
+        received_at,
+    };
     let confirm = state
-        .publisher
-        .publish(kind, &bytes, message_id, received_at)
+        .buffer
+        .keep(webhook)
         .await
         .map_err(|cause| WebhookError::Unavailable {
-            cause,
+            failure: cause.failure(),
+            cause: Box::new(cause),
             retry_after_secs: state.retry_after_secs,
         })?;
-    metrics::ingress_published(kind.as_str(), confirm);
+    metrics::ingress_published(kind, confirm);
     tracing::debug!(route = kind.as_str(), %message_id, bytes = bytes.len(), "webhook accepted");
     Ok(())
 }

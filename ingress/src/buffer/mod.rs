@@ -1,0 +1,50 @@
+//! Where a webhook goes to be safe before it is answered.
+//!
+//! The webhook handler answers `200` only once [`Buffer::keep`] returned
+//! `Ok`: from then on the buffer holds the webhook durably, and the worker
+//! takes it from there. Whatever else happens is an error the handler answers
+//! with `503` and `Retry-After`, counted by its [`PublishFailure`] cause.
+//!
+//! One implementation today, [`rabbitmq::RabbitMq`]: a persistent, mandatory
+//! publish into a quorum queue, confirmed by the broker. The trait is only as
+//! wide as that one needs; a second buffer will shape it further.
+
+pub mod rabbitmq;
+
+use std::{future::Future, time::Duration};
+
+use chrono::{DateTime, Utc};
+use corral_shared::{envelope::Kind, telemetry::labels::PublishFailure};
+use uuid::Uuid;
+
+/// A webhook on its way into the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook<'a> {
+    /// SMS or RVM, from the route.
+    pub kind: Kind,
+    /// The request body, byte for byte.
+    pub body: &'a [u8],
+    /// The id answered to the sender.
+    pub message_id: Uuid,
+    /// When ingress received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Why a buffer did not take a webhook.
+pub trait Refusal: std::error::Error + Send + Sync + 'static {
+    /// The `corral_ingress_publish_failures_total{cause}` label.
+    fn failure(&self) -> PublishFailure;
+}
+
+/// Durable storage a webhook is handed to before it is answered.
+pub trait Buffer: Send + Sync + 'static {
+    /// Why a webhook was not taken.
+    type Error: Refusal;
+
+    /// Hands `webhook` over. `Ok` only once it is durably held, with how long
+    /// the buffer took to confirm it (for `corral_ingress_publish_confirm_seconds`).
+    fn keep(
+        &self,
+        webhook: Webhook<'_>,
+    ) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
+}

@@ -1,0 +1,227 @@
+//! The broker link: one connection with its confirm-mode channels, and the
+//! supervisor that keeps one up.
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use corral_shared::{
+    amqp::{self, AmqpError, deadline},
+    error_chain, retry,
+    telemetry::{labels::ConnectOutcome, metrics},
+};
+use futures_util::StreamExt;
+use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
+use tokio::sync::Notify;
+
+use super::Inner;
+
+/// One connection and its confirm channels.
+#[derive(Debug)]
+pub(super) struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+    /// Round-robin cursor over `channels`.
+    next: AtomicUsize,
+    /// Set by the first request that sees the link fail; wakes the supervisor.
+    broken: AtomicBool,
+    failed: Notify,
+    /// Milliseconds since `born` of the last ack, to tell a dead link from a slow one.
+    last_ack_ms: AtomicU64,
+    born: Instant,
+    /// Broker flow control reason while blocked.
+    blocked: RwLock<Option<String>>,
+}
+
+impl Link {
+    /// The next channel, round-robin.
+    pub(super) fn channel(&self) -> &Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[i]
+    }
+
+    /// A broker alarm stops RabbitMQ reading the socket, so confirms stall on
+    /// a healthy link; replacing it would only bring a fresh, unblocked-looking
+    /// link that stalls again (and reset the blocked gauge the alert watches).
+    pub(super) fn mark_broken_unless_blocked(&self) {
+        if !self.is_blocked() {
+            self.mark_broken();
+        }
+    }
+
+    /// Why the broker blocks publishing, while it does.
+    pub(super) fn blocked_reason(&self) -> Option<String> {
+        self.blocked.read().expect("blocked lock poisoned").clone()
+    }
+
+    pub(super) fn is_blocked(&self) -> bool {
+        self.blocked
+            .read()
+            .expect("blocked lock poisoned")
+            .is_some()
+    }
+
+    /// Asks the supervisor to replace this link.
+    pub(super) fn mark_broken(&self) {
+        if !self.broken.swap(true, Ordering::SeqCst) {
+            self.failed.notify_one();
+        }
+    }
+
+    /// Milliseconds since the link was made: the clock of `last_ack_ms`.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Records an ack now.
+    pub(super) fn acked(&self) {
+        self.last_ack_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether anything was acked after `sent_ms`.
+    pub(super) fn acked_since(&self, sent_ms: u64) -> bool {
+        self.last_ack_ms.load(Ordering::Relaxed) >= sent_ms
+    }
+
+    /// Closes the connection (bounded by `timeout`).
+    pub(super) async fn close(&self, timeout: Duration) {
+        amqp::close(&self.connection, timeout, "corral-ingress closing").await;
+    }
+}
+
+/// Keeps a link up: connect, declare, serve until it fails, back off, repeat.
+pub(super) async fn supervise(inner: Arc<Inner>) {
+    let settings = &inner.settings.amqp;
+    loop {
+        let connected = retry::until_cancelled(
+            &inner.shutdown,
+            settings.reconnect_max(),
+            || establish(&inner),
+            |err| {
+                metrics::broker_connect_attempt(ConnectOutcome::Failure);
+                tracing::warn!(
+                    error = error_chain(err),
+                    "cannot connect to RabbitMQ; retrying"
+                );
+            },
+        )
+        .await;
+        let Some((link, events)) = connected else {
+            return;
+        };
+        metrics::broker_connect_attempt(ConnectOutcome::Success);
+        tracing::info!(
+            channels = link.channels.len(),
+            "connected to RabbitMQ; topology declared"
+        );
+        *inner.link.write().expect("link lock poisoned") = Some(link.clone());
+        inner.health.set_broker(true);
+        let reason = tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            reason = watch(&link, events) => reason,
+        };
+        inner.link.write().expect("link lock poisoned").take();
+        inner.health.set_broker(false);
+        metrics::broker_blocked(false);
+        tracing::warn!(
+            reason,
+            "lost the RabbitMQ link; webhooks get 503 until it is back"
+        );
+        let timeout = settings.connect_timeout();
+        tokio::spawn(async move { link.close(timeout).await });
+    }
+}
+
+type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>;
+
+/// Connects, declares the topology and opens the confirm channels.
+async fn establish(inner: &Inner) -> Result<(Arc<Link>, Events), AmqpError> {
+    let settings = &inner.settings.amqp;
+    let timeout = settings.connect_timeout();
+    let (connection, first) =
+        amqp::connect_and_declare(settings, &inner.topology, "corral-ingress").await?;
+    let events: Events = Box::pin(connection.events_listener());
+    let channels =
+        match confirm_channels(&connection, first, inner.settings.channels, timeout).await {
+            Ok(channels) => channels,
+            Err(err) => {
+                amqp::close(&connection, timeout, "setup failed").await;
+                return Err(err);
+            }
+        };
+    let link = Arc::new(Link {
+        connection,
+        channels,
+        next: AtomicUsize::new(0),
+        broken: AtomicBool::new(false),
+        failed: Notify::new(),
+        last_ack_ms: AtomicU64::new(0),
+        born: Instant::now(),
+        blocked: RwLock::new(None),
+    });
+    Ok((link, events))
+}
+
+/// `first` and more channels up to `count`, all in confirm mode.
+async fn confirm_channels(
+    connection: &Connection,
+    first: Channel,
+    count: u16,
+    timeout: Duration,
+) -> Result<Vec<Channel>, AmqpError> {
+    let mut channels = Vec::with_capacity(usize::from(count));
+    channels.push(first);
+    while channels.len() < usize::from(count) {
+        channels.push(deadline("opening a channel", timeout, connection.create_channel()).await?);
+    }
+    for channel in &channels {
+        deadline(
+            "enabling publisher confirms",
+            timeout,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+    }
+    Ok(channels)
+}
+
+/// Resolves when the link must be replaced, with the reason.
+async fn watch(link: &Link, mut events: Events) -> String {
+    // A backstop for failures the event stream does not report.
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = link.failed.notified() => return "a publish failed on it".into(),
+            event = events.next() => match event {
+                None => return "the connection ended".into(),
+                Some(Event::Error(err)) => return error_chain(&err),
+                Some(Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(reason, "RabbitMQ blocked publishing; webhooks get 503 until unblocked");
+                    metrics::broker_blocked(true);
+                    *link.blocked.write().expect("blocked lock poisoned") = Some(reason);
+                }
+                Some(Event::ConnectionUnblocked) => {
+                    tracing::info!("RabbitMQ unblocked publishing");
+                    metrics::broker_blocked(false);
+                    link.blocked.write().expect("blocked lock poisoned").take();
+                }
+                Some(_) => {}
+            },
+            _ = poll.tick() => {
+                if link.broken.load(Ordering::SeqCst) {
+                    return "a publish failed on it".into();
+                }
+                if !link.connection.status().connected() {
+                    return "the connection is no longer open".into();
+                }
+                if let Some(closed) = link.channels.iter().find(|c| !c.status().connected()) {
+                    return format!("channel {} closed", closed.id());
+                }
+            }
+        }
+    }
+}
