@@ -8,13 +8,17 @@
 //!   creation and migrations (`worker/migrations/`, under an advisory lock).
 //! - [`store`]: the set-based batch write, with its SQL beside it; splits a
 //!   batch to quarantine the one message the database refuses.
-//! - [`consumer`]: batches off the queue, acked only after commit; reconnects.
+//! - [`source`]: where deliveries come from and how they are acknowledged —
+//!   the seam — and its RabbitMQ implementation.
+//! - [`consume`]: batches off the source, acked only after commit; reconnects.
+//! - [`ops`]: the operator commands (dead letters, quarantine).
 //! - [`Application`]: admin listener, migrations, consumer, graceful drain.
 
 pub mod config;
-pub mod consumer;
+pub mod consume;
 pub mod db;
 pub mod ops;
+pub mod source;
 pub mod store;
 
 use std::time::Duration;
@@ -23,13 +27,13 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 use corral_shared::{
     admin::{self, Health},
-    amqp,
-    telemetry::{self, metrics},
+    amqp, error_chain, retry,
+    telemetry::{self, labels::Binary, metrics},
 };
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkerConfig, consumer::ConsumerSettings};
+use crate::{config::WorkerConfig, consume::ConsumerSettings};
 
 /// The worker, admin listener bound, ready to run.
 pub struct Application {
@@ -56,7 +60,7 @@ impl Application {
         config.validate()?;
         amqp::check_settings(&config.amqp)?;
         let prometheus = telemetry::prometheus();
-        metrics::register_binary("corral-worker");
+        metrics::register_binary(Binary::Worker);
         let database = config.database()?;
         let pool = db::pool(&database, config.db_pool_size)?;
         if database.uses_tls() {
@@ -113,7 +117,7 @@ impl Application {
                 db_timeout: config.db_timeout(),
                 shutdown_timeout: config.shutdown_timeout(),
             };
-            consumer::run(settings, pool.clone(), health.clone(), shutdown.clone()).await;
+            consume::run(settings, pool.clone(), health.clone(), shutdown.clone()).await;
             watchdog.abort();
         }
         health.start_draining();
@@ -132,31 +136,23 @@ async fn migrate_with_retry(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = amqp::reconnect_backoff(Duration::from_millis(config.db_retry_max_ms));
-    loop {
-        let attempt = tokio::select! {
-            () = shutdown.cancelled() => return false,
-            result = db::migrate(database) => result,
-        };
-        match attempt {
-            Ok(_) => {
-                health.set_database(true);
-                return true;
-            }
-            Err(err) => {
-                health.set_database(false);
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "cannot migrate the database yet; retrying"
-                );
-            }
-        }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
-        }
+    let migrated = retry::until_cancelled(
+        shutdown,
+        Duration::from_millis(config.db_retry_max_ms),
+        || db::migrate(database),
+        |err| {
+            health.set_database(false);
+            tracing::warn!(
+                error = error_chain(err.as_ref()),
+                "cannot migrate the database yet; retrying"
+            );
+        },
+    )
+    .await;
+    if migrated.is_some() {
+        health.set_database(true);
     }
+    migrated.is_some()
 }
 
 /// Keeps `/readyz` honest while no batches flow: checks the database every

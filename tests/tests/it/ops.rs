@@ -16,6 +16,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use corral_shared::amqp::{PublishOutcomeError, Refused};
 use corral_shared::{
     amqp,
     envelope::{self, RECEIVED_AT_HEADER},
@@ -334,7 +335,15 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
             replayed, cause, ..
         } => {
             assert_eq!(*replayed, 0);
-            assert!(cause.contains("unroutable"), "{cause}");
+            assert!(
+                matches!(
+                    **cause,
+                    ops::MoveError::Publish(PublishOutcomeError::Refused(
+                        Refused::Unroutable { .. }
+                    ))
+                ),
+                "{cause}"
+            );
         }
         other => panic!("expected NotReplayed, got {other:?}"),
     }

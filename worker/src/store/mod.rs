@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use corral_shared::{
     envelope::{Envelope, Kind},
     payload::{self, DeliveryStatus},
-    telemetry::metrics,
+    telemetry::{labels::DbErrorKind, metrics},
 };
 use deadpool_postgres::{GenericClient, Transaction};
 use rust_decimal::Decimal;
@@ -161,7 +161,7 @@ where
             Err(err) if is_data_error(&err) => {
                 // Counted per refused insert (the catalogue's `kind="data"`);
                 // without it a batch split was invisible to operators.
-                metrics::worker_db_error("data");
+                metrics::worker_db_error(DbErrorKind::Data);
                 savepoint.rollback().await?;
                 if let [row] = rows {
                     let reason = err

@@ -1,0 +1,129 @@
+//! Consuming: batches off the source, one transaction each, acknowledged only
+//! after commit.
+//!
+//! A batch closes at `CORRAL_BATCH_MAX` messages or `CORRAL_BATCH_LINGER_MS`
+//! after its first message, whichever comes first. It is written by
+//! [`store::write_batch`](crate::store::write_batch) and acknowledged with
+//! the ack of its last delivery, only once the transaction committed. If the
+//! database fails for a transient reason, the batch is retried (with backoff)
+//! while the messages stay unacknowledged in hand; they are never nacked,
+//! since every requeue would count towards the quorum queue's delivery limit.
+//! If the broker link dies, the loop reconnects and RabbitMQ redelivers
+//! whatever was not acknowledged; rows already committed make those
+//! redeliveries duplicates.
+//!
+//! On shutdown the source is stopped, the messages already received are
+//! written and acknowledged, and only then does the connection close.
+//!
+//! # Layout
+//!
+//! - this module: the settings and the reconnect loop around sessions.
+//! - [`batcher`]: one session: filling batches, writing several at once,
+//!   acknowledging them in order, draining at shutdown.
+//! - [`write`]: one batch from its deliveries to its acknowledgement.
+
+mod batcher;
+mod write;
+
+use std::time::Duration;
+
+use corral_shared::{
+    admin::Health,
+    amqp::Topology,
+    config::AmqpSettings,
+    error_chain, retry,
+    telemetry::{labels::ConnectOutcome, metrics},
+};
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::source::{SourceError, rabbitmq::RabbitMqSource};
+
+/// What the consumer needs to know.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Broker and names.
+    pub amqp: AmqpSettings,
+    /// `basic.qos` prefetch.
+    pub prefetch: u16,
+    /// Batches written at once.
+    pub writers: usize,
+    /// Messages per batch at most.
+    pub batch_max: usize,
+    /// How long a batch waits for more messages after its first.
+    pub batch_linger: Duration,
+    /// Cap of the database retry backoff.
+    pub db_retry_max: Duration,
+    /// Overall deadline of one batch write attempt.
+    pub db_timeout: Duration,
+    /// Bound on finishing the messages in hand at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Why a consuming session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    /// Shutdown finished cleanly: everything received was committed and acked.
+    #[error("drained")]
+    Drained,
+    /// Shutdown's deadline passed with messages still in hand (the database is
+    /// down); they stay unacknowledged and RabbitMQ redelivers them.
+    #[error("shutdown deadline passed with {0} messages uncommitted; RabbitMQ will redeliver them")]
+    DrainTimedOut(usize),
+    /// The source failed; reconnect.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Consumes until `shutdown`, reconnecting whenever the broker link fails.
+pub async fn run(
+    settings: ConsumerSettings,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let topology = Topology::new(&settings.amqp);
+    loop {
+        let opened = retry::until_cancelled(
+            &shutdown,
+            settings.amqp.reconnect_max(),
+            || RabbitMqSource::open(&settings.amqp, &topology, settings.prefetch),
+            |err| {
+                metrics::broker_connect_attempt(ConnectOutcome::Failure);
+                tracing::warn!(
+                    error = error_chain(err),
+                    "cannot connect to RabbitMQ; retrying"
+                );
+            },
+        )
+        .await;
+        let Some(mut source) = opened else { return };
+        metrics::broker_connect_attempt(ConnectOutcome::Success);
+        health.set_broker(true);
+        tracing::info!(
+            queue = topology.queue(),
+            prefetch = settings.prefetch,
+            writers = settings.writers,
+            "consuming"
+        );
+        let end = batcher::session(&settings, &mut source, &pool, &health, &shutdown).await;
+        health.set_broker(false);
+        source.close().await;
+        match end {
+            SessionEnd::Drained => {
+                tracing::info!(
+                    "consumer drained: every message received was committed and acknowledged"
+                );
+                return;
+            }
+            SessionEnd::DrainTimedOut(_) => {
+                tracing::warn!(error = %end, "stopping with messages uncommitted");
+                return;
+            }
+            SessionEnd::Source(_) => tracing::warn!(
+                error = error_chain(&end),
+                "lost the RabbitMQ link; reconnecting"
+            ),
+        }
+    }
+}

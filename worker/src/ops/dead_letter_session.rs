@@ -1,0 +1,232 @@
+//! The channel the dead-letter commands work on: its own connection in
+//! confirm mode, checked passively, and the two moves a message can make —
+//! back to the webhooks exchange (replay) or to the tail of the dead-letter
+//! queue (kept) — each acknowledged only after the copy is confirmed.
+
+use std::time::Duration;
+
+use corral_shared::{
+    amqp::{self, Topology, deadline},
+    config::AmqpSettings,
+    error_chain,
+};
+use lapin::{
+    BasicProperties, Channel, Connection, ExchangeKind,
+    message::Delivery,
+    options::{BasicAckOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+use super::{
+    DELIVERY_COUNT_HEADER, MoveError, OpsError, ROUTING_KEY_HEADER, dead_letters::DeadLetter,
+};
+
+/// A confirm-mode channel on its own connection, and the names.
+pub(super) struct DeadLetterSession {
+    connection: Connection,
+    pub(super) channel: Channel,
+    pub(super) topology: Topology,
+    pub(super) timeout: Duration,
+}
+
+impl DeadLetterSession {
+    /// Connects and checks (passively: an operator command never creates
+    /// topology) that the queues and the exchange exist.
+    pub(super) async fn open(settings: &AmqpSettings) -> Result<(Self, u32), OpsError> {
+        let timeout = settings.connect_timeout();
+        let connection = amqp::connect(settings, "corral-worker ops").await?;
+        let session = Self {
+            channel: deadline("opening a channel", timeout, connection.create_channel()).await?,
+            connection,
+            topology: Topology::new(settings),
+            timeout,
+        };
+        match session.check().await {
+            Ok(count) => Ok((session, count)),
+            Err(err) => {
+                session.close().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<u32, OpsError> {
+        let passive_queue = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let dead_letters = self.topology.dead_letter_queue();
+        let declared = deadline(
+            "checking the dead-letter queue",
+            self.timeout,
+            self.channel.queue_declare(
+                dead_letters.as_str().into(),
+                passive_queue,
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|source| OpsError::Missing {
+            name: dead_letters,
+            source,
+        })?;
+        let exchange = self.topology.exchange();
+        deadline(
+            "checking the webhooks exchange",
+            self.timeout,
+            self.channel.exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|source| OpsError::Missing {
+            name: exchange,
+            source,
+        })?;
+        deadline(
+            "confirm mode",
+            self.timeout,
+            self.channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(declared.message_count())
+    }
+
+    pub(super) async fn close(self) {
+        amqp::close(&self.connection, self.timeout, "corral-worker ops done").await;
+    }
+
+    /// Publishes a copy with `mandatory` and waits for the broker's confirm.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), MoveError> {
+        amqp::publish_confirmed(
+            &self.channel,
+            exchange,
+            routing_key,
+            body,
+            properties,
+            self.timeout,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), MoveError> {
+        let acked = deadline(
+            "acknowledging",
+            self.timeout,
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await
+        .map_err(MoveError::Ack)?;
+        if acked {
+            Ok(())
+        } else {
+            Err(MoveError::AckChannelClosed)
+        }
+    }
+
+    /// Moves a message to the tail of the dead-letter queue: publishes a copy
+    /// there through the default exchange (so nothing else bound to the
+    /// dead-letter exchange gets one), then acks the original.
+    pub(super) async fn keep(
+        &self,
+        delivery: &Delivery,
+        letter: &DeadLetter,
+    ) -> Result<(), OpsError> {
+        let has_death = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|headers| headers.contains_key("x-death"));
+        let properties = if has_death {
+            delivery.properties.clone()
+        } else {
+            with_headers(&delivery.properties, |headers| {
+                headers.insert(
+                    ROUTING_KEY_HEADER.into(),
+                    AMQPValue::LongString(letter.routing_key.as_str().into()),
+                );
+            })
+        };
+        let failed = |cause: MoveError| OpsError::NotKept {
+            message_id: letter.id().to_owned(),
+            cause: Box::new(cause),
+        };
+        self.publish_confirmed(
+            "",
+            &self.topology.dead_letter_queue(),
+            &delivery.data,
+            properties,
+        )
+        .await
+        .map_err(failed)?;
+        // The copy is safe; a failed ack only leaves a duplicate.
+        self.ack(delivery).await.map_err(failed)
+    }
+
+    /// Publishes a message back to the webhooks exchange, then acks the
+    /// dead-letter copy.
+    pub(super) async fn replay(
+        &self,
+        delivery: &Delivery,
+        letter: &DeadLetter,
+    ) -> Result<(), MoveError> {
+        let properties = without_headers(
+            &delivery.properties,
+            &[DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER],
+        );
+        self.publish_confirmed(
+            &self.topology.exchange(),
+            &letter.routing_key,
+            &delivery.data,
+            properties,
+        )
+        .await?;
+        if let Err(cause) = self.ack(delivery).await {
+            // The replayed copy is in the main queue; the dead-letter copy
+            // comes back when the connection closes and is a duplicate.
+            tracing::warn!(
+                message_id = letter.id(),
+                cause = error_chain(&cause),
+                "replayed, but the dead-letter copy could not be acknowledged; it will be replayed again as a duplicate"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn with_headers(
+    properties: &BasicProperties,
+    edit: impl FnOnce(&mut FieldTable),
+) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    edit(&mut headers);
+    properties.clone().with_headers(headers)
+}
+
+fn without_headers(properties: &BasicProperties, names: &[&str]) -> BasicProperties {
+    match properties.headers() {
+        Some(headers) if names.iter().any(|name| headers.contains_key(name)) => {
+            let mut kept = FieldTable::default();
+            for (name, value) in headers {
+                if !names.contains(&name.as_str()) {
+                    kept.insert(name.clone(), value.clone());
+                }
+            }
+            properties.clone().with_headers(kept)
+        }
+        _ => properties.clone(),
+    }
+}

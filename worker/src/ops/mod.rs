@@ -1,0 +1,112 @@
+//! Operator commands: the dead-letter queue and the quarantine, the two places
+//! where corral keeps a webhook it could not store on its own until an
+//! operator has fixed the cause.
+//!
+//! # Layout
+//!
+//! - [`dead_letters`]: reading and replaying `<prefix>.dead-letter`.
+//! - `dead_letter_session` (private): the confirm-mode channel those commands
+//!   work on, and how a message is moved without ever being lost.
+//! - [`quarantine`]: listing and re-typing `quarantined_webhooks`.
+//! - [`commands`]: the commands as `corral-worker` runs them, and their reports.
+
+pub mod commands;
+mod dead_letter_session;
+pub mod dead_letters;
+pub mod quarantine;
+
+use corral_shared::amqp::{AmqpError, PublishOutcomeError};
+
+pub use commands::{dead_letters_command, preview, quarantine_command};
+pub use dead_letters::{
+    DeadLetter, DeadLetterReport, ReplayOptions, list_dead_letters, replay_dead_letters,
+};
+pub use quarantine::{
+    Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
+    reprocess_quarantined,
+};
+
+/// Header a message gets when it is moved to the tail of the dead-letter queue
+/// without an `x-death` header to remember its routing key (a message someone
+/// published there by hand): the routing key it will be replayed with.
+pub const ROUTING_KEY_HEADER: &str = "x-corral-routing-key";
+
+/// Broker-owned header that counts deliveries from the queue a message was
+/// in; it means nothing on a copy, so a replay drops it.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// What can go wrong in an operator command.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The broker could not be reached or refused an operation.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// A queue or exchange the command works on is not there: a wrong
+    /// `CORRAL_AMQP_PREFIX`, or corral never ran against this broker.
+    #[error("{name} does not exist on the broker (is CORRAL_AMQP_PREFIX right?)")]
+    Missing {
+        /// The queue or exchange.
+        name: String,
+        /// The broker's refusal.
+        #[source]
+        source: AmqpError,
+    },
+    /// RabbitMQ did not take a replayed copy; the dead-letter copy was kept.
+    #[error(
+        "RabbitMQ did not take the replayed message {message_id} ({cause}); it stays in the \
+         dead-letter queue. {replayed} message(s) were replayed before it"
+    )]
+    NotReplayed {
+        /// The message's `message_id`, or `-`.
+        message_id: String,
+        /// Nack, unroutable, timeout or a broker error.
+        cause: Box<MoveError>,
+        /// Messages replayed (confirmed and removed) before this one.
+        replayed: usize,
+    },
+    /// Moving a message to the tail of the dead-letter queue failed; it is
+    /// still unacknowledged, so RabbitMQ puts it back when the connection closes.
+    #[error(
+        "could not move message {message_id} to the tail of the dead-letter queue ({cause}); \
+         it was not acknowledged, so RabbitMQ keeps it"
+    )]
+    NotKept {
+        /// The message's `message_id`, or `-`.
+        message_id: String,
+        /// Nack, unroutable, timeout or a broker error.
+        cause: Box<MoveError>,
+    },
+    /// A database operation failed; the transaction was rolled back.
+    #[error("{context}")]
+    Database {
+        /// What was being done.
+        context: &'static str,
+        /// PostgreSQL's or the pool's error.
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl OpsError {
+    fn database(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |err| Self::Database {
+            context,
+            source: err.into(),
+        }
+    }
+}
+
+/// Why a dead-lettered message could not be moved (replayed, or kept at the
+/// tail of the dead-letter queue).
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// The copy was not confirmed: nacked, unroutable, or the link failed.
+    #[error(transparent)]
+    Publish(#[from] PublishOutcomeError),
+    /// The copy is safe, but acknowledging the original failed.
+    #[error("acknowledging the original failed")]
+    Ack(#[source] AmqpError),
+    /// The copy is safe, but the channel closed before the original's ack.
+    #[error("the channel closed before the ack")]
+    AckChannelClosed,
+}

@@ -1,0 +1,239 @@
+//! Quarantine: The worker quarantines a webhook it cannot type into `quarantined_webhooks`,
+//! byte for byte. After a fix in the typing code, [`reprocess_quarantined`]
+//! re-types each row with this version's [`corral_shared::payload::parse`]:
+//! in one transaction per batch of rows (locked with `SKIP LOCKED`, so two
+//! operators cannot process a row twice), a row that now types is stored by
+//! [`crate::store::store_in`] — the worker's own SQL — and deleted from the
+//! quarantine; a row that still fails stays, with its error updated. With
+//! `dry_run` the same work is done and rolled back, so the report says exactly
+//! what a real run would do.
+
+use chrono::{DateTime, Utc};
+use corral_shared::envelope::Envelope;
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::OpsError;
+use crate::{
+    config::WorkerConfig,
+    db,
+    store::{self, Incoming},
+};
+
+const SELECT_FOR_REPROCESS: &str = include_str!("select_for_reprocess.sql");
+const LIST_QUARANTINED: &str = include_str!("list_quarantined.sql");
+const DELETE_QUARANTINED: &str = include_str!("delete_quarantined.sql");
+const UPDATE_QUARANTINE_ERRORS: &str = include_str!("update_quarantine_errors.sql");
+
+/// A row of `quarantined_webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// `quarantined_webhooks.id`.
+    pub id: i64,
+    /// The ingress id, if the message had one.
+    pub message_id: Option<Uuid>,
+    /// The routing key it came with.
+    pub routing_key: Option<String>,
+    /// The body, byte for byte.
+    pub body: Vec<u8>,
+    /// Why it was (or still is) quarantined.
+    pub error: String,
+    /// When ingress received it, if known.
+    pub received_at: Option<DateTime<Utc>>,
+    /// When the worker quarantined it.
+    pub quarantined_at: DateTime<Utc>,
+}
+
+impl Quarantined {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        Self {
+            id: row.get("id"),
+            message_id: row.get("message_id"),
+            routing_key: row.get("routing_key"),
+            body: row.get("body"),
+            error: row.get("error"),
+            received_at: row.get("received_at"),
+            quarantined_at: row.get("quarantined_at"),
+        }
+    }
+
+    /// The message as the worker got it, to type it again.
+    fn incoming(&self) -> Incoming {
+        Incoming {
+            body: self.body.clone(),
+            routing_key: self.routing_key.clone().unwrap_or_default(),
+            envelope: Envelope {
+                message_id: self.message_id,
+                // Closer to the truth than "now" for a message without one.
+                received_at: Some(self.received_at.unwrap_or(self.quarantined_at)),
+            },
+        }
+    }
+}
+
+/// Which quarantined rows a re-processing takes.
+#[derive(Debug, Clone)]
+pub struct ReprocessOptions {
+    /// Do the work and roll it back: the report says what a real run would do.
+    pub dry_run: bool,
+    /// At most this many rows; all when `None`.
+    pub limit: Option<u64>,
+    /// Only these ids; all when empty.
+    pub ids: Vec<i64>,
+    /// Rows per transaction.
+    pub batch: u32,
+}
+
+impl Default for ReprocessOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            limit: None,
+            ids: Vec::new(),
+            batch: 100,
+        }
+    }
+}
+
+/// What happened (or, in a dry run, would happen) to one quarantined row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It types now and is stored (or was already stored: a duplicate); the
+    /// quarantine row is deleted.
+    Resolved,
+    /// It still cannot be stored; the row stays with this error.
+    StillFailing(String),
+}
+
+/// What a re-processing did.
+#[derive(Debug, Clone, Default)]
+pub struct ReprocessReport {
+    /// Whether everything was rolled back.
+    pub dry_run: bool,
+    /// New `delivery_events` rows.
+    pub stored: usize,
+    /// Rows that typed but were already stored (same fingerprint).
+    pub duplicate: usize,
+    /// Every row examined, by id, with its verdict.
+    pub rows: Vec<(i64, Verdict)>,
+}
+
+impl ReprocessReport {
+    /// Rows that left the quarantine (or would have).
+    pub fn resolved(&self) -> usize {
+        self.stored + self.duplicate
+    }
+
+    /// Rows that are still quarantined.
+    pub fn still_failing(&self) -> usize {
+        self.rows.len() - self.resolved()
+    }
+}
+
+fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
+    config
+        .database()
+        .and_then(|target| db::pool(&target, 1))
+        .map_err(|source| OpsError::Database {
+            context: "building the database pool",
+            source,
+        })
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, OpsError> {
+    pool.get().await.map_err(|err| OpsError::Database {
+        context: "connecting to PostgreSQL",
+        source: err.into(),
+    })
+}
+
+/// The oldest `limit` quarantined webhooks.
+pub async fn list_quarantined(
+    config: &WorkerConfig,
+    limit: u64,
+) -> Result<Vec<Quarantined>, OpsError> {
+    let pool = ops_pool(config)?;
+    let client = client(&pool).await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(LIST_QUARANTINED, &[&limit])
+        .await
+        .map_err(OpsError::database("listing quarantined webhooks"))?;
+    Ok(rows.iter().map(Quarantined::from_row).collect())
+}
+
+/// Re-types quarantined webhooks (see the module documentation).
+pub async fn reprocess_quarantined(
+    config: &WorkerConfig,
+    options: &ReprocessOptions,
+) -> Result<ReprocessReport, OpsError> {
+    let pool = ops_pool(config)?;
+    let mut client = client(&pool).await?;
+    let mut report = ReprocessReport {
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+    let mut remaining = options.limit.unwrap_or(u64::MAX);
+    // Keyset pagination: a row that still fails is not read again.
+    let mut after: i64 = 0;
+    while remaining > 0 {
+        let take = i64::try_from(remaining.min(u64::from(options.batch.max(1)))).unwrap_or(1);
+        let mut tx = client
+            .transaction()
+            .await
+            .map_err(OpsError::database("starting a transaction"))?;
+        let rows = tx
+            .query(SELECT_FOR_REPROCESS, &[&after, &take, &options.ids])
+            .await
+            .map_err(OpsError::database("reading quarantined webhooks"))?;
+        if rows.is_empty() {
+            break;
+        }
+        let quarantined: Vec<Quarantined> = rows.iter().map(Quarantined::from_row).collect();
+        after = quarantined.last().map_or(after, |row| row.id);
+        let incoming: Vec<Incoming> = quarantined.iter().map(Quarantined::incoming).collect();
+        let stored = store::store_in(&mut tx, &incoming)
+            .await
+            .map_err(OpsError::database("storing re-typed webhooks"))?;
+
+        let mut still_failing = vec![None; quarantined.len()];
+        for (index, error) in stored.refused {
+            still_failing[index] = Some(error);
+        }
+        let mut resolved_ids = Vec::new();
+        let mut failed_ids = Vec::new();
+        let mut failed_errors = Vec::new();
+        for (row, failure) in quarantined.iter().zip(still_failing) {
+            match failure {
+                None => {
+                    resolved_ids.push(row.id);
+                    report.rows.push((row.id, Verdict::Resolved));
+                }
+                Some(error) => {
+                    failed_ids.push(row.id);
+                    failed_errors.push(error.clone());
+                    report.rows.push((row.id, Verdict::StillFailing(error)));
+                }
+            }
+        }
+        tx.execute(DELETE_QUARANTINED, &[&resolved_ids])
+            .await
+            .map_err(OpsError::database("deleting re-processed quarantine rows"))?;
+        tx.execute(UPDATE_QUARANTINE_ERRORS, &[&failed_ids, &failed_errors])
+            .await
+            .map_err(OpsError::database("updating quarantine errors"))?;
+        if options.dry_run {
+            tx.rollback()
+                .await
+                .map_err(OpsError::database("rolling back the dry run"))?;
+        } else {
+            tx.commit()
+                .await
+                .map_err(OpsError::database("committing re-processed webhooks"))?;
+        }
+        report.stored += stored.outcome.stored;
+        report.duplicate += stored.outcome.duplicate;
+        remaining = remaining.saturating_sub(quarantined.len() as u64);
+    }
+    Ok(report)
+}

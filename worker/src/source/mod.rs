@@ -1,0 +1,69 @@
+//! Where the worker's deliveries come from, and how they are acknowledged.
+//!
+//! The consumer takes [`Delivery`]s from a [`Source`], writes them in batches
+//! and, only once a batch has committed, acknowledges it through the [`Ack`]
+//! of its last delivery. Until then the source keeps every delivery it handed
+//! out, and gives it again (to this or another worker) if the worker dies or
+//! the link fails: that is what makes "stored once" survive every crash.
+//!
+//! One implementation today, [`rabbitmq::RabbitMqSource`]; the traits are only
+//! as wide as it needs, so a second source shapes them rather than a guess.
+
+pub mod rabbitmq;
+
+use std::{future::Future, time::Duration};
+
+use corral_shared::amqp::AmqpError;
+
+use crate::store::Incoming;
+
+/// A message taken from a source, with what acknowledges it.
+#[derive(Debug)]
+pub struct Delivery<A> {
+    /// The message as the store reads it.
+    pub incoming: Incoming,
+    /// Acknowledges this delivery and every earlier one of the same source.
+    pub ack: A,
+}
+
+/// Acknowledges one delivery and every delivery its source handed out before
+/// it, so a batch is acknowledged by its last delivery.
+pub trait Ack: std::fmt::Debug + Send + Sync + 'static {
+    /// Tells the source it may forget the deliveries, waiting at most `timeout`.
+    fn ack(self, timeout: Duration) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Whether an ack could still reach the source. When it cannot, the source
+    /// gives the deliveries again elsewhere, so retrying their write is pointless.
+    fn usable(&self) -> bool;
+}
+
+/// A stream of deliveries that are kept until acknowledged.
+pub trait Source: Send {
+    /// What acknowledges a delivery.
+    type Ack: Ack;
+
+    /// The next delivery; `None` once the source has ended (after
+    /// [`Source::stop`], when everything already sent has been handed out).
+    fn next(
+        &mut self,
+    ) -> impl Future<Output = Option<Result<Delivery<Self::Ack>, SourceError>>> + Send;
+
+    /// Asks for no new deliveries; those already on their way still come
+    /// through [`Source::next`], which then ends.
+    fn stop(&mut self) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Why a source stopped working; what it had handed out and was not
+/// acknowledged comes back once it is reopened.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The broker failed or refused an operation.
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+    /// The delivery stream reported an error.
+    #[error("the consumer failed")]
+    Consumer(#[source] lapin::Error),
+    /// The source closed without being asked to.
+    #[error("{0}")]
+    Closed(&'static str),
+}

@@ -1,0 +1,161 @@
+//! The quorum queue as a source: a consumer with a prefetch on its own
+//! connection, acknowledged with `multiple` acks.
+
+use std::time::Duration;
+
+use corral_shared::{
+    amqp::{self, Topology, deadline},
+    config::AmqpSettings,
+    envelope::Envelope,
+};
+use futures_util::StreamExt;
+use lapin::{
+    Acker, Channel, Connection, Consumer,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+
+use super::{Ack, Delivery, Source, SourceError};
+use crate::store::Incoming;
+
+/// A consumer on `<prefix>.delivery-status`.
+#[derive(Debug)]
+pub struct RabbitMqSource {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    /// Consumer tag, to cancel it at shutdown.
+    tag: String,
+    /// Deadline of each broker operation.
+    timeout: Duration,
+}
+
+/// Acknowledges a delivery tag and every one before it on its channel.
+pub struct RabbitMqAck {
+    /// The delivery tag, for logs.
+    tag: u64,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for RabbitMqAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "delivery tag {}", self.tag)
+    }
+}
+
+impl RabbitMqSource {
+    /// Connects, declares the topology and starts consuming with `prefetch`.
+    pub async fn open(
+        settings: &AmqpSettings,
+        topology: &Topology,
+        prefetch: u16,
+    ) -> Result<Self, SourceError> {
+        let timeout = settings.connect_timeout();
+        let (connection, channel) =
+            amqp::connect_and_declare(settings, topology, "corral-worker").await?;
+        match consume(&channel, topology, prefetch, timeout).await {
+            Ok((consumer, tag)) => Ok(Self {
+                connection,
+                channel,
+                consumer,
+                tag,
+                timeout,
+            }),
+            Err(err) => {
+                amqp::close(&connection, timeout, "setup failed").await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Closes the connection; RabbitMQ gives back whatever was not acknowledged.
+    pub async fn close(self) {
+        amqp::close(&self.connection, self.timeout, "corral-worker closing").await;
+    }
+}
+
+async fn consume(
+    channel: &Channel,
+    topology: &Topology,
+    prefetch: u16,
+    timeout: Duration,
+) -> Result<(Consumer, String), amqp::AmqpError> {
+    deadline(
+        "setting the prefetch",
+        timeout,
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let tag = format!(
+        "corral-worker-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let consumer = deadline(
+        "starting the consumer",
+        timeout,
+        channel.basic_consume(
+            topology.queue().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok((consumer, tag))
+}
+
+impl Source for RabbitMqSource {
+    type Ack = RabbitMqAck;
+
+    async fn next(&mut self) -> Option<Result<Delivery<RabbitMqAck>, SourceError>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(err) => return Some(Err(SourceError::Consumer(err))),
+        };
+        Some(Ok(Delivery {
+            incoming: Incoming {
+                envelope: Envelope::read(&delivery.properties),
+                routing_key: delivery.routing_key.to_string(),
+                body: delivery.data,
+            },
+            ack: RabbitMqAck {
+                tag: delivery.delivery_tag,
+                acker: delivery.acker,
+            },
+        }))
+    }
+
+    async fn stop(&mut self) -> Result<(), SourceError> {
+        deadline(
+            "cancelling the consumer",
+            self.timeout,
+            self.channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl Ack for RabbitMqAck {
+    async fn ack(self, timeout: Duration) -> Result<(), SourceError> {
+        let acked = deadline(
+            "acknowledging a batch",
+            timeout,
+            self.acker.ack(BasicAckOptions { multiple: true }),
+        )
+        .await?;
+        if acked {
+            Ok(())
+        } else {
+            Err(SourceError::Closed(
+                "the channel closed before the ack; the batch will be redelivered as duplicates",
+            ))
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.acker.usable()
+    }
+}
