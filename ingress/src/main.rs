@@ -3,11 +3,9 @@ use corral_ingress::{Application, config::IngressConfig};
 use corral_shared::{shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
-// jemalloc, with its background threads purging freed pages, gives memory
-// back after a burst or an outage. With glibc's allocator every reconnect's
-// new I/O thread got its own arena and what it freed stayed there: the fault
-// suite measured RSS +50 % after three broker disconnections under load, and
-// +24 % with jemalloc but no background purging; ±1 % now.
+// jemalloc with background purging hands memory back to the system after a
+// burst or a broker outage; glibc's per-thread arenas keep what each
+// reconnect's I/O thread freed (the fault suite's RSS check watches this).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,6 +1,6 @@
 //! Connecting to the broker (with TLS where asked) and closing a connection.
 
-use std::{str::FromStr, time::Duration};
+use std::{future::Future, str::FromStr, time::Duration};
 
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -9,8 +9,14 @@ use lapin::{
     uri::{AMQPScheme, AMQPUri},
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::{AmqpError, Topology, deadline};
-use crate::config::AmqpSettings;
+use crate::{
+    config::AmqpSettings,
+    error_chain, retry,
+    telemetry::{labels::ConnectOutcome, metrics},
+};
 
 /// Parses `CORRAL_AMQP_URL`; binaries call it at start so a typo fails fast
 /// instead of looking like an unreachable broker.
@@ -113,6 +119,31 @@ pub async fn connect_and_declare(
             Err(err)
         }
     }
+}
+
+/// Opens a broker session with `open` until it works or `shutdown` is
+/// cancelled (`None`), per the [`retry`](crate::retry) policy capped at
+/// `CORRAL_AMQP_RECONNECT_MAX_MS`; every attempt is counted in
+/// `corral_broker_connect_attempts_total` and every failure logged.
+pub async fn reconnect<T, E, Fut>(
+    shutdown: &CancellationToken,
+    settings: &AmqpSettings,
+    open: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    E: std::error::Error + 'static,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let opened = retry::until_cancelled(shutdown, settings.reconnect_max(), open, |err: &E| {
+        metrics::broker_connect_attempt(ConnectOutcome::Failure);
+        tracing::warn!(
+            error = error_chain(err),
+            "cannot connect to RabbitMQ; retrying"
+        );
+    })
+    .await?;
+    metrics::broker_connect_attempt(ConnectOutcome::Success);
+    Some(opened)
 }
 
 /// Closes `connection` if it is still open, waiting at most `timeout`: a

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`connect`](mod@connect): URL and TLS checks, connecting, closing.
+//! - `connect`: URL and TLS checks, connecting, reconnecting until shutdown,
+//!   closing.
 //! - [`topology`]: the names under `CORRAL_AMQP_PREFIX` and their declaration.
 //! - [`publish`]: a mandatory publish and what its confirm means.
 
@@ -18,7 +19,7 @@ mod topology;
 
 use std::{future::Future, time::Duration};
 
-pub use connect::{check_settings, close, connect, connect_and_declare, parse_url};
+pub use connect::{check_settings, close, connect, connect_and_declare, parse_url, reconnect};
 pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, publish_confirmed, publish_mandatory,
 };

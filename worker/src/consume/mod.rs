@@ -29,10 +29,9 @@ use std::time::Duration;
 
 use corral_shared::{
     admin::Health,
-    amqp::Topology,
+    amqp::{self, Topology},
     config::AmqpSettings,
-    error_chain, retry,
-    telemetry::{labels::ConnectOutcome, metrics},
+    error_chain,
 };
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
@@ -84,21 +83,11 @@ pub async fn run(
 ) {
     let topology = Topology::new(&settings.amqp);
     loop {
-        let opened = retry::until_cancelled(
-            &shutdown,
-            settings.amqp.reconnect_max(),
-            || RabbitMqSource::open(&settings.amqp, &topology, settings.prefetch),
-            |err| {
-                metrics::broker_connect_attempt(ConnectOutcome::Failure);
-                tracing::warn!(
-                    error = error_chain(err),
-                    "cannot connect to RabbitMQ; retrying"
-                );
-            },
-        )
+        let opened = amqp::reconnect(&shutdown, &settings.amqp, || {
+            RabbitMqSource::open(&settings.amqp, &topology, settings.prefetch)
+        })
         .await;
         let Some(mut source) = opened else { return };
-        metrics::broker_connect_attempt(ConnectOutcome::Success);
         health.set_broker(true);
         tracing::info!(
             queue = topology.queue(),

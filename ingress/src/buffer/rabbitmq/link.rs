@@ -11,8 +11,8 @@ use std::{
 
 use corral_shared::{
     amqp::{self, AmqpError, deadline},
-    error_chain, retry,
-    telemetry::{labels::ConnectOutcome, metrics},
+    error_chain,
+    telemetry::metrics,
 };
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
@@ -97,23 +97,10 @@ impl Link {
 pub(super) async fn supervise(inner: Arc<Inner>) {
     let settings = &inner.settings.amqp;
     loop {
-        let connected = retry::until_cancelled(
-            &inner.shutdown,
-            settings.reconnect_max(),
-            || establish(&inner),
-            |err| {
-                metrics::broker_connect_attempt(ConnectOutcome::Failure);
-                tracing::warn!(
-                    error = error_chain(err),
-                    "cannot connect to RabbitMQ; retrying"
-                );
-            },
-        )
-        .await;
+        let connected = amqp::reconnect(&inner.shutdown, settings, || establish(&inner)).await;
         let Some((link, events)) = connected else {
             return;
         };
-        metrics::broker_connect_attempt(ConnectOutcome::Success);
         tracing::info!(
             channels = link.channels.len(),
             "connected to RabbitMQ; topology declared"
