@@ -118,8 +118,15 @@ impl DeadLetterSession {
             properties,
             self.timeout,
         )
-        .await?;
-        Ok(())
+        .await
+        .map_err(|error| MoveError::Publish {
+            target: if exchange.is_empty() {
+                format!("the tail of {routing_key}")
+            } else {
+                format!("{exchange} with routing key {routing_key}")
+            },
+            error,
+        })
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), MoveError> {

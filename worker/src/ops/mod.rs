@@ -15,7 +15,10 @@ mod dead_letter_session;
 pub mod dead_letters;
 pub mod quarantine;
 
-use corral_shared::amqp::{AmqpError, PublishOutcomeError};
+use corral_shared::{
+    amqp::{AmqpError, PublishOutcomeError},
+    error_chain,
+};
 
 pub use commands::{dead_letters_command, preview, quarantine_command};
 pub use dead_letters::{
@@ -97,15 +100,21 @@ impl OpsError {
 }
 
 /// Why a dead-lettered message could not be moved (replayed, or kept at the
-/// tail of the dead-letter queue).
+/// tail of the dead-letter queue). Its text carries the whole cause, since it
+/// is what the operator reads.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
     /// The copy was not confirmed: nacked, unroutable, or the link failed.
-    #[error(transparent)]
-    Publish(#[from] PublishOutcomeError),
+    #[error("the copy to {target} was not confirmed: {}", error_chain(.error))]
+    Publish {
+        /// Where the copy went.
+        target: String,
+        /// What the broker or the link said.
+        error: PublishOutcomeError,
+    },
     /// The copy is safe, but acknowledging the original failed.
-    #[error("acknowledging the original failed")]
-    Ack(#[source] AmqpError),
+    #[error("acknowledging the original failed: {}", error_chain(.0))]
+    Ack(AmqpError),
     /// The copy is safe, but the channel closed before the original's ack.
     #[error("the channel closed before the ack")]
     AckChannelClosed,
