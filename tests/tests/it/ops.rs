@@ -338,12 +338,14 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
             assert!(
                 matches!(
                     **cause,
-                    ops::MoveError::Publish(PublishOutcomeError::Refused(
-                        Refused::Unroutable { .. }
-                    ))
+                    ops::MoveError::Publish {
+                        error: PublishOutcomeError::Refused(Refused::Unroutable { .. }),
+                        ..
+                    }
                 ),
                 "{cause}"
             );
+            assert!(cause.to_string().contains("unroutable"), "{cause}");
         }
         other => panic!("expected NotReplayed, got {other:?}"),
     }
