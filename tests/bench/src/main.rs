@@ -1,6 +1,13 @@
 //! corral's benchmark suite: limit probes, ingress alone, worker alone, and
 //! the whole pipeline at fixed rates. See docs/benchmarks.md; `scripts/bench`
 //! builds the release binaries and runs `corral-bench all`.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line (`all`, `report`, `worker`, `latency`, …).
+//! - `bench`: the suite itself, its results, and the report written from them.
+//! - `probes`: the broker's and the database's own limits, measured with
+//!   bare clients, that corral's numbers are divided by.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -2,6 +2,12 @@
 //! mid-load and checks that every webhook answered 2xx is stored exactly once.
 //! See docs/reliability.md. It restarts shared services: never run it beside
 //! other tests.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line: which profile, which scenarios, where the
+//!   table goes.
+//! - `faults`: the scenarios, the processes each runs, and the outcome table.
 
 use std::{io::Write as _, path::PathBuf, time::Duration};
 

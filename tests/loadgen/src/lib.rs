@@ -14,7 +14,8 @@
 //!   the database row by row.
 //! - `shared`, `closed_loop`, `open_loop`: the two loads below, and what
 //!   their senders share.
-//! - `main.rs`: the `corral-loadgen` command line over [`run`] and [`verify()`].
+//! - `main.rs`: the `corral-loadgen` command line over [`run`] and
+//!   [`verify()`].
 //!
 //! # The two loads
 //!

@@ -8,10 +8,14 @@
 //!
 //! # Layout
 //!
-//! - [`results`]: What is planned and what is measured, and running the whole suite.
-//! - [`runs`]: Each measured run: ingress alone, worker alone, the pipeline, the latency layers, and the machine.
-//! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while it runs.
-//! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from the results.
+//! - [`results`]: What is planned and what is measured, and running the whole
+//!   suite.
+//! - [`runs`]: Each measured run: ingress alone, worker alone, the pipeline,
+//!   the latency layers, and the machine.
+//! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
+//!   it runs.
+//! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
+//!   the results.
 
 mod report;
 mod results;

@@ -183,7 +183,29 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         "bench: {} cores, {}, RabbitMQ {}, {}",
         machine.cores, machine.cpu, machine.rabbitmq, machine.postgres
     );
+    let probes = limit_probes(&plan).await?;
+    let ingress = ingress_runs(&plan).await?;
+    let worker = worker_runs(&plan).await?;
+    // The pipeline runs at fractions of the best rate ingress reached alone.
+    let max = ingress
+        .iter()
+        .map(|r| r.accepted_per_sec)
+        .fold(0.0, f64::max);
+    let pipeline = pipeline_runs(&plan, max).await?;
+    let latency = latency_runs(&plan, max).await?;
+    Ok(Results {
+        machine,
+        plan,
+        probes,
+        ingress,
+        worker,
+        pipeline,
+        latency,
+    })
+}
 
+/// The publish and insert probes: this machine's ceilings.
+async fn limit_probes(plan: &Plan) -> anyhow::Result<Vec<ProbeResult>> {
     let mut probe_results = Vec::new();
     for (in_flight, channels) in [(64, 1), (64, 4), (1024, 4)] {
         let result = probes::publish(&PublishProbe {
@@ -209,7 +231,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
             probe_results.push(result);
         }
     }
+    Ok(probe_results)
+}
 
+/// Ingress alone at each planned connection count.
+async fn ingress_runs(plan: &Plan) -> anyhow::Result<Vec<IngressRun>> {
     let mut ingress_runs = Vec::new();
     for &connections in &plan.connections {
         let run = ingress_alone(connections, Duration::from_secs(plan.seconds)).await?;
@@ -219,7 +245,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         );
         ingress_runs.push(run);
     }
+    Ok(ingress_runs)
+}
 
+/// The worker alone, draining each planned pre-fill.
+async fn worker_runs(plan: &Plan) -> anyhow::Result<Vec<WorkerRun>> {
     let mut worker_runs = Vec::new();
     for &messages in &plan.prefill {
         let run = worker_alone(messages).await?;
@@ -229,11 +259,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         );
         worker_runs.push(run);
     }
+    Ok(worker_runs)
+}
 
-    let max = ingress_runs
-        .iter()
-        .map(|r| r.accepted_per_sec)
-        .fold(0.0, f64::max);
+/// The whole pipeline at each planned fraction of `max`.
+async fn pipeline_runs(plan: &Plan, max: f64) -> anyhow::Result<Vec<PipelineRun>> {
     let mut pipeline_runs = Vec::new();
     for &fraction in &plan.rates {
         let run = pipeline(
@@ -253,6 +283,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
         );
         pipeline_runs.push(run);
     }
+    Ok(pipeline_runs)
+}
+
+/// The broker alone and ingress alone at the pipeline's rates.
+async fn latency_runs(plan: &Plan, max: f64) -> anyhow::Result<Vec<LatencyRun>> {
     let mut latency_runs = Vec::new();
     for &fraction in &plan.rates {
         let (broker, ingress) =
@@ -267,13 +302,5 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
             ingress,
         });
     }
-    Ok(Results {
-        machine,
-        plan,
-        probes: probe_results,
-        ingress: ingress_runs,
-        worker: worker_runs,
-        pipeline: pipeline_runs,
-        latency: latency_runs,
-    })
+    Ok(latency_runs)
 }

@@ -1,4 +1,5 @@
-//! Each measured run: ingress alone, worker alone, the pipeline, the latency layers, and the machine.
+//! Each measured run: ingress alone, worker alone, the pipeline, the latency
+//! layers, and the machine.
 
 use std::time::{Duration, Instant};
 

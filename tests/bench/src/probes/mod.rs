@@ -14,9 +14,12 @@
 //!
 //! # Layout
 //!
-//! - [`insert`]: The insert and store probes: rows per second into a fresh database.
-//! - [`latency`]: The confirm-latency probe, and a bare consumer that keeps the queue empty.
-//! - [`publish`]: The publish probe: confirmed publishes per second with a fixed window in flight.
+//! - [`insert`]: The insert and store probes: rows per second into a fresh
+//!   database.
+//! - [`latency`]: The confirm-latency probe, and a bare consumer that keeps the
+//!   queue empty.
+//! - [`publish`]: The publish probe: confirmed publishes per second with a
+//!   fixed window in flight.
 
 mod insert;
 mod latency;

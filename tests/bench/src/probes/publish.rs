@@ -1,4 +1,5 @@
-//! The publish probe: confirmed publishes per second with a fixed window in flight.
+//! The publish probe: confirmed publishes per second with a fixed window in
+//! flight.
 
 use std::time::{Duration, Instant};
 

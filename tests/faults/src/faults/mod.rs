@@ -10,9 +10,11 @@
 //!
 //! # Layout
 //!
-//! - [`outcome`]: How hard each scenario runs, what it found, and the table of docs/reliability.md.
+//! - [`outcome`]: How hard each scenario runs, what it found, and the table of
+//!   docs/reliability.md.
 //! - [`scenarios`]: The scenarios, one function each, and running one by name.
-//! - [`stack`]: The processes of one scenario, on their own AMQP prefix and database, and the checks made after it.
+//! - [`stack`]: The processes of one scenario, on their own AMQP prefix and
+//!   database, and the checks made after it.
 //! - [`services`]: Stopping and starting the shared RabbitMQ and PostgreSQL.
 
 mod outcome;

@@ -1,4 +1,5 @@
-//! How hard each scenario runs, what it found, and the table of docs/reliability.md.
+//! How hard each scenario runs, what it found, and the table of
+//! docs/reliability.md.
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! The processes of one scenario, on their own AMQP prefix and database, and the checks made after it.
+//! The processes of one scenario, on their own AMQP prefix and database, and
+//! the checks made after it.
 
 use std::time::{Duration, Instant};
 
@@ -213,21 +214,7 @@ impl Stack {
         let mut verifications: Vec<Verification> = Vec::new();
         for load in loads {
             let run = load.await.context("the load task panicked")??;
-            let report = &run.report;
-            outcome.sent += report.requests + report.warmup_requests;
-            outcome.ok += report
-                .statuses
-                .iter()
-                .filter(|(status, _)| (200..300).contains(*status))
-                .map(|(_, n)| n)
-                .sum::<u64>();
-            outcome.unavailable += report.statuses.get(&503).copied().unwrap_or(0);
-            let slowest = report
-                .service_time_us
-                .as_ref()
-                .unwrap_or(&report.latency_us)
-                .max;
-            outcome.slowest_answer_ms = outcome.slowest_answer_ms.max(slowest as f64 / 1000.0);
+            count_answers(&mut outcome, &run.report);
             let options = VerifyOptions {
                 timeout: Duration::from_secs(120),
                 ..VerifyOptions::default()
@@ -248,19 +235,7 @@ impl Stack {
             .get(0);
         outcome.rows = rows as u64;
 
-        let rss_after = self.rss();
-        let mut rss_ok = true;
-        for ((name, before), (_, after)) in rss_before.iter().zip(rss_after.iter()) {
-            outcome
-                .rss_mib
-                .push((name.clone(), round1(*before), round1(*after)));
-            if check_rss && *after > before * 1.2 {
-                rss_ok = false;
-                notes.push(format!(
-                    "{name} RSS grew from {before:.1} MiB to {after:.1} MiB"
-                ));
-            }
-        }
+        let rss_ok = compare_rss(&mut outcome, &rss_before, &self.rss(), &mut notes);
         let hung = outcome.slowest_answer_ms > SLOWEST_ANSWER_MS;
         if hung {
             notes.push(format!(
@@ -288,6 +263,47 @@ impl Stack {
         }
         broker::delete_prefix(&self.prefix).await;
     }
+}
+
+/// Adds one load's answers to `outcome`: requests, 2xx, 503, slowest answer.
+fn count_answers(outcome: &mut Outcome, report: &loadgen::Report) {
+    outcome.sent += report.requests + report.warmup_requests;
+    outcome.ok += report
+        .statuses
+        .iter()
+        .filter(|(status, _)| (200..300).contains(*status))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    outcome.unavailable += report.statuses.get(&503).copied().unwrap_or(0);
+    let slowest = report
+        .service_time_us
+        .as_ref()
+        .unwrap_or(&report.latency_us)
+        .max;
+    outcome.slowest_answer_ms = outcome.slowest_answer_ms.max(slowest as f64 / 1000.0);
+}
+
+/// Records each process's RSS before and after; with `outcome.rss_checked`,
+/// false (and a note) when one grew by more than 20 %.
+fn compare_rss(
+    outcome: &mut Outcome,
+    before: &[(String, f64)],
+    after: &[(String, f64)],
+    notes: &mut Vec<String>,
+) -> bool {
+    let mut rss_ok = true;
+    for ((name, before), (_, after)) in before.iter().zip(after.iter()) {
+        outcome
+            .rss_mib
+            .push((name.clone(), round1(*before), round1(*after)));
+        if outcome.rss_checked && *after > before * 1.2 {
+            rss_ok = false;
+            notes.push(format!(
+                "{name} RSS grew from {before:.1} MiB to {after:.1} MiB"
+            ));
+        }
+    }
+    rss_ok
 }
 
 /// Settings for quick, observable recovery: the defaults but a shorter

@@ -1,4 +1,5 @@
-//! Histograms and counters of a run, and the live counts the progress bar reads.
+//! Histograms and counters of a run, and the live counts the progress bar
+//! reads.
 
 use std::{
     collections::BTreeMap,

@@ -37,8 +37,10 @@
 //!
 //! # Layout
 //!
-//! - [`check`]: One pass over the run's rows: events, copies, latest state, quarantine.
-//! - [`scope`]: Selecting the run's rows by `drop_id`, on the index where the collation allows.
+//! - [`check`]: One pass over the run's rows: events, copies, latest state,
+//!   quarantine.
+//! - [`scope`]: Selecting the run's rows by `drop_id`, on the index where the
+//!   collation allows.
 
 mod check;
 mod scope;

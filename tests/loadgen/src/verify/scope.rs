@@ -1,4 +1,5 @@
-//! Selecting the run's rows by `drop_id`, on the index where the collation allows.
+//! Selecting the run's rows by `drop_id`, on the index where the collation
+//! allows.
 
 use tokio_postgres::{Client, types::ToSql};
 

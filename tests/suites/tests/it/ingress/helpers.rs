@@ -1,4 +1,5 @@
-//! What the ingress tests share: settings, requests, answers, and reading the queue and the metrics.
+//! What the ingress tests share: settings, requests, answers, and reading the
+//! queue and the metrics.
 
 use std::{
     collections::HashSet,

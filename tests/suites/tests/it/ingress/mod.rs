@@ -15,9 +15,11 @@
 //! - `broker_loss`: Broker loss, through a proxy the test owns.
 //! - `concurrency`: A burst of concurrent posts.
 //! - `contract`: The sample reaches the queue untouched, with its envelope.
-//! - `helpers`: What the ingress tests share: settings, requests, answers, and reading the queue and the metrics.
+//! - `helpers`: What the ingress tests share: settings, requests, answers, and
+//!   reading the queue and the metrics.
 //! - `logs`: Tokens stay out of logs.
-//! - `rejections`: Rejections: status, error body, counter, and nothing published.
+//! - `rejections`: Rejections: status, error body, counter, and nothing
+//!   published.
 //! - `shutdown`: Graceful shutdown.
 //! - `tls`: TLS to RabbitMQ.
 

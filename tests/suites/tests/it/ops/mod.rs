@@ -11,10 +11,13 @@
 //!
 //! # Layout
 //!
-//! - `dead_letters`: `corral-worker dead-letters`: listing, dry runs and replays.
-//! - `deploy_metrics`: deploy/: every corral_* metric the dashboard and the alerts name exists.
+//! - `dead_letters`: `corral-worker dead-letters`: listing, dry runs and
+//!   replays.
+//! - `deploy_metrics`: deploy/: every corral_* metric the dashboard and the
+//!   alerts name exists.
 //! - `helpers`: What the operator-command tests share.
-//! - `quarantine`: `corral-worker quarantine`: re-processing quarantined webhooks.
+//! - `quarantine`: `corral-worker quarantine`: re-processing quarantined
+//!   webhooks.
 
 mod dead_letters;
 mod deploy_metrics;

@@ -1,4 +1,5 @@
-//! What the worker tests share: settings, publishing as ingress, counting rows, metrics, slow commits, proxies and typed rows.
+//! What the worker tests share: settings, publishing as ingress, counting rows,
+//! metrics, slow commits, proxies and typed rows.
 
 use std::time::Duration;
 

@@ -12,11 +12,14 @@
 //!
 //! # Layout
 //!
-//! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing workers.
-//! - `helpers`: What the worker tests share: settings, publishing as ingress, counting rows, metrics, slow commits, proxies and typed rows.
+//! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing
+//!   workers.
+//! - `helpers`: What the worker tests share: settings, publishing as ingress,
+//!   counting rows, metrics, slow commits, proxies and typed rows.
 //! - `ordering`: The newest state wins whatever the arrival order.
 //! - `outages`: Database and broker outages lose nothing and ack nothing early.
-//! - `quarantine`: What cannot be typed or stored is quarantined, and the rest of its batch stored.
+//! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
+//!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
 //! - `tls`: Verified TLS to PostgreSQL.
 //! - `typing`: Samples and every documented failure reason become exact rows.

@@ -1,4 +1,5 @@
-//! What cannot be typed or stored is quarantined, and the rest of its batch stored.
+//! What cannot be typed or stored is quarantined, and the rest of its batch
+//! stored.
 
 use chrono::{DateTime, Utc};
 use corral_shared::envelope::Kind;
