@@ -50,11 +50,7 @@ pub(super) async fn ingress_under(
     let mut ingress =
         Process::start_ready(ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn"))
             .await;
-    let base = ingress
-        .webhook_url("sms")
-        .trim_end_matches("/webhooks/dropcowboy/sms")
-        .to_owned();
-    let mut config = loadgen::Config::new(base, TOKEN);
+    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
     config.load = load;
     config.duration = Some(duration);
     config.warmup = Duration::from_secs(2);
@@ -230,11 +226,7 @@ pub(super) async fn pipeline(
     let mut ingress =
         Process::start_ready(ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn"))
             .await;
-    let base = ingress
-        .webhook_url("sms")
-        .trim_end_matches("/webhooks/dropcowboy/sms")
-        .to_owned();
-    let mut config = loadgen::Config::new(base, TOKEN);
+    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
     config.load = Load::Open {
         rate,
         max_connections: 512,

@@ -86,7 +86,7 @@ impl Stack {
     {
         let mut runs = Vec::new();
         for i in 0..self.ingresses.len() {
-            let mut config = loadgen::Config::new(self.ingress_base(i), TOKEN);
+            let mut config = loadgen::Config::new(self.ingresses[i].base_url(), TOKEN);
             config.load = Load::Closed {
                 connections: MAX_CONNECTIONS,
             };
@@ -95,11 +95,6 @@ impl Stack {
             runs.push(tokio::spawn(async move { Ok(run) }));
         }
         Ok(runs)
-    }
-
-    pub(super) fn ingress_base(&self, i: usize) -> String {
-        let url = self.ingresses[i].webhook_url("sms");
-        url.trim_end_matches("/webhooks/dropcowboy/sms").to_owned()
     }
 
     /// Starts the load: one open-loop run per ingress, `rate` split evenly,
@@ -112,7 +107,7 @@ impl Stack {
         let share = profile.rate / self.ingresses.len() as f64;
         (0..self.ingresses.len())
             .map(|i| {
-                let mut config = loadgen::Config::new(self.ingress_base(i), TOKEN);
+                let mut config = loadgen::Config::new(self.ingresses[i].base_url(), TOKEN);
                 config.load = Load::Open {
                     rate: share,
                     max_connections: MAX_CONNECTIONS,

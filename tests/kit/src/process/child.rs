@@ -10,7 +10,10 @@ use std::{
 };
 
 use super::{ProcessConfig, binary_path, prepare_binaries};
-use crate::metrics::{self, Metrics};
+use crate::{
+    apps,
+    metrics::{self, Metrics},
+};
 
 /// Lines of a process's output kept for panic messages.
 const LOG_TAIL_LINES: usize = 60;
@@ -68,13 +71,21 @@ impl Process {
         self.config.admin_port
     }
 
+    /// `http://127.0.0.1:<listen port>` (ingress only): what
+    /// `corral-loadgen` takes as its target.
+    pub fn base_url(&self) -> String {
+        apps::base_url(self.listen_port())
+    }
+
     /// `http://127.0.0.1:<listen port>/webhooks/dropcowboy/<kind>` (ingress only).
     pub fn webhook_url(&self, kind: &str) -> String {
-        let port = self
-            .config
+        apps::webhook_url(self.listen_port(), kind)
+    }
+
+    fn listen_port(&self) -> u16 {
+        self.config
             .listen_port
-            .expect("only the ingress has a webhook listener");
-        format!("http://127.0.0.1:{port}/webhooks/dropcowboy/{kind}")
+            .expect("only the ingress has a webhook listener")
     }
 
     /// The last lines the process wrote.

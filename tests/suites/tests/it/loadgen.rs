@@ -40,7 +40,7 @@ impl Pipeline {
     }
 
     fn target(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ingress.port)
+        self.ingress.base_url()
     }
 
     async fn stop(self) -> TestDatabase {

@@ -62,7 +62,7 @@ async fn both_tokens_of_a_rotation_are_accepted() {
 async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
     let broker = TestBroker::new().await;
     let ingress = start(&broker).await;
-    let base = format!("http://127.0.0.1:{}", ingress.port);
+    let base = ingress.base_url();
     for path in [
         "/webhooks/dropcowboy/fax",
         "/",

@@ -18,10 +18,7 @@ async fn two_thousand_concurrent_posts_each_land_exactly_once() {
     const POSTS: usize = 2_000;
     let broker = TestBroker::new().await;
     let ingress = start(&broker).await;
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_BOUND)
-        .build()
-        .expect("http client");
+    let client = bounded_client();
 
     let mut posts = JoinSet::new();
     for i in 0..POSTS {

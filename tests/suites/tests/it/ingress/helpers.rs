@@ -133,6 +133,15 @@ pub(super) async fn unavailable(response: Response) {
     );
 }
 
+/// An HTTP client whose every request fails after [`REQUEST_BOUND`], for
+/// tests that send many requests at once.
+pub(super) fn bounded_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_BOUND)
+        .build()
+        .expect("http client")
+}
+
 /// Sends `request`, asserts `status` with its error body and headers, that
 /// `corral_ingress_rejected_total{reason}` rose by exactly one (and no other
 /// reason moved), and that nothing was published. Returns the error text.

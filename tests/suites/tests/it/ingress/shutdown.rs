@@ -39,10 +39,7 @@ async fn shutdown_during_a_burst_keeps_every_webhook_answered_200() {
     const ANSWERS_BEFORE_SHUTDOWN: usize = 300;
     let broker = TestBroker::new().await;
     let ingress = start(&broker).await;
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_BOUND)
-        .build()
-        .expect("http client");
+    let client = bounded_client();
     let answered = Arc::new(AtomicUsize::new(0));
 
     let mut senders = JoinSet::new();
