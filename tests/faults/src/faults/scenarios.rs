@@ -42,16 +42,9 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
     }
 }
 
-pub(super) fn total(profile: Profile, fault: Duration) -> Duration {
-    profile.before + fault + Duration::from_secs(2) + profile.after
-}
-
 pub(super) async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(6))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(6)).await?;
     for round in 0..3 {
         if round > 0 {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -73,10 +66,7 @@ pub(super) async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outc
 
 pub(super) async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, p.outage)));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, p.outage).await?;
     rabbitmqctl(&["stop_app"])?;
     tokio::time::sleep(p.outage).await;
     // Recovery counts from the restart command: the broker's own start-up
@@ -98,10 +88,7 @@ pub(super) async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
 
 pub(super) async fn worker_killed(p: Profile, graceful: bool) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(2)).await?;
     let mut notes = Vec::new();
     let in_hand = stack.workers[0]
         .metrics()
@@ -135,10 +122,7 @@ pub(super) async fn worker_killed(p: Profile, graceful: bool) -> anyhow::Result<
 
 pub(super) async fn ingress_sigterm(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(2)).await?;
     let in_flight = stack.ingresses[0]
         .metrics()
         .await
@@ -168,10 +152,7 @@ pub(super) async fn ingress_sigterm(p: Profile) -> anyhow::Result<Outcome> {
 
 pub(super) async fn postgres_restarted(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(5))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(5)).await?;
     let version = postgres_version()?;
     let since = Instant::now();
     shell(
@@ -193,10 +174,7 @@ pub(super) async fn postgres_restarted(p: Profile) -> anyhow::Result<Outcome> {
 
 pub(super) async fn postgres_backends_terminated(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(4))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(4)).await?;
     let admin = database::connect(database::SERVER_URL).await;
     let mut terminated = 0i64;
     let mut since = Instant::now();
@@ -228,10 +206,7 @@ pub(super) async fn postgres_backends_terminated(p: Profile) -> anyhow::Result<O
 
 pub(super) async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, true).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, p.outage)));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, p.outage).await?;
     let proxy = stack.proxy.as_ref().expect("proxied stack");
     proxy.blackhole();
     tokio::time::sleep(p.outage).await;
@@ -262,10 +237,7 @@ pub(super) async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome
 /// traffic around them must be stored as usual.
 pub(super) async fn poison_messages(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(2))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(2)).await?;
     let poisons = [
         r#"{"drop_id":12345,"status":"success","attempt_date":"2026-11-27T05:00:00Z"}"#.to_owned(),
         r#"{"status":"failure","attempt_date":"2026-11-27T05:00:00Z","reason":"poison: no drop_id"}"#.to_owned(),
@@ -331,10 +303,7 @@ pub(super) async fn poison_messages(p: Profile) -> anyhow::Result<Outcome> {
 
 pub(super) async fn two_of_each_one_killed(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(2, 2, false).await?;
-    let mut loads = stack.warm_up().await?;
-    loads.extend(stack.start_load(p, total(p, Duration::from_secs(3))));
-    tokio::time::sleep(p.before).await;
-    let rss = stack.rss();
+    let (loads, rss) = stack.load_until_fault(p, Duration::from_secs(3)).await?;
     stack.ingresses[1].sigkill();
     stack.workers[0].sigkill();
     stack.ingresses[1].wait_exit(Duration::from_secs(5)).await;

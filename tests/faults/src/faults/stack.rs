@@ -30,6 +30,9 @@ pub(super) const SLOWEST_ANSWER_MS: f64 = 5_000.0;
 /// more: RSS before and after a fault then differ only by what the fault left.
 pub(super) const MAX_CONNECTIONS: usize = 64;
 
+/// One running `corral-loadgen` load against one ingress.
+pub(super) type LoadTask = tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>;
+
 /// The processes of one scenario, on their own AMQP prefix and database.
 pub(super) struct Stack {
     pub(super) prefix: String,
@@ -78,12 +81,23 @@ impl Stack {
         Ok(stack)
     }
 
+    /// What every scenario does before its fault: warms up, starts the load
+    /// for the whole scenario (a fault lasting `fault`), lets it run for
+    /// `p.before`, and measures each process's RSS. Returns the loads and the RSS.
+    pub(super) async fn load_until_fault(
+        &self,
+        p: Profile,
+        fault: Duration,
+    ) -> anyhow::Result<(Vec<LoadTask>, Vec<(String, f64)>)> {
+        let mut loads = self.warm_up().await?;
+        loads.extend(self.start_load(p, total(p, fault)));
+        tokio::time::sleep(p.before).await;
+        Ok((loads, self.rss()))
+    }
+
     /// Serves `MAX_CONNECTIONS` connections on every ingress for a second,
     /// so the RSS measured before the fault is the process at its working size.
-    pub(super) async fn warm_up(
-        &self,
-    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>>>
-    {
+    pub(super) async fn warm_up(&self) -> anyhow::Result<Vec<LoadTask>> {
         let mut runs = Vec::new();
         for i in 0..self.ingresses.len() {
             let mut config = loadgen::Config::new(self.ingresses[i].base_url(), TOKEN);
@@ -99,11 +113,7 @@ impl Stack {
 
     /// Starts the load: one open-loop run per ingress, `rate` split evenly,
     /// lasting `duration`.
-    pub(super) fn start_load(
-        &self,
-        profile: Profile,
-        duration: Duration,
-    ) -> Vec<tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>> {
+    pub(super) fn start_load(&self, profile: Profile, duration: Duration) -> Vec<LoadTask> {
         let share = profile.rate / self.ingresses.len() as f64;
         (0..self.ingresses.len())
             .map(|i| {
@@ -183,7 +193,7 @@ impl Stack {
     pub(super) async fn finish(
         self,
         scenario: &str,
-        loads: Vec<tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>>,
+        loads: Vec<LoadTask>,
         recovered_secs: f64,
         rss_before: Vec<(String, f64)>,
         check_rss: bool,
@@ -258,6 +268,12 @@ impl Stack {
         }
         broker::delete_prefix(&self.prefix).await;
     }
+}
+
+/// How long a scenario's load runs: before, the fault, two seconds to
+/// recover, after.
+fn total(profile: Profile, fault: Duration) -> Duration {
+    profile.before + fault + Duration::from_secs(2) + profile.after
 }
 
 /// Adds one load's answers to `outcome`: requests, 2xx, 503, slowest answer.
