@@ -8,6 +8,7 @@ use chrono::Utc;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
+use corral_shared::envelope::Kind;
 use corral_testkit::{
     broker, config, database,
     database::TestDatabase,
@@ -121,9 +122,9 @@ pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
         }
         let body = probes::body(&run, i);
         let routing_key = if i % 4 == 3 {
-            "dropcowboy.rvm"
+            Kind::Rvm.routing_key()
         } else {
-            "dropcowboy.sms"
+            Kind::Sms.routing_key()
         };
         let confirm = probes::publish_as_ingress(
             &channels[i % channels.len()],

@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use corral_shared::payload::{self, DeliveryStatus};
+use corral_shared::{
+    envelope::Kind,
+    payload::{self, DeliveryStatus},
+};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
@@ -195,7 +198,7 @@ pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Resul
     let messages: Vec<corral_worker::store::Incoming> = (0..rows)
         .map(|i| corral_worker::store::Incoming {
             body: body(&name, i).into_bytes(),
-            routing_key: "dropcowboy.sms".into(),
+            routing_key: Kind::Sms.routing_key().into(),
             envelope: corral_shared::envelope::Envelope {
                 message_id: Some(Uuid::now_v7()),
                 received_at: Some(Utc::now()),

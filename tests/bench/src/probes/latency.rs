@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use corral_shared::{
     amqp::{self, Topology},
     config::AmqpSettings,
+    envelope::Kind,
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
@@ -75,7 +76,7 @@ pub async fn confirm_latency(
             }
             () = tokio::time::sleep_until(next), if sent < total => {
                 let channel = &channels[sent as usize % channels.len()];
-                let confirm = publish_as_ingress(channel, &exchange, "dropcowboy.sms", body).await?;
+                let confirm = publish_as_ingress(channel, &exchange, Kind::Sms.routing_key(), body).await?;
                 pending.push(Box::pin(async move {
                     (next, tokio::time::timeout(Duration::from_secs(30), confirm).await)
                 }));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_shared::config::AmqpSettings;
+use corral_shared::{config::AmqpSettings, envelope::Kind};
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use corral_testkit::broker;
@@ -45,7 +45,8 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
             while started.elapsed() < duration {
                 while pending.len() < window {
                     let confirm =
-                        publish_as_ingress(&channel, &exchange, "dropcowboy.sms", &body).await?;
+                        publish_as_ingress(&channel, &exchange, Kind::Sms.routing_key(), &body)
+                            .await?;
                     pending.push(confirm);
                 }
                 if let Some(confirmation) = pending.next().await {
