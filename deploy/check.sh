@@ -19,7 +19,7 @@
 #   5. Dockerfile: builds the workspace's two binaries, like the README.
 #
 # The metric names in the dashboard and the alerts are checked against the
-# binaries by a Rust test (tests/tests/it/ops.rs), which runs with the suite.
+# binaries by a Rust test (tests/suites/tests/it/ops/deploy_metrics.rs), which runs with the suite.
 #
 # Tools are installed once under target/tools/ (git-ignored) from PyPI, the
 # npm registry and Debian's packages; later runs take seconds.

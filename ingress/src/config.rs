@@ -112,18 +112,6 @@ pub enum ConfigError {
 }
 
 impl IngressConfig {
-    /// A configuration for tests and tools: ports chosen by the OS, one token,
-    /// the local broker under `prefix`.
-    pub fn for_tests(prefix: &str, token: &str) -> Self {
-        let mut config = Self::parse_from(["corral-ingress"]);
-        config.listen = "127.0.0.1:0".into();
-        config.admin_listen = "127.0.0.1:0".into();
-        config.webhook_tokens = vec![token.into()];
-        config.http_workers = 2;
-        config.amqp = AmqpSettings::local(prefix);
-        config
-    }
-
     /// Tokens with surrounding blanks and empty entries removed.
     pub fn tokens(&self) -> Vec<String> {
         self.webhook_tokens

@@ -82,19 +82,6 @@ pub struct AmqpSettings {
 }
 
 impl AmqpSettings {
-    /// Settings for a local broker with the given prefix (tests and tools).
-    pub fn local(prefix: impl Into<String>) -> Self {
-        Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            prefix: prefix.into(),
-            delivery_limit: 20,
-            connect_timeout_ms: 5_000,
-            heartbeat_secs: 10,
-            reconnect_max_ms: 5_000,
-            ca_file: None,
-        }
-    }
-
     /// The connect and declare deadline.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)

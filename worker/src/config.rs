@@ -203,16 +203,6 @@ pub enum ConfigError {
 }
 
 impl WorkerConfig {
-    /// Defaults, with `database_url` and the AMQP `prefix` for a test.
-    pub fn for_tests(database_url: &str, prefix: &str) -> Self {
-        let mut config = Cli::parse_from(["corral-worker"]).config;
-        config.database_url = database_url.into();
-        config.admin_listen = "127.0.0.1:0".into();
-        config.db_pool_size = 2;
-        config.amqp = AmqpSettings::local(prefix);
-        config
-    }
-
     /// Checks the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if u32::from(self.prefetch) < self.batch_max {

@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -157,27 +154,6 @@ impl Topology {
             ),
         )
         .await?;
-        Ok(())
-    }
-
-    /// Deletes everything [`Topology::declare`] made (TEMPORARY: until the test kit has its own).
-    pub async fn delete(&self, channel: &Channel, timeout: Duration) -> Result<(), AmqpError> {
-        for queue in [self.queue(), self.dead_letter_queue()] {
-            deadline(
-                "deleting a queue",
-                timeout,
-                channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
-            )
-            .await?;
-        }
-        for exchange in [self.exchange(), self.dead_letter_exchange()] {
-            deadline(
-                "deleting an exchange",
-                timeout,
-                channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()),
-            )
-            .await?;
-        }
         Ok(())
     }
 }

@@ -1,22 +1,32 @@
 //! The closed sets of label values, one enum each. The code that counts an
-//! event names it with a variant; registration at start, the docs tests and
-//! the dashboard checks read the same enum through `VARIANTS`, so a new value
-//! cannot be counted without also being registered and checked.
+//! event names it with a variant; registration at start and the tests read
+//! the same enum through `ALL`, so a new value cannot be counted without also
+//! being registered and checked.
 
-use strum::{IntoStaticStr, VariantArray};
+use strum::IntoStaticStr;
 
 /// A closed set of label values, for code that registers every value.
-pub trait Label: Copy + Into<&'static str> + VariantArray {}
+pub trait Label: Copy + Into<&'static str> + 'static {
+    /// Every value.
+    fn all() -> &'static [Self];
+}
 
 macro_rules! labels {
     ($($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident,)* })*) => {
         $(
             $(#[$meta])*
-            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, VariantArray)]
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr)]
             #[strum(serialize_all = "snake_case")]
             pub enum $name { $($(#[$vmeta])* $variant,)* }
-            impl Label for $name {}
+            impl Label for $name {
+                fn all() -> &'static [Self] {
+                    Self::ALL
+                }
+            }
             impl $name {
+                /// Every value, in declaration order.
+                pub const ALL: &'static [Self] = &[$($name::$variant,)*];
+
                 /// The label value as exported.
                 pub fn as_str(self) -> &'static str {
                     self.into()
@@ -27,7 +37,7 @@ macro_rules! labels {
 }
 
 /// Which binary: `corral_build_info{binary}` and what registration covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, VariantArray)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr)]
 pub enum Binary {
     /// `corral-ingress`.
     #[strum(serialize = "corral-ingress")]
@@ -36,7 +46,11 @@ pub enum Binary {
     #[strum(serialize = "corral-worker")]
     Worker,
 }
-impl Label for Binary {}
+impl Label for Binary {
+    fn all() -> &'static [Self] {
+        &[Binary::Ingress, Binary::Worker]
+    }
+}
 impl Binary {
     /// The binary's name, as exported.
     pub fn as_str(self) -> &'static str {
@@ -124,6 +138,54 @@ mod tests {
         );
         assert_eq!(PublishFailure::ChannelClosed.as_str(), "channel_closed");
         assert_eq!(MessageOutcome::Quarantined.as_str(), "quarantined");
-        assert_eq!(RejectReason::VARIANTS.len(), 6);
+    }
+
+    /// The spellings design.md and the dashboard rely on.
+    #[test]
+    fn every_label_set_is_the_documented_one() {
+        assert_eq!(
+            RejectReason::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "unauthorized",
+                "invalid_json",
+                "not_object",
+                "too_large",
+                "unsupported_media_type",
+                "body_timeout"
+            ]
+        );
+        assert_eq!(
+            PublishFailure::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "unavailable",
+                "blocked",
+                "overloaded",
+                "nack",
+                "unroutable",
+                "channel_closed",
+                "timeout",
+                "shutting_down"
+            ]
+        );
+        assert_eq!(
+            MessageOutcome::ALL
+                .iter()
+                .map(|o| o.as_str())
+                .collect::<Vec<_>>(),
+            ["stored", "duplicate", "quarantined"]
+        );
+        assert_eq!(
+            DbErrorKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>(),
+            ["transient", "data"]
+        );
     }
 }

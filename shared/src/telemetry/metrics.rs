@@ -10,7 +10,6 @@ use std::time::Duration;
 use ::metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use strum::VariantArray as _;
 
 use super::labels::{
     Binary, ConnectOutcome, DbErrorKind, Label, MessageOutcome, PublishFailure, RejectReason,
@@ -137,11 +136,11 @@ pub fn register_binary(binary: Binary) {
     gauge!(BROKER_CONNECTED).set(0.0);
     gauge!(BROKER_BLOCKED).set(0.0);
     gauge!(READY).set(0.0);
-    zero_counters(BROKER_CONNECT_ATTEMPTS, "outcome", ConnectOutcome::VARIANTS);
+    zero_counters::<ConnectOutcome>(BROKER_CONNECT_ATTEMPTS, "outcome");
     match binary {
         Binary::Ingress => {
-            zero_counters(INGRESS_REJECTED, "reason", RejectReason::VARIANTS);
-            zero_counters(INGRESS_PUBLISH_FAILURES, "cause", PublishFailure::VARIANTS);
+            zero_counters::<RejectReason>(INGRESS_REJECTED, "reason");
+            zero_counters::<PublishFailure>(INGRESS_PUBLISH_FAILURES, "cause");
             for kind in WebhookKind::ALL {
                 counter!(INGRESS_PUBLISHED, "kind" => kind.as_str()).increment(0);
             }
@@ -149,16 +148,16 @@ pub fn register_binary(binary: Binary) {
         }
         Binary::Worker => {
             gauge!(DATABASE_CONNECTED).set(0.0);
-            zero_counters(WORKER_MESSAGES, "outcome", MessageOutcome::VARIANTS);
-            zero_counters(WORKER_DB_ERRORS, "kind", DbErrorKind::VARIANTS);
+            zero_counters::<MessageOutcome>(WORKER_MESSAGES, "outcome");
+            zero_counters::<DbErrorKind>(WORKER_DB_ERRORS, "kind");
             counter!(WORKER_ACK_FAILURES).increment(0);
             gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(0.0);
         }
     }
 }
 
-fn zero_counters<L: Label>(name: &'static str, label: &'static str, values: &[L]) {
-    for value in values {
+fn zero_counters<L: Label>(name: &'static str, label: &'static str) {
+    for value in L::all() {
         let value: &'static str = (*value).into();
         counter!(name, label => value).increment(0);
     }

@@ -1,0 +1,29 @@
+//! The benchmark suite behind `corral-bench all`: limit probes, ingress alone,
+//! worker alone, the whole pipeline at fixed rates, each measured on the
+//! local services with the real binaries (release build) as processes, and
+//! written up as `docs/benchmarks.md`, `docs/benchmarks.json` and
+//! `docs/benchmarks.svg`.
+//!
+//! Nothing here asserts a speed: benchmarks measure, tests check behaviour.
+//!
+//! # Layout
+//!
+//! - [`results`]: What is planned and what is measured, and running the whole
+//!   suite.
+//! - [`runs`]: Each measured run: ingress alone, worker alone, the pipeline,
+//!   the latency layers, and the machine.
+//! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
+//!   it runs.
+//! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
+//!   the results.
+
+mod report;
+mod results;
+mod runs;
+mod sampler;
+
+pub use self::{
+    report::write,
+    results::*,
+    runs::{latency_at, worker_alone_with},
+};

@@ -1,0 +1,151 @@
+//! corral's benchmark suite: limit probes, ingress alone, worker alone, and
+//! the whole pipeline at fixed rates. See docs/benchmarks.md; `scripts/bench`
+//! builds the release binaries and runs `corral-bench all`.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line (`all`, `report`, `worker`, `latency`, …).
+//! - `bench`: the suite itself, its results, and the report written from them.
+//! - `probes`: the broker's and the database's own limits, measured with
+//!   bare clients, that corral's numbers are divided by.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use corral_testkit::{config, fixtures};
+
+mod bench;
+mod probes;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corral-bench",
+    about = "corral's benchmark suite (see docs/benchmarks.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything: probes, ingress alone, worker alone, pipeline; writes
+    /// benchmarks.md, benchmarks.json and benchmarks.svg. Run it through
+    /// `scripts/bench` (it needs CORRAL_TEST_BIN_DIR pointing at release binaries).
+    All {
+        /// A shorter run (one pre-fill of 100,000, 5 s per ingress run).
+        #[arg(long)]
+        quick: bool,
+        /// Directory to write the results to.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// Rewrite benchmarks.md and benchmarks.svg from an existing benchmarks.json.
+    Report {
+        /// Directory holding benchmarks.json; the files are written there.
+        #[arg(long, default_value = "docs")]
+        dir: PathBuf,
+    },
+    /// Only the worker draining a pre-filled queue, with extra settings
+    /// (`--env CORRAL_BATCH_MAX=1000`), for tuning.
+    Drain {
+        /// Messages to pre-fill.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Extra worker settings, `KEY=VALUE`.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
+    /// Only the broker's own confirm latency at fixed publish rates, and
+    /// ingress's answer latency alone (no worker) at the same rates, the queue
+    /// kept empty by a bare consumer.
+    Latency {
+        /// Publishes (and webhooks) per second; repeat for several.
+        #[arg(long = "rate", required = true)]
+        rates: Vec<f64>,
+        /// Seconds measured per rate, after a 2 s warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Only the broker's and the database's own limits.
+    Probes {
+        /// Seconds per publish probe.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rows for the insert probe.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// PostgreSQL server URL (a database is created and dropped on it).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::All { quick, out } => {
+            let plan = if quick {
+                bench::Plan::quick()
+            } else {
+                bench::Plan::full()
+            };
+            let results = bench::run(plan).await?;
+            bench::write(&results, &out)?;
+            eprintln!("bench: wrote {}/benchmarks.{{md,json,svg}}", out.display());
+        }
+        Command::Report { dir } => {
+            let results: bench::Results =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("benchmarks.json"))?)?;
+            bench::write(&results, &dir)?;
+        }
+        Command::Drain { messages, env } => {
+            let run = bench::worker_alone_with(messages, &env).await?;
+            eprintln!("{}", serde_json::to_string(&run)?);
+        }
+        Command::Latency { rates, seconds } => {
+            for rate in rates {
+                let (probe, ingress) =
+                    bench::latency_at(rate, Duration::from_secs(seconds)).await?;
+                eprintln!("{}", serde_json::to_string(&probe)?);
+                eprintln!("{}", serde_json::to_string(&ingress)?);
+            }
+        }
+        Command::Probes {
+            seconds,
+            rows,
+            database_url,
+        } => {
+            for (in_flight, channels) in [(64, 1), (64, 4), (1024, 4)] {
+                let result = probes::publish(&probes::PublishProbe {
+                    amqp: config::amqp(corral_testkit::unique_name("probe")),
+                    channels,
+                    in_flight,
+                    duration: Duration::from_secs(seconds),
+                    body: fixtures::SMS_SUCCESS.as_bytes().to_vec(),
+                    delete_after: true,
+                })
+                .await?;
+                eprintln!("{}: {:.0}/s", result.name, result.per_second);
+            }
+            for batch in [500, 1000] {
+                for kind in [
+                    probes::InsertKind::EventsOnly,
+                    probes::InsertKind::WithLatest,
+                ] {
+                    let result = probes::insert(&database_url, rows, batch, kind).await?;
+                    eprintln!("{}: {:.0}/s", result.name, result.per_second);
+                }
+                let result = probes::store(&database_url, rows, batch).await?;
+                eprintln!("{}: {:.0}/s", result.name, result.per_second);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {pair:?}"))
+}

@@ -1,0 +1,29 @@
+//! The fault suite: both binaries as real processes under a steady load from
+//! `corral-loadgen`, a fault injected mid-load, recovery awaited, and then the
+//! one promise checked — every webhook answered 2xx is exactly one
+//! `delivery_events` row, no row exists that was not sent — plus the
+//! services having recovered by themselves.
+//!
+//! Scenarios restart shared services (RabbitMQ, PostgreSQL), so the suite
+//! runs serially and never beside the parallel test suite; `scripts/test`
+//! runs its short profile after the other tests.
+//!
+//! # Layout
+//!
+//! - [`outcome`]: How hard each scenario runs, what it found, and the table of
+//!   docs/reliability.md.
+//! - [`scenarios`]: The scenarios, one function each, and running one by name.
+//! - [`stack`]: The processes of one scenario, on their own AMQP prefix and
+//!   database, and the checks made after it.
+//! - [`services`]: Stopping and starting the shared RabbitMQ and PostgreSQL.
+
+mod outcome;
+mod scenarios;
+mod services;
+mod stack;
+
+pub use self::{
+    outcome::{Outcome, Profile, table},
+    scenarios::{SCENARIOS, run},
+    services::ensure_services_up,
+};

@@ -1,0 +1,114 @@
+//! How hard each scenario runs, what it found, and the table of
+//! docs/reliability.md.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How hard and how long each scenario runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Profile {
+    /// Name (`ci`, `full`).
+    pub name: &'static str,
+    /// Webhooks per second offered (open loop), split over the ingresses.
+    pub rate: f64,
+    /// Load before the fault.
+    pub before: Duration,
+    /// Load after recovery.
+    pub after: Duration,
+    /// How long an outage lasts where the scenario has one.
+    pub outage: Duration,
+}
+
+impl Profile {
+    /// The short version CI runs: every scenario, a lighter and shorter load.
+    pub const CI: Profile = Profile {
+        name: "ci",
+        rate: 300.0,
+        before: Duration::from_secs(3),
+        after: Duration::from_secs(3),
+        outage: Duration::from_secs(10),
+    };
+    /// The full version.
+    pub const FULL: Profile = Profile {
+        name: "full",
+        rate: 1_500.0,
+        before: Duration::from_secs(10),
+        after: Duration::from_secs(10),
+        outage: Duration::from_secs(10),
+    };
+}
+
+/// One scenario's outcome: the row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Scenario name.
+    pub scenario: String,
+    /// Requests sent (all loads).
+    pub sent: u64,
+    /// Answered 2xx.
+    pub ok: u64,
+    /// Answered 503.
+    pub unavailable: u64,
+    /// Anything else: other statuses, connection errors, timeouts.
+    pub other: u64,
+    /// `delivery_events` rows of the load.
+    pub rows: u64,
+    /// Answered 2xx and not stored.
+    pub lost: u64,
+    /// Stored more than once.
+    pub duplicated: u64,
+    /// Rows nobody sent, content changed, stale latest state, quarantined by mistake.
+    pub wrong: u64,
+    /// Seconds from the end of the fault until every process was ready and a
+    /// webhook was accepted again.
+    pub recovered_secs: f64,
+    /// The slowest answer any request got, from its actual send, ms: no
+    /// request may hang past the publish deadline (plus scheduling slack).
+    pub slowest_answer_ms: f64,
+    /// Resident memory before the fault and after recovery, per process, MiB.
+    pub rss_mib: Vec<(String, f64, f64)>,
+    /// Whether RSS after recovery is within 20 % of before (broker scenarios).
+    pub rss_checked: bool,
+    /// Anything else the scenario checked or noticed.
+    pub notes: Vec<String>,
+    /// The scenario's verdict.
+    pub passed: bool,
+}
+
+/// Renders outcomes as the markdown table of docs/reliability.md.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | sent | 2xx | 503 | other | rows | lost | duplicated | wrong | recovered in | slowest answer | RSS before → after (MiB) | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+    );
+    for o in outcomes {
+        let rss = o
+            .rss_mib
+            .iter()
+            .map(|(name, before, after)| format!("{name} {before} → {after}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} ms | {}{} | {} |\n",
+            o.scenario,
+            o.sent,
+            o.ok,
+            o.unavailable,
+            o.other,
+            o.rows,
+            o.lost,
+            o.duplicated,
+            o.wrong,
+            o.recovered_secs,
+            o.slowest_answer_ms,
+            rss,
+            if o.rss_checked {
+                " (checked ≤ +20 %)"
+            } else {
+                ""
+            },
+            if o.passed { "pass" } else { "**FAIL**" },
+        ));
+    }
+    out
+}

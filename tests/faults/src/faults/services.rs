@@ -1,0 +1,73 @@
+//! Stopping and starting the shared RabbitMQ and PostgreSQL.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+
+use corral_testkit::database;
+
+pub(super) fn shell(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+pub(super) fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    shell("rabbitmqctl", args)
+}
+
+pub(super) fn postgres_version() -> anyhow::Result<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .context("reading /etc/postgresql (the suite restarts the local Debian cluster)")?
+        .filter_map(|entry| {
+            entry
+                .ok()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    versions.sort_by_key(|v| v.parse::<u32>().unwrap_or(0));
+    versions
+        .pop()
+        .context("no PostgreSQL cluster under /etc/postgresql")
+}
+
+/// Starts RabbitMQ's app and the PostgreSQL cluster again if a scenario left
+/// them down, and waits until both accept connections.
+pub async fn ensure_services_up(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let port_open = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    if !port_open(5672) {
+        let _ = rabbitmqctl(&["start_app"]);
+    }
+    if !port_open(5432)
+        && let Ok(version) = postgres_version()
+    {
+        let _ = shell(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", &version, "main", "start"],
+        );
+    }
+    while Instant::now() < deadline {
+        let broker =
+            corral_shared::amqp::connect(&corral_testkit::config::amqp("probe"), "corral-faults")
+                .await;
+        let database = tokio_postgres::connect(database::SERVER_URL, tokio_postgres::NoTls).await;
+        if let (Ok(connection), Ok(_)) = (broker, database) {
+            let _ = connection.close(200, "ok".into()).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,333 @@
+//! The processes of one scenario, on their own AMQP prefix and database, and
+//! the checks made after it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+
+use corral_loadgen::{self as loadgen, Load, Mix, Verification, VerifyOptions};
+use corral_testkit::{
+    broker,
+    database::TestDatabase,
+    fixtures,
+    process::{Process, ProcessConfig},
+    proxy::TcpProxy,
+    unique_name,
+};
+
+use super::outcome::*;
+
+/// Token of the suite's ingresses.
+pub(super) const TOKEN: &str = "fault-suite-token-0123456789";
+
+/// The publish deadline the suite's ingresses run with (`tuned`) plus two
+/// seconds of slack for a loaded 2-core machine: no answer may take longer.
+pub(super) const SLOWEST_ANSWER_MS: f64 = 5_000.0;
+
+/// Connections each load may open. A process's memory grows with the
+/// connections it serves at once (buffers per connection), so every scenario
+/// first serves this many (see [`Stack::warm_up`]) and the load never opens
+/// more: RSS before and after a fault then differ only by what the fault left.
+pub(super) const MAX_CONNECTIONS: usize = 64;
+
+/// One running `corral-loadgen` load against one ingress.
+pub(super) type LoadTask = tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>;
+
+/// The processes of one scenario, on their own AMQP prefix and database.
+pub(super) struct Stack {
+    pub(super) prefix: String,
+    pub(super) db: TestDatabase,
+    pub(super) ingresses: Vec<Process>,
+    pub(super) workers: Vec<Process>,
+    /// Between the ingresses and RabbitMQ, where the scenario cuts the path.
+    pub(super) proxy: Option<TcpProxy>,
+    pub(super) http: reqwest::Client,
+    pub(super) canaries: u64,
+}
+
+impl Stack {
+    pub(super) async fn start(
+        ingresses: usize,
+        workers: usize,
+        proxied: bool,
+    ) -> anyhow::Result<Self> {
+        let prefix = unique_name("fault");
+        let db = TestDatabase::new().await;
+        let proxy = if proxied {
+            Some(TcpProxy::start("127.0.0.1:5672".parse()?).await)
+        } else {
+            None
+        };
+        let mut stack = Self {
+            prefix,
+            db,
+            ingresses: Vec::new(),
+            workers: Vec::new(),
+            proxy,
+            http: reqwest::Client::new(),
+            canaries: 0,
+        };
+        for _ in 0..workers {
+            let config = tuned(ProcessConfig::worker(&stack.db.url, &stack.prefix));
+            stack.workers.push(Process::start_ready(config).await);
+        }
+        for _ in 0..ingresses {
+            let mut config = tuned(ProcessConfig::ingress(&stack.prefix, TOKEN));
+            if let Some(proxy) = &stack.proxy {
+                config = config.env("CORRAL_AMQP_URL", proxy.amqp_url());
+            }
+            stack.ingresses.push(Process::start_ready(config).await);
+        }
+        Ok(stack)
+    }
+
+    /// What every scenario does before its fault: warms up, starts the load
+    /// for the whole scenario (a fault lasting `fault`), lets it run for
+    /// `p.before`, and measures each process's RSS. Returns the loads and the RSS.
+    pub(super) async fn load_until_fault(
+        &self,
+        p: Profile,
+        fault: Duration,
+    ) -> anyhow::Result<(Vec<LoadTask>, Vec<(String, f64)>)> {
+        let mut loads = self.warm_up().await?;
+        loads.extend(self.start_load(p, total(p, fault)));
+        tokio::time::sleep(p.before).await;
+        Ok((loads, self.rss()))
+    }
+
+    /// Serves `MAX_CONNECTIONS` connections on every ingress for a second,
+    /// so the RSS measured before the fault is the process at its working size.
+    pub(super) async fn warm_up(&self) -> anyhow::Result<Vec<LoadTask>> {
+        let mut runs = Vec::new();
+        for i in 0..self.ingresses.len() {
+            let mut config = loadgen::Config::new(self.ingresses[i].base_url(), TOKEN);
+            config.load = Load::Closed {
+                connections: MAX_CONNECTIONS,
+            };
+            config.duration = Some(Duration::from_secs(1));
+            let run = loadgen::run(config).await?;
+            runs.push(tokio::spawn(async move { Ok(run) }));
+        }
+        Ok(runs)
+    }
+
+    /// Starts the load: one open-loop run per ingress, `rate` split evenly,
+    /// lasting `duration`.
+    pub(super) fn start_load(&self, profile: Profile, duration: Duration) -> Vec<LoadTask> {
+        let share = profile.rate / self.ingresses.len() as f64;
+        (0..self.ingresses.len())
+            .map(|i| {
+                let mut config = loadgen::Config::new(self.ingresses[i].base_url(), TOKEN);
+                config.load = Load::Open {
+                    rate: share,
+                    max_connections: MAX_CONNECTIONS,
+                };
+                config.duration = Some(duration);
+                config.timeout = Duration::from_secs(15);
+                config.mix = Mix {
+                    duplicates: 0.05,
+                    out_of_order: 0.05,
+                    ..Mix::default()
+                };
+                tokio::spawn(loadgen::run(config))
+            })
+            .collect()
+    }
+
+    pub(super) fn rss(&self) -> Vec<(String, f64)> {
+        self.ingresses
+            .iter()
+            .map(|p| ("ingress", p))
+            .chain(self.workers.iter().map(|p| ("worker", p)))
+            .enumerate()
+            .map(|(i, (kind, p))| {
+                (
+                    format!("{kind}#{i}"),
+                    p.rss_bytes().unwrap_or(0) as f64 / 1_048_576.0,
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until every process is ready and ingress 0 accepts a webhook;
+    /// returns the seconds it took.
+    pub(super) async fn wait_recovered(&mut self, since: Instant) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut ready = true;
+            for process in self.ingresses.iter().chain(self.workers.iter()) {
+                ready &= process.is_ready().await;
+            }
+            if ready && self.canary().await {
+                return Ok(since.elapsed().as_secs_f64());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the services did not recover within 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts one extra webhook (not part of the load); true on 200.
+    pub(super) async fn canary(&mut self) -> bool {
+        self.canaries += 1;
+        let body = fixtures::delivery_status(
+            &format!("canary-{}-{}", self.prefix, self.canaries),
+            "2026-11-27T05:00:00.000Z",
+            "",
+            "canary",
+        );
+        self.http
+            .post(self.ingresses[0].webhook_url("sms"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(6))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+
+    /// Waits for the loads, verifies them, and builds the scenario's row.
+    pub(super) async fn finish(
+        self,
+        scenario: &str,
+        loads: Vec<LoadTask>,
+        recovered_secs: f64,
+        rss_before: Vec<(String, f64)>,
+        check_rss: bool,
+        mut notes: Vec<String>,
+    ) -> anyhow::Result<Outcome> {
+        let mut outcome = Outcome {
+            scenario: scenario.to_owned(),
+            sent: 0,
+            ok: 0,
+            unavailable: 0,
+            other: 0,
+            rows: 0,
+            lost: 0,
+            duplicated: 0,
+            wrong: 0,
+            recovered_secs,
+            slowest_answer_ms: 0.0,
+            rss_mib: Vec::new(),
+            rss_checked: check_rss,
+            notes: Vec::new(),
+            passed: false,
+        };
+        let mut verifications: Vec<Verification> = Vec::new();
+        for load in loads {
+            let run = load.await.context("the load task panicked")??;
+            count_answers(&mut outcome, &run.report);
+            let options = VerifyOptions {
+                timeout: Duration::from_secs(120),
+                ..VerifyOptions::default()
+            };
+            verifications.push(loadgen::verify(&self.db.url, &run.sent, &options).await?);
+        }
+        outcome.other = outcome.sent - outcome.ok - outcome.unavailable;
+        for v in &verifications {
+            outcome.lost += v.lost;
+            outcome.duplicated += v.duplicated;
+            outcome.wrong += v.unexpected + v.mismatched + v.stale_latest + v.quarantined;
+            notes.extend(v.examples.iter().take(3).cloned());
+        }
+        let client = self.db.client().await;
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM delivery_events WHERE drop_id NOT LIKE 'canary-%' AND drop_id NOT LIKE 'poison-%'", &[])
+            .await?
+            .get(0);
+        outcome.rows = rows as u64;
+
+        let rss_ok = compare_rss(&mut outcome, &rss_before, &self.rss(), &mut notes);
+        let hung = outcome.slowest_answer_ms > SLOWEST_ANSWER_MS;
+        if hung {
+            notes.push(format!(
+                "a request waited {:.0} ms for its answer (more than {SLOWEST_ANSWER_MS} ms)",
+                outcome.slowest_answer_ms
+            ));
+        }
+        outcome.passed = !hung
+            && outcome.lost == 0
+            && outcome.duplicated == 0
+            && outcome.wrong == 0
+            && outcome.ok > 0
+            && rss_ok
+            && verifications.iter().all(|v| v.drained);
+        outcome.notes = notes;
+        self.stop().await;
+        Ok(outcome)
+    }
+
+    pub(super) async fn stop(mut self) {
+        for process in self.ingresses.iter_mut().chain(self.workers.iter_mut()) {
+            if process.is_running() {
+                process.terminate(Duration::from_secs(40)).await;
+            }
+        }
+        broker::delete_prefix(&self.prefix).await;
+    }
+}
+
+/// How long a scenario's load runs: before, the fault, two seconds to
+/// recover, after.
+fn total(profile: Profile, fault: Duration) -> Duration {
+    profile.before + fault + Duration::from_secs(2) + profile.after
+}
+
+/// Adds one load's answers to `outcome`: requests, 2xx, 503, slowest answer.
+fn count_answers(outcome: &mut Outcome, report: &loadgen::Report) {
+    outcome.sent += report.requests + report.warmup_requests;
+    outcome.ok += report
+        .statuses
+        .iter()
+        .filter(|(status, _)| (200..300).contains(*status))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    outcome.unavailable += report.statuses.get(&503).copied().unwrap_or(0);
+    let slowest = report
+        .service_time_us
+        .as_ref()
+        .unwrap_or(&report.latency_us)
+        .max;
+    outcome.slowest_answer_ms = outcome.slowest_answer_ms.max(slowest as f64 / 1000.0);
+}
+
+/// Records each process's RSS before and after; with `outcome.rss_checked`,
+/// false (and a note) when one grew by more than 20 %.
+fn compare_rss(
+    outcome: &mut Outcome,
+    before: &[(String, f64)],
+    after: &[(String, f64)],
+    notes: &mut Vec<String>,
+) -> bool {
+    let mut rss_ok = true;
+    for ((name, before), (_, after)) in before.iter().zip(after.iter()) {
+        outcome
+            .rss_mib
+            .push((name.clone(), round1(*before), round1(*after)));
+        if outcome.rss_checked && *after > before * 1.2 {
+            rss_ok = false;
+            notes.push(format!(
+                "{name} RSS grew from {before:.1} MiB to {after:.1} MiB"
+            ));
+        }
+    }
+    rss_ok
+}
+
+/// Settings for quick, observable recovery: the defaults but a shorter
+/// reconnect cap and heartbeat, so a scenario does not wait on 5 s backoffs.
+pub(super) fn tuned(config: ProcessConfig) -> ProcessConfig {
+    config
+        .env("CORRAL_AMQP_RECONNECT_MAX_MS", "1000")
+        .env("CORRAL_AMQP_HEARTBEAT_SECS", "5")
+        .env("CORRAL_DB_RETRY_MAX_MS", "1000")
+        .env("CORRAL_PUBLISH_TIMEOUT_MS", "3000")
+        .env("CORRAL_LOG", "warn")
+}
+
+pub(super) fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}

@@ -1,0 +1,234 @@
+//! A private corner of the shared RabbitMQ for one test.
+
+use std::time::Duration;
+
+use corral_shared::{
+    amqp::{self, AmqpError, Topology},
+    config::AmqpSettings,
+};
+use lapin::{
+    BasicProperties, Channel, Connection,
+    message::BasicGetMessage,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+
+use crate::wait;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A test's AMQP prefix, with a connection to inspect it. Dropping it deletes
+/// the queues and exchanges the prefix owns.
+pub struct TestBroker {
+    /// Settings naming the local broker and this test's prefix.
+    pub settings: AmqpSettings,
+    /// The names under the prefix.
+    pub topology: Topology,
+    connection: Connection,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for TestBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBroker")
+            .field("prefix", &self.settings.prefix)
+            .finish()
+    }
+}
+
+impl TestBroker {
+    /// A fresh prefix with the topology declared.
+    pub async fn new() -> Self {
+        let settings = crate::config::amqp(crate::unique_name("test"));
+        let topology = Topology::new(&settings);
+        let (connection, channel) = amqp::connect_and_declare(&settings, &topology, "corral-tests")
+            .await
+            .expect("the test suite needs RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+        amqp::deadline(
+            "confirm mode",
+            TIMEOUT,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .expect("confirm mode");
+        Self {
+            settings,
+            topology,
+            connection,
+            channel,
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.settings.prefix
+    }
+
+    /// The main (delivery-status) queue of this prefix.
+    pub fn queue(&self) -> String {
+        self.topology.queue()
+    }
+
+    /// Deletes `queue` under whatever is using it, as an operator might by
+    /// mistake. The next (re)connect of ingress or worker declares it again.
+    pub async fn delete_queue(&self, queue: &str) {
+        amqp::deadline(
+            "queue.delete",
+            TIMEOUT,
+            self.channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("deleting the queue");
+    }
+
+    /// Takes messages off `queue` until at least `count` have been taken, or
+    /// panics once `timeout` has passed. Returns every message taken (more
+    /// than `count` if more were there), so a caller can assert the exact number.
+    pub async fn take(&self, queue: &str, count: usize, timeout: Duration) -> Vec<BasicGetMessage> {
+        let taken = std::cell::RefCell::new(Vec::new());
+        let taken_ref = &taken;
+        wait::until_true(
+            &format!("{count} messages in {queue}"),
+            timeout,
+            move || async move {
+                while let Some(message) = self.get(queue).await {
+                    taken_ref.borrow_mut().push(message);
+                }
+                taken_ref.borrow().len() >= count
+            },
+        )
+        .await;
+        taken.into_inner()
+    }
+
+    /// Messages ready in a queue (passive declare).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        let declared = amqp::deadline(
+            "passive queue declare",
+            TIMEOUT,
+            self.channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("passive declare");
+        declared.message_count()
+    }
+
+    /// Takes one message off `queue` and acknowledges it, or `None` if empty.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        let message = amqp::deadline(
+            "basic.get",
+            TIMEOUT,
+            self.channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
+        .expect("basic.get")?;
+        amqp::deadline(
+            "ack",
+            TIMEOUT,
+            message.delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await
+        .expect("ack");
+        Some(message)
+    }
+
+    /// Takes every message currently in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self.get(queue).await {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Publishes `body` to the webhooks exchange with `routing_key` and waits
+    /// for the confirm, as ingress would (tests of the worker start here).
+    pub async fn publish(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = amqp::deadline(
+            "publish",
+            TIMEOUT,
+            self.channel.basic_publish(
+                self.topology.exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                properties,
+            ),
+        )
+        .await
+        .expect("publish");
+        let confirmation = amqp::deadline("confirm", TIMEOUT, confirm)
+            .await
+            .expect("confirm");
+        assert!(
+            confirmation.is_ack(),
+            "the broker did not ack the test publish"
+        );
+        assert!(
+            confirmation.take_message().is_none(),
+            "the test publish was unroutable"
+        );
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let prefix = self.settings.prefix.clone();
+        crate::block_on_cleanup(async move { delete_prefix(&prefix).await });
+        let _ = &self.connection;
+    }
+}
+
+/// Deletes the queues and exchanges of an AMQP prefix (best effort: a test's
+/// or a benchmark's clean-up must not fail the run).
+pub async fn delete_prefix(prefix: &str) {
+    let settings = crate::config::amqp(prefix);
+    let topology = Topology::new(&settings);
+    if let Ok((connection, channel)) =
+        amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
+    {
+        let _ = delete_topology(&topology, &channel, TIMEOUT).await;
+        let _ = connection.close(200, "cleanup".into()).await;
+    }
+}
+
+/// Deletes the queues, then the exchanges, that [`Topology::declare`] makes
+/// under the topology's prefix.
+pub async fn delete_topology(
+    topology: &Topology,
+    channel: &Channel,
+    timeout: Duration,
+) -> Result<(), AmqpError> {
+    for queue in [topology.queue(), topology.dead_letter_queue()] {
+        amqp::deadline(
+            "deleting a queue",
+            timeout,
+            channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
+        )
+        .await?;
+    }
+    for exchange in [topology.exchange(), topology.dead_letter_exchange()] {
+        amqp::deadline(
+            "deleting an exchange",
+            timeout,
+            channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Settings for the services under test: the binaries' own command-line
+//! defaults, changed only where a test needs it (the local broker, ports
+//! chosen by the OS, a test token, small pools on a shared PostgreSQL).
+
+use clap::Parser;
+use corral_ingress::config::IngressConfig;
+use corral_shared::config::AmqpSettings;
+use corral_worker::config::{Cli as WorkerCli, WorkerConfig};
+
+/// The local RabbitMQ the tests share (`scripts/services`).
+pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Only the AMQP settings, to read their defaults the way both binaries do.
+#[derive(Debug, Parser)]
+struct AmqpOnly {
+    #[command(flatten)]
+    amqp: AmqpSettings,
+}
+
+/// AMQP settings for the local broker under `prefix`: the defaults, pinned
+/// so that a `CORRAL_AMQP_*` variable in the test's environment changes nothing.
+pub fn amqp(prefix: impl Into<String>) -> AmqpSettings {
+    let mut settings = AmqpOnly::parse_from(["corral-testkit"]).amqp;
+    settings.url = LOCAL_AMQP_URL.into();
+    settings.prefix = prefix.into();
+    settings.delivery_limit = 20;
+    settings.connect_timeout_ms = 5_000;
+    settings.heartbeat_secs = 10;
+    settings.reconnect_max_ms = 5_000;
+    settings.ca_file = None;
+    settings
+}
+
+/// An ingress accepting `token`, on ports chosen by the OS, publishing under
+/// AMQP `prefix` on the local broker.
+pub fn ingress(prefix: &str, token: &str) -> IngressConfig {
+    let mut config = IngressConfig::parse_from(["corral-ingress"]);
+    config.listen = "127.0.0.1:0".into();
+    config.admin_listen = "127.0.0.1:0".into();
+    config.webhook_tokens = vec![token.into()];
+    config.http_workers = 2;
+    config.amqp = amqp(prefix);
+    config
+}
+
+/// A worker writing to `database_url`, consuming under AMQP `prefix` on the
+/// local broker, its admin port chosen by the OS and a small pool (the
+/// PostgreSQL connections are shared by every test running at once).
+pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
+    let mut config = WorkerCli::parse_from(["corral-worker"]).config;
+    config.database_url = database_url.into();
+    config.admin_listen = "127.0.0.1:0".into();
+    config.db_pool_size = 2;
+    config.amqp = amqp(prefix);
+    config
+}

@@ -1,0 +1,152 @@
+//! The ledger of what was sent and how ingress answered each body.
+
+use serde::Serialize;
+
+use super::*;
+
+/// What happened to one item: how often each body was sent, and how often
+/// ingress answered it 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemRecord {
+    /// The item.
+    pub item: u64,
+    /// Requests written per body (indexes as in [`Item::bodies`]).
+    pub sends: [u8; 2],
+    /// 2xx answers per body.
+    pub confirms: [u8; 2],
+}
+
+impl ItemRecord {
+    /// Nothing sent yet.
+    pub fn new(item: u64) -> Self {
+        Self {
+            item,
+            sends: [0; 2],
+            confirms: [0; 2],
+        }
+    }
+}
+
+/// A distinct webhook a run sent at least once, with its fate at ingress.
+#[derive(Debug, Clone)]
+pub struct SentWebhook {
+    /// The item it belongs to.
+    pub item: u64,
+    /// How its item was sent.
+    pub shape: Shape,
+    /// Its index in the item's bodies (for an out-of-order pair, 0 is the newer).
+    pub body_index: usize,
+    /// The webhook.
+    pub webhook: Webhook,
+    /// Requests written with this body.
+    pub sends: u8,
+    /// 2xx answers to them: ingress vouched for it at least once if > 0.
+    pub confirms: u8,
+}
+
+/// The ledger of a run: what was sent and what ingress answered, enough for
+/// [`verify()`](super::verify()) to know what must be in the database.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// What decides the bodies.
+    pub traffic: Traffic,
+    /// One record per item sent, sorted by item.
+    records: Vec<ItemRecord>,
+}
+
+impl Sent {
+    /// A ledger from records in any order.
+    pub fn new(traffic: Traffic, mut records: Vec<ItemRecord>) -> Self {
+        records.sort_unstable_by_key(|record| record.item);
+        Self { traffic, records }
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> RunId {
+        self.traffic.run_id
+    }
+
+    /// The records, sorted by item.
+    pub fn records(&self) -> &[ItemRecord] {
+        &self.records
+    }
+
+    /// Every distinct webhook sent at least once (the bodies are made again).
+    pub fn webhooks(&self) -> impl Iterator<Item = SentWebhook> + '_ {
+        self.records.iter().flat_map(move |record| {
+            let item = self.traffic.item(record.item);
+            let shape = item.shape;
+            item.bodies
+                .into_iter()
+                .enumerate()
+                .filter(move |(index, _)| record.sends[*index] > 0)
+                .map(move |(body_index, webhook)| SentWebhook {
+                    item: record.item,
+                    shape,
+                    body_index,
+                    webhook,
+                    sends: record.sends[body_index],
+                    confirms: record.confirms[body_index],
+                })
+        })
+    }
+
+    /// Out-of-order pairs whose two events were both sent: `(newer, older)`.
+    pub fn out_of_order_pairs(&self) -> impl Iterator<Item = (SentWebhook, SentWebhook)> + '_ {
+        self.records
+            .iter()
+            .filter(|record| record.sends[0] > 0 && record.sends[1] > 0)
+            .map(move |record| {
+                let mut item = self.traffic.item(record.item);
+                let older = item.bodies.pop().expect("a pair has two bodies");
+                let newer = item.bodies.pop().expect("a pair has two bodies");
+                let sent = |body_index: usize, webhook| SentWebhook {
+                    item: record.item,
+                    shape: item.shape,
+                    body_index,
+                    webhook,
+                    sends: record.sends[body_index],
+                    confirms: record.confirms[body_index],
+                };
+                (sent(0, newer), sent(1, older))
+            })
+    }
+
+    /// Counts of what was sent, without making the bodies again.
+    pub fn summary(&self) -> SentSummary {
+        let mut summary = SentSummary::default();
+        for record in &self.records {
+            let bodies = usize::from(record.sends[1] > 0) + 1;
+            for index in 0..bodies {
+                if record.sends[index] > 0 {
+                    summary.webhooks += 1;
+                    summary.confirmed += u64::from(record.confirms[index] > 0);
+                }
+            }
+            summary.items += 1;
+            // Shape is not stored: a second send of body 0 is a resend, a
+            // send of body 1 completes an out-of-order pair.
+            summary.resent += u64::from(record.sends[0] > 1);
+            summary.resent_confirmed_twice += u64::from(record.confirms[0] > 1);
+            summary.out_of_order_pairs += u64::from(record.sends[0] > 0 && record.sends[1] > 0);
+        }
+        summary
+    }
+}
+
+/// What a run sent, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SentSummary {
+    /// Items begun.
+    pub items: u64,
+    /// Distinct webhooks (bodies) sent at least once.
+    pub webhooks: u64,
+    /// Of those, answered 2xx at least once.
+    pub confirmed: u64,
+    /// Webhooks sent twice (duplicate resends).
+    pub resent: u64,
+    /// Resends where both copies were answered 2xx (stored once all the same).
+    pub resent_confirmed_twice: u64,
+    /// Out-of-order pairs with both events sent.
+    pub out_of_order_pairs: u64,
+}

@@ -1,0 +1,34 @@
+//! corral-ingress against the real RabbitMQ, driven over HTTP as Drop Cowboy
+//! would: what lands in the queue, every rejection, token handling, a burst
+//! of concurrent posts, broker loss through a per-test TCP proxy (cut,
+//! black-hole, deleted queue, overload), graceful shutdown, and tokens kept
+//! out of the logs.
+//!
+//! Each test runs in its own process under nextest, under its own AMQP prefix
+//! ([`TestBroker`]), so the metrics recorder and the queue are the test's own
+//! and counter deltas are exact. Nothing here touches the shared broker
+//! itself: a broken path to it is a [`TcpProxy`] the test owns.
+//!
+//! # Layout
+//!
+//! - `auth`: Tokens, routes, and the refusal to run open by accident.
+//! - `broker_loss`: Broker loss, through a proxy the test owns.
+//! - `concurrency`: A burst of concurrent posts.
+//! - `contract`: The sample reaches the queue untouched, with its envelope.
+//! - `helpers`: What the ingress tests share: settings, requests, answers, and
+//!   reading the queue and the metrics.
+//! - `logs`: Tokens stay out of logs.
+//! - `rejections`: Rejections: status, error body, counter, and nothing
+//!   published.
+//! - `shutdown`: Graceful shutdown.
+//! - `tls`: TLS to RabbitMQ.
+
+mod auth;
+mod broker_loss;
+mod concurrency;
+mod contract;
+mod helpers;
+mod logs;
+mod rejections;
+mod shutdown;
+mod tls;

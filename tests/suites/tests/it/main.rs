@@ -1,0 +1,24 @@
+//! corral's integration and end-to-end tests: real RabbitMQ, real PostgreSQL,
+//! each test under its own AMQP prefix and in its own database. What they
+//! share comes from `corral-testkit`; a module's own helpers live in its
+//! `helpers.rs`.
+//!
+//! # Layout
+//!
+//! - `smoke`: the whole path in one process.
+//! - `docs`: the README documents every setting with its default.
+//! - `ingress`: the HTTP contract, publishing, broker loss, shutdown.
+//! - `worker`: typing, exactly-once storage, ordering, quarantine, outages.
+//! - `e2e`: both binaries as real processes.
+//! - `loadgen`: a short `corral-loadgen --verify` run: zero lost, zero
+//!   duplicated.
+//! - `ops`: the operator commands (dead-letter replay, quarantine
+//!   re-processing).
+
+mod docs;
+mod e2e;
+mod ingress;
+mod loadgen;
+mod ops;
+mod smoke;
+mod worker;

@@ -1,0 +1,383 @@
+//! `corral-worker dead-letters`: listing, dry runs and replays.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use corral_shared::amqp::{PublishOutcomeError, Refused};
+use corral_shared::{
+    amqp,
+    envelope::{self, RECEIVED_AT_HEADER},
+};
+use corral_testkit::{
+    apps::RunningWorker, broker::TestBroker, config, database::TestDatabase, fixtures, wait,
+};
+use corral_worker::ops::{self, OpsError, ReplayOptions};
+use lapin::{
+    BasicProperties,
+    options::{BasicGetOptions, BasicRejectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use uuid::Uuid;
+
+use super::helpers::*;
+
+/// A webhook as ingress would have published it.
+struct Sent {
+    id: Uuid,
+    routing_key: &'static str,
+    body: String,
+    received_at: DateTime<Utc>,
+}
+
+/// Publishes `count` webhooks to the test's exchange, alternating sms and rvm,
+/// and dead-letters all of them: each is taken off the main queue and rejected
+/// without requeue, and the test waits until RabbitMQ has them in the
+/// dead-letter queue.
+async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let routing_key = if n % 2 == 0 {
+            envelope::Kind::Sms.routing_key()
+        } else {
+            envelope::Kind::Rvm.routing_key()
+        };
+        let id = Uuid::now_v7();
+        let received_at = Utc::now();
+        let body = fixtures::delivery_status(
+            &format!("drop-{}-{n}", id.simple()),
+            "2026-11-27T05:24:31.000Z",
+            if n % 3 == 0 { "" } else { "No Funds" },
+            &format!("order-{n}"),
+        );
+        broker
+            .publish(
+                routing_key,
+                body.as_bytes(),
+                envelope::properties(id, received_at),
+            )
+            .await;
+        sent.push(Sent {
+            id,
+            routing_key,
+            body,
+            received_at,
+        });
+    }
+    let connection = amqp::connect(&broker.settings, "corral-tests ops")
+        .await
+        .expect("connecting");
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = broker.topology.queue();
+    for _ in 0..count {
+        let message = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get")
+            .expect("a message in the main queue");
+        message
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    let dead_letters = broker.topology.dead_letter_queue();
+    wait::until_true(
+        &format!("{count} messages in {dead_letters}"),
+        WAIT,
+        || async { broker.ready_count(&dead_letters).await == count as u32 },
+    )
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    sent
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers: &FieldTable| headers.inner().get(name))
+}
+
+#[tokio::test]
+async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
+    let broker = TestBroker::new().await;
+    let sent = dead_letter(&broker, 3).await;
+    let dlq = broker.topology.dead_letter_queue();
+
+    let listed = ops::list_dead_letters(&broker.settings, 100).await.unwrap();
+    assert_eq!(listed.queued_at_start, 3);
+    assert!(!listed.replayed);
+    let ids: BTreeSet<String> = listed
+        .letters
+        .iter()
+        .map(|letter| letter.id().to_owned())
+        .collect();
+    let want: BTreeSet<String> = sent.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, want);
+    for letter in &listed.letters {
+        let original = sent
+            .iter()
+            .find(|s| s.id.to_string() == letter.id())
+            .unwrap();
+        assert_eq!(letter.routing_key, original.routing_key);
+        assert_eq!(letter.body, original.body.as_bytes());
+        assert_eq!(letter.reason.as_deref(), Some("rejected"));
+        assert_eq!(
+            letter.queue.as_deref(),
+            Some(broker.topology.queue().as_str())
+        );
+        assert_eq!(letter.deaths, 1);
+        assert_eq!(
+            letter.received_at.map(|at| at.timestamp_micros()),
+            Some(original.received_at.timestamp_micros())
+        );
+    }
+    assert_eq!(broker.ready_count(&dlq).await, 3, "listing removed nothing");
+
+    // Listing twice reads the same messages again: moving them to the tail
+    // kept their routing key and history.
+    let again = ops::list_dead_letters(&broker.settings, 2).await.unwrap();
+    assert_eq!(again.letters.len(), 2, "the limit is honoured");
+    for letter in &again.letters {
+        assert_eq!(letter.deaths, 1);
+        assert!(
+            letter.routing_key == envelope::Kind::Sms.routing_key()
+                || letter.routing_key == envelope::Kind::Rvm.routing_key()
+        );
+    }
+
+    let dry = ops::replay_dead_letters(
+        &broker.settings,
+        &ReplayOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.letters.len(), 3);
+    assert!(!dry.replayed);
+    assert_eq!(
+        broker.ready_count(&dlq).await,
+        3,
+        "a dry run removed nothing"
+    );
+    assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
+
+    // The command's own output.
+    let mut out = Vec::new();
+    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
+    ops::dead_letters_command(
+        corral_worker::config::DeadLetterCommand::List { limit: 10 },
+        &config,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    for s in &sent {
+        assert!(out.contains(&s.id.to_string()), "{out}");
+    }
+    assert!(out.contains("listed 3 message(s); none removed"), "{out}");
+}
+
+#[tokio::test]
+async fn replay_republishes_with_the_original_properties_and_removes_the_dead_letter() {
+    let broker = TestBroker::new().await;
+    let sent = dead_letter(&broker, 4).await;
+    let dlq = broker.topology.dead_letter_queue();
+    let main = broker.topology.queue();
+
+    let first = ops::replay_dead_letters(
+        &broker.settings,
+        &ReplayOptions {
+            limit: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.letters.len(), 1);
+    assert!(first.replayed);
+    assert_eq!(broker.ready_count(&dlq).await, 3);
+
+    let rest = ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rest.letters.len(), 3);
+    assert_eq!(broker.ready_count(&dlq).await, 0);
+
+    let replayed = broker.drain(&main).await;
+    assert_eq!(
+        replayed.len(),
+        4,
+        "every dead letter is back in the main queue"
+    );
+    for message in &replayed {
+        let delivery = &message.delivery;
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("message_id kept")
+            .to_string();
+        let original = sent.iter().find(|s| s.id.to_string() == id).unwrap();
+        assert_eq!(delivery.routing_key.as_str(), original.routing_key);
+        assert_eq!(delivery.exchange.as_str(), broker.topology.exchange());
+        assert_eq!(delivery.data, original.body.as_bytes());
+        assert_eq!(delivery.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            header(&delivery.properties, RECEIVED_AT_HEADER),
+            Some(&AMQPValue::LongString(
+                envelope::format_received_at(original.received_at).into()
+            ))
+        );
+        assert!(
+            header(&delivery.properties, "x-death").is_some(),
+            "the dead-letter history travels with the replayed message"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_takes_only_the_selected_message_ids() {
+    let broker = TestBroker::new().await;
+    let sent = dead_letter(&broker, 3).await;
+    let chosen = sent[1].id.to_string();
+
+    let report = ops::replay_dead_letters(
+        &broker.settings,
+        &ReplayOptions {
+            message_ids: vec![chosen.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.letters.len(), 1);
+    assert_eq!(report.letters[0].id(), chosen);
+    assert_eq!(report.passed_over, 2);
+
+    let replayed = broker.drain(&broker.topology.queue()).await;
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(
+        replayed[0]
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(chosen)
+    );
+    let left: BTreeSet<String> = ops::list_dead_letters(&broker.settings, 10)
+        .await
+        .unwrap()
+        .letters
+        .iter()
+        .map(|letter| letter.id().to_owned())
+        .collect();
+    let want: BTreeSet<String> = [sent[0].id.to_string(), sent[2].id.to_string()].into();
+    assert_eq!(left, want, "the others stay dead-lettered");
+}
+
+#[tokio::test]
+async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
+    let broker = TestBroker::new().await;
+    dead_letter(&broker, 3).await;
+    let dlq = broker.topology.dead_letter_queue();
+    // Nothing is bound to the webhooks exchange any more: a replayed copy
+    // would be unroutable, and must not cost the dead-letter copy.
+    let connection = amqp::connect(&broker.settings, "corral-tests ops")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_unbind(
+            broker.topology.queue().into(),
+            broker.topology.exchange().into(),
+            "dropcowboy.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let err = ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+        .await
+        .unwrap_err();
+    match &err {
+        OpsError::NotReplayed {
+            replayed, cause, ..
+        } => {
+            assert_eq!(*replayed, 0);
+            assert!(
+                matches!(
+                    **cause,
+                    ops::MoveError::Publish {
+                        error: PublishOutcomeError::Refused(Refused::Unroutable { .. }),
+                        ..
+                    }
+                ),
+                "{cause}"
+            );
+            assert!(cause.to_string().contains("unroutable"), "{cause}");
+        }
+        other => panic!("expected NotReplayed, got {other:?}"),
+    }
+    assert_eq!(broker.ready_count(&dlq).await, 3, "no dead letter was lost");
+    assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
+    let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
+    assert_eq!(listed.letters.len(), 3);
+    assert!(listed.letters.iter().all(|letter| letter.deaths == 1));
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_wrong_prefix_is_reported_not_created() {
+    let broker = TestBroker::new().await;
+    let mut settings = broker.settings.clone();
+    settings.prefix = format!("{}-typo", broker.prefix());
+    let err = ops::list_dead_letters(&settings, 10).await.unwrap_err();
+    assert!(
+        matches!(&err, OpsError::Missing { name, .. } if name.ends_with("-typo.dead-letter")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn replayed_dead_letters_are_stored_by_the_worker() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let sent = dead_letter(&broker, 2).await;
+    ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+        .await
+        .unwrap();
+    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let client = db.client().await;
+    let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
+    wait::until_true("both replayed webhooks stored", WAIT, || {
+        let client = &client;
+        let ids = &ids;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM delivery_events WHERE message_id = ANY($1)",
+                    &[ids],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 2
+        }
+    })
+    .await;
+    worker.stop().await.unwrap();
+}

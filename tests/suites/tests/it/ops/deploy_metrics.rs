@@ -1,0 +1,221 @@
+//! deploy/: every corral_* metric the dashboard and the alerts name exists.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use corral_shared::telemetry::metrics::{CATALOGUE, Kind};
+use corral_testkit::{
+    apps::{RunningIngress, RunningWorker, TOKEN},
+    broker::TestBroker,
+    config,
+    database::TestDatabase,
+    fixtures, wait,
+};
+
+use super::helpers::*;
+
+/// A `corral_*` metric named in a deploy file, with the label names its
+/// selectors use.
+#[derive(Debug, Default)]
+struct Named {
+    /// Label names in `{…}` right after the name.
+    labels: BTreeSet<String>,
+    /// Files it appears in.
+    files: BTreeSet<String>,
+}
+
+fn deploy_dir() -> PathBuf {
+    corral_testkit::process::workspace_root().join("deploy")
+}
+
+/// Every string value of a JSON document (the queries of a dashboard are strings).
+fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| json_strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| json_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Finds `corral_…` metric names and the label names of a `{…}` selector
+/// that follows one.
+fn scan(text: &str, file: &str, found: &mut BTreeMap<String, Named>) {
+    let bytes = text.as_bytes();
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut i = 0;
+    while let Some(offset) = text[i..].find("corral_") {
+        let start = i + offset;
+        i = start + "corral_".len();
+        if start > 0 && is_name(bytes[start - 1]) {
+            continue;
+        }
+        let mut end = i;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        if end == i {
+            // `corral_*` in prose, not a metric.
+            continue;
+        }
+        let name = text[start..end].to_owned();
+        let entry = found.entry(name).or_default();
+        entry.files.insert(file.to_owned());
+        if bytes.get(end) == Some(&b'{') {
+            let close = text[end..].find('}').map_or(text.len(), |c| end + c);
+            for matcher in text[end + 1..close].split(',') {
+                let label: String = matcher
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !label.is_empty() {
+                    entry.labels.insert(label);
+                }
+            }
+        }
+        i = end;
+    }
+}
+
+/// The metric names (with their selectors' labels) that the dashboards in
+/// `deploy/grafana/` and the rules in `deploy/prometheus/alerts.yaml` use.
+fn named_in_deploy() -> BTreeMap<String, Named> {
+    let mut found = BTreeMap::new();
+    let grafana = deploy_dir().join("grafana");
+    let mut dashboards = 0;
+    for entry in std::fs::read_dir(&grafana).expect("deploy/grafana exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "json") {
+            dashboards += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()));
+            let mut strings = Vec::new();
+            json_strings(&json, &mut strings);
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            for s in strings {
+                scan(&s, &file, &mut found);
+            }
+        }
+    }
+    assert!(dashboards > 0, "no dashboard in {}", grafana.display());
+    let alerts = deploy_dir().join("prometheus/alerts.yaml");
+    let text = std::fs::read_to_string(&alerts).expect("deploy/prometheus/alerts.yaml exists");
+    // Comments are prose; the rules are the rest.
+    let rules: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    scan(&rules, "alerts.yaml", &mut found);
+    found
+}
+
+/// The catalogue name a series name belongs to: itself, or a histogram's
+/// name without `_bucket` / `_sum` / `_count`.
+fn base_name(name: &str) -> (&str, bool) {
+    if CATALOGUE.iter().any(|def| def.name == name) {
+        return (name, false);
+    }
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix)
+            && CATALOGUE
+                .iter()
+                .any(|def| def.name == base && def.kind == Kind::Histogram)
+        {
+            return (base, suffix == "_bucket");
+        }
+    }
+    (name, false)
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
+    let named = named_in_deploy();
+    for expected in [
+        "corral_ingress_requests_total",
+        "corral_ingress_publish_failures_total",
+        "corral_worker_messages_total",
+        "corral_worker_end_to_end_seconds_bucket",
+        "corral_ready",
+    ] {
+        assert!(
+            named.contains_key(expected),
+            "{expected} should be on the dashboard or in the alerts; found {:?}",
+            named.keys()
+        );
+    }
+
+    // Both binaries, one webhook all the way through, so that every histogram
+    // has a sample and is exported.
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
+    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    assert_eq!(
+        ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),
+        200
+    );
+    wait::until_true("the webhook to be stored", WAIT, || async {
+        worker
+            .metrics()
+            .await
+            .get(r#"corral_worker_messages_total{outcome="stored"}"#)
+            >= 1.0
+    })
+    .await;
+    let mut exported = ingress.metrics().await.names();
+    exported.extend(worker.metrics().await.names());
+    worker.stop().await.unwrap();
+    ingress.stop().await.unwrap();
+
+    let target_labels = [
+        "job",
+        "instance",
+        "namespace",
+        "pod",
+        "service",
+        "container",
+        "endpoint",
+    ];
+    let mut problems = Vec::new();
+    for (name, use_) in &named {
+        let (base, bucket) = base_name(name);
+        let Some(def) = CATALOGUE.iter().find(|def| def.name == base) else {
+            problems.push(format!(
+                "{name} (in {:?}) is not in the catalogue",
+                use_.files
+            ));
+            continue;
+        };
+        if !exported.contains(base) {
+            problems.push(format!(
+                "{name} (in {:?}) is not exported by either binary",
+                use_.files
+            ));
+        }
+        for label in &use_.labels {
+            let known = def.labels.contains(&label.as_str())
+                || (bucket && label == "le")
+                || target_labels.contains(&label.as_str());
+            if !known {
+                problems.push(format!(
+                    "{name} (in {:?}) has no label {label:?}; it has {:?}",
+                    use_.files, def.labels
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "deploy/ names metrics that do not exist:\n{}",
+        problems.join("\n")
+    );
+}

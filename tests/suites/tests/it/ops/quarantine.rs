@@ -1,0 +1,231 @@
+//! `corral-worker quarantine`: re-processing quarantined webhooks.
+
+use std::collections::BTreeMap;
+
+use corral_shared::envelope::{self};
+use corral_testkit::{config, database::TestDatabase, fixtures};
+use corral_worker::{
+    config::QuarantineCommand,
+    ops::{self, ReprocessOptions, Verdict},
+};
+use uuid::Uuid;
+
+/// Inserts a quarantine row as an older worker would have left it.
+async fn quarantine(
+    client: &tokio_postgres::Client,
+    body: &str,
+    routing_key: &str,
+    message_id: Option<Uuid>,
+    error: &str,
+) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO quarantined_webhooks (body_sha256, message_id, routing_key, body, error, received_at)
+             VALUES (sha256($1), $2, $3, $1, $4, now() - interval '1 day') RETURNING id",
+            &[&body.as_bytes(), &message_id, &routing_key, &error],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let config = config::worker(&db.url, "unused");
+
+    // Typeable now (a fix since): the same webhook twice, formatted differently.
+    let typeable = fixtures::SMS_FAILURE.trim().to_owned();
+    let reformatted = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&typeable).unwrap(),
+    )
+    .unwrap();
+    let message_id = Uuid::now_v7();
+    let fixed = quarantine(
+        &client,
+        &typeable,
+        envelope::Kind::Sms.routing_key(),
+        Some(message_id),
+        "an old bug",
+    )
+    .await;
+    let fixed_twin = quarantine(
+        &client,
+        &reformatted,
+        envelope::Kind::Sms.routing_key(),
+        None,
+        "an old bug",
+    )
+    .await;
+    // Still not typeable.
+    let broken = quarantine(
+        &client,
+        r#"{"status":"success"}"#,
+        envelope::Kind::Rvm.routing_key(),
+        None,
+        "an old bug",
+    )
+    .await;
+
+    let targeted = ops::reprocess_quarantined(
+        &config,
+        &ReprocessOptions {
+            dry_run: true,
+            ids: vec![broken],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(targeted.rows.len(), 1, "--id takes only that row");
+
+    let dry = ops::reprocess_quarantined(
+        &config,
+        &ReprocessOptions {
+            dry_run: true,
+            batch: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.stored, dry.duplicate, dry.still_failing()), (1, 1, 1));
+    assert_eq!(
+        count(&client, "quarantined_webhooks").await,
+        3,
+        "dry run changed nothing"
+    );
+    assert_eq!(count(&client, "delivery_events").await, 0);
+    assert_eq!(count(&client, "deliveries").await, 0);
+
+    let report = ops::reprocess_quarantined(&config, &ReprocessOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((report.stored, report.duplicate), (1, 1));
+    let verdicts: BTreeMap<i64, Verdict> = report.rows.into_iter().collect();
+    assert_eq!(verdicts[&fixed], Verdict::Resolved);
+    assert_eq!(verdicts[&fixed_twin], Verdict::Resolved);
+    assert!(
+        matches!(&verdicts[&broken], Verdict::StillFailing(error) if error.contains("drop_id")),
+        "{verdicts:?}"
+    );
+
+    // Stored exactly as the worker stores it.
+    let row = client
+        .query_one(
+            "SELECT e.kind, e.drop_id, e.status, e.reason, e.product_cost::text, e.message_id, d.drop_id AS latest
+             FROM delivery_events e JOIN deliveries d ON d.event_id = e.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let typed = corral_shared::payload::parse(typeable.as_bytes()).unwrap();
+    assert_eq!(row.get::<_, String>("kind"), "sms");
+    assert_eq!(row.get::<_, String>("drop_id"), typed.status.drop_id);
+    assert_eq!(row.get::<_, String>("latest"), typed.status.drop_id);
+    assert_eq!(row.get::<_, String>("status"), typed.status.status);
+    assert_eq!(
+        row.get::<_, Option<String>>("product_cost"),
+        typed.status.product_cost.map(|cost| cost.to_string())
+    );
+    assert_eq!(count(&client, "delivery_events").await, 1);
+    // The row that still fails stays, with today's error.
+    let left = client
+        .query_one("SELECT id, error FROM quarantined_webhooks", &[])
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>("id"), broken);
+    let error: String = left.get("error");
+    assert!(error.contains("drop_id"), "{error}");
+
+    // Running again changes nothing.
+    let again = ops::reprocess_quarantined(&config, &ReprocessOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((again.resolved(), again.still_failing()), (0, 1));
+    assert_eq!(count(&client, "delivery_events").await, 1);
+
+    // The command's own output.
+    let mut out = Vec::new();
+    ops::quarantine_command(QuarantineCommand::List { limit: 10 }, &config, &mut out)
+        .await
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(&format!(
+            "{broken}\t-\t{}",
+            envelope::Kind::Rvm.routing_key()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("# listed 1 row(s)"), "{out}");
+}
+
+#[tokio::test]
+async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
+    // A row that types now but that PostgreSQL refuses stays quarantined and
+    // nothing of it is stored: the same split as the worker's.
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
+        )
+        .await
+        .unwrap();
+    let config = config::worker(&db.url, "unused");
+    let refused =
+        fixtures::delivery_status("d-refused", "2026-11-27T05:24:31Z", "Spam detected", "f-1");
+    let accepted = fixtures::delivery_status("d-accepted", "2026-11-27T05:24:31Z", "", "f-2");
+    let refused_id = quarantine(
+        &client,
+        &refused,
+        envelope::Kind::Sms.routing_key(),
+        None,
+        "old",
+    )
+    .await;
+    let accepted_id = quarantine(
+        &client,
+        &accepted,
+        envelope::Kind::Sms.routing_key(),
+        None,
+        "old",
+    )
+    .await;
+
+    let report = ops::reprocess_quarantined(&config, &ReprocessOptions::default())
+        .await
+        .unwrap();
+    let verdicts: BTreeMap<i64, Verdict> = report.rows.into_iter().collect();
+    assert_eq!(verdicts[&accepted_id], Verdict::Resolved);
+    assert!(
+        matches!(&verdicts[&refused_id], Verdict::StillFailing(error) if error.contains("test_no_spam")),
+        "{verdicts:?}"
+    );
+    let stored: Vec<String> = client
+        .query("SELECT drop_id FROM delivery_events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored, ["d-accepted"]);
+    let left: Vec<i64> = client
+        .query("SELECT id FROM quarantined_webhooks", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, [refused_id]);
+}

@@ -1,0 +1,34 @@
+//! corral-worker against real RabbitMQ and PostgreSQL: typing, exactness,
+//! exactly-once storage, ordering, quarantine, database and broker outages,
+//! graceful shutdown.
+//!
+//! Messages are published straight to the test's exchange with the
+//! properties ingress gives them ([`envelope::properties`]), so each test
+//! controls exactly what the worker receives and in which batch. Faults are
+//! made with per-test means only (a [`TcpProxy`] in front of RabbitMQ or
+//! PostgreSQL, a trigger or `ALLOW_CONNECTIONS` on the test's own database,
+//! `pg_terminate_backend` of the worker's own backends), never by touching the
+//! shared services.
+//!
+//! # Layout
+//!
+//! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing
+//!   workers.
+//! - `helpers`: What the worker tests share: settings, publishing as ingress,
+//!   counting rows, metrics, slow commits, proxies and typed rows.
+//! - `ordering`: The newest state wins whatever the arrival order.
+//! - `outages`: Database and broker outages lose nothing and ack nothing early.
+//! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
+//!   of its batch stored.
+//! - `shutdown`: Graceful shutdown, with and without the database.
+//! - `tls`: Verified TLS to PostgreSQL.
+//! - `typing`: Samples and every documented failure reason become exact rows.
+
+mod exactly_once;
+mod helpers;
+mod ordering;
+mod outages;
+mod quarantine;
+mod shutdown;
+mod tls;
+mod typing;

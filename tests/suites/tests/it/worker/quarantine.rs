@@ -1,0 +1,257 @@
+//! What cannot be typed or stored is quarantined, and the rest of its batch
+//! stored.
+
+use chrono::{DateTime, Utc};
+use corral_shared::envelope::Kind;
+use corral_testkit::{
+    apps::RunningWorker,
+    broker::TestBroker,
+    database::TestDatabase,
+    fixtures::{self},
+};
+use tokio_postgres::Client;
+
+use super::helpers::*;
+
+/// A webhook the worker cannot type, and the exact error it must be kept with.
+struct Untypeable {
+    routing_key: &'static str,
+    body: Vec<u8>,
+    /// The error text, or its beginning when it ends with `…`.
+    error: &'static str,
+}
+
+fn untypeable() -> Vec<Untypeable> {
+    let case = |routing_key, body: &[u8], error| Untypeable {
+        routing_key,
+        body: body.to_vec(),
+        error,
+    };
+    vec![
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"phone_number":"+15552224444","attempt_date":"2019-03-17T21:10:26.000Z","status":"success"}"#,
+            "`drop_id` is missing",
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e1b","attempt_date":"2019-03-17T21:10:26.000Z","status":1}"#,
+            "`status` must be a string, found a number",
+        ),
+        case(
+            Kind::Rvm.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e1c","attempt_date":"17/03/2019 21:10","status":"success"}"#,
+            r#"`attempt_date` is not an RFC 3339 date-time in years 1-9999: "17/03/2019 21:10""#,
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e1d","attempt_date":"2019-03-17T21:10:26.000Z","status":"success","product_cost":"ten cents"}"#,
+            r#"`product_cost` is not an exact decimal amount: "ten cents""#,
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e1e","attempt_date":"2019-03-17T21:10:26.000Z","status":"success","compliance_fee":true}"#,
+            "`compliance_fee` must be a number, found a boolean",
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"[{"drop_id":"5c8eb7940a057a4ab0823e1f"}]"#,
+            "body is JSON but not an object",
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e20","status":"#,
+            "body is not valid JSON: EOF while parsing a value…",
+        ),
+        case(
+            "dropcowboy.fax",
+            fixtures::SMS_SUCCESS.as_bytes(),
+            r#"unknown routing key "dropcowboy.fax""#,
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            br#"{"drop_id":"5c8eb7940a057a4ab0823e21","attempt_date":"2019-03-17T21:10:26.000Z","status":"success","foreign_id":"order\u0000-1"}"#,
+            "a string contains U+0000, which PostgreSQL cannot store",
+        ),
+        case(
+            Kind::Sms.routing_key(),
+            b"{\"drop_id\":\"5c8eb7940a057a4ab0823e22\",\"foreign_id\":\"\xff\xfe\"}",
+            "body is not UTF-8: invalid utf-8 sequence…",
+        ),
+    ]
+}
+
+/// Asserts `sent` is in `quarantined_webhooks` byte for byte, with its envelope
+/// and an error matching `error` (exact, or a prefix when it ends with `…`).
+async fn assert_quarantined(client: &Client, sent: &Sent, error: &str) {
+    let row = client
+        .query_one(
+            "SELECT body, error, routing_key, received_at, quarantined_at IS NOT NULL
+             FROM quarantined_webhooks WHERE message_id = $1",
+            &[&sent.id],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("quarantined row for {error:?}: {err}"));
+    let body: Vec<u8> = row.get(0);
+    assert_eq!(body, sent.body, "the raw body, byte for byte ({error})");
+    let stored_error: String = row.get(1);
+    match error.strip_suffix('…') {
+        Some(prefix) => assert!(
+            stored_error.starts_with(prefix),
+            "error {stored_error:?} should start with {prefix:?}"
+        ),
+        None => assert_eq!(stored_error, error),
+    }
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(sent.routing_key.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<DateTime<Utc>>>(3),
+        Some(sent.received_at)
+    );
+    assert!(row.get::<_, bool>(4));
+}
+
+#[tokio::test]
+async fn untypeable_payloads_are_quarantined_byte_for_byte_and_their_batch_stored() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let cases = untypeable();
+    // Valid webhooks first, between and last; one batch holds them all.
+    let mut good = vec![send(&broker, Kind::Sms.routing_key(), valid("").1).await];
+    let mut bad = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        bad.push(send(&broker, case.routing_key, &case.body).await);
+        if i == cases.len() / 2 {
+            good.push(send(&broker, Kind::Rvm.routing_key(), valid("Spam detected").1).await);
+        }
+    }
+    good.push(
+        send(
+            &broker,
+            Kind::Sms.routing_key(),
+            valid("Message too long").1,
+        )
+        .await,
+    );
+    let batch = (good.len() + bad.len()) as u32;
+    let worker = RunningWorker::start(batches_of(batch, &db.url, broker.prefix())).await;
+    let client = db.client().await;
+    wait_count(&client, QUARANTINE, cases.len() as i64).await;
+    wait_count(&client, EVENTS, good.len() as i64).await;
+
+    for (sent, case) in bad.iter().zip(&cases) {
+        assert_quarantined(&client, sent, case.error).await;
+    }
+    assert_each_stored_once(&client, &good).await;
+    let metrics = settled(&worker, QUARANTINED, cases.len() as f64).await;
+    assert_eq!(metrics.get(QUARANTINED), cases.len() as f64);
+    assert_eq!(metrics.get(STORED), good.len() as f64);
+    assert_eq!(
+        metrics.get("corral_worker_batch_size_count"),
+        1.0,
+        "everything was one batch"
+    );
+
+    // The same untypeable body again is kept once and counted as a duplicate.
+    worker.stop().await.expect("the worker stops cleanly");
+    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let before = worker.metrics().await;
+    send(&broker, cases[0].routing_key, &cases[0].body).await;
+    wait_metric(&worker, &before, DUPLICATE, 1.0).await;
+    assert_eq!(count(&client, QUARANTINE).await, cases.len() as i64);
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// A payload that types fine but that PostgreSQL refuses (an extra field
+/// whose JSON number overflows `numeric`, so `payload::jsonb` fails with
+/// 22003): the batch is split until that one is alone, it is quarantined with
+/// PostgreSQL's own error, and every other message of the batch is stored.
+#[tokio::test]
+async fn rows_postgres_refuses_are_split_out_and_quarantined() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let refused = |drop_id: &str| {
+        let body = fixtures::delivery_status(drop_id, "2026-11-27T05:24:31.000Z", "", "order-7");
+        format!(
+            r#"{}, "carrier_score": 1e200000}}"#,
+            body.trim_end_matches('}')
+        )
+    };
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..8 {
+        if i == 2 || i == 6 {
+            bad.push(
+                send(
+                    &broker,
+                    Kind::Sms.routing_key(),
+                    refused(&format!("bbbbbbbbbbbbbbbbbbbbbb0{i}")),
+                )
+                .await,
+            );
+        } else {
+            good.push(send(&broker, Kind::Sms.routing_key(), valid("Known Litigator").1).await);
+        }
+    }
+    let worker = RunningWorker::start(batches_of(8, &db.url, broker.prefix())).await;
+    let client = db.client().await;
+    wait_count(&client, QUARANTINE, 2).await;
+    wait_count(&client, EVENTS, 6).await;
+    for sent in &bad {
+        assert_quarantined(
+            &client,
+            sent,
+            "PostgreSQL refused the typed row: value overflows numeric format",
+        )
+        .await;
+    }
+    assert_each_stored_once(&client, &good).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 6);
+    let metrics = settled(&worker, QUARANTINED, 2.0).await;
+    assert_eq!(metrics.get(STORED), 6.0);
+    assert_eq!(metrics.get(QUARANTINED), 2.0);
+    assert!(metrics.get(DB_DATA) >= 1.0, "the split is counted");
+    assert_eq!(
+        metrics.get(DB_TRANSIENT),
+        0.0,
+        "a data error is not retried"
+    );
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// A routing key with a NUL byte (AMQP allows it, PostgreSQL text does not)
+/// is quarantined with the key escaped; before the fix its batch failed as
+/// if the database were down and was retried forever, blocking the queue.
+#[tokio::test]
+async fn a_routing_key_postgres_cannot_store_does_not_block_the_queue() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let odd = send(&broker, "dropcowboy.sms\0x", fixtures::SMS_SUCCESS).await;
+    let good = send(&broker, Kind::Sms.routing_key(), valid("").1).await;
+    let worker = RunningWorker::start(batches_of(2, &db.url, broker.prefix())).await;
+    let client = db.client().await;
+    wait_count(&client, QUARANTINE, 1).await;
+    assert_each_stored_once(&client, &[good]).await;
+    let row = client
+        .query_one(
+            "SELECT body, error, routing_key FROM quarantined_webhooks WHERE message_id = $1",
+            &[&odd.id],
+        )
+        .await
+        .expect("the quarantined row");
+    assert_eq!(row.get::<_, Vec<u8>>(0), odd.body);
+    assert_eq!(
+        row.get::<_, String>(1),
+        r#"unknown routing key "dropcowboy.sms\0x""#
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(r"dropcowboy.sms\u0000x")
+    );
+    let metrics = settled(&worker, QUARANTINED, 1.0).await;
+    assert_eq!(metrics.get(STORED), 1.0);
+    assert_eq!(metrics.get(DB_TRANSIENT), 0.0);
+    worker.stop().await.expect("the worker stops cleanly");
+}
