@@ -44,6 +44,18 @@ where
     }
 }
 
+/// Waits the policy's first delay (100–200 ms), or less if `shutdown` is
+/// cancelled: the pause before reconnecting after a link that worked was
+/// lost, so a broker that drops every new connection at once is not hammered.
+pub async fn pause(shutdown: &CancellationToken, max: Duration) {
+    use backon::BackoffBuilder as _;
+    let delay = policy(max).build().next().unwrap_or(max);
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
 /// Runs `attempt` until it succeeds or `retryable` calls an error final
 /// (then that error is returned), waiting per [`policy`] between attempts.
 pub async fn until_final<T, E, Fut>(

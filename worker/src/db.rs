@@ -116,12 +116,8 @@ fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let bundle = corral_shared::config::read_ca_bundle(path).map_err(|reason| {
-                anyhow::anyhow!(
-                    "reading CORRAL_DATABASE_CA_FILE {}: {reason}",
-                    path.display()
-                )
-            })?;
+            let bundle = corral_shared::config::read_ca_bundle(path)
+                .with_context(|| format!("reading CORRAL_DATABASE_CA_FILE {}", path.display()))?;
             let (added, _) = roots.add_parsable_certificates(bundle.certificates);
             anyhow::ensure!(
                 added > 0,

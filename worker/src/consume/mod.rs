@@ -31,7 +31,7 @@ use corral_shared::{
     admin::Health,
     amqp::{self, Topology},
     config::AmqpSettings,
-    error_chain,
+    error_chain, retry,
 };
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
@@ -83,21 +83,27 @@ pub async fn run(
 ) {
     let topology = Topology::new(&settings.amqp);
     loop {
-        let opened = amqp::reconnect(&shutdown, &settings.amqp, || {
-            RabbitMqSource::open(&settings.amqp, &topology, settings.prefetch)
+        let connected = amqp::reconnect(&shutdown, &settings.amqp, || {
+            RabbitMqSource::connect(&settings.amqp, &topology)
         })
         .await;
-        let Some(mut source) = opened else { return };
-        health.set_broker(true);
-        tracing::info!(
-            queue = topology.queue(),
-            prefetch = settings.prefetch,
-            writers = settings.writers,
-            "consuming"
-        );
-        let end = batcher::session(&settings, &mut source, &pool, &health, &shutdown).await;
-        health.set_broker(false);
-        source.close().await;
+        let Some(connected) = connected else { return };
+        let end = match connected.consume(&topology, settings.prefetch).await {
+            Ok(mut source) => {
+                health.set_broker(true);
+                tracing::info!(
+                    queue = topology.queue(),
+                    prefetch = settings.prefetch,
+                    writers = settings.writers,
+                    "consuming"
+                );
+                let end = batcher::session(&settings, &mut source, &pool, &health, &shutdown).await;
+                health.set_broker(false);
+                source.close().await;
+                end
+            }
+            Err(err) => SessionEnd::Source(err),
+        };
         match end {
             SessionEnd::Drained => {
                 tracing::info!(
@@ -114,5 +120,6 @@ pub async fn run(
                 "lost the RabbitMQ link; reconnecting"
             ),
         }
+        retry::pause(&shutdown, settings.amqp.reconnect_max()).await;
     }
 }

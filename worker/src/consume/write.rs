@@ -43,12 +43,14 @@ pub(super) struct Written<A> {
 /// Why one attempt to write a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
+    // Neither holds its error as a `source`: both libraries already print
+    // their cause in their message, so a chain would show it twice.
     /// No pooled connection could be had.
-    #[error("no database connection")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("no database connection: {0}")]
+    Pool(deadpool_postgres::PoolError),
     /// PostgreSQL refused or failed a statement.
-    #[error("the batch write failed")]
-    Database(#[from] tokio_postgres::Error),
+    #[error("the batch write failed: {0}")]
+    Database(tokio_postgres::Error),
     /// The attempt as a whole outlived its deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -130,8 +132,10 @@ async fn attempt(
 ) -> Result<BatchOutcome, WriteError> {
     let bound = settings.db_timeout * 3;
     let write = async {
-        let mut client = pool.get().await?;
-        Ok(store::write_batch(&mut client, messages).await?)
+        let mut client = pool.get().await.map_err(WriteError::Pool)?;
+        store::write_batch(&mut client, messages)
+            .await
+            .map_err(WriteError::Database)
     };
     let result = tokio::time::timeout(bound, write)
         .await

@@ -43,18 +43,50 @@ impl std::fmt::Debug for RabbitMqAck {
     }
 }
 
+/// A connection with the topology declared, not consuming yet.
+#[derive(Debug)]
+pub struct Connected {
+    connection: Connection,
+    channel: Channel,
+    timeout: Duration,
+}
+
 impl RabbitMqSource {
-    /// Connects, declares the topology and starts consuming with `prefetch`.
-    pub async fn open(
+    /// Connects and declares the topology.
+    pub async fn connect(
         settings: &AmqpSettings,
         topology: &Topology,
-        prefetch: u16,
-    ) -> Result<Self, SourceError> {
-        let timeout = settings.connect_timeout();
+    ) -> Result<Connected, SourceError> {
         let (connection, channel) =
             amqp::connect_and_declare(settings, topology, "corral-worker").await?;
+        Ok(Connected {
+            connection,
+            channel,
+            timeout: settings.connect_timeout(),
+        })
+    }
+
+    /// Closes the connection; RabbitMQ gives back whatever was not acknowledged.
+    pub async fn close(self) {
+        amqp::close(&self.connection, self.timeout, "corral-worker closing").await;
+    }
+}
+
+impl Connected {
+    /// Starts consuming the queue with `prefetch`; on failure the connection
+    /// is closed.
+    pub async fn consume(
+        self,
+        topology: &Topology,
+        prefetch: u16,
+    ) -> Result<RabbitMqSource, SourceError> {
+        let Self {
+            connection,
+            channel,
+            timeout,
+        } = self;
         match consume(&channel, topology, prefetch, timeout).await {
-            Ok((consumer, tag)) => Ok(Self {
+            Ok((consumer, tag)) => Ok(RabbitMqSource {
                 connection,
                 channel,
                 consumer,
@@ -62,15 +94,10 @@ impl RabbitMqSource {
                 timeout,
             }),
             Err(err) => {
-                amqp::close(&connection, timeout, "setup failed").await;
+                amqp::close(&connection, timeout, "corral-worker closing").await;
                 Err(err.into())
             }
         }
-    }
-
-    /// Closes the connection; RabbitMQ gives back whatever was not acknowledged.
-    pub async fn close(self) {
-        amqp::close(&self.connection, self.timeout, "corral-worker closing").await;
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use corral_shared::{
     amqp::{self, AmqpError, deadline},
-    error_chain,
+    error_chain, retry,
     telemetry::metrics,
 };
 use futures_util::StreamExt;
@@ -93,7 +93,8 @@ impl Link {
     }
 }
 
-/// Keeps a link up: connect, declare, serve until it fails, back off, repeat.
+/// Keeps a link up: connect (backing off while that fails), declare, serve
+/// until it fails, pause, repeat.
 pub(super) async fn supervise(inner: Arc<Inner>) {
     let settings = &inner.settings.amqp;
     loop {
@@ -120,6 +121,7 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         );
         let timeout = settings.connect_timeout();
         tokio::spawn(async move { link.close(timeout).await });
+        retry::pause(&inner.shutdown, settings.reconnect_max()).await;
     }
 }
 
