@@ -10,8 +10,8 @@ use lapin::{
     BasicProperties, Channel, Connection,
     message::BasicGetMessage,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -156,33 +156,16 @@ impl TestBroker {
     /// Publishes `body` to the webhooks exchange with `routing_key` and waits
     /// for the confirm, as ingress would (tests of the worker start here).
     pub async fn publish(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
-        let confirm = amqp::deadline(
-            "publish",
+        amqp::publish_confirmed(
+            &self.channel,
+            &self.topology.exchange(),
+            routing_key,
+            body,
+            properties,
             TIMEOUT,
-            self.channel.basic_publish(
-                self.topology.exchange().into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                body,
-                properties,
-            ),
         )
         .await
-        .expect("publish");
-        let confirmation = amqp::deadline("confirm", TIMEOUT, confirm)
-            .await
-            .expect("confirm");
-        assert!(
-            confirmation.is_ack(),
-            "the broker did not ack the test publish"
-        );
-        assert!(
-            confirmation.take_message().is_none(),
-            "the test publish was unroutable"
-        );
+        .expect("the broker takes the test publish (acked and routed)");
     }
 }
 
@@ -203,7 +186,7 @@ pub async fn delete_prefix(prefix: &str) {
         amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
     {
         let _ = delete_topology(&topology, &channel, TIMEOUT).await;
-        let _ = connection.close(200, "cleanup".into()).await;
+        amqp::close(&connection, TIMEOUT, "cleanup").await;
     }
 }
 

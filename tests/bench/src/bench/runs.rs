@@ -138,7 +138,7 @@ pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
     while let Some(confirmation) = pending.next().await {
         anyhow::ensure!(confirmation?.is_ack(), "prefill publish nacked");
     }
-    let _ = connection.close(200, "prefilled".into()).await;
+    corral_shared::amqp::close(&connection, Duration::from_secs(10), "prefilled").await;
     Ok(())
 }
 

@@ -86,7 +86,7 @@ pub async fn confirm_latency(
     }
     drain.stop().await;
     broker::delete_topology(&topology, &channels[0], timeout).await?;
-    let _ = connection.close(200, "probe done".into()).await;
+    amqp::close(&connection, timeout, "probe done").await;
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(LatencyProbe {
         rate,
@@ -144,7 +144,7 @@ impl Drain {
 
     /// Stops consuming.
     pub async fn stop(self) {
-        let _ = self.connection.close(200, "drain done".into()).await;
+        amqp::close(&self.connection, Duration::from_secs(10), "drain done").await;
         self.task.abort();
     }
 }

@@ -35,7 +35,7 @@ use corral_shared::{
     config::AmqpSettings,
     envelope,
 };
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -122,16 +122,12 @@ pub async fn publish_as_ingress(
     routing_key: &str,
     body: &[u8],
 ) -> lapin::Result<lapin::PublisherConfirm> {
-    channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            body,
-            envelope::properties(Uuid::now_v7(), Utc::now()),
-        )
-        .await
+    amqp::publish_mandatory(
+        channel,
+        exchange.into(),
+        routing_key.into(),
+        body,
+        envelope::properties(Uuid::now_v7(), Utc::now()),
+    )
+    .await
 }

@@ -69,7 +69,7 @@ pub async fn publish(probe: &PublishProbe) -> anyhow::Result<ProbeResult> {
     if probe.delete_after {
         broker::delete_topology(&topology, &channels[0], timeout).await?;
     }
-    let _ = connection.close(200, "probe done".into()).await;
+    amqp::close(&connection, timeout, "probe done").await;
     Ok(ProbeResult::new(
         ProbeKey::Publish {
             in_flight: probe.in_flight,

@@ -65,7 +65,7 @@ pub async fn ensure_services_up(timeout: Duration) {
                 .await;
         let database = tokio_postgres::connect(database::SERVER_URL, tokio_postgres::NoTls).await;
         if let (Ok(connection), Ok(_)) = (broker, database) {
-            let _ = connection.close(200, "ok".into()).await;
+            corral_shared::amqp::close(&connection, Duration::from_secs(10), "ok").await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

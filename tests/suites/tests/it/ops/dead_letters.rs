@@ -1,6 +1,6 @@
 //! `corral-worker dead-letters`: listing, dry runs and replays.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 use corral_shared::amqp::{PublishOutcomeError, Refused};
@@ -88,7 +88,7 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
         || async { broker.ready_count(&dead_letters).await == count as u32 },
     )
     .await;
-    let _ = connection.close(200, "done".into()).await;
+    amqp::close(&connection, Duration::from_secs(10), "done").await;
     sent
 }
 
@@ -337,7 +337,7 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
     let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
     assert_eq!(listed.letters.len(), 3);
     assert!(listed.letters.iter().all(|letter| letter.deaths == 1));
-    let _ = connection.close(200, "done".into()).await;
+    amqp::close(&connection, Duration::from_secs(10), "done").await;
 }
 
 #[tokio::test]
