@@ -64,12 +64,12 @@ impl RunningIngress {
 
     /// `http://127.0.0.1:<port>`: what `corral-loadgen` takes as its target.
     pub fn base_url(&self) -> String {
-        base_url(self.port)
+        crate::base_url(self.port)
     }
 
     /// `http://127.0.0.1:<port>/webhooks/dropcowboy/<kind>`.
     pub fn url(&self, kind: &str) -> String {
-        webhook_url(self.port, kind)
+        crate::webhook_url(self.port, kind)
     }
 
     /// Posts `body` as JSON with the test token as a Bearer token.
@@ -152,16 +152,6 @@ impl RunningWorker {
         self.shutdown.cancel();
         self.task.await.expect("worker task panicked")
     }
-}
-
-/// `http://127.0.0.1:<port>`, the base of an ingress's webhook routes.
-pub fn base_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
-/// `http://127.0.0.1:<port>/webhooks/dropcowboy/<kind>`.
-pub fn webhook_url(port: u16, kind: &str) -> String {
-    format!("{}/webhooks/dropcowboy/{kind}", base_url(port))
 }
 
 async fn wait_ready(http: &reqwest::Client, admin_port: u16, ready: bool) {

@@ -3,8 +3,10 @@
 //! chosen by the OS, a test token, small pools on a shared PostgreSQL).
 
 use clap::Parser;
+#[cfg(feature = "apps")]
 use corral_ingress::config::IngressConfig;
 use corral_shared::config::AmqpSettings;
+#[cfg(feature = "apps")]
 use corral_worker::config::{Cli as WorkerCli, WorkerConfig};
 
 /// The local RabbitMQ the tests share (`scripts/services`).
@@ -33,6 +35,7 @@ pub fn amqp(prefix: impl Into<String>) -> AmqpSettings {
 
 /// An ingress accepting `token`, on ports chosen by the OS, publishing under
 /// AMQP `prefix` on the local broker.
+#[cfg(feature = "apps")]
 pub fn ingress(prefix: &str, token: &str) -> IngressConfig {
     let mut config = IngressConfig::parse_from(["corral-ingress"]);
     config.listen = "127.0.0.1:0".into();
@@ -46,6 +49,7 @@ pub fn ingress(prefix: &str, token: &str) -> IngressConfig {
 /// A worker writing to `database_url`, consuming under AMQP `prefix` on the
 /// local broker, its admin port chosen by the OS and a small pool (the
 /// PostgreSQL connections are shared by every test running at once).
+#[cfg(feature = "apps")]
 pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = WorkerCli::parse_from(["corral-worker"]).config;
     config.database_url = database_url.into();

@@ -1,7 +1,5 @@
 //! A fresh PostgreSQL database for one test, migrated, dropped afterwards.
 
-use std::time::Duration;
-
 use tokio_postgres::{Client, NoTls};
 
 /// The maintenance URL the harness creates and drops databases through.
@@ -30,10 +28,12 @@ impl TestDatabase {
     }
 
     /// Creates the database and applies corral's migrations to it.
+    #[cfg(feature = "apps")]
     pub async fn migrated() -> Self {
         let db = Self::new().await;
-        let target = corral_worker::db::Target::new(&db.url, None, Duration::from_secs(10))
-            .expect("the test database URL");
+        let target =
+            corral_worker::db::Target::new(&db.url, None, std::time::Duration::from_secs(10))
+                .expect("the test database URL");
         corral_worker::db::migrate(&target)
             .await
             .expect("migrating the test database");

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: the services' settings for a test (their own command-line
 //!   defaults, with the local broker, OS-chosen ports and a test token).
-//! - [`apps`]: the real ingress and worker, built in-process on port 0.
+//! - `apps` (feature `apps`): the real ingress and worker, built in-process
+//!   on port 0.
 //! - [`process`]: the real binaries as child processes.
 //! - [`metrics`]: `/metrics` scraped and parsed.
 //! - [`broker`]: a private AMQP prefix per test, with helpers to read what
@@ -13,12 +14,14 @@
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
 //! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
 //!   a service without touching the shared service itself.
-//! - [`tls`]: a TLS front for PostgreSQL or RabbitMQ with a throwaway CA.
+//! - `tls` (feature `tls`): a TLS front for PostgreSQL or RabbitMQ with a
+//!   throwaway CA.
 //! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
 //! - [`fixtures`]: the provider's samples and generated payloads.
 //! - This module: unique resource names, test logging, and clean-up that
 //!   can run from a `Drop`.
 
+#[cfg(feature = "apps")]
 pub mod apps;
 pub mod broker;
 pub mod config;
@@ -27,6 +30,7 @@ pub mod fixtures;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod wait;
 
@@ -67,4 +71,14 @@ where
             .block_on(cleanup);
     });
     let _ = thread.join();
+}
+
+/// `http://127.0.0.1:<port>`, the base of an ingress's webhook routes.
+pub fn base_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `http://127.0.0.1:<port>/webhooks/dropcowboy/<kind>`.
+pub fn webhook_url(port: u16, kind: &str) -> String {
+    format!("{}/webhooks/dropcowboy/{kind}", base_url(port))
 }

@@ -10,9 +10,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
 use corral_shared::envelope::Kind;
 use corral_testkit::{
-    broker, config, database,
-    database::TestDatabase,
-    fixtures,
+    broker, config, database, fixtures,
     process::{self, Process, ProcessConfig},
     unique_name,
 };
@@ -152,7 +150,7 @@ pub async fn worker_alone_with(
     env: &[(String, String)],
 ) -> anyhow::Result<WorkerRun> {
     let prefix = unique_name("bench");
-    let db = TestDatabase::migrated().await;
+    let db = probes::migrated_database().await?;
     let started_fill = Instant::now();
     prefill(&prefix, messages).await?;
     eprintln!(
@@ -217,7 +215,7 @@ pub(super) async fn pipeline(
     duration: Duration,
 ) -> anyhow::Result<PipelineRun> {
     let prefix = unique_name("bench");
-    let db = TestDatabase::migrated().await;
+    let db = probes::migrated_database().await?;
     let mut worker = Process::start_ready(
         ProcessConfig::worker(&db.url, &prefix)
             .env("CORRAL_DB_POOL_SIZE", "4")

@@ -187,7 +187,7 @@ pub(super) async fn insert_chunk(
 /// (typing, fingerprints, the `deliveries` upsert); the gap between this and
 /// the worker draining a queue is the price of consuming and acknowledging.
 pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {
-    let db = database::TestDatabase::migrated().await;
+    let db = migrated_database().await?;
     let _ = server_url;
     let pool = corral_worker::db::pool(
         &corral_worker::db::Target::new(&db.url, None, Duration::from_secs(30))?,
@@ -218,4 +218,13 @@ pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Resul
         stored,
         started.elapsed(),
     ))
+}
+
+/// A fresh database of the benchmark's own, with corral's schema (applied by
+/// the worker's own migrations, as at a worker's start).
+pub async fn migrated_database() -> anyhow::Result<database::TestDatabase> {
+    let db = database::TestDatabase::new().await;
+    let target = corral_worker::db::Target::new(&db.url, None, Duration::from_secs(30))?;
+    corral_worker::db::migrate(&target).await?;
+    Ok(db)
 }

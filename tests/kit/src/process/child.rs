@@ -10,10 +10,7 @@ use std::{
 };
 
 use super::{ProcessConfig, binary_path, prepare_binaries};
-use crate::{
-    apps,
-    metrics::{self, Metrics},
-};
+use crate::metrics::{self, Metrics};
 
 /// Lines of a process's output kept for panic messages.
 const LOG_TAIL_LINES: usize = 60;
@@ -74,12 +71,12 @@ impl Process {
     /// `http://127.0.0.1:<listen port>` (ingress only): what
     /// `corral-loadgen` takes as its target.
     pub fn base_url(&self) -> String {
-        apps::base_url(self.listen_port())
+        crate::base_url(self.listen_port())
     }
 
     /// `http://127.0.0.1:<listen port>/webhooks/dropcowboy/<kind>` (ingress only).
     pub fn webhook_url(&self, kind: &str) -> String {
-        apps::webhook_url(self.listen_port(), kind)
+        crate::webhook_url(self.listen_port(), kind)
     }
 
     fn listen_port(&self) -> u16 {
