@@ -10,8 +10,8 @@
 //!
 //! - `connect`: URL and TLS checks, connecting, reconnecting until shutdown,
 //!   closing.
-//! - [`topology`]: the names under `CORRAL_AMQP_PREFIX` and their declaration.
-//! - [`publish`]: a mandatory publish and what its confirm means.
+//! - `topology`: the names under `CORRAL_AMQP_PREFIX` and their declaration.
+//! - `publish`: a mandatory publish and what its confirm means.
 
 mod connect;
 mod publish;

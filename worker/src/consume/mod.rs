@@ -18,9 +18,9 @@
 //! # Layout
 //!
 //! - this module: the settings and the reconnect loop around sessions.
-//! - [`batcher`]: one session: filling batches, writing several at once,
+//! - `batcher`: one session: filling batches, writing several at once,
 //!   acknowledging them in order, draining at shutdown.
-//! - [`write`]: one batch from its deliveries to its acknowledgement.
+//! - `write`: one batch from its deliveries to its acknowledgement.
 
 mod batcher;
 mod write;

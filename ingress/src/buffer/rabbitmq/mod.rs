@@ -18,7 +18,7 @@
 //! # Layout
 //!
 //! - this module: the handle, one publish from permit to verdict, shutdown.
-//! - [`link`]: the connection and its channels, and the supervisor that
+//! - `link`: the connection and its channels, and the supervisor that
 //!   keeps one up.
 
 mod link;
