@@ -105,13 +105,7 @@ pub async fn connect_and_declare(
 ) -> Result<(Connection, Channel), AmqpError> {
     let timeout = settings.connect_timeout();
     let connection = connect(settings, name).await?;
-    let declared = async {
-        let channel = deadline("opening a channel", timeout, connection.create_channel()).await?;
-        topology.declare(&channel, timeout).await?;
-        Ok::<_, AmqpError>(channel)
-    }
-    .await;
-    match declared {
+    match topology.declare(&connection, timeout).await {
         Ok(channel) => Ok((connection, channel)),
         Err(err) => {
             // Do not leave a half-set-up connection open on the broker.

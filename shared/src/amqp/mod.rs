@@ -80,6 +80,18 @@ pub enum AmqpError {
     },
 }
 
+impl AmqpError {
+    /// Whether the broker refused a declaration because the entity exists
+    /// with other properties or arguments (PRECONDITION_FAILED, 406).
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(
+            self,
+            AmqpError::Broker { source, .. }
+                if matches!(source.kind(), lapin::ErrorKind::ProtocolError(err) if err.get_id() == 406)
+        )
+    }
+}
+
 /// Runs a broker operation under a deadline, naming it in the error.
 pub async fn deadline<T>(
     operation: &'static str,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -49,6 +49,19 @@ impl Topology {
         format!("{}.dead-letter", self.prefix)
     }
 
+    /// The webhooks exchange's alternate exchange: whatever the webhooks
+    /// exchange cannot route (its queue or binding deleted under live
+    /// traffic) goes here instead of back to the publisher.
+    pub fn unroutable_exchange(&self) -> String {
+        format!("{}.unroutable", self.prefix)
+    }
+
+    /// Quorum queue behind [`Topology::unroutable_exchange`]; the worker
+    /// consumes it like the main queue.
+    pub fn unroutable_queue(&self) -> String {
+        format!("{}.unroutable", self.prefix)
+    }
+
     /// Arguments of the main queue. Any difference from an existing queue of
     /// the same name makes the broker refuse the declaration
     /// (PRECONDITION_FAILED), which [`Topology::declare`] reports as such.
@@ -80,66 +93,157 @@ impl Topology {
         args
     }
 
-    /// Declares exchanges, queues and bindings; idempotent.
-    pub async fn declare(&self, channel: &Channel, timeout: Duration) -> Result<(), AmqpError> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+    /// Arguments of the webhooks exchange. An exchange declared by an older
+    /// corral lacks `alternate-exchange`, and RabbitMQ refuses to redeclare
+    /// it with a different one (PRECONDITION_FAILED).
+    fn exchange_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(self.unroutable_exchange().into()),
+        );
+        args
+    }
+
+    /// A durable fanout exchange feeding one durable quorum queue.
+    async fn declare_fanout(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<(), AmqpError> {
         let mut quorum = FieldTable::default();
         quorum.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-
         deadline(
-            "declaring the dead-letter exchange",
+            "declaring a fanout exchange",
             timeout,
             channel.exchange_declare(
-                self.dead_letter_exchange().into(),
+                exchange.into(),
                 ExchangeKind::Fanout,
-                durable_exchange,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             ),
         )
         .await?;
         deadline(
-            "declaring the dead-letter queue",
+            "declaring a queue",
             timeout,
-            channel.queue_declare(self.dead_letter_queue().into(), durable_queue, quorum),
+            channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                quorum,
+            ),
         )
         .await?;
         deadline(
-            "binding the dead-letter queue",
+            "binding a queue",
             timeout,
             channel.queue_bind(
-                self.dead_letter_queue().into(),
-                self.dead_letter_exchange().into(),
+                queue.into(),
+                exchange.into(),
                 ShortString::from(""),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             ),
         )
+        .await
+    }
+
+    /// Declares exchanges, queues and bindings on a new channel of
+    /// `connection`, and returns the channel, open; idempotent.
+    ///
+    /// A webhooks exchange an older corral declared without the alternate
+    /// exchange cannot be redeclared with it: the broker closes the channel
+    /// (PRECONDITION_FAILED). corral then goes on with the exchange as it is,
+    /// on a new channel, and says how to add the safety net, rather than
+    /// refusing to start mid-upgrade while older instances still use it.
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        timeout: Duration,
+    ) -> Result<Channel, AmqpError> {
+        let open = || deadline("opening a channel", timeout, connection.create_channel());
+        let mut channel = open().await?;
+        self.declare_fanout(
+            &channel,
+            &self.dead_letter_exchange(),
+            &self.dead_letter_queue(),
+            timeout,
+        )
         .await?;
-        deadline(
+        self.declare_fanout(
+            &channel,
+            &self.unroutable_exchange(),
+            &self.unroutable_queue(),
+            timeout,
+        )
+        .await?;
+        let exchange = deadline(
             "declaring the webhooks exchange",
             timeout,
             channel.exchange_declare(
                 self.exchange().into(),
                 ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                self.exchange_arguments(),
             ),
         )
-        .await?;
+        .await;
+        match exchange {
+            Ok(()) => {}
+            Err(err) if err.is_precondition_failed() => {
+                tracing::warn!(
+                    exchange = self.exchange(),
+                    "the webhooks exchange was declared by an older corral without the \
+                     alternate exchange {}: a webhook it cannot route is refused (503) instead \
+                     of kept. Once no older corral runs, delete the exchange (e.g. `rabbitmqadmin \
+                     delete exchange name={}`); the next connect declares it again with the \
+                     alternate exchange and its binding, and the queue keeps every message",
+                    self.unroutable_exchange(),
+                    self.exchange(),
+                );
+                channel = open().await?;
+                deadline(
+                    "checking the webhooks exchange",
+                    timeout,
+                    channel.exchange_declare(
+                        self.exchange().into(),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+            }
+            Err(err) => return Err(err),
+        }
         deadline(
             "declaring the delivery-status queue",
             timeout,
-            channel.queue_declare(self.queue().into(), durable_queue, self.queue_arguments()),
+            channel.queue_declare(
+                self.queue().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                self.queue_arguments(),
+            ),
         )
         .await?;
         deadline(
@@ -154,6 +258,6 @@ impl Topology {
             ),
         )
         .await?;
-        Ok(())
+        Ok(channel)
     }
 }

@@ -74,7 +74,9 @@ enum SessionEnd {
     Source(#[from] SourceError),
 }
 
-/// Consumes until `shutdown`, reconnecting whenever the broker link fails.
+/// Consumes until `shutdown`, reconnecting whenever the broker link fails:
+/// the main queue, and beside it the queue of webhooks the exchange could
+/// not route (its alternate exchange), so those land in the database too.
 pub async fn run(
     settings: ConsumerSettings,
     pool: Pool,
@@ -82,23 +84,59 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let topology = Topology::new(&settings.amqp);
+    let main = Queue {
+        name: topology.queue(),
+        reports_health: true,
+    };
+    let unroutable = Queue {
+        name: topology.unroutable_queue(),
+        reports_health: false,
+    };
+    tokio::join!(
+        consume_queue(&settings, &topology, main, &pool, &health, &shutdown),
+        consume_queue(&settings, &topology, unroutable, &pool, &health, &shutdown),
+    );
+}
+
+/// A queue the worker consumes.
+#[derive(Debug)]
+struct Queue {
+    name: String,
+    /// Whether its link is what `/readyz` reports as the broker's health
+    /// (the main queue's; the unroutable one is normally idle).
+    reports_health: bool,
+}
+
+async fn consume_queue(
+    settings: &ConsumerSettings,
+    topology: &Topology,
+    queue: Queue,
+    pool: &Pool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) {
+    let set_broker = |up: bool| {
+        if queue.reports_health {
+            health.set_broker(up);
+        }
+    };
     loop {
-        let connected = amqp::reconnect(&shutdown, &settings.amqp, || {
-            RabbitMqSource::connect(&settings.amqp, &topology)
+        let connected = amqp::reconnect(shutdown, &settings.amqp, || {
+            RabbitMqSource::connect(&settings.amqp, topology)
         })
         .await;
         let Some(connected) = connected else { return };
-        let end = match connected.consume(&topology, settings.prefetch).await {
+        let end = match connected.consume(&queue.name, settings.prefetch).await {
             Ok(mut source) => {
-                health.set_broker(true);
+                set_broker(true);
                 tracing::info!(
-                    queue = topology.queue(),
+                    queue = queue.name,
                     prefetch = settings.prefetch,
                     writers = settings.writers,
                     "consuming"
                 );
-                let end = batcher::session(&settings, &mut source, &pool, &health, &shutdown).await;
-                health.set_broker(false);
+                let end = batcher::session(settings, &mut source, pool, health, shutdown).await;
+                set_broker(false);
                 source.close().await;
                 end
             }
@@ -107,19 +145,21 @@ pub async fn run(
         match end {
             SessionEnd::Drained => {
                 tracing::info!(
+                    queue = queue.name,
                     "consumer drained: every message received was committed and acknowledged"
                 );
                 return;
             }
             SessionEnd::DrainTimedOut(_) => {
-                tracing::warn!(error = %end, "stopping with messages uncommitted");
+                tracing::warn!(queue = queue.name, error = %end, "stopping with messages uncommitted");
                 return;
             }
             SessionEnd::Source(_) => tracing::warn!(
+                queue = queue.name,
                 error = error_chain(&end),
                 "lost the RabbitMQ link; reconnecting"
             ),
         }
-        retry::pause(&shutdown, settings.amqp.reconnect_max()).await;
+        retry::pause(shutdown, settings.amqp.reconnect_max()).await;
     }
 }

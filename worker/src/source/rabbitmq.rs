@@ -1,4 +1,4 @@
-//! The quorum queue as a source: a consumer with a prefetch on its own
+//! A quorum queue as a source: a consumer with a prefetch on its own
 //! connection, acknowledged with `multiple` acks.
 
 use std::time::Duration;
@@ -18,7 +18,8 @@ use lapin::{
 use super::{Ack, Delivery, Source, SourceError};
 use crate::store::Incoming;
 
-/// A consumer on `<prefix>.delivery-status`.
+/// A consumer on one of corral's queues (`<prefix>.delivery-status`, or
+/// `<prefix>.unroutable`).
 #[derive(Debug)]
 pub struct RabbitMqSource {
     connection: Connection,
@@ -73,19 +74,15 @@ impl RabbitMqSource {
 }
 
 impl Connected {
-    /// Starts consuming the queue with `prefetch`; on failure the connection
+    /// Starts consuming `queue` with `prefetch`; on failure the connection
     /// is closed.
-    pub async fn consume(
-        self,
-        topology: &Topology,
-        prefetch: u16,
-    ) -> Result<RabbitMqSource, SourceError> {
+    pub async fn consume(self, queue: &str, prefetch: u16) -> Result<RabbitMqSource, SourceError> {
         let Self {
             connection,
             channel,
             timeout,
         } = self;
-        match consume(&channel, topology, prefetch, timeout).await {
+        match consume(&channel, queue, prefetch, timeout).await {
             Ok((consumer, tag)) => Ok(RabbitMqSource {
                 connection,
                 channel,
@@ -103,7 +100,7 @@ impl Connected {
 
 async fn consume(
     channel: &Channel,
-    topology: &Topology,
+    queue: &str,
     prefetch: u16,
     timeout: Duration,
 ) -> Result<(Consumer, String), amqp::AmqpError> {
@@ -122,7 +119,7 @@ async fn consume(
         "starting the consumer",
         timeout,
         channel.basic_consume(
-            topology.queue().into(),
+            queue.into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

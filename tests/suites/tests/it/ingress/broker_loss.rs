@@ -2,13 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use corral_testkit::{
-    apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
-    proxy::TcpProxy,
-    wait,
-};
+use corral_testkit::{apps::RunningIngress, broker::TestBroker, fixtures, proxy::TcpProxy, wait};
 use reqwest::StatusCode;
 
 use super::helpers::*;
@@ -161,44 +155,31 @@ async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_
     assert!(queued.len() <= accepted_ids.len() + refused_count);
 }
 
-/// The queue is deleted under a running ingress: publishes come back
-/// unroutable and are answered 503, never 200, and the ingress declares its
-/// topology again by itself and serves.
+/// The queue is deleted under a running ingress: the webhooks exchange's
+/// alternate exchange keeps what the exchange can no longer route, so a
+/// webhook is still answered 200 only once it is durably queued — in the
+/// unroutable queue, which the worker also consumes — and nothing comes back
+/// unroutable.
 #[tokio::test]
-async fn a_queue_deleted_under_a_running_ingress_gives_503_then_is_declared_again() {
+async fn a_queue_deleted_under_a_running_ingress_keeps_webhooks_in_the_unroutable_queue() {
     let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
-    config.amqp.reconnect_max_ms = 200;
-    config.retry_after_secs = RETRY_AFTER_SECS;
-    let ingress = RunningIngress::start(config).await;
-    post_sample(&ingress).await;
+    let ingress = start(&broker).await;
+    let first = post_sample(&ingress).await;
 
     broker.delete_queue(&broker.queue()).await;
     let before = ingress.metrics().await;
-    unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
+    let second = post_sample(&ingress).await;
     let after = ingress.metrics().await;
     assert_eq!(
         publish_failures(&after, "unroutable") - publish_failures(&before, "unroutable"),
-        1.0
+        0.0
     );
-
-    // Every answer until it is back is a 503; then a 200, in the new queue.
-    let id = wait::until(
-        "the ingress to declare its queue again and accept",
-        Duration::from_secs(20),
-        || async {
-            let response = send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await;
-            if response.status() == StatusCode::OK {
-                Some(accepted(response).await)
-            } else {
-                unavailable(response).await;
-                None
-            }
-        },
-    )
-    .await;
-    ingress.wait_ready(true).await;
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    let kept = broker
+        .take(&broker.topology.unroutable_queue(), 1, QUEUE_WAIT)
+        .await;
+    let kept: HashSet<_> = kept.iter().map(message_id).collect();
+    assert_eq!(kept, HashSet::from([second]));
+    assert_ne!(first, second);
 }
 
 /// With one publish slot held by a publish the black-holed broker never

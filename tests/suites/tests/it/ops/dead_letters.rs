@@ -294,8 +294,9 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
     let broker = TestBroker::new().await;
     dead_letter(&broker, 3).await;
     let dlq = broker.topology.dead_letter_queue();
-    // Nothing is bound to the webhooks exchange any more: a replayed copy
-    // would be unroutable, and must not cost the dead-letter copy.
+    // Nothing is bound to the webhooks exchange, nor to its alternate, any
+    // more: a replayed copy would be unroutable, and must not cost the
+    // dead-letter copy.
     let connection = amqp::connect(&broker.settings, "corral-tests ops")
         .await
         .unwrap();
@@ -305,6 +306,15 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
             broker.topology.queue().into(),
             broker.topology.exchange().into(),
             "dropcowboy.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_unbind(
+            broker.topology.unroutable_queue().into(),
+            broker.topology.unroutable_exchange().into(),
+            "".into(),
             FieldTable::default(),
         )
         .await

@@ -218,3 +218,30 @@ async fn a_silent_broker_link_is_noticed_by_heartbeat() {
     assert_each_stored_once(&client, &sent).await;
     worker.stop().await.expect("the worker stops cleanly");
 }
+
+/// The main queue's binding removed under traffic: what the exchange can no
+/// longer route goes to the unroutable queue, and the worker stores it from
+/// there, once, as if nothing had happened.
+#[tokio::test]
+async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_queue() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let client = db.client().await;
+    broker.unbind_main_queue().await;
+    let mut sent = Vec::new();
+    for reason in ["", "Opted out", "No Funds"] {
+        let (_, body) = valid(reason);
+        sent.push(send(&broker, Kind::Sms.routing_key(), &body).await);
+    }
+    wait_count(&client, EVENTS, 3).await;
+    assert_each_stored_once(&client, &sent).await;
+    assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
+    assert_eq!(
+        broker
+            .ready_count(&broker.topology.unroutable_queue())
+            .await,
+        0
+    );
+    worker.stop().await.expect("the worker stops cleanly");
+}
