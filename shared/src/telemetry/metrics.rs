@@ -94,6 +94,8 @@ catalogue! {
         "Time to answer a webhook request, from the first byte of its body to the answer.";
     INGRESS_PUBLISHES_IN_FLIGHT = "corral_ingress_publishes_in_flight", Gauge, [], None,
         "Publishes waiting for the broker's confirm.";
+    INGRESS_BODY_BYTES_IN_FLIGHT = "corral_ingress_body_bytes_in_flight", Gauge, [], None,
+        "Bytes of request bodies held (leased from CORRAL_MAX_IN_FLIGHT_BYTES) until their publish no longer needs them.";
 
     WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
         "Messages committed to PostgreSQL, by outcome (stored, duplicate, quarantined); a batch whose ack was lost is redelivered and counted again as duplicates.";
@@ -145,6 +147,7 @@ pub fn register_binary(binary: Binary) {
                 counter!(INGRESS_PUBLISHED, "kind" => kind.as_str()).increment(0);
             }
             gauge!(INGRESS_PUBLISHES_IN_FLIGHT).set(0.0);
+            gauge!(INGRESS_BODY_BYTES_IN_FLIGHT).set(0.0);
         }
         Binary::Worker => {
             gauge!(DATABASE_CONNECTED).set(0.0);
@@ -220,6 +223,11 @@ pub fn ingress_in_flight(count: usize) {
     gauge!(INGRESS_PUBLISHES_IN_FLIGHT).set(count as f64);
 }
 
+/// Bytes of request bodies leased went up (or down) `by`.
+pub fn ingress_body_bytes_changed(by: f64) {
+    gauge!(INGRESS_BODY_BYTES_IN_FLIGHT).increment(by);
+}
+
 /// A committed and acknowledged batch.
 pub fn worker_batch(size: usize, write: Duration) {
     histogram!(WORKER_BATCH_SIZE).record(size as f64);
@@ -246,9 +254,10 @@ pub fn worker_ack_failed() {
     counter!(WORKER_ACK_FAILURES).increment(1);
 }
 
-/// Messages held between delivery and ack.
-pub fn worker_in_hand(count: usize) {
-    gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(count as f64);
+/// Messages held between delivery and ack went up (or down) `by`; every
+/// consuming session adds its own, so the gauge is their sum.
+pub fn worker_in_hand_changed(by: f64) {
+    gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).increment(by);
 }
 
 /// Status codes as static labels (no allocation per request).

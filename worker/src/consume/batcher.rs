@@ -101,7 +101,7 @@ impl<A: Ack> Batcher<'_, A> {
 
     fn start_write(&mut self) {
         self.held += self.filling.len();
-        metrics::worker_in_hand(self.held);
+        metrics::worker_in_hand_changed(self.filling.len() as f64);
         let batch = std::mem::replace(
             &mut self.filling,
             Vec::with_capacity(self.settings.batch_max),
@@ -149,7 +149,7 @@ impl<A: Ack> Batcher<'_, A> {
         match next {
             Next::Written(Ok(written)) => {
                 self.held -= written.size;
-                metrics::worker_in_hand(self.held);
+                metrics::worker_in_hand_changed(-(written.size as f64));
                 return write::acknowledge(self.settings, written).await.err();
             }
             Next::Written(Err(end)) => return Some(end),
@@ -197,6 +197,14 @@ impl<A: Ack> Batcher<'_, A> {
         if let Err(err) = source.stop().await {
             tracing::warn!(error = error_chain(&err), "could not cancel the consumer");
         }
+    }
+}
+
+/// A session that ends, however it ends, no longer holds its messages: the
+/// broker gives back what was not acknowledged.
+impl<A> Drop for Batcher<'_, A> {
+    fn drop(&mut self) {
+        metrics::worker_in_hand_changed(-(self.held as f64));
     }
 }
 
