@@ -11,9 +11,9 @@ use lapin::{
     message::BasicGetMessage,
     options::{
         BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 
 use crate::wait;
@@ -83,6 +83,62 @@ impl TestBroker {
         )
         .await
         .expect("deleting the queue");
+    }
+
+    /// Removes the main queue's binding, as an operator might by mistake:
+    /// the webhooks exchange can then route nothing to it.
+    pub async fn unbind_main_queue(&self) {
+        amqp::deadline(
+            "queue.unbind",
+            TIMEOUT,
+            self.channel.queue_unbind(
+                self.topology.queue().into(),
+                self.topology.exchange().into(),
+                "dropcowboy.#".into(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("unbinding the main queue");
+    }
+
+    /// Binds to `routing_key` an extra queue that refuses every message
+    /// (`x-max-length` 0 with `reject-publish`), so the broker nacks every
+    /// publish routed there — and only those. The queue is exclusive to this
+    /// broker's connection, so it goes when the test does.
+    pub async fn refuse(&self, routing_key: &str) {
+        let queue = format!("{}.refuse.{routing_key}", self.prefix());
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        amqp::deadline(
+            "declaring a refusing queue",
+            TIMEOUT,
+            self.channel
+                .queue_declare(queue.as_str().into(), options, args),
+        )
+        .await
+        .expect("declaring the refusing queue");
+        amqp::deadline(
+            "binding the refusing queue",
+            TIMEOUT,
+            self.channel.queue_bind(
+                queue.as_str().into(),
+                self.topology.exchange().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("binding the refusing queue");
     }
 
     /// Takes messages off `queue` until at least `count` have been taken, or
@@ -197,7 +253,11 @@ pub async fn delete_topology(
     channel: &Channel,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
-    for queue in [topology.queue(), topology.dead_letter_queue()] {
+    for queue in [
+        topology.queue(),
+        topology.dead_letter_queue(),
+        topology.unroutable_queue(),
+    ] {
         amqp::deadline(
             "deleting a queue",
             timeout,
@@ -205,7 +265,12 @@ pub async fn delete_topology(
         )
         .await?;
     }
-    for exchange in [topology.exchange(), topology.dead_letter_exchange()] {
+    // The webhooks exchange first: it names the unroutable one as its alternate.
+    for exchange in [
+        topology.exchange(),
+        topology.dead_letter_exchange(),
+        topology.unroutable_exchange(),
+    ] {
         amqp::deadline(
             "deleting an exchange",
             timeout,

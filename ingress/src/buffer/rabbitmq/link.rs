@@ -3,9 +3,10 @@
 
 use std::{
     sync::{
-        Arc, RwLock,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -15,16 +16,20 @@ use corral_shared::{
     telemetry::metrics,
 };
 use futures_util::StreamExt;
-use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
+use lapin::{
+    BasicProperties, Channel, Connection, Event, PublisherConfirm, options::ConfirmSelectOptions,
+    types::ShortString,
+};
 use tokio::sync::Notify;
 
 use super::Inner;
+use crate::budget::Lease;
 
 /// One connection and its confirm channels.
 #[derive(Debug)]
 pub(super) struct Link {
     connection: Connection,
-    channels: Vec<Channel>,
+    channels: Vec<ConfirmChannel>,
     /// Round-robin cursor over `channels`.
     next: AtomicUsize,
     /// Set by the first request that sees the link fail; wakes the supervisor.
@@ -35,11 +40,76 @@ pub(super) struct Link {
     born: Instant,
     /// Broker flow control reason while blocked.
     blocked: RwLock<Option<String>>,
+    /// Leases of bodies whose frames were still queued when their publish
+    /// gave up: lapin holds them until this connection is gone.
+    stranded: std::sync::Mutex<Vec<Lease>>,
+}
+
+/// A confirm-mode channel shared by every HTTP worker thread, with the lock
+/// that keeps its delivery tags in wire order.
+///
+/// lapin numbers a publish (the delivery tag its confirm will carry) under
+/// one lock and queues its frames under another. Two threads publishing on
+/// one channel can take tags 7 and 8 and put their frames on the wire as 8,
+/// 7: the broker's verdict on message 7 then resolves the other request's
+/// confirm, and a nacked webhook can be answered 200. Both steps happen in
+/// the first poll of lapin's `basic_publish` (it only awaits afterwards, for
+/// the frames to be written), so that first poll runs under `order`; the
+/// wait for the socket does not.
+#[derive(Debug)]
+pub(super) struct ConfirmChannel {
+    channel: Channel,
+    order: std::sync::Mutex<()>,
+}
+
+impl ConfirmChannel {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            order: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// A mandatory publish whose delivery tag matches its place on the wire.
+    pub(super) async fn publish(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<PublisherConfirm> {
+        let mut publish = std::pin::pin!(amqp::publish_mandatory(
+            &self.channel,
+            exchange,
+            routing_key,
+            body,
+            properties,
+        ));
+        let first = std::future::poll_fn(|cx| {
+            // Nothing panics while the lock is held, so a poisoned lock still
+            // guards nothing broken.
+            let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+            Poll::Ready(publish.as_mut().poll(cx))
+        })
+        .await;
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => publish.await,
+        }
+    }
+
+    fn status(&self) -> &lapin::ChannelStatus {
+        self.channel.status()
+    }
+
+    fn id(&self) -> u16 {
+        self.channel.id()
+    }
 }
 
 impl Link {
     /// The next channel, round-robin.
-    pub(super) fn channel(&self) -> &Channel {
+    pub(super) fn channel(&self) -> &ConfirmChannel {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         &self.channels[i]
     }
@@ -85,6 +155,14 @@ impl Link {
     /// Whether anything was acked after `sent_ms`.
     pub(super) fn acked_since(&self, sent_ms: u64) -> bool {
         self.last_ack_ms.load(Ordering::Relaxed) >= sent_ms
+    }
+
+    /// Keeps `lease` until this link is dropped.
+    pub(super) fn strand(&self, lease: Lease) {
+        self.stranded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(lease);
     }
 
     /// Closes the connection (bounded by `timeout`).
@@ -151,6 +229,7 @@ async fn establish(inner: &Inner) -> Result<(Arc<Link>, Events), AmqpError> {
         last_ack_ms: AtomicU64::new(0),
         born: Instant::now(),
         blocked: RwLock::new(None),
+        stranded: std::sync::Mutex::new(Vec::new()),
     });
     Ok((link, events))
 }
@@ -161,7 +240,7 @@ async fn confirm_channels(
     first: Channel,
     count: u16,
     timeout: Duration,
-) -> Result<Vec<Channel>, AmqpError> {
+) -> Result<Vec<ConfirmChannel>, AmqpError> {
     let mut channels = Vec::with_capacity(usize::from(count));
     channels.push(first);
     while channels.len() < usize::from(count) {
@@ -175,7 +254,7 @@ async fn confirm_channels(
         )
         .await?;
     }
-    Ok(channels)
+    Ok(channels.into_iter().map(ConfirmChannel::new).collect())
 }
 
 /// Resolves when the link must be replaced, with the reason.

@@ -70,3 +70,83 @@ async fn two_thousand_concurrent_posts_each_land_exactly_once() {
         POSTS as f64
     );
 }
+
+/// Two HTTP worker threads publishing on one confirm channel, the broker
+/// nacking every RVM webhook and taking every SMS one: each answer must be
+/// the verdict on its own webhook. A confirm attributed to another request
+/// shows up as an RVM answered 200 (a refused webhook acknowledged: lost) or
+/// an SMS answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_the_brokers_verdict_on_that_webhook() {
+    const CLIENTS: usize = 64;
+    const POSTS_PER_CLIENT: usize = 160;
+    let broker = TestBroker::new().await;
+    broker.refuse("dropcowboy.rvm").await;
+    let mut config = corral_testkit::config::ingress(broker.prefix(), TOKEN);
+    config.amqp_channels = 1;
+    config.http_workers = 2;
+    let ingress = corral_testkit::apps::RunningIngress::start(config).await;
+    let client = bounded_client();
+
+    let mut clients = JoinSet::new();
+    for c in 0..CLIENTS {
+        let client = client.clone();
+        let sms = ingress.url("sms");
+        let rvm = ingress.url("rvm");
+        clients.spawn(async move {
+            let mut wrong = Vec::new();
+            for i in 0..POSTS_PER_CLIENT {
+                let (url, expected) = if (c + i) % 2 == 0 {
+                    (&sms, 200)
+                } else {
+                    (&rvm, 503)
+                };
+                let body = fixtures::delivery_status(
+                    &format!("{c:08x}{i:016x}"),
+                    "2019-03-17T21:10:26.000Z",
+                    "",
+                    &format!("verdict-{c}-{i}"),
+                );
+                let status = client
+                    .post(url.as_str())
+                    .bearer_auth(TOKEN)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("every post is answered")
+                    .status()
+                    .as_u16();
+                if status != expected {
+                    wrong.push(format!("{url}: {status}, not {expected}"));
+                }
+            }
+            wrong
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(joined) = clients.join_next().await {
+        wrong.extend(joined.expect("a client task panicked"));
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers were another webhook's verdict, e.g. {:?}",
+        wrong.len(),
+        CLIENTS * POSTS_PER_CLIENT,
+        &wrong[..wrong.len().min(5)]
+    );
+    let sms = broker
+        .take(
+            &broker.queue(),
+            CLIENTS * POSTS_PER_CLIENT / 2,
+            Duration::from_secs(25),
+        )
+        .await;
+    assert!(
+        sms.iter()
+            .filter(|m| m.delivery.routing_key.as_str() == "dropcowboy.sms")
+            .count()
+            == CLIENTS * POSTS_PER_CLIENT / 2,
+        "every SMS webhook answered 200 is in the queue"
+    );
+}
