@@ -49,7 +49,15 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
-    /// How long a request waits for an in-flight slot before it gets 503, in milliseconds.
+    /// Bytes of request bodies held at once, from before a body is read until
+    /// its publish no longer needs it; bounds memory by bytes, where
+    /// CORRAL_MAX_IN_FLIGHT bounds it by requests. At least CORRAL_MAX_BODY_BYTES.
+    #[arg(long, env = "CORRAL_MAX_IN_FLIGHT_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_in_flight_bytes: u32,
+
+    /// How long a request waits for an in-flight slot (or for room in
+    /// CORRAL_MAX_IN_FLIGHT_BYTES) before it gets 503, in milliseconds.
     #[arg(long, env = "CORRAL_IN_FLIGHT_WAIT_MS", default_value_t = 250)]
     pub in_flight_wait_ms: u64,
 
@@ -109,6 +117,17 @@ pub enum ConfigError {
         /// Publish timeout in ms.
         publish: u64,
     },
+    /// A body of the largest accepted size could never be held.
+    #[error(
+        "CORRAL_MAX_IN_FLIGHT_BYTES ({budget}) must be at least CORRAL_MAX_BODY_BYTES \
+         ({body}), or a body of the largest accepted size could never be read"
+    )]
+    BudgetBelowBody {
+        /// `CORRAL_MAX_IN_FLIGHT_BYTES`.
+        budget: u32,
+        /// `CORRAL_MAX_BODY_BYTES`.
+        body: u64,
+    },
 }
 
 impl IngressConfig {
@@ -130,6 +149,12 @@ impl IngressConfig {
             return Err(ConfigError::ShutdownShorterThanPublish {
                 shutdown: self.shutdown_timeout_ms,
                 publish: self.publish_timeout_ms,
+            });
+        }
+        if u64::from(self.max_in_flight_bytes) < self.max_body_bytes {
+            return Err(ConfigError::BudgetBelowBody {
+                budget: self.max_in_flight_bytes,
+                body: self.max_body_bytes,
             });
         }
         Ok(())

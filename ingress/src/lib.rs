@@ -7,6 +7,7 @@
 //! - [`config`]: settings (`CORRAL_*` / `--flags`) and their validation.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
 //! - [`webhook`]: the routes and their errors, cheapest check first.
+//! - [`budget`]: the bound on request bodies held at once, in bytes.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
 //!   and its RabbitMQ implementation: persistent, mandatory publishes with
 //!   confirms over a self-healing broker link, with bounded memory.
@@ -14,6 +15,7 @@
 //!   is cancelled, then drains.
 
 pub mod auth;
+pub mod budget;
 pub mod buffer;
 pub mod config;
 pub mod webhook;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Tokens,
+    budget::BodyBudget,
     buffer::{
         Buffer,
         rabbitmq::{self, RabbitMq},
@@ -100,6 +103,8 @@ impl Application {
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            body_budget: BodyBudget::new(config.max_in_flight_bytes),
+            in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
         };
         let (server, port, workers) = webhook_server(&config, state)?;
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)

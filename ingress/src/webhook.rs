@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Tokens,
+    budget::BodyBudget,
     buffer::{Buffer, Refusal, Webhook},
 };
 
@@ -45,6 +46,10 @@ pub struct WebhookState<B> {
     pub retry_after_secs: u32,
     /// `CORRAL_BODY_TIMEOUT_MS`: longest wait for a whole body.
     pub body_timeout: std::time::Duration,
+    /// `CORRAL_MAX_IN_FLIGHT_BYTES`: bodies held at once.
+    pub body_budget: BodyBudget,
+    /// `CORRAL_IN_FLIGHT_WAIT_MS`: longest wait for room in the budget.
+    pub in_flight_wait: std::time::Duration,
 }
 
 /// Why a webhook was not accepted. The `Display` text is the `error` field of
@@ -216,6 +221,17 @@ async fn accept<B: Buffer>(
     if declared.is_some_and(|len| len > limit) {
         return Err(WebhookError::TooLarge { limit });
     }
+    // Room for the body before a byte of it is read: bodies read first and
+    // bounded later would already be in memory.
+    let lease = state
+        .body_budget
+        .lease(declared.unwrap_or(limit), state.in_flight_wait)
+        .await
+        .map_err(|cause| WebhookError::Unavailable {
+            failure: PublishFailure::Overloaded,
+            cause: Box::new(cause),
+            retry_after_secs: state.retry_after_secs,
+        })?;
     let received_at = Utc::now();
     let read = async {
         let mut bytes = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
@@ -239,15 +255,16 @@ async fn accept<B: Buffer>(
         message_id,
         received_at,
     };
-    let confirm = state
-        .buffer
-        .keep(webhook)
-        .await
-        .map_err(|cause| WebhookError::Unavailable {
-            failure: cause.failure(),
-            cause: Box::new(cause),
-            retry_after_secs: state.retry_after_secs,
-        })?;
+    let confirm =
+        state
+            .buffer
+            .keep(webhook, lease)
+            .await
+            .map_err(|cause| WebhookError::Unavailable {
+                failure: cause.failure(),
+                cause: Box::new(cause),
+                retry_after_secs: state.retry_after_secs,
+            })?;
     metrics::ingress_published(kind, confirm);
     tracing::debug!(route = kind.as_str(), %message_id, bytes = bytes.len(), "webhook accepted");
     Ok(())

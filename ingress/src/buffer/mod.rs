@@ -17,6 +17,8 @@ use chrono::{DateTime, Utc};
 use corral_shared::{envelope::Kind, telemetry::labels::PublishFailure};
 use uuid::Uuid;
 
+use crate::budget::Lease;
+
 /// A webhook on its way into the buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Webhook<'a> {
@@ -43,8 +45,12 @@ pub trait Buffer: Send + Sync + 'static {
 
     /// Hands `webhook` over. `Ok` only once it is durably held, with how long
     /// the buffer took to confirm it (for `corral_ingress_publish_confirm_seconds`).
+    /// `lease` holds the body's bytes of `CORRAL_MAX_IN_FLIGHT_BYTES`: the
+    /// buffer keeps it for as long as it (or its client library) may still
+    /// hold a copy of the body, which can outlive the request.
     fn keep(
         &self,
         webhook: Webhook<'_>,
+        lease: Lease,
     ) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
 }

@@ -9,8 +9,10 @@
 //! link, a nack, a return, a closed channel, no confirm by the deadline, too
 //! many publishes in flight) is a [`PublishError`] the handler turns into 503.
 //!
-//! Memory is bounded by a semaphore of `CORRAL_MAX_IN_FLIGHT` permits. A
-//! request that times out waiting for its confirm hands the confirm to a
+//! Publishes awaiting a confirm are bounded by a semaphore of
+//! `CORRAL_MAX_IN_FLIGHT` permits, and the bodies they hold by the request's
+//! [`Lease`] of `CORRAL_MAX_IN_FLIGHT_BYTES`. A confirm nobody waits for any
+//! more (its request timed out, or its client went away) goes to a
 //! background task that keeps the permit until the broker answers (or the
 //! link is declared dead), so a stalled broker cannot pile up forgotten
 //! confirms.
@@ -46,6 +48,7 @@ use uuid::Uuid;
 
 use self::link::Link;
 use super::{Buffer, Refusal, Webhook};
+use crate::budget::Lease;
 
 /// Why a webhook could not be handed to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -135,14 +138,61 @@ struct Inner {
 /// A confirm still to come, boxed so it can be handed to a background task.
 type Pending = Pin<Box<PublisherConfirm>>;
 
+/// A publish on the wire whose confirm the request is waiting for. Dropped
+/// before the confirm came (the deadline passed, or actix dropped the
+/// handler because the client went away), it hands the confirm to a
+/// background task instead of dropping it unresolved inside lapin.
+struct Awaited {
+    buffer: RabbitMq,
+    link: Arc<Link>,
+    confirm: Option<Pending>,
+    sent_ms: u64,
+    held: Option<(OwnedSemaphorePermit, InFlight)>,
+    timed_out: bool,
+}
+
+/// What [`Awaited`] hands over.
+struct Orphan {
+    link: Arc<Link>,
+    confirm: Pending,
+    sent_ms: u64,
+    held: Option<(OwnedSemaphorePermit, InFlight)>,
+    timed_out: bool,
+}
+
+impl Awaited {
+    /// The broker's answer; once it came, nothing is left to hand over.
+    async fn outcome(&mut self) -> lapin::Result<Confirmation> {
+        let confirm = self.confirm.as_mut().expect("a confirm is awaited once");
+        let outcome = confirm.await;
+        self.confirm = None;
+        outcome
+    }
+}
+
+impl Drop for Awaited {
+    fn drop(&mut self) {
+        if let Some(confirm) = self.confirm.take() {
+            self.buffer.await_orphan(Orphan {
+                link: self.link.clone(),
+                confirm,
+                sent_ms: self.sent_ms,
+                held: self.held.take(),
+                timed_out: self.timed_out,
+            });
+        }
+    }
+}
+
 impl Buffer for RabbitMq {
     type Error = PublishError;
 
     fn keep(
         &self,
         webhook: Webhook<'_>,
+        lease: Lease,
     ) -> impl Future<Output = Result<Duration, PublishError>> + Send {
-        self.publish(webhook)
+        self.publish(webhook, lease)
     }
 }
 
@@ -177,7 +227,11 @@ impl RabbitMq {
 
     /// Publishes the webhook persistently and mandatorily, and waits for the
     /// confirm. Returns how long the confirm took.
-    pub async fn publish(&self, webhook: Webhook<'_>) -> Result<Duration, PublishError> {
+    pub async fn publish(
+        &self,
+        webhook: Webhook<'_>,
+        lease: Lease,
+    ) -> Result<Duration, PublishError> {
         let timeout = self.inner.settings.publish_timeout;
         let deadline_at = tokio::time::Instant::now() + timeout;
         let permit = self.take_permit(timeout).await?;
@@ -187,21 +241,28 @@ impl RabbitMq {
         }
         let guard = InFlight::enter(&self.inner);
         let sent_ms = link.now_ms();
-        let mut confirm = self.send(&link, &webhook, deadline_at).await?;
+        let confirm = self.send(&link, &webhook, deadline_at, lease).await?;
+        let mut awaited = Awaited {
+            buffer: self.clone(),
+            link: link.clone(),
+            confirm: Some(confirm),
+            sent_ms,
+            held: Some((permit, guard)),
+            timed_out: false,
+        };
         let confirm_started = Instant::now();
-        let confirmation = match tokio::time::timeout_at(deadline_at, &mut confirm).await {
+        let confirmation = match tokio::time::timeout_at(deadline_at, awaited.outcome()).await {
             Ok(Ok(confirmation)) => confirmation,
             Ok(Err(err)) => {
                 link.mark_broken();
                 return Err(PublishError::ChannelClosed(err));
             }
             Err(_elapsed) => {
-                self.await_late_confirm(link, confirm, sent_ms, permit, guard);
+                awaited.timed_out = true;
                 return Err(PublishError::Timeout(timeout));
             }
         };
-        drop(guard);
-        drop(permit);
+        drop(awaited);
         judge(&link, confirmation, webhook.message_id)?;
         Ok(confirm_started.elapsed())
     }
@@ -217,15 +278,18 @@ impl RabbitMq {
         }
     }
 
-    /// Puts the message on the wire; the confirm comes later.
+    /// Puts the message on the wire; the confirm comes later. Once the frames
+    /// are written the client library holds no copy of the body, so the
+    /// lease goes back; frames still queued when the deadline passes stay
+    /// with the link (which is being replaced), and so does the lease.
     async fn send(
         &self,
         link: &Link,
         webhook: &Webhook<'_>,
         deadline_at: tokio::time::Instant,
+        lease: Lease,
     ) -> Result<Pending, PublishError> {
-        let publish = amqp::publish_mandatory(
-            link.channel(),
+        let publish = link.channel().publish(
             self.inner.exchange.clone(),
             webhook.kind.routing_key().into(),
             webhook.body,
@@ -238,26 +302,29 @@ impl RabbitMq {
                 Err(PublishError::ChannelClosed(err))
             }
             Err(_elapsed) => {
+                link.strand(lease);
                 link.mark_broken_unless_blocked();
                 Err(PublishError::Timeout(self.inner.settings.publish_timeout))
             }
         }
     }
 
-    /// A confirm that missed its request's deadline: keep awaiting it (and its
-    /// permit) in the background. If the link acked nothing since this publish
-    /// was sent and still does not within another deadline, the link is dead
-    /// in a way the socket has not noticed (a cut network path): replace it.
-    fn await_late_confirm(
-        &self,
-        link: Arc<Link>,
-        mut confirm: Pending,
-        sent_ms: u64,
-        permit: OwnedSemaphorePermit,
-        guard: InFlight,
-    ) {
+    /// A confirm nobody waits for any more — its request missed the deadline
+    /// and was answered 503, or the client went away — is still awaited in
+    /// the background with its in-flight slot, so the slots keep counting
+    /// what the broker has not answered yet. A timed-out one on a link that
+    /// acked nothing since it was sent means the link is dead in a way the
+    /// socket has not noticed (a cut network path): replace it.
+    fn await_orphan(&self, orphan: Orphan) {
+        let Orphan {
+            link,
+            mut confirm,
+            sent_ms,
+            held,
+            timed_out,
+        } = orphan;
         let timeout = self.inner.settings.publish_timeout;
-        if !link.acked_since(sent_ms) && !link.is_blocked() {
+        if timed_out && !link.acked_since(sent_ms) && !link.is_blocked() {
             tracing::warn!(
                 "no confirm from RabbitMQ on this link for {timeout:?}; replacing the connection"
             );
@@ -268,15 +335,17 @@ impl RabbitMq {
             match outcome {
                 Ok(Ok(confirmation)) if confirmation.is_ack() => {
                     link.acked();
-                    tracing::warn!(
-                        "a confirm arrived after its request was answered 503; \
-                         if the sender retries, the worker stores the webhook once"
-                    );
+                    if timed_out {
+                        tracing::warn!(
+                            "a confirm arrived after its request was answered 503; \
+                             if the sender retries, the worker stores the webhook once"
+                        );
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => link.mark_broken_unless_blocked(),
             }
-            drop((permit, guard));
+            drop(held);
         });
     }
 

@@ -230,16 +230,32 @@ impl Process {
     /// Resident set size in bytes (`VmRSS` from `/proc/<pid>/status`), or
     /// `None` once the process is gone.
     pub fn rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// Peak resident set size in bytes since start or the last
+    /// [`Process::reset_peak_rss`] (`VmHWM`), or `None` once the process is gone.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
+    }
+
+    /// Starts [`Process::peak_rss_bytes`] again from the current RSS (Linux's
+    /// `clear_refs` 5).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("resetting the peak RSS through /proc/<pid>/clear_refs");
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .find_map(|line| line.strip_prefix(field))?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse()
-            .ok()?;
-        Some(kib * 1024)
+            .ok()
     }
 
     /// Scrapes `/metrics`.

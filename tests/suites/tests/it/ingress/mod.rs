@@ -18,6 +18,7 @@
 //! - `helpers`: What the ingress tests share: settings, requests, answers, and
 //!   reading the queue and the metrics.
 //! - `logs`: Tokens stay out of logs.
+//! - `memory`: Memory stays bounded when the broker stops answering.
 //! - `rejections`: Rejections: status, error body, counter, and nothing
 //!   published.
 //! - `shutdown`: Graceful shutdown.
@@ -29,6 +30,7 @@ mod concurrency;
 mod contract;
 mod helpers;
 mod logs;
+mod memory;
 mod rejections;
 mod shutdown;
 mod tls;
