@@ -135,6 +135,11 @@ impl Link {
             .is_some()
     }
 
+    /// Whether the link was asked to be replaced.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
     /// Asks the supervisor to replace this link.
     pub(super) fn mark_broken(&self) {
         if !self.broken.swap(true, Ordering::SeqCst) {

@@ -310,9 +310,10 @@ impl RabbitMq {
     }
 
     /// A confirm nobody waits for any more — its request missed the deadline
-    /// and was answered 503, or the client went away — is still awaited in
-    /// the background with its in-flight slot, so the slots keep counting
-    /// what the broker has not answered yet. A timed-out one on a link that
+    /// and was answered 503, or the handler was dropped — is awaited in the
+    /// background with its in-flight slot until lapin resolves it, so the
+    /// slots keep counting exactly what lapin still tracks; it is never
+    /// dropped unresolved on a live link. A timed-out one on a link that
     /// acked nothing since it was sent means the link is dead in a way the
     /// socket has not noticed (a cut network path): replace it.
     fn await_orphan(&self, orphan: Orphan) {
@@ -331,19 +332,31 @@ impl RabbitMq {
             link.mark_broken();
         }
         self.inner.orphans.spawn(async move {
-            let outcome = tokio::time::timeout(timeout, &mut confirm).await;
-            match outcome {
-                Ok(Ok(confirmation)) if confirmation.is_ack() => {
-                    link.acked();
-                    if timed_out {
-                        tracing::warn!(
-                            "a confirm arrived after its request was answered 503; \
-                             if the sender retries, the worker stores the webhook once"
-                        );
+            loop {
+                match tokio::time::timeout(timeout, &mut confirm).await {
+                    Ok(Ok(confirmation)) => {
+                        if confirmation.is_ack() {
+                            link.acked();
+                            if timed_out {
+                                tracing::warn!(
+                                    "a confirm arrived after its request was answered 503; \
+                                     if the sender retries, the worker stores the webhook once"
+                                );
+                            }
+                        }
+                        break;
                     }
+                    Ok(Err(_closed)) => break,
+                    // A blocked broker answers once it unblocks; until then
+                    // the slot stays taken (new publishes are refused anyway).
+                    Err(_) if link.is_blocked() => {}
+                    // Replacing the link closes its channels, which resolves
+                    // every confirm lapin still tracks on them.
+                    Err(_) if !link.is_broken() => link.mark_broken(),
+                    // Replaced and still unresolved: the link, and lapin's
+                    // state with it, is gone; nothing is left to pile up.
+                    Err(_) => break,
                 }
-                Ok(_) => {}
-                Err(_) => link.mark_broken_unless_blocked(),
             }
             drop(held);
         });
