@@ -107,6 +107,8 @@ catalogue! {
         "Time from ingress receiving a webhook to its row being committed.";
     WORKER_DB_ERRORS = "corral_worker_db_errors_total", Counter, ["kind"], None,
         "Failed batch writes, by kind: transient (retried, nothing acked) or data (batch split, culprit quarantined).";
+    WORKER_UNROUTABLE = "corral_worker_unroutable_total", Counter, [], None,
+        "Messages taken from the unroutable queue: the webhooks exchange could not route them to the main queue (its queue or binding was missing). They are stored like any other.";
     WORKER_ACK_FAILURES = "corral_worker_ack_failures_total", Counter, [], None,
         "Batches committed whose acknowledgement failed; RabbitMQ redelivers them and they count as duplicates.";
     WORKER_DRAIN_MESSAGES_IN_HAND = "corral_worker_messages_in_hand", Gauge, [], None,
@@ -154,6 +156,7 @@ pub fn register_binary(binary: Binary) {
             zero_counters::<MessageOutcome>(WORKER_MESSAGES, "outcome");
             zero_counters::<DbErrorKind>(WORKER_DB_ERRORS, "kind");
             counter!(WORKER_ACK_FAILURES).increment(0);
+            counter!(WORKER_UNROUTABLE).increment(0);
             gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(0.0);
         }
     }
@@ -252,6 +255,11 @@ pub fn worker_db_error(kind: DbErrorKind) {
 /// A committed batch whose ack did not reach the broker.
 pub fn worker_ack_failed() {
     counter!(WORKER_ACK_FAILURES).increment(1);
+}
+
+/// A message taken from the unroutable queue.
+pub fn worker_unroutable() {
+    counter!(WORKER_UNROUTABLE).increment(1);
 }
 
 /// Messages held between delivery and ack went up (or down) `by`; every

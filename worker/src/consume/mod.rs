@@ -86,11 +86,11 @@ pub async fn run(
     let topology = Topology::new(&settings.amqp);
     let main = Queue {
         name: topology.queue(),
-        reports_health: true,
+        unroutable: false,
     };
     let unroutable = Queue {
         name: topology.unroutable_queue(),
-        reports_health: false,
+        unroutable: true,
     };
     tokio::join!(
         consume_queue(&settings, &topology, main, &pool, &health, &shutdown),
@@ -102,9 +102,9 @@ pub async fn run(
 #[derive(Debug)]
 struct Queue {
     name: String,
-    /// Whether its link is what `/readyz` reports as the broker's health
-    /// (the main queue's; the unroutable one is normally idle).
-    reports_health: bool,
+    /// The queue behind the alternate exchange. Normally idle, so its link
+    /// is not what `/readyz` reports as the broker's health.
+    unroutable: bool,
 }
 
 async fn consume_queue(
@@ -116,7 +116,7 @@ async fn consume_queue(
     shutdown: &CancellationToken,
 ) {
     let set_broker = |up: bool| {
-        if queue.reports_health {
+        if !queue.unroutable {
             health.set_broker(up);
         }
     };
@@ -126,7 +126,10 @@ async fn consume_queue(
         })
         .await;
         let Some(connected) = connected else { return };
-        let end = match connected.consume(&queue.name, settings.prefetch).await {
+        let end = match connected
+            .consume(&queue.name, settings.prefetch, queue.unroutable)
+            .await
+        {
             Ok(mut source) => {
                 set_broker(true);
                 tracing::info!(

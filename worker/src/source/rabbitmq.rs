@@ -7,6 +7,7 @@ use corral_shared::{
     amqp::{self, Topology, deadline},
     config::AmqpSettings,
     envelope::Envelope,
+    telemetry::metrics,
 };
 use futures_util::StreamExt;
 use lapin::{
@@ -29,6 +30,11 @@ pub struct RabbitMqSource {
     tag: String,
     /// Deadline of each broker operation.
     timeout: Duration,
+    /// Consuming the unroutable queue: every delivery is counted and the
+    /// first one logged, since each means the topology was damaged.
+    unroutable: bool,
+    /// Deliveries so far in this session.
+    delivered: u64,
 }
 
 /// Acknowledges a delivery tag and every one before it on its channel.
@@ -74,9 +80,14 @@ impl RabbitMqSource {
 }
 
 impl Connected {
-    /// Starts consuming `queue` with `prefetch`; on failure the connection
-    /// is closed.
-    pub async fn consume(self, queue: &str, prefetch: u16) -> Result<RabbitMqSource, SourceError> {
+    /// Starts consuming `queue` with `prefetch` (`unroutable`: it is the
+    /// queue behind the alternate exchange); on failure the connection is closed.
+    pub async fn consume(
+        self,
+        queue: &str,
+        prefetch: u16,
+        unroutable: bool,
+    ) -> Result<RabbitMqSource, SourceError> {
         let Self {
             connection,
             channel,
@@ -89,6 +100,8 @@ impl Connected {
                 consumer,
                 tag,
                 timeout,
+                unroutable,
+                delivered: 0,
             }),
             Err(err) => {
                 amqp::close(&connection, timeout, "corral-worker closing").await;
@@ -137,6 +150,18 @@ impl Source for RabbitMqSource {
             Ok(delivery) => delivery,
             Err(err) => return Some(Err(SourceError::Consumer(err))),
         };
+        self.delivered += 1;
+        if self.unroutable {
+            metrics::worker_unroutable();
+            if self.delivered == 1 {
+                tracing::warn!(
+                    "webhooks are arriving through the unroutable queue: the webhooks exchange \
+                     could not route them to the main queue (was it or its binding deleted?). \
+                     They are stored all the same; the next reconnect declares the queue and \
+                     binding again"
+                );
+            }
+        }
         Some(Ok(Delivery {
             incoming: Incoming {
                 envelope: Envelope::read(&delivery.properties),

@@ -236,6 +236,11 @@ async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_qu
     }
     wait_count(&client, EVENTS, 3).await;
     assert_each_stored_once(&client, &sent).await;
+    assert_eq!(
+        worker.metrics().await.get("corral_worker_unroutable_total"),
+        3.0,
+        "each message that came the unroutable way is counted for the alert"
+    );
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
     assert_eq!(
         broker
