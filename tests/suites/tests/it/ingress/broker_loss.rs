@@ -244,3 +244,53 @@ async fn past_max_in_flight_requests_get_503_overloaded_while_the_slot_is_held()
         "the slot holder ends on the publish timeout"
     );
 }
+
+/// A webhooks exchange declared by corral 0.1, without the alternate
+/// exchange, cannot be redeclared with it: the ingress goes on with it as it
+/// is (a webhook is still accepted) and says, once per connect, how to add it.
+#[tokio::test]
+async fn an_exchange_declared_without_the_alternate_exchange_is_used_as_it_is_with_a_warning() {
+    let logs = CapturedLogs::install();
+    let settings = corral_testkit::config::amqp(corral_testkit::unique_name("legacy"));
+    let topology = corral_shared::amqp::Topology::new(&settings);
+    let connection = corral_shared::amqp::connect(&settings, "corral-tests legacy")
+        .await
+        .expect("connecting");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .exchange_declare(
+            topology.exchange().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declaring the exchange as 0.1 did");
+    /// Deletes the prefix's topology however the test ends.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let prefix = self.0.clone();
+            corral_testkit::block_on_cleanup(async move {
+                corral_testkit::broker::delete_prefix(&prefix).await;
+            });
+        }
+    }
+    let _cleanup = Cleanup(settings.prefix.clone());
+
+    let ingress = RunningIngress::start(corral_testkit::config::ingress(
+        &settings.prefix,
+        corral_testkit::apps::TOKEN,
+    ))
+    .await;
+    post_sample(&ingress).await;
+    let warned = logs
+        .lines()
+        .iter()
+        .any(|line| line.contains("without the alternate exchange") && line.contains("WARN"));
+    assert!(warned, "the upgrade step is logged: {:#?}", logs.lines());
+    corral_shared::amqp::close(&connection, Duration::from_secs(5), "done").await;
+}
