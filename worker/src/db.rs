@@ -3,12 +3,27 @@
 //! The pool verifies each connection before handing it out (so a restarted
 //! PostgreSQL costs one failed check, not a failed batch), and every wait on
 //! it (checkout, connect, recycle check, statement) has a deadline.
+//!
+//! A COMMIT is acknowledged only once PostgreSQL confirmed it as durable as
+//! the server is configured to make it, synchronous standbys included: its
+//! wait for them has no deadline on the server, a cancelled wait fails the
+//! COMMIT here (`drive_pooled`), and a transaction that wrote nothing still
+//! waits (`commit`).
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, Connection, NoTls, config::SslMode, error::SqlState};
+use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    task::JoinHandle,
+};
+use tokio_postgres::{
+    AsyncMessage, Client, Connection, NoTls, Socket,
+    config::SslMode,
+    error::{DbError, SqlState},
+    tls::{MakeTlsConnect, TlsConnect},
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
@@ -159,7 +174,11 @@ pub fn pool(target: &Target, size: u32) -> anyhow::Result<Pool> {
         config.application_name("corral-worker");
     }
     // The server enforces the statement deadline too, so a query we gave up
-    // on does not keep running and holding locks.
+    // on does not keep running and holding locks. It never cuts a COMMIT's
+    // wait for synchronous standbys short: PostgreSQL disarms the timer
+    // before a statement's transaction commits (postgres.c,
+    // finish_xact_command), so that wait is bounded only by the attempt's
+    // deadline in `consume::write`, which gives up without acknowledging.
     let statement_timeout = format!("-c statement_timeout={}", target.timeout.as_millis());
     let options = match config.get_options() {
         Some(existing) => format!("{existing} {statement_timeout}"),
@@ -170,8 +189,8 @@ pub fn pool(target: &Target, size: u32) -> anyhow::Result<Pool> {
         recycling_method: RecyclingMethod::Verified,
     };
     let manager = match &target.tls {
-        None => Manager::from_config(config, NoTls, manager_config),
-        Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
+        None => Manager::from_connect(config, Connector { tls: NoTls }, manager_config),
+        Some(tls) => Manager::from_connect(config, Connector { tls: tls.clone() }, manager_config),
     };
     let timeout = target.timeout;
     Pool::builder(manager)
@@ -182,6 +201,117 @@ pub fn pool(target: &Target, size: u32) -> anyhow::Result<Pool> {
         .runtime(Runtime::Tokio1)
         .build()
         .context("building the database pool")
+}
+
+/// A connection being opened for the pool: its client and the task driving it.
+type Connecting<'a> = Pin<
+    Box<dyn Future<Output = Result<(Client, JoinHandle<()>), tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// Opens the pool's connections, each driven by [`drive_pooled`] on its own
+/// task (tokio-postgres's own driver only logs the server's notices, through
+/// `log` at `info`).
+struct Connector<T> {
+    tls: T,
+}
+
+impl<T> Connect for Connector<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn connect(&self, config: &tokio_postgres::Config) -> Connecting<'_> {
+        let tls = self.tls.clone();
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await?;
+            Ok((client, tokio::spawn(drive_pooled(connection))))
+        })
+    }
+}
+
+/// Drives a pooled connection and reads the server's notices.
+///
+/// PostgreSQL answers a COMMIT whose wait for synchronous standbys was
+/// cancelled (`pg_cancel_backend`) with success and a WARNING: the
+/// transaction is committed on the primary only, and a failover would lose
+/// it. The WARNING arrives before the COMMIT's answer, so closing the
+/// connection right here fails that COMMIT for the writer, which then keeps
+/// its messages unacknowledged and retries; the retry finds the rows stored
+/// and waits for the standbys before acknowledging (see [`commit`]).
+async fn drive_pooled<S, T>(mut connection: Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(notice))) if replication_in_doubt(&notice) => {
+                tracing::error!(
+                    notice = notice.message(),
+                    detail = notice.detail(),
+                    "PostgreSQL cut a COMMIT's wait for the synchronous standbys short: \
+                     closing the connection so the batch is not acknowledged (it is \
+                     retried and acknowledged once the standbys have it)"
+                );
+                return;
+            }
+            Some(Ok(AsyncMessage::Notice(notice))) => log_notice(&notice),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "database connection failed");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Whether a notice says a commit is durable on the primary only. PostgreSQL
+/// words it in the server's `lc_messages`; these are its English words
+/// (syncrep.c), which the default C locale gives.
+fn replication_in_doubt(notice: &DbError) -> bool {
+    notice
+        .message()
+        .contains("wait for synchronous replication")
+}
+
+fn log_notice(notice: &DbError) {
+    use tokio_postgres::error::Severity;
+    match notice.parsed_severity() {
+        Some(Severity::Warning) => tracing::warn!(
+            notice = notice.message(),
+            detail = notice.detail(),
+            code = notice.code().code(),
+            "PostgreSQL warning"
+        ),
+        _ => tracing::debug!(
+            notice = notice.message(),
+            severity = notice.severity(),
+            "PostgreSQL notice"
+        ),
+    }
+}
+
+/// Commits a batch's transaction. A transaction that wrote nothing (every
+/// message a duplicate) would commit without waiting for the synchronous
+/// standbys, so its acknowledgement could come before the rows it found
+/// (committed by an earlier attempt whose wait was cut short) reached them.
+/// It first writes a small transactional WAL record (a logical decoding
+/// message, prefix `corral`), so its COMMIT waits like any other, and WAL
+/// replicated up to it holds those rows too. `wrote`: whether the
+/// transaction inserted, updated or deleted any row.
+pub async fn commit(
+    tx: deadpool_postgres::Transaction<'_>,
+    wrote: bool,
+) -> Result<(), tokio_postgres::Error> {
+    if !wrote {
+        tx.batch_execute("SELECT pg_logical_emit_message(true, 'corral', '')")
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// Creates the database named in the target if it does not exist, by

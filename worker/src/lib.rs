@@ -4,8 +4,9 @@
 //! # Layout
 //!
 //! - [`config`]: commands and settings (`CORRAL_*` / `--flags`).
-//! - [`db`]: the pool (verified connections, deadlines everywhere), database
-//!   creation and migrations (`worker/migrations/`, under an advisory lock).
+//! - [`db`]: the pool (verified connections, deadlines everywhere), the
+//!   COMMIT that waits for synchronous standbys, database creation and
+//!   migrations (`worker/migrations/`, under an advisory lock).
 //! - [`store`]: the set-based batch write, with its SQL beside it; splits a
 //!   batch to quarantine the one message the database refuses.
 //! - [`source`]: where deliveries come from and how they are acknowledged —

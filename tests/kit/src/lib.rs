@@ -14,9 +14,12 @@
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
 //! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
 //!   a service without touching the shared service itself.
+//! - [`replicated`]: a throwaway PostgreSQL primary with a synchronous
+//!   standby of a test's own, stopped and removed on drop.
 //! - `tls` (feature `tls`): a TLS front for PostgreSQL or RabbitMQ with a
 //!   throwaway CA.
-//! - [`wait`]: waiting on a condition with a deadline, never a bare sleep.
+//! - [`wait`]: waiting on a condition with a deadline, never a bare sleep, and
+//!   watching a condition hold for a while.
 //! - [`fixtures`]: the provider's samples and generated payloads.
 //! - This module: unique resource names, test logging, and clean-up that
 //!   can run from a `Drop`.
@@ -30,6 +33,7 @@ pub mod fixtures;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod replicated;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wait;

@@ -130,7 +130,7 @@ pub async fn write_batch(
         Err(err) => return Err(err),
     };
     let new_quarantined = store_quarantined(&tx, &quarantined).await?;
-    tx.commit().await?;
+    crate::db::commit(tx, stored + new_quarantined > 0).await?;
     Ok(BatchOutcome {
         stored,
         duplicate: messages.len() - stored - new_quarantined,

@@ -7,8 +7,9 @@
 //! controls exactly what the worker receives and in which batch. Faults are
 //! made with per-test means only (a [`TcpProxy`] in front of RabbitMQ or
 //! PostgreSQL, a trigger or `ALLOW_CONNECTIONS` on the test's own database,
-//! `pg_terminate_backend` of the worker's own backends), never by touching the
-//! shared services.
+//! `pg_terminate_backend` of the worker's own backends, a primary and
+//! synchronous standby of the test's own), never by touching the shared
+//! services.
 //!
 //! # Layout
 //!
@@ -21,6 +22,8 @@
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
+//! - `standby`: A synchronous standby away: nothing acknowledged until it has
+//!   the batch.
 //! - `tls`: Verified TLS to PostgreSQL.
 //! - `typing`: Samples and every documented failure reason become exact rows.
 
@@ -30,5 +33,6 @@ mod ordering;
 mod outages;
 mod quarantine;
 mod shutdown;
+mod standby;
 mod tls;
 mod typing;
