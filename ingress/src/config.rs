@@ -38,6 +38,12 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u64).range(2..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Deepest nesting of objects and arrays a body may have (the top-level
+    /// object is level 1; the provider's payload has 2); deeper ones get 400.
+    #[arg(long, env = "CORRAL_MAX_JSON_DEPTH", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=corral_shared::json::MAX_DEPTH as u64))]
+    pub max_json_depth: u64,
+
     /// Deadline for RabbitMQ to confirm a publish, in milliseconds; past it the
     /// webhook gets 503 with Retry-After.
     #[arg(long, env = "CORRAL_PUBLISH_TIMEOUT_MS", default_value_t = 5_000,

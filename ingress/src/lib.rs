@@ -105,6 +105,7 @@ impl Application {
             body_timeout: Duration::from_millis(config.body_timeout_ms),
             body_budget: BodyBudget::new(config.max_in_flight_bytes),
             in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
+            max_json_depth: config.max_json_depth as usize,
         };
         let (server, port, workers) = webhook_server(&config, state)?;
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)

@@ -17,14 +17,13 @@ use bytes::BytesMut;
 use chrono::Utc;
 use corral_shared::{
     envelope::Kind,
-    error_chain,
+    error_chain, json,
     telemetry::{
         labels::{PublishFailure, RejectReason},
         metrics,
     },
 };
 use futures_util::StreamExt;
-use serde::de::IgnoredAny;
 use uuid::Uuid;
 
 use crate::{
@@ -50,6 +49,8 @@ pub struct WebhookState<B> {
     pub body_budget: BodyBudget,
     /// `CORRAL_IN_FLIGHT_WAIT_MS`: longest wait for room in the budget.
     pub in_flight_wait: std::time::Duration,
+    /// `CORRAL_MAX_JSON_DEPTH`.
+    pub max_json_depth: usize,
 }
 
 /// Why a webhook was not accepted. The `Display` text is the `error` field of
@@ -74,6 +75,13 @@ pub enum WebhookError {
     /// Body is JSON, but not an object.
     #[error("body must be a JSON object")]
     NotObject,
+    /// Body is JSON nested deeper than `CORRAL_MAX_JSON_DEPTH`: no webhook
+    /// needs it, and each level costs whoever reads it.
+    #[error("body nests objects and arrays deeper than {limit} levels")]
+    TooDeep {
+        /// `CORRAL_MAX_JSON_DEPTH`.
+        limit: usize,
+    },
     /// The body did not arrive in time (a client trickling it byte by byte
     /// would otherwise hold a connection and a buffer for ever).
     #[error("the request body did not arrive within {0:?}")]
@@ -106,6 +114,7 @@ impl WebhookError {
             }
             WebhookError::BodyTimeout(_) => Some(RejectReason::BodyTimeout),
             WebhookError::NotObject => Some(RejectReason::NotObject),
+            WebhookError::TooDeep { .. } => Some(RejectReason::TooDeep),
             WebhookError::Unavailable { .. } => None,
         }
     }
@@ -118,9 +127,10 @@ impl ResponseError for WebhookError {
             WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::InvalidJson(_) | WebhookError::NotObject | WebhookError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            WebhookError::InvalidJson(_)
+            | WebhookError::NotObject
+            | WebhookError::TooDeep { .. }
+            | WebhookError::BodyRead(_) => StatusCode::BAD_REQUEST,
             WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -247,7 +257,7 @@ async fn accept<B: Buffer>(
     let bytes = tokio::time::timeout(state.body_timeout, read)
         .await
         .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
-    check_json_object(&bytes)?;
+    check_json_object(&bytes, state.max_json_depth)?;
 
     let webhook = Webhook {
         kind,
@@ -290,20 +300,16 @@ fn check_media_type(request: &HttpRequest) -> Result<(), WebhookError> {
     }
 }
 
-/// Validates the whole document without building it, then checks its top level.
-fn check_json_object(body: &[u8]) -> Result<(), WebhookError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|err| WebhookError::InvalidJson(format!("not UTF-8 ({err})")))?;
-    serde_json::from_str::<IgnoredAny>(text)
-        .map_err(|err| WebhookError::InvalidJson(err.to_string()))?;
-    if text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        Ok(())
-    } else {
-        Err(WebhookError::NotObject)
-    }
+/// Validates the whole document without building it, then checks its depth
+/// and its top level: in linear time, however deep it nests.
+fn check_json_object(body: &[u8], max_depth: usize) -> Result<(), WebhookError> {
+    json::check_object(body, max_depth).map_err(|refusal| match refusal {
+        json::Refusal::NotUtf8(_) | json::Refusal::Invalid(_) => {
+            WebhookError::InvalidJson(refusal.to_string())
+        }
+        json::Refusal::TooDeep { limit } => WebhookError::TooDeep { limit },
+        json::Refusal::NotObject => WebhookError::NotObject,
+    })
 }
 
 /// Any other route: 404 with a JSON body.
@@ -324,35 +330,41 @@ mod tests {
 
     #[test]
     fn json_objects_pass_and_everything_else_is_named() {
-        assert!(check_json_object(b" {\"a\": [1, {\"b\": null}]}\n").is_ok());
+        assert!(check_json_object(b" {\"a\": [1, {\"b\": null}]}\n", 32).is_ok());
         assert!(matches!(
-            check_json_object(b"[1]"),
+            check_json_object(b"[1]", 32),
             Err(WebhookError::NotObject)
         ));
         assert!(matches!(
-            check_json_object(b"\"str\""),
+            check_json_object(b"\"str\"", 32),
             Err(WebhookError::NotObject)
         ));
         assert!(matches!(
-            check_json_object(b"42"),
+            check_json_object(b"42", 32),
             Err(WebhookError::NotObject)
         ));
         assert!(matches!(
-            check_json_object(b"{\"a\":1"),
+            check_json_object(b"{\"a\":1", 32),
             Err(WebhookError::InvalidJson(_))
         ));
         assert!(matches!(
-            check_json_object(b"{} {}"),
+            check_json_object(b"{} {}", 32),
             Err(WebhookError::InvalidJson(_))
         ));
         assert!(matches!(
-            check_json_object(b""),
+            check_json_object(b"", 32),
             Err(WebhookError::InvalidJson(_))
         ));
         assert!(matches!(
-            check_json_object(b"{\"a\":\"\xff\"}"),
+            check_json_object(b"{\"a\":\"\xff\"}", 32),
             Err(WebhookError::InvalidJson(_))
         ));
+        let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        assert!(check_json_object(nested(32).as_bytes(), 32).is_ok());
+        let refused = check_json_object(nested(33).as_bytes(), 32).unwrap_err();
+        assert!(matches!(refused, WebhookError::TooDeep { limit: 32 }));
+        assert_eq!(refused.status_code(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.reject_reason(), Some(RejectReason::TooDeep));
     }
 
     #[test]

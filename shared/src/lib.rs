@@ -19,6 +19,8 @@
 //!   giving up) and retrying until shutdown.
 //! - [`error_chain`]: an error and its causes as one log line.
 //! - [`envelope`]: the AMQP message contract between ingress and worker.
+//! - [`json`]: the shape of body ingress accepts (a JSON object, nested at
+//!   most so deep), checked in linear time whatever the nesting.
 //! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
 //!   where it must be and tolerantly where the provider may vary; the worker
 //!   and the load generator's verifier use it, ingress never does.
@@ -30,6 +32,7 @@ pub mod amqp;
 pub mod config;
 pub mod envelope;
 mod error;
+pub mod json;
 #[cfg(feature = "payload")]
 pub mod payload;
 pub mod retry;

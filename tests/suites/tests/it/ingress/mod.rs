@@ -15,6 +15,8 @@
 //! - `broker_loss`: Broker loss, through a proxy the test owns.
 //! - `concurrency`: A burst of concurrent posts.
 //! - `contract`: The sample reaches the queue untouched, with its envelope.
+//! - `depth`: Nesting depth: refused past `CORRAL_MAX_JSON_DEPTH`, nothing
+//!   published.
 //! - `helpers`: What the ingress tests share: settings, requests, answers, and
 //!   reading the queue and the metrics.
 //! - `logs`: Tokens stay out of logs.
@@ -28,6 +30,7 @@ mod auth;
 mod broker_loss;
 mod concurrency;
 mod contract;
+mod depth;
 mod helpers;
 mod logs;
 mod memory;
