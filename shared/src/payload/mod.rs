@@ -25,7 +25,7 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, MAX_DEPTH};
 
 /// Every failure reason the provider documents, exactly as it spells them.
 /// Typing accepts any reason; this list is what the documentation promises.
@@ -123,6 +123,14 @@ pub enum PayloadError {
     /// PostgreSQL text and jsonb cannot hold U+0000.
     #[error("a string contains U+0000, which PostgreSQL cannot store")]
     NulCharacter,
+    /// Objects and arrays nested deeper than [`MAX_DEPTH`]: no webhook
+    /// needs it, and ingress refuses far less (`CORRAL_MAX_JSON_DEPTH`), so
+    /// such a body reached the queue some other way.
+    #[error("objects and arrays are nested deeper than {limit} levels")]
+    TooDeep {
+        /// [`MAX_DEPTH`].
+        limit: usize,
+    },
 }
 
 /// A payload typed, with its identity.
@@ -137,7 +145,8 @@ pub struct Typed {
 /// Types a webhook body.
 pub fn parse(body: &[u8]) -> Result<Typed, PayloadError> {
     let text = std::str::from_utf8(body).map_err(|err| PayloadError::NotUtf8(err.to_string()))?;
-    // One parse of the top level serves both the fingerprint and the fields.
+    // The top level, each member kept as its text: serde_json skips over
+    // those without recursing, however deep they nest.
     let fields: BTreeMap<String, &RawValue> = match serde_json::from_str(text) {
         Ok(fields) => fields,
         Err(err) => {
@@ -148,7 +157,9 @@ pub fn parse(body: &[u8]) -> Result<Typed, PayloadError> {
             });
         }
     };
-    let fingerprint = Fingerprint::of_object(&fields, body.len())?;
+    // The top-level parse above has checked the whole document's syntax,
+    // which the canonical pass relies on.
+    let fingerprint = Fingerprint::of(text)?;
 
     let field = |name: &str| fields.get(name).copied().filter(|raw| raw.get() != "null");
 

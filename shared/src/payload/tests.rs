@@ -1,7 +1,7 @@
 //! The payload typing and the fingerprint, on the provider's samples and on
 //! every way a payload can be wrong.
 
-use super::{fingerprint::canonicalize, *};
+use super::{fingerprint::canonical, *};
 
 const SUCCESS: &str = include_str!("../../../tests/fixtures/sms-success.json");
 const FAILURE: &str = include_str!("../../../tests/fixtures/sms-failure.json");
@@ -205,9 +205,7 @@ fn unescaped_strings_are_already_canonical() {
     ] {
         let value: String = serde_json::from_str(raw).unwrap();
         assert_eq!(serde_json::to_string(&value).unwrap(), raw);
-        let mut out = Vec::new();
-        canonicalize(serde_json::from_str::<&RawValue>(raw).unwrap(), &mut out).unwrap();
-        assert_eq!(out, raw.as_bytes());
+        assert_eq!(canonical(raw).unwrap(), raw.as_bytes());
     }
 }
 
@@ -238,4 +236,151 @@ fn exact_decimal_accepts_json_numbers_only() {
     ] {
         assert_eq!(exact_decimal(bad), None, "{bad}");
     }
+}
+
+/// Fingerprints are stored in `delivery_events` and decide what is a
+/// duplicate: the canonical form must never change for a payload that had one.
+/// Each body's fingerprint here was computed by the first implementation.
+#[test]
+fn fingerprints_of_known_payloads_never_change() {
+    let head = r#""drop_id":"a","status":"success","attempt_date":"2019-03-17T21:10:26Z""#;
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let deep_objects = format!("{}1{}", r#"{"k":"#.repeat(100), "}".repeat(100));
+    let cases: Vec<(String, &str)> = vec![
+        (SUCCESS.to_owned(), PINNED[0]),
+        (FAILURE.to_owned(), PINNED[1]),
+        // Keys out of order, whitespace everywhere.
+        (
+            format!(
+                "\n{{ \"x\" :\t[ 1 , {{ \"b\" : 2 , \"a\" : [ ] }} , {{ }} ] ,\r\n {head} }}\n"
+            ),
+            PINNED[2],
+        ),
+        // Escapes that decode, and ones that must stay escaped.
+        (
+            format!(r#"{{{head},"x":"\u00e9\n\t\/\"\\\u001f\ud83d\udc04","y":"é 中 🐄 <&>'"}}"#),
+            PINNED[3],
+        ),
+        // Keys that need escaping, and a key spelled two ways (the last wins).
+        (
+            format!(r#"{{{head},"k\"ey\n":1,"\u0078":"first","x":"second"}}"#),
+            PINNED[4],
+        ),
+        // Numbers keep their exact text; literals.
+        (
+            format!(
+                r#"{{{head},"n":[1.0,1,-0,1e5,1E+2,2.50e-3,12345678901234567890123],"t":[true,false,null]}}"#
+            ),
+            PINNED[5],
+        ),
+        // A repeated key whose first value could not be stored: only the last counts.
+        (
+            format!(r#"{{{head},"x":"a\u0000b","x":{{"\ud800":[1]}},"x":2}}"#),
+            PINNED[6],
+        ),
+        // Nesting well past anything the provider sends.
+        (
+            format!(r#"{{{head},"x":{deep},"y":{deep_objects}}}"#),
+            PINNED[7],
+        ),
+        // Sorting is by the decoded key's bytes, not by its escaped text.
+        (
+            format!(r#"{{{head},"\u00e9":1,"z":2,"\u0041":3,"é2":4}}"#),
+            PINNED[8],
+        ),
+    ];
+    let mut got = Vec::new();
+    for (body, _) in &cases {
+        let fingerprint = parse(body.as_bytes())
+            .unwrap_or_else(|err| panic!("{body}: {err}"))
+            .fingerprint;
+        got.push(hex(&fingerprint.0));
+    }
+    let expected: Vec<&str> = cases.iter().map(|(_, pinned)| *pinned).collect();
+    assert_eq!(got, expected);
+}
+
+const PINNED: [&str; 9] = [
+    "d6ac8a93652311067e28671ae0c6bc92d432fce0c36b1edddfb451922e90bd84",
+    "caef60c308a75f1f80ebd218a12ca8804deabdf0771f4b00f14bccd6aedf1695",
+    "de11c2088298d63a95d519bf737965f93838f449226948052a84cc24914f43ab",
+    "dde755d73211a24bb7065bd69eb83e14f5045a2c822b0d0426a17015a0a1f658",
+    "693d493f6da09ede8e4106d72dec975eda05ef20cabda6e34d3ee50feab43817",
+    "d4a64898132bde7fc2e4b4376479029a4ba25309af52ef4a20094098639b8643",
+    "04c24a636086facca17becd828350d116a42ffd36d36d464ad598b1f66ac756a",
+    "0d7112dfbc296896d8b13594e516169963780d7b25f58ef7b1159a807377fc99",
+    "565e7419329a87c567c5b526ba56892426e8b79db4e65d37b90ff38c85f9756b",
+];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A webhook whose extra field makes it nest `depth` levels in all.
+fn nested_webhook(depth: usize) -> String {
+    format!(
+        r#"{{"drop_id":"a","status":"success","attempt_date":"2019-03-17T21:10:26Z","x":{}1{}}}"#,
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+#[test]
+fn nesting_up_to_the_cap_types_and_past_it_is_refused() {
+    assert!(parse(nested_webhook(MAX_DEPTH).as_bytes()).is_ok());
+    let err = parse(nested_webhook(MAX_DEPTH + 1).as_bytes()).unwrap_err();
+    assert_eq!(err, PayloadError::TooDeep { limit: MAX_DEPTH });
+    assert_eq!(
+        err.to_string(),
+        "objects and arrays are nested deeper than 128 levels"
+    );
+    // Objects count as arrays do, also inside a member a later one replaces.
+    let objects = format!(
+        r#"{{"drop_id":"a","status":"success","attempt_date":"2019-03-17T21:10:26Z","x":{}1{},"x":1}}"#,
+        r#"{"k":"#.repeat(MAX_DEPTH),
+        "}".repeat(MAX_DEPTH)
+    );
+    assert_eq!(
+        parse(objects.as_bytes()).unwrap_err(),
+        PayloadError::TooDeep { limit: MAX_DEPTH }
+    );
+}
+
+/// The shape a hostile sender would use: 64 KiB nested 32,000 deep, typed on
+/// a thread with a 256 KiB stack (a tokio worker thread has 2 MiB).
+#[test]
+fn a_body_nested_thousands_deep_is_refused_without_recursing() {
+    let body = nested_webhook(32_000);
+    let typed = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || parse(body.as_bytes()))
+        .unwrap()
+        .join()
+        .expect("typing does not overflow the stack");
+    assert_eq!(
+        typed.unwrap_err(),
+        PayloadError::TooDeep { limit: MAX_DEPTH }
+    );
+}
+
+#[test]
+fn a_repeated_key_keeps_its_last_value_and_only_that_one_is_judged() {
+    let head = r#""drop_id":"a","status":"success","attempt_date":"2019-03-17T21:10:26Z""#;
+    let repeated =
+        parse(format!(r#"{{{head},"x":"a\u0000","x":{{"\ud800":1}},"x":2}}"#).as_bytes());
+    let single = parse(format!(r#"{{{head},"x":2}}"#).as_bytes());
+    assert_eq!(repeated.unwrap().fingerprint, single.unwrap().fingerprint);
+    // The one kept is judged: U+0000, or a key that does not decode.
+    assert_eq!(
+        parse(format!(r#"{{{head},"x":2,"x":"a\u0000"}}"#).as_bytes()).unwrap_err(),
+        PayloadError::NulCharacter
+    );
+    assert!(matches!(
+        parse(format!(r#"{{{head},"x":[{{"\ud800":1}}]}}"#).as_bytes()).unwrap_err(),
+        PayloadError::InvalidJson(_)
+    ));
+    assert_eq!(
+        parse(format!(r#"{{{head},"x":{{"a\u0000":1}}}}"#).as_bytes()).unwrap_err(),
+        PayloadError::NulCharacter
+    );
 }

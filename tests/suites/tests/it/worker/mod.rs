@@ -13,6 +13,8 @@
 //!
 //! # Layout
 //!
+//! - `depth`: Nesting depth: a payload nested past the worker's cap is
+//!   quarantined with the reason, and the queue keeps moving.
 //! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing
 //!   workers.
 //! - `helpers`: What the worker tests share: settings, publishing as ingress,
@@ -27,6 +29,7 @@
 //! - `tls`: Verified TLS to PostgreSQL.
 //! - `typing`: Samples and every documented failure reason become exact rows.
 
+mod depth;
 mod exactly_once;
 mod helpers;
 mod ordering;
