@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::{ConsumerSettings, SessionEnd};
 use crate::{
     source::{Ack, Delivery, SourceError},
-    store::{self, BatchOutcome, Incoming},
+    store::{self, BatchOutcome, Prepared},
 };
 
 /// A batch being written, resolving when it committed (or gave up).
@@ -103,9 +103,10 @@ async fn until_committed<A: Ack>(
     }
     let ack = last.expect("a batch is never empty");
     let started = Instant::now();
+    let prepared = store::prepare_all(&messages);
     let outcome = retry::until_final(
         settings.db_retry_max,
-        || attempt(settings, pool, health, &messages),
+        || attempt(settings, pool, health, &prepared),
         // A closed channel means RabbitMQ redelivers these elsewhere.
         |_| ack.usable(),
     )
@@ -128,12 +129,12 @@ async fn attempt(
     settings: &ConsumerSettings,
     pool: &Pool,
     health: &Health,
-    messages: &[Incoming],
+    batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, WriteError> {
     let bound = settings.db_timeout * 3;
     let write = async {
         let mut client = pool.get().await.map_err(WriteError::Pool)?;
-        store::write_batch(&mut client, messages)
+        store::write_batch(&mut client, batch)
             .await
             .map_err(WriteError::Database)
     };
@@ -147,7 +148,7 @@ async fn attempt(
             metrics::worker_db_error(DbErrorKind::Transient);
             tracing::warn!(
                 error = error_chain(err),
-                messages = messages.len(),
+                messages = batch.len(),
                 "batch not committed; retrying (nothing acknowledged)"
             );
         }

@@ -50,7 +50,7 @@ struct EventRow<'a> {
 }
 
 /// An untypeable webhook and why.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct QuarantineRow<'a> {
     incoming: &'a Incoming,
     error: String,
@@ -92,8 +92,33 @@ fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, Stri
     }
 }
 
+/// A batch typed once, before its first write attempt: typing is work on
+/// the messages alone, so it is neither repeated by every retry nor counted
+/// against the database's deadline.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// How many messages the batch holds.
+    len: usize,
+    /// The typed ones.
+    events: Vec<EventRow<'a>>,
+    /// The ones that cannot be typed, and why.
+    refused: Vec<QuarantineRow<'a>>,
+}
+
+impl Prepared<'_> {
+    /// How many messages the batch holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Types every message: the rows to store, and the ones to quarantine with why.
-fn prepare_all(messages: &[Incoming]) -> (Vec<EventRow<'_>>, Vec<QuarantineRow<'_>>) {
+pub fn prepare_all(messages: &[Incoming]) -> Prepared<'_> {
     let now = Utc::now();
     let mut events = Vec::with_capacity(messages.len());
     let mut refused = Vec::new();
@@ -106,26 +131,33 @@ fn prepare_all(messages: &[Incoming]) -> (Vec<EventRow<'_>>, Vec<QuarantineRow<'
             }),
         }
     }
-    (events, refused)
+    Prepared {
+        len: messages.len(),
+        events,
+        refused,
+    }
 }
 
-/// Writes one batch in one transaction and commits it. On `Err` nothing was
-/// committed and nothing may be acknowledged.
+/// Writes one batch, typed by [`prepare_all`], in one transaction and commits
+/// it. On `Err` nothing was committed and nothing may be acknowledged; a
+/// retry passes the same `batch` again.
 pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
-    messages: &[Incoming],
+    batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
-    let (events, mut quarantined) = prepare_all(messages);
+    let events = &batch.events;
+    // What PostgreSQL refuses is added to these for this attempt only.
+    let mut quarantined = batch.refused.clone();
     // The common case needs no savepoint: insert the whole batch. Only when
     // PostgreSQL refuses its data is the transaction rolled back and the
     // batch written again, split under savepoints to isolate the culprit.
     let mut tx = client.transaction().await?;
-    let stored = match insert_events(&tx, &events).await {
+    let stored = match insert_events(&tx, events).await {
         Ok(stored) => stored,
         Err(err) if is_data_error(&err) => {
             tx.rollback().await?;
             tx = client.transaction().await?;
-            store_events(&mut tx, &events, &mut quarantined).await?
+            store_events(&mut tx, events, &mut quarantined).await?
         }
         Err(err) => return Err(err),
     };
@@ -133,7 +165,7 @@ pub async fn write_batch(
     crate::db::commit(tx, stored + new_quarantined > 0).await?;
     Ok(BatchOutcome {
         stored,
-        duplicate: messages.len() - stored - new_quarantined,
+        duplicate: batch.len - stored - new_quarantined,
         quarantined: new_quarantined,
     })
 }
@@ -336,7 +368,11 @@ pub async fn store_in(
     tx: &mut Transaction<'_>,
     messages: &[Incoming],
 ) -> Result<StoredIn, tokio_postgres::Error> {
-    let (events, mut refused) = prepare_all(messages);
+    let Prepared {
+        events,
+        mut refused,
+        ..
+    } = prepare_all(messages);
     let stored = store_events(tx, &events, &mut refused).await?;
     let refused: Vec<(usize, String)> = refused
         .into_iter()

@@ -208,7 +208,8 @@ pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Resul
     let started = Instant::now();
     let mut stored = 0u64;
     for chunk in messages.chunks(batch) {
-        stored += corral_worker::store::write_batch(&mut client, chunk)
+        let prepared = corral_worker::store::prepare_all(chunk);
+        stored += corral_worker::store::write_batch(&mut client, &prepared)
             .await?
             .stored as u64;
     }
