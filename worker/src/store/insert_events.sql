@@ -26,23 +26,23 @@ inserted AS (
     ON CONFLICT (fingerprint) DO NOTHING
     RETURNING id, fingerprint, message_id, kind, drop_id, phone_number, attempt_date,
               status, reason, dnc, spam, product_cost, compliance_fee,
-              tts_fee, network_name, network_type, foreign_id
+              tts_fee, network_name, network_type, foreign_id, received_at
 ),
 latest AS (
     -- One candidate per drop_id (an upsert may touch a row only once per statement).
     SELECT DISTINCT ON (drop_id) *
     FROM inserted
-    ORDER BY drop_id, attempt_date DESC, fingerprint DESC
+    ORDER BY drop_id, attempt_date DESC, received_at DESC, fingerprint DESC
 ),
 upserted AS (
     INSERT INTO deliveries AS d (
         drop_id, kind, event_id, fingerprint, message_id, phone_number, attempt_date,
         status, reason, dnc, spam, product_cost, compliance_fee,
-        tts_fee, network_name, network_type, foreign_id
+        tts_fee, network_name, network_type, foreign_id, received_at
     )
     SELECT drop_id, kind, id, fingerprint, message_id, phone_number, attempt_date,
            status, reason, dnc, spam, product_cost, compliance_fee,
-           tts_fee, network_name, network_type, foreign_id
+           tts_fee, network_name, network_type, foreign_id, received_at
     FROM latest
     ORDER BY drop_id
     ON CONFLICT (drop_id) DO UPDATE SET
@@ -62,8 +62,11 @@ upserted AS (
         network_name = EXCLUDED.network_name,
         network_type = EXCLUDED.network_type,
         foreign_id = EXCLUDED.foreign_id,
+        received_at = EXCLUDED.received_at,
         updated_at = now()
-    -- An older event arriving late never overwrites a newer state.
-    WHERE (d.attempt_date, d.fingerprint) < (EXCLUDED.attempt_date, EXCLUDED.fingerprint)
+    -- An older event arriving late never overwrites a newer state; of two
+    -- with the same attempt_date, the one received later is the correction.
+    WHERE (d.attempt_date, d.received_at, d.fingerprint)
+        < (EXCLUDED.attempt_date, EXCLUDED.received_at, EXCLUDED.fingerprint)
 )
 SELECT fingerprint FROM inserted

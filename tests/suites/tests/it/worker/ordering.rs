@@ -100,3 +100,171 @@ async fn deliveries_keep_the_newest_state_whatever_the_arrival_order() {
     assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 3);
     worker.stop().await.expect("the worker stops cleanly");
 }
+
+/// Publishes `body` as ingress would, received at `received_at`.
+async fn send_received(
+    broker: &TestBroker,
+    body: String,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Sent {
+    let id = uuid::Uuid::now_v7();
+    broker
+        .publish(
+            Kind::Sms.routing_key(),
+            body.as_bytes(),
+            corral_shared::envelope::properties(id, received_at),
+        )
+        .await;
+    Sent {
+        id,
+        received_at,
+        routing_key: Kind::Sms.routing_key().to_owned(),
+        body: body.into_bytes(),
+    }
+}
+
+/// Two webhooks of one `drop_id` with the same `attempt_date`: the one
+/// received later is the provider's correction and becomes the state, in
+/// one batch or in two — even when its fingerprint is the smaller one.
+#[tokio::test]
+async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let date = "2026-11-27T10:00:00.500Z";
+    // The earlier one gets the greater fingerprint, so ordering by
+    // fingerprint alone would keep it.
+    let pair = |drop_id: &str| {
+        let a = fixtures::delivery_status(drop_id, date, "", "order-5");
+        let b = fixtures::delivery_status(drop_id, date, "No Funds", "order-5");
+        let fingerprint = |body: &str| {
+            corral_shared::payload::parse(body.as_bytes())
+                .unwrap()
+                .fingerprint
+        };
+        if fingerprint(&a) > fingerprint(&b) {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    };
+    let first_received = now_micros();
+    let later_received = first_received + chrono::Duration::milliseconds(1);
+
+    // One batch: both published before the worker starts, batches of 2.
+    let same = "aaaaaaaaaaaaaaaaaaaaaa11";
+    let (earlier, later) = pair(same);
+    send_received(&broker, earlier, first_received).await;
+    let same_later = send_received(&broker, later, later_received).await;
+    let mut config = config(&db.url, broker.prefix());
+    config.batch_max = 2;
+    config.batch_linger_ms = 300;
+    let worker = RunningWorker::start(config).await;
+    let client = db.client().await;
+    wait_count(&client, EVENTS, 2).await;
+    let (state, state_event, _) = delivery(&client, same).await;
+    assert_eq!(state.message_id, same_later.id, "{state:?}");
+    assert_eq!(state_event, event_id(&client, same_later.id).await);
+
+    // Two batches: the correction arrives once the first is the state.
+    let apart = "aaaaaaaaaaaaaaaaaaaaaa12";
+    let (earlier, later) = pair(apart);
+    let apart_earlier = send_received(&broker, earlier, first_received).await;
+    wait_count(&client, EVENTS, 3).await;
+    assert_eq!(
+        delivery(&client, apart).await.0.message_id,
+        apart_earlier.id
+    );
+    let apart_later = send_received(&broker, later, later_received).await;
+    wait_count(&client, EVENTS, 4).await;
+    let (state, state_event, _) = delivery(&client, apart).await;
+    assert_eq!(state.message_id, apart_later.id, "{state:?}");
+    assert_eq!(state_event, event_id(&client, apart_later.id).await);
+
+    // And the earlier one, arriving after the correction, does not undo it.
+    let back = "aaaaaaaaaaaaaaaaaaaaaa13";
+    let (earlier, later) = pair(back);
+    let back_later = send_received(&broker, later, later_received).await;
+    wait_count(&client, EVENTS, 5).await;
+    send_received(&broker, earlier, first_received).await;
+    wait_count(&client, EVENTS, 6).await;
+    assert_eq!(delivery(&client, back).await.0.message_id, back_later.id);
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// Migration 2 on data the previous rule wrote: `received_at` is filled from
+/// each state's event, and a state chosen among same-date events by
+/// fingerprint is chosen again by arrival.
+#[tokio::test]
+async fn the_received_at_migration_backfills_and_re_chooses_tied_states() {
+    let db = TestDatabase::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(include_str!(
+            "../../../../../worker/migrations/V1__initial.sql"
+        ))
+        .await
+        .expect("the first migration");
+    // `tied`: two events of one date, the earlier received with the greater
+    // fingerprint, which the previous rule made the state. `single`: one
+    // event. `pruned`: a state whose event is gone.
+    client
+        .batch_execute(
+            r#"
+            INSERT INTO delivery_events (id, fingerprint, message_id, kind, drop_id, attempt_date,
+                                         status, payload, received_at)
+            OVERRIDING SYSTEM VALUE VALUES
+              (1, '\x02', '00000000-0000-0000-0000-000000000001', 'sms', 'tied',
+               '2026-11-27T10:00:00Z', 'success', '{}', '2026-11-27T10:00:01Z'),
+              (2, '\x01', '00000000-0000-0000-0000-000000000002', 'sms', 'tied',
+               '2026-11-27T10:00:00Z', 'failure', '{}', '2026-11-27T10:00:02Z'),
+              (3, '\x03', '00000000-0000-0000-0000-000000000003', 'rvm', 'single',
+               '2026-11-27T09:00:00Z', 'success', '{}', '2026-11-27T09:00:05Z');
+            INSERT INTO deliveries (drop_id, kind, event_id, fingerprint, message_id,
+                                    attempt_date, status) VALUES
+              ('tied', 'sms', 1, '\x02', '00000000-0000-0000-0000-000000000001',
+               '2026-11-27T10:00:00Z', 'success'),
+              ('single', 'rvm', 3, '\x03', '00000000-0000-0000-0000-000000000003',
+               '2026-11-27T09:00:00Z', 'success'),
+              ('pruned', 'sms', 99, '\x09', '00000000-0000-0000-0000-000000000009',
+               '2026-11-27T08:00:00Z', 'success');
+            "#,
+        )
+        .await
+        .expect("rows as the previous version wrote them");
+    client
+        .batch_execute(include_str!(
+            "../../../../../worker/migrations/V2__deliveries_ties_by_received_at.sql"
+        ))
+        .await
+        .expect("the second migration");
+    let rows = client
+        .query(
+            "SELECT drop_id, event_id, status, nullif(received_at, '-infinity')
+             FROM deliveries ORDER BY drop_id",
+            &[],
+        )
+        .await
+        .expect("the states");
+    type State = (String, i64, String, Option<chrono::DateTime<chrono::Utc>>);
+    let states: Vec<State> = rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    let state = |drop_id: &str, event: i64, status: &str, received_at: Option<&str>| {
+        (
+            drop_id.to_owned(),
+            event,
+            status.to_owned(),
+            received_at.map(instant),
+        )
+    };
+    assert_eq!(
+        states,
+        [
+            // Unknown: any later webhook of the same date replaces it.
+            state("pruned", 99, "success", None),
+            state("single", 3, "success", Some("2026-11-27T09:00:05Z")),
+            state("tied", 2, "failure", Some("2026-11-27T10:00:02Z")),
+        ]
+    );
+}
