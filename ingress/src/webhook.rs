@@ -325,6 +325,9 @@ pub async fn method_not_allowed() -> HttpResponse {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

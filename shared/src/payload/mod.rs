@@ -17,6 +17,8 @@
 
 mod fingerprint;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
