@@ -57,6 +57,10 @@ pub enum WebhookError {
     /// A `Content-Type` that is not JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// A `Content-Encoding` other than `identity`: the body would be
+    /// compressed bytes, which are not the JSON corral publishes.
+    #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
     /// Body over the limit.
     #[error("body exceeds {limit} bytes")]
     TooLarge {
@@ -95,6 +99,7 @@ impl WebhookError {
         match self {
             WebhookError::Unauthorized => Some(RejectReason::Unauthorized),
             WebhookError::UnsupportedMediaType => Some(RejectReason::UnsupportedMediaType),
+            WebhookError::UnsupportedEncoding(_) => Some(RejectReason::UnsupportedEncoding),
             WebhookError::TooLarge { .. } => Some(RejectReason::TooLarge),
             WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => {
                 Some(RejectReason::InvalidJson)
@@ -110,7 +115,9 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Unauthorized => StatusCode::UNAUTHORIZED,
-            WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::UnsupportedMediaType | WebhookError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::InvalidJson(_) | WebhookError::NotObject | WebhookError::BodyRead(_) => {
@@ -207,6 +214,7 @@ async fn accept<B: Buffer>(
         return Err(WebhookError::Unauthorized);
     }
     check_media_type(request)?;
+    check_content_encoding(request)?;
     let limit = state.max_body_bytes;
     let declared = request
         .headers()
@@ -273,6 +281,29 @@ fn check_media_type(request: &HttpRequest) -> Result<(), WebhookError> {
     }
 }
 
+/// Only `identity` (or no `Content-Encoding`) is accepted: nothing here
+/// decompresses (actix-web's `compress-*` features are off), so a compressed
+/// body would otherwise be refused as invalid JSON, which misleads its sender.
+fn check_content_encoding(request: &HttpRequest) -> Result<(), WebhookError> {
+    for value in request.headers().get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let unsupported = text
+            .split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+        if unsupported {
+            // Bounded and printable: the value is echoed in the answer and the log.
+            let shown: String = text
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(64)
+                .collect();
+            return Err(WebhookError::UnsupportedEncoding(shown));
+        }
+    }
+    Ok(())
+}
+
 /// Validates the whole document without building it, then checks its top level.
 fn check_json_object(body: &[u8]) -> Result<(), WebhookError> {
     let text = std::str::from_utf8(body)
@@ -336,6 +367,28 @@ mod tests {
             check_json_object(b"{\"a\":\"\xff\"}"),
             Err(WebhookError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn content_encodings_other_than_identity_are_unsupported() {
+        use actix_web::test::TestRequest;
+        let with = |ce: &str| {
+            TestRequest::post()
+                .insert_header(("Content-Encoding", ce))
+                .to_http_request()
+        };
+        assert!(check_content_encoding(&TestRequest::post().to_http_request()).is_ok());
+        for ce in ["identity", "Identity", " identity , identity", ""] {
+            assert!(check_content_encoding(&with(ce)).is_ok(), "{ce:?}");
+        }
+        for ce in ["gzip", "br", "deflate, identity", "identity, zstd"] {
+            let err = check_content_encoding(&with(ce)).expect_err(ce);
+            assert_eq!(
+                err.to_string(),
+                format!("Content-Encoding {ce} is not supported; send the body uncompressed")
+            );
+            assert_eq!(err.status_code(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
     }
 
     #[test]

@@ -82,6 +82,8 @@ labels! {
         UnsupportedMediaType,
         /// The body did not arrive within `CORRAL_BODY_TIMEOUT_MS`.
         BodyTimeout,
+        /// A `Content-Encoding` other than `identity` (a compressed body).
+        UnsupportedEncoding,
     }
 
     /// `corral_ingress_publish_failures_total{cause}`: why the buffer did not
@@ -154,7 +156,8 @@ mod tests {
                 "not_object",
                 "too_large",
                 "unsupported_media_type",
-                "body_timeout"
+                "body_timeout",
+                "unsupported_encoding"
             ]
         );
         assert_eq!(
