@@ -7,6 +7,8 @@
 //! - [`config`]: settings (`CORRAL_*` / `--flags`) and their validation.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
 //! - [`webhook`]: the routes and their errors, cheapest check first.
+//! - [`refusal_log`]: refusals logged at most once per cause per second,
+//!   with a count of the rest.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
 //!   and its RabbitMQ implementation: persistent, mandatory publishes with
 //!   confirms over a self-healing broker link, with bounded memory.
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod buffer;
 pub mod config;
+pub mod refusal_log;
 pub mod webhook;
 
 use std::time::Duration;
@@ -27,7 +30,7 @@ use corral_shared::{
     admin::Health,
     telemetry::{self, labels::Binary},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
     auth::Tokens,
@@ -36,6 +39,7 @@ use crate::{
         rabbitmq::{self, RabbitMq},
     },
     config::IngressConfig,
+    refusal_log::RefusalLog,
     webhook::WebhookState,
 };
 
@@ -48,6 +52,9 @@ pub struct Application {
     admin: Server,
     buffer: RabbitMq,
     supervisor: tokio::task::JoinHandle<()>,
+    /// Writes the refusal summaries until the server has drained; the guard
+    /// stops it also when the application is dropped without running.
+    summaries: (tokio::task::JoinHandle<()>, DropGuard),
     health: Health,
     shutdown: CancellationToken,
 }
@@ -100,7 +107,13 @@ impl Application {
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            refusals: RefusalLog::default(),
         };
+        let stop_summaries = CancellationToken::new();
+        let summaries = (
+            tokio::spawn(state.refusals.clone().run_summaries(stop_summaries.clone())),
+            stop_summaries.drop_guard(),
+        );
         let (server, port, workers) = webhook_server(&config, state)?;
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
             .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -114,6 +127,7 @@ impl Application {
             admin,
             buffer,
             supervisor,
+            summaries,
             health,
             shutdown,
         })
@@ -140,6 +154,7 @@ impl Application {
             admin,
             buffer,
             supervisor,
+            summaries,
             health,
             shutdown,
             ..
@@ -158,6 +173,9 @@ impl Application {
         // Graceful stop: no new connections, in-flight requests run to their answer.
         server_handle.stop(true).await;
         serving.await.context("webhook server task")??;
+        let (summaries, stop_summaries) = summaries;
+        drop(stop_summaries);
+        let _ = summaries.await;
         buffer.close(config.publish_timeout()).await;
         let _ = supervisor.await;
         admin_handle.stop(true).await;

@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::{
     auth::Tokens,
     buffer::{Buffer, Refusal, Webhook},
+    refusal_log::{Cause, RefusalLog},
 };
 
 /// What the webhook handlers share.
@@ -45,6 +46,8 @@ pub struct WebhookState<B> {
     pub retry_after_secs: u32,
     /// `CORRAL_BODY_TIMEOUT_MS`: longest wait for a whole body.
     pub body_timeout: std::time::Duration,
+    /// Keeps refusals from flooding the log.
+    pub refusals: RefusalLog,
 }
 
 /// Why a webhook was not accepted. The `Display` text is the `error` field of
@@ -175,7 +178,7 @@ async fn handle<B: Buffer>(
     let response = match accept(kind, message_id, &request, body, &state).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "id": message_id })),
         Err(err) => {
-            log_refusal(kind, message_id, &request, &err);
+            log_refusal(&state.refusals, kind, message_id, &request, &err);
             err.error_response()
         }
     };
@@ -183,13 +186,24 @@ async fn handle<B: Buffer>(
     response
 }
 
-/// Counts a refused webhook and logs why. Only the path is logged: the query
-/// string may hold the token.
-fn log_refusal(kind: Kind, message_id: Uuid, request: &HttpRequest, err: &WebhookError) {
+/// Counts a refused webhook and logs why, the first of its cause in a second
+/// in full and the others in a summary ([`RefusalLog`]). Only the path is
+/// logged: the query string may hold the token. Never the body.
+fn log_refusal(
+    refusals: &RefusalLog,
+    kind: Kind,
+    message_id: Uuid,
+    request: &HttpRequest,
+    err: &WebhookError,
+) {
     let route = kind.as_str();
-    let error = error_chain(err);
+    let now = tokio::time::Instant::now();
     if let Some(reason) = err.reject_reason() {
         metrics::ingress_rejected(reason);
+        if !refusals.admit(Cause::Rejected(reason.as_str()), now) {
+            return;
+        }
+        let error = error_chain(err);
         tracing::info!(
             route,
             reason = reason.as_str(),
@@ -199,6 +213,10 @@ fn log_refusal(kind: Kind, message_id: Uuid, request: &HttpRequest, err: &Webhoo
         );
     } else if let WebhookError::Unavailable { failure, .. } = err {
         metrics::ingress_publish_failed(*failure);
+        if !refusals.admit(Cause::NotAccepted(failure.as_str()), now) {
+            return;
+        }
+        let error = error_chain(err);
         tracing::warn!(route, %message_id, cause = failure.as_str(), error, "webhook not accepted: 503");
     }
 }
