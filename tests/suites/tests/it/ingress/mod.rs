@@ -17,7 +17,10 @@
 //! - `contract`: The sample reaches the queue untouched, with its envelope.
 //! - `helpers`: What the ingress tests share: settings, requests, answers, and
 //!   reading the queue and the metrics.
-//! - `logs`: Tokens stay out of logs.
+//! - `hostile`: Hostile clients: heads trickled on a kept-alive connection,
+//!   connections past the limit, and compressed bodies.
+//! - `logs`: Tokens, passwords and webhook bodies stay out of logs, and a
+//!   storm of refusals does not flood them.
 //! - `rejections`: Rejections: status, error body, counter, and nothing
 //!   published.
 //! - `shutdown`: Graceful shutdown.
@@ -28,6 +31,7 @@ mod broker_loss;
 mod concurrency;
 mod contract;
 mod helpers;
+mod hostile;
 mod logs;
 mod rejections;
 mod shutdown;
