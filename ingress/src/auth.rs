@@ -9,6 +9,11 @@
 //! constant-time equality, every configured token every time, so neither the
 //! position of the first wrong byte nor the length of a token leaks through
 //! timing.
+//!
+//! A request offers at most two candidates, one `token` query parameter and
+//! one `Authorization` header: a request with more `token` parameters is
+//! refused before any is hashed, so a sprayer cannot make one request cost
+//! thousands of digests.
 
 use actix_web::{HttpRequest, http::header};
 use base64::Engine as _;
@@ -49,8 +54,11 @@ impl Tokens {
         if !self.enabled() {
             return true;
         }
+        let Some(candidates) = candidates(request) else {
+            return false;
+        };
         let mut accepted = false;
-        for candidate in candidates(request) {
+        for candidate in candidates.iter().flatten() {
             accepted |= self.matches(candidate.as_bytes());
         }
         accepted
@@ -71,12 +79,22 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Every token the request offers, from the query and the Authorization header.
-fn candidates(request: &HttpRequest) -> Vec<String> {
-    let mut found: Vec<String> = form_urlencoded::parse(request.query_string().as_bytes())
+/// The tokens the request offers: its `token` query parameter and its
+/// Authorization header's. `None` when the query holds more than one `token`.
+fn candidates(request: &HttpRequest) -> Option<[Option<String>; 2]> {
+    let mut in_query = form_urlencoded::parse(request.query_string().as_bytes())
         .filter(|(key, _)| key == "token")
-        .map(|(_, value)| value.into_owned())
-        .collect();
+        .map(|(_, value)| value.into_owned());
+    let from_query = in_query.next();
+    if in_query.next().is_some() {
+        return None;
+    }
+    Some([from_query, from_header(request)])
+}
+
+/// The token of an `Authorization: Bearer` or `Basic` header.
+fn from_header(request: &HttpRequest) -> Option<String> {
+    let mut found = None;
     if let Some(value) = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -85,7 +103,7 @@ fn candidates(request: &HttpRequest) -> Vec<String> {
         let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            found.push(credentials.to_owned());
+            found = Some(credentials.to_owned());
         } else if scheme.eq_ignore_ascii_case("basic") {
             let password = base64::engine::general_purpose::STANDARD
                 .decode(credentials)
@@ -95,7 +113,7 @@ fn candidates(request: &HttpRequest) -> Vec<String> {
                     pair.split_once(':')
                         .map(|(_, password)| password.to_owned())
                 });
-            found.extend(password);
+            found = password;
         }
     }
     found
@@ -159,6 +177,32 @@ mod tests {
         ] {
             assert!(!tokens().authorizes(&request), "{request:?}");
         }
+    }
+
+    #[test]
+    fn more_than_one_query_token_is_refused_unhashed() {
+        let request = |query: &str| TestRequest::post().uri(query).to_http_request();
+        // The right token, hidden among others, is not looked for.
+        for query in [
+            "/x?token=wrong&token=new-secret",
+            "/x?token=new-secret&token=new-secret",
+            "/x?token=new-secret&a=1&token=",
+        ] {
+            assert!(candidates(&request(query)).is_none(), "{query}");
+            assert!(!tokens().authorizes(&request(query)), "{query}");
+        }
+        let spray: String = (0..1_000).map(|i| format!("token=guess{i}&")).collect();
+        assert!(candidates(&request(&format!("/x?{spray}"))).is_none());
+        // One in the query and one in a header are both looked at.
+        let both = TestRequest::post()
+            .uri("/x?token=wrong")
+            .insert_header(("Authorization", "Bearer new-secret"))
+            .to_http_request();
+        assert_eq!(
+            candidates(&both),
+            Some([Some("wrong".to_owned()), Some("new-secret".to_owned())])
+        );
+        assert!(tokens().authorizes(&both));
     }
 
     #[test]

@@ -82,6 +82,27 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
 
+    /// Most open client connections, split evenly across the HTTP workers;
+    /// past it new connections wait in the listen backlog until one closes.
+    /// Keep it below the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Longest wait for a request's head (request line and headers), in
+    /// milliseconds, counted from the connection's start or from the first
+    /// byte after the previous answer; a slower client's connection is closed.
+    #[arg(long, env = "CORRAL_HEADER_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// How long an idle keep-alive connection stays open after an answer, in
+    /// seconds; 0 closes every connection after its answer. Longer than the
+    /// 60 s idle timeout of common proxies and load balancers, so they close
+    /// first and never reuse a connection corral is closing.
+    #[arg(long, env = "CORRAL_KEEP_ALIVE_SECS", default_value_t = 75)]
+    pub keep_alive_secs: u64,
+
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(long, env = "CORRAL_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u32,
@@ -169,6 +190,16 @@ impl IngressConfig {
     /// The publish deadline.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The deadline for every request head.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// The idle keep-alive time, `None` when keep-alive is off.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_secs > 0).then(|| Duration::from_secs(self.keep_alive_secs))
     }
 
     /// The shutdown drain bound.

@@ -5,9 +5,13 @@
 //! # Layout
 //!
 //! - [`config`]: settings (`CORRAL_*` / `--flags`) and their validation.
+//! - [`connection`]: the deadline for every request head, on each accepted
+//!   stream.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
 //! - [`webhook`]: the routes and their errors, cheapest check first.
 //! - [`budget`]: the bound on request bodies held at once, in bytes.
+//! - [`refusal_log`]: refusals logged at most once per cause per second,
+//!   with a count of the rest.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
 //!   and its RabbitMQ implementation: persistent, mandatory publishes with
 //!   confirms over a self-healing broker link, with bounded memory.
@@ -18,18 +22,23 @@ pub mod auth;
 pub mod budget;
 pub mod buffer;
 pub mod config;
+pub mod connection;
+pub mod refusal_log;
 pub mod webhook;
 
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, dev::Server, web};
+use actix_http::{HttpService, KeepAlive, error::DispatchError};
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::{App, dev::AppConfig, dev::Server, web};
 use anyhow::Context as _;
 use corral_shared::{
     admin,
     admin::Health,
     telemetry::{self, labels::Binary},
 };
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
     auth::Tokens,
@@ -39,6 +48,7 @@ use crate::{
         rabbitmq::{self, RabbitMq},
     },
     config::IngressConfig,
+    refusal_log::RefusalLog,
     webhook::WebhookState,
 };
 
@@ -51,6 +61,9 @@ pub struct Application {
     admin: Server,
     buffer: RabbitMq,
     supervisor: tokio::task::JoinHandle<()>,
+    /// Writes the refusal summaries until the server has drained; the guard
+    /// stops it also when the application is dropped without running.
+    summaries: (tokio::task::JoinHandle<()>, DropGuard),
     health: Health,
     shutdown: CancellationToken,
 }
@@ -106,7 +119,13 @@ impl Application {
             body_budget: BodyBudget::new(config.max_in_flight_bytes),
             in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
             max_json_depth: config.max_json_depth as usize,
+            refusals: RefusalLog::default(),
         };
+        let stop_summaries = CancellationToken::new();
+        let summaries = (
+            tokio::spawn(state.refusals.clone().run_summaries(stop_summaries.clone())),
+            stop_summaries.drop_guard(),
+        );
         let (server, port, workers) = webhook_server(&config, state)?;
         let (admin, admin_port) = admin::bind(&config.admin_listen, health.clone(), prometheus)
             .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -120,6 +139,7 @@ impl Application {
             admin,
             buffer,
             supervisor,
+            summaries,
             health,
             shutdown,
         })
@@ -146,6 +166,7 @@ impl Application {
             admin,
             buffer,
             supervisor,
+            summaries,
             health,
             shutdown,
             ..
@@ -164,6 +185,9 @@ impl Application {
         // Graceful stop: no new connections, in-flight requests run to their answer.
         server_handle.stop(true).await;
         serving.await.context("webhook server task")??;
+        let (summaries, stop_summaries) = summaries;
+        drop(stop_summaries);
+        let _ = summaries.await;
         buffer.close(config.publish_timeout()).await;
         let _ = supervisor.await;
         admin_handle.stop(true).await;
@@ -175,6 +199,11 @@ impl Application {
 
 /// Binds the public listener with the webhook routes; returns the server, the
 /// port it got and its worker count.
+///
+/// Built from actix-server and actix-http rather than `HttpServer`, whose
+/// listener hands actix-http the bare `TcpStream`: each stream is wrapped in a
+/// [`connection::Guarded`] first, which holds every request head (not only the
+/// first) to `CORRAL_HEADER_TIMEOUT_MS`.
 fn webhook_server<B: Buffer + std::fmt::Debug>(
     config: &IngressConfig,
     state: WebhookState<B>,
@@ -184,33 +213,90 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .service(
-                web::resource("/webhooks/dropcowboy/sms")
-                    .route(web::post().to(webhook::sms::<B>))
-                    .default_service(web::to(webhook::method_not_allowed)),
-            )
-            .service(
-                web::resource("/webhooks/dropcowboy/rvm")
-                    .route(web::post().to(webhook::rvm::<B>))
-                    .default_service(web::to(webhook::method_not_allowed)),
-            )
-            .default_service(web::to(webhook::not_found))
-    })
-    .workers(workers)
-    // Bursts open many connections at once; a std listener would keep
-    // the kernel's default backlog of 128 and drop SYNs past it.
-    .backlog(4096)
-    .disable_signals()
-    .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1))
-    .bind(&config.listen)
-    .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
-    let port = server
-        .addrs()
-        .first()
-        .map(|addr| addr.port())
-        .context("no bound address")?;
-    Ok((server.run(), port, workers))
+    let deadlines = connection::Deadlines {
+        header: config.header_timeout(),
+        keep_alive: config.keep_alive(),
+    };
+    let keep_alive = match config.keep_alive() {
+        Some(idle) => KeepAlive::Timeout(idle),
+        None => KeepAlive::Disabled,
+    };
+    // actix counts connections per worker.
+    let per_worker = (config.max_connections as usize).div_ceil(workers);
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(per_worker)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1));
+    let draining = builder.graceful_shutdown_signal();
+    let listener = listen(&config.listen)
+        .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
+    let port = listener.local_addr()?.port();
+    let server = builder
+        .listen("corral-webhooks", listener, move || {
+            let state = state.clone();
+            let draining = draining.clone();
+            let app = App::new()
+                .app_data(state)
+                .service(
+                    web::resource("/webhooks/dropcowboy/sms")
+                        .route(web::post().to(webhook::sms::<B>))
+                        .default_service(web::to(webhook::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks/dropcowboy/rvm")
+                        .route(web::post().to(webhook::rvm::<B>))
+                        .default_service(web::to(webhook::method_not_allowed)),
+                )
+                .default_service(web::to(webhook::not_found))
+                .wrap_fn(connection::track);
+            let http = HttpService::build()
+                .keep_alive(keep_alive)
+                // Every head, the first included, is bounded by `Guarded`.
+                .client_request_timeout(Duration::ZERO)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // Tells idle keep-alive connections to close at a graceful stop.
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                .on_connect_ext(|io: &connection::Guarded<TcpStream>, ext| {
+                    ext.insert(io.clock());
+                })
+                .h1(map_config(
+                    app.into_factory().map_err(|err| err.error_response()),
+                    // Only `HttpRequest::connection_info` and `url_for` read
+                    // it, and the webhook routes use neither.
+                    |_| AppConfig::default(),
+                ));
+            fn_service(move |io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                std::future::ready(Ok::<_, DispatchError>((
+                    connection::Guarded::new(io, deadlines),
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })
+        .context("starting the webhook listener")?
+        .run();
+    Ok((server, port, workers))
+}
+
+/// Binds `address` (its first resolution) with a backlog of 4096: bursts open
+/// many connections at once, and connections past `CORRAL_MAX_CONNECTIONS`
+/// wait there; a std listener would keep the kernel's default of 128 and drop
+/// SYNs past it.
+fn listen(address: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // A restart can bind at once while the previous process's connections
+    // sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }

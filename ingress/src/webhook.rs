@@ -30,6 +30,7 @@ use crate::{
     auth::Tokens,
     budget::BodyBudget,
     buffer::{Buffer, Refusal, Webhook},
+    refusal_log::{Cause, RefusalLog},
 };
 
 /// What the webhook handlers share.
@@ -51,6 +52,8 @@ pub struct WebhookState<B> {
     pub in_flight_wait: std::time::Duration,
     /// `CORRAL_MAX_JSON_DEPTH`.
     pub max_json_depth: usize,
+    /// Keeps refusals from flooding the log.
+    pub refusals: RefusalLog,
 }
 
 /// Why a webhook was not accepted. The `Display` text is the `error` field of
@@ -63,6 +66,10 @@ pub enum WebhookError {
     /// A `Content-Type` that is not JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// A `Content-Encoding` other than `identity`: the body would be
+    /// compressed bytes, which are not the JSON corral publishes.
+    #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
     /// Body over the limit.
     #[error("body exceeds {limit} bytes")]
     TooLarge {
@@ -108,6 +115,7 @@ impl WebhookError {
         match self {
             WebhookError::Unauthorized => Some(RejectReason::Unauthorized),
             WebhookError::UnsupportedMediaType => Some(RejectReason::UnsupportedMediaType),
+            WebhookError::UnsupportedEncoding(_) => Some(RejectReason::UnsupportedEncoding),
             WebhookError::TooLarge { .. } => Some(RejectReason::TooLarge),
             WebhookError::InvalidJson(_) | WebhookError::BodyRead(_) => {
                 Some(RejectReason::InvalidJson)
@@ -124,7 +132,9 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Unauthorized => StatusCode::UNAUTHORIZED,
-            WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::UnsupportedMediaType | WebhookError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::InvalidJson(_)
@@ -183,7 +193,7 @@ async fn handle<B: Buffer>(
     let response = match accept(kind, message_id, &request, body, &state).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "id": message_id })),
         Err(err) => {
-            log_refusal(kind, message_id, &request, &err);
+            log_refusal(&state.refusals, kind, message_id, &request, &err);
             err.error_response()
         }
     };
@@ -191,13 +201,24 @@ async fn handle<B: Buffer>(
     response
 }
 
-/// Counts a refused webhook and logs why. Only the path is logged: the query
-/// string may hold the token.
-fn log_refusal(kind: Kind, message_id: Uuid, request: &HttpRequest, err: &WebhookError) {
+/// Counts a refused webhook and logs why, the first of its cause in a second
+/// in full and the others in a summary ([`RefusalLog`]). Only the path is
+/// logged: the query string may hold the token. Never the body.
+fn log_refusal(
+    refusals: &RefusalLog,
+    kind: Kind,
+    message_id: Uuid,
+    request: &HttpRequest,
+    err: &WebhookError,
+) {
     let route = kind.as_str();
-    let error = error_chain(err);
+    let now = tokio::time::Instant::now();
     if let Some(reason) = err.reject_reason() {
         metrics::ingress_rejected(reason);
+        if !refusals.admit(Cause::Rejected(reason.as_str()), now) {
+            return;
+        }
+        let error = error_chain(err);
         tracing::info!(
             route,
             reason = reason.as_str(),
@@ -207,6 +228,10 @@ fn log_refusal(kind: Kind, message_id: Uuid, request: &HttpRequest, err: &Webhoo
         );
     } else if let WebhookError::Unavailable { failure, .. } = err {
         metrics::ingress_publish_failed(*failure);
+        if !refusals.admit(Cause::NotAccepted(failure.as_str()), now) {
+            return;
+        }
+        let error = error_chain(err);
         tracing::warn!(route, %message_id, cause = failure.as_str(), error, "webhook not accepted: 503");
     }
 }
@@ -222,6 +247,7 @@ async fn accept<B: Buffer>(
         return Err(WebhookError::Unauthorized);
     }
     check_media_type(request)?;
+    check_content_encoding(request)?;
     let limit = state.max_body_bytes;
     let declared = request
         .headers()
@@ -300,6 +326,29 @@ fn check_media_type(request: &HttpRequest) -> Result<(), WebhookError> {
     }
 }
 
+/// Only `identity` (or no `Content-Encoding`) is accepted: nothing here
+/// decompresses (actix-web's `compress-*` features are off), so a compressed
+/// body would otherwise be refused as invalid JSON, which misleads its sender.
+fn check_content_encoding(request: &HttpRequest) -> Result<(), WebhookError> {
+    for value in request.headers().get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let unsupported = text
+            .split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+        if unsupported {
+            // Bounded and printable: the value is echoed in the answer and the log.
+            let shown: String = text
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(64)
+                .collect();
+            return Err(WebhookError::UnsupportedEncoding(shown));
+        }
+    }
+    Ok(())
+}
+
 /// Validates the whole document without building it, then checks its depth
 /// and its top level: in linear time, however deep it nests.
 fn check_json_object(body: &[u8], max_depth: usize) -> Result<(), WebhookError> {
@@ -368,6 +417,28 @@ mod tests {
         assert!(matches!(refused, WebhookError::TooDeep { limit: 32 }));
         assert_eq!(refused.status_code(), StatusCode::BAD_REQUEST);
         assert_eq!(refused.reject_reason(), Some(RejectReason::TooDeep));
+    }
+
+    #[test]
+    fn content_encodings_other_than_identity_are_unsupported() {
+        use actix_web::test::TestRequest;
+        let with = |ce: &str| {
+            TestRequest::post()
+                .insert_header(("Content-Encoding", ce))
+                .to_http_request()
+        };
+        assert!(check_content_encoding(&TestRequest::post().to_http_request()).is_ok());
+        for ce in ["identity", "Identity", " identity , identity", ""] {
+            assert!(check_content_encoding(&with(ce)).is_ok(), "{ce:?}");
+        }
+        for ce in ["gzip", "br", "deflate, identity", "identity, zstd"] {
+            let err = check_content_encoding(&with(ce)).expect_err(ce);
+            assert_eq!(
+                err.to_string(),
+                format!("Content-Encoding {ce} is not supported; send the body uncompressed")
+            );
+            assert_eq!(err.status_code(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 /// How to reach RabbitMQ and which names to use there.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct AmqpSettings {
     /// AMQP URI of the broker (`amqps://` for TLS). Credentials in it are never logged.
     #[arg(
@@ -79,6 +79,21 @@ pub struct AmqpSettings {
     /// connect, so a rotated file is picked up without a restart.
     #[arg(global = true, long = "amqp-ca-file", env = "CORRAL_AMQP_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL's password must not reach a log through a printed config.
+        f.debug_struct("AmqpSettings")
+            .field("url", &crate::amqp::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl AmqpSettings {

@@ -19,9 +19,34 @@ use crate::{
 };
 
 /// Parses `CORRAL_AMQP_URL`; binaries call it at start so a typo fails fast
-/// instead of looking like an unreachable broker.
+/// instead of looking like an unreachable broker. The error shows the URL
+/// with its password replaced by `***`, also where the parser's own message
+/// quotes the URL.
 pub fn parse_url(url: &str) -> Result<AMQPUri, AmqpError> {
-    AMQPUri::from_str(url).map_err(AmqpError::InvalidUrl)
+    AMQPUri::from_str(url).map_err(|reason| {
+        let redacted = redact_url(url);
+        AmqpError::InvalidUrl {
+            reason: reason.replace(url, &redacted),
+            url: redacted,
+        }
+    })
+}
+
+/// `url` with the password of its user info replaced by `***`, for errors and
+/// logs. Works on the text, so it also hides the password of a URL that does
+/// not parse (`guest:secret@rabbit` without a scheme) or whose password holds
+/// an unescaped `/` or `@`: everything between the first `:` after the scheme
+/// and the last `@` goes.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!("{}{}***{}", &url[..start], &rest[..=colon], &rest[at..])
 }
 
 /// Checks the URL and the CA file together at start: a CA file next to a
@@ -145,5 +170,43 @@ where
 pub async fn close(connection: &Connection, timeout: Duration, reason: &str) {
     if connection.status().connected() {
         let _ = tokio::time::timeout(timeout, connection.close(200, reason.into())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, redacted) in [
+            (
+                "amqp://corral:s3cret@rabbit:5672/%2f",
+                "amqp://corral:***@rabbit:5672/%2f",
+            ),
+            ("amqps://u:p/a@ss@rabbit/vh", "amqps://u:***@rabbit/vh"),
+            ("corral:s3cret@rabbit:5672", "corral:***@rabbit:5672"),
+            ("amqp://rabbit:5672/%2f", "amqp://rabbit:5672/%2f"),
+            ("amqp://corral@rabbit", "amqp://corral@rabbit"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_url_is_reported_without_its_password() {
+        for url in [
+            // No scheme: the parser quotes the whole input.
+            "corral:hunter2-secret@rabbit:5672",
+            "http://corral:hunter2-secret@rabbit:5672",
+            "amqp://corral:hunter2-secret@rabbit:notaport",
+            "amqp://corral:hunter2-secret@rabbit/?heartbeat=x",
+        ] {
+            let err = parse_url(url).expect_err(url);
+            let shown = format!("{err} / {err:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("corral:***@rabbit"), "{shown}");
+        }
     }
 }

@@ -19,7 +19,9 @@ mod topology;
 
 use std::{future::Future, time::Duration};
 
-pub use connect::{check_settings, close, connect, connect_and_declare, parse_url, reconnect};
+pub use connect::{
+    check_settings, close, connect, connect_and_declare, parse_url, reconnect, redact_url,
+};
 pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, publish_confirmed, publish_mandatory,
 };
@@ -31,8 +33,13 @@ use crate::config::CaBundleError;
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
     /// `CORRAL_AMQP_URL` does not parse; a configuration error, not retried.
-    #[error("invalid AMQP URL: {0}")]
-    InvalidUrl(String),
+    #[error("invalid CORRAL_AMQP_URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// The parser's reason, the URL in it redacted likewise.
+        reason: String,
+    },
     /// The broker did not answer within the deadline.
     #[error("RabbitMQ did not answer {operation} within {timeout:?}")]
     Timeout {

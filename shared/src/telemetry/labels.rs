@@ -84,6 +84,8 @@ labels! {
         BodyTimeout,
         /// JSON nested deeper than `CORRAL_MAX_JSON_DEPTH`.
         TooDeep,
+        /// A `Content-Encoding` other than `identity` (a compressed body).
+        UnsupportedEncoding,
     }
 
     /// `corral_ingress_publish_failures_total{cause}`: why the buffer did not
@@ -157,7 +159,8 @@ mod tests {
                 "too_large",
                 "unsupported_media_type",
                 "body_timeout",
-                "too_deep"
+                "too_deep",
+                "unsupported_encoding"
             ]
         );
         assert_eq!(

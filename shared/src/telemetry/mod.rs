@@ -8,9 +8,31 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter,
+    filter::{LevelFilter, Targets},
+    fmt,
+    prelude::*,
+};
 
 use crate::config::{LogFormat, LogSettings};
+
+/// What never reaches a log, whatever `CORRAL_LOG` says: the client library's
+/// lines that carry message bodies. lapin logs every message the broker
+/// returns *with its body* at WARN (`lapin::returned_messages`), and every
+/// frame, bodies included, at TRACE (`lapin::channels`, `lapin::frames`).
+/// Webhook bodies hold phone numbers, so these are off for good; the broker's
+/// own tracing or a packet capture shows the wire when it must be seen.
+///
+/// A filter of its own beside the operator's: an `EnvFilter` directive could
+/// be outdone by a more specific one (`lapin::returned_messages[message]=warn`).
+pub fn without_message_bodies() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("lapin::returned_messages", LevelFilter::OFF)
+        .with_target("lapin::channels", LevelFilter::DEBUG)
+        .with_target("lapin::frames", LevelFilter::DEBUG)
+}
 
 /// Installs the global `tracing` subscriber. Safe to call more than once
 /// (tests build several applications in one process): later calls are no-ops.
@@ -23,7 +45,9 @@ pub fn init_tracing(settings: &LogSettings) {
         );
         EnvFilter::new("info")
     });
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(without_message_bodies());
     let result = match settings.format {
         LogFormat::Json => registry
             .with(

@@ -19,7 +19,10 @@
 //!   published.
 //! - `helpers`: What the ingress tests share: settings, requests, answers, and
 //!   reading the queue and the metrics.
-//! - `logs`: Tokens stay out of logs.
+//! - `hostile`: Hostile clients: heads trickled on a kept-alive connection,
+//!   connections past the limit, and compressed bodies.
+//! - `logs`: Tokens, passwords and webhook bodies stay out of logs, and a
+//!   storm of refusals does not flood them.
 //! - `memory`: Memory stays bounded when the broker stops answering.
 //! - `rejections`: Rejections: status, error body, counter, and nothing
 //!   published.
@@ -32,6 +35,7 @@ mod concurrency;
 mod contract;
 mod depth;
 mod helpers;
+mod hostile;
 mod logs;
 mod memory;
 mod rejections;
