@@ -84,8 +84,11 @@ pub struct IngressConfig {
 
     /// Most open client connections, split evenly across the HTTP workers;
     /// past it new connections wait in the listen backlog until one closes.
-    /// Keep it below the process's open-file limit (`ulimit -n`).
-    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 10_000,
+    /// Each may hold up to a whole body in actix's buffers before it is
+    /// read, so memory grows by ~(CORRAL_MAX_BODY_BYTES + 32 KiB) per
+    /// connection in the worst case: 512 fits the 128 MiB pod with the
+    /// default byte budget. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
