@@ -15,8 +15,33 @@ use super::*;
 pub(super) struct Latest {
     item: u64,
     attempt_date: DateTime<Utc>,
+    received_at: DateTime<Utc>,
     fingerprint: Vec<u8>,
     seen_in_deliveries: bool,
+}
+
+/// What makes one state of a `drop_id` newer than another: the worker's own
+/// order, `(attempt_date, received_at, fingerprint)`.
+type Rank<'a> = (DateTime<Utc>, DateTime<Utc>, &'a [u8]);
+
+/// One row as [`for_each_row`] reads it.
+pub(super) struct Row<'a> {
+    drop_id: &'a str,
+    attempt_date: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    fingerprint: Vec<u8>,
+}
+
+impl Row<'_> {
+    fn rank(&self) -> Rank<'_> {
+        (self.attempt_date, self.received_at, &self.fingerprint)
+    }
+}
+
+impl Latest {
+    fn rank(&self) -> Rank<'_> {
+        (self.attempt_date, self.received_at, &self.fingerprint)
+    }
 }
 
 /// A verification being filled in, with its first few examples.
@@ -60,22 +85,27 @@ pub(super) async fn check(
     Ok(pass.verification)
 }
 
-/// Calls `each` with `(drop_id, attempt_date, fingerprint)` of every row of
-/// the run in `table` (`delivery_events` or `deliveries`), in `order`.
+/// Calls `each` with every row of the run in `table` (`delivery_events` or
+/// `deliveries`), in `order`.
 pub(super) async fn for_each_row(
     client: &Client,
     scope: &Scope,
     table: &str,
     order: &str,
-    mut each: impl FnMut(&str, DateTime<Utc>, Vec<u8>),
+    mut each: impl FnMut(Row<'_>),
 ) -> Result<(), VerifyError> {
     let sql = format!(
-        "SELECT drop_id, attempt_date, fingerprint FROM {table} WHERE {}{order}",
+        "SELECT drop_id, attempt_date, received_at, fingerprint FROM {table} WHERE {}{order}",
         scope.condition()
     );
     let mut rows = pin!(client.query_raw(&sql, scope.params()).await?);
     while let Some(row) = rows.try_next().await? {
-        each(row.get(0), row.get(1), row.get(2));
+        each(Row {
+            drop_id: row.get(0),
+            attempt_date: row.get(1),
+            received_at: row.get(2),
+            fingerprint: row.get(3),
+        });
     }
     Ok(())
 }
@@ -90,7 +120,8 @@ pub(super) async fn match_events(
     pass: &mut Pass,
 ) -> Result<Vec<Latest>, VerifyError> {
     let mut latest: Vec<Latest> = Vec::new();
-    let each = |drop_id: &str, attempt_date: DateTime<Utc>, fingerprint: Vec<u8>| {
+    let each = |row: Row<'_>| {
+        let drop_id = row.drop_id;
         let Some(item) = run_id.item_of(drop_id) else {
             pass.verification.unexpected += 1;
             pass.note(format!(
@@ -100,18 +131,21 @@ pub(super) async fn match_events(
         };
         match latest.last_mut() {
             Some(last) if last.item == item => {
-                if (attempt_date, &fingerprint) > (last.attempt_date, &last.fingerprint) {
-                    last.attempt_date = attempt_date;
-                    last.fingerprint.clone_from(&fingerprint);
+                if row.rank() > last.rank() {
+                    last.attempt_date = row.attempt_date;
+                    last.received_at = row.received_at;
+                    last.fingerprint.clone_from(&row.fingerprint);
                 }
             }
             _ => latest.push(Latest {
                 item,
-                attempt_date,
-                fingerprint: fingerprint.clone(),
+                attempt_date: row.attempt_date,
+                received_at: row.received_at,
+                fingerprint: row.fingerprint.clone(),
                 seen_in_deliveries: false,
             }),
         }
+        let (attempt_date, fingerprint) = (row.attempt_date, row.fingerprint);
         let first = expected.partition_point(|e| e.item < item);
         let candidates = expected[first..]
             .iter_mut()
@@ -174,7 +208,8 @@ pub(super) async fn check_deliveries(
     latest: &mut [Latest],
     pass: &mut Pass,
 ) -> Result<(), VerifyError> {
-    let each = |drop_id: &str, attempt_date: DateTime<Utc>, fingerprint: Vec<u8>| {
+    let each = |row: Row<'_>| {
+        let (drop_id, attempt_date) = (row.drop_id, row.attempt_date);
         let found = run_id
             .item_of(drop_id)
             .and_then(|item| latest.binary_search_by_key(&item, |l| l.item).ok());
@@ -182,7 +217,7 @@ pub(super) async fn check_deliveries(
             Some(index) => {
                 let newest = &mut latest[index];
                 newest.seen_in_deliveries = true;
-                if (newest.attempt_date, &newest.fingerprint) != (attempt_date, &fingerprint) {
+                if newest.rank() != row.rank() {
                     pass.verification.stale_latest += 1;
                     pass.note(format!(
                         "stale latest: deliveries shows drop_id {drop_id} at {attempt_date}, its newest stored event is at {}",
