@@ -86,9 +86,11 @@ pub struct IngressConfig {
     /// past it new connections wait in the listen backlog until one closes.
     /// Each may hold up to a whole body in actix's buffers before it is
     /// read, so memory grows by ~(CORRAL_MAX_BODY_BYTES + 32 KiB) per
-    /// connection in the worst case: 512 fits the 128 MiB pod with the
-    /// default byte budget. Keep it below the open-file limit (`ulimit -n`).
-    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 512,
+    /// connection in the worst case: 2048 fits the 256 MiB pod with the
+    /// default byte budget. Idle keep-alive connections count too, so a limit
+    /// below a sender's connection pool stalls its extra connections for up
+    /// to CORRAL_KEEP_ALIVE_SECS. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 2048,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 

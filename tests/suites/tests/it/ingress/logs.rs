@@ -146,8 +146,8 @@ async fn a_storm_of_refusals_gives_a_few_lines_that_count_every_one() {
     }
 }
 
-/// A message the broker returns (its queue deleted under the running binary)
-/// leaves no trace of its body in the binary's log, even when `CORRAL_LOG`
+/// A message the broker returns (its queue and the alternate exchange's
+/// queue deleted under the running binary) leaves no trace of its body in the binary's log, even when `CORRAL_LOG`
 /// asks for the client library's returned-message lines.
 #[tokio::test]
 async fn a_returned_message_leaves_no_body_in_the_log() {
@@ -158,6 +158,9 @@ async fn a_returned_message_leaves_no_body_in_the_log() {
     )
     .await;
     broker.delete_queue(&broker.queue()).await;
+    broker
+        .delete_queue(&broker.topology.unroutable_queue())
+        .await;
     let phone = format!("1555{}", &Uuid::now_v7().as_u128().to_string()[..7]);
     let body = format!(r#"{{"drop_id":"d-1","phone_number":"{phone}","status":"SUCCESS"}}"#);
     let response = reqwest::Client::new()
