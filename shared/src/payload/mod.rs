@@ -135,6 +135,23 @@ pub enum PayloadError {
     },
 }
 
+impl PayloadError {
+    /// The error without any value taken from the body, for log lines: the
+    /// whole text (values included) belongs in `quarantined_webhooks.error`,
+    /// next to the body, not in a log pipeline.
+    pub fn without_values(&self) -> String {
+        match self {
+            PayloadError::BadDate { field, .. } => {
+                format!("`{field}` is not an RFC 3339 date-time in years 1-9999")
+            }
+            PayloadError::BadMoney { field, .. } => {
+                format!("`{field}` is not an exact decimal amount")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A payload typed, with its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Typed {

@@ -384,3 +384,25 @@ fn a_repeated_key_keeps_its_last_value_and_only_that_one_is_judged() {
         PayloadError::NulCharacter
     );
 }
+
+#[test]
+fn errors_for_logs_carry_no_value_from_the_body() {
+    let secret = "the day after tomorrow 15551234567";
+    for body in [
+        format!(r#"{{"drop_id":"d","status":"success","attempt_date":"{secret}"}}"#),
+        format!(
+            r#"{{"drop_id":"d","status":"success","attempt_date":"2019-03-17T21:10:26Z","product_cost":"{secret}"}}"#
+        ),
+    ] {
+        let err = parse(body.as_bytes()).expect_err("refused");
+        assert!(
+            err.to_string().contains(secret),
+            "the row keeps the value: {err}"
+        );
+        assert!(
+            !err.without_values().contains(secret),
+            "{}",
+            err.without_values()
+        );
+    }
+}

@@ -53,7 +53,10 @@ struct EventRow<'a> {
 #[derive(Debug, Clone)]
 struct QuarantineRow<'a> {
     incoming: &'a Incoming,
+    /// Why, in full (values included): stored beside the body.
     error: String,
+    /// Why, without any value from the body: for the log line.
+    logged: String,
 }
 
 /// How the messages of a committed batch ended.
@@ -68,9 +71,14 @@ pub struct BatchOutcome {
 }
 
 /// Types a message, or says why it must be quarantined.
-fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, String> {
+fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, QuarantineRow<'_>> {
     let Some(kind) = Kind::from_routing_key(&incoming.routing_key) else {
-        return Err(format!("unknown routing key {:?}", incoming.routing_key));
+        let error = format!("unknown routing key {:?}", incoming.routing_key);
+        return Err(QuarantineRow {
+            incoming,
+            logged: error.clone(),
+            error,
+        });
     };
     match payload::parse(&incoming.body) {
         Ok(typed) => {
@@ -88,7 +96,11 @@ fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, Stri
                 received_at: incoming.envelope.received_at.unwrap_or(now),
             })
         }
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(QuarantineRow {
+            incoming,
+            error: err.to_string(),
+            logged: err.without_values(),
+        }),
     }
 }
 
@@ -125,10 +137,7 @@ pub fn prepare_all(messages: &[Incoming]) -> Prepared<'_> {
     for message in messages {
         match prepare(message, now) {
             Ok(row) => events.push(row),
-            Err(error) => refused.push(QuarantineRow {
-                incoming: message,
-                error,
-            }),
+            Err(row) => refused.push(row),
         }
     }
     Prepared {
@@ -199,10 +208,13 @@ where
                     let reason = err
                         .as_db_error()
                         .map_or_else(|| err.to_string(), |db| db.message().to_owned());
-                    tracing::warn!(message_id = %row.message_id, error = reason, "PostgreSQL refused a webhook; quarantined");
+                    // PostgreSQL's text may quote the refused value; the log
+                    // gets its SQLSTATE only.
+                    let code = err.code().map_or("unknown", |code| code.code());
                     quarantine.push(QuarantineRow {
                         incoming: row.incoming,
                         error: format!("PostgreSQL refused the typed row: {reason}"),
+                        logged: format!("PostgreSQL refused the typed row (SQLSTATE {code})"),
                     });
                     return Ok(0);
                 }
@@ -328,8 +340,8 @@ async fn store_quarantined(
     for row in rows {
         tracing::warn!(
             message_id = ?row.incoming.envelope.message_id,
-            error = row.error,
-            "webhook quarantined: it cannot be typed"
+            error = row.logged,
+            "webhook quarantined; the full reason is in quarantined_webhooks.error"
         );
     }
     let new = client
