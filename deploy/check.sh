@@ -8,7 +8,9 @@
 #      Operator resources against schemas generated from their CRDs
 #      (@kubernetes-models/*), RabbitmqCluster and CloudNativePG Cluster by
 #      deploy/tools/check_deploy.py, plus policy: probes, security context,
-#      resources, grace periods against the drain timeouts, migrations.
+#      resources, grace periods against the drain timeouts, migrations, no
+#      replicas on autoscaled Deployments, disruption budgets (RabbitMQ's too,
+#      unhealthy pods always evictable), synchronous replication required.
 #   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a
