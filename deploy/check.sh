@@ -6,11 +6,14 @@
 #      (`kubectl kustomize`), core resources validated against the Kubernetes
 #      OpenAPI schema (kubernetes-validate --strict), KEDA and Prometheus
 #      Operator resources against schemas generated from their CRDs
-#      (@kubernetes-models/*), RabbitmqCluster and CloudNativePG Cluster by
+#      (@kubernetes-models/*), RabbitmqCluster, CloudNativePG Cluster,
+#      ScheduledBackup and the Barman Cloud ObjectStore by
 #      deploy/tools/check_deploy.py, plus policy: probes, security context,
 #      resources, grace periods against the drain timeouts, migrations, no
 #      replicas on autoscaled Deployments, disruption budgets (RabbitMQ's too,
-#      unhealthy pods always evictable), synchronous replication required.
+#      unhealthy pods always evictable), synchronous replication required,
+#      backups configured (WAL archived to an ObjectStore, base backups
+#      scheduled).
 #   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a

@@ -187,8 +187,10 @@ def kubernetes(rendered: pathlib.Path) -> None:
             "CloudNativePG: no deprecated minSyncReplicas/maxSyncReplicas",
         )
 
-    if "Secret" in by_kind:
-        secret = by_kind["Secret"][0]
+    backups(by_kind)
+
+    app_secrets = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"].startswith("corral-secrets")]
+    for secret in app_secrets:
         keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
         check(
             keys == {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
@@ -202,6 +204,64 @@ def kubernetes(rendered: pathlib.Path) -> None:
                 key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
                 f"ConfigMap {cm['metadata']['name']}: no secret in it ({key})",
             )
+
+
+BARMAN_CLOUD = "barman-cloud.cloudnative-pg.io"
+
+
+def backups(by_kind: dict[str, list[dict]]) -> None:
+    """Once the worker acks, PostgreSQL holds the only copy of a webhook: the
+    Cluster must archive its WAL to an object store that exists here, and base
+    backups must be scheduled through the same plugin."""
+    stores = {o["metadata"]["name"]: o for o in by_kind.get("ObjectStore", [])
+              if o["apiVersion"].startswith("barmancloud.cnpg.io/")}
+    for cluster in by_kind.get("Cluster", []):
+        name = cluster["metadata"]["name"]
+        archivers = [p for p in cluster["spec"].get("plugins", []) if p.get("isWALArchiver") is True]
+        target = archivers[0].get("parameters", {}).get("barmanObjectName") if len(archivers) == 1 else None
+        check(
+            len(archivers) == 1 and archivers[0].get("name") == BARMAN_CLOUD and target in stores,
+            f"backups configured: {name} archives its WAL with the Barman Cloud plugin to an ObjectStore defined here",
+            f"WAL archivers {json.dumps(archivers)}; ObjectStores {sorted(stores)}",
+        )
+        check(
+            "barmanObjectStore" not in cluster["spec"].get("backup", {}),
+            f"{name}: no deprecated in-tree spec.backup.barmanObjectStore (the plugin replaces it)",
+        )
+        scheduled = [
+            b for b in by_kind.get("ScheduledBackup", [])
+            if b["spec"].get("cluster", {}).get("name") == name
+            and b["spec"].get("method") == "plugin"
+            and b["spec"].get("pluginConfiguration", {}).get("name") == BARMAN_CLOUD
+        ]
+        check(
+            bool(scheduled),
+            f"backups configured: a ScheduledBackup of {name} with method plugin ({BARMAN_CLOUD})",
+            str([b["metadata"]["name"] for b in by_kind.get("ScheduledBackup", [])]),
+        )
+        for backup in scheduled:
+            # CloudNativePG's cron has six fields, seconds first; a five-field
+            # line would be read with the minutes as seconds.
+            fields = str(backup["spec"].get("schedule", "")).split()
+            check(len(fields) == 6, f"ScheduledBackup {backup['metadata']['name']}: six-field schedule", str(fields))
+        if target in stores:
+            store = stores[target]["spec"]
+            config = store.get("configuration", {})
+            check(
+                str(config.get("destinationPath", "")).startswith(("s3://", "gs://", "https://"))
+                and config.get("wal", {}).get("compression")
+                and bool(store.get("retentionPolicy")),
+                f"ObjectStore {target}: a destination, compressed WAL, a retention policy",
+                json.dumps({k: config.get(k) for k in ("destinationPath", "wal")} | {"retentionPolicy": store.get("retentionPolicy")}),
+            )
+            credentials = {v.get("name") for v in config.get("s3Credentials", {}).values() if isinstance(v, dict)}
+            secrets = {s["metadata"]["name"] for s in by_kind.get("Secret", [])}
+            if secrets:
+                check(
+                    credentials <= secrets,
+                    f"ObjectStore {target}: its credentials Secret is in the overlay",
+                    f"{sorted(map(str, credentials))} not in {sorted(secrets)}",
+                )
 
 
 # ---------------------------------------------------------------------------

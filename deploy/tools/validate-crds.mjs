@@ -5,8 +5,9 @@
 //
 //   node deploy/tools/validate-crds.mjs <NODE_MODULES_DIR> < resources.json
 //
-// Kinds with no schema package here (RabbitmqCluster, CloudNativePG Cluster)
-// are reported as skipped; deploy/check.sh checks their essentials itself.
+// Kinds with no schema package here (RabbitmqCluster, CloudNativePG Cluster
+// and ScheduledBackup, Barman Cloud ObjectStore) are reported as skipped;
+// deploy/check.sh checks their essentials itself.
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
