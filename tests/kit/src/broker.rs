@@ -42,7 +42,14 @@ impl std::fmt::Debug for TestBroker {
 impl TestBroker {
     /// A fresh prefix with the topology declared.
     pub async fn new() -> Self {
-        let settings = crate::config::amqp(crate::unique_name("test"));
+        Self::with_prefix(crate::unique_name("test")).await
+    }
+
+    /// [`TestBroker::new`] under a prefix of the caller's choosing, e.g. one
+    /// the documented `^corral\.` permissions cover (`corral.<unique>`); it
+    /// must be unique to the test, since dropping deletes what it owns.
+    pub async fn with_prefix(prefix: impl Into<String>) -> Self {
+        let settings = crate::config::amqp(prefix);
         let topology = Topology::new(&settings);
         let (connection, channel) = amqp::connect_and_declare(&settings, &topology, "corral-tests")
             .await

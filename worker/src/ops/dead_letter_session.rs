@@ -1,7 +1,9 @@
 //! The channel the dead-letter commands work on: its own connection in
 //! confirm mode, checked passively, and the two moves a message can make —
 //! back to the webhooks exchange (replay) or to the tail of the dead-letter
-//! queue (kept) — each acknowledged only after the copy is confirmed.
+//! queue (kept) — each acknowledged only after the copy is confirmed. Both go
+//! through corral's own exchanges: the documented broker permissions
+//! (`^corral\.`) do not cover the default exchange.
 
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ pub(super) struct DeadLetterSession {
 
 impl DeadLetterSession {
     /// Connects and checks (passively: an operator command never creates
-    /// topology) that the queues and the exchange exist.
+    /// topology) that the queue and the exchanges exist.
     pub(super) async fn open(settings: &AmqpSettings) -> Result<(Self, u32), OpsError> {
         let timeout = settings.connect_timeout();
         let connection = amqp::connect(settings, "corral-worker ops").await?;
@@ -70,25 +72,37 @@ impl DeadLetterSession {
             name: dead_letters,
             source,
         })?;
-        let exchange = self.topology.exchange();
-        deadline(
-            "checking the webhooks exchange",
-            self.timeout,
-            self.channel.exchange_declare(
-                exchange.as_str().into(),
+        for (what, exchange, kind) in [
+            (
+                "checking the webhooks exchange",
+                self.topology.exchange(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
             ),
-        )
-        .await
-        .map_err(|source| OpsError::Missing {
-            name: exchange,
-            source,
-        })?;
+            (
+                "checking the dead-letter exchange",
+                self.topology.dead_letter_exchange(),
+                ExchangeKind::Fanout,
+            ),
+        ] {
+            deadline(
+                what,
+                self.timeout,
+                self.channel.exchange_declare(
+                    exchange.as_str().into(),
+                    kind,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .map_err(|source| OpsError::Missing {
+                name: exchange,
+                source,
+            })?;
+        }
         deadline(
             "confirm mode",
             self.timeout,
@@ -102,13 +116,15 @@ impl DeadLetterSession {
         amqp::close(&self.connection, self.timeout, "corral-worker ops done").await;
     }
 
-    /// Publishes a copy with `mandatory` and waits for the broker's confirm.
+    /// Publishes a copy with `mandatory` and waits for the broker's confirm;
+    /// `target` names where it goes, for the error.
     async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+        target: impl FnOnce() -> String,
     ) -> Result<(), MoveError> {
         amqp::publish_confirmed(
             &self.channel,
@@ -120,11 +136,7 @@ impl DeadLetterSession {
         )
         .await
         .map_err(|error| MoveError::Publish {
-            target: if exchange.is_empty() {
-                format!("the tail of {routing_key}")
-            } else {
-                format!("{exchange} with routing key {routing_key}")
-            },
+            target: target(),
             error,
         })
     }
@@ -145,8 +157,11 @@ impl DeadLetterSession {
     }
 
     /// Moves a message to the tail of the dead-letter queue: publishes a copy
-    /// there through the default exchange (so nothing else bound to the
-    /// dead-letter exchange gets one), then acks the original.
+    /// through the dead-letter exchange, then acks the original. That fanout
+    /// exchange feeds only the dead-letter queue in corral's topology, so it
+    /// reaches that queue as directly as the default exchange would, which
+    /// the documented permissions (`^corral\.`) refuse. `mandatory` turns a
+    /// missing binding into a failure rather than a lost copy.
     pub(super) async fn keep(
         &self,
         delivery: &Delivery,
@@ -171,11 +186,20 @@ impl DeadLetterSession {
             message_id: letter.id().to_owned(),
             cause: Box::new(cause),
         };
+        // The original routing key, so the copy is delivered with it like
+        // the letter RabbitMQ dead-lettered (a fanout exchange ignores it).
         self.publish_confirmed(
-            "",
-            &self.topology.dead_letter_queue(),
+            &self.topology.dead_letter_exchange(),
+            &letter.routing_key,
             &delivery.data,
             properties,
+            || {
+                format!(
+                    "the tail of {} through {}",
+                    self.topology.dead_letter_queue(),
+                    self.topology.dead_letter_exchange()
+                )
+            },
         )
         .await
         .map_err(failed)?;
@@ -194,11 +218,13 @@ impl DeadLetterSession {
             &delivery.properties,
             &[DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER],
         );
+        let exchange = self.topology.exchange();
         self.publish_confirmed(
-            &self.topology.exchange(),
+            &exchange,
             &letter.routing_key,
             &delivery.data,
             properties,
+            || format!("{exchange} with routing key {}", letter.routing_key),
         )
         .await?;
         if let Err(cause) = self.ack(delivery).await {

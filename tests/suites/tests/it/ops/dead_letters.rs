@@ -391,3 +391,80 @@ async fn replayed_dead_letters_are_stored_by_the_worker() {
     .await;
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn list_and_replay_work_under_the_documented_broker_permissions() {
+    // The documented permissions cover `^corral\.`: the prefix must be under
+    // `corral.`, as the default `corral` is.
+    let broker = TestBroker::with_prefix(format!("corral.{}", Uuid::now_v7().simple())).await;
+    let user = DocumentedBrokerUser::new();
+    let mut settings = broker.settings.clone();
+    settings.url = user.url.clone();
+    let sent = dead_letter(&broker, 3).await;
+    let dlq = broker.topology.dead_letter_queue();
+    let main = broker.topology.queue();
+    let all: BTreeSet<String> = sent.iter().map(|s| s.id.to_string()).collect();
+
+    let listed = ops::list_dead_letters(&settings, 10).await.unwrap();
+    let ids: BTreeSet<String> = listed
+        .letters
+        .iter()
+        .map(|letter| letter.id().to_owned())
+        .collect();
+    assert_eq!(ids, all);
+    assert_eq!(broker.ready_count(&dlq).await, 3, "listing removed nothing");
+
+    let chosen = sent[1].id.to_string();
+    let report = ops::replay_dead_letters(
+        &settings,
+        &ReplayOptions {
+            message_ids: vec![chosen.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.letters.len(), 1);
+    assert_eq!(report.passed_over, 2);
+    let replayed = broker.drain(&main).await;
+    let replayed_ids: Vec<String> = replayed
+        .iter()
+        .filter_map(|m| m.delivery.properties.message_id().as_ref())
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(replayed_ids, vec![chosen.clone()]);
+    let left: BTreeSet<String> = ops::list_dead_letters(&settings, 10)
+        .await
+        .unwrap()
+        .letters
+        .iter()
+        .map(|letter| letter.id().to_owned())
+        .collect();
+    let want: BTreeSet<String> = [sent[0].id.to_string(), sent[2].id.to_string()].into();
+    assert_eq!(left, want, "the others stay dead-lettered");
+    for letter in ops::list_dead_letters(&settings, 10).await.unwrap().letters {
+        let original = sent
+            .iter()
+            .find(|s| s.id.to_string() == letter.id())
+            .unwrap();
+        assert_eq!(
+            letter.routing_key, original.routing_key,
+            "kept its routing key"
+        );
+        assert_eq!(letter.deaths, 1, "kept its history");
+    }
+
+    let rest = ops::replay_dead_letters(&settings, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rest.letters.len(), 2);
+    assert_eq!(broker.ready_count(&dlq).await, 0);
+    let replayed_ids: BTreeSet<String> = broker
+        .drain(&main)
+        .await
+        .iter()
+        .filter_map(|m| m.delivery.properties.message_id().as_ref())
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(replayed_ids, want);
+}
