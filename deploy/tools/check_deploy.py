@@ -265,6 +265,52 @@ def backups(by_kind: dict[str, list[dict]]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# PostgreSQL monitoring: CloudNativePG's metrics reach the Prometheus that
+# scrapes corral.
+# ---------------------------------------------------------------------------
+
+
+def postgres_monitoring(rendered: pathlib.Path) -> None:
+    print(f"PostgreSQL monitoring ({rendered.name})")
+    docs = load_all(rendered)
+    monitors = [d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+    # The labels every one of corral's own monitors carries (the base's
+    # part-of, an overlay's `release`...) are the ones a Prometheus selecting
+    # monitors by label may rely on; a monitor without them goes unscraped.
+    own = [m for m in monitors if m["metadata"]["name"] in ("corral-ingress", "corral-worker")]
+    shared = set.intersection(*(set(m["metadata"].get("labels", {}).items()) for m in own)) if own else set()
+    shared = {(k, v) for k, v in shared if k != "app.kubernetes.io/name"}
+    for cluster in (d for d in docs if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")):
+        name = cluster["metadata"]["name"]
+        # Deprecated, and its generated PodMonitor has none of the overlay's labels.
+        check(
+            "enablePodMonitor" not in cluster["spec"].get("monitoring", {}),
+            f"CloudNativePG {name}: no deprecated monitoring.enablePodMonitor",
+        )
+        scraping = [
+            m
+            for m in monitors
+            if m["spec"].get("selector", {}).get("matchLabels", {}).get("cnpg.io/cluster") == name
+            and m["metadata"].get("namespace") == cluster["metadata"].get("namespace")
+            and any(
+                e.get("port") == "metrics"
+                for e in m["spec"].get("podMetricsEndpoints", []) + m["spec"].get("endpoints", [])
+            )
+        ]
+        check(
+            bool(scraping),
+            f"CloudNativePG {name}: a PodMonitor or ServiceMonitor selects its pods (cnpg.io/cluster) on port `metrics`",
+        )
+        for m in scraping:
+            labels = set(m["metadata"].get("labels", {}).items())
+            check(
+                shared <= labels,
+                f"{m['kind']} {m['metadata']['name']}: carries the labels corral's own monitors carry {sorted(shared)}",
+                str(sorted(shared - labels)),
+            )
+
+
+# ---------------------------------------------------------------------------
 # Alerts: a runbook for each.
 # ---------------------------------------------------------------------------
 
@@ -460,6 +506,7 @@ def dockerfile() -> None:
 def main() -> int:
     for rendered in sys.argv[1:]:
         kubernetes(pathlib.Path(rendered))
+        postgres_monitoring(pathlib.Path(rendered))
     runbooks()
     compose()
     grafana()
