@@ -4,11 +4,14 @@
 #
 #   1. Kubernetes: base and example overlay rendered with kustomize
 #      (`kubectl kustomize`), core resources validated against the Kubernetes
-#      OpenAPI schema (kubernetes-validate --strict), KEDA and Prometheus
-#      Operator resources against schemas generated from their CRDs
-#      (@kubernetes-models/*), RabbitmqCluster, CloudNativePG Cluster,
-#      ScheduledBackup and the Barman Cloud ObjectStore by
-#      deploy/tools/check_deploy.py, plus policy: probes, security context,
+#      OpenAPI schema (kubernetes-validate --strict), KEDA, Prometheus
+#      Operator and CloudNativePG (Cluster, ScheduledBackup) resources against
+#      schemas generated from their CRDs (@kubernetes-models/*: types, enums
+#      and required fields; like the API server, they do not refuse unknown
+#      fields, which it prunes, so the policy rules below check that the
+#      fields that matter are present), RabbitmqCluster and the Barman Cloud
+#      ObjectStore (no schema package exists) by deploy/tools/check_deploy.py,
+#      plus policy: probes, security context,
 #      resources, grace periods against the drain timeouts, migrations, no
 #      replicas on autoscaled Deployments, disruption budgets (RabbitMQ's too,
 #      unhealthy pods always evictable), synchronous replication required,
@@ -45,7 +48,7 @@ mkdir -p "$TOOLS"
 # --- tools -------------------------------------------------------------------
 
 PY_PACKAGES="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML==6.0.3"
-NPM_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0"
+NPM_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/cloudnative-pg@2.0.0"
 VENV=$TOOLS/venv
 PY=$VENV/bin/python
 

@@ -1,12 +1,13 @@
 // Validates custom resources against the schemas that the npm packages
-// @kubernetes-models/keda and @kubernetes-models/prometheus-operator generate
-// from the upstream CRDs. Reads a JSON array of rendered resources on stdin;
+// @kubernetes-models/keda, @kubernetes-models/prometheus-operator and
+// @kubernetes-models/cloudnative-pg generate from the upstream CRDs (types,
+// enums, required fields; unknown fields pass, as the API server prunes them). Reads a JSON array of rendered resources on stdin;
 // prints one line per resource; exits 1 if any is invalid.
 //
 //   node deploy/tools/validate-crds.mjs <NODE_MODULES_DIR> < resources.json
 //
-// Kinds with no schema package here (RabbitmqCluster, CloudNativePG Cluster
-// and ScheduledBackup, Barman Cloud ObjectStore) are reported as skipped;
+// Kinds with no schema package here (RabbitmqCluster, Barman Cloud
+// ObjectStore) are reported as skipped;
 // deploy/check.sh checks their essentials itself.
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -19,6 +20,8 @@ const models = {
   "monitoring.coreos.com/v1/ServiceMonitor": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor.js",
   "monitoring.coreos.com/v1/PodMonitor": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor.js",
   "monitoring.coreos.com/v1/PrometheusRule": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule.js",
+  "postgresql.cnpg.io/v1/Cluster": "@kubernetes-models/cloudnative-pg/postgresql.cnpg.io/v1/Cluster.js",
+  "postgresql.cnpg.io/v1/ScheduledBackup": "@kubernetes-models/cloudnative-pg/postgresql.cnpg.io/v1/ScheduledBackup.js",
 };
 
 const resources = JSON.parse(readFileSync(0, "utf8"));
