@@ -22,6 +22,19 @@ DEPLOY = ROOT / "deploy"
 failures: list[str] = []
 
 
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (`256Mi`, `1G`, `1048576`) in bytes."""
+    units = {"Ki": KIB, "Mi": MIB, "Gi": 1024 * MIB, "K": 1000, "M": 1000**2, "G": 1000**3}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
 def check(ok: bool, what: str, detail: str = "") -> None:
     print(("  ok    " if ok else "  FAIL  ") + what + ("" if ok or not detail else f": {detail}"))
     if not ok:
@@ -58,6 +71,7 @@ def kubernetes(rendered: pathlib.Path) -> None:
     ingress_env = env_file(config / "ingress.env")
     worker_env = env_file(config / "worker.env")
 
+    readme_defaults = dict(re.findall(r"^\| `(CORRAL_\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
     deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
     check(set(deployments) == {"corral-ingress", "corral-worker"}, "two Deployments", str(sorted(deployments)))
     for name, deployment in deployments.items():
@@ -108,9 +122,28 @@ def kubernetes(rendered: pathlib.Path) -> None:
             f"{name}: terminationGracePeriodSeconds ({grace}s) outlasts the drain timeouts ({drain_ms} ms)",
         )
 
+    # The ingress's memory limit must hold its documented worst case
+    # (docs/operations.md#memory): every allowed connection holding a body
+    # in actix's buffers, plus the body budget twice (handler and AMQP
+    # frames), plus the process itself.
+    def setting(key: str) -> int:
+        value = ingress_env.get(key, readme_defaults.get(key))
+        return int(value)
+
+    ingress_main = deployments["corral-ingress"]["spec"]["template"]["spec"]["containers"][0]
+    limit = quantity_bytes(ingress_main["resources"]["limits"]["memory"])
+    worst = (
+        15 * MIB
+        + setting("CORRAL_MAX_CONNECTIONS") * (setting("CORRAL_MAX_BODY_BYTES") + 32 * KIB)
+        + 2 * setting("CORRAL_MAX_IN_FLIGHT_BYTES")
+    )
+    check(
+        limit >= worst,
+        f"corral-ingress: memory limit ({limit // MIB} MiB) holds the documented worst case ({worst // MIB} MiB)",
+    )
+
     # The sizing and KEDA's target in the manifests come from benchmarks run
     # with the documented defaults of these settings; keep them the same.
-    readme_defaults = dict(re.findall(r"^\| `(CORRAL_\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
     for key in ("CORRAL_PREFETCH", "CORRAL_BATCH_MAX", "CORRAL_BATCH_LINGER_MS", "CORRAL_DB_POOL_SIZE"):
         check(
             worker_env.get(key) == readme_defaults.get(key),
