@@ -261,7 +261,10 @@ where
             Some(Ok(AsyncMessage::Notice(notice))) => log_notice(&notice),
             Some(Ok(_)) => {}
             Some(Err(err)) => {
-                tracing::warn!(error = %err, "database connection failed");
+                tracing::warn!(
+                    error = corral_shared::error_chain(&err),
+                    "database connection failed"
+                );
                 return;
             }
             None => return,
