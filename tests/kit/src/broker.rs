@@ -95,18 +95,28 @@ impl TestBroker {
     /// Removes the main queue's binding, as an operator might by mistake:
     /// the webhooks exchange can then route nothing to it.
     pub async fn unbind_main_queue(&self) {
+        self.unbind(
+            &self.topology.queue(),
+            &self.topology.exchange(),
+            "dropcowboy.#",
+        )
+        .await;
+    }
+
+    /// Removes the binding of `queue` to `exchange` under `routing_key`.
+    pub async fn unbind(&self, queue: &str, exchange: &str, routing_key: &str) {
         amqp::deadline(
             "queue.unbind",
             TIMEOUT,
             self.channel.queue_unbind(
-                self.topology.queue().into(),
-                self.topology.exchange().into(),
-                "dropcowboy.#".into(),
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
                 FieldTable::default(),
             ),
         )
         .await
-        .expect("unbinding the main queue");
+        .expect("unbinding a queue");
     }
 
     /// Binds to `routing_key` an extra queue that refuses every message

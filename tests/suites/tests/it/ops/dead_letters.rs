@@ -297,28 +297,14 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
     // Nothing is bound to the webhooks exchange, nor to its alternate, any
     // more: a replayed copy would be unroutable, and must not cost the
     // dead-letter copy.
-    let connection = amqp::connect(&broker.settings, "corral-tests ops")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_unbind(
-            broker.topology.queue().into(),
-            broker.topology.exchange().into(),
-            "dropcowboy.#".into(),
-            FieldTable::default(),
+    broker.unbind_main_queue().await;
+    broker
+        .unbind(
+            &broker.topology.unroutable_queue(),
+            &broker.topology.unroutable_exchange(),
+            "",
         )
-        .await
-        .unwrap();
-    channel
-        .queue_unbind(
-            broker.topology.unroutable_queue().into(),
-            broker.topology.unroutable_exchange().into(),
-            "".into(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        .await;
 
     let err = ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
         .await
@@ -347,7 +333,6 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
     let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
     assert_eq!(listed.letters.len(), 3);
     assert!(listed.letters.iter().all(|letter| letter.deaths == 1));
-    amqp::close(&connection, Duration::from_secs(10), "done").await;
 }
 
 #[tokio::test]
