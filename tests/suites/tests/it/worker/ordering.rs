@@ -161,9 +161,7 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
     wait_count(&client, EVENTS, 2).await;
-    let (state, state_event, _) = delivery(&client, same).await;
-    assert_eq!(state.message_id, same_later.id, "{state:?}");
-    assert_eq!(state_event, event_id(&client, same_later.id).await);
+    assert_current(&client, same, &same_later).await;
 
     // Two batches: the correction arrives once the first is the state.
     let apart = "aaaaaaaaaaaaaaaaaaaaaa12";
@@ -176,9 +174,7 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     );
     let apart_later = send_received(&broker, later, later_received).await;
     wait_count(&client, EVENTS, 4).await;
-    let (state, state_event, _) = delivery(&client, apart).await;
-    assert_eq!(state.message_id, apart_later.id, "{state:?}");
-    assert_eq!(state_event, event_id(&client, apart_later.id).await);
+    assert_current(&client, apart, &apart_later).await;
 
     // And the earlier one, arriving after the correction, does not undo it.
     let back = "aaaaaaaaaaaaaaaaaaaaaa13";
@@ -189,6 +185,14 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     wait_count(&client, EVENTS, 6).await;
     assert_eq!(delivery(&client, back).await.0.message_id, back_later.id);
     worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// Asserts `drop_id`'s current state in `deliveries` is `sent`, and points
+/// at `sent`'s event.
+async fn assert_current(client: &tokio_postgres::Client, drop_id: &str, sent: &Sent) {
+    let (state, state_event, _) = delivery(client, drop_id).await;
+    assert_eq!(state.message_id, sent.id, "{state:?}");
+    assert_eq!(state_event, event_id(client, sent.id).await);
 }
 
 /// Migration 2 on data the previous rule wrote: `received_at` is filled from
