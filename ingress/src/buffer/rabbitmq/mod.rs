@@ -151,15 +151,6 @@ struct Awaited {
     timed_out: bool,
 }
 
-/// What [`Awaited`] hands over.
-struct Orphan {
-    link: Arc<Link>,
-    confirm: Pending,
-    sent_ms: u64,
-    held: Option<(OwnedSemaphorePermit, InFlight)>,
-    timed_out: bool,
-}
-
 impl Awaited {
     /// The broker's answer; once it came, nothing is left to hand over.
     async fn outcome(&mut self) -> lapin::Result<Confirmation> {
@@ -168,18 +159,60 @@ impl Awaited {
         self.confirm = None;
         outcome
     }
+
+    /// A confirm nobody waits for any more — its request missed the deadline
+    /// and was answered 503, or the handler was dropped — is awaited in the
+    /// background with its in-flight slot until lapin resolves it, so the
+    /// slots keep counting exactly what lapin still tracks; it is never
+    /// dropped unresolved on a live link. A timed-out one on a link that
+    /// acked nothing since it was sent means the link is dead in a way the
+    /// socket has not noticed (a cut network path): replace it.
+    fn hand_over(&mut self, mut confirm: Pending) {
+        let inner = &self.buffer.inner;
+        let (link, held, timed_out) = (self.link.clone(), self.held.take(), self.timed_out);
+        let timeout = inner.settings.publish_timeout;
+        if timed_out && !link.acked_since(self.sent_ms) && !link.is_blocked() {
+            tracing::warn!(
+                "no confirm from RabbitMQ on this link for {timeout:?}; replacing the connection"
+            );
+            link.mark_broken();
+        }
+        inner.orphans.spawn(async move {
+            loop {
+                match tokio::time::timeout(timeout, &mut confirm).await {
+                    Ok(Ok(confirmation)) => {
+                        if confirmation.is_ack() {
+                            link.acked();
+                            if timed_out {
+                                tracing::warn!(
+                                    "a confirm arrived after its request was answered 503; \
+                                     if the sender retries, the worker stores the webhook once"
+                                );
+                            }
+                        }
+                        break;
+                    }
+                    Ok(Err(_closed)) => break,
+                    // A blocked broker answers once it unblocks; until then
+                    // the slot stays taken (new publishes are refused anyway).
+                    Err(_) if link.is_blocked() => {}
+                    // Replacing the link closes its channels, which resolves
+                    // every confirm lapin still tracks on them.
+                    Err(_) if !link.is_broken() => link.mark_broken(),
+                    // Replaced and still unresolved: the link, and lapin's
+                    // state with it, is gone; nothing is left to pile up.
+                    Err(_) => break,
+                }
+            }
+            drop(held);
+        });
+    }
 }
 
 impl Drop for Awaited {
     fn drop(&mut self) {
         if let Some(confirm) = self.confirm.take() {
-            self.buffer.await_orphan(Orphan {
-                link: self.link.clone(),
-                confirm,
-                sent_ms: self.sent_ms,
-                held: self.held.take(),
-                timed_out: self.timed_out,
-            });
+            self.hand_over(confirm);
         }
     }
 }
@@ -307,59 +340,6 @@ impl RabbitMq {
                 Err(PublishError::Timeout(self.inner.settings.publish_timeout))
             }
         }
-    }
-
-    /// A confirm nobody waits for any more — its request missed the deadline
-    /// and was answered 503, or the handler was dropped — is awaited in the
-    /// background with its in-flight slot until lapin resolves it, so the
-    /// slots keep counting exactly what lapin still tracks; it is never
-    /// dropped unresolved on a live link. A timed-out one on a link that
-    /// acked nothing since it was sent means the link is dead in a way the
-    /// socket has not noticed (a cut network path): replace it.
-    fn await_orphan(&self, orphan: Orphan) {
-        let Orphan {
-            link,
-            mut confirm,
-            sent_ms,
-            held,
-            timed_out,
-        } = orphan;
-        let timeout = self.inner.settings.publish_timeout;
-        if timed_out && !link.acked_since(sent_ms) && !link.is_blocked() {
-            tracing::warn!(
-                "no confirm from RabbitMQ on this link for {timeout:?}; replacing the connection"
-            );
-            link.mark_broken();
-        }
-        self.inner.orphans.spawn(async move {
-            loop {
-                match tokio::time::timeout(timeout, &mut confirm).await {
-                    Ok(Ok(confirmation)) => {
-                        if confirmation.is_ack() {
-                            link.acked();
-                            if timed_out {
-                                tracing::warn!(
-                                    "a confirm arrived after its request was answered 503; \
-                                     if the sender retries, the worker stores the webhook once"
-                                );
-                            }
-                        }
-                        break;
-                    }
-                    Ok(Err(_closed)) => break,
-                    // A blocked broker answers once it unblocks; until then
-                    // the slot stays taken (new publishes are refused anyway).
-                    Err(_) if link.is_blocked() => {}
-                    // Replacing the link closes its channels, which resolves
-                    // every confirm lapin still tracks on them.
-                    Err(_) if !link.is_broken() => link.mark_broken(),
-                    // Replaced and still unresolved: the link, and lapin's
-                    // state with it, is gone; nothing is left to pile up.
-                    Err(_) => break,
-                }
-            }
-            drop(held);
-        });
     }
 
     /// Stops reconnecting, waits for late confirms (bounded), and closes the
