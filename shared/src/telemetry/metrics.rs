@@ -93,7 +93,9 @@ catalogue! {
     INGRESS_REQUEST_SECONDS = "corral_ingress_request_seconds", Histogram, ["route"], Some(LATENCY_BUCKETS),
         "Time to answer a webhook request, from the first byte of its body to the answer.";
     INGRESS_PUBLISHES_IN_FLIGHT = "corral_ingress_publishes_in_flight", Gauge, [], None,
-        "Publishes waiting for the broker's confirm.";
+        "Webhooks whose publish awaits the broker's confirm.";
+    INGRESS_PUBLISH_BATCH_SIZE = "corral_ingress_publish_batch_size", Histogram, [], Some(BATCH_BUCKETS),
+        "Webhooks per AMQP message published (those that arrived while earlier publishes awaited their confirms travel together).";
     INGRESS_BODY_BYTES_IN_FLIGHT = "corral_ingress_body_bytes_in_flight", Gauge, [], None,
         "Bytes of request bodies held (leased from CORRAL_MAX_IN_FLIGHT_BYTES) until their publish no longer needs them.";
 
@@ -219,6 +221,11 @@ pub fn ingress_published(kind: WebhookKind, confirm: Duration) {
 /// A webhook the broker did not take.
 pub fn ingress_publish_failed(cause: PublishFailure) {
     counter!(INGRESS_PUBLISH_FAILURES, "cause" => cause.as_str()).increment(1);
+}
+
+/// One AMQP message put on the wire with `webhooks` in it.
+pub fn ingress_publish_batch(webhooks: usize) {
+    histogram!(INGRESS_PUBLISH_BATCH_SIZE).record(webhooks as f64);
 }
 
 /// Publishes awaiting confirmation.

@@ -1,6 +1,13 @@
 //! The AMQP message between ingress and worker.
 //!
-//! Body: the webhook's request body, byte for byte. Properties:
+//! Two versions, told apart by the properties ([`Format`]):
+//!
+//! - envelope 2 ([`batch`]), what ingress publishes: one or more webhooks in
+//!   a JSON body, each with its own id, `received_at` and kind;
+//! - envelope 1, what corral 0.1 published and the worker still reads: one
+//!   webhook per message.
+//!
+//! Envelope 1 body: the webhook's request body, byte for byte. Properties:
 //! `delivery_mode` 2 (persistent), `content_type` `application/json`,
 //! `message_id` a UUIDv7 made at ingress (the `id` answered to the caller),
 //! `timestamp` (seconds), `app_id` `corral-ingress`, and the headers
@@ -18,8 +25,16 @@ use uuid::Uuid;
 pub const RECEIVED_AT_HEADER: &str = "x-received-at";
 /// Header carrying the envelope version.
 pub const ENVELOPE_HEADER: &str = "x-corral-envelope";
-/// Current envelope version.
+/// Envelope version of a single-webhook message.
 pub const ENVELOPE_VERSION: i32 = 1;
+/// Header carrying how many webhooks an envelope-2 message holds (for
+/// people reading the management UI; the body is what counts).
+pub const WEBHOOKS_HEADER: &str = "x-corral-webhooks";
+/// Routing key of an envelope-2 message holding both kinds. Every routing
+/// key corral uses starts `dropcowboy.`, which the queue is bound with.
+pub const MIXED_ROUTING_KEY: &str = "dropcowboy.mixed";
+
+pub mod batch;
 
 /// Which Drop Cowboy product a webhook reports on; chosen by the route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -72,6 +87,83 @@ pub fn properties(message_id: Uuid, received_at: DateTime<Utc>) -> BasicProperti
         .with_timestamp(received_at.timestamp().max(0) as u64)
         .with_app_id(ShortString::from("corral-ingress"))
         .with_headers(headers)
+}
+
+/// Properties of an envelope-2 message: `message_id` names the message
+/// (each webhook's own id is in the body), `timestamp` is when its first
+/// webhook was received.
+pub fn batch_properties(
+    message_id: Uuid,
+    first_received_at: DateTime<Utc>,
+    webhooks: usize,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(ENVELOPE_HEADER.into(), AMQPValue::LongInt(batch::VERSION));
+    headers.insert(
+        WEBHOOKS_HEADER.into(),
+        AMQPValue::LongInt(i32::try_from(webhooks).unwrap_or(i32::MAX)),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from(batch::CONTENT_TYPE))
+        .with_message_id(ShortString::from(message_id.to_string()))
+        .with_timestamp(first_received_at.timestamp().max(0) as u64)
+        .with_app_id(ShortString::from("corral-ingress"))
+        .with_headers(headers)
+}
+
+/// The routing key of a message holding webhooks of `kinds`: the kind's own
+/// when they are all of one, so a consumer bound to `dropcowboy.sms` still
+/// gets only SMS.
+pub fn routing_key(mut kinds: impl Iterator<Item = Kind>) -> &'static str {
+    let Some(first) = kinds.next() else {
+        return MIXED_ROUTING_KEY;
+    };
+    if kinds.all(|kind| kind == first) {
+        first.routing_key()
+    } else {
+        MIXED_ROUTING_KEY
+    }
+}
+
+/// What a message's properties say its body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// Envelope 1 (or a message corral did not make): the body is one webhook.
+    Single,
+    /// Envelope 2: [`batch::decode`] reads the body.
+    Batch,
+    /// A corral message of a version this build cannot read (a newer
+    /// ingress than worker; upgrade workers first), with what it says.
+    Unsupported(String),
+}
+
+impl Format {
+    /// Reads the format from `content_type`: [`batch::MEDIA_TYPE`] with
+    /// `version=2` is a batch; any other version of it is unsupported;
+    /// anything else is a single webhook.
+    pub fn of(properties: &BasicProperties) -> Self {
+        let Some(content_type) = properties.content_type().as_ref() else {
+            return Self::Single;
+        };
+        let mut parts = content_type.as_str().split(';');
+        let essence = parts.next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case(batch::MEDIA_TYPE) {
+            return Self::Single;
+        }
+        let version = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("version"))
+            .map(|(_, value)| value.trim().trim_matches('"'));
+        if version == Some("2") {
+            Self::Batch
+        } else {
+            Self::Unsupported(format!(
+                "content type {:?}: this corral-worker reads version=2 only; upgrade it",
+                content_type.as_str()
+            ))
+        }
+    }
 }
 
 /// RFC 3339 with microseconds, as in the `x-received-at` header.
@@ -166,6 +258,33 @@ mod tests {
             envelope.received_at,
             DateTime::from_timestamp(1_552_857_026, 0)
         );
+    }
+
+    #[test]
+    fn formats_are_told_apart_by_content_type() {
+        let with = |ct: &str| BasicProperties::default().with_content_type(ct.into());
+        assert_eq!(Format::of(&BasicProperties::default()), Format::Single);
+        assert_eq!(Format::of(&with("application/json")), Format::Single);
+        let props = batch_properties(Uuid::now_v7(), Utc::now(), 3);
+        assert_eq!(Format::of(&props), Format::Batch);
+        assert_eq!(
+            Format::of(&with("Application/VND.corral.webhooks+json;version=\"2\"")),
+            Format::Batch
+        );
+        for ct in [
+            "application/vnd.corral.webhooks+json",
+            "application/vnd.corral.webhooks+json; version=3",
+        ] {
+            assert!(matches!(Format::of(&with(ct)), Format::Unsupported(why) if why.contains(ct)));
+        }
+    }
+
+    #[test]
+    fn a_batch_of_one_kind_keeps_that_kind_s_routing_key() {
+        use Kind::{Rvm, Sms};
+        assert_eq!(routing_key([Sms, Sms].into_iter()), "dropcowboy.sms");
+        assert_eq!(routing_key([Rvm].into_iter()), "dropcowboy.rvm");
+        assert_eq!(routing_key([Sms, Rvm].into_iter()), MIXED_ROUTING_KEY);
     }
 
     #[test]
