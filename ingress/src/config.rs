@@ -67,6 +67,26 @@ pub struct IngressConfig {
     #[arg(long, env = "CORRAL_IN_FLIGHT_WAIT_MS", default_value_t = 250)]
     pub in_flight_wait_ms: u64,
 
+    /// AMQP messages awaiting the broker's confirm at once. Webhooks that
+    /// arrive while all of them are out wait, and leave together in the next
+    /// message: fewer slots make fuller messages (less broker work per
+    /// webhook), more make shorter waits.
+    #[arg(long, env = "CORRAL_PUBLISH_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub publish_concurrency: u16,
+
+    /// Webhooks per AMQP message at most; 1 publishes each webhook alone.
+    #[arg(long, env = "CORRAL_PUBLISH_BATCH_MAX", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub publish_batch_max: u32,
+
+    /// Bytes per AMQP message at most (bodies plus about 100 bytes each);
+    /// a single webhook larger than this is still published, alone. Keep it
+    /// well under RabbitMQ's `max_message_size` (16 MiB by default since 4.0).
+    #[arg(long, env = "CORRAL_PUBLISH_BATCH_MAX_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(4096..=16 * 1024 * 1024))]
+    pub publish_batch_max_bytes: u32,
+
     /// Confirm-mode channels publishes are spread over.
     #[arg(long, env = "CORRAL_AMQP_CHANNELS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -285,9 +285,10 @@ async fn accept<B: Buffer>(
         .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
     check_json_object(&bytes, state.max_json_depth)?;
 
+    let length = bytes.len();
     let webhook = Webhook {
         kind,
-        body: &bytes,
+        body: bytes.freeze(),
         message_id,
         received_at,
     };
@@ -302,7 +303,7 @@ async fn accept<B: Buffer>(
                 retry_after_secs: state.retry_after_secs,
             })?;
     metrics::ingress_published(kind, confirm);
-    tracing::debug!(route = kind.as_str(), %message_id, bytes = bytes.len(), "webhook accepted");
+    tracing::debug!(route = kind.as_str(), %message_id, bytes = length, "webhook accepted");
     Ok(())
 }
 

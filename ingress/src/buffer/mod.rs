@@ -5,14 +5,17 @@
 //! takes it from there. Whatever else happens is an error the handler answers
 //! with `503` and `Retry-After`, counted by its [`PublishFailure`] cause.
 //!
-//! One implementation today, [`rabbitmq::RabbitMq`]: a persistent, mandatory
-//! publish into a quorum queue, confirmed by the broker. The trait is only as
+//! One implementation today, [`rabbitmq::RabbitMq`]: persistent, mandatory
+//! publishes into a quorum queue, confirmed by the broker, each carrying
+//! every webhook that arrived while the earlier ones awaited their confirms
+//! (group commit). The trait is only as
 //! wide as that one needs; a second buffer will shape it further.
 
 pub mod rabbitmq;
 
 use std::{future::Future, time::Duration};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use corral_shared::{envelope::Kind, telemetry::labels::PublishFailure};
 use uuid::Uuid;
@@ -20,12 +23,14 @@ use uuid::Uuid;
 use crate::budget::Lease;
 
 /// A webhook on its way into the buffer.
-#[derive(Debug, Clone, Copy)]
-pub struct Webhook<'a> {
+#[derive(Debug, Clone)]
+pub struct Webhook {
     /// SMS or RVM, from the route.
     pub kind: Kind,
-    /// The request body, byte for byte.
-    pub body: &'a [u8],
+    /// The request body, byte for byte. Owned (a reference-counted view of
+    /// the request's buffer, never a copy): a buffer may keep it beyond the
+    /// call, to send it together with others.
+    pub body: Bytes,
     /// The id answered to the sender.
     pub message_id: Uuid,
     /// When ingress received it.
@@ -50,7 +55,7 @@ pub trait Buffer: Send + Sync + 'static {
     /// hold a copy of the body, which can outlive the request.
     fn keep(
         &self,
-        webhook: Webhook<'_>,
+        webhook: Webhook,
         lease: Lease,
     ) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
 }

@@ -22,6 +22,12 @@
 //! whitespace before or after its object would lose it there, so such a body
 //! goes as the JSON string `body_text` instead, whose value is the exact text.
 //!
+//! corral-ingress puts webhooks of one kind in a message and routes it with
+//! that kind's key (`dropcowboy.sms`, `dropcowboy.rvm`), so a queue bound to
+//! one kind gets all of that kind; a reader must still take each entry's
+//! `kind` as the truth (a message of both kinds is routed
+//! `dropcowboy.mixed`).
+//!
 //! The message says what it is in its properties: `content_type`
 //! [`CONTENT_TYPE`] and header `x-corral-envelope` = 2. A message without
 //! them is envelope 1, a single webhook whose body is the request body.

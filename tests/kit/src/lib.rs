@@ -33,6 +33,7 @@ pub mod fixtures;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod queued;
 pub mod replicated;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -162,12 +162,12 @@ impl Link {
         self.last_ack_ms.load(Ordering::Relaxed) >= sent_ms
     }
 
-    /// Keeps `lease` until this link is dropped.
-    pub(super) fn strand(&self, lease: Lease) {
+    /// Keeps `leases` until this link is dropped.
+    pub(super) fn strand(&self, leases: Vec<Lease>) {
         self.stranded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(lease);
+            .extend(leases);
     }
 
     /// Closes the connection (bounded by `timeout`).

@@ -1,57 +1,59 @@
 //! The RabbitMQ buffer: publishing with publisher confirms over a
-//! self-healing broker link.
+//! self-healing broker link, several webhooks per message.
 //!
 //! One [`RabbitMq`] serves every request: it owns one AMQP connection with a
-//! few confirm-mode channels (requests are spread round-robin over them, never
+//! few confirm-mode channels (messages are spread round-robin over them, never
 //! a connection or channel per request) and a supervisor task that replaces the
-//! whole link when it fails. A request gets `Ok` only when the broker acked
-//! its publish *and* did not return it as unroutable; everything else (no
-//! link, a nack, a return, a closed channel, no confirm by the deadline, too
-//! many publishes in flight) is a [`PublishError`] the handler turns into 503.
+//! whole link when it fails. Requests queue their webhooks; a dispatcher sends
+//! whatever is waiting as one message whenever a publish slot is free
+//! (`coalesce`). A request gets `Ok` only when the broker acked the message
+//! carrying its webhook *and* did not return it as unroutable; everything else
+//! (no link, a nack, a return, a closed channel, no confirm by the deadline,
+//! too many webhooks in flight) is a [`PublishError`] the handler turns into 503.
 //!
-//! Publishes awaiting a confirm are bounded by a semaphore of
-//! `CORRAL_MAX_IN_FLIGHT` permits, and the bodies they hold by the request's
-//! [`Lease`] of `CORRAL_MAX_IN_FLIGHT_BYTES`. A confirm nobody waits for any
-//! more (its request timed out, or its client went away) goes to a
-//! background task that keeps the permit until the broker answers (or the
-//! link is declared dead), so a stalled broker cannot pile up forgotten
-//! confirms.
+//! Webhooks awaiting a verdict are bounded by `CORRAL_MAX_IN_FLIGHT` request
+//! slots, the bodies they hold by each request's [`Lease`] of
+//! `CORRAL_MAX_IN_FLIGHT_BYTES`, and messages awaiting a confirm by
+//! `CORRAL_PUBLISH_CONCURRENCY` publish slots, each held until the broker
+//! resolves the confirm (or the link is declared dead), so a stalled broker
+//! cannot pile up forgotten confirms.
 //!
 //! # Layout
 //!
-//! - this module: the handle, one publish from permit to verdict, shutdown.
+//! - this module: the handle, a request from slot to verdict, shutdown.
+//! - `coalesce`: the queue, forming messages, one message from publish to
+//!   the verdict of each of its webhooks.
 //! - `link`: the connection and its channels, and the supervisor that
 //!   keeps one up.
 
+mod coalesce;
 mod link;
 
 use std::{
-    pin::Pin,
     sync::{
         Arc, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use corral_shared::{
     admin::Health,
-    amqp::{self, Refused, Topology},
+    amqp::Topology,
     config::AmqpSettings,
-    envelope,
     telemetry::{labels::PublishFailure, metrics},
 };
-use lapin::{Confirmation, PublisherConfirm, types::ShortString};
+use lapin::types::ShortString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use uuid::Uuid;
 
 use self::link::Link;
 use super::{Buffer, Refusal, Webhook};
 use crate::budget::Lease;
 
-/// Why a webhook could not be handed to the broker.
-#[derive(Debug, thiserror::Error)]
+/// Why a webhook could not be handed to the broker. Cloned to every
+/// webhook of the message it befell.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No broker link right now (down, reconnecting).
     #[error("not connected to RabbitMQ")]
@@ -101,8 +103,14 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Confirm-mode channels per connection.
     pub channels: u16,
-    /// Bound on publishes awaiting a confirm.
+    /// Bound on webhooks awaiting a verdict.
     pub max_in_flight: u32,
+    /// Messages awaiting a confirm at once.
+    pub concurrency: usize,
+    /// Webhooks per message at most.
+    pub batch_max: usize,
+    /// Bytes per message at most (a single webhook may exceed it alone).
+    pub batch_max_bytes: usize,
     /// Longest wait for an in-flight slot.
     pub in_flight_wait: Duration,
     /// Deadline for a confirm.
@@ -123,98 +131,20 @@ struct Inner {
     exchange: ShortString,
     /// The current link; `None` while disconnected.
     link: RwLock<Option<Arc<Link>>>,
-    /// Bounds publishes awaiting confirms (and the memory they hold).
+    /// Bounds webhooks awaiting a verdict.
     permits: Arc<Semaphore>,
-    /// Publishes awaiting confirms, for the gauge.
+    /// Webhooks awaiting a verdict, for the gauge.
     in_flight: AtomicUsize,
+    /// Where requests queue their webhooks for the dispatchers.
+    queues: coalesce::Queues,
+    /// Bounds messages awaiting a confirm.
+    slots: Arc<Semaphore>,
     /// Readiness shared with the admin listener.
     health: Health,
-    /// Stops the supervisor and fails new publishes.
+    /// Stops the supervisor; the dispatcher publishes what is queued and ends.
     shutdown: CancellationToken,
-    /// Late confirms still being awaited after their request answered 503.
-    orphans: TaskTracker,
-}
-
-/// A confirm still to come, boxed so it can be handed to a background task.
-type Pending = Pin<Box<PublisherConfirm>>;
-
-/// A publish on the wire whose confirm the request is waiting for. Dropped
-/// before the confirm came (the deadline passed, or actix dropped the
-/// handler because the client went away), it hands the confirm to a
-/// background task instead of dropping it unresolved inside lapin.
-struct Awaited {
-    buffer: RabbitMq,
-    link: Arc<Link>,
-    confirm: Option<Pending>,
-    sent_ms: u64,
-    held: Option<(OwnedSemaphorePermit, InFlight)>,
-    timed_out: bool,
-}
-
-impl Awaited {
-    /// The broker's answer; once it came, nothing is left to hand over.
-    async fn outcome(&mut self) -> lapin::Result<Confirmation> {
-        let confirm = self.confirm.as_mut().expect("a confirm is awaited once");
-        let outcome = confirm.await;
-        self.confirm = None;
-        outcome
-    }
-
-    /// A confirm nobody waits for any more — its request missed the deadline
-    /// and was answered 503, or the handler was dropped — is awaited in the
-    /// background with its in-flight slot until lapin resolves it, so the
-    /// slots keep counting exactly what lapin still tracks; it is never
-    /// dropped unresolved on a live link. A timed-out one on a link that
-    /// acked nothing since it was sent means the link is dead in a way the
-    /// socket has not noticed (a cut network path): replace it.
-    fn hand_over(&mut self, mut confirm: Pending) {
-        let inner = &self.buffer.inner;
-        let (link, held, timed_out) = (self.link.clone(), self.held.take(), self.timed_out);
-        let timeout = inner.settings.publish_timeout;
-        if timed_out && !link.acked_since(self.sent_ms) && !link.is_blocked() {
-            tracing::warn!(
-                "no confirm from RabbitMQ on this link for {timeout:?}; replacing the connection"
-            );
-            link.mark_broken();
-        }
-        inner.orphans.spawn(async move {
-            loop {
-                match tokio::time::timeout(timeout, &mut confirm).await {
-                    Ok(Ok(confirmation)) => {
-                        if confirmation.is_ack() {
-                            link.acked();
-                            if timed_out {
-                                tracing::warn!(
-                                    "a confirm arrived after its request was answered 503; \
-                                     if the sender retries, the worker stores the webhook once"
-                                );
-                            }
-                        }
-                        break;
-                    }
-                    Ok(Err(_closed)) => break,
-                    // A blocked broker answers once it unblocks; until then
-                    // the slot stays taken (new publishes are refused anyway).
-                    Err(_) if link.is_blocked() => {}
-                    // Replacing the link closes its channels, which resolves
-                    // every confirm lapin still tracks on them.
-                    Err(_) if !link.is_broken() => link.mark_broken(),
-                    // Replaced and still unresolved: the link, and lapin's
-                    // state with it, is gone; nothing is left to pile up.
-                    Err(_) => break,
-                }
-            }
-            drop(held);
-        });
-    }
-}
-
-impl Drop for Awaited {
-    fn drop(&mut self) {
-        if let Some(confirm) = self.confirm.take() {
-            self.hand_over(confirm);
-        }
-    }
+    /// The dispatchers and every message until its confirm is resolved.
+    publishing: TaskTracker,
 }
 
 impl Buffer for RabbitMq {
@@ -222,7 +152,7 @@ impl Buffer for RabbitMq {
 
     fn keep(
         &self,
-        webhook: Webhook<'_>,
+        webhook: Webhook,
         lease: Lease,
     ) -> impl Future<Output = Result<Duration, PublishError>> + Send {
         self.publish(webhook, lease)
@@ -239,17 +169,25 @@ impl RabbitMq {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let topology = Topology::new(&settings.amqp);
+        let (queues, receivers) = coalesce::Queues::new();
         let inner = Arc::new(Inner {
             exchange: topology.exchange().into(),
             topology,
             permits: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             link: RwLock::new(None),
             in_flight: AtomicUsize::new(0),
+            queues,
             health,
             shutdown,
-            orphans: TaskTracker::new(),
+            publishing: TaskTracker::new(),
         });
+        for (kind, receiver) in receivers {
+            inner
+                .publishing
+                .spawn(coalesce::dispatch(inner.clone(), kind, receiver));
+        }
         let supervisor = tokio::spawn(link::supervise(inner.clone()));
         (Self { inner }, supervisor)
     }
@@ -258,46 +196,29 @@ impl RabbitMq {
         self.inner.link.read().expect("link lock poisoned").clone()
     }
 
-    /// Publishes the webhook persistently and mandatorily, and waits for the
-    /// confirm. Returns how long the confirm took.
-    pub async fn publish(
-        &self,
-        webhook: Webhook<'_>,
-        lease: Lease,
-    ) -> Result<Duration, PublishError> {
+    /// Hands the webhook to the publishing task and waits for the verdict
+    /// on the message that carries it. Returns how long that message's
+    /// confirm took.
+    pub async fn publish(&self, webhook: Webhook, lease: Lease) -> Result<Duration, PublishError> {
         let timeout = self.inner.settings.publish_timeout;
         let deadline_at = tokio::time::Instant::now() + timeout;
-        let permit = self.take_permit(timeout).await?;
+        let _permit = self.take_permit(timeout).await?;
+        // Refused at once rather than after a wait in the queue: a
+        // publishing task would find the same.
         let link = self.current().ok_or(PublishError::Unavailable)?;
         if let Some(reason) = link.blocked_reason() {
             return Err(PublishError::Blocked(reason));
         }
-        let guard = InFlight::enter(&self.inner);
-        let sent_ms = link.now_ms();
-        let confirm = self.send(&link, &webhook, deadline_at, lease).await?;
-        let mut awaited = Awaited {
-            buffer: self.clone(),
-            link: link.clone(),
-            confirm: Some(confirm),
-            sent_ms,
-            held: Some((permit, guard)),
-            timed_out: false,
-        };
-        let confirm_started = Instant::now();
-        let confirmation = match tokio::time::timeout_at(deadline_at, awaited.outcome()).await {
-            Ok(Ok(confirmation)) => confirmation,
-            Ok(Err(err)) => {
-                link.mark_broken();
-                return Err(PublishError::ChannelClosed(err));
-            }
-            Err(_elapsed) => {
-                awaited.timed_out = true;
-                return Err(PublishError::Timeout(timeout));
-            }
-        };
-        drop(awaited);
-        judge(&link, confirmation, webhook.message_id)?;
-        Ok(confirm_started.elapsed())
+        drop(link);
+        let _in_flight = InFlight::enter(&self.inner);
+        let (queued, verdict) = coalesce::Queued::new(webhook, lease);
+        self.inner.queues.send(queued);
+        match tokio::time::timeout_at(deadline_at, verdict).await {
+            Ok(Ok(verdict)) => verdict,
+            // The queue is gone: the buffer is closing.
+            Ok(Err(_dropped)) => Err(PublishError::ShuttingDown),
+            Err(_elapsed) => Err(PublishError::Timeout(timeout)),
+        }
     }
 
     /// An in-flight slot, waiting at most `CORRAL_IN_FLIGHT_WAIT_MS`.
@@ -311,44 +232,14 @@ impl RabbitMq {
         }
     }
 
-    /// Puts the message on the wire; the confirm comes later. Once the frames
-    /// are written the client library holds no copy of the body, so the
-    /// lease goes back; frames still queued when the deadline passes stay
-    /// with the link (which is being replaced), and so does the lease.
-    async fn send(
-        &self,
-        link: &Link,
-        webhook: &Webhook<'_>,
-        deadline_at: tokio::time::Instant,
-        lease: Lease,
-    ) -> Result<Pending, PublishError> {
-        let publish = link.channel().publish(
-            self.inner.exchange.clone(),
-            webhook.kind.routing_key().into(),
-            webhook.body,
-            envelope::properties(webhook.message_id, webhook.received_at),
-        );
-        match tokio::time::timeout_at(deadline_at, publish).await {
-            Ok(Ok(confirm)) => Ok(Box::pin(confirm)),
-            Ok(Err(err)) => {
-                link.mark_broken();
-                Err(PublishError::ChannelClosed(err))
-            }
-            Err(_elapsed) => {
-                link.strand(lease);
-                link.mark_broken_unless_blocked();
-                Err(PublishError::Timeout(self.inner.settings.publish_timeout))
-            }
-        }
-    }
-
-    /// Stops reconnecting, waits for late confirms (bounded), and closes the
-    /// link. Until then the supervisor keeps repairing the link, so webhooks
-    /// still arriving during the shutdown drain are served.
+    /// Stops reconnecting, publishes what is still queued, waits for the
+    /// confirms still to come (bounded), and closes the link. Until then the
+    /// supervisor keeps repairing the link, so webhooks still arriving during
+    /// the shutdown drain are served.
     pub async fn close(&self, timeout: Duration) {
         self.inner.shutdown.cancel();
-        self.inner.orphans.close();
-        let _ = tokio::time::timeout(timeout, self.inner.orphans.wait()).await;
+        self.inner.publishing.close();
+        let _ = tokio::time::timeout(timeout, self.inner.publishing.wait()).await;
         let link = self.inner.link.write().expect("link lock poisoned").take();
         if let Some(link) = link {
             link.close(timeout).await;
@@ -357,42 +248,7 @@ impl RabbitMq {
     }
 }
 
-/// What the broker's answer means for this publish.
-fn judge(link: &Link, confirmation: Confirmation, message_id: Uuid) -> Result<(), PublishError> {
-    match amqp::check_confirmation(confirmation) {
-        Ok(()) => {
-            link.acked();
-            Ok(())
-        }
-        Err(Refused::Unroutable {
-            reply_text,
-            returned_message_id,
-        }) => {
-            // Every routing key matches the binding we declare, so a return
-            // means the topology is gone (a queue deleted under us). Only a
-            // reconnect re-declares it; without this the link stays "up" and
-            // every webhook gets 503 until something else breaks it.
-            link.mark_broken();
-            if returned_message_id.as_deref() != Some(message_id.to_string().as_str()) {
-                // The return may belong to another publish of the same ack,
-                // which may then have been answered 200 unrouted.
-                tracing::error!(
-                    %message_id,
-                    returned = returned_message_id.as_deref().unwrap_or("none"),
-                    "RabbitMQ returned another publish than this one as unroutable: \
-                     that webhook may have been answered 200 without being queued \
-                     (the queue or its binding was removed under live traffic)"
-                );
-            }
-            Err(PublishError::Unroutable(reply_text))
-        }
-        // confirm_select is set on every channel before it is used, so
-        // `NotConfirmed` cannot happen; were it to, it is no promise either.
-        Err(Refused::Nacked | Refused::NotConfirmed) => Err(PublishError::Nacked),
-    }
-}
-
-/// Counts a publish in flight for as long as it lives.
+/// Counts a webhook awaiting its verdict for as long as it lives.
 struct InFlight(Arc<Inner>);
 
 impl InFlight {

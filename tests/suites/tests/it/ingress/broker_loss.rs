@@ -182,9 +182,9 @@ async fn a_queue_deleted_under_a_running_ingress_keeps_webhooks_in_the_unroutabl
         0.0
     );
     let kept = broker
-        .take(&broker.topology.unroutable_queue(), 1, QUEUE_WAIT)
+        .take_webhooks(&broker.topology.unroutable_queue(), 1, QUEUE_WAIT)
         .await;
-    let kept: HashSet<_> = kept.iter().map(message_id).collect();
+    let kept: HashSet<_> = kept.iter().map(|webhook| webhook.id).collect();
     assert_eq!(kept, HashSet::from([second]));
     assert_ne!(first, second);
 }

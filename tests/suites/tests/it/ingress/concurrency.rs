@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use corral_shared::envelope::Kind;
 use corral_testkit::{apps::TOKEN, broker::TestBroker, fixtures};
 use reqwest::header;
 use tokio::task::JoinSet;
@@ -47,20 +48,21 @@ async fn two_thousand_concurrent_posts_each_land_exactly_once() {
     }
     assert_eq!(sent.len(), POSTS);
 
-    let messages = broker
-        .take(&broker.queue(), POSTS, Duration::from_secs(25))
+    let webhooks = broker
+        .take_webhooks(&broker.queue(), POSTS, Duration::from_secs(25))
         .await;
-    assert_eq!(messages.len(), POSTS, "exactly one message per 200");
+    assert_eq!(webhooks.len(), POSTS, "exactly one webhook per 200");
     let mut seen = HashSet::new();
-    for message in &messages {
-        let id = message_id(message);
+    for webhook in &webhooks {
+        let id = webhook.id;
         assert!(seen.insert(id), "{id} is in the queue twice");
         let (kind, body) = sent
             .get(&id)
             .unwrap_or_else(|| panic!("{id} is in the queue but was not answered 200"));
-        assert_eq!(message.delivery.data, body.as_bytes(), "{id}");
+        assert_eq!(webhook.body, body.as_bytes(), "{id}");
+        assert_eq!(webhook.kind.as_str(), *kind);
         assert_eq!(
-            message.delivery.routing_key.as_str(),
+            webhook.message.delivery.routing_key.as_str(),
             format!("dropcowboy.{kind}")
         );
     }
@@ -136,7 +138,7 @@ async fn every_answer_is_the_brokers_verdict_on_that_webhook() {
         &wrong[..wrong.len().min(5)]
     );
     let sms = broker
-        .take(
+        .take_webhooks(
             &broker.queue(),
             CLIENTS * POSTS_PER_CLIENT / 2,
             Duration::from_secs(25),
@@ -144,7 +146,7 @@ async fn every_answer_is_the_brokers_verdict_on_that_webhook() {
         .await;
     assert!(
         sms.iter()
-            .filter(|m| m.delivery.routing_key.as_str() == "dropcowboy.sms")
+            .filter(|webhook| webhook.kind == Kind::Sms)
             .count()
             == CLIENTS * POSTS_PER_CLIENT / 2,
         "every SMS webhook answered 200 is in the queue"

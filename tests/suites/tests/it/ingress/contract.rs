@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
+use corral_shared::envelope::batch;
 use corral_testkit::{broker::TestBroker, fixtures};
 use lapin::types::AMQPValue;
 
 use super::helpers::*;
 
 /// Each sample reaches the queue byte for byte, with the route's routing key
-/// and the envelope design.md fixes; the answered id is the `message_id`.
+/// in the envelope design.md fixes; the answered id is the webhook's `id` there.
 #[tokio::test]
 async fn a_posted_sample_arrives_in_the_queue_byte_identical_with_its_envelope() {
     let broker = TestBroker::new().await;
@@ -32,54 +33,58 @@ async fn a_posted_sample_arrives_in_the_queue_byte_identical_with_its_envelope()
     }
     let after = Utc::now();
 
-    let messages = broker.take(&broker.queue(), posts.len(), QUEUE_WAIT).await;
-    assert_eq!(messages.len(), posts.len());
-    for message in &messages {
-        let id = message_id(message);
+    let webhooks = broker
+        .take_webhooks(&broker.queue(), posts.len(), QUEUE_WAIT)
+        .await;
+    assert_eq!(webhooks.len(), posts.len());
+    for webhook in &webhooks {
+        let id = webhook.id;
         let (kind, body) = expected
             .remove(&id)
             .unwrap_or_else(|| panic!("{id} in the queue was not answered 200 (or came twice)"));
-        let delivery = &message.delivery;
-        let properties = &delivery.properties;
         assert_eq!(
-            delivery.data,
+            webhook.body,
             body.as_bytes(),
             "{kind} body is not byte-identical"
         );
+        assert_eq!(webhook.kind.as_str(), kind);
+        let delivery = &webhook.message.delivery;
+        let properties = &delivery.properties;
+        // One kind per message, routed by it as a single webhook was.
         assert_eq!(delivery.routing_key.as_str(), format!("dropcowboy.{kind}"));
         assert_eq!(delivery.exchange.as_str(), broker.topology.exchange());
         assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
         assert_eq!(
             properties.content_type().as_ref().map(|t| t.as_str()),
-            Some("application/json")
+            Some(batch::CONTENT_TYPE)
         );
         assert_eq!(
             properties.app_id().as_ref().map(|a| a.as_str()),
             Some("corral-ingress")
         );
         assert_eq!(
-            header(message, "x-corral-envelope"),
-            Some(&AMQPValue::LongInt(1))
+            header(&webhook.message, "x-corral-envelope"),
+            Some(&AMQPValue::LongInt(2))
+        );
+        let in_message = webhooks
+            .iter()
+            .filter(|other| std::sync::Arc::ptr_eq(&other.message, &webhook.message))
+            .count();
+        assert_eq!(
+            header(&webhook.message, "x-corral-webhooks"),
+            Some(&AMQPValue::LongInt(in_message as i32))
         );
 
-        let received_at = header_text(message, "x-received-at")
-            .unwrap_or_else(|| panic!("{id} has no text x-received-at header"));
-        let fraction = received_at
-            .strip_suffix('Z')
-            .and_then(|rest| rest.rsplit_once('.'))
-            .map(|(_, fraction)| fraction)
-            .unwrap_or_else(|| panic!("x-received-at {received_at:?} is not UTC with a fraction"));
-        assert!(
-            fraction.len() == 6 && fraction.bytes().all(|b| b.is_ascii_digit()),
-            "x-received-at {received_at:?} does not have microseconds"
-        );
-        let at = DateTime::parse_from_rfc3339(&received_at)
-            .unwrap_or_else(|err| panic!("x-received-at {received_at:?} is not RFC 3339: {err}"))
-            .with_timezone(&Utc);
-        // Same clock as the ingress (same process); the header is truncated to µs.
+        // Same clock as the ingress (same process); the envelope keeps µs.
+        let at = webhook.received_at;
         assert!(
             at >= before - TimeDelta::microseconds(1) && at <= after,
-            "x-received-at {at} is not between {before} and {after}"
+            "received_at {at} is not between {before} and {after}"
+        );
+        assert_eq!(
+            at.timestamp_subsec_nanos() % 1_000,
+            0,
+            "received_at {at} is truncated to microseconds"
         );
         let timestamp = properties.timestamp().expect("timestamp property set");
         assert!(

@@ -32,10 +32,10 @@ async fn the_depth_limit_is_inclusive_and_counts_arrays_too() {
 
     let at_limit = nested(32);
     let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
-    let messages = broker.take(&broker.queue(), 1, QUEUE_WAIT).await;
-    assert_eq!(messages.len(), 1);
-    assert_eq!(message_id(&messages[0]), id);
-    assert_eq!(messages[0].delivery.data, at_limit.as_bytes());
+    let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
+    assert_eq!(webhooks.len(), 1);
+    assert_eq!(webhooks[0].id, id);
+    assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
     let request = authenticated(&ingress, "rvm").body(nested(33));
     assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
@@ -55,7 +55,13 @@ async fn the_depth_limit_follows_its_setting() {
     let ingress = corral_testkit::apps::RunningIngress::start(config).await;
     // The provider's own payload nests 2 deep.
     post_sample(&ingress).await;
-    assert_eq!(broker.take(&broker.queue(), 1, QUEUE_WAIT).await.len(), 1);
+    assert_eq!(
+        broker
+            .take_webhooks(&broker.queue(), 1, QUEUE_WAIT)
+            .await
+            .len(),
+        1
+    );
     let request = authenticated(&ingress, "sms").body(nested(3));
     let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
     assert_eq!(error, "body nests objects and arrays deeper than 2 levels");

@@ -175,42 +175,32 @@ pub(super) async fn assert_rejected(
 }
 
 /// Proves nothing was published by the requests just refused: a valid
-/// webhook posted now is confirmed after them, and must be the only message
+/// webhook posted now is confirmed after them, and must be the only webhook
 /// in the queue. Leaves the queue empty.
 pub(super) async fn assert_nothing_else_published(broker: &TestBroker, ingress: &RunningIngress) {
     let sentinel = post_sample(ingress).await;
     let queued: Vec<Uuid> = broker
-        .take(&broker.queue(), 1, QUEUE_WAIT)
+        .take_webhooks(&broker.queue(), 1, QUEUE_WAIT)
         .await
         .iter()
-        .map(message_id)
+        .map(|webhook| webhook.id)
         .collect();
     assert_eq!(queued, vec![sentinel], "a refused request was published");
 }
 
-/// Takes at least `count` messages and returns their ids, asserting none
+/// Takes at least `count` webhooks and returns their ids, asserting none
 /// appears twice.
 pub(super) async fn queued_ids(broker: &TestBroker, count: usize) -> HashSet<Uuid> {
-    let messages = broker.take(&broker.queue(), count, QUEUE_WAIT).await;
-    let ids: HashSet<Uuid> = messages.iter().map(message_id).collect();
+    let webhooks = broker
+        .take_webhooks(&broker.queue(), count, QUEUE_WAIT)
+        .await;
+    let ids: HashSet<Uuid> = webhooks.iter().map(|webhook| webhook.id).collect();
     assert_eq!(
         ids.len(),
-        messages.len(),
-        "a message id is in the queue twice"
+        webhooks.len(),
+        "a webhook id is in the queue twice"
     );
     ids
-}
-
-pub(super) fn message_id(message: &BasicGetMessage) -> Uuid {
-    let id = message
-        .delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .expect("message_id set");
-    id.as_str()
-        .parse()
-        .unwrap_or_else(|err| panic!("message_id {id:?} is not a UUID: {err}"))
 }
 
 pub(super) fn header<'m>(message: &'m BasicGetMessage, name: &str) -> Option<&'m AMQPValue> {
@@ -220,14 +210,6 @@ pub(super) fn header<'m>(message: &'m BasicGetMessage, name: &str) -> Option<&'m
         .headers()
         .as_ref()
         .and_then(|headers| headers.inner().get(name))
-}
-
-pub(super) fn header_text(message: &BasicGetMessage, name: &str) -> Option<String> {
-    match header(message, name)? {
-        AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok(),
-        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 pub(super) fn rejected(metrics: &Metrics, reason: &str) -> f64 {

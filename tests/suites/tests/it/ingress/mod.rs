@@ -13,6 +13,8 @@
 //!
 //! - `auth`: Tokens, routes, and the refusal to run open by accident.
 //! - `broker_loss`: Broker loss, through a proxy the test owns.
+//! - `coalescing`: Group commit: webhooks arriving during a confirm travel
+//!   together, and each gets its message's verdict.
 //! - `concurrency`: A burst of concurrent posts.
 //! - `contract`: The sample reaches the queue untouched, with its envelope.
 //! - `depth`: Nesting depth: refused past `CORRAL_MAX_JSON_DEPTH`, nothing
@@ -31,6 +33,7 @@
 
 mod auth;
 mod broker_loss;
+mod coalescing;
 mod concurrency;
 mod contract;
 mod depth;

@@ -91,10 +91,10 @@ async fn a_body_one_byte_over_the_limit_is_413_and_one_exactly_at_it_is_accepted
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
-    let messages = broker.take(&broker.queue(), 1, QUEUE_WAIT).await;
-    assert_eq!(messages.len(), 1);
-    assert_eq!(message_id(&messages[0]), id);
-    assert_eq!(messages[0].delivery.data, at_limit.as_bytes());
+    let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
+    assert_eq!(webhooks.len(), 1);
+    assert_eq!(webhooks[0].id, id);
+    assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
     let request = authenticated(&ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
     assert_rejected(&broker, &ingress, request, 413, RejectReason::TooLarge).await;
@@ -109,9 +109,9 @@ async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let (status, response) = raw_http(ingress.port, &chunked_post(&at_limit)).await;
     assert_eq!(status, 200, "{response}");
-    let messages = broker.take(&broker.queue(), 1, QUEUE_WAIT).await;
-    assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].delivery.data, at_limit.as_bytes());
+    let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
+    assert_eq!(webhooks.len(), 1);
+    assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
     let before = ingress.metrics().await;
     let (status, response) = raw_http(

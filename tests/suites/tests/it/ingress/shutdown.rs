@@ -129,15 +129,15 @@ async fn shutdown_during_a_burst_keeps_every_webhook_answered_200() {
         "the shutdown should have happened during the burst"
     );
 
-    let messages = broker
-        .take(&broker.queue(), accepted_bodies.len(), QUEUE_WAIT)
+    let webhooks = broker
+        .take_webhooks(&broker.queue(), accepted_bodies.len(), QUEUE_WAIT)
         .await;
     let mut queued = HashSet::new();
-    for message in &messages {
-        let id = message_id(message);
+    for webhook in &webhooks {
+        let id = webhook.id;
         assert!(queued.insert(id), "{id} is in the queue twice");
         if let Some(body) = accepted_bodies.get(&id) {
-            assert_eq!(message.delivery.data, body.as_bytes(), "{id}");
+            assert_eq!(webhook.body, body.as_bytes(), "{id}");
         }
     }
     let missing: Vec<_> = accepted_bodies
@@ -151,9 +151,9 @@ async fn shutdown_during_a_burst_keeps_every_webhook_answered_200() {
     // A message in the queue that was not answered 200 can only belong to a
     // request whose answer was lost (at most one per sender).
     assert!(
-        messages.len() <= accepted_bodies.len() + no_answer,
+        webhooks.len() <= accepted_bodies.len() + no_answer,
         "{} queued, {} accepted, {unavailable_count} answered 503, {no_answer} without an answer",
-        messages.len(),
+        webhooks.len(),
         accepted_bodies.len()
     );
 }
