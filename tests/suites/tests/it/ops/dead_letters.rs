@@ -101,6 +101,20 @@ async fn reject_all(broker: &TestBroker, count: usize) {
     amqp::close(&connection, Duration::from_secs(10), "done").await;
 }
 
+/// What `corral-worker dead-letters list --limit 10` writes.
+async fn list_command(broker: &TestBroker) -> String {
+    let mut out = Vec::new();
+    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
+    ops::dead_letters_command(
+        corral_worker::config::DeadLetterCommand::List { limit: 10 },
+        &config,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     properties
         .headers()
@@ -175,16 +189,7 @@ async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
 
     // The command's own output.
-    let mut out = Vec::new();
-    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
-    ops::dead_letters_command(
-        corral_worker::config::DeadLetterCommand::List { limit: 10 },
-        &config,
-        &mut out,
-    )
-    .await
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let out = list_command(&broker).await;
     for s in &sent {
         assert!(out.contains(&s.id.to_string()), "{out}");
     }
@@ -511,16 +516,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
         "each webhook with its own id, kind, time and body"
     );
 
-    let mut out = Vec::new();
-    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
-    ops::dead_letters_command(
-        corral_worker::config::DeadLetterCommand::List { limit: 10 },
-        &config,
-        &mut out,
-    )
-    .await
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let out = list_command(&broker).await;
     for p in &packing {
         let line = out
             .lines()

@@ -35,6 +35,17 @@ async fn quarantine(
         .get(0)
 }
 
+/// A check PostgreSQL refuses a "Spam detected" row with: a webhook that
+/// types but cannot be stored, until the test drops `test_no_spam`.
+async fn forbid_spam(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
+        )
+        .await
+        .unwrap();
+}
+
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
     client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -182,12 +193,7 @@ async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
     // nothing of it is stored: the same split as the worker's.
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
-        )
-        .await
-        .unwrap();
+    forbid_spam(&client).await;
     let config = config::worker(&db.url, "unused");
     let refused =
         fixtures::delivery_status("d-refused", "2026-11-27T05:24:31Z", "Spam detected", "f-1");
@@ -244,13 +250,7 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
     let broker = TestBroker::new().await;
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
-    // Refused by PostgreSQL until the test "fixes" it by dropping the check.
-    client
-        .batch_execute(
-            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
-        )
-        .await
-        .unwrap();
+    forbid_spam(&client).await;
     let accepted = fixtures::delivery_status("d-batch-ok", "2026-11-27T05:24:31Z", "", "f-1");
     let refused = fixtures::delivery_status(
         "d-batch-spam",
