@@ -1,9 +1,9 @@
-//! Writing batches: every message of a batch becomes a `delivery_events` row
+//! Writing batches: every webhook of a batch becomes a `delivery_events` row
 //! (or is recognised as a duplicate of one) or a `quarantined_webhooks` row,
 //! all in one transaction, with set-based statements (`UNNEST` arrays), never
 //! a statement per row.
 //!
-//! A batch the database refuses because of one message's data does not fail
+//! A batch the database refuses because of one webhook's data does not fail
 //! as a whole: it is split in halves under savepoints until the culprit is
 //! alone, and that one is quarantined with PostgreSQL's own error.
 
