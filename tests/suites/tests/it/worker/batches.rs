@@ -256,3 +256,45 @@ async fn a_message_larger_than_the_batch_is_written_whole_at_once() {
     assert_eq!(metrics.get(BATCH_SIZE_SUM), 3.0);
     worker.stop().await.expect("the worker stops cleanly");
 }
+
+/// While the database is away, the messages in hand stay unacknowledged
+/// (the gauge counts them as RabbitMQ does, messages, not webhooks) and the
+/// rest wait in the queue; once it is back, every webhook is one row.
+#[tokio::test]
+async fn batches_are_acknowledged_only_once_every_webhook_is_committed() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let (pg, url) = postgres_proxy(&db).await;
+    let mut config = config(&url, broker.prefix());
+    config.prefetch = 2;
+    config.batch_max = 2;
+    config.db_writers = 2;
+    config.db_timeout_ms = 1_000;
+    let worker = RunningWorker::start(config).await;
+    let client = db.client().await;
+    let queue = broker.queue();
+
+    pg.cut();
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let (_, webhooks) = mixed();
+        sent.extend(send_batch(&broker, &borrowed(&webhooks[..2])).await);
+    }
+    worker.wait_ready(false).await;
+    let before = worker.metrics().await;
+    wait_metric(&worker, &before, DB_TRANSIENT, 2.0).await;
+    // Each message is a batch (two webhooks reach CORRAL_BATCH_MAX), written
+    // by a writer of its own.
+    let metrics = settled(&worker, IN_HAND, 2.0).await;
+    assert_eq!(metrics.get(IN_HAND), 2.0, "one prefetch of messages");
+    assert_eq!(broker.ready_count(&queue).await, 1);
+    assert_eq!(count(&client, EVENTS).await, 0);
+
+    pg.restore();
+    worker.wait_ready(true).await;
+    let metrics = settled(&worker, STORED, 6.0).await;
+    assert_each_stored_once(&client, &sent).await;
+    assert_eq!(metrics.get(DUPLICATE), 0.0);
+    assert_eq!(broker.ready_count(&queue).await, 0);
+    worker.stop().await.expect("the worker stops cleanly");
+}
