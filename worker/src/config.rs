@@ -36,15 +36,17 @@ pub enum Command {
 /// (`x-delivery-limit` reached) wait in the dead-letter queue for an operator.
 #[derive(Debug, Clone, Subcommand)]
 pub enum DeadLetterCommand {
-    /// Show dead-lettered messages; removes none (each one read is moved to
-    /// the tail of the dead-letter queue, so their order changes).
+    /// Show dead-lettered messages, one line per webhook inside them; removes
+    /// none (each one read is moved to the tail of the dead-letter queue, so
+    /// their order changes).
     List {
         /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
     /// Publish dead-lettered messages back to the webhooks exchange with their
-    /// original routing key and properties; each dead-letter copy is removed
+    /// original routing key and properties, as they are (the webhooks of an
+    /// envelope-2 message stay together); each dead-letter copy is removed
     /// only after RabbitMQ confirmed the republished one.
     Replay {
         /// Show what would be replayed; replay nothing.
@@ -53,8 +55,9 @@ pub enum DeadLetterCommand {
         /// Replay at most this many (all by default).
         #[arg(long)]
         limit: Option<u64>,
-        /// Replay only the messages with this `message_id` (repeatable); the
-        /// others stay in the dead-letter queue.
+        /// Replay only the messages with this `message_id`, or holding a
+        /// webhook with this id (the whole message is replayed; repeatable);
+        /// the others stay in the dead-letter queue.
         #[arg(long = "message-id", value_name = "ID")]
         message_ids: Vec<String>,
     },
@@ -139,7 +142,8 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub prefetch: u16,
 
-    /// A batch is written when it holds this many messages...
+    /// A batch is written when it holds this many webhooks (whole AMQP
+    /// messages only, so one message may take it past this alone)...
     #[arg(long, env = "CORRAL_BATCH_MAX", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
     pub batch_max: u32,
@@ -178,7 +182,9 @@ pub struct WorkerConfig {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Prefetch below the batch size would cap batches at the prefetch.
+    /// Prefetch below the batch size could cap batches at the prefetch: it
+    /// counts AMQP messages, each holding one webhook at least, so a
+    /// prefetch of `CORRAL_BATCH_MAX` messages always fills a batch.
     #[error(
         "CORRAL_PREFETCH ({prefetch}) must be at least CORRAL_BATCH_MAX ({batch_max}): \
          RabbitMQ never sends more than the prefetch before an ack"

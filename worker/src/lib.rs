@@ -8,9 +8,10 @@
 //!   COMMIT that waits for synchronous standbys, database creation and
 //!   migrations (`worker/migrations/`, under an advisory lock).
 //! - [`store`]: the set-based batch write, with its SQL beside it; splits a
-//!   batch to quarantine the one message the database refuses.
+//!   batch to quarantine the one webhook the database refuses.
 //! - [`source`]: where deliveries come from and how they are acknowledged —
-//!   the seam — and its RabbitMQ implementation.
+//!   the seam — its RabbitMQ implementation, and unpacking a message into
+//!   its webhooks (envelope 1 or 2).
 //! - [`consume`]: batches off the source, acked only after commit; reconnects.
 //! - [`ops`]: the operator commands (dead letters, quarantine).
 //! - [`Application`]: admin listener, migrations, consumer, graceful drain.

@@ -100,13 +100,13 @@ catalogue! {
         "Bytes of request bodies held (leased from CORRAL_MAX_IN_FLIGHT_BYTES) until their publish no longer needs them.";
 
     WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
-        "Messages committed to PostgreSQL, by outcome (stored, duplicate, quarantined); a batch whose ack was lost is redelivered and counted again as duplicates.";
+        "Webhooks committed to PostgreSQL, by outcome (stored, duplicate, quarantined); each webhook of an AMQP message counts, and a message that could not be unpacked counts once, as quarantined. A batch whose ack was lost is redelivered and counted again as duplicates.";
     WORKER_BATCH_SIZE = "corral_worker_batch_size", Histogram, [], Some(BATCH_BUCKETS),
-        "Messages per committed batch.";
+        "Webhooks per committed batch (of the AMQP messages it holds, whole).";
     WORKER_DB_WRITE_SECONDS = "corral_worker_db_write_seconds", Histogram, [], Some(LATENCY_BUCKETS),
         "Time to write and commit one batch.";
     WORKER_END_TO_END_SECONDS = "corral_worker_end_to_end_seconds", Histogram, [], Some(E2E_BUCKETS),
-        "Time from ingress receiving a webhook to its row being committed.";
+        "Time from ingress receiving a webhook to its row being committed, per webhook.";
     WORKER_DB_ERRORS = "corral_worker_db_errors_total", Counter, ["kind"], None,
         "Failed batch writes, by kind: transient (retried, nothing acked) or data (batch split, culprit quarantined).";
     WORKER_UNROUTABLE = "corral_worker_unroutable_total", Counter, [], None,
@@ -114,7 +114,7 @@ catalogue! {
     WORKER_ACK_FAILURES = "corral_worker_ack_failures_total", Counter, [], None,
         "Batches committed whose acknowledgement failed; RabbitMQ redelivers them and they count as duplicates.";
     WORKER_DRAIN_MESSAGES_IN_HAND = "corral_worker_messages_in_hand", Gauge, [], None,
-        "Messages received from RabbitMQ and not yet acknowledged.";
+        "AMQP messages (as CORRAL_PREFETCH counts them, each holding one webhook or more) received from RabbitMQ and not yet acknowledged.";
 }
 
 pub(super) fn describe_all() {
@@ -244,12 +244,12 @@ pub fn worker_batch(size: usize, write: Duration) {
     histogram!(WORKER_DB_WRITE_SECONDS).record(write.as_secs_f64());
 }
 
-/// Messages by outcome.
+/// Webhooks by outcome.
 pub fn worker_messages(outcome: MessageOutcome, count: usize) {
     counter!(WORKER_MESSAGES, "outcome" => outcome.as_str()).increment(count as u64);
 }
 
-/// Receive-to-commit latency of one message.
+/// Receive-to-commit latency of one webhook.
 pub fn worker_end_to_end(seconds: f64) {
     histogram!(WORKER_END_TO_END_SECONDS).record(seconds);
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use corral_shared::{
     amqp::{self, AmqpError, Topology},
     config::AmqpSettings,
+    envelope::{self, batch},
 };
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -15,6 +16,8 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
+
+use uuid::Uuid;
 
 use crate::wait;
 
@@ -224,6 +227,23 @@ impl TestBroker {
             messages.push(message);
         }
         messages
+    }
+
+    /// Publishes `webhooks` as one envelope-2 message, packed, routed and
+    /// with the properties ingress gives one, and waits for the confirm.
+    /// Returns the message's own `message_id` (each webhook keeps its id).
+    pub async fn publish_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
+        let first = webhooks.first().expect("a batch holds a webhook");
+        let message_id = Uuid::now_v7();
+        let mut body = Vec::new();
+        batch::encode(webhooks.iter().copied(), &mut body);
+        self.publish(
+            envelope::routing_key(webhooks.iter().map(|webhook| webhook.kind)),
+            &body,
+            envelope::batch_properties(message_id, first.received_at, webhooks.len()),
+        )
+        .await;
+        message_id
     }
 
     /// Publishes `body` to the webhooks exchange with `routing_key` and waits

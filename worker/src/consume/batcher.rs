@@ -32,6 +32,7 @@ pub(super) async fn session<S: Source>(
         health,
         writes: FuturesOrdered::new(),
         filling: Vec::with_capacity(settings.batch_max),
+        filling_webhooks: 0,
         linger_until: None,
         flush: false,
         drain_deadline: None,
@@ -64,8 +65,10 @@ struct Batcher<'a, A> {
     health: &'a Health,
     /// Batches being written, in delivery order.
     writes: FuturesOrdered<Write<A>>,
-    /// The batch being filled.
+    /// The batch being filled: whole messages, never part of one.
     filling: Vec<Delivery<A>>,
+    /// Webhooks in `filling`, which `CORRAL_BATCH_MAX` bounds.
+    filling_webhooks: usize,
     /// When the batch being filled must be written, full or not.
     linger_until: Option<Instant>,
     /// Write the batch being filled as soon as a writer is free.
@@ -77,7 +80,8 @@ struct Batcher<'a, A> {
     drain_tx: watch::Sender<Option<Instant>>,
     /// Why the session ends, once the source has stopped delivering.
     ended: Option<SessionEnd>,
-    /// Messages in batches being written or waiting for their ack.
+    /// Messages (AMQP messages, as the prefetch counts them) in batches
+    /// being written or waiting for their ack.
     held: usize,
 }
 
@@ -95,8 +99,14 @@ enum Next<A> {
 impl<A: Ack> Batcher<'_, A> {
     /// Whether the batch being filled should be written now.
     fn ready(&self) -> bool {
-        !self.filling.is_empty()
-            && (self.filling.len() >= self.settings.batch_max || self.flush || self.ended.is_some())
+        !self.filling.is_empty() && (self.full() || self.flush || self.ended.is_some())
+    }
+
+    /// Whether the batch being filled holds `CORRAL_BATCH_MAX` webhooks: one
+    /// message may take it past that alone, since a message is never split
+    /// across transactions (its ack covers all of its webhooks).
+    fn full(&self) -> bool {
+        self.filling_webhooks >= self.settings.batch_max
     }
 
     fn start_write(&mut self) {
@@ -113,6 +123,7 @@ impl<A: Ack> Batcher<'_, A> {
             self.health.clone(),
             self.drain_tx.subscribe(),
         ));
+        self.filling_webhooks = 0;
         self.linger_until = None;
         self.flush = false;
     }
@@ -125,7 +136,7 @@ impl<A: Ack> Batcher<'_, A> {
         shutdown: &CancellationToken,
     ) -> Next<A> {
         let ready = self.ready();
-        let taking = self.ended.is_none() && self.filling.len() < self.settings.batch_max;
+        let taking = self.ended.is_none() && !self.full();
         tokio::select! {
             biased;
             Some(written) = self.writes.next(), if !self.writes.is_empty() => Next::Written(written),
@@ -148,8 +159,8 @@ impl<A: Ack> Batcher<'_, A> {
     ) -> Option<SessionEnd> {
         match next {
             Next::Written(Ok(written)) => {
-                self.held -= written.size;
-                metrics::worker_in_hand_changed(-(written.size as f64));
+                self.held -= written.messages;
+                metrics::worker_in_hand_changed(-(written.messages as f64));
                 return write::acknowledge(self.settings, written).await.err();
             }
             Next::Written(Err(end)) => return Some(end),
@@ -157,6 +168,7 @@ impl<A: Ack> Batcher<'_, A> {
                 if self.linger_until.is_none() {
                     self.linger_until = Some(Instant::now() + self.settings.batch_linger);
                 }
+                self.filling_webhooks += delivery.webhooks();
                 self.filling.push(delivery);
             }
             Next::LingerOver => self.flush = true,

@@ -1,8 +1,11 @@
 //! Consuming: batches off the source, one transaction each, acknowledged only
 //! after commit.
 //!
-//! A batch closes at `CORRAL_BATCH_MAX` messages or `CORRAL_BATCH_LINGER_MS`
-//! after its first message, whichever comes first. It is written by
+//! A batch closes at `CORRAL_BATCH_MAX` webhooks or `CORRAL_BATCH_LINGER_MS`
+//! after its first message, whichever comes first. It holds whole AMQP
+//! messages only (an envelope-2 message carries several webhooks, and one
+//! large message may take a batch past `CORRAL_BATCH_MAX` alone), so a
+//! message is never split across transactions. It is written by
 //! [`store::write_batch`](crate::store::write_batch) and acknowledged with
 //! the ack of its last delivery, only once the transaction committed. If the
 //! database fails for a transient reason, the batch is retried (with backoff)
@@ -47,7 +50,7 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Batches written at once.
     pub writers: usize,
-    /// Messages per batch at most.
+    /// Webhooks per batch at most, unless one message holds more.
     pub batch_max: usize,
     /// How long a batch waits for more messages after its first.
     pub batch_linger: Duration,

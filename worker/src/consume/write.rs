@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::{ConsumerSettings, SessionEnd};
 use crate::{
-    source::{Ack, Delivery, SourceError},
+    source::{Ack, Contents, Delivery, SourceError},
     store::{self, BatchOutcome, Prepared},
 };
 
@@ -30,13 +30,15 @@ pub(super) type Write<A> = Pin<Box<dyn Future<Output = Result<Written<A>, Sessio
 
 /// A committed batch, waiting for its turn to be acknowledged.
 pub(super) struct Written<A> {
-    /// Messages in the batch.
-    pub(super) size: usize,
+    /// AMQP messages in the batch.
+    pub(super) messages: usize,
+    /// Webhooks in those messages (and messages quarantined whole).
+    webhooks: usize,
     /// The ack of the batch's last delivery, which covers the whole batch.
     ack: A,
     outcome: BatchOutcome,
     write_time: Duration,
-    /// When ingress received each message, for the end-to-end histogram.
+    /// When ingress received each webhook, for the end-to-end histogram.
     received: Vec<DateTime<Utc>>,
 }
 
@@ -94,16 +96,27 @@ async fn until_committed<A: Ack>(
     pool: &Pool,
     health: &Health,
 ) -> Result<Written<A>, SessionEnd> {
-    let size = batch.len();
-    let mut messages = Vec::with_capacity(size);
+    let messages = batch.len();
+    let mut webhooks = Vec::with_capacity(batch.iter().map(Delivery::webhooks).sum());
+    let mut unreadable = Vec::new();
     let mut last = None;
     for delivery in batch {
-        messages.push(delivery.incoming);
+        match delivery.contents {
+            Contents::Webhooks(inside) => webhooks.extend(inside),
+            Contents::Unreadable {
+                message,
+                error,
+                logged,
+            } => unreadable.push((message, error, logged)),
+        }
         last = Some(delivery.ack);
     }
     let ack = last.expect("a batch is never empty");
     let started = Instant::now();
-    let prepared = store::prepare_all(&messages);
+    let mut prepared = store::prepare_all(&webhooks);
+    for (message, error, logged) in &unreadable {
+        prepared.quarantine(message, error, logged);
+    }
     let outcome = retry::until_final(
         settings.db_retry_max,
         || attempt(settings, pool, health, &prepared),
@@ -113,12 +126,14 @@ async fn until_committed<A: Ack>(
     .await
     .map_err(|_| SourceError::Closed("channel closed while the batch was retried"))?;
     Ok(Written {
-        size,
+        messages,
+        webhooks: prepared.len(),
         ack,
         outcome,
         write_time: started.elapsed(),
-        received: messages
+        received: webhooks
             .iter()
+            .chain(unreadable.iter().map(|(message, ..)| message))
             .filter_map(|m| m.envelope.received_at)
             .collect(),
     })
@@ -148,7 +163,7 @@ async fn attempt(
             metrics::worker_db_error(DbErrorKind::Transient);
             tracing::warn!(
                 error = error_chain(err),
-                messages = batch.len(),
+                webhooks = batch.len(),
                 "batch not committed; retrying (nothing acknowledged)"
             );
         }
@@ -162,16 +177,24 @@ pub(super) async fn acknowledge<A: Ack>(
     written: Written<A>,
 ) -> Result<(), SessionEnd> {
     let Written {
-        size,
+        messages,
+        webhooks,
         ack,
         outcome,
         write_time,
         received,
     } = written;
-    tracing::debug!(size, ?ack, ?outcome, ?write_time, "batch committed");
+    tracing::debug!(
+        messages,
+        webhooks,
+        ?ack,
+        ?outcome,
+        ?write_time,
+        "batch committed"
+    );
     let acked = ack.ack(settings.amqp.connect_timeout()).await;
     let committed_at = Utc::now();
-    metrics::worker_batch(size, write_time);
+    metrics::worker_batch(webhooks, write_time);
     metrics::worker_messages(MessageOutcome::Stored, outcome.stored);
     metrics::worker_messages(MessageOutcome::Duplicate, outcome.duplicate);
     metrics::worker_messages(MessageOutcome::Quarantined, outcome.quarantined);

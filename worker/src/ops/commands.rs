@@ -28,7 +28,12 @@ pub fn preview(body: &[u8], max: usize) -> String {
 }
 
 /// Runs `corral-worker dead-letters …` and writes its report to `out`
-/// (tab-separated columns, one message per line, then a summary line).
+/// (tab-separated columns, one webhook per line, then a summary line). A
+/// line's `message_id`, routing key, `received_at` and body are the
+/// webhook's own; `reason` and `deaths` are those of the AMQP message it
+/// travels in, whose `message_id` is the last column (the id `replay
+/// --message-id` takes; the webhook's own is taken too). For an envelope-1
+/// message both ids are the same.
 pub async fn dead_letters_command(
     command: DeadLetterCommand,
     config: &WorkerConfig,
@@ -60,30 +65,34 @@ pub async fn dead_letters_command(
     )?;
     writeln!(
         out,
-        "# message_id\trouting_key\treason\tdeaths\treceived_at\tbody"
+        "# message_id\trouting_key\treason\tdeaths\treceived_at\tbody\tletter"
     )?;
     for letter in &report.letters {
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            letter.id(),
-            letter.routing_key,
-            letter.reason.as_deref().unwrap_or("-"),
-            letter.deaths,
-            letter
-                .received_at
-                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
-            preview(&letter.body, 120),
-        )?;
+        for webhook in &letter.webhooks {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                webhook.message_id.as_deref().unwrap_or("-"),
+                webhook.routing_key,
+                letter.reason.as_deref().unwrap_or("-"),
+                letter.deaths,
+                webhook
+                    .received_at
+                    .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+                preview(&webhook.body, 120),
+                letter.id(),
+            )?;
+        }
     }
     let kept = if report.replayed {
         String::new()
     } else {
         "; none removed".to_owned()
     };
+    let webhooks: usize = report.letters.iter().map(|l| l.webhooks.len()).sum();
     writeln!(
         out,
-        "# {verb} {} message(s){kept}; {} passed over",
+        "# {verb} {} message(s){kept}; {webhooks} webhook(s) in them; {} passed over",
         report.letters.len(),
         report.passed_over
     )?;

@@ -1,8 +1,10 @@
 //! Dead letters: RabbitMQ dead-letters a message after `x-delivery-limit` failed deliveries
 //! (a worker crashing on it, a channel dying mid-batch, again and again) into
-//! `<prefix>.dead-letter`. [`list_dead_letters`] shows them and
-//! [`replay_dead_letters`] publishes them back to `<prefix>.webhooks` with
-//! their original routing key and properties.
+//! `<prefix>.dead-letter`. [`list_dead_letters`] shows them, with the
+//! webhooks inside each, and [`replay_dead_letters`] publishes them back to
+//! `<prefix>.webhooks` as they are, with their original routing key and
+//! properties: the webhooks of an envelope-2 message go back together, and
+//! the worker stores each once.
 //!
 //! Never losing one: a message is taken with `basic.get` and leaves the
 //! dead-letter queue only by an ack, and that ack is sent only after RabbitMQ
@@ -19,7 +21,10 @@
 //!
 
 use chrono::{DateTime, Utc};
-use corral_shared::{config::AmqpSettings, envelope::Envelope};
+use corral_shared::{
+    config::AmqpSettings,
+    envelope::{Envelope, Format},
+};
 use lapin::{
     message::Delivery,
     options::BasicGetOptions,
@@ -27,6 +32,7 @@ use lapin::{
 };
 
 use super::{OpsError, ROUTING_KEY_HEADER, dead_letter_session::DeadLetterSession};
+use crate::source::{Contents, unpack};
 use corral_shared::amqp::deadline;
 
 /// A dead-lettered message, as an operator needs to see it.
@@ -45,7 +51,26 @@ pub struct DeadLetter {
     pub deaths: i64,
     /// When ingress received it (`x-received-at`, else `timestamp`).
     pub received_at: Option<DateTime<Utc>>,
-    /// The webhook body, byte for byte.
+    /// The message body, byte for byte: one webhook's (envelope 1), or the
+    /// envelope-2 body holding several.
+    pub body: Vec<u8>,
+    /// The webhooks inside: one per entry of an envelope-2 message, each with
+    /// its own id, kind and `received_at`; for any other message (envelope 1,
+    /// or one that does not unpack) one, the message itself.
+    pub webhooks: Vec<LetterWebhook>,
+}
+
+/// One webhook inside a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LetterWebhook {
+    /// Its id (the one ingress answered its sender).
+    pub message_id: Option<String>,
+    /// The routing key of its kind (`dropcowboy.sms` / `dropcowboy.rvm`);
+    /// for a message that is one webhook, the message's.
+    pub routing_key: String,
+    /// When ingress received it.
+    pub received_at: Option<DateTime<Utc>>,
+    /// Its body, byte for byte.
     pub body: Vec<u8>,
 }
 
@@ -93,19 +118,50 @@ impl DeadLetter {
             .iter()
             .filter_map(|death| death.inner().get("count").and_then(integer))
             .sum();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
+        let received_at = Envelope::read(&delivery.properties).received_at;
+        let contents = (Format::of(&delivery.properties) == Format::Batch)
+            .then(|| unpack::contents(&delivery.properties, &routing_key, delivery.data.clone()));
+        let webhooks = match contents {
+            Some(Contents::Webhooks(webhooks)) => webhooks
+                .into_iter()
+                .map(|webhook| LetterWebhook {
+                    message_id: webhook.envelope.message_id.map(|id| id.to_string()),
+                    routing_key: webhook.routing_key,
+                    received_at: webhook.envelope.received_at,
+                    body: webhook.body,
+                })
+                .collect(),
+            _ => vec![LetterWebhook {
+                message_id: message_id.clone(),
+                routing_key: routing_key.clone(),
+                received_at,
+                body: delivery.data.clone(),
+            }],
+        };
         Self {
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned()),
+            message_id,
             routing_key,
             reason,
             queue,
             deaths: count,
-            received_at: Envelope::read(&delivery.properties).received_at,
+            received_at,
             body: delivery.data.clone(),
+            webhooks,
         }
+    }
+
+    /// Whether `id` names this letter or one of the webhooks inside it.
+    pub fn holds(&self, id: &str) -> bool {
+        self.message_id.as_deref() == Some(id)
+            || self
+                .webhooks
+                .iter()
+                .any(|webhook| webhook.message_id.as_deref() == Some(id))
     }
 
     /// The `message_id`, or `-` for a message without one.
@@ -142,7 +198,8 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// At most this many; all when `None`.
     pub limit: Option<u64>,
-    /// Only messages with one of these `message_id`s; all when empty.
+    /// Only messages with one of these `message_id`s, or holding a webhook
+    /// with one of these ids (the whole message is replayed); all when empty.
     pub message_ids: Vec<String>,
 }
 
@@ -226,11 +283,8 @@ async fn walk(
         let Some(message) = got else { break };
         let delivery = message.delivery;
         let letter = DeadLetter::read(&delivery);
-        let selected = options.message_ids.is_empty()
-            || letter
-                .message_id
-                .as_ref()
-                .is_some_and(|id| options.message_ids.contains(id));
+        let selected =
+            options.message_ids.is_empty() || options.message_ids.iter().any(|id| letter.holds(id));
         if selected && !options.dry_run {
             if let Err(cause) = session.replay(&delivery, &letter).await {
                 // Put it back where it was (the tail), then stop: whatever

@@ -22,7 +22,8 @@ use corral_shared::{
 
 pub use commands::{dead_letters_command, preview, quarantine_command};
 pub use dead_letters::{
-    DeadLetter, DeadLetterReport, ReplayOptions, list_dead_letters, replay_dead_letters,
+    DeadLetter, DeadLetterReport, LetterWebhook, ReplayOptions, list_dead_letters,
+    replay_dead_letters,
 };
 pub use quarantine::{
     Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,

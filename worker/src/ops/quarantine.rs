@@ -17,6 +17,7 @@ use super::OpsError;
 use crate::{
     config::WorkerConfig,
     db,
+    source::unpack,
     store::{self, Incoming},
 };
 
@@ -58,6 +59,12 @@ impl Quarantined {
     }
 
     /// The message as the worker got it, to type it again.
+    /// Whether the row is an AMQP message the worker could not unpack,
+    /// rather than one webhook.
+    pub fn is_whole_message(&self) -> bool {
+        self.error.starts_with(unpack::WHOLE_MESSAGE)
+    }
+
     fn incoming(&self) -> Incoming {
         Incoming {
             body: self.body.clone(),
@@ -191,14 +198,24 @@ pub async fn reprocess_quarantined(
         }
         let quarantined: Vec<Quarantined> = rows.iter().map(Quarantined::from_row).collect();
         after = quarantined.last().map_or(after, |row| row.id);
-        let incoming: Vec<Incoming> = quarantined.iter().map(Quarantined::incoming).collect();
+        // An AMQP message quarantined whole is not one webhook, so there is
+        // nothing to re-type: it keeps its reason.
+        let mut still_failing: Vec<Option<String>> = quarantined
+            .iter()
+            .map(|row| row.is_whole_message().then(|| row.error.clone()))
+            .collect();
+        let retyped: Vec<usize> = (0..quarantined.len())
+            .filter(|&index| still_failing[index].is_none())
+            .collect();
+        let incoming: Vec<Incoming> = retyped
+            .iter()
+            .map(|&index| quarantined[index].incoming())
+            .collect();
         let stored = store::store_in(&mut tx, &incoming)
             .await
             .map_err(OpsError::database("storing re-typed webhooks"))?;
-
-        let mut still_failing = vec![None; quarantined.len()];
         for (index, error) in stored.refused {
-            still_failing[index] = Some(error);
+            still_failing[retyped[index]] = Some(error);
         }
         let mut resolved_ids = Vec::new();
         let mut failed_ids = Vec::new();

@@ -2,7 +2,9 @@
 //!
 //! The consumer takes [`Delivery`]s from a [`Source`], writes them in batches
 //! and, only once a batch has committed, acknowledges it through the [`Ack`]
-//! of its last delivery. Until then the source keeps every delivery it handed
+//! of its last delivery. A delivery is one AMQP message and holds every
+//! webhook inside it ([`unpack`]), so a batch always holds whole messages and
+//! a message is never acknowledged before all of its webhooks are committed. Until then the source keeps every delivery it handed
 //! out, and gives it again (to this or another worker) if the worker dies or
 //! the link fails: that is what makes "stored once" survive every crash.
 //!
@@ -10,6 +12,7 @@
 //! as wide as it needs, so a second source shapes them rather than a guess.
 
 pub mod rabbitmq;
+pub mod unpack;
 
 use std::{future::Future, time::Duration};
 
@@ -20,10 +23,40 @@ use crate::store::Incoming;
 /// A message taken from a source, with what acknowledges it.
 #[derive(Debug)]
 pub struct Delivery<A> {
-    /// The message as the store reads it.
-    pub incoming: Incoming,
+    /// What the message holds.
+    pub contents: Contents,
     /// Acknowledges this delivery and every earlier one of the same source.
     pub ack: A,
+}
+
+impl<A> Delivery<A> {
+    /// How many rows the message becomes (or is a duplicate of): each of
+    /// its webhooks, or the one quarantine row of an unreadable message.
+    pub fn webhooks(&self) -> usize {
+        match &self.contents {
+            Contents::Webhooks(webhooks) => webhooks.len(),
+            Contents::Unreadable { .. } => 1,
+        }
+    }
+}
+
+/// What one message holds, as the store reads it.
+#[derive(Debug, Clone)]
+pub enum Contents {
+    /// Its webhooks, in order: the body of an envelope-1 message, or each
+    /// entry of an envelope-2 one with its own id, `received_at` and kind.
+    Webhooks(Vec<Incoming>),
+    /// A message whose webhooks cannot be told apart (a body that does not
+    /// unpack, an envelope version this build cannot read): it is
+    /// quarantined whole, so it is kept without blocking the queue.
+    Unreadable {
+        /// The whole message: its body, routing key and properties.
+        message: Incoming,
+        /// Why, in full: stored as the quarantine row's `error`.
+        error: String,
+        /// Why, without any value from the body: for the log line.
+        logged: String,
+    },
 }
 
 /// Acknowledges one delivery and every delivery its source handed out before

@@ -6,7 +6,6 @@ use std::time::Duration;
 use corral_shared::{
     amqp::{self, Topology, deadline},
     config::AmqpSettings,
-    envelope::Envelope,
     telemetry::metrics,
 };
 use futures_util::StreamExt;
@@ -16,8 +15,7 @@ use lapin::{
     types::FieldTable,
 };
 
-use super::{Ack, Delivery, Source, SourceError};
-use crate::store::Incoming;
+use super::{Ack, Delivery, Source, SourceError, unpack};
 
 /// A consumer on one of corral's queues (`<prefix>.delivery-status`, or
 /// `<prefix>.unroutable`).
@@ -163,11 +161,11 @@ impl Source for RabbitMqSource {
             }
         }
         Some(Ok(Delivery {
-            incoming: Incoming {
-                envelope: Envelope::read(&delivery.properties),
-                routing_key: delivery.routing_key.to_string(),
-                body: delivery.data,
-            },
+            contents: unpack::contents(
+                &delivery.properties,
+                delivery.routing_key.as_str(),
+                delivery.data,
+            ),
             ack: RabbitMqAck {
                 tag: delivery.delivery_tag,
                 acker: delivery.acker,

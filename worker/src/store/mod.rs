@@ -1,9 +1,9 @@
-//! Writing batches: every message of a batch becomes a `delivery_events` row
+//! Writing batches: every webhook of a batch becomes a `delivery_events` row
 //! (or is recognised as a duplicate of one) or a `quarantined_webhooks` row,
 //! all in one transaction, with set-based statements (`UNNEST` arrays), never
 //! a statement per row.
 //!
-//! A batch the database refuses because of one message's data does not fail
+//! A batch the database refuses because of one webhook's data does not fail
 //! as a whole: it is split in halves under savepoints until the culprit is
 //! alone, and that one is quarantined with PostgreSQL's own error.
 
@@ -26,14 +26,16 @@ use crate::db::is_data_error;
 const INSERT_EVENTS: &str = include_str!("insert_events.sql");
 const INSERT_QUARANTINED: &str = include_str!("insert_quarantined.sql");
 
-/// A message as it came off the queue.
+/// One webhook as it came off the queue: an envelope-1 message, or one
+/// entry of an envelope-2 message (with its kind's routing key and its own
+/// id and `received_at`).
 #[derive(Debug, Clone)]
 pub struct Incoming {
     /// The webhook body, byte for byte.
     pub body: Vec<u8>,
     /// `dropcowboy.sms` / `dropcowboy.rvm` (anything else is quarantined).
     pub routing_key: String,
-    /// What the message's properties say.
+    /// The webhook's id and `received_at`.
     pub envelope: Envelope,
 }
 
@@ -117,7 +119,7 @@ pub struct Prepared<'a> {
     refused: Vec<QuarantineRow<'a>>,
 }
 
-impl Prepared<'_> {
+impl<'a> Prepared<'a> {
     /// How many messages the batch holds.
     pub fn len(&self) -> usize {
         self.len
@@ -126,6 +128,18 @@ impl Prepared<'_> {
     /// Whether the batch holds no message.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Adds a message to quarantine as it is, without typing it: one whose
+    /// webhooks could not be unpacked. `error` is stored, `logged` (free of
+    /// values from the body) is logged.
+    pub fn quarantine(&mut self, incoming: &'a Incoming, error: &str, logged: &str) {
+        self.len += 1;
+        self.refused.push(QuarantineRow {
+            incoming,
+            error: error.to_owned(),
+            logged: logged.to_owned(),
+        });
     }
 }
 

@@ -6,12 +6,15 @@ use chrono::{DateTime, Utc};
 use corral_shared::amqp::{PublishOutcomeError, Refused};
 use corral_shared::{
     amqp,
-    envelope::{self, RECEIVED_AT_HEADER},
+    envelope::{
+        self, Kind, RECEIVED_AT_HEADER,
+        batch::{self, Packing},
+    },
 };
 use corral_testkit::{
     apps::RunningWorker, broker::TestBroker, config, database::TestDatabase, fixtures, wait,
 };
-use corral_worker::ops::{self, OpsError, ReplayOptions};
+use corral_worker::ops::{self, LetterWebhook, OpsError, ReplayOptions};
 use lapin::{
     BasicProperties,
     options::{BasicGetOptions, BasicRejectOptions},
@@ -30,9 +33,7 @@ struct Sent {
 }
 
 /// Publishes `count` webhooks to the test's exchange, alternating sms and rvm,
-/// and dead-letters all of them: each is taken off the main queue and rejected
-/// without requeue, and the test waits until RabbitMQ has them in the
-/// dead-letter queue.
+/// and dead-letters all of them ([`reject_all`]).
 async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
     let mut sent = Vec::new();
     for n in 0..count {
@@ -63,6 +64,16 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
             received_at,
         });
     }
+    reject_all(broker, count).await;
+    sent
+}
+
+/// Dead-letters the `count` messages in the main queue: each is taken off it
+/// and rejected without requeue, and the test waits until RabbitMQ has them
+/// in the dead-letter queue, behind those already there.
+async fn reject_all(broker: &TestBroker, count: usize) {
+    let dead_letters = broker.topology.dead_letter_queue();
+    let expected = broker.ready_count(&dead_letters).await + count as u32;
     let connection = amqp::connect(&broker.settings, "corral-tests ops")
         .await
         .expect("connecting");
@@ -81,15 +92,27 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
             .await
             .expect("reject");
     }
-    let dead_letters = broker.topology.dead_letter_queue();
     wait::until_true(
-        &format!("{count} messages in {dead_letters}"),
+        &format!("{expected} messages in {dead_letters}"),
         WAIT,
-        || async { broker.ready_count(&dead_letters).await == count as u32 },
+        || async { broker.ready_count(&dead_letters).await == expected },
     )
     .await;
     amqp::close(&connection, Duration::from_secs(10), "done").await;
-    sent
+}
+
+/// What `corral-worker dead-letters list --limit 10` writes.
+async fn list_command(broker: &TestBroker) -> String {
+    let mut out = Vec::new();
+    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
+    ops::dead_letters_command(
+        corral_worker::config::DeadLetterCommand::List { limit: 10 },
+        &config,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out).unwrap()
 }
 
 fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
@@ -166,16 +189,7 @@ async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
 
     // The command's own output.
-    let mut out = Vec::new();
-    let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
-    ops::dead_letters_command(
-        corral_worker::config::DeadLetterCommand::List { limit: 10 },
-        &config,
-        &mut out,
-    )
-    .await
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let out = list_command(&broker).await;
     for s in &sent {
         assert!(out.contains(&s.id.to_string()), "{out}");
     }
@@ -452,4 +466,134 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
         .map(|id| id.to_string())
         .collect();
     assert_eq!(replayed_ids, want);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_once() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let bodies: Vec<String> = (0..3)
+        .map(|n| {
+            fixtures::delivery_status(
+                &format!("drop-{}-{n}", Uuid::now_v7().simple()),
+                "2026-11-27T05:24:31.000Z",
+                "",
+                &format!("order-{n}"),
+            )
+        })
+        .collect();
+    let first = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let packing: Vec<Packing> = bodies
+        .iter()
+        .zip([Kind::Sms, Kind::Rvm, Kind::Sms])
+        .enumerate()
+        .map(|(n, (body, kind))| Packing {
+            id: Uuid::now_v7(),
+            received_at: first + chrono::Duration::microseconds(n as i64),
+            kind,
+            body: body.as_bytes(),
+        })
+        .collect();
+    let letter_id = broker.publish_batch(&packing).await.to_string();
+    reject_all(&broker, 1).await;
+
+    let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
+    assert_eq!(listed.letters.len(), 1);
+    let letter = &listed.letters[0];
+    assert_eq!(letter.id(), letter_id);
+    assert_eq!(letter.routing_key, envelope::MIXED_ROUTING_KEY);
+    let want: Vec<LetterWebhook> = packing
+        .iter()
+        .map(|p| LetterWebhook {
+            message_id: Some(p.id.to_string()),
+            routing_key: p.kind.routing_key().to_owned(),
+            received_at: Some(p.received_at),
+            body: p.body.to_vec(),
+        })
+        .collect();
+    assert_eq!(
+        letter.webhooks, want,
+        "each webhook with its own id, kind, time and body"
+    );
+
+    let out = list_command(&broker).await;
+    for p in &packing {
+        let line = out
+            .lines()
+            .find(|line| line.starts_with(&p.id.to_string()))
+            .unwrap_or_else(|| panic!("a line for webhook {}: {out}", p.id));
+        let columns: Vec<&str> = line.split('\t').collect();
+        assert_eq!(columns[1], p.kind.routing_key(), "{line}");
+        assert_eq!(columns[2], "rejected", "{line}");
+        assert_eq!(columns[3], "1", "{line}");
+        assert_eq!(columns[4], p.received_at.to_rfc3339(), "{line}");
+        assert!(columns[5].starts_with(r#"{"drop_id":"drop-"#), "{line}");
+        assert_eq!(columns[6], letter_id, "{line}");
+    }
+    assert!(
+        out.contains("listed 1 message(s); none removed; 3 webhook(s) in them"),
+        "{out}"
+    );
+
+    // A webhook's own id selects the letter it travels in; the letter goes
+    // back whole, as it was published.
+    let report = ops::replay_dead_letters(
+        &broker.settings,
+        &ReplayOptions {
+            message_ids: vec![packing[1].id.to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.letters.len(), 1);
+    let replayed = broker.drain(&broker.topology.queue()).await;
+    assert_eq!(replayed.len(), 1, "the webhooks stay together");
+    let delivery = &replayed[0].delivery;
+    let mut body = Vec::new();
+    batch::encode(packing.iter().copied(), &mut body);
+    assert_eq!(delivery.data, body);
+    assert_eq!(delivery.routing_key.as_str(), envelope::MIXED_ROUTING_KEY);
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(letter_id.clone())
+    );
+    assert_eq!(
+        envelope::Format::of(&delivery.properties),
+        envelope::Format::Batch
+    );
+
+    // Stored by the worker, each webhook once, however often it is replayed.
+    broker.publish_batch(&packing).await;
+    reject_all(&broker, 1).await;
+    broker.publish_batch(&packing).await;
+    reject_all(&broker, 1).await;
+    ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+        .await
+        .unwrap();
+    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let client = db.client().await;
+    wait::until_true("both replayed letters committed", WAIT, || async {
+        let metrics = worker.metrics().await;
+        metrics.get(r#"corral_worker_messages_total{outcome="stored"}"#)
+            + metrics.get(r#"corral_worker_messages_total{outcome="duplicate"}"#)
+            >= 6.0
+    })
+    .await;
+    let rows = client
+        .query(
+            "SELECT message_id, received_at FROM delivery_events ORDER BY received_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(Uuid, DateTime<Utc>)> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let want: Vec<(Uuid, DateTime<Utc>)> = packing.iter().map(|p| (p.id, p.received_at)).collect();
+    assert_eq!(stored, want, "each webhook once, with its own id and time");
+    worker.stop().await.unwrap();
 }

@@ -2,13 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use corral_shared::envelope::{self};
-use corral_testkit::{config, database::TestDatabase, fixtures};
+use chrono::{DateTime, Utc};
+use corral_shared::envelope::{self, Kind, batch::Packing};
+use corral_testkit::{
+    apps::RunningWorker, broker::TestBroker, config, database::TestDatabase, fixtures, wait,
+};
 use corral_worker::{
     config::QuarantineCommand,
     ops::{self, ReprocessOptions, Verdict},
+    source::unpack,
 };
 use uuid::Uuid;
+
+use super::helpers::WAIT;
 
 /// Inserts a quarantine row as an older worker would have left it.
 async fn quarantine(
@@ -27,6 +33,17 @@ async fn quarantine(
         .await
         .unwrap()
         .get(0)
+}
+
+/// A check PostgreSQL refuses a "Spam detected" row with: a webhook that
+/// types but cannot be stored, until the test drops `test_no_spam`.
+async fn forbid_spam(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
+        )
+        .await
+        .unwrap();
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
@@ -176,12 +193,7 @@ async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
     // nothing of it is stored: the same split as the worker's.
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "ALTER TABLE delivery_events ADD CONSTRAINT test_no_spam CHECK (reason IS DISTINCT FROM 'Spam detected')",
-        )
-        .await
-        .unwrap();
+    forbid_spam(&client).await;
     let config = config::worker(&db.url, "unused");
     let refused =
         fixtures::delivery_status("d-refused", "2026-11-27T05:24:31Z", "Spam detected", "f-1");
@@ -228,4 +240,108 @@ async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(left, [refused_id]);
+}
+
+/// Each webhook of an envelope-2 message is its own quarantine row, so it is
+/// re-processed on its own; a message the worker could not unpack is one
+/// row that re-typing cannot help, and it keeps the reason it was kept for.
+#[tokio::test]
+async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keeps_its_reason() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    forbid_spam(&client).await;
+    let accepted = fixtures::delivery_status("d-batch-ok", "2026-11-27T05:24:31Z", "", "f-1");
+    let refused = fixtures::delivery_status(
+        "d-batch-spam",
+        "2026-11-27T05:24:31Z",
+        "Spam detected",
+        "f-2",
+    );
+    let first = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let packing = [
+        Packing {
+            id: Uuid::now_v7(),
+            received_at: first,
+            kind: Kind::Sms,
+            body: accepted.as_bytes(),
+        },
+        Packing {
+            id: Uuid::now_v7(),
+            received_at: first + chrono::Duration::microseconds(1),
+            kind: Kind::Rvm,
+            body: refused.as_bytes(),
+        },
+    ];
+    broker.publish_batch(&packing).await;
+    let unreadable_id = Uuid::now_v7();
+    broker
+        .publish(
+            envelope::MIXED_ROUTING_KEY,
+            br#"{"webhooks":42}"#,
+            envelope::batch_properties(unreadable_id, first, 1),
+        )
+        .await;
+    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    wait::until_true("two quarantined rows and one stored", WAIT, || async {
+        count(&client, "quarantined_webhooks").await == 2
+            && count(&client, "delivery_events").await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    let row = client
+        .query_one(
+            "SELECT id, routing_key, body, received_at FROM quarantined_webhooks WHERE message_id = $1",
+            &[&packing[1].id],
+        )
+        .await
+        .expect("the refused webhook's own row");
+    let webhook_row: i64 = row.get(0);
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some(Kind::Rvm.routing_key())
+    );
+    assert_eq!(row.get::<_, Vec<u8>>(2), refused.as_bytes());
+    assert_eq!(
+        row.get::<_, Option<DateTime<Utc>>>(3),
+        Some(packing[1].received_at)
+    );
+    let whole = client
+        .query_one(
+            "SELECT id, error FROM quarantined_webhooks WHERE message_id = $1",
+            &[&unreadable_id],
+        )
+        .await
+        .expect("the unreadable message's row");
+    let whole_row: i64 = whole.get(0);
+    let reason: String = whole.get(1);
+    assert!(reason.starts_with(unpack::WHOLE_MESSAGE), "{reason}");
+
+    client
+        .batch_execute("ALTER TABLE delivery_events DROP CONSTRAINT test_no_spam")
+        .await
+        .unwrap();
+    let report =
+        ops::reprocess_quarantined(&config::worker(&db.url, "unused"), &Default::default())
+            .await
+            .unwrap();
+    let verdicts: BTreeMap<i64, Verdict> = report.rows.into_iter().collect();
+    assert_eq!(verdicts[&webhook_row], Verdict::Resolved);
+    assert_eq!(verdicts[&whole_row], Verdict::StillFailing(reason.clone()));
+    let stored = client
+        .query_one(
+            "SELECT kind, received_at FROM delivery_events WHERE message_id = $1",
+            &[&packing[1].id],
+        )
+        .await
+        .expect("stored with its own id");
+    assert_eq!(stored.get::<_, String>(0), "rvm");
+    assert_eq!(stored.get::<_, DateTime<Utc>>(1), packing[1].received_at);
+    let left = client
+        .query_one("SELECT id, error FROM quarantined_webhooks", &[])
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>(0), whole_row);
+    assert_eq!(left.get::<_, String>(1), reason, "its reason is kept");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use corral_shared::{
-    envelope::{self},
+    envelope::{self, Kind, batch::Packing},
     telemetry,
 };
 use corral_testkit::{
@@ -91,6 +91,39 @@ pub(super) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRe
     }
 }
 
+/// Publishes webhooks of `kind` and `body` as one envelope-2 message, as
+/// ingress packs those that arrive together: each with its own id and a
+/// `received_at` a microsecond after the one before.
+pub(super) async fn send_batch(broker: &TestBroker, webhooks: &[(Kind, &[u8])]) -> Vec<Sent> {
+    let first = now_micros();
+    let sent: Vec<Sent> = webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, body))| Sent {
+            id: Uuid::now_v7(),
+            received_at: first + chrono::Duration::microseconds(i as i64),
+            routing_key: kind.routing_key().to_owned(),
+            body: body.to_vec(),
+        })
+        .collect();
+    publish_batch(broker, &sent).await;
+    sent
+}
+
+/// Publishes `sent` (again) as one envelope-2 message; returns its `message_id`.
+pub(super) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
+    let packing: Vec<Packing> = sent
+        .iter()
+        .map(|s| Packing {
+            id: s.id,
+            received_at: s.received_at,
+            kind: Kind::from_routing_key(&s.routing_key).expect("a webhook kind's routing key"),
+            body: &s.body,
+        })
+        .collect();
+    broker.publish_batch(&packing).await
+}
+
 /// A valid webhook with a fresh drop id.
 pub(super) fn valid(reason: &str) -> (String, String) {
     let drop_id = Uuid::now_v7().simple().to_string()[8..].to_owned();
@@ -170,6 +203,38 @@ pub(super) async fn assert_each_stored_once(client: &Client, sent: &[Sent]) {
     }
     assert_eq!(rows.len(), sent.len(), "some messages are not rows");
     assert_eq!(count(client, EVENTS).await, sent.len() as i64);
+}
+
+/// Asserts `sent` is in `quarantined_webhooks` byte for byte, with its envelope
+/// and an error matching `error` (exact, or a prefix when it ends with `…`).
+pub(super) async fn assert_quarantined(client: &Client, sent: &Sent, error: &str) {
+    let row = client
+        .query_one(
+            "SELECT body, error, routing_key, received_at, quarantined_at IS NOT NULL
+             FROM quarantined_webhooks WHERE message_id = $1",
+            &[&sent.id],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("quarantined row for {error:?}: {err}"));
+    let body: Vec<u8> = row.get(0);
+    assert_eq!(body, sent.body, "the raw body, byte for byte ({error})");
+    let stored_error: String = row.get(1);
+    match error.strip_suffix('…') {
+        Some(prefix) => assert!(
+            stored_error.starts_with(prefix),
+            "error {stored_error:?} should start with {prefix:?}"
+        ),
+        None => assert_eq!(stored_error, error),
+    }
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(sent.routing_key.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<DateTime<Utc>>>(3),
+        Some(sent.received_at)
+    );
+    assert!(row.get::<_, bool>(4));
 }
 
 /// A slow-down switch on the test database: while `test_slow_commit.seconds`

@@ -13,6 +13,9 @@
 //!
 //! # Layout
 //!
+//! - `batches`: Envelope 2: each webhook of a message stored or quarantined
+//!   on its own, an unreadable message quarantined whole, a message never
+//!   split across transactions.
 //! - `depth`: Nesting depth: a payload nested past the worker's cap is
 //!   quarantined with the reason, and the queue keeps moving.
 //! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing
@@ -29,6 +32,7 @@
 //! - `tls`: Verified TLS to PostgreSQL.
 //! - `typing`: Samples and every documented failure reason become exact rows.
 
+mod batches;
 mod depth;
 mod exactly_once;
 mod helpers;

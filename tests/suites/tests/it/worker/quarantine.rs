@@ -1,7 +1,7 @@
 //! What cannot be typed or stored is quarantined, and the rest of its batch
 //! stored.
 
-use chrono::{DateTime, Utc};
+use super::helpers::*;
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
@@ -9,9 +9,6 @@ use corral_testkit::{
     database::TestDatabase,
     fixtures::{self},
 };
-use tokio_postgres::Client;
-
-use super::helpers::*;
 
 /// A webhook the worker cannot type, and the exact error it must be kept with.
 struct Untypeable {
@@ -79,38 +76,6 @@ fn untypeable() -> Vec<Untypeable> {
             "body is not UTF-8: invalid utf-8 sequence…",
         ),
     ]
-}
-
-/// Asserts `sent` is in `quarantined_webhooks` byte for byte, with its envelope
-/// and an error matching `error` (exact, or a prefix when it ends with `…`).
-async fn assert_quarantined(client: &Client, sent: &Sent, error: &str) {
-    let row = client
-        .query_one(
-            "SELECT body, error, routing_key, received_at, quarantined_at IS NOT NULL
-             FROM quarantined_webhooks WHERE message_id = $1",
-            &[&sent.id],
-        )
-        .await
-        .unwrap_or_else(|err| panic!("quarantined row for {error:?}: {err}"));
-    let body: Vec<u8> = row.get(0);
-    assert_eq!(body, sent.body, "the raw body, byte for byte ({error})");
-    let stored_error: String = row.get(1);
-    match error.strip_suffix('…') {
-        Some(prefix) => assert!(
-            stored_error.starts_with(prefix),
-            "error {stored_error:?} should start with {prefix:?}"
-        ),
-        None => assert_eq!(stored_error, error),
-    }
-    assert_eq!(
-        row.get::<_, Option<String>>(2).as_deref(),
-        Some(sent.routing_key.as_str())
-    );
-    assert_eq!(
-        row.get::<_, Option<DateTime<Utc>>>(3),
-        Some(sent.received_at)
-    );
-    assert!(row.get::<_, bool>(4));
 }
 
 #[tokio::test]
