@@ -236,8 +236,9 @@ fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: Verdict) {
     if late > 0 {
         tracing::warn!(
             webhooks = late,
-            "RabbitMQ confirmed webhooks after their requests were answered 503; \
-             if the sender retries them, the worker stores each once"
+            "RabbitMQ confirmed webhooks whose requests had stopped waiting (answered 503 \
+             at their deadline, or their client went away); they will be stored, and if the \
+             sender retries them, the worker stores each once"
         );
     }
 }
