@@ -105,7 +105,7 @@ fn intro(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "How fast corral is on one small machine, measured in the same run as the limits of the broker and the database it \
-         sits on. Reproduce with `scripts/bench` (15–20 minutes; `scripts/bench --quick` for a 5-minute version). Raw \
+         sits on. Reproduce with `scripts/bench` (10–20 minutes; `scripts/bench --quick` for a 6-minute version). Raw \
          numbers: [`benchmarks.json`](benchmarks.json); chart: [`benchmarks.svg`](benchmarks.svg).\n"
     );
     let _ = writeln!(out, "![throughput and latency](benchmarks.svg)\n");
