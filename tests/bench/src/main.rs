@@ -11,6 +11,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use corral_testkit::{config, fixtures};
 
@@ -36,9 +37,39 @@ enum Command {
         /// A shorter run (one pre-fill of 100,000, 5 s per ingress run).
         #[arg(long)]
         quick: bool,
-        /// Directory to write the results to.
+        /// Directory to write the results to. Its previous benchmarks.json,
+        /// if any, is the "before" the report compares with.
         #[arg(long, default_value = "docs")]
         out: PathBuf,
+        /// Pre-fill the worker-alone queue with this many webhooks per
+        /// message (envelope 2, as a coalescing ingress publishes); one per
+        /// message (envelope 1) without it.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        prefill_batch: Option<u64>,
+    },
+    /// Only the HTTP ceiling and ingress alone at each connection count
+    /// (the wide ones too); prints each run as JSON.
+    Ingress {
+        /// Closed-loop connections; repeat for several.
+        #[arg(long = "connections", default_values_t = [64, 256])]
+        connections: Vec<usize>,
+        /// Connections held at once by the wide runs (ingress only, its
+        /// CORRAL_MAX_CONNECTIONS raised to fit); repeat for several.
+        #[arg(long = "wide", default_values_t = [4096])]
+        wide: Vec<usize>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
+    /// Serve the HTTP ceiling (a bare actix-web server answering every
+    /// webhook POST with 200) until stopped; `all` and `ingress` start it.
+    HttpCeiling {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// HTTP worker threads; 0 means one per CPU.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// Rewrite benchmarks.md and benchmarks.svg from an existing benchmarks.json.
     Report {
@@ -49,9 +80,13 @@ enum Command {
     /// Only the worker draining a pre-filled queue, with extra settings
     /// (`--env CORRAL_BATCH_MAX=1000`), for tuning.
     Drain {
-        /// Messages to pre-fill.
+        /// Webhooks to pre-fill.
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
+        /// Webhooks per message (envelope 2); one per message (envelope 1)
+        /// without it.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch: Option<u64>,
         /// Extra worker settings, `KEY=VALUE`.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -84,23 +119,54 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::All { quick, out } => {
-            let plan = if quick {
+        Command::All {
+            quick,
+            out,
+            prefill_batch,
+        } => {
+            let mut plan = if quick {
                 bench::Plan::quick()
             } else {
                 bench::Plan::full()
             };
-            let results = bench::run(plan).await?;
+            plan.prefill_batch = prefill_batch.map(|n| n as usize);
+            let baseline = read_results(&out)
+                .ok()
+                .map(|previous| bench::Baseline::of(&previous));
+            let results = bench::run(plan, baseline).await?;
             bench::write(&results, &out)?;
             eprintln!("bench: wrote {}/benchmarks.{{md,json,svg}}", out.display());
         }
         Command::Report { dir } => {
-            let results: bench::Results =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("benchmarks.json"))?)?;
+            let results = read_results(&dir)?;
             bench::write(&results, &dir)?;
         }
-        Command::Drain { messages, env } => {
-            let run = bench::worker_alone_with(messages, &env).await?;
+        Command::Ingress {
+            connections,
+            wide,
+            seconds,
+        } => {
+            let plan = bench::Plan {
+                seconds,
+                connections,
+                wide_connections: wide,
+                ..bench::Plan::quick()
+            };
+            let (ceiling, ingress) = bench::ingress_runs(&plan).await?;
+            let wide = bench::wide_runs(&plan).await?;
+            for run in ceiling.iter().chain(&ingress).chain(&wide) {
+                eprintln!("{}", serde_json::to_string(run)?);
+            }
+        }
+        Command::HttpCeiling { listen, workers } => {
+            probes::serve_http_ceiling(&listen, workers).await?;
+        }
+        Command::Drain {
+            messages,
+            batch,
+            env,
+        } => {
+            let run = bench::worker_alone_with(messages, batch.map(|n| n as usize), &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
         }
         Command::Latency { rates, seconds } => {
@@ -142,6 +208,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `benchmarks.json` of `dir`.
+fn read_results(dir: &std::path::Path) -> anyhow::Result<bench::Results> {
+    let path = dir.join("benchmarks.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn parse_env(pair: &str) -> Result<(String, String), String> {

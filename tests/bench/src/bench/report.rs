@@ -2,13 +2,16 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::probes::{InsertKind, ProbeKey};
+use crate::probes::{InsertKind, ProbeKey, ProbeResult};
 
 use super::results::*;
 
+/// Ingress's memory limit (the RSS the wide point must stay under), MiB.
+const INGRESS_RSS_LIMIT_MIB: f64 = 64.0;
+
 /// A probe result the report divides corral's numbers by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ceiling {
+pub(super) enum Ceiling {
     /// The bare publish probe with 64 confirms in flight (best of its channel counts).
     Publish64,
     /// The bare publish probe with 1,024 confirms in flight.
@@ -35,15 +38,44 @@ impl Ceiling {
     }
 }
 
-/// The best rate of the probes `ceiling` names, or `None` when the results
+/// The best rate of the probes `ceiling` names, or `None` when `probes`
 /// hold none (then the report says "n/a").
-fn ceiling(results: &Results, ceiling: Ceiling) -> Option<f64> {
-    results
-        .probes
+pub(super) fn ceiling_of(probes: &[ProbeResult], ceiling: Ceiling) -> Option<f64> {
+    probes
         .iter()
         .filter(|p| p.key.is_some_and(|key| ceiling.matches(key)))
         .map(|p| p.per_second)
         .reduce(f64::max)
+}
+
+/// [`ceiling_of`] the results' probes.
+fn ceiling(results: &Results, ceiling: Ceiling) -> Option<f64> {
+    ceiling_of(&results.probes, ceiling)
+}
+
+/// The HTTP ceiling's rate at `connections`, if measured.
+fn http_ceiling(results: &Results, connections: usize) -> Option<f64> {
+    results
+        .http_ceiling
+        .iter()
+        .find(|r| r.connections == connections)
+        .map(|r| r.accepted_per_sec)
+}
+
+/// Ingress alone at `connections`, if measured.
+fn ingress_at(results: &Results, connections: usize) -> Option<&IngressRun> {
+    results
+        .ingress
+        .iter()
+        .find(|r| r.connections == connections)
+}
+
+/// The pipeline run planned at `multiple` of the publish probe, if any.
+fn pipeline_at_probe(results: &Results, multiple: f64) -> Option<&PipelineRun> {
+    results.pipeline.iter().find(|r| {
+        r.of_publish_probe
+            .is_some_and(|m| (m - multiple).abs() < 1e-9)
+    })
 }
 
 /// `value / ceiling` to two decimals, or "n/a" without the ceiling.
@@ -55,8 +87,10 @@ fn ratio(value: f64, ceiling: Option<f64>) -> String {
 pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let mut out = String::new();
     intro(&mut out, results);
+    targets(&mut out, results);
     limits(&mut out, results);
     ingress_table(&mut out, results);
+    wide_table(&mut out, results);
     worker_table(&mut out, results);
     pipeline_table(&mut out, results);
     latency_table(&mut out, results);
@@ -71,7 +105,7 @@ fn intro(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "How fast corral is on one small machine, measured in the same run as the limits of the broker and the database it \
-         sits on. Reproduce with `scripts/bench` (15–20 minutes; `scripts/bench --quick` for a 5-minute version). Raw \
+         sits on. Reproduce with `scripts/bench` (10–20 minutes; `scripts/bench --quick` for a 6-minute version). Raw \
          numbers: [`benchmarks.json`](benchmarks.json); chart: [`benchmarks.svg`](benchmarks.svg).\n"
     );
     let _ = writeln!(out, "![throughput and latency](benchmarks.svg)\n");
@@ -91,10 +125,16 @@ fn intro(out: &mut String, results: &Results) {
          channel), and a bare tokio-postgres client inserting the same typed rows into the same `delivery_events` table \
          (same indexes) with one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per batch on one connection. \
          These are the ceilings corral's numbers are divided by.\n\
+         - **HTTP ceiling**: a bare actix-web server (`corral-bench http-ceiling`, as many HTTP workers as ingress) \
+         with ingress's routes, whose handler reads the whole body and answers 200 `{{\"id\": …}}`, no broker, driven \
+         by the same load generator at the same connection counts right before ingress: the most an actix-web \
+         service answers on this machine.\n\
          - **Ingress alone**: `corral-ingress` (defaults: 4 confirm channels, one HTTP worker per core) with no worker, \
          `corral-loadgen` in a closed loop at N keep-alive connections for {} s after a 2 s warm-up, realistic mix (SMS/RVM, \
          success and every failure reason). Latency is per request; RSS is the peak of the process, CPU its average over \
-         the run.\n\
+         the run. Webhooks per message is ingress's `corral_ingress_publish_batch_size` sum ÷ count over the run \
+         (\"—\": ingress does not export it). The wide point holds {} keep-alive connections at once, ingress's \
+         `CORRAL_MAX_CONNECTIONS` raised to fit them; its peak RSS is the kernel's high-water mark (`VmHWM`).\n\
          - **Worker alone**: the queue pre-filled with distinct webhooks (confirmed publishes, ingress's properties), then \
          `corral-worker` with default settings (pool 4, 2 writers, prefetch 2,000, batches of 500, 50 ms linger) started; \
          rows/s is messages ÷ seconds from the worker's start to its last commit (so it includes start-up and \
@@ -104,8 +144,177 @@ fn intro(out: &mut String, results: &Results) {
          end-to-end is `stored_at − received_at` of every row (ingress receiving the webhook → the start of the worker's \
          transaction that wrote it; the commit adds that batch's write time, the `corral_worker_db_write_seconds` \
          histogram); the run is then verified: every webhook answered 200 is exactly one row, nothing else changed.\n",
-        results.plan.seconds, results.plan.pipeline_seconds
+        results.plan.seconds,
+        wide_connections(results),
+        results.plan.pipeline_seconds
     );
+}
+
+/// The wide connection counts, for people: "4096", or "none" when not planned.
+fn wide_connections(results: &Results) -> String {
+    let counts: Vec<String> = results
+        .plan
+        .wide_connections
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    if counts.is_empty() {
+        "no".to_owned()
+    } else {
+        counts.join(" or ")
+    }
+}
+
+/// One target row: what is measured, against what, met or not.
+struct Target {
+    what: String,
+    needed: String,
+    measured: String,
+    /// `None` when the results lack what the target needs.
+    met: Option<bool>,
+}
+
+/// The targets the ingress change is held to, each against the numbers of this run.
+fn targets(out: &mut String, results: &Results) {
+    let publish64 = ceiling(results, Ceiling::Publish64);
+    let mut rows = Vec::new();
+    let ratio_target = |what: &str, value: Option<f64>, of: Option<f64>, needed: f64| {
+        let value = value.zip(of).map(|(v, of)| v / of);
+        Target {
+            what: what.to_owned(),
+            needed: format!("≥ {needed:.1}×"),
+            measured: value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}×")),
+            met: value.map(|v| v >= needed),
+        }
+    };
+    let ingress = |c: usize| ingress_at(results, c).map(|r| r.accepted_per_sec);
+    rows.push(ratio_target(
+        "ingress alone, 64 connections ÷ publish probe (64 in flight)",
+        ingress(64),
+        publish64,
+        2.0,
+    ));
+    rows.push(ratio_target(
+        "ingress alone, 256 connections ÷ publish probe (64 in flight)",
+        ingress(256),
+        publish64,
+        3.0,
+    ));
+    rows.push(ratio_target(
+        "ingress alone, 64 connections ÷ HTTP ceiling, 64 connections",
+        ingress(64),
+        http_ceiling(results, 64),
+        0.5,
+    ));
+    let clean = |r: &&PipelineRun| r.verified && r.lost == 0 && r.duplicated == 0;
+    let best_clean = results
+        .pipeline
+        .iter()
+        .filter(clean)
+        .map(|r| r.accepted_per_sec)
+        .reduce(f64::max);
+    rows.push(ratio_target(
+        "whole pipeline, best verified rate (0 lost, 0 duplicated) ÷ publish probe",
+        best_clean,
+        publish64,
+        PIPELINE_TARGET_MULTIPLE,
+    ));
+    let half = PIPELINE_TARGET_MULTIPLE / 2.0;
+    let at_half = pipeline_at_probe(results, half);
+    let limit_target = |what: String, value: Option<f64>, limit: f64, unit: &str| Target {
+        what,
+        needed: format!("≤ {limit} {unit}"),
+        measured: value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} {unit}")),
+        met: value.map(|v| v <= limit),
+    };
+    rows.push(limit_target(
+        format!("whole pipeline at {half}× publish probe, answer p99"),
+        at_half.map(|r| r.p99_ms),
+        20.0,
+        "ms",
+    ));
+    rows.push(limit_target(
+        format!("whole pipeline at {half}× publish probe, end-to-end p99"),
+        at_half.map(|r| r.e2e_p99_ms),
+        250.0,
+        "ms",
+    ));
+    let quarter = results.quarter_load().map(|r| r.p50_ms);
+    let before = results
+        .baseline
+        .as_ref()
+        .and_then(|b| b.quarter_load_p50_ms);
+    rows.push(Target {
+        what: format!(
+            "whole pipeline at 25 % load, answer p50 against before ({})",
+            results.baseline.as_ref().map_or_else(
+                || "no previous results".to_owned(),
+                |b| format!("`{}`, {}", b.commit, b.date)
+            )
+        ),
+        needed: "≤ before + 1 ms".to_owned(),
+        measured: match (quarter, before) {
+            (Some(now), Some(before)) => format!("{now:.2} ms (before {before:.2} ms)"),
+            (Some(now), None) => format!("{now:.2} ms (before: n/a)"),
+            _ => "n/a".to_owned(),
+        },
+        met: quarter.zip(before).map(|(now, before)| now <= before + 1.0),
+    });
+    let at256 = ingress(256);
+    for wide in &results.ingress_wide {
+        let c = wide.connections;
+        let unanswered = wide.connection_errors + wide.timeouts;
+        rows.push(Target {
+            what: format!("ingress alone, {c} connections: every request answered, no 5xx"),
+            needed: "0 / 0".to_owned(),
+            measured: format!(
+                "{unanswered} connection errors or timeouts / {} 5xx",
+                wide.server_errors
+            ),
+            met: Some(unanswered == 0 && wide.server_errors == 0),
+        });
+        rows.push(Target {
+            what: format!("ingress alone, {c} connections ÷ its 256-connection rate"),
+            needed: "≥ 1.0×".to_owned(),
+            measured: at256.map_or_else(
+                || "n/a".to_owned(),
+                |r| format!("{:.2}×", wide.accepted_per_sec / r),
+            ),
+            met: at256.map(|r| wide.accepted_per_sec >= r),
+        });
+        rows.push(limit_target(
+            format!("ingress alone, {c} connections, peak RSS"),
+            Some(wide.peak_rss_mib),
+            INGRESS_RSS_LIMIT_MIB,
+            "MiB",
+        ));
+    }
+    let _ = writeln!(
+        out,
+        "## Targets
+"
+    );
+    let _ = writeln!(
+        out,
+        "Each against this run's own probes and ceilings (same machine, same run).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | needed | measured | met |\n|---|---|---|---|"
+    );
+    for row in rows {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {met} |",
+            row.what, row.needed, row.measured
+        );
+    }
+    let _ = writeln!(out);
 }
 
 /// The probes: this machine's ceilings.
@@ -114,6 +323,18 @@ fn limits(out: &mut String, results: &Results) {
     let _ = writeln!(out, "| probe | per second |\n|---|---:|");
     for p in &results.probes {
         let _ = writeln!(out, "| {} | {:.0} |", p.name, p.per_second);
+    }
+    for r in &results.http_ceiling {
+        let _ = writeln!(
+            out,
+            "| HTTP ceiling: bare actix-web, body read, 200, no broker, {} connections (p50 {:.2} ms, p99 {:.2} ms, CPU {:.0} %, load generator CPU {:.0} %) | {:.0} |",
+            r.connections,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_percent,
+            r.generator_cpu_percent,
+            r.accepted_per_sec
+        );
     }
 }
 
@@ -124,15 +345,17 @@ fn ingress_table(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n## Ingress alone\n");
     let _ = writeln!(
         out,
-        "| connections | accepted/s | ÷ publish probe (64 in flight) | p50 ms | p99 ms | p99.9 ms | not 200 | peak RSS MiB | CPU % | load generator CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| connections | accepted/s | ÷ publish probe (64 in flight) | ÷ HTTP ceiling (same connections) | webhooks per message | p50 ms | p99 ms | p99.9 ms | not 200 | peak RSS MiB | CPU % | load generator CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.ingress {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {:.0} |",
             r.connections,
             r.accepted_per_sec,
             ratio(r.accepted_per_sec, publish64),
+            ratio(r.accepted_per_sec, http_ceiling(results, r.connections)),
+            per_message(r.webhooks_per_message),
             r.p50_ms,
             r.p99_ms,
             r.p999_ms,
@@ -149,6 +372,41 @@ fn ingress_table(out: &mut String, results: &Results) {
     );
 }
 
+/// Ingress alone holding many connections at once.
+fn wide_table(out: &mut String, results: &Results) {
+    if results.ingress_wide.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Ingress alone, many connections\n");
+    let _ = writeln!(
+        out,
+        "| connections | CORRAL_MAX_CONNECTIONS | accepted/s | ÷ 256 connections | webhooks per message | p50 ms | p99 ms | p99.9 ms | connection errors | timeouts | 5xx | connections opened | peak RSS MiB (limit {INGRESS_RSS_LIMIT_MIB:.0}) | CPU % | load generator CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let at256 = ingress_at(results, 256).map(|r| r.accepted_per_sec);
+    for r in &results.ingress_wide {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+            r.connections,
+            r.max_connections
+                .map_or_else(|| "default".to_owned(), |m| m.to_string()),
+            r.accepted_per_sec,
+            ratio(r.accepted_per_sec, at256),
+            per_message(r.webhooks_per_message),
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.connection_errors,
+            r.timeouts,
+            r.server_errors,
+            r.connections_opened,
+            r.peak_rss_mib,
+            r.cpu_percent,
+            r.generator_cpu_percent
+        );
+    }
+}
+
 /// Worker alone, against the insert probes.
 fn worker_table(out: &mut String, results: &Results) {
     let insert500 = ceiling(results, Ceiling::InsertEventsOnly500);
@@ -156,13 +414,14 @@ fn worker_table(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n## Worker alone\n");
     let _ = writeln!(
         out,
-        "| messages | seconds | rows/s | ÷ insert probe, events only | ÷ insert probe, same work (events + deliveries) | peak RSS MiB | CPU % |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "| webhooks | webhooks per message | seconds | rows/s | ÷ insert probe, events only | ÷ insert probe, same work (events + deliveries) | peak RSS MiB | CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.worker {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.0} |",
+            "| {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.0} |",
             r.messages,
+            r.webhooks_per_message,
             r.seconds,
             r.rows_per_sec,
             ratio(r.rows_per_sec, insert500),
@@ -175,18 +434,24 @@ fn worker_table(out: &mut String, results: &Results) {
 
 /// The whole pipeline at fixed rates.
 fn pipeline_table(out: &mut String, results: &Results) {
+    let publish64 = ceiling(results, Ceiling::Publish64);
     let _ = writeln!(out, "\n## Whole pipeline at fixed rates\n");
     let _ = writeln!(
         out,
-        "| load | offered/s | accepted/s | answer p50 ms | p99 ms | p99.9 ms | end-to-end p50 ms | end-to-end p99 ms | lost | duplicated | verified | ingress RSS MiB | worker RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        "| load | offered/s | accepted/s | ÷ publish probe (64 in flight) | webhooks per message | answer p50 ms | p99 ms | p99.9 ms | end-to-end p50 ms | end-to-end p99 ms | lost | duplicated | verified | ingress RSS MiB | worker RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     );
     for r in &results.pipeline {
+        let load = r.of_publish_probe.map_or_else(
+            || format!("{:.0} %", r.fraction * 100.0),
+            |m| format!("{m}× publish probe ({:.0} %)", r.fraction * 100.0),
+        );
         let _ = writeln!(
             out,
-            "| {:.0} % | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} |",
-            r.fraction * 100.0,
+            "| {load} | {:.0} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} |",
             r.rate,
             r.accepted_per_sec,
+            ratio(r.accepted_per_sec, publish64),
+            per_message(r.webhooks_per_message),
             r.p50_ms,
             r.p99_ms,
             r.p999_ms,
@@ -254,8 +519,10 @@ pub fn svg(results: &Results) -> String {
         .find(|r| r.connections == 64)
         .map_or(0.0, |r| r.accepted_per_sec);
     let worker = results.worker.first().map_or(0.0, |r| r.rows_per_sec);
+    let http64 = http_ceiling(results, 64).unwrap_or(0.0);
     let bars = [
         ("publish probe (64 in flight)", publish64, "#9aa5b1"),
+        ("HTTP ceiling (64 connections)", http64, "#9aa5b1"),
         ("corral-ingress (64 connections)", ingress64, "#2f6fdf"),
         ("insert probe, events only", insert500, "#9aa5b1"),
         ("insert probe, same work", same500, "#9aa5b1"),
@@ -263,8 +530,8 @@ pub fn svg(results: &Results) -> String {
     ];
     let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
     let mut svg = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="250" font-family="sans-serif" font-size="12">
-<rect width="1000" height="250" fill="white"/>
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="290" font-family="sans-serif" font-size="12">
+<rect width="1000" height="290" fill="white"/>
 <text x="20" y="24" font-size="15" font-weight="bold">Throughput against this machine's limits (per second)</text>
 "#,
     );
@@ -287,6 +554,7 @@ pub fn svg(results: &Results) -> String {
     let rows: Vec<(String, f64, f64, f64)> = results
         .ingress
         .iter()
+        .chain(&results.ingress_wide)
         .map(|r| {
             (
                 format!("ingress, {} conns", r.connections),
@@ -297,7 +565,10 @@ pub fn svg(results: &Results) -> String {
         })
         .chain(results.pipeline.iter().map(|r| {
             (
-                format!("pipeline, {:.0} % rate", r.fraction * 100.0),
+                r.of_publish_probe.map_or_else(
+                    || format!("pipeline, {:.0} % rate", r.fraction * 100.0),
+                    |m| format!("pipeline, {m}× probe"),
+                ),
                 r.p50_ms,
                 r.p99_ms,
                 r.p999_ms,

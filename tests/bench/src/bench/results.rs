@@ -8,19 +8,41 @@ use corral_testkit::{config, database, fixtures, unique_name};
 
 use crate::probes::{self, ProbeResult, PublishProbe};
 
-use super::runs::*;
+use super::{
+    report::{Ceiling, ceiling_of},
+    runs::*,
+};
+
+/// The pipeline's throughput target, as a multiple of the publish probe (64
+/// in flight); its latency targets hold at half that rate.
+pub const PIPELINE_TARGET_MULTIPLE: f64 = 1.2;
 
 /// What to run and for how long.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Plan {
     /// Seconds per publish probe and per ingress run.
     pub seconds: u64,
-    /// Connections for the ingress-alone runs.
+    /// Connections for the ingress-alone runs, and for the HTTP ceiling
+    /// measured beside each.
     pub connections: Vec<usize>,
+    /// Connections for the ingress-alone runs that hold many keep-alive
+    /// connections at once (4,096), reported apart with their connection
+    /// errors, 5xx and peak RSS. Absent in results written before them.
+    #[serde(default)]
+    pub wide_connections: Vec<usize>,
     /// Queue sizes for the worker-alone runs.
     pub prefill: Vec<usize>,
     /// Fractions of the measured ingress maximum for the pipeline runs.
     pub rates: Vec<f64>,
+    /// Multiples of the publish probe (64 in flight) for more pipeline runs:
+    /// the rates the pipeline's targets are stated at.
+    #[serde(default)]
+    pub probe_multiples: Vec<f64>,
+    /// Webhooks per message in the worker-alone pre-fill: `None` publishes
+    /// one webhook per message (envelope 1), `Some(n)` packs `n` webhooks per
+    /// message (envelope 2) as ingress does when it coalesces.
+    #[serde(default)]
+    pub prefill_batch: Option<usize>,
     /// Seconds per pipeline run.
     pub pipeline_seconds: u64,
     /// Rows of the insert probe.
@@ -33,8 +55,11 @@ impl Plan {
         Self {
             seconds: 15,
             connections: vec![16, 64, 256],
+            wide_connections: vec![4096],
             prefill: vec![100_000, 1_000_000],
             rates: vec![0.25, 0.5, 0.9],
+            probe_multiples: vec![PIPELINE_TARGET_MULTIPLE, PIPELINE_TARGET_MULTIPLE / 2.0],
+            prefill_batch: None,
             pipeline_seconds: 20,
             insert_rows: 200_000,
         }
@@ -45,8 +70,11 @@ impl Plan {
         Self {
             seconds: 5,
             connections: vec![16, 64, 256],
+            wide_connections: vec![4096],
             prefill: vec![100_000],
             rates: vec![0.25, 0.5, 0.9],
+            probe_multiples: vec![PIPELINE_TARGET_MULTIPLE, PIPELINE_TARGET_MULTIPLE / 2.0],
+            prefill_batch: None,
             pipeline_seconds: 8,
             insert_rows: 100_000,
         }
@@ -74,7 +102,8 @@ pub struct Machine {
     pub commit: String,
 }
 
-/// Ingress alone at a concurrency.
+/// Ingress alone at a concurrency (or the HTTP ceiling server, measured the
+/// same way).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct IngressRun {
     /// Closed-loop connections.
@@ -95,13 +124,39 @@ pub struct IngressRun {
     pub cpu_percent: f64,
     /// CPU of the load generator, % of one core.
     pub generator_cpu_percent: f64,
+    /// Webhooks per AMQP message over the run (ingress's
+    /// `corral_ingress_publish_batch_size` sum ÷ count); `None` when ingress
+    /// does not export it, and for the HTTP ceiling.
+    #[serde(default)]
+    pub webhooks_per_message: Option<f64>,
+    /// Measured requests whose connection failed or broke (connect, handshake
+    /// or mid-request), not timeouts.
+    #[serde(default)]
+    pub connection_errors: u64,
+    /// Measured requests unanswered within the load generator's timeout.
+    #[serde(default)]
+    pub timeouts: u64,
+    /// Measured answers 500–599.
+    #[serde(default)]
+    pub server_errors: u64,
+    /// TCP connections the load generator opened, warm-up included: the
+    /// connection count itself when none broke.
+    #[serde(default)]
+    pub connections_opened: u64,
+    /// `CORRAL_MAX_CONNECTIONS` the run set, or `None` for ingress's default.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// Worker alone draining a pre-filled queue.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerRun {
-    /// Messages in the queue at start.
+    /// Webhooks in the queue at start.
     pub messages: usize,
+    /// Webhooks per AMQP message of the pre-fill (1: envelope 1; more:
+    /// envelope 2). Absent, so 1, in results written before.
+    #[serde(default = "one")]
+    pub webhooks_per_message: usize,
     /// Seconds from worker start to the last row.
     pub seconds: f64,
     /// Rows per second.
@@ -117,6 +172,10 @@ pub struct WorkerRun {
 pub struct PipelineRun {
     /// Fraction of the ingress maximum.
     pub fraction: f64,
+    /// The multiple of the publish probe this run's rate was set to, when it
+    /// was set that way (`Plan::probe_multiples`) rather than by `fraction`.
+    #[serde(default)]
+    pub of_publish_probe: Option<f64>,
     /// Offered webhooks per second.
     pub rate: f64,
     /// Answered 200 per second.
@@ -143,6 +202,10 @@ pub struct PipelineRun {
     pub ingress_peak_rss_mib: f64,
     /// Peak RSS of the worker, MiB.
     pub worker_peak_rss_mib: f64,
+    /// Webhooks per AMQP message ingress published over the run; `None` when
+    /// ingress does not export it.
+    #[serde(default)]
+    pub webhooks_per_message: Option<f64>,
 }
 
 /// Everything measured.
@@ -154,8 +217,14 @@ pub struct Results {
     pub plan: Plan,
     /// Limit probes.
     pub probes: Vec<ProbeResult>,
+    /// The bare actix-web server at the same connection counts as `ingress`.
+    #[serde(default)]
+    pub http_ceiling: Vec<IngressRun>,
     /// Ingress alone.
     pub ingress: Vec<IngressRun>,
+    /// Ingress alone at `Plan::wide_connections`.
+    #[serde(default)]
+    pub ingress_wide: Vec<IngressRun>,
     /// Worker alone.
     pub worker: Vec<WorkerRun>,
     /// Pipeline.
@@ -163,6 +232,45 @@ pub struct Results {
     /// The layers under the pipeline's answer latency, at the same rates.
     #[serde(default)]
     pub latency: Vec<LatencyRun>,
+    /// The run these results replaced, for the targets stated against
+    /// "before"; `None` when there was none to read.
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
+}
+
+/// What the report compares with the previous results in the same directory.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Baseline {
+    /// Commit measured then.
+    pub commit: String,
+    /// When.
+    pub date: String,
+    /// Answer p50 of the pipeline at 25 % load then, ms.
+    pub quarter_load_p50_ms: Option<f64>,
+}
+
+impl Baseline {
+    /// The baseline `previous` results give.
+    pub fn of(previous: &Results) -> Self {
+        Self {
+            commit: previous.machine.commit.clone(),
+            date: previous.machine.date.clone(),
+            quarter_load_p50_ms: previous.quarter_load().map(|run| run.p50_ms),
+        }
+    }
+}
+
+impl Results {
+    /// The pipeline run at 25 % of the ingress maximum, if any.
+    pub fn quarter_load(&self) -> Option<&PipelineRun> {
+        self.pipeline
+            .iter()
+            .find(|run| run.of_publish_probe.is_none() && (run.fraction - 0.25).abs() < 1e-9)
+    }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// At one of the pipeline's rates: the broker alone and ingress alone.
@@ -176,31 +284,38 @@ pub struct LatencyRun {
     pub ingress: IngressRun,
 }
 
-/// Runs the whole suite.
-pub async fn run(plan: Plan) -> anyhow::Result<Results> {
+/// Runs the whole suite; `baseline` is what the results it replaces said.
+pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Results> {
     let machine = machine().await?;
     eprintln!(
         "bench: {} cores, {}, RabbitMQ {}, {}",
         machine.cores, machine.cpu, machine.rabbitmq, machine.postgres
     );
     let probes = limit_probes(&plan).await?;
-    let ingress = ingress_runs(&plan).await?;
+    let (http_ceiling, ingress) = ingress_runs(&plan).await?;
+    let ingress_wide = wide_runs(&plan).await?;
     let worker = worker_runs(&plan).await?;
-    // The pipeline runs at fractions of the best rate ingress reached alone.
+    // The pipeline runs at fractions of the best rate ingress reached alone
+    // (at the planned connection counts; the wide point measures holding
+    // connections, not the rate to load the pipeline at).
     let max = ingress
         .iter()
         .map(|r| r.accepted_per_sec)
         .fold(0.0, f64::max);
-    let pipeline = pipeline_runs(&plan, max).await?;
+    let publish64 = ceiling_of(&probes, Ceiling::Publish64);
+    let pipeline = pipeline_runs(&plan, max, publish64).await?;
     let latency = latency_runs(&plan, max).await?;
     Ok(Results {
         machine,
         plan,
         probes,
+        http_ceiling,
         ingress,
+        ingress_wide,
         worker,
         pipeline,
         latency,
+        baseline,
     })
 }
 
@@ -234,25 +349,63 @@ async fn limit_probes(plan: &Plan) -> anyhow::Result<Vec<ProbeResult>> {
     Ok(probe_results)
 }
 
-/// Ingress alone at each planned connection count.
-async fn ingress_runs(plan: &Plan) -> anyhow::Result<Vec<IngressRun>> {
+/// The HTTP ceiling and ingress alone at each planned connection count, one
+/// right after the other so both meet the same machine.
+pub async fn ingress_runs(plan: &Plan) -> anyhow::Result<(Vec<IngressRun>, Vec<IngressRun>)> {
+    let duration = Duration::from_secs(plan.seconds);
+    let mut ceiling_runs = Vec::new();
     let mut ingress_runs = Vec::new();
     for &connections in &plan.connections {
-        let run = ingress_alone(connections, Duration::from_secs(plan.seconds)).await?;
+        let ceiling = http_ceiling(connections, duration).await?;
         eprintln!(
-            "bench: ingress at {connections} connections: {:.0}/s, p99 {:.2} ms, RSS {:.1} MiB",
-            run.accepted_per_sec, run.p99_ms, run.peak_rss_mib
+            "bench: HTTP ceiling at {connections} connections: {:.0}/s, p99 {:.2} ms",
+            ceiling.accepted_per_sec, ceiling.p99_ms
+        );
+        ceiling_runs.push(ceiling);
+        let run = ingress_alone(connections, duration).await?;
+        eprintln!(
+            "bench: ingress at {connections} connections: {:.0}/s, p99 {:.2} ms, RSS {:.1} MiB, {} webhooks per message",
+            run.accepted_per_sec,
+            run.p99_ms,
+            run.peak_rss_mib,
+            per_message(run.webhooks_per_message)
         );
         ingress_runs.push(run);
     }
-    Ok(ingress_runs)
+    Ok((ceiling_runs, ingress_runs))
+}
+
+/// Ingress alone at each planned wide connection count.
+pub async fn wide_runs(plan: &Plan) -> anyhow::Result<Vec<IngressRun>> {
+    let mut wide_runs = Vec::new();
+    for &connections in &plan.wide_connections {
+        let run = ingress_wide(connections, Duration::from_secs(plan.seconds)).await?;
+        eprintln!(
+            "bench: ingress at {connections} connections: {:.0}/s, p99 {:.2} ms, peak RSS {:.1} MiB, \
+             {} connection errors, {} timeouts, {} 5xx, {} connections opened",
+            run.accepted_per_sec,
+            run.p99_ms,
+            run.peak_rss_mib,
+            run.connection_errors,
+            run.timeouts,
+            run.server_errors,
+            run.connections_opened
+        );
+        wide_runs.push(run);
+    }
+    Ok(wide_runs)
+}
+
+/// Webhooks per message for a log line: "—" when ingress does not say.
+pub(super) fn per_message(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"))
 }
 
 /// The worker alone, draining each planned pre-fill.
 async fn worker_runs(plan: &Plan) -> anyhow::Result<Vec<WorkerRun>> {
     let mut worker_runs = Vec::new();
     for &messages in &plan.prefill {
-        let run = worker_alone(messages).await?;
+        let run = worker_alone(messages, plan.prefill_batch).await?;
         eprintln!(
             "bench: worker draining {messages}: {:.0} rows/s, RSS {:.1} MiB",
             run.rows_per_sec, run.peak_rss_mib
@@ -262,24 +415,37 @@ async fn worker_runs(plan: &Plan) -> anyhow::Result<Vec<WorkerRun>> {
     Ok(worker_runs)
 }
 
-/// The whole pipeline at each planned fraction of `max`.
-async fn pipeline_runs(plan: &Plan, max: f64) -> anyhow::Result<Vec<PipelineRun>> {
+/// The whole pipeline at each planned fraction of `max`, then at each
+/// planned multiple of `publish64` (the publish probe, 64 in flight).
+async fn pipeline_runs(
+    plan: &Plan,
+    max: f64,
+    publish64: Option<f64>,
+) -> anyhow::Result<Vec<PipelineRun>> {
+    let by_fraction = plan.rates.iter().map(|&fraction| (fraction, None));
+    let by_probe = publish64.into_iter().flat_map(|probe| {
+        plan.probe_multiples
+            .iter()
+            .map(move |&multiple| (probe * multiple / max.max(1.0), Some(multiple)))
+    });
     let mut pipeline_runs = Vec::new();
-    for &fraction in &plan.rates {
-        let run = pipeline(
+    for (fraction, of_publish_probe) in by_fraction.chain(by_probe).collect::<Vec<_>>() {
+        let mut run = pipeline(
             fraction,
             max * fraction,
             Duration::from_secs(plan.pipeline_seconds),
         )
         .await?;
+        run.of_publish_probe = of_publish_probe;
         eprintln!(
-            "bench: pipeline at {:.0}% ({:.0}/s): p99 {:.2} ms, end-to-end p99 {:.1} ms, lost {} duplicated {}",
+            "bench: pipeline at {:.0}% ({:.0}/s): p99 {:.2} ms, end-to-end p99 {:.1} ms, lost {} duplicated {}, {} webhooks per message",
             fraction * 100.0,
             run.rate,
             run.p99_ms,
             run.e2e_p99_ms,
             run.lost,
-            run.duplicated
+            run.duplicated,
+            per_message(run.webhooks_per_message)
         );
         pipeline_runs.push(run);
     }

@@ -8,12 +8,16 @@ use chrono::Utc;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
-use corral_shared::envelope::Kind;
+use corral_shared::{
+    envelope::{self, Kind, batch},
+    telemetry::metrics::INGRESS_PUBLISH_BATCH_SIZE,
+};
 use corral_testkit::{
     broker, config, database, fixtures,
     process::{self, Process, ProcessConfig},
-    unique_name,
+    unique_name, wait,
 };
+use uuid::Uuid;
 
 use crate::probes::{self};
 
@@ -29,16 +33,70 @@ pub(super) async fn ingress_alone(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<IngressRun> {
-    ingress_under(Load::Closed { connections }, connections, duration, false).await
+    ingress_under(
+        Load::Closed { connections },
+        connections,
+        duration,
+        false,
+        None,
+    )
+    .await
+}
+
+/// Ingress alone holding `connections` keep-alive connections at once: its
+/// `CORRAL_MAX_CONNECTIONS` raised to fit them, and the open-file limit of
+/// this process (which ingress inherits) raised for both ends of each.
+pub(super) async fn ingress_wide(
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<IngressRun> {
+    // Both ends of every connection are on this machine, one in each process,
+    // plus what each needs besides (broker, listeners, files).
+    raise_open_file_limit(connections as u64 + 1024)?;
+    // The closed loop holds exactly `connections`; the load generator's
+    // reachability check opens one more, closed at once, and a broken
+    // connection is replaced before the server has seen the old one close.
+    let max_connections = connections + 64;
+    ingress_under(
+        Load::Closed { connections },
+        connections,
+        duration,
+        false,
+        Some(max_connections),
+    )
+    .await
+}
+
+/// Raises this process's soft open-file limit to at least `needed` (up to
+/// the hard limit); children started afterwards inherit it.
+fn raise_open_file_limit(needed: u64) -> anyhow::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= needed {
+        return Ok(());
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    anyhow::ensure!(
+        hard >= needed,
+        "{needed} open files are needed and the hard limit is {hard}: raise it (`ulimit -Hn`, \
+         or LimitNOFILE) or plan fewer wide connections"
+    );
+    limit.current = Some(needed);
+    setrlimit(Resource::Nofile, limit).context("raising the open-file limit")?;
+    eprintln!("bench: raised the open-file limit from {current} to {needed}");
+    Ok(())
 }
 
 /// Ingress alone (no worker) under `load`; `connections` labels the run.
-/// With `drained`, a bare consumer keeps the queue empty meanwhile.
+/// With `drained`, a bare consumer keeps the queue empty meanwhile; with
+/// `max_connections`, ingress runs with that `CORRAL_MAX_CONNECTIONS`.
 pub(super) async fn ingress_under(
     load: Load,
     connections: usize,
     duration: Duration,
     drained: bool,
+    max_connections: Option<usize>,
 ) -> anyhow::Result<IngressRun> {
     let prefix = unique_name("bench");
     let drain = if drained {
@@ -46,33 +104,164 @@ pub(super) async fn ingress_under(
     } else {
         None
     };
-    let mut ingress =
-        Process::start_ready(ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn"))
-            .await;
-    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
-    config.load = load;
-    config.duration = Some(duration);
-    config.warmup = Duration::from_secs(2);
-    let sampler = Sampler::start(ingress.pid());
-    let run = loadgen::run(config).await?;
-    let (cpu, peak) = sampler.finish();
+    let mut settings = ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn");
+    if let Some(max) = max_connections {
+        settings = settings.env("CORRAL_MAX_CONNECTIONS", max.to_string());
+    }
+    let mut ingress = Process::start_ready(settings).await;
+    let before = publish_batches(&ingress).await;
+    let measured = drive(&ingress.base_url(), ingress.pid(), load, duration).await?;
+    let after = publish_batches(&ingress).await;
     ingress.terminate(Duration::from_secs(40)).await;
     if let Some(drain) = drain {
         drain.stop().await;
     }
     broker::delete_prefix(&prefix).await;
-    let report = run.report;
     Ok(IngressRun {
-        connections,
-        accepted_per_sec: report.accepted_per_sec,
-        not_accepted: report.requests - report.accepted,
-        p50_ms: ms(report.latency_us.p50),
-        p99_ms: ms(report.latency_us.p99),
-        p999_ms: ms(report.latency_us.p99_9),
-        peak_rss_mib: peak,
-        cpu_percent: cpu,
-        generator_cpu_percent: report.generator.cpu_percent,
+        webhooks_per_message: webhooks_per_message(before, after),
+        max_connections,
+        ..measured.into_run(connections)
     })
+}
+
+/// The HTTP ceiling ([`probes::serve_http_ceiling`]) as its own process, with
+/// as many HTTP workers as ingress, under the same closed loop as
+/// [`ingress_alone`].
+pub(super) async fn http_ceiling(
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<IngressRun> {
+    let port = process::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // As many HTTP workers as the kit gives every ingress it starts.
+    let workers = ProcessConfig::ingress("unused", TOKEN)
+        .env
+        .get("CORRAL_HTTP_WORKERS")
+        .cloned()
+        .unwrap_or_else(|| "0".to_owned());
+    let mut server = ChildGuard(
+        std::process::Command::new(std::env::current_exe().context("finding corral-bench")?)
+            .args(["http-ceiling", "--listen", &listen, "--workers", &workers])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the HTTP ceiling server")?,
+    );
+    wait::until_true(
+        "the HTTP ceiling server to listen",
+        Duration::from_secs(30),
+        || {
+            let listen = listen.clone();
+            async move { tokio::net::TcpStream::connect(listen).await.is_ok() }
+        },
+    )
+    .await;
+    let measured = drive(
+        &corral_testkit::base_url(port),
+        server.0.id(),
+        Load::Closed { connections },
+        duration,
+    )
+    .await;
+    server.stop();
+    Ok(measured?.into_run(connections))
+}
+
+/// A child process killed when dropped, so a failed run leaves no server behind.
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the load generator measured against one HTTP server, and that
+/// server's CPU and peak RSS meanwhile.
+struct Measured {
+    report: loadgen::Report,
+    cpu_percent: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs the load generator against `base_url` (2 s warm-up, then `duration`)
+/// while sampling process `pid`.
+async fn drive(
+    base_url: &str,
+    pid: u32,
+    load: Load,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let mut config = loadgen::Config::new(base_url, TOKEN);
+    config.load = load;
+    config.duration = Some(duration);
+    config.warmup = Duration::from_secs(2);
+    let sampler = Sampler::start(pid);
+    let run = loadgen::run(config).await;
+    let (cpu_percent, peak_rss_mib) = sampler.finish();
+    Ok(Measured {
+        report: run?.report,
+        cpu_percent,
+        peak_rss_mib,
+    })
+}
+
+impl Measured {
+    fn into_run(self, connections: usize) -> IngressRun {
+        let report = self.report;
+        let server_errors = report
+            .statuses
+            .iter()
+            .filter(|(status, _)| (500..600).contains(*status))
+            .map(|(_, count)| count)
+            .sum();
+        IngressRun {
+            connections,
+            accepted_per_sec: report.accepted_per_sec,
+            not_accepted: report.requests - report.accepted,
+            p50_ms: ms(report.latency_us.p50),
+            p99_ms: ms(report.latency_us.p99),
+            p999_ms: ms(report.latency_us.p99_9),
+            peak_rss_mib: self.peak_rss_mib,
+            cpu_percent: self.cpu_percent,
+            generator_cpu_percent: report.generator.cpu_percent,
+            webhooks_per_message: None,
+            connection_errors: report.errors.connect + report.errors.io,
+            timeouts: report.errors.timeout,
+            server_errors,
+            connections_opened: report.generator.connections_opened,
+            max_connections: None,
+        }
+    }
+}
+
+/// Ingress's publish batch-size histogram now: (webhooks, messages) so far,
+/// or `None` when ingress does not export it.
+async fn publish_batches(ingress: &Process) -> Option<(f64, f64)> {
+    let metrics = ingress.metrics().await;
+    let series = |suffix: &str| {
+        metrics
+            .0
+            .get(&format!("{INGRESS_PUBLISH_BATCH_SIZE}_{suffix}"))
+            .copied()
+    };
+    Some((series("sum")?, series("count")?))
+}
+
+/// Webhooks per message between two [`publish_batches`] readings. A
+/// histogram appears with its first observation, so one absent before but
+/// present after started from zero.
+fn webhooks_per_message(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64> {
+    let (sum, count) = after?;
+    let (sum_before, count_before) = before.unwrap_or((0.0, 0.0));
+    let messages = count - count_before;
+    (messages > 0.0).then(|| (sum - sum_before) / messages)
 }
 
 /// At a fixed `rate`: the broker's own confirm latency (bare client), then
@@ -98,39 +287,68 @@ pub async fn latency_at(
         0,
         duration,
         true,
+        None,
     )
     .await?;
     Ok((probe, ingress))
 }
 
 /// Publishes `count` distinct webhooks into the prefix's queue, confirmed,
-/// as ingress would have (same properties), 1,024 in flight on 4 channels.
-pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
+/// as ingress would have (same properties), 1,024 messages in flight on 4
+/// channels: one webhook per message (envelope 1) when `batch` is `None`,
+/// else `batch` webhooks per message (envelope 2, the last one shorter).
+pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow::Result<()> {
     let (connection, channels, topology) =
         probes::confirm_channels(&config::amqp(prefix), 4).await?;
     let exchange = topology.exchange();
     let run = unique_name("bench-row");
+    let kind = |i: usize| if i % 4 == 3 { Kind::Rvm } else { Kind::Sms };
+    let per_message = batch.unwrap_or(1).max(1);
     let mut pending = FuturesUnordered::new();
-    for i in 0..count {
+    let mut packed = Vec::new();
+    for (message, first) in (0..count).step_by(per_message).enumerate() {
         if pending.len() >= 1024
             && let Some(confirmation) = pending.next().await
         {
             let confirmation: lapin::Confirmation = confirmation?;
             anyhow::ensure!(confirmation.is_ack(), "prefill publish nacked");
         }
-        let body = probes::body(&run, i);
-        let routing_key = if i % 4 == 3 {
-            Kind::Rvm.routing_key()
+        let channel = &channels[message % channels.len()];
+        let confirm = if batch.is_none() {
+            let body = probes::body(&run, first);
+            probes::publish_as_ingress(
+                channel,
+                &exchange,
+                kind(first).routing_key(),
+                body.as_bytes(),
+            )
+            .await?
         } else {
-            Kind::Sms.routing_key()
+            let indexes = first..(first + per_message).min(count);
+            let bodies: Vec<String> = indexes.clone().map(|i| probes::body(&run, i)).collect();
+            let received_at = chrono::Utc::now();
+            packed.clear();
+            batch::encode(
+                indexes
+                    .clone()
+                    .zip(&bodies)
+                    .map(|(i, body)| batch::Packing {
+                        id: Uuid::now_v7(),
+                        received_at,
+                        kind: kind(i),
+                        body: body.as_bytes(),
+                    }),
+                &mut packed,
+            );
+            corral_shared::amqp::publish_mandatory(
+                channel,
+                exchange.as_str().into(),
+                envelope::routing_key(indexes.clone().map(kind)).into(),
+                &packed,
+                envelope::batch_properties(Uuid::now_v7(), received_at, bodies.len()),
+            )
+            .await?
         };
-        let confirm = probes::publish_as_ingress(
-            &channels[i % channels.len()],
-            &exchange,
-            routing_key,
-            body.as_bytes(),
-        )
-        .await?;
         pending.push(confirm);
     }
     while let Some(confirmation) = pending.next().await {
@@ -140,21 +358,28 @@ pub async fn prefill(prefix: &str, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn worker_alone(messages: usize) -> anyhow::Result<WorkerRun> {
-    worker_alone_with(messages, &[]).await
+/// The worker draining `messages` webhooks, pre-filled `batch` per message
+/// (see [`prefill`]).
+pub(super) async fn worker_alone(
+    messages: usize,
+    batch: Option<usize>,
+) -> anyhow::Result<WorkerRun> {
+    worker_alone_with(messages, batch, &[]).await
 }
 
 /// [`worker_alone`] with extra `CORRAL_*` settings for the worker (tuning experiments).
 pub async fn worker_alone_with(
     messages: usize,
+    batch: Option<usize>,
     env: &[(String, String)],
 ) -> anyhow::Result<WorkerRun> {
     let prefix = unique_name("bench");
     let db = probes::migrated_database().await?;
     let started_fill = Instant::now();
-    prefill(&prefix, messages).await?;
+    prefill(&prefix, messages, batch).await?;
     eprintln!(
-        "bench: pre-filled {messages} messages in {:.1} s",
+        "bench: pre-filled {messages} webhooks, {} per message, in {:.1} s",
+        batch.unwrap_or(1),
         started_fill.elapsed().as_secs_f64()
     );
     let client = db.client().await;
@@ -202,6 +427,7 @@ pub async fn worker_alone_with(
     broker::delete_prefix(&prefix).await;
     Ok(WorkerRun {
         messages,
+        webhooks_per_message: batch.unwrap_or(1),
         seconds,
         rows_per_sec: messages as f64 / seconds,
         peak_rss_mib: peak,
@@ -239,7 +465,9 @@ pub(super) async fn pipeline(
     };
     let ingress_sampler = Sampler::start(ingress.pid());
     let worker_sampler = Sampler::start(worker.pid());
+    let before = publish_batches(&ingress).await;
     let run = loadgen::run(config).await?;
+    let after = publish_batches(&ingress).await;
     let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
     let (_, ingress_peak) = ingress_sampler.finish();
     let (_, worker_peak) = worker_sampler.finish();
@@ -271,6 +499,8 @@ pub(super) async fn pipeline(
         verified: verification.is_ok() && verification.drained,
         ingress_peak_rss_mib: ingress_peak,
         worker_peak_rss_mib: worker_peak,
+        of_publish_probe: None,
+        webhooks_per_message: webhooks_per_message(before, after),
     })
 }
 

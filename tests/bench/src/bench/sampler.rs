@@ -35,21 +35,29 @@ impl Sampler {
         }
     }
 
-    /// (CPU % of one core, peak RSS MiB) since start.
+    /// (CPU % of one core, peak RSS MiB) since start. The peak is also the
+    /// kernel's own high-water mark (`VmHWM`, since the process started) when
+    /// that is higher: a spike between two samples still counts.
     pub(super) fn finish(self) -> (f64, f64) {
         let ticks = cpu_ticks(self.pid).unwrap_or(self.start_ticks) - self.start_ticks;
         let cpu = ticks as f64 / self.ticks_per_sec / self.started.elapsed().as_secs_f64() * 100.0;
         self.task.abort();
-        let peak = self.peak_rss_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+        let sampled = self.peak_rss_kib.load(std::sync::atomic::Ordering::Relaxed);
+        let peak = sampled.max(status_kib(self.pid, "VmHWM:").unwrap_or(0)) as f64 / 1024.0;
         (cpu, peak)
     }
 }
 
 pub(super) fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -8,12 +8,15 @@
 //! - [`confirm_latency`]: the same client publishing at a fixed rate (open
 //!   loop), timing each confirm from its scheduled send: the broker's own
 //!   answer latency, the floor under ingress's.
+//! - [`serve_http_ceiling`]: a bare actix-web server with ingress's routes
+//!   that reads each body and answers 200, no broker: the HTTP ceiling.
 //! - [`insert`]: a bare tokio-postgres client inserting the same typed rows
 //!   into the same `delivery_events` table (same indexes) with one set-based
 //!   `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per batch.
 //!
 //! # Layout
 //!
+//! - `http`: The HTTP ceiling server.
 //! - [`insert`]: The insert and store probes: rows per second into a fresh
 //!   database.
 //! - [`latency`]: The confirm-latency probe, and a bare consumer that keeps the
@@ -21,11 +24,12 @@
 //! - [`publish`]: The publish probe: confirmed publishes per second with a
 //!   fixed window in flight.
 
+mod http;
 mod insert;
 mod latency;
 mod publish;
 
-pub use self::{insert::*, latency::*, publish::*};
+pub use self::{http::*, insert::*, latency::*, publish::*};
 
 use std::time::Duration;
 
