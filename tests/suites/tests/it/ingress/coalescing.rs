@@ -29,6 +29,20 @@ async fn one_slot(
     RunningIngress::start(config).await
 }
 
+/// [`one_slot`] with the path to the broker black-holed and a first SMS
+/// posted: its message holds the slot, unconfirmed, until the path is restored.
+async fn first_stalled(
+    broker: &TestBroker,
+    proxy: &TcpProxy,
+    publish_timeout_ms: u64,
+) -> (RunningIngress, Post) {
+    let ingress = one_slot(broker, proxy, publish_timeout_ms).await;
+    proxy.blackhole();
+    let first = post(&ingress, Kind::Sms, 0);
+    wait_in_flight(&ingress, 1).await;
+    (ingress, first)
+}
+
 fn post(ingress: &RunningIngress, kind: Kind, i: usize) -> Post {
     let body = fixtures::delivery_status(
         &format!("{i:024x}"),
@@ -92,11 +106,7 @@ async fn webhooks_posted_during_a_stalled_confirm_wait_for_it_then_travel_togeth
     const LATER: usize = 20;
     let broker = TestBroker::new().await;
     let proxy = TcpProxy::rabbitmq().await;
-    let ingress = one_slot(&broker, &proxy, 15_000).await;
-
-    proxy.blackhole();
-    let first = post(&ingress, Kind::Sms, 0);
-    wait_in_flight(&ingress, 1).await;
+    let (ingress, first) = first_stalled(&broker, &proxy, 15_000).await;
     let later: Vec<Post> = (1..=LATER).map(|i| post(&ingress, Kind::Sms, i)).collect();
     wait_in_flight(&ingress, LATER + 1).await;
     let first = Arc::new(first);
@@ -149,11 +159,7 @@ async fn a_message_never_confirmed_answers_every_webhook_in_it_503_and_publishes
     const LATER: usize = 10;
     let broker = TestBroker::new().await;
     let proxy = TcpProxy::rabbitmq().await;
-    let ingress = one_slot(&broker, &proxy, 2_000).await;
-
-    proxy.blackhole();
-    let first = post(&ingress, Kind::Sms, 0);
-    wait_in_flight(&ingress, 1).await;
+    let (ingress, first) = first_stalled(&broker, &proxy, 2_000).await;
     let mut posts = vec![first];
     posts.extend((1..=LATER).map(|i| post(&ingress, Kind::Rvm, i)));
     let answers = statuses(posts).await;
@@ -194,11 +200,7 @@ async fn a_nacked_message_is_503_for_every_webhook_in_it_and_no_other() {
     let broker = TestBroker::new().await;
     broker.refuse(Kind::Rvm.routing_key()).await;
     let proxy = TcpProxy::rabbitmq().await;
-    let ingress = one_slot(&broker, &proxy, 15_000).await;
-
-    proxy.blackhole();
-    let first = post(&ingress, Kind::Sms, 0);
-    wait_in_flight(&ingress, 1).await;
+    let (ingress, first) = first_stalled(&broker, &proxy, 15_000).await;
     let sms: Vec<Post> = (1..=EACH).map(|i| post(&ingress, Kind::Sms, i)).collect();
     let rvm: Vec<Post> = (1..=EACH)
         .map(|i| post(&ingress, Kind::Rvm, 100 + i))
