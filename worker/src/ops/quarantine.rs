@@ -7,6 +7,14 @@
 //! quarantine; a row that still fails stays, with its error updated. With
 //! `dry_run` the same work is done and rolled back, so the report says exactly
 //! what a real run would do.
+//!
+//! A row whose body is a whole envelope-2 message — quarantined whole by a
+//! worker that could not read that version, or taken for one webhook by a
+//! worker older than envelope 2 (an upgrade that rolled ingress first) — is
+//! unpacked and each of its webhooks re-typed; the row leaves the quarantine
+//! once every one of them is stored, and otherwise stays whole, its error
+//! naming the webhook that still fails (those already stored are duplicates
+//! the next time).
 
 use chrono::{DateTime, Utc};
 use corral_shared::envelope::Envelope;
@@ -58,13 +66,22 @@ impl Quarantined {
         }
     }
 
-    /// The message as the worker got it, to type it again.
     /// Whether the row is an AMQP message the worker could not unpack,
     /// rather than one webhook.
     pub fn is_whole_message(&self) -> bool {
         self.error.starts_with(unpack::WHOLE_MESSAGE)
     }
 
+    /// What to type again.
+    fn retyping(&self) -> Retyping {
+        match unpack::webhooks(&self.body) {
+            Ok(webhooks) => Retyping::Message(webhooks),
+            Err(_) if self.is_whole_message() => Retyping::Unreadable,
+            Err(_) => Retyping::Webhook(self.incoming()),
+        }
+    }
+
+    /// The message as the worker got it, to type it again.
     fn incoming(&self) -> Incoming {
         Incoming {
             body: self.body.clone(),
@@ -76,6 +93,17 @@ impl Quarantined {
             },
         }
     }
+}
+
+/// What a quarantined row holds to type again.
+enum Retyping {
+    /// One webhook: the row's body.
+    Webhook(Incoming),
+    /// The webhooks of the envelope-2 message the row's body is.
+    Message(Vec<Incoming>),
+    /// A message quarantined whole that still does not unpack: it keeps
+    /// its reason.
+    Unreadable,
 }
 
 /// Which quarantined rows a re-processing takes.
@@ -128,12 +156,15 @@ pub struct ReprocessReport {
 impl ReprocessReport {
     /// Rows that left the quarantine (or would have).
     pub fn resolved(&self) -> usize {
-        self.stored + self.duplicate
+        self.rows.len() - self.still_failing()
     }
 
     /// Rows that are still quarantined.
     pub fn still_failing(&self) -> usize {
-        self.rows.len() - self.resolved()
+        self.rows
+            .iter()
+            .filter(|(_, verdict)| matches!(verdict, Verdict::StillFailing(_)))
+            .count()
     }
 }
 
@@ -198,24 +229,36 @@ pub async fn reprocess_quarantined(
         }
         let quarantined: Vec<Quarantined> = rows.iter().map(Quarantined::from_row).collect();
         after = quarantined.last().map_or(after, |row| row.id);
-        // An AMQP message quarantined whole is not one webhook, so there is
-        // nothing to re-type: it keeps its reason.
-        let mut still_failing: Vec<Option<String>> = quarantined
-            .iter()
-            .map(|row| row.is_whole_message().then(|| row.error.clone()))
-            .collect();
-        let retyped: Vec<usize> = (0..quarantined.len())
-            .filter(|&index| still_failing[index].is_none())
-            .collect();
-        let incoming: Vec<Incoming> = retyped
-            .iter()
-            .map(|&index| quarantined[index].incoming())
-            .collect();
+        // Every webhook to re-type, with the row it came from and its place
+        // in that row's message (`None` for a row that is one webhook).
+        let mut still_failing: Vec<Option<String>> = vec![None; quarantined.len()];
+        let mut incoming = Vec::new();
+        let mut origins = Vec::new();
+        for (index, row) in quarantined.iter().enumerate() {
+            match row.retyping() {
+                Retyping::Webhook(webhook) => {
+                    origins.push((index, None));
+                    incoming.push(webhook);
+                }
+                Retyping::Message(webhooks) => {
+                    for (place, webhook) in webhooks.into_iter().enumerate() {
+                        origins.push((index, Some(place)));
+                        incoming.push(webhook);
+                    }
+                }
+                Retyping::Unreadable => still_failing[index] = Some(row.error.clone()),
+            }
+        }
         let stored = store::store_in(&mut tx, &incoming)
             .await
             .map_err(OpsError::database("storing re-typed webhooks"))?;
-        for (index, error) in stored.refused {
-            still_failing[retyped[index]] = Some(error);
+        for (at, error) in stored.refused {
+            let (index, place) = origins[at];
+            // The first failure of a message is its reason; it stays whole.
+            still_failing[index].get_or_insert(match place {
+                Some(place) => format!("webhook {place} of the quarantined message: {error}"),
+                None => error,
+            });
         }
         let mut resolved_ids = Vec::new();
         let mut failed_ids = Vec::new();

@@ -31,20 +31,8 @@ pub fn contents(properties: &BasicProperties, routing_key: &str, body: Vec<u8>) 
     };
     match Format::of(properties) {
         Format::Single => Contents::Webhooks(vec![message(body)]),
-        Format::Batch => match batch::decode(&body) {
-            Ok(entries) => Contents::Webhooks(
-                entries
-                    .into_iter()
-                    .map(|entry| Incoming {
-                        body: entry.body.into_owned(),
-                        routing_key: entry.kind.routing_key().to_owned(),
-                        envelope: Envelope {
-                            message_id: Some(entry.id),
-                            received_at: Some(entry.received_at),
-                        },
-                    })
-                    .collect(),
-            ),
+        Format::Batch => match webhooks(&body) {
+            Ok(webhooks) => Contents::Webhooks(webhooks),
             Err(err) => Contents::Unreadable {
                 error: format!("{WHOLE_MESSAGE}{err}"),
                 logged: format!("{WHOLE_MESSAGE}{}", without_values(&err)),
@@ -58,6 +46,22 @@ pub fn contents(properties: &BasicProperties, routing_key: &str, body: Vec<u8>) 
             message: message(body),
         },
     }
+}
+
+/// The webhooks of an envelope-2 body, one [`Incoming`] each, with its own
+/// id, `received_at` and kind.
+pub fn webhooks(body: &[u8]) -> Result<Vec<Incoming>, UnpackError> {
+    Ok(batch::decode(body)?
+        .into_iter()
+        .map(|entry| Incoming {
+            body: entry.body.into_owned(),
+            routing_key: entry.kind.routing_key().to_owned(),
+            envelope: Envelope {
+                message_id: Some(entry.id),
+                received_at: Some(entry.received_at),
+            },
+        })
+        .collect())
 }
 
 /// What went wrong, without the text from the body that serde's message or

@@ -345,3 +345,93 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
     assert_eq!(left.get::<_, i64>(0), whole_row);
     assert_eq!(left.get::<_, String>(1), reason, "its reason is kept");
 }
+
+/// Ingress upgraded before the workers: a worker older than envelope 2 took
+/// each message for one webhook and quarantined it whole. Re-processing
+/// unpacks it and stores each webhook with its own id, time and kind; a
+/// message with a webhook that still fails stays whole, saying which, and
+/// leaves once that one stores too.
+#[tokio::test]
+async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per_webhook() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    forbid_spam(&client).await;
+    let at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let bodies = [
+        fixtures::delivery_status("d-old-1", "2026-11-27T05:24:31Z", "", "f-1"),
+        fixtures::delivery_status("d-old-2", "2026-11-27T05:24:32Z", "", "f-2"),
+        fixtures::delivery_status("d-old-3", "2026-11-27T05:24:33Z", "", "f-3"),
+        fixtures::delivery_status("d-old-4", "2026-11-27T05:24:34Z", "Spam detected", "f-4"),
+    ];
+    let packing: Vec<Packing> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| Packing {
+            id: Uuid::now_v7(),
+            received_at: at + chrono::Duration::microseconds(i as i64),
+            kind: if i % 2 == 0 { Kind::Sms } else { Kind::Rvm },
+            body: body.as_bytes(),
+        })
+        .collect();
+    let message = |webhooks: &[Packing]| {
+        let mut body = Vec::new();
+        envelope::batch::encode(webhooks.iter().copied(), &mut body);
+        String::from_utf8(body).unwrap()
+    };
+    let old_error = "`drop_id` is missing";
+    let clean = quarantine(
+        &client,
+        &message(&packing[..2]),
+        "dropcowboy.sms",
+        None,
+        old_error,
+    )
+    .await;
+    let spam = quarantine(
+        &client,
+        &message(&packing[2..]),
+        "dropcowboy.sms",
+        None,
+        old_error,
+    )
+    .await;
+
+    let worker_config = config::worker(&db.url, "unused");
+    let report = ops::reprocess_quarantined(&worker_config, &Default::default())
+        .await
+        .unwrap();
+    let verdicts: BTreeMap<i64, Verdict> = report.rows.iter().cloned().collect();
+    assert_eq!(verdicts[&clean], Verdict::Resolved);
+    let Verdict::StillFailing(why) = &verdicts[&spam] else {
+        panic!("the message with a spam webhook left the quarantine: {verdicts:?}");
+    };
+    assert!(
+        why.starts_with("webhook 1 of the quarantined message: "),
+        "{why}"
+    );
+    assert_eq!((report.stored, report.duplicate), (3, 0));
+    assert_eq!((report.resolved(), report.still_failing()), (1, 1));
+    for webhook in &packing[..3] {
+        let row = client
+            .query_one(
+                "SELECT kind, received_at FROM delivery_events WHERE message_id = $1",
+                &[&webhook.id],
+            )
+            .await
+            .expect("stored with its own id");
+        assert_eq!(row.get::<_, String>(0), webhook.kind.as_str());
+        assert_eq!(row.get::<_, DateTime<Utc>>(1), webhook.received_at);
+    }
+
+    client
+        .batch_execute("ALTER TABLE delivery_events DROP CONSTRAINT test_no_spam")
+        .await
+        .unwrap();
+    let again = ops::reprocess_quarantined(&worker_config, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(again.rows, vec![(spam, Verdict::Resolved)]);
+    assert_eq!((again.stored, again.duplicate), (1, 1));
+    assert_eq!(count(&client, "quarantined_webhooks").await, 0);
+    assert_eq!(count(&client, "delivery_events").await, 4);
+}
