@@ -144,11 +144,12 @@ pub(super) async fn dispatch(inner: Arc<Inner>, kind: Kind, mut queue: Receiver)
             }
             // The first webhook always goes, however large: alone it fits
             // wherever a single-webhook message did.
-            if !message.is_empty() && bytes + queued.packed_len() > settings.batch_max_bytes {
+            let packed = queued.packed_len();
+            if !message.is_empty() && bytes + packed > settings.batch_max_bytes {
                 carried = Some(queued);
                 break;
             }
-            bytes += queued.packed_len();
+            bytes += packed;
             message.push(queued);
             if message.len() >= settings.batch_max {
                 break;
@@ -171,8 +172,7 @@ async fn publish(
     bytes: usize,
     slot: OwnedSemaphorePermit,
 ) {
-    let link = inner.link.read().expect("link lock poisoned").clone();
-    let Some(link) = link else {
+    let Some(link) = inner.current() else {
         return answer(replies_of(message), Err(PublishError::Unavailable));
     };
     if let Some(reason) = link.blocked_reason() {

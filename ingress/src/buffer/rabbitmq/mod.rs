@@ -147,6 +147,13 @@ struct Inner {
     publishing: TaskTracker,
 }
 
+impl Inner {
+    /// The current link; `None` while disconnected.
+    fn current(&self) -> Option<Arc<Link>> {
+        self.link.read().expect("link lock poisoned").clone()
+    }
+}
+
 impl Buffer for RabbitMq {
     type Error = PublishError;
 
@@ -192,10 +199,6 @@ impl RabbitMq {
         (Self { inner }, supervisor)
     }
 
-    fn current(&self) -> Option<Arc<Link>> {
-        self.inner.link.read().expect("link lock poisoned").clone()
-    }
-
     /// Hands the webhook to the publishing task and waits for the verdict
     /// on the message that carries it. Returns how long that message's
     /// confirm took.
@@ -205,7 +208,7 @@ impl RabbitMq {
         let _permit = self.take_permit(timeout).await?;
         // Refused at once rather than after a wait in the queue: a
         // publishing task would find the same.
-        let link = self.current().ok_or(PublishError::Unavailable)?;
+        let link = self.inner.current().ok_or(PublishError::Unavailable)?;
         if let Some(reason) = link.blocked_reason() {
             return Err(PublishError::Blocked(reason));
         }
