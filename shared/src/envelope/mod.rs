@@ -112,6 +112,35 @@ pub fn batch_properties(
         .with_headers(headers)
 }
 
+/// An envelope-2 message, ready to publish to the webhooks exchange.
+#[derive(Debug)]
+pub struct BatchMessage {
+    /// The kind's routing key, or [`MIXED_ROUTING_KEY`] for both kinds.
+    pub routing_key: &'static str,
+    /// The webhooks, packed by [`batch::encode`].
+    pub body: Vec<u8>,
+    /// [`batch_properties`].
+    pub properties: BasicProperties,
+}
+
+/// `webhooks` as one envelope-2 message named `message_id`: the one way
+/// ingress, and whatever stands in for it in tests and benchmarks, builds one.
+pub fn batch_message(message_id: Uuid, webhooks: &[batch::Packing<'_>]) -> BatchMessage {
+    let first = webhooks.first().expect("a message holds a webhook");
+    let bytes = batch::FRAME_OVERHEAD
+        + webhooks
+            .iter()
+            .map(|webhook| batch::entry_len(webhook.body))
+            .sum::<usize>();
+    let mut body = Vec::with_capacity(bytes);
+    batch::encode(webhooks.iter().copied(), &mut body);
+    BatchMessage {
+        routing_key: routing_key(webhooks.iter().map(|webhook| webhook.kind)),
+        body,
+        properties: batch_properties(message_id, first.received_at, webhooks.len()),
+    }
+}
+
 /// The routing key of a message holding webhooks of `kinds`: the kind's own
 /// when they are all of one, so a consumer bound to `dropcowboy.sms` still
 /// gets only SMS.

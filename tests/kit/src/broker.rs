@@ -233,16 +233,10 @@ impl TestBroker {
     /// with the properties ingress gives one, and waits for the confirm.
     /// Returns the message's own `message_id` (each webhook keeps its id).
     pub async fn publish_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
-        let first = webhooks.first().expect("a batch holds a webhook");
         let message_id = Uuid::now_v7();
-        let mut body = Vec::new();
-        batch::encode(webhooks.iter().copied(), &mut body);
-        self.publish(
-            envelope::routing_key(webhooks.iter().map(|webhook| webhook.kind)),
-            &body,
-            envelope::batch_properties(message_id, first.received_at, webhooks.len()),
-        )
-        .await;
+        let message = envelope::batch_message(message_id, webhooks);
+        self.publish(message.routing_key, &message.body, message.properties)
+            .await;
         message_id
     }
 

@@ -87,14 +87,14 @@ pub(super) struct Queues([mpsc::UnboundedSender<Queued>; 2]);
 pub(super) type Receiver = mpsc::UnboundedReceiver<Queued>;
 
 impl Queues {
-    /// The queues, and their receiving ends with their kinds.
-    pub(super) fn new() -> (Self, [(Kind, Receiver); 2]) {
+    /// The queues, and their receiving ends.
+    pub(super) fn new() -> (Self, [Receiver; 2]) {
         // Unbounded, because what enters them is bounded before: every entry
         // holds one of `CORRAL_MAX_IN_FLIGHT` request slots and its body's
         // lease of `CORRAL_MAX_IN_FLIGHT_BYTES`.
         let (sms, sms_rx) = mpsc::unbounded_channel();
         let (rvm, rvm_rx) = mpsc::unbounded_channel();
-        (Self([sms, rvm]), [(Kind::Sms, sms_rx), (Kind::Rvm, rvm_rx)])
+        (Self([sms, rvm]), [sms_rx, rvm_rx])
     }
 
     /// Queues a webhook. Once its dispatcher has stopped, the webhook is
@@ -108,9 +108,9 @@ impl Queues {
     }
 }
 
-/// Forms messages of `kind` from its queue and publishes them, until
+/// Forms messages from one kind's queue and publishes them, until
 /// shutdown; then publishes what is still queued and ends.
-pub(super) async fn dispatch(inner: Arc<Inner>, kind: Kind, mut queue: Receiver) {
+pub(super) async fn dispatch(inner: Arc<Inner>, mut queue: Receiver) {
     let settings = &inner.settings;
     // A webhook that did not fit in the last message leads the next one.
     let mut carried: Option<Queued> = None;
@@ -160,18 +160,12 @@ pub(super) async fn dispatch(inner: Arc<Inner>, kind: Kind, mut queue: Receiver)
         }
         inner
             .publishing
-            .spawn(publish(inner.clone(), kind, message, bytes, slot));
+            .spawn(publish(inner.clone(), message, slot));
     }
 }
 
 /// Publishes one message and answers each of its webhooks' requests.
-async fn publish(
-    inner: Arc<Inner>,
-    kind: Kind,
-    message: Vec<Queued>,
-    bytes: usize,
-    slot: OwnedSemaphorePermit,
-) {
+async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePermit) {
     let Some(link) = inner.current() else {
         return answer(replies_of(message), Err(PublishError::Unavailable));
     };
@@ -179,18 +173,17 @@ async fn publish(
         return answer(replies_of(message), Err(PublishError::Blocked(reason)));
     }
     let id = Uuid::now_v7();
-    let first_received_at = message[0].webhook.received_at;
-    let mut body = Vec::with_capacity(bytes);
-    batch::encode(
-        message.iter().map(|q| batch::Packing {
+    let packing: Vec<batch::Packing> = message
+        .iter()
+        .map(|q| batch::Packing {
             id: q.webhook.message_id,
             received_at: q.webhook.received_at,
             kind: q.webhook.kind,
             body: &q.webhook.body,
-        }),
-        &mut body,
-    );
-    let properties = envelope::batch_properties(id, first_received_at, message.len());
+        })
+        .collect();
+    let packed = envelope::batch_message(id, &packing);
+    drop(packing);
     metrics::ingress_publish_batch(message.len());
     // The request bodies go now; their leases stay to count the message's
     // copy until its frames are written.
@@ -201,11 +194,20 @@ async fn publish(
         replies.push(queued.reply);
     }
     let sent_ms = link.now_ms();
-    let confirm = match send(&inner, &link, kind.routing_key(), &body, properties, leases).await {
+    let confirm = match send(
+        &inner,
+        &link,
+        packed.routing_key,
+        &packed.body,
+        packed.properties,
+        leases,
+    )
+    .await
+    {
         Ok(confirm) => confirm,
         Err(err) => return answer(replies, Err(err)),
     };
-    drop(body);
+    drop(packed.body);
     let confirm_started = Instant::now();
     let verdict = match resolve(&inner, &link, confirm, sent_ms).await {
         Some(Ok(confirmation)) => {

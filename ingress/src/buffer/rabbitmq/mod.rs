@@ -190,10 +190,10 @@ impl RabbitMq {
             shutdown,
             publishing: TaskTracker::new(),
         });
-        for (kind, receiver) in receivers {
+        for receiver in receivers {
             inner
                 .publishing
-                .spawn(coalesce::dispatch(inner.clone(), kind, receiver));
+                .spawn(coalesce::dispatch(inner.clone(), receiver));
         }
         let supervisor = tokio::spawn(link::supervise(inner.clone()));
         (Self { inner }, supervisor)

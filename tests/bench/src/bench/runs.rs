@@ -305,7 +305,6 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
     let kind = |i: usize| if i % 4 == 3 { Kind::Rvm } else { Kind::Sms };
     let per_message = batch.unwrap_or(1).max(1);
     let mut pending = FuturesUnordered::new();
-    let mut packed = Vec::new();
     for (message, first) in (0..count).step_by(per_message).enumerate() {
         if pending.len() >= 1024
             && let Some(confirmation) = pending.next().await
@@ -327,25 +326,22 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
             let indexes = first..(first + per_message).min(count);
             let bodies: Vec<String> = indexes.clone().map(|i| probes::body(&run, i)).collect();
             let received_at = chrono::Utc::now();
-            packed.clear();
-            batch::encode(
-                indexes
-                    .clone()
-                    .zip(&bodies)
-                    .map(|(i, body)| batch::Packing {
-                        id: Uuid::now_v7(),
-                        received_at,
-                        kind: kind(i),
-                        body: body.as_bytes(),
-                    }),
-                &mut packed,
-            );
+            let packing: Vec<batch::Packing> = indexes
+                .zip(&bodies)
+                .map(|(i, body)| batch::Packing {
+                    id: Uuid::now_v7(),
+                    received_at,
+                    kind: kind(i),
+                    body: body.as_bytes(),
+                })
+                .collect();
+            let message = envelope::batch_message(Uuid::now_v7(), &packing);
             corral_shared::amqp::publish_mandatory(
                 channel,
                 exchange.as_str().into(),
-                envelope::routing_key(indexes.clone().map(kind)).into(),
-                &packed,
-                envelope::batch_properties(Uuid::now_v7(), received_at, bodies.len()),
+                message.routing_key.into(),
+                &message.body,
+                message.properties,
             )
             .await?
         };
