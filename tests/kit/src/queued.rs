@@ -83,13 +83,4 @@ impl TestBroker {
         .await;
         taken.into_inner()
     }
-
-    /// Every webhook currently in `queue`.
-    pub async fn drain_webhooks(&self, queue: &str) -> Vec<QueuedWebhook> {
-        self.drain(queue)
-            .await
-            .into_iter()
-            .flat_map(unpack)
-            .collect()
-    }
 }
