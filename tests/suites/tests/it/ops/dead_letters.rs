@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use corral_shared::amqp::{PublishOutcomeError, Refused};
 use corral_shared::{
     amqp,
+    config::AmqpSettings,
     envelope::{
         self, Kind, RECEIVED_AT_HEADER,
         batch::{self, Packing},
@@ -120,6 +121,19 @@ fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPVal
         .headers()
         .as_ref()
         .and_then(|headers: &FieldTable| headers.inner().get(name))
+}
+
+/// Replays only the letter with `id` (its own, or a webhook's inside it).
+async fn replay_only(settings: &AmqpSettings, id: String) -> ops::DeadLetterReport {
+    ops::replay_dead_letters(
+        settings,
+        &ReplayOptions {
+            message_ids: vec![id],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -268,15 +282,7 @@ async fn replay_takes_only_the_selected_message_ids() {
     let sent = dead_letter(&broker, 3).await;
     let chosen = sent[1].id.to_string();
 
-    let report = ops::replay_dead_letters(
-        &broker.settings,
-        &ReplayOptions {
-            message_ids: vec![chosen.clone()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_only(&broker.settings, chosen.clone()).await;
     assert_eq!(report.letters.len(), 1);
     assert_eq!(report.letters[0].id(), chosen);
     assert_eq!(report.passed_over, 2);
@@ -414,15 +420,7 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
     assert_eq!(broker.ready_count(&dlq).await, 3, "listing removed nothing");
 
     let chosen = sent[1].id.to_string();
-    let report = ops::replay_dead_letters(
-        &settings,
-        &ReplayOptions {
-            message_ids: vec![chosen.clone()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_only(&settings, chosen.clone()).await;
     assert_eq!(report.letters.len(), 1);
     assert_eq!(report.passed_over, 2);
     let replayed = broker.drain(&main).await;
@@ -537,15 +535,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
 
     // A webhook's own id selects the letter it travels in; the letter goes
     // back whole, as it was published.
-    let report = ops::replay_dead_letters(
-        &broker.settings,
-        &ReplayOptions {
-            message_ids: vec![packing[1].id.to_string()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_only(&broker.settings, packing[1].id.to_string()).await;
     assert_eq!(report.letters.len(), 1);
     let replayed = broker.drain(&broker.topology.queue()).await;
     assert_eq!(replayed.len(), 1, "the webhooks stay together");
