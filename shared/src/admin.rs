@@ -24,8 +24,13 @@ pub struct Health(Arc<HealthInner>);
 struct HealthInner {
     /// Whether readiness depends on the database (the worker) or not (ingress).
     needs_database: bool,
+    /// Whether a PostgreSQL spool is configured (ingress only): then
+    /// ingress is ready while either it or the broker works.
+    has_spool: AtomicBool,
     /// Connected to RabbitMQ with the topology declared.
     broker: AtomicBool,
+    /// The spool's last write or check succeeded.
+    spool: AtomicBool,
     /// The last database operation succeeded.
     database: AtomicBool,
     /// Shutting down: stop sending traffic here, whatever else is true.
@@ -42,6 +47,9 @@ pub struct Readiness {
     /// Database state; absent for a binary that does not use one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<bool>,
+    /// The PostgreSQL spool's state; absent when none is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<bool>,
     /// Whether shutdown has begun.
     pub draining: bool,
 }
@@ -51,7 +59,9 @@ impl Health {
     pub fn new(needs_database: bool) -> Self {
         Self(Arc::new(HealthInner {
             needs_database,
+            has_spool: AtomicBool::new(false),
             broker: AtomicBool::new(false),
+            spool: AtomicBool::new(false),
             database: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }))
@@ -69,6 +79,22 @@ impl Health {
     pub fn set_database(&self, connected: bool) {
         if self.0.database.swap(connected, Ordering::SeqCst) != connected {
             metrics::database_connected(connected);
+            self.publish();
+        }
+    }
+
+    /// Says a spool is configured: from now on ingress is ready while the
+    /// broker *or* the spool works.
+    pub fn enable_spool(&self) {
+        self.0.has_spool.store(true, Ordering::SeqCst);
+        metrics::register_spool();
+        self.publish();
+    }
+
+    /// Records the spool's state.
+    pub fn set_spool(&self, connected: bool) {
+        if self.0.spool.swap(connected, Ordering::SeqCst) != connected {
+            metrics::ingress_spool_connected(connected);
             self.publish();
         }
     }
@@ -96,11 +122,19 @@ impl Health {
             .0
             .needs_database
             .then(|| self.0.database.load(Ordering::SeqCst));
+        let spool = self
+            .0
+            .has_spool
+            .load(Ordering::SeqCst)
+            .then(|| self.0.spool.load(Ordering::SeqCst));
         let draining = self.draining();
+        // A webhook is kept while either durable path takes it.
+        let buffered = broker || spool.unwrap_or(false);
         Readiness {
-            ready: broker && database.unwrap_or(true) && !draining,
+            ready: buffered && database.unwrap_or(true) && !draining,
             broker,
             database,
+            spool,
             draining,
         }
     }

@@ -24,6 +24,9 @@
 //! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
 //!   where it must be and tolerantly where the provider may vary; the worker
 //!   and the load generator's verifier use it, ingress never does.
+//! - `postgres` (feature `postgres`): PostgreSQL pools as both binaries make
+//!   them (verified TLS, deadlines, a COMMIT cut short by a synchronous
+//!   standby's wait failed rather than trusted).
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
 //!   readiness state behind it.
 
@@ -35,6 +38,8 @@ mod error;
 pub mod json;
 #[cfg(feature = "payload")]
 pub mod payload;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

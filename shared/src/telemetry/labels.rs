@@ -109,6 +109,26 @@ labels! {
         ShuttingDown,
     }
 
+    /// `corral_ingress_spooled_total{cause}`: why a webhook went to the
+    /// PostgreSQL spool rather than (or as well as) RabbitMQ.
+    SpoolCause {
+        /// No broker link.
+        Unavailable,
+        /// The broker blocks publishers (memory or disk alarm).
+        Blocked,
+        /// The broker nacked it.
+        Nack,
+        /// The broker returned it as unroutable.
+        Unroutable,
+        /// The channel closed before the confirm.
+        ChannelClosed,
+        /// No confirm within `CORRAL_SPOOL_AFTER_MS`; the publish went on,
+        /// and the worker stores the webhook once whichever way it comes.
+        Slow,
+        /// Shutdown closed the link first.
+        ShuttingDown,
+    }
+
     /// `corral_worker_messages_total{outcome}`: how a committed message ended.
     MessageOutcome {
         /// A new `delivery_events` row.
@@ -176,6 +196,21 @@ mod tests {
                 "unroutable",
                 "channel_closed",
                 "timeout",
+                "shutting_down"
+            ]
+        );
+        assert_eq!(
+            SpoolCause::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "unavailable",
+                "blocked",
+                "nack",
+                "unroutable",
+                "channel_closed",
+                "slow",
                 "shutting_down"
             ]
         );

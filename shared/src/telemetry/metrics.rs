@@ -13,6 +13,7 @@ use ::metrics::{
 
 use super::labels::{
     Binary, ConnectOutcome, DbErrorKind, Label, MessageOutcome, PublishFailure, RejectReason,
+    SpoolCause,
 };
 use crate::envelope::Kind as WebhookKind;
 
@@ -96,6 +97,14 @@ catalogue! {
         "Webhooks whose publish awaits the broker's confirm.";
     INGRESS_PUBLISH_BATCH_SIZE = "corral_ingress_publish_batch_size", Histogram, [], Some(BATCH_BUCKETS),
         "Webhooks per AMQP message published (those that arrived while earlier publishes awaited their confirms travel together).";
+    INGRESS_SPOOLED = "corral_ingress_spooled_total", Counter, ["cause"], None,
+        "Webhooks answered 200 once the PostgreSQL spool committed them, because RabbitMQ did not take them, by cause: the broker's failure, or slow (no confirm within CORRAL_SPOOL_AFTER_MS).";
+    INGRESS_SPOOL_FAILURES = "corral_ingress_spool_failures_total", Counter, [], None,
+        "Webhooks the PostgreSQL spool failed to commit (unreachable, refused, or past the request's deadline); each got 503 unless RabbitMQ confirmed it after all.";
+    INGRESS_SPOOL_CONNECTED = "corral_ingress_spool_connected", Gauge, [], None,
+        "1 while the PostgreSQL spool's last write or check succeeded, else 0; absent when no spool is configured.";
+    INGRESS_SPOOL_BATCH_SIZE = "corral_ingress_spool_batch_size", Histogram, [], Some(BATCH_BUCKETS),
+        "Webhooks per spool INSERT (those waiting while earlier spool writes committed go together).";
     INGRESS_BODY_BYTES_IN_FLIGHT = "corral_ingress_body_bytes_in_flight", Gauge, [], None,
         "Bytes of request bodies held (leased from CORRAL_MAX_IN_FLIGHT_BYTES) until their publish no longer needs them.";
 
@@ -115,6 +124,12 @@ catalogue! {
         "Batches committed whose acknowledgement failed; RabbitMQ redelivers them and they count as duplicates.";
     WORKER_DRAIN_MESSAGES_IN_HAND = "corral_worker_messages_in_hand", Gauge, [], None,
         "AMQP messages (as CORRAL_PREFETCH counts them, each holding one webhook or more) received from RabbitMQ and not yet acknowledged.";
+    WORKER_SPOOL_DEPTH = "corral_worker_spool_depth", Gauge, [], None,
+        "Webhooks waiting in the PostgreSQL spool (spooled_webhooks) for a worker to store them; 0 except during a broker outage.";
+    WORKER_SPOOL_OLDEST_SECONDS = "corral_worker_spool_oldest_seconds", Gauge, [], None,
+        "Age of the oldest webhook in the PostgreSQL spool, in seconds; 0 when it is empty.";
+    WORKER_SPOOL_DRAINED = "corral_worker_spool_drained_total", Counter, [], None,
+        "Webhooks taken from the PostgreSQL spool and committed (stored, duplicate or quarantined, also counted in corral_worker_messages_total).";
 }
 
 pub(super) fn describe_all() {
@@ -160,6 +175,9 @@ pub fn register_binary(binary: Binary) {
             counter!(WORKER_ACK_FAILURES).increment(0);
             counter!(WORKER_UNROUTABLE).increment(0);
             gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).set(0.0);
+            gauge!(WORKER_SPOOL_DEPTH).set(0.0);
+            gauge!(WORKER_SPOOL_OLDEST_SECONDS).set(0.0);
+            counter!(WORKER_SPOOL_DRAINED).increment(0);
         }
     }
 }
@@ -273,6 +291,45 @@ pub fn worker_unroutable() {
 /// consuming session adds its own, so the gauge is their sum.
 pub fn worker_in_hand_changed(by: f64) {
     gauge!(WORKER_DRAIN_MESSAGES_IN_HAND).increment(by);
+}
+
+/// Registers the spool's series at zero: ingress has them only when a
+/// spool is configured, so their absence says there is none.
+pub fn register_spool() {
+    zero_counters::<SpoolCause>(INGRESS_SPOOLED, "cause");
+    counter!(INGRESS_SPOOL_FAILURES).increment(0);
+    gauge!(INGRESS_SPOOL_CONNECTED).set(0.0);
+}
+
+/// A webhook the spool committed, and why it went there.
+pub fn ingress_spooled(cause: SpoolCause) {
+    counter!(INGRESS_SPOOLED, "cause" => cause.as_str()).increment(1);
+}
+
+/// Webhooks the spool failed to commit.
+pub fn ingress_spool_failed(webhooks: usize) {
+    counter!(INGRESS_SPOOL_FAILURES).increment(webhooks as u64);
+}
+
+/// The spool reachable or not.
+pub fn ingress_spool_connected(connected: bool) {
+    gauge!(INGRESS_SPOOL_CONNECTED).set(flag(connected));
+}
+
+/// One spool INSERT with `webhooks` in it.
+pub fn ingress_spool_batch(webhooks: usize) {
+    histogram!(INGRESS_SPOOL_BATCH_SIZE).record(webhooks as f64);
+}
+
+/// What the spool holds, as the worker last read it.
+pub fn worker_spool(depth: u64, oldest_seconds: f64) {
+    gauge!(WORKER_SPOOL_DEPTH).set(depth as f64);
+    gauge!(WORKER_SPOOL_OLDEST_SECONDS).set(oldest_seconds);
+}
+
+/// Webhooks drained from the spool in one committed batch.
+pub fn worker_spool_drained(webhooks: usize) {
+    counter!(WORKER_SPOOL_DRAINED).increment(webhooks as u64);
 }
 
 /// Status codes as static labels (no allocation per request).
