@@ -20,9 +20,14 @@ pub struct BodyBudget {
     total: u32,
 }
 
-/// Bytes of the budget held for one body; given back when dropped.
+/// Bytes of the budget held for one body; given back when the last clone
+/// is dropped. A body on its way to both durable paths (the broker and the
+/// spool) is one allocation shared by both, so each holds a clone.
+#[derive(Debug, Clone)]
+pub struct Lease(Arc<Held>);
+
 #[derive(Debug)]
-pub struct Lease {
+struct Held {
     permit: OwnedSemaphorePermit,
 }
 
@@ -57,7 +62,7 @@ impl BodyBudget {
         match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(permit)) => {
                 metrics::ingress_body_bytes_changed(f64::from(wanted));
-                Ok(Lease { permit })
+                Ok(Lease(Arc::new(Held { permit })))
             }
             // The semaphore is never closed; treat it as exhausted anyway.
             Ok(Err(_)) | Err(_) => Err(Exhausted {
@@ -72,13 +77,13 @@ impl BodyBudget {
 impl Lease {
     /// Bytes held.
     pub fn bytes(&self) -> u32 {
-        self.permit.num_permits() as u32
+        self.0.permit.num_permits() as u32
     }
 }
 
-impl Drop for Lease {
+impl Drop for Held {
     fn drop(&mut self) {
-        metrics::ingress_body_bytes_changed(-f64::from(self.bytes()));
+        metrics::ingress_body_bytes_changed(-f64::from(self.permit.num_permits() as u32));
     }
 }
 

@@ -6,7 +6,8 @@ use clap::Parser;
 use corral_shared::config::{AmqpSettings, LogSettings};
 
 /// Takes Drop Cowboy delivery-status webhooks and answers 200 only once
-/// RabbitMQ has durably confirmed them.
+/// RabbitMQ has durably confirmed them (or, where it cannot, PostgreSQL has
+/// committed them).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "corral-ingress", version, about, long_about = None)]
 pub struct IngressConfig {
@@ -86,6 +87,32 @@ pub struct IngressConfig {
     #[arg(long, env = "CORRAL_PUBLISH_BATCH_MAX_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(4096..=16 * 1024 * 1024))]
     pub publish_batch_max_bytes: u32,
+
+    /// PostgreSQL URL of the spool, ingress's fallback: a webhook RabbitMQ
+    /// cannot take in time is committed into `spooled_webhooks` instead and
+    /// answered 200; the worker drains it. Connect as a role that may only
+    /// INSERT there (a member of `corral_spool_writer`). Unset: no spool, and
+    /// every webhook the broker does not take gets 503.
+    #[arg(long, env = "CORRAL_SPOOL_DATABASE_URL", hide_env_values = true)]
+    pub spool_database_url: Option<String>,
+
+    /// PEM file of the CA certificate(s) for the spool's `sslmode=require`
+    /// (TLS, certificate and host name verified); without it the system's roots.
+    #[arg(long, env = "CORRAL_SPOOL_DATABASE_CA_FILE")]
+    pub spool_database_ca_file: Option<std::path::PathBuf>,
+
+    /// How long RabbitMQ has to confirm a webhook before it is also spooled,
+    /// in milliseconds (a refusal spools it at once). Below
+    /// CORRAL_PUBLISH_TIMEOUT_MS, which bounds both paths together.
+    #[arg(long, env = "CORRAL_SPOOL_AFTER_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_after_ms: u64,
+
+    /// Spool INSERTs in flight at once, each on its own connection; webhooks
+    /// waiting meanwhile go together in the next one.
+    #[arg(long, env = "CORRAL_SPOOL_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub spool_connections: u16,
 
     /// Confirm-mode channels publishes are spread over.
     #[arg(long, env = "CORRAL_AMQP_CHANNELS", default_value_t = 4,
@@ -169,6 +196,17 @@ pub enum ConfigError {
         /// Publish timeout in ms.
         publish: u64,
     },
+    /// The spool would start after the request's deadline.
+    #[error(
+        "CORRAL_SPOOL_AFTER_MS ({spool_after} ms) must be below CORRAL_PUBLISH_TIMEOUT_MS \
+         ({publish} ms), which bounds the broker and the spool together"
+    )]
+    SpoolAfterDeadline {
+        /// `CORRAL_SPOOL_AFTER_MS`.
+        spool_after: u64,
+        /// `CORRAL_PUBLISH_TIMEOUT_MS`.
+        publish: u64,
+    },
     /// A body of the largest accepted size could never be held.
     #[error(
         "CORRAL_MAX_IN_FLIGHT_BYTES ({budget}) must be at least CORRAL_MAX_BODY_BYTES \
@@ -203,6 +241,12 @@ impl IngressConfig {
                 publish: self.publish_timeout_ms,
             });
         }
+        if self.spool_database_url.is_some() && self.spool_after_ms >= self.publish_timeout_ms {
+            return Err(ConfigError::SpoolAfterDeadline {
+                spool_after: self.spool_after_ms,
+                publish: self.publish_timeout_ms,
+            });
+        }
         if u64::from(self.max_in_flight_bytes) < self.max_body_bytes {
             return Err(ConfigError::BudgetBelowBody {
                 budget: self.max_in_flight_bytes,
@@ -215,6 +259,11 @@ impl IngressConfig {
     /// The publish deadline.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// How long the broker has alone.
+    pub fn spool_after(&self) -> Duration {
+        Duration::from_millis(self.spool_after_ms)
     }
 
     /// The deadline for every request head.

@@ -1,6 +1,7 @@
 //! corral-ingress: takes Drop Cowboy delivery-status webhooks off the
 //! internet and answers `200 {"id": …}` only once RabbitMQ has durably
-//! confirmed each one.
+//! confirmed each one, or, where the broker cannot, PostgreSQL committed it
+//! into the spool.
 //!
 //! # Layout
 //!
@@ -14,7 +15,8 @@
 //!   with a count of the rest.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
 //!   and its RabbitMQ implementation: persistent, mandatory publishes with
-//!   confirms over a self-healing broker link, with bounded memory.
+//!   confirms over a self-healing broker link, with bounded memory; behind
+//!   it, the PostgreSQL spool.
 //! - [`Application`]: binds both listeners and runs until the shutdown token
 //!   is cancelled, then drains.
 
@@ -45,7 +47,9 @@ use crate::{
     budget::BodyBudget,
     buffer::{
         Buffer,
+        fallback::Fallback,
         rabbitmq::{self, RabbitMq},
+        spool::{self, Spool},
     },
     config::IngressConfig,
     refusal_log::RefusalLog,
@@ -59,7 +63,7 @@ pub struct Application {
     admin_port: u16,
     server: Server,
     admin: Server,
-    buffer: RabbitMq,
+    buffer: Fallback<RabbitMq>,
     supervisor: tokio::task::JoinHandle<()>,
     /// Writes the refusal summaries until the server has drained; the guard
     /// stops it also when the application is dropped without running.
@@ -112,6 +116,13 @@ impl Application {
             // server has drained: during the drain the link must still be
             // repaired if it fails, or every late webhook would get 503.
             CancellationToken::new(),
+        );
+        let spool = start_spool(&config, &health)?;
+        let buffer = Fallback::new(
+            buffer,
+            spool,
+            config.spool_after(),
+            config.publish_timeout(),
         );
         let state = WebhookState {
             tokens: Tokens::new(&tokens),
@@ -191,13 +202,55 @@ impl Application {
         let (summaries, stop_summaries) = summaries;
         drop(stop_summaries);
         let _ = summaries.await;
-        buffer.close(config.publish_timeout()).await;
+        buffer.primary().close(config.publish_timeout()).await;
+        if let Some(spool) = buffer.spool() {
+            spool.close(config.publish_timeout()).await;
+        }
         let _ = supervisor.await;
         admin_handle.stop(true).await;
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-ingress stopped");
         Ok(())
     }
+}
+
+/// The spool, when `CORRAL_SPOOL_DATABASE_URL` is set; connects lazily.
+fn start_spool(config: &IngressConfig, health: &Health) -> anyhow::Result<Option<Spool>> {
+    use corral_shared::postgres;
+    let Some(url) = &config.spool_database_url else {
+        tracing::warn!(
+            "NO SPOOL (CORRAL_SPOOL_DATABASE_URL is unset): every webhook RabbitMQ does not \
+             confirm gets 503, and Drop Cowboy documents no retry, so during a broker outage \
+             delivery statuses are lost. Set it to keep them in PostgreSQL instead."
+        );
+        return Ok(None);
+    };
+    let timeout = config.publish_timeout();
+    let mut target = postgres::Target::new(
+        url,
+        config.spool_database_ca_file.as_deref(),
+        timeout,
+        postgres::SPOOL,
+    )?;
+    // A 200 from the spool means committed: never weakened by a server or
+    // role default of `off` or `local`.
+    target.set("synchronous_commit", "on");
+    let connections = config.spool_connections;
+    let pool = postgres::pool(&target, u32::from(connections), "corral-ingress")?;
+    tracing::info!(
+        connections,
+        spool_after_ms = config.spool_after_ms,
+        tls = target.uses_tls(),
+        "spool enabled: webhooks RabbitMQ does not take go to PostgreSQL"
+    );
+    Ok(Some(Spool::start(
+        pool,
+        spool::Settings {
+            connections: usize::from(connections),
+            timeout,
+        },
+        health.clone(),
+    )))
 }
 
 /// Binds the public listener with the webhook routes; returns the server, the

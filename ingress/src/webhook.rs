@@ -1,5 +1,6 @@
 //! The webhook routes: authenticate, bound, check it is a JSON object,
-//! publish, and answer 200 only once RabbitMQ confirmed.
+//! keep, and answer 200 only once RabbitMQ confirmed it (or, when the broker
+//! could not, the PostgreSQL spool committed it).
 //!
 //! The checks run cheapest-first (token, media type, declared length, then
 //! the body) and nothing is published for a request that fails any of them.
@@ -29,7 +30,7 @@ use uuid::Uuid;
 use crate::{
     auth::Tokens,
     budget::BodyBudget,
-    buffer::{Buffer, Refusal, Webhook},
+    buffer::{Buffer, Kept, Refusal, Webhook},
     refusal_log::{Cause, RefusalLog},
 };
 
@@ -292,7 +293,7 @@ async fn accept<B: Buffer>(
         message_id,
         received_at,
     };
-    let confirm =
+    let kept =
         state
             .buffer
             .keep(webhook, lease)
@@ -302,8 +303,11 @@ async fn accept<B: Buffer>(
                 cause: Box::new(cause),
                 retry_after_secs: state.retry_after_secs,
             })?;
-    metrics::ingress_published(kind, confirm);
-    tracing::debug!(route = kind.as_str(), %message_id, bytes = length, "webhook accepted");
+    match kept {
+        Kept::Published(confirm) => metrics::ingress_published(kind, confirm),
+        Kept::Spooled(cause) => metrics::ingress_spooled(cause),
+    }
+    tracing::debug!(route = kind.as_str(), %message_id, bytes = length, ?kept, "webhook accepted");
     Ok(())
 }
 

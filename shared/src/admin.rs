@@ -110,6 +110,11 @@ impl Health {
         self.0.broker.load(Ordering::SeqCst)
     }
 
+    /// Whether the spool's last write or check succeeded.
+    pub fn spool(&self) -> bool {
+        self.0.spool.load(Ordering::SeqCst)
+    }
+
     /// Whether shutdown has begun.
     pub fn draining(&self) -> bool {
         self.0.draining.load(Ordering::SeqCst)

@@ -112,6 +112,16 @@ impl Target {
         self.tls.is_some()
     }
 
+    /// Adds a server setting every connection starts with (`-c name=value`).
+    pub fn set(&mut self, name: &str, value: &str) {
+        let setting = format!("-c {name}={value}");
+        let options = match self.config.get_options() {
+            Some(existing) => format!("{existing} {setting}"),
+            None => setting,
+        };
+        self.config.options(&options);
+    }
+
     /// The database's name.
     pub fn dbname(&self) -> Option<&str> {
         self.config.get_dbname()

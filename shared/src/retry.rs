@@ -44,6 +44,13 @@ where
     }
 }
 
+/// The policy's delays, one per failure in a row, for a loop that waits
+/// between failures itself (and starts over after a success).
+pub fn delays(max: Duration) -> impl Iterator<Item = Duration> + Send {
+    use backon::BackoffBuilder as _;
+    policy(max).build()
+}
+
 /// Waits the policy's first delay (100–200 ms), or less if `shutdown` is
 /// cancelled: the pause before reconnecting after a link that worked was
 /// lost, so a broker that drops every new connection at once is not hammered.

@@ -157,6 +157,14 @@ pub struct WorkerConfig {
     )]
     pub batch_linger_ms: u64,
 
+    /// How often an empty PostgreSQL spool (`spooled_webhooks`, where ingress
+    /// keeps webhooks RabbitMQ could not take) is looked at again, in
+    /// milliseconds; a non-empty one is drained without pause. Also how often
+    /// its depth and oldest age are measured (at least once a second).
+    #[arg(long, env = "CORRAL_SPOOL_POLL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    pub spool_poll_ms: u64,
+
     /// Longest pause between retries of a batch the database refused for a
     /// transient reason, in milliseconds (starts at 100 ms, doubles, jittered).
     #[arg(long, env = "CORRAL_DB_RETRY_MAX_MS", default_value_t = 5_000,

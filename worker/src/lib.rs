@@ -13,6 +13,8 @@
 //!   the seam — its RabbitMQ implementation, and unpacking a message into
 //!   its webhooks (envelope 1 or 2).
 //! - [`consume`]: batches off the source, acked only after commit; reconnects.
+//! - [`spool`]: draining the webhooks ingress spooled into PostgreSQL when
+//!   the broker could not take them, with or without the broker.
 //! - [`ops`]: the operator commands (dead letters, quarantine).
 //! - [`Application`]: admin listener, migrations, consumer, graceful drain.
 
@@ -21,6 +23,7 @@ pub mod consume;
 pub mod db;
 pub mod ops;
 pub mod source;
+pub mod spool;
 pub mod store;
 
 use std::time::Duration;
@@ -119,7 +122,16 @@ impl Application {
                 db_timeout: config.db_timeout(),
                 shutdown_timeout: config.shutdown_timeout(),
             };
-            consume::run(settings, pool.clone(), health.clone(), shutdown.clone()).await;
+            let drain = spool::DrainSettings {
+                batch_max: config.batch_max as usize,
+                poll: Duration::from_millis(config.spool_poll_ms),
+                timeout: config.db_timeout() * 3,
+                retry_max: Duration::from_millis(config.db_retry_max_ms),
+            };
+            tokio::join!(
+                consume::run(settings, pool.clone(), health.clone(), shutdown.clone()),
+                spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
+            );
             watchdog.abort();
         }
         health.start_draining();

@@ -1,23 +1,29 @@
 //! Where a webhook goes to be safe before it is answered.
 //!
 //! The webhook handler answers `200` only once [`Buffer::keep`] returned
-//! `Ok`: from then on the buffer holds the webhook durably, and the worker
-//! takes it from there. Whatever else happens is an error the handler answers
-//! with `503` and `Retry-After`, counted by its [`PublishFailure`] cause.
+//! `Ok`: from then on the webhook is held durably, and the worker takes it
+//! from there. Whatever else happens is an error the handler answers with
+//! `503` and `Retry-After`, counted by its [`PublishFailure`] cause.
 //!
-//! One implementation today, [`rabbitmq::RabbitMq`]: persistent, mandatory
-//! publishes into a quorum queue, confirmed by the broker, each carrying
-//! every webhook that arrived while the earlier ones awaited their confirms
-//! (group commit). The trait is only as
-//! wide as that one needs; a second buffer will shape it further.
+//! The buffer is [`rabbitmq::RabbitMq`]: persistent, mandatory publishes
+//! into a quorum queue, confirmed by the broker, each carrying every webhook
+//! that arrived while the earlier ones awaited their confirms (group commit).
+//! [`fallback::Fallback`] puts the [`spool::Spool`] behind it: a webhook the
+//! broker refuses, or does not confirm within `CORRAL_SPOOL_AFTER_MS`, is
+//! committed into PostgreSQL instead, and only one neither path took gets 503.
 
+pub mod fallback;
 pub mod rabbitmq;
+pub mod spool;
 
 use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use corral_shared::{envelope::Kind, telemetry::labels::PublishFailure};
+use corral_shared::{
+    envelope::Kind,
+    telemetry::labels::{PublishFailure, SpoolCause},
+};
 use uuid::Uuid;
 
 use crate::budget::Lease;
@@ -41,6 +47,22 @@ pub struct Webhook {
 pub trait Refusal: std::error::Error + Send + Sync + 'static {
     /// The `corral_ingress_publish_failures_total{cause}` label.
     fn failure(&self) -> PublishFailure;
+
+    /// Whether the spool should take the webhook instead, and the
+    /// `corral_ingress_spooled_total{cause}` label if so. `None` for a
+    /// refusal that would refuse the spool too (ingress is over its own
+    /// bounds), so must not bypass them.
+    fn spool_cause(&self) -> Option<SpoolCause>;
+}
+
+/// Where a webhook is now held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Confirmed by the broker, after this long
+    /// (`corral_ingress_publish_confirm_seconds`).
+    Published(Duration),
+    /// Committed in the PostgreSQL spool, because of `cause`.
+    Spooled(SpoolCause),
 }
 
 /// Durable storage a webhook is handed to before it is answered.
@@ -48,8 +70,7 @@ pub trait Buffer: Send + Sync + 'static {
     /// Why a webhook was not taken.
     type Error: Refusal;
 
-    /// Hands `webhook` over. `Ok` only once it is durably held, with how long
-    /// the buffer took to confirm it (for `corral_ingress_publish_confirm_seconds`).
+    /// Hands `webhook` over. `Ok` only once it is durably held, saying where.
     /// `lease` holds the body's bytes of `CORRAL_MAX_IN_FLIGHT_BYTES`: the
     /// buffer keeps it for as long as it (or its client library) may still
     /// hold a copy of the body, which can outlive the request.
@@ -57,5 +78,5 @@ pub trait Buffer: Send + Sync + 'static {
         &self,
         webhook: Webhook,
         lease: Lease,
-    ) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Kept, Self::Error>> + Send;
 }

@@ -130,6 +130,14 @@ impl<'a> Prepared<'a> {
         self.len == 0
     }
 
+    fn outcome(&self, stored: usize, quarantined: usize) -> BatchOutcome {
+        BatchOutcome {
+            stored,
+            duplicate: self.len - stored - quarantined,
+            quarantined,
+        }
+    }
+
     /// Adds a message to quarantine as it is, without typing it: one whose
     /// webhooks could not be unpacked. `error` is stored, `logged` (free of
     /// values from the body) is logged.
@@ -186,11 +194,22 @@ pub async fn write_batch(
     };
     let new_quarantined = store_quarantined(&tx, &quarantined).await?;
     crate::db::commit(tx, stored + new_quarantined > 0).await?;
-    Ok(BatchOutcome {
-        stored,
-        duplicate: batch.len - stored - new_quarantined,
-        quarantined: new_quarantined,
-    })
+    Ok(batch.outcome(stored, new_quarantined))
+}
+
+/// Writes one batch, typed by [`prepare_all`], into a transaction the caller
+/// holds and commits: for webhooks it claimed in that same transaction (the
+/// spool's rows), which a rollback would hand back. The webhook the database
+/// refuses is isolated under savepoints, as in [`write_batch`], without
+/// ever rolling the caller's transaction back.
+pub async fn write_within(
+    tx: &mut Transaction<'_>,
+    batch: &Prepared<'_>,
+) -> Result<BatchOutcome, tokio_postgres::Error> {
+    let mut quarantined = batch.refused.clone();
+    let stored = store_events(tx, &batch.events, &mut quarantined).await?;
+    let new_quarantined = store_quarantined(&*tx, &quarantined).await?;
+    Ok(batch.outcome(stored, new_quarantined))
 }
 
 /// Inserts `rows` under a savepoint; on a data error, splits them in halves

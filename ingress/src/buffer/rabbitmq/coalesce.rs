@@ -236,11 +236,13 @@ fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: Verdict) {
         }
     }
     if late > 0 {
-        tracing::warn!(
+        // Debug, not warn: with a spool, every slow message ends this way.
+        tracing::debug!(
             webhooks = late,
-            "RabbitMQ confirmed webhooks whose requests had stopped waiting (answered 503 \
-             at their deadline, or their client went away); they will be stored, and if the \
-             sender retries them, the worker stores each once"
+            "RabbitMQ confirmed webhooks whose requests had stopped waiting (answered \
+             already: 200 from the spool, or 503 at their deadline; or their client went \
+             away); they will be stored, and any other copy of them (spooled, or resent by \
+             the sender) is stored once"
         );
     }
 }

@@ -41,14 +41,17 @@ use corral_shared::{
     admin::Health,
     amqp::Topology,
     config::AmqpSettings,
-    telemetry::{labels::PublishFailure, metrics},
+    telemetry::{
+        labels::{PublishFailure, SpoolCause},
+        metrics,
+    },
 };
 use lapin::types::ShortString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::link::Link;
-use super::{Buffer, Refusal, Webhook};
+use super::{Buffer, Kept, Refusal, Webhook};
 use crate::budget::Lease;
 
 /// Why a webhook could not be handed to the broker. Cloned to every
@@ -92,6 +95,21 @@ impl Refusal for PublishError {
             PublishError::ChannelClosed(_) => PublishFailure::ChannelClosed,
             PublishError::Timeout(_) => PublishFailure::Timeout,
             PublishError::ShuttingDown => PublishFailure::ShuttingDown,
+        }
+    }
+
+    fn spool_cause(&self) -> Option<SpoolCause> {
+        match self {
+            PublishError::Unavailable => Some(SpoolCause::Unavailable),
+            PublishError::Blocked(_) => Some(SpoolCause::Blocked),
+            // Ingress's own bound on webhooks in flight: spooling them
+            // would hold their bodies past it.
+            PublishError::Overloaded => None,
+            PublishError::Nacked => Some(SpoolCause::Nack),
+            PublishError::Unroutable(_) => Some(SpoolCause::Unroutable),
+            PublishError::ChannelClosed(_) => Some(SpoolCause::ChannelClosed),
+            PublishError::Timeout(_) => Some(SpoolCause::Slow),
+            PublishError::ShuttingDown => Some(SpoolCause::ShuttingDown),
         }
     }
 }
@@ -161,8 +179,8 @@ impl Buffer for RabbitMq {
         &self,
         webhook: Webhook,
         lease: Lease,
-    ) -> impl Future<Output = Result<Duration, PublishError>> + Send {
-        self.publish(webhook, lease)
+    ) -> impl Future<Output = Result<Kept, PublishError>> + Send {
+        async move { self.publish(webhook, lease).await.map(Kept::Published) }
     }
 }
 

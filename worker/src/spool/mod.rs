@@ -1,0 +1,198 @@
+//! Draining the PostgreSQL spool: webhooks ingress committed into
+//! `spooled_webhooks` because RabbitMQ could not take them.
+//!
+//! Each round, in one transaction: claim up to `CORRAL_BATCH_MAX` of the
+//! oldest rows no other worker holds (`DELETE … FOR UPDATE SKIP LOCKED …
+//! RETURNING`), store them exactly as queued webhooks are stored (typed,
+//! deduplicated by fingerprint, or quarantined), and commit. The rows leave
+//! the spool in the transaction that stores them, so a crash or a failed
+//! write gives them back whole, and several workers drain side by side
+//! without taking the same row twice. A webhook that was spooled and also
+//! published (its confirm came late) is the same fingerprint either way:
+//! whichever copy commits second counts as a duplicate.
+//!
+//! This runs beside the queue consumer and needs no broker: while RabbitMQ is
+//! down, spooled webhooks still land.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use corral_shared::{
+    admin::Health,
+    envelope::{Envelope, Kind},
+    error_chain, retry,
+    telemetry::{
+        labels::{DbErrorKind, MessageOutcome},
+        metrics,
+    },
+};
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::{self, BatchOutcome, Incoming};
+
+const CLAIM: &str = include_str!("claim.sql");
+const MEASURE: &str = "SELECT count(*), \
+                       COALESCE(EXTRACT(EPOCH FROM now() - min(spooled_at))::float8, 0) \
+                       FROM spooled_webhooks";
+
+/// How the worker drains the spool.
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    /// Webhooks per transaction at most.
+    pub batch_max: usize,
+    /// How often an empty spool is looked at again.
+    pub poll: Duration,
+    /// Deadline of one round.
+    pub timeout: Duration,
+    /// Cap of the backoff after a failed round.
+    pub retry_max: Duration,
+}
+
+/// Drains the spool until `shutdown` (finishing the round in progress), and
+/// keeps `corral_worker_spool_depth` / `_oldest_seconds` current.
+pub async fn drain(
+    settings: DrainSettings,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    tokio::join!(
+        take_rounds(&settings, &pool, &health, &shutdown),
+        measure(&settings, &pool, &shutdown),
+    );
+}
+
+async fn take_rounds(
+    settings: &DrainSettings,
+    pool: &Pool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) {
+    let mut delays = retry::delays(settings.retry_max);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let wait = match tokio::time::timeout(settings.timeout, round(settings, pool)).await {
+            Ok(Ok(taken)) => {
+                delays = retry::delays(settings.retry_max);
+                health.set_database(true);
+                // A full round: more are probably waiting.
+                if taken >= settings.batch_max {
+                    continue;
+                }
+                settings.poll
+            }
+            outcome => {
+                health.set_database(false);
+                metrics::worker_db_error(DbErrorKind::Transient);
+                let error = match outcome {
+                    Ok(Err(err)) => error_chain(&err),
+                    _ => format!("no answer within {:?}", settings.timeout),
+                };
+                tracing::warn!(
+                    error,
+                    "could not drain the spool; retrying (its rows stay there)"
+                );
+                delays.next().unwrap_or(settings.retry_max)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Why a round did not commit.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// No pooled connection.
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement or the COMMIT failed.
+    #[error("the spool round failed: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// One transaction: claim, store, commit. Returns how many rows it took.
+async fn round(settings: &DrainSettings, pool: &Pool) -> Result<usize, RoundError> {
+    let mut client = pool.get().await?;
+    let mut tx = client.transaction().await?;
+    let limit = i64::try_from(settings.batch_max).unwrap_or(i64::MAX);
+    let rows = tx.query(CLAIM, &[&limit]).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let incoming: Vec<Incoming> = rows
+        .iter()
+        .map(|row| {
+            let kind: &str = row.get("kind");
+            let message_id: Uuid = row.get("message_id");
+            let received_at: DateTime<Utc> = row.get("received_at");
+            Incoming {
+                body: row.get("body"),
+                // The table's CHECK allows only these two.
+                routing_key: match kind {
+                    "rvm" => Kind::Rvm,
+                    _ => Kind::Sms,
+                }
+                .routing_key()
+                .to_owned(),
+                envelope: Envelope {
+                    message_id: Some(message_id),
+                    received_at: Some(received_at),
+                },
+            }
+        })
+        .collect();
+    let prepared = store::prepare_all(&incoming);
+    let outcome = store::write_within(&mut tx, &prepared).await?;
+    // The claim deleted rows, so this COMMIT waits for synchronous standbys
+    // like any other write.
+    crate::db::commit(tx, true).await?;
+    record(&incoming, outcome, started.elapsed());
+    Ok(incoming.len())
+}
+
+fn record(incoming: &[Incoming], outcome: BatchOutcome, write: Duration) {
+    let committed_at = Utc::now();
+    metrics::worker_spool_drained(incoming.len());
+    metrics::worker_batch(incoming.len(), write);
+    metrics::worker_messages(MessageOutcome::Stored, outcome.stored);
+    metrics::worker_messages(MessageOutcome::Duplicate, outcome.duplicate);
+    metrics::worker_messages(MessageOutcome::Quarantined, outcome.quarantined);
+    for received_at in incoming.iter().filter_map(|m| m.envelope.received_at) {
+        let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::worker_end_to_end(seconds.max(0.0));
+    }
+    tracing::debug!(
+        webhooks = incoming.len(),
+        ?outcome,
+        "spooled webhooks stored"
+    );
+}
+
+/// Reads the spool's depth and oldest age every poll.
+async fn measure(settings: &DrainSettings, pool: &Pool, shutdown: &CancellationToken) {
+    let mut tick = tokio::time::interval(settings.poll.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let read = async {
+            let client = pool.get().await.ok()?;
+            client.query_one(MEASURE, &[]).await.ok()
+        };
+        if let Ok(Some(row)) = tokio::time::timeout(settings.timeout, read).await {
+            let depth: i64 = row.get(0);
+            let oldest: f64 = row.get(1);
+            metrics::worker_spool(u64::try_from(depth).unwrap_or(0), oldest.max(0.0));
+        }
+    }
+}
