@@ -226,7 +226,7 @@ fn start_spool(config: &IngressConfig, health: &Health) -> anyhow::Result<Option
         return Ok(None);
     };
     let timeout = config.publish_timeout();
-    let mut target = postgres::Target::new(
+    let mut target = postgres::Target::named(
         url,
         config.spool_database_ca_file.as_deref(),
         timeout,

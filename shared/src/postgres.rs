@@ -79,6 +79,15 @@ impl Target {
         database_url: &str,
         ca_file: Option<&Path>,
         timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::named(database_url, ca_file, timeout, DATABASE)
+    }
+
+    /// As [`Target::new`], for settings named `names` (in errors).
+    pub fn named(
+        database_url: &str,
+        ca_file: Option<&Path>,
+        timeout: Duration,
         names: Names,
     ) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = database_url

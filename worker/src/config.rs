@@ -256,7 +256,6 @@ impl WorkerConfig {
             &self.database_url,
             self.database_ca_file.as_deref(),
             self.db_timeout(),
-            corral_shared::postgres::DATABASE,
         )
     }
 

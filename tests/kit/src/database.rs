@@ -40,6 +40,23 @@ impl TestDatabase {
         db
     }
 
+    /// A login role of this test's own that may do what ingress's spool role
+    /// may (a member of `corral_spool_writer`, created by the migrations, so
+    /// the database must be migrated first), and the URL ingress spools to
+    /// with it. Dropping it drops the role.
+    pub async fn spool_writer(&self) -> SpoolWriter {
+        let role = format!("{}_spool", self.name);
+        connect(SERVER_URL)
+            .await
+            .batch_execute(&format!(
+                "CREATE ROLE \"{role}\" LOGIN IN ROLE corral_spool_writer"
+            ))
+            .await
+            .expect("creating the test's spool role (is the database migrated?)");
+        let url = format!("postgres://{role}@127.0.0.1:5432/{}", self.name);
+        SpoolWriter { role, url }
+    }
+
     /// A client on this database.
     pub async fn client(&self) -> Client {
         connect(&self.url).await
@@ -57,6 +74,35 @@ pub async fn connect(url: &str) -> Client {
         let _ = connection.await;
     });
     client
+}
+
+/// A login role for ingress's spool, of one test's own.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    /// The role's name.
+    pub role: String,
+    /// `CORRAL_SPOOL_DATABASE_URL` for it.
+    pub url: String,
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        let role = self.role.clone();
+        crate::block_on_cleanup(async move {
+            let admin = connect(SERVER_URL).await;
+            // Its sessions first: a role still logged in cannot be dropped
+            // cleanly by a later test run.
+            let _ = admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                    &[&role],
+                )
+                .await;
+            let _ = admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                .await;
+        });
+    }
 }
 
 impl Drop for TestDatabase {

@@ -47,13 +47,9 @@ async fn refuses_a_database_whose_certificate_does_not_verify() {
     let timeout = Duration::from_secs(5);
 
     for ca_file in [Some(trusted.pem_file()), None] {
-        let target = corral_worker::db::Target::new(
-            &front.postgres_url(&db.name),
-            ca_file,
-            timeout,
-            corral_shared::postgres::DATABASE,
-        )
-        .expect("a valid target");
+        let target =
+            corral_worker::db::Target::new(&front.postgres_url(&db.name), ca_file, timeout)
+                .expect("a valid target");
         let err = corral_worker::db::migrate(&target)
             .await
             .expect_err("an unverifiable server must be refused");
