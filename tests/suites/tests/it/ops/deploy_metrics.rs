@@ -11,7 +11,9 @@ use corral_testkit::{
     broker::TestBroker,
     config,
     database::TestDatabase,
-    fixtures, wait,
+    fixtures,
+    process::free_port,
+    wait,
 };
 
 use super::helpers::*;
@@ -153,27 +155,37 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
         );
     }
 
-    // Both binaries, one webhook all the way through, so that every histogram
-    // has a sample and is exported.
+    // Both binaries, one webhook all the way through the queue and one
+    // through the spool, so that every histogram has a sample and is exported.
     let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let db = TestDatabase::migrated().await;
+    let spool = db.spool_writer().await;
     let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
+    // No broker where this one looks: its webhook takes the spool.
+    let mut spooling = config::ingress(broker.prefix(), TOKEN);
+    spooling.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    spooling.spool_database_url = Some(spool.url.clone());
+    let spooling = RunningIngress::start(spooling).await;
     let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
     assert_eq!(
         ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),
         200
     );
-    wait::until_true("the webhook to be stored", WAIT, || async {
-        worker
-            .metrics()
-            .await
-            .get(r#"corral_worker_messages_total{outcome="stored"}"#)
-            >= 1.0
+    assert_eq!(
+        spooling.post("sms", fixtures::SMS_FAILURE).await.status(),
+        200
+    );
+    wait::until_true("both webhooks to be stored", WAIT, || async {
+        let metrics = worker.metrics().await;
+        metrics.get(r#"corral_worker_messages_total{outcome="stored"}"#) >= 2.0
+            && metrics.get("corral_worker_spool_drained_total") >= 1.0
     })
     .await;
     let mut exported = ingress.metrics().await.names();
+    exported.extend(spooling.metrics().await.names());
     exported.extend(worker.metrics().await.names());
     worker.stop().await.unwrap();
+    spooling.stop().await.unwrap();
     ingress.stop().await.unwrap();
 
     let target_labels = [
