@@ -606,7 +606,10 @@ def grafana() -> None:
         exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
         for needed in ("corral_ingress_requests_total", "corral_ingress_rejected_total", "corral_ingress_publish_failures_total",
                        "rabbitmq_detailed_queue_messages_ready", "corral_worker_messages_total", "corral_worker_batch_size",
-                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected"):
+                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected",
+                       # The spool: what goes in and why, what fails, what waits, how it batches.
+                       "corral_ingress_spooled_total", "corral_ingress_spool_failures_total", "corral_worker_spool_depth",
+                       "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected"):
             check(needed in exprs, f"{path.name}: shows {needed}")
 
 
