@@ -16,7 +16,9 @@
 #      replicas on autoscaled Deployments, disruption budgets (RabbitMQ's too,
 #      unhealthy pods always evictable), synchronous replication required,
 #      backups configured (WAL archived to an ObjectStore, base backups
-#      scheduled), CloudNativePG's metrics scraped by a labelled PodMonitor.
+#      scheduled), CloudNativePG's metrics scraped by a labelled PodMonitor,
+#      the spool (each binary its own Secret, never the worker's in
+#      ingress; the spool's managed roles; PostgreSQL accepts ingress).
 #   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a

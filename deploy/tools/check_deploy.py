@@ -6,6 +6,7 @@ and no cluster; run by deploy/check.sh after the schema validators.
 Each check prints one line; any failure makes the exit status 1.
 """
 
+import base64
 import json
 import pathlib
 import re
@@ -222,21 +223,183 @@ def kubernetes(rendered: pathlib.Path) -> None:
 
     backups(by_kind)
 
-    app_secrets = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"].startswith("corral-secrets")]
-    for secret in app_secrets:
-        keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
-        check(
-            keys == {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
-            "the Secret holds the tokens and both URLs, nothing else",
-            str(sorted(keys)),
-        )
+    # Each binary's Secret holds what that binary needs and nothing more.
+    expected_keys = {
+        "corral-ingress-secrets": {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_SPOOL_DATABASE_URL"},
+        "corral-worker-secrets": {"CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
+    }
+    for secret in by_kind.get("Secret", []):
+        for base_name, expected in expected_keys.items():
+            if generated_from(secret["metadata"]["name"], base_name):
+                keys = secret_keys(secret)
+                check(keys == expected, f"Secret {base_name} holds {sorted(expected)}, nothing else", str(sorted(keys)))
     configmaps = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"].startswith("corral-") and "data" in c]
     for cm in configmaps:
         for key in cm["data"]:
             check(
-                key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
+                key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL", "CORRAL_SPOOL_DATABASE_URL"},
                 f"ConfigMap {cm['metadata']['name']}: no secret in it ({key})",
             )
+
+    spool(by_kind, deployments, ingress_env)
+
+
+def generated_from(name: str, base: str) -> bool:
+    """`name` is `base`, or `base` with kustomize's generated hash suffix."""
+    return name == base or re.fullmatch(re.escape(base) + r"-[a-z0-9]{10}", name) is not None
+
+
+def secret_keys(secret: dict) -> set[str]:
+    return set(secret.get("data", {}) or {}) | set(secret.get("stringData", {}) or {})
+
+
+def secret_value(secret: dict, key: str) -> str | None:
+    if key in (secret.get("stringData") or {}):
+        return secret["stringData"][key]
+    encoded = (secret.get("data") or {}).get(key)
+    return base64.b64decode(encoded).decode() if encoded is not None else None
+
+
+def env_secrets(pod: dict) -> set[str]:
+    """The Secrets any container of a pod takes environment variables from."""
+    names = set()
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return names
+
+
+def admits(policy: dict, pod_labels: dict[str, str], port: int | str) -> bool:
+    """Whether an ingress rule of a NetworkPolicy admits pods of the policy's
+    own namespace with these labels on this port (a rule without `ports`
+    admits every port)."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(p.get("port") == port for p in ports):
+            continue
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer or "ipBlock" in peer:
+                continue
+            wanted = peer.get("podSelector", {}).get("matchLabels", {})
+            if wanted.items() <= pod_labels.items():
+                return True
+    return False
+
+
+def spool(by_kind: dict[str, list[dict]], deployments: dict[str, dict], ingress_env: dict[str, str]) -> None:
+    """Ingress writes the PostgreSQL spool as its own role, which may only
+    INSERT into spooled_webhooks: it must never be given the worker's
+    database user, which owns every table."""
+    ingress = deployments.get("corral-ingress")
+    worker = deployments.get("corral-worker")
+    if not ingress or not worker:
+        return
+    ingress_pod, worker_pod = ingress["spec"]["template"]["spec"], worker["spec"]["template"]["spec"]
+    ingress_secrets, worker_secrets = env_secrets(ingress_pod), env_secrets(worker_pod)
+    check(
+        bool(ingress_secrets) and not ingress_secrets & worker_secrets,
+        "corral-ingress: its env Secrets are its own, none of the worker's",
+        f"ingress {sorted(ingress_secrets)}, worker {sorted(worker_secrets)}",
+    )
+    secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+    # CloudNativePG's own Secrets (corral-db-app, -superuser) are never an
+    # env source of ingress either.
+    check(
+        not any(name.startswith("corral-db") for name in ingress_secrets),
+        "corral-ingress: no CloudNativePG user Secret in its env",
+        str(sorted(ingress_secrets)),
+    )
+    ingress_keys = {v["name"] for c in ingress_pod["containers"] for v in c.get("env", [])}
+    missing = sorted(ingress_secrets - set(secrets))
+    for name in ingress_secrets & set(secrets):
+        ingress_keys |= secret_keys(secrets[name])
+        check(
+            "CORRAL_DATABASE_URL" not in secret_keys(secrets[name]),
+            f"corral-ingress: its Secret {name} holds no CORRAL_DATABASE_URL",
+        )
+    if missing:
+        print(f"  note  Secrets {missing} come from an overlay: CORRAL_SPOOL_DATABASE_URL checked there")
+    else:
+        check("CORRAL_SPOOL_DATABASE_URL" in ingress_keys, "corral-ingress has CORRAL_SPOOL_DATABASE_URL", str(sorted(ingress_keys)))
+
+    # The spool's TLS: the CA file the setting names is mounted.
+    ca_file = ingress_env.get("CORRAL_SPOOL_DATABASE_CA_FILE", "")
+    mounts = {m["mountPath"].rstrip("/") for m in ingress_pod["containers"][0].get("volumeMounts", [])}
+    check(
+        bool(ca_file) and str(pathlib.PurePosixPath(ca_file).parent) in mounts,
+        f"corral-ingress: CORRAL_SPOOL_DATABASE_CA_FILE ({ca_file}) is on a mounted volume",
+        str(sorted(mounts)),
+    )
+    check("CORRAL_SPOOL_AFTER_MS" in ingress_env, "ingress.env: CORRAL_SPOOL_AFTER_MS set")
+
+    # The roles, declared as CloudNativePG managed roles.
+    for cluster in by_kind.get("Cluster", []):
+        roles = {r["name"]: r for r in cluster["spec"].get("managed", {}).get("roles", [])}
+        writer, login = roles.get("corral_spool_writer", {}), roles.get("corral_ingress", {})
+        check(
+            writer.get("login") is False and writer.get("ensure", "present") == "present",
+            "CloudNativePG: managed role corral_spool_writer, NOLOGIN",
+            json.dumps(writer),
+        )
+        check(
+            login.get("login") is True
+            and "corral_spool_writer" in login.get("inRoles", [])
+            and login.get("inherit", True) is True
+            and not any(login.get(k) for k in ("superuser", "createdb", "createrole", "replication", "bypassrls"))
+            and bool(login.get("passwordSecret", {}).get("name")),
+            "CloudNativePG: managed role corral_ingress, LOGIN, member of corral_spool_writer, no other privilege, password from a Secret",
+            json.dumps(login),
+        )
+        password = secrets.get(login.get("passwordSecret", {}).get("name", ""))
+        if password is not None:
+            username = secret_value(password, "username")
+            check(
+                password.get("type") == "kubernetes.io/basic-auth" and username == "corral_ingress",
+                "the password Secret of corral_ingress is basic-auth with username corral_ingress",
+                f"type {password.get('type')}, username {username!r}",
+            )
+        # The spool URL logs in as that role, on the read-write service, with TLS.
+        for name in ingress_secrets & set(secrets):
+            value = secret_value(secrets[name], "CORRAL_SPOOL_DATABASE_URL")
+            if value:
+                url = urllib.parse.urlsplit(value)
+                query = urllib.parse.parse_qs(url.query)
+                check(
+                    url.username == "corral_ingress"
+                    and (url.hostname or "").split(".")[0] == f"{cluster['metadata']['name']}-rw"
+                    and query.get("sslmode") == ["require"],
+                    "CORRAL_SPOOL_DATABASE_URL: role corral_ingress, the read-write service, sslmode=require",
+                    f"user {url.username}, host {url.hostname}, query {url.query}",
+                )
+
+        # PostgreSQL accepts ingress and the worker on 5432, whatever
+        # NetworkPolicies select its pods.
+        db_labels = {"cnpg.io/cluster": cluster["metadata"]["name"]}
+        policies = [
+            p for p in by_kind.get("NetworkPolicy", [])
+            if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            and p["spec"]["podSelector"].get("matchLabels", {}).items() <= db_labels.items()
+        ]
+        for name, deployment in (("corral-ingress", ingress), ("corral-worker", worker)):
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            check(
+                not policies or any(admits(p, labels, 5432) for p in policies),
+                f"NetworkPolicy: PostgreSQL ({cluster['metadata']['name']}) accepts {name} pods on 5432",
+                str([p["metadata"]["name"] for p in policies]),
+            )
+    # And nothing stops ingress pods from reaching it.
+    ingress_labels = ingress["spec"]["template"]["metadata"]["labels"]
+    egress = [
+        p["metadata"]["name"] for p in by_kind.get("NetworkPolicy", [])
+        if "Egress" in p["spec"].get("policyTypes", [])
+        and p["spec"]["podSelector"].get("matchLabels", {}).items() <= ingress_labels.items()
+    ]
+    check(not egress, "NetworkPolicy: corral-ingress's egress is not restricted (it reaches PostgreSQL)", str(egress))
 
 
 BARMAN_CLOUD = "barman-cloud.cloudnative-pg.io"
@@ -443,7 +606,10 @@ def grafana() -> None:
         exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
         for needed in ("corral_ingress_requests_total", "corral_ingress_rejected_total", "corral_ingress_publish_failures_total",
                        "rabbitmq_detailed_queue_messages_ready", "corral_worker_messages_total", "corral_worker_batch_size",
-                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected"):
+                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected",
+                       # The spool: what goes in and why, what fails, what waits, how it batches.
+                       "corral_ingress_spooled_total", "corral_ingress_spool_failures_total", "corral_worker_spool_depth",
+                       "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected"):
             check(needed in exprs, f"{path.name}: shows {needed}")
 
 
