@@ -41,7 +41,7 @@ pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// One INSERT for every row of a round: arrays in, rows out, no statement
 /// text growing with the round. Only INSERT is needed: no table is read.
-const INSERT: &str = "INSERT INTO spooled_webhooks (message_id, kind, body, received_at) \
+pub const INSERT: &str = "INSERT INTO spooled_webhooks (message_id, kind, body, received_at) \
                       SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])";
 
 /// How often the spool's reachability is checked while no webhook is spooled,

@@ -102,6 +102,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Only ingress through the PostgreSQL spool, its broker gone, against
+    /// the bare spool INSERT; prints each run as JSON.
+    Spool {
+        /// Closed-loop connections; repeat for several.
+        #[arg(long = "connections", default_values_t = [64, 256])]
+        connections: Vec<usize>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
@@ -168,6 +178,19 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let run = bench::worker_alone_with(messages, batch.map(|n| n as usize), &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
+        }
+        Command::Spool {
+            connections,
+            seconds,
+        } => {
+            let plan = bench::Plan {
+                seconds,
+                spool_connections: connections,
+                ..bench::Plan::quick()
+            };
+            for run in bench::spool_runs(&plan).await? {
+                eprintln!("{}", serde_json::to_string(&run)?);
+            }
         }
         Command::Latency { rates, seconds } => {
             for rate in rates {

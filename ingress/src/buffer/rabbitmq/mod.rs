@@ -175,12 +175,8 @@ impl Inner {
 impl Buffer for RabbitMq {
     type Error = PublishError;
 
-    fn keep(
-        &self,
-        webhook: Webhook,
-        lease: Lease,
-    ) -> impl Future<Output = Result<Kept, PublishError>> + Send {
-        async move { self.publish(webhook, lease).await.map(Kept::Published) }
+    async fn keep(&self, webhook: Webhook, lease: Lease) -> Result<Kept, PublishError> {
+        self.publish(webhook, lease).await.map(Kept::Published)
     }
 }
 

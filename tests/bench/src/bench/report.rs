@@ -94,6 +94,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     worker_table(&mut out, results);
     pipeline_table(&mut out, results);
     latency_table(&mut out, results);
+    spool_table(&mut out, results);
     out.push_str(previous_notes);
     out
 }
@@ -289,6 +290,22 @@ fn targets(out: &mut String, results: &Results) {
             "MiB",
         ));
     }
+    for run in &results.spool {
+        let c = run.connections;
+        rows.push(Target {
+            what: format!(
+                "spool path (broker gone), {c} connections ÷ bare spool INSERT of {}-row statements, 1 connection; 0 lost",
+                run.probe_batch
+            ),
+            needed: "≥ 0.7×, 0 lost".to_owned(),
+            measured: format!(
+                "{:.2}×, {} lost",
+                run.accepted_per_sec / run.probe_per_sec,
+                run.lost
+            ),
+            met: Some(run.accepted_per_sec >= 0.7 * run.probe_per_sec && run.lost == 0),
+        });
+    }
     let _ = writeln!(
         out,
         "## Targets
@@ -403,6 +420,47 @@ fn wide_table(out: &mut String, results: &Results) {
             r.peak_rss_mib,
             r.cpu_percent,
             r.generator_cpu_percent
+        );
+    }
+}
+
+/// Ingress through the spool alone, against the bare spool INSERT.
+fn spool_table(out: &mut String, results: &Results) {
+    if results.spool.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Spool path: the broker gone\n");
+    let _ = writeln!(
+        out,
+        "Ingress alone whose broker is unreachable (its AMQP URL names a port nobody listens on) and whose spool is \
+         the local PostgreSQL: every webhook is refused by the broker at once and committed into `spooled_webhooks` \
+         (group commit over `CORRAL_SPOOL_CONNECTIONS`, default 4), under the same closed loop as ingress alone. \
+         Rows per INSERT is `corral_ingress_spool_batch_size` sum ÷ count. The probe is the same INSERT statement \
+         with the same rows, `synchronous_commit` on, one statement after another on one connection, in statements \
+         of the run's mean round size rounded up to a power of two. Afterwards a worker drains the spool and the \
+         verifier checks every 200 is exactly one row.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| connections | accepted/s | not accepted | rows per INSERT | p50 ms | p99 ms | CPU % | bare INSERT/s (rows per statement) | ÷ probe | lost | duplicated | verified |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for r in &results.spool {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.2}× | {} | {} | {} |",
+            r.connections,
+            r.accepted_per_sec,
+            r.not_accepted,
+            per_message(r.rows_per_insert),
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_percent,
+            r.probe_per_sec,
+            r.probe_batch,
+            r.accepted_per_sec / r.probe_per_sec,
+            r.lost,
+            r.duplicated,
+            if r.verified { "yes" } else { "no" }
         );
     }
 }

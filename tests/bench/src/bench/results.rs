@@ -47,6 +47,10 @@ pub struct Plan {
     pub pipeline_seconds: u64,
     /// Rows of the insert probe.
     pub insert_rows: usize,
+    /// Connections for the spool runs (ingress with no broker, every webhook
+    /// spooled). Absent in results written before the spool.
+    #[serde(default)]
+    pub spool_connections: Vec<usize>,
 }
 
 impl Plan {
@@ -62,6 +66,7 @@ impl Plan {
             prefill_batch: None,
             pipeline_seconds: 20,
             insert_rows: 200_000,
+            spool_connections: vec![64, 256],
         }
     }
 
@@ -77,6 +82,7 @@ impl Plan {
             prefill_batch: None,
             pipeline_seconds: 8,
             insert_rows: 100_000,
+            spool_connections: vec![64],
         }
     }
 }
@@ -208,6 +214,38 @@ pub struct PipelineRun {
     pub webhooks_per_message: Option<f64>,
 }
 
+/// Ingress with its broker gone: every webhook through the PostgreSQL spool.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SpoolRun {
+    /// Closed-loop connections.
+    pub connections: usize,
+    /// Webhooks answered 200 (all spooled) per second, measured.
+    pub accepted_per_sec: f64,
+    /// Answers other than 2xx, and requests without an answer.
+    pub not_accepted: u64,
+    /// Answer latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Webhooks per spool INSERT over the run.
+    pub rows_per_insert: Option<f64>,
+    /// Ingress's CPU over the run, percent of one core.
+    pub cpu_percent: f64,
+    /// The bare spool INSERT probe this run compares with (rows/s, one
+    /// connection, statements of the run's mean round size rounded up to a
+    /// power of two).
+    pub probe_per_sec: f64,
+    /// The probe's rows per statement.
+    pub probe_batch: usize,
+    /// What the verifier found once a worker drained the spool: lost,
+    /// duplicated, and whether everything else was right.
+    pub lost: u64,
+    /// Duplicated.
+    pub duplicated: u64,
+    /// The verifier found nothing wrong and the spool was drained.
+    pub verified: bool,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
@@ -232,6 +270,9 @@ pub struct Results {
     /// The layers under the pipeline's answer latency, at the same rates.
     #[serde(default)]
     pub latency: Vec<LatencyRun>,
+    /// Ingress through the spool alone, its broker gone.
+    #[serde(default)]
+    pub spool: Vec<SpoolRun>,
     /// The run these results replaced, for the targets stated against
     /// "before"; `None` when there was none to read.
     #[serde(default)]
@@ -305,6 +346,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     let publish64 = ceiling_of(&probes, Ceiling::Publish64);
     let pipeline = pipeline_runs(&plan, max, publish64).await?;
     let latency = latency_runs(&plan, max).await?;
+    let spool = spool_runs(&plan).await?;
     Ok(Results {
         machine,
         plan,
@@ -315,8 +357,27 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         worker,
         pipeline,
         latency,
+        spool,
         baseline,
     })
+}
+
+/// Ingress with no broker at each planned connection count.
+pub async fn spool_runs(plan: &Plan) -> anyhow::Result<Vec<SpoolRun>> {
+    let mut runs = Vec::new();
+    for &connections in &plan.spool_connections {
+        let run = spool_path(connections, Duration::from_secs(plan.seconds)).await?;
+        eprintln!(
+            "bench: spool path, {connections} connections: {:.0}/s ({:.2}x the bare INSERT probe of {} rows), lost {}, duplicated {}",
+            run.accepted_per_sec,
+            run.accepted_per_sec / run.probe_per_sec,
+            run.probe_batch,
+            run.lost,
+            run.duplicated
+        );
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 /// The publish and insert probes: this machine's ceilings.

@@ -10,7 +10,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
 use corral_shared::{
     envelope::{self, Kind, batch},
-    telemetry::metrics::INGRESS_PUBLISH_BATCH_SIZE,
+    telemetry::metrics::{INGRESS_PUBLISH_BATCH_SIZE, INGRESS_SPOOL_BATCH_SIZE},
 };
 use corral_testkit::{
     broker, config, database, fixtures,
@@ -244,13 +244,14 @@ impl Measured {
 /// Ingress's publish batch-size histogram now: (webhooks, messages) so far,
 /// or `None` when ingress does not export it.
 async fn publish_batches(ingress: &Process) -> Option<(f64, f64)> {
-    let metrics = ingress.metrics().await;
-    let series = |suffix: &str| {
-        metrics
-            .0
-            .get(&format!("{INGRESS_PUBLISH_BATCH_SIZE}_{suffix}"))
-            .copied()
-    };
+    histogram_now(ingress, INGRESS_PUBLISH_BATCH_SIZE).await
+}
+
+/// A histogram of `process` now: (sum, count), or `None` before its first
+/// observation.
+async fn histogram_now(process: &Process, name: &str) -> Option<(f64, f64)> {
+    let metrics = process.metrics().await;
+    let series = |suffix: &str| metrics.0.get(&format!("{name}_{suffix}")).copied();
     Some((series("sum")?, series("count")?))
 }
 
@@ -497,6 +498,69 @@ pub(super) async fn pipeline(
         worker_peak_rss_mib: worker_peak,
         of_publish_probe: None,
         webhooks_per_message: webhooks_per_message(before, after),
+    })
+}
+
+/// Ingress whose broker is gone (its AMQP URL names a port nobody listens
+/// on), so every webhook takes the spool, under a closed loop of
+/// `connections`; then a worker drains the spool and the verifier checks
+/// every 200 is exactly one row. Compared with the bare spool INSERT on one
+/// connection at the round size the run reached.
+pub(super) async fn spool_path(connections: usize, duration: Duration) -> anyhow::Result<SpoolRun> {
+    let prefix = unique_name("bench");
+    let db = probes::migrated_database().await?;
+    let writer = db.spool_writer().await;
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", process::free_port());
+    let mut ingress = Process::start_ready(
+        ProcessConfig::ingress(&prefix, TOKEN)
+            .env("CORRAL_LOG", "warn")
+            .env("CORRAL_AMQP_URL", nowhere)
+            .env("CORRAL_SPOOL_DATABASE_URL", writer.url.clone()),
+    )
+    .await;
+    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
+    config.load = Load::Closed { connections };
+    config.duration = Some(duration);
+    config.warmup = Duration::from_secs(2);
+    let sampler = Sampler::start(ingress.pid());
+    let before = histogram_now(&ingress, INGRESS_SPOOL_BATCH_SIZE).await;
+    let run = loadgen::run(config).await?;
+    let after = histogram_now(&ingress, INGRESS_SPOOL_BATCH_SIZE).await;
+    let (cpu_percent, _) = sampler.finish();
+    ingress.terminate(Duration::from_secs(40)).await;
+    let rows_per_insert = webhooks_per_message(before, after);
+    // The worker drains what the spool holds; its broker is the local one.
+    let mut worker = Process::start_ready(
+        ProcessConfig::worker(&db.url, &prefix)
+            .env("CORRAL_DB_POOL_SIZE", "4")
+            .env("CORRAL_LOG", "warn"),
+    )
+    .await;
+    let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
+    worker.terminate(Duration::from_secs(40)).await;
+    broker::delete_prefix(&prefix).await;
+    drop(writer);
+    drop(db);
+    // The probe writes statements of the size the spool's rounds had.
+    let probe_batch = rows_per_insert
+        .map_or(1, |rows| rows.ceil() as usize)
+        .next_power_of_two()
+        .min(corral_ingress::buffer::spool::BATCH_MAX);
+    let probe = probes::spool_insert(100_000, probe_batch).await?;
+    let report = run.report;
+    Ok(SpoolRun {
+        connections,
+        accepted_per_sec: report.accepted_per_sec,
+        not_accepted: report.requests - report.accepted,
+        p50_ms: ms(report.latency_us.p50),
+        p99_ms: ms(report.latency_us.p99),
+        rows_per_insert,
+        cpu_percent,
+        probe_per_sec: probe.per_second,
+        probe_batch,
+        lost: verification.lost,
+        duplicated: verification.duplicated,
+        verified: verification.is_ok() && verification.drained,
     })
 }
 

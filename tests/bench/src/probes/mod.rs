@@ -28,8 +28,9 @@ mod http;
 mod insert;
 mod latency;
 mod publish;
+mod spool;
 
-pub use self::{http::*, insert::*, latency::*, publish::*};
+pub use self::{http::*, insert::*, latency::*, publish::*, spool::*};
 
 use std::time::Duration;
 
@@ -64,6 +65,11 @@ pub enum ProbeKey {
     /// [`store`].
     Store {
         /// Rows per batch.
+        batch: usize,
+    },
+    /// [`spool_insert`].
+    SpoolInsert {
+        /// Rows per statement.
         batch: usize,
     },
 }
