@@ -295,15 +295,17 @@ fn targets(out: &mut String, results: &Results) {
         rows.push(Target {
             what: format!(
                 "spool path (broker gone), {c} connections ÷ bare spool INSERT of {}-row statements, 1 connection; 0 lost",
-                run.probe_batch
+                run.ceiling_batch
             ),
             needed: "≥ 0.7×, 0 lost".to_owned(),
             measured: format!(
-                "{:.2}×, {} lost",
+                "{:.2}× ({:.2}× of {}-row statements, the run's round size), {} lost",
+                run.accepted_per_sec / run.ceiling_per_sec,
                 run.accepted_per_sec / run.probe_per_sec,
+                run.probe_batch,
                 run.lost
             ),
-            met: Some(run.accepted_per_sec >= 0.7 * run.probe_per_sec && run.lost == 0),
+            met: Some(run.accepted_per_sec >= 0.7 * run.ceiling_per_sec && run.lost == 0),
         });
     }
     let _ = writeln!(
@@ -436,18 +438,19 @@ fn spool_table(out: &mut String, results: &Results) {
          the local PostgreSQL: every webhook is refused by the broker at once and committed into `spooled_webhooks` \
          (group commit over `CORRAL_SPOOL_CONNECTIONS`, default 4), under the same closed loop as ingress alone. \
          Rows per INSERT is `corral_ingress_spool_batch_size` sum ÷ count. The probe is the same INSERT statement \
-         with the same rows, `synchronous_commit` on, one statement after another on one connection, in statements \
-         of the run's mean round size rounded up to a power of two. Afterwards a worker drains the spool and the \
+         with the same rows, `synchronous_commit` on, one statement after another on one connection: in statements \
+         of the run's mean round size rounded up to a power of two, and of the spool's largest round (256), the most \
+         one connection inserts. Afterwards a worker drains the spool and the \
          verifier checks every 200 is exactly one row.\n"
     );
     let _ = writeln!(
         out,
-        "| connections | accepted/s | not accepted | rows per INSERT | p50 ms | p99 ms | CPU % | bare INSERT/s (rows per statement) | ÷ probe | lost | duplicated | verified |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| connections | accepted/s | not accepted | rows per INSERT | p50 ms | p99 ms | CPU % | bare INSERT/s, round size (rows) | ÷ it | bare INSERT/s, largest round (rows) | ÷ it | lost | duplicated | verified |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in &results.spool {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.2}× | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} ({}) | {:.2}× | {:.0} ({}) | {:.2}× | {} | {} | {} |",
             r.connections,
             r.accepted_per_sec,
             r.not_accepted,
@@ -458,6 +461,9 @@ fn spool_table(out: &mut String, results: &Results) {
             r.probe_per_sec,
             r.probe_batch,
             r.accepted_per_sec / r.probe_per_sec,
+            r.ceiling_per_sec,
+            r.ceiling_batch,
+            r.accepted_per_sec / r.ceiling_per_sec,
             r.lost,
             r.duplicated,
             if r.verified { "yes" } else { "no" }

@@ -237,6 +237,11 @@ pub struct SpoolRun {
     pub probe_per_sec: f64,
     /// The probe's rows per statement.
     pub probe_batch: usize,
+    /// The same probe with the spool's largest round: the most one
+    /// connection inserts.
+    pub ceiling_per_sec: f64,
+    /// Its rows per statement.
+    pub ceiling_batch: usize,
     /// What the verifier found once a worker drained the spool: lost,
     /// duplicated, and whether everything else was right.
     pub lost: u64,
@@ -368,10 +373,12 @@ pub async fn spool_runs(plan: &Plan) -> anyhow::Result<Vec<SpoolRun>> {
     for &connections in &plan.spool_connections {
         let run = spool_path(connections, Duration::from_secs(plan.seconds)).await?;
         eprintln!(
-            "bench: spool path, {connections} connections: {:.0}/s ({:.2}x the bare INSERT probe of {} rows), lost {}, duplicated {}",
+            "bench: spool path, {connections} connections: {:.0}/s ({:.2}x the bare INSERT of {}-row statements, {:.2}x of {}-row ones), lost {}, duplicated {}",
             run.accepted_per_sec,
             run.accepted_per_sec / run.probe_per_sec,
             run.probe_batch,
+            run.accepted_per_sec / run.ceiling_per_sec,
+            run.ceiling_batch,
             run.lost,
             run.duplicated
         );

@@ -505,7 +505,7 @@ pub(super) async fn pipeline(
 /// on), so every webhook takes the spool, under a closed loop of
 /// `connections`; then a worker drains the spool and the verifier checks
 /// every 200 is exactly one row. Compared with the bare spool INSERT on one
-/// connection at the round size the run reached.
+/// connection, at the round size the run reached and at the largest round.
 pub(super) async fn spool_path(connections: usize, duration: Duration) -> anyhow::Result<SpoolRun> {
     let prefix = unique_name("bench");
     let db = probes::migrated_database().await?;
@@ -546,7 +546,11 @@ pub(super) async fn spool_path(connections: usize, duration: Duration) -> anyhow
         .map_or(1, |rows| rows.ceil() as usize)
         .next_power_of_two()
         .min(corral_ingress::buffer::spool::BATCH_MAX);
-    let probe = probes::spool_insert(100_000, probe_batch).await?;
+    // Enough rows for a steady rate at either size without a minute of
+    // single-row-ish statements.
+    let probe = probes::spool_insert(30_000, probe_batch).await?;
+    let full = corral_ingress::buffer::spool::BATCH_MAX;
+    let ceiling = probes::spool_insert(100_000, full).await?;
     let report = run.report;
     Ok(SpoolRun {
         connections,
@@ -558,6 +562,8 @@ pub(super) async fn spool_path(connections: usize, duration: Duration) -> anyhow
         cpu_percent,
         probe_per_sec: probe.per_second,
         probe_batch,
+        ceiling_per_sec: ceiling.per_second,
+        ceiling_batch: full,
         lost: verification.lost,
         duplicated: verification.duplicated,
         verified: verification.is_ok() && verification.drained,
