@@ -14,6 +14,7 @@
 
 pub mod fallback;
 pub mod rabbitmq;
+mod rounds;
 pub mod spool;
 
 use std::{future::Future, time::Duration};

@@ -29,7 +29,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use super::Webhook;
+use super::{
+    Webhook,
+    rounds::{Limits, Rounds, Waiting},
+};
 use crate::budget::Lease;
 
 /// Rows per INSERT at most: a round's statement stays small (its parameters
@@ -107,6 +110,18 @@ struct Entry {
     reply: oneshot::Sender<Verdict>,
 }
 
+impl Waiting for Entry {
+    /// Its request already has its answer (RabbitMQ confirmed it after all,
+    /// or the deadline passed): nothing to keep.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn size(&self) -> usize {
+        self.webhook.body.len()
+    }
+}
+
 impl Spool {
     /// Starts the writers over `pool` (made for the spool's role) and the
     /// reachability check.
@@ -166,49 +181,23 @@ impl Spool {
 
 /// Forms rounds from the queue until shutdown; then writes what is still
 /// queued and ends.
-async fn dispatch(inner: Arc<Inner>, mut queue: mpsc::UnboundedReceiver<Entry>) {
-    let mut carried: Option<Entry> = None;
-    loop {
-        let first = match carried.take() {
-            Some(entry) => entry,
-            None => tokio::select! {
-                biased;
-                entry = queue.recv() => match entry {
-                    Some(entry) => entry,
-                    None => return,
-                },
-                () = inner.shutdown.cancelled(), if !queue.is_closed() => {
-                    queue.close();
-                    continue;
-                }
-            },
-        };
+async fn dispatch(inner: Arc<Inner>, queue: mpsc::UnboundedReceiver<Entry>) {
+    let mut rounds = Rounds::new(
+        queue,
+        Limits {
+            count: BATCH_MAX,
+            bytes: BATCH_MAX_BYTES,
+            overhead: 0,
+        },
+    );
+    while let Some(first) = rounds.first(&inner.shutdown).await {
         let Ok(slot) = inner.slots.clone().acquire_owned().await else {
             return;
         };
-        let mut round = Vec::new();
-        let mut bytes = 0;
-        for entry in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-            // Its request already has its answer (RabbitMQ confirmed it
-            // after all, or the deadline passed): nothing to keep.
-            if entry.reply.is_closed() {
-                continue;
-            }
-            let len = entry.webhook.body.len();
-            if !round.is_empty() && bytes + len > BATCH_MAX_BYTES {
-                carried = Some(entry);
-                break;
-            }
-            bytes += len;
-            round.push(entry);
-            if round.len() >= BATCH_MAX {
-                break;
-            }
+        let round = rounds.fill(first);
+        if !round.is_empty() {
+            inner.writing.spawn(write(inner.clone(), round, slot));
         }
-        if round.is_empty() {
-            continue;
-        }
-        inner.writing.spawn(write(inner.clone(), round, slot));
     }
 }
 

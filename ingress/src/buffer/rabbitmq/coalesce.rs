@@ -33,7 +33,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Inner, PublishError, link::Link};
-use crate::{budget::Lease, buffer::Webhook};
+use crate::{
+    budget::Lease,
+    buffer::{
+        Webhook,
+        rounds::{Limits, Rounds, Waiting},
+    },
+};
 
 /// What a request learns about its webhook: how long the confirm of the
 /// message carrying it took, or why it was not taken.
@@ -60,15 +66,18 @@ impl Queued {
             verdict,
         )
     }
+}
 
-    /// Its request stopped waiting (answered 503 at its deadline, or its
-    /// client went away): publishing it now would store a webhook its
-    /// sender was told was refused.
+impl Waiting for Queued {
+    /// Its request stopped waiting (answered 200 from the spool, or 503 at
+    /// its deadline, or its client went away): publishing it now would
+    /// store a copy nobody waits for, or a webhook its sender was told was
+    /// refused.
     fn abandoned(&self) -> bool {
         self.reply.is_closed()
     }
 
-    fn packed_len(&self) -> usize {
+    fn size(&self) -> usize {
         batch::entry_len(&self.webhook.body)
     }
 }
@@ -110,57 +119,29 @@ impl Queues {
 
 /// Forms messages from one kind's queue and publishes them, until
 /// shutdown; then publishes what is still queued and ends.
-pub(super) async fn dispatch(inner: Arc<Inner>, mut queue: Receiver) {
+pub(super) async fn dispatch(inner: Arc<Inner>, queue: Receiver) {
     let settings = &inner.settings;
-    // A webhook that did not fit in the last message leads the next one.
-    let mut carried: Option<Queued> = None;
-    loop {
-        let first = match carried.take() {
-            Some(queued) => queued,
-            None => tokio::select! {
-                biased;
-                queued = queue.recv() => match queued {
-                    Some(queued) => queued,
-                    None => return,
-                },
-                // Refuse new webhooks, publish those already queued.
-                () = inner.shutdown.cancelled(), if !queue.is_closed() => {
-                    queue.close();
-                    continue;
-                }
-            },
-        };
+    let mut rounds = Rounds::new(
+        queue,
+        Limits {
+            count: settings.batch_max,
+            bytes: settings.batch_max_bytes,
+            overhead: batch::FRAME_OVERHEAD,
+        },
+    );
+    while let Some(first) = rounds.first(&inner.shutdown).await {
         // A slot only once there is something to send: the slots are shared
         // with the other kind's dispatcher, which must not wait behind one
         // held by an idle queue. Whatever arrives while this waits goes too.
         let Ok(slot) = inner.slots.clone().acquire_owned().await else {
             return;
         };
-        let mut message = Vec::new();
-        let mut bytes = batch::FRAME_OVERHEAD;
-        for queued in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-            if queued.abandoned() {
-                continue;
-            }
-            // The first webhook always goes, however large: alone it fits
-            // wherever a single-webhook message did.
-            let packed = queued.packed_len();
-            if !message.is_empty() && bytes + packed > settings.batch_max_bytes {
-                carried = Some(queued);
-                break;
-            }
-            bytes += packed;
-            message.push(queued);
-            if message.len() >= settings.batch_max {
-                break;
-            }
+        let message = rounds.fill(first);
+        if !message.is_empty() {
+            inner
+                .publishing
+                .spawn(publish(inner.clone(), message, slot));
         }
-        if message.is_empty() {
-            continue;
-        }
-        inner
-            .publishing
-            .spawn(publish(inner.clone(), message, slot));
     }
 }
 
