@@ -31,6 +31,8 @@ struct HealthInner {
     broker: AtomicBool,
     /// The spool's last write or check succeeded.
     spool: AtomicBool,
+    /// The first attempt to connect to the broker has ended, either way.
+    broker_tried: AtomicBool,
     /// The last database operation succeeded.
     database: AtomicBool,
     /// Shutting down: stop sending traffic here, whatever else is true.
@@ -62,6 +64,7 @@ impl Health {
             has_spool: AtomicBool::new(false),
             broker: AtomicBool::new(false),
             spool: AtomicBool::new(false),
+            broker_tried: AtomicBool::new(false),
             database: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }))
@@ -89,6 +92,16 @@ impl Health {
         self.0.has_spool.store(true, Ordering::SeqCst);
         metrics::register_spool();
         self.publish();
+    }
+
+    /// Records that an attempt to connect to the broker ended (connected or
+    /// not). Until the first has, the spool alone does not make ingress
+    /// ready: a starting pod would otherwise take its first traffic before
+    /// its broker link is up, and spool all of it.
+    pub fn broker_attempted(&self) {
+        if !self.0.broker_tried.swap(true, Ordering::SeqCst) {
+            self.publish();
+        }
     }
 
     /// Records the spool's state.
@@ -133,8 +146,10 @@ impl Health {
             .load(Ordering::SeqCst)
             .then(|| self.0.spool.load(Ordering::SeqCst));
         let draining = self.draining();
-        // A webhook is kept while either durable path takes it.
-        let buffered = broker || spool.unwrap_or(false);
+        // A webhook is kept while either durable path takes it; the spool
+        // alone only once the broker had its first chance.
+        let buffered =
+            broker || (spool.unwrap_or(false) && self.0.broker_tried.load(Ordering::SeqCst));
         Readiness {
             ready: buffered && database.unwrap_or(true) && !draining,
             broker,
@@ -194,5 +209,49 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
         HttpResponse::Ok().json(readiness)
     } else {
         HttpResponse::ServiceUnavailable().json(readiness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_a_spool_ingress_is_ready_on_either_path_once_the_broker_had_its_first_chance() {
+        let health = Health::new(false);
+        health.enable_spool();
+        health.set_spool(true);
+        assert!(
+            !health.readiness().ready,
+            "ready on the spool before the broker's first connect attempt ended"
+        );
+        health.broker_attempted();
+        assert!(health.readiness().ready, "the spool alone keeps webhooks");
+        health.set_spool(false);
+        assert!(!health.readiness().ready, "neither path works");
+        health.set_broker(true);
+        assert_eq!(
+            health.readiness(),
+            Readiness {
+                ready: true,
+                broker: true,
+                database: None,
+                spool: Some(false),
+                draining: false,
+            }
+        );
+        health.start_draining();
+        assert!(!health.readiness().ready);
+    }
+
+    #[test]
+    fn without_a_spool_readiness_is_the_broker_and_says_nothing_of_a_spool() {
+        let health = Health::new(false);
+        health.broker_attempted();
+        health.set_spool(true);
+        assert!(!health.readiness().ready);
+        assert_eq!(health.readiness().spool, None);
+        health.set_broker(true);
+        assert!(health.readiness().ready);
     }
 }

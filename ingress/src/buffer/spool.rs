@@ -162,11 +162,17 @@ impl Spool {
         if self.inner.queue.send(entry).is_err() {
             return Err(SpoolError::ShuttingDown);
         }
-        match tokio::time::timeout_at(deadline, verdict).await {
+        let verdict = match tokio::time::timeout_at(deadline, verdict).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(_dropped)) => Err(SpoolError::ShuttingDown),
             Err(_elapsed) => Err(SpoolError::Timeout),
+        };
+        // Counted here, per request that learnt it, whether its round failed
+        // or its deadline passed while it still waited for a connection.
+        if verdict.is_err() {
+            metrics::ingress_spool_failed(1);
         }
+        verdict
     }
 
     /// Writes what is queued, waits (bounded) for the rounds in progress,
@@ -212,7 +218,6 @@ async fn write(inner: Arc<Inner>, round: Vec<Entry>, slot: OwnedSemaphorePermit)
     drop(slot);
     inner.health.set_spool(verdict.is_ok());
     if let Err(err) = &verdict {
-        metrics::ingress_spool_failed(round.len());
         tracing::warn!(
             webhooks = round.len(),
             error = error_chain(err),

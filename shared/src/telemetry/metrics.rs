@@ -306,7 +306,7 @@ pub fn ingress_spooled(cause: SpoolCause) {
     counter!(INGRESS_SPOOLED, "cause" => cause.as_str()).increment(1);
 }
 
-/// Webhooks the spool failed to commit.
+/// Webhooks the spool did not commit by their request's deadline.
 pub fn ingress_spool_failed(webhooks: usize) {
     counter!(INGRESS_SPOOL_FAILURES).increment(webhooks as u64);
 }

@@ -181,7 +181,12 @@ impl Link {
 pub(super) async fn supervise(inner: Arc<Inner>) {
     let settings = &inner.settings.amqp;
     loop {
-        let connected = amqp::reconnect(&inner.shutdown, settings, || establish(&inner)).await;
+        let connected = amqp::reconnect(&inner.shutdown, settings, || async {
+            let established = establish(&inner).await;
+            inner.health.broker_attempted();
+            established
+        })
+        .await;
         let Some((link, events)) = connected else {
             return;
         };
