@@ -1,7 +1,7 @@
 //! How hard each scenario runs, what it found, and the table of
 //! docs/reliability.md.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 
@@ -54,6 +54,12 @@ pub struct Outcome {
     pub other: u64,
     /// `delivery_events` rows of the load.
     pub rows: u64,
+    /// Webhooks answered 200 from the PostgreSQL spool, by cause
+    /// (`corral_ingress_spooled_total`, summed over the ingresses as they
+    /// are at the end: an ingress restarted mid-scenario counts from its restart).
+    pub spooled: BTreeMap<String, u64>,
+    /// Webhooks the spool failed to commit (`corral_ingress_spool_failures_total`).
+    pub spool_failures: u64,
     /// Answered 2xx and not stored.
     pub lost: u64,
     /// Stored more than once.
@@ -76,10 +82,26 @@ pub struct Outcome {
     pub passed: bool,
 }
 
+impl Outcome {
+    /// Webhooks answered from the spool, whatever the cause.
+    pub fn spooled_total(&self) -> u64 {
+        self.spooled.values().sum()
+    }
+
+    /// The share of requests answered 2xx.
+    pub fn ok_share(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.ok as f64 / self.sent as f64
+        }
+    }
+}
+
 /// Renders outcomes as the markdown table of docs/reliability.md.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | sent | 2xx | 503 | other | rows | lost | duplicated | wrong | recovered in | slowest answer | RSS before → after (MiB) | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+        "| scenario | sent | 2xx | 503 | other | spooled | spool failed | rows | lost | duplicated | wrong | recovered in | slowest answer | RSS before → after (MiB) | result |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for o in outcomes {
         let rss = o
@@ -89,12 +111,14 @@ pub fn table(outcomes: &[Outcome]) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} ms | {}{} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} ms | {}{} | {} |\n",
             o.scenario,
             o.sent,
             o.ok,
             o.unavailable,
             o.other,
+            o.spooled_total(),
+            o.spool_failures,
             o.rows,
             o.lost,
             o.duplicated,

@@ -20,7 +20,20 @@ pub const SCENARIOS: &[&str] = &[
     "broker-path-blackholed",
     "poison-messages",
     "two-of-each-one-killed",
+    "broker-and-postgres-down",
+    "postgres-down-broker-up",
+    "spool-table-locked",
 ];
+
+/// The share of requests that must be answered 2xx while only the broker is
+/// away: the spool takes what RabbitMQ cannot.
+const SPOOLED_SHARE: f64 = 0.999;
+
+/// How long the scenarios that stop PostgreSQL keep it stopped.
+const POSTGRES_DOWN: Duration = Duration::from_secs(5);
+
+/// How long `spool-table-locked` holds its lock.
+const TABLE_LOCKED: Duration = Duration::from_secs(4);
 
 /// Runs one scenario by name.
 pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
@@ -35,6 +48,9 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "broker-path-blackholed" => broker_path_blackholed(profile).await,
         "poison-messages" => poison_messages(profile).await,
         "two-of-each-one-killed" => two_of_each_one_killed(profile).await,
+        "broker-and-postgres-down" => broker_and_postgres_down(profile).await,
+        "postgres-down-broker-up" => postgres_down_broker_up(profile).await,
+        "spool-table-locked" => spool_table_locked(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
@@ -66,24 +82,100 @@ pub(super) async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outc
 
 pub(super) async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start(1, 1, false).await?;
+    let mut stopped = Stopped::default();
     let (loads, rss) = stack.load_until_fault(p, p.outage).await?;
-    rabbitmqctl(&["stop_app"])?;
-    tokio::time::sleep(p.outage).await;
+    stopped.stop_broker()?;
+    let landing = Landing::watch(&stack, p.outage).await?;
     // Recovery counts from the restart command: the broker's own start-up
     // (recovering the quorum queues) is part of what the services wait out.
     let since = Instant::now();
-    rabbitmqctl(&["start_app"])?;
+    stopped.start_broker()?;
     let recovered = stack.wait_recovered(since).await?;
-    stack
+    let mut outcome = stack
         .finish(
             "broker-stopped",
             loads,
             recovered,
             rss,
             true,
-            vec![format!("rabbitmqctl stop_app for {:?}", p.outage)],
+            vec![
+                format!("rabbitmqctl stop_app for {:?}", p.outage),
+                landing.note(),
+            ],
         )
-        .await
+        .await?;
+    require_answered(&mut outcome, SPOOLED_SHARE);
+    landing.require(&mut outcome);
+    Ok(outcome)
+}
+
+/// Rows landing while the broker is away: counted twice during the outage,
+/// after the webhooks queued before it have had time to land, so whatever
+/// lands in between came through the spool.
+pub(super) struct Landing {
+    between: Duration,
+    rows: (u64, u64),
+    drained: (f64, f64),
+}
+
+impl Landing {
+    /// Sleeps out `outage` (which began just now), counting on the way.
+    pub(super) async fn watch(stack: &Stack, outage: Duration) -> anyhow::Result<Self> {
+        let ends = Instant::now() + outage;
+        tokio::time::sleep(outage / 5).await;
+        let early = Instant::now();
+        let rows_early = stack.rows().await?;
+        let drained_early = stack.worker_metric(SPOOL_DRAINED).await;
+        // The second count is the outage's last moment, its own time included.
+        tokio::time::sleep_until((ends - Duration::from_millis(300)).into()).await;
+        let rows_late = stack.rows().await?;
+        let drained_late = stack.worker_metric(SPOOL_DRAINED).await;
+        let between = early.elapsed();
+        tokio::time::sleep_until(ends.into()).await;
+        Ok(Self {
+            between,
+            rows: (rows_early, rows_late),
+            drained: (drained_early, drained_late),
+        })
+    }
+
+    pub(super) fn note(&self) -> String {
+        format!(
+            "during the outage, over {:.1} s: delivery_events {} → {} rows, {} webhooks drained from the spool",
+            self.between.as_secs_f64(),
+            self.rows.0,
+            self.rows.1,
+            self.drained.1 - self.drained.0,
+        )
+    }
+
+    /// Fails `outcome` unless rows landed from the spool during the outage.
+    pub(super) fn require(&self, outcome: &mut Outcome) {
+        if self.rows.1 <= self.rows.0 || self.drained.1 <= self.drained.0 {
+            outcome.passed = false;
+            outcome
+                .notes
+                .push("no rows landed from the spool during the outage".into());
+        }
+    }
+}
+
+const SPOOL_DRAINED: &str = "corral_worker_spool_drained_total";
+
+/// Fails `outcome` if fewer than `share` of its requests were answered 2xx.
+fn require_answered(outcome: &mut Outcome, share: f64) {
+    if outcome.ok_share() < share {
+        outcome.passed = false;
+        outcome.notes.push(format!(
+            "only {} of {} requests answered 2xx ({:.2} %; {} got 503, {} other): at least {:.1} % must be",
+            outcome.ok,
+            outcome.sent,
+            outcome.ok_share() * 100.0,
+            outcome.unavailable,
+            outcome.other,
+            share * 100.0,
+        ));
+    }
 }
 
 pub(super) async fn worker_killed(p: Profile, graceful: bool) -> anyhow::Result<Outcome> {
@@ -209,7 +301,8 @@ pub(super) async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome
     let (loads, rss) = stack.load_until_fault(p, p.outage).await?;
     let proxy = stack.proxy.as_ref().expect("proxied stack");
     proxy.blackhole();
-    tokio::time::sleep(p.outage).await;
+    let landing = Landing::watch(&stack, p.outage).await?;
+    let proxy = stack.proxy.as_ref().expect("proxied stack");
     proxy.drop_connections();
     let recovered = stack.wait_recovered(Instant::now()).await?;
     let failures = stack.ingresses[0].metrics().await;
@@ -220,16 +313,19 @@ pub(super) async fn broker_path_blackholed(p: Profile) -> anyhow::Result<Outcome
         failures.get(r#"corral_ingress_publish_failures_total{cause="unavailable"}"#),
         failures.get(r#"corral_ingress_publish_failures_total{cause="overloaded"}"#),
     );
-    stack
+    let mut outcome = stack
         .finish(
             "broker-path-blackholed",
             loads,
             recovered,
             rss,
             true,
-            vec![note],
+            vec![note, landing.note()],
         )
-        .await
+        .await?;
+    require_answered(&mut outcome, SPOOLED_SHARE);
+    landing.require(&mut outcome);
+    Ok(outcome)
 }
 
 /// Valid JSON objects the worker cannot store, posted in the middle of normal
@@ -326,4 +422,155 @@ pub(super) async fn two_of_each_one_killed(p: Profile) -> anyhow::Result<Outcome
             ],
         )
         .await
+}
+
+/// Both durable paths gone: every webhook gets 503 (none is acknowledged,
+/// none hangs), and once both are back the services recover by themselves.
+pub(super) async fn broker_and_postgres_down(p: Profile) -> anyhow::Result<Outcome> {
+    let mut stack = Stack::start(1, 1, false).await?;
+    let mut stopped = Stopped::default();
+    let spooling = Duration::from_secs(1);
+    let (loads, rss) = stack.load_until_fault(p, spooling + POSTGRES_DOWN).await?;
+    stopped.stop_broker()?;
+    // The spool takes over first, then it goes too.
+    tokio::time::sleep(spooling).await;
+    stopped.stop_postgres()?;
+    tokio::time::sleep(POSTGRES_DOWN).await;
+    let since = Instant::now();
+    stopped.start_postgres()?;
+    stopped.start_broker()?;
+    let recovered = stack.wait_recovered(since).await?;
+    let mut outcome = stack
+        .finish(
+            "broker-and-postgres-down",
+            loads,
+            recovered,
+            rss,
+            true,
+            vec![format!(
+                "rabbitmqctl stop_app, {spooling:?} later pg_ctlcluster stop for {POSTGRES_DOWN:?}, then both started"
+            )],
+        )
+        .await?;
+    if outcome.unavailable == 0 {
+        outcome.passed = false;
+        outcome
+            .notes
+            .push("no webhook got 503 while neither path could take it".into());
+    }
+    Ok(outcome)
+}
+
+/// PostgreSQL away, RabbitMQ there: ingress goes on answering through the
+/// queue (the spool is not needed), and the rows land once PostgreSQL is back.
+pub(super) async fn postgres_down_broker_up(p: Profile) -> anyhow::Result<Outcome> {
+    let mut stack = Stack::start(1, 1, false).await?;
+    let mut stopped = Stopped::default();
+    let (loads, rss) = stack.load_until_fault(p, POSTGRES_DOWN).await?;
+    stopped.stop_postgres()?;
+    tokio::time::sleep(POSTGRES_DOWN).await;
+    let since = Instant::now();
+    stopped.start_postgres()?;
+    let recovered = stack.wait_recovered(since).await?;
+    let mut outcome = stack
+        .finish(
+            "postgres-down-broker-up",
+            loads,
+            recovered,
+            rss,
+            false,
+            vec![format!("pg_ctlcluster stop for {POSTGRES_DOWN:?}")],
+        )
+        .await?;
+    require_answered(&mut outcome, SPOOLED_SHARE);
+    // Only a publish slower than CORRAL_SPOOL_AFTER_MS tries the spool here.
+    let allowed = outcome.sent / 1000;
+    if outcome.spool_failures > allowed {
+        outcome.passed = false;
+        outcome.notes.push(format!(
+            "{} spool failures with the broker up (at most {allowed} allowed)",
+            outcome.spool_failures
+        ));
+    }
+    Ok(outcome)
+}
+
+/// The spool's table locked by someone else during a broker outage: the
+/// requests that need it get 503 by their deadline instead of hanging, and
+/// the spool takes webhooks again as soon as the lock is gone.
+pub(super) async fn spool_table_locked(p: Profile) -> anyhow::Result<Outcome> {
+    let mut stack = Stack::start(1, 1, false).await?;
+    let mut stopped = Stopped::default();
+    let spooling = Duration::from_secs(2);
+    let (loads, rss) = stack
+        .load_until_fault(p, spooling * 2 + TABLE_LOCKED)
+        .await?;
+    stopped.stop_broker()?;
+    tokio::time::sleep(spooling).await;
+    let (locker, connection) =
+        tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    // A deadline on the lock's own wait: it queues behind the inserts and
+    // drains in progress, and must not wait for ever if one never ends.
+    locker
+        .batch_execute(
+            "SET lock_timeout = '5s'; BEGIN; LOCK TABLE spooled_webhooks IN ACCESS EXCLUSIVE MODE",
+        )
+        .await?;
+    let counts = async || {
+        let (spooled, failures) = stack.spool_counts().await;
+        (
+            failures,
+            spooled.values().sum::<u64>(),
+            stack.refused().await,
+        )
+    };
+    let before = counts().await;
+    tokio::time::sleep(TABLE_LOCKED).await;
+    let locked = counts().await;
+    locker.batch_execute("ROLLBACK").await?;
+    drop(locker);
+    // With the broker still away, the spool alone must take webhooks again.
+    let unlocked = Instant::now();
+    let deadline = unlocked + Duration::from_secs(15);
+    while !stack.canary().await {
+        ensure!(
+            Instant::now() < deadline,
+            "the spool took no webhook within 15 s of the unlock"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spool_back = unlocked.elapsed().as_secs_f64();
+    tokio::time::sleep(spooling.saturating_sub(unlocked.elapsed())).await;
+    let since = Instant::now();
+    stopped.start_broker()?;
+    let recovered = stack.wait_recovered(since).await?;
+    let mut outcome = stack
+        .finish(
+            "spool-table-locked",
+            loads,
+            recovered,
+            rss,
+            false,
+            vec![
+                format!(
+                    "rabbitmqctl stop_app; {spooling:?} later LOCK TABLE spooled_webhooks IN ACCESS EXCLUSIVE MODE for {TABLE_LOCKED:?}"
+                ),
+                format!(
+                    "while locked: {} answered 503 (corral_ingress_publish_failures_total), {} counted as spool failures, {} spooled",
+                    locked.2 - before.2,
+                    locked.0 - before.0,
+                    locked.1 - before.1,
+                ),
+                format!("the spool took a webhook again {spool_back:.1} s after the unlock"),
+            ],
+        )
+        .await?;
+    if locked.2 == before.2 {
+        outcome.passed = false;
+        outcome
+            .notes
+            .push("no request failed on the locked spool: the lock did not bite".into());
+    }
+    Ok(outcome)
 }

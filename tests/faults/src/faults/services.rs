@@ -43,6 +43,65 @@ pub(super) fn postgres_version() -> anyhow::Result<String> {
         .context("no PostgreSQL cluster under /etc/postgresql")
 }
 
+/// The shared services a scenario has stopped. Dropping it starts them again
+/// (synchronously: `rabbitmqctl start_app` and `pg_ctlcluster start` return
+/// once the service is up), so a scenario that fails half-way never leaves
+/// the next one, or the test database's cleanup, without them. Create it
+/// after the scenario's [`super::stack::Stack`]: it is then dropped first.
+#[derive(Debug, Default)]
+pub(super) struct Stopped {
+    broker: bool,
+    /// The cluster's version, while it is stopped.
+    postgres: Option<String>,
+}
+
+impl Stopped {
+    /// `rabbitmqctl stop_app`: the node stays up, its listeners close.
+    pub(super) fn stop_broker(&mut self) -> anyhow::Result<()> {
+        self.broker = true;
+        rabbitmqctl(&["stop_app"])
+    }
+
+    pub(super) fn start_broker(&mut self) -> anyhow::Result<()> {
+        rabbitmqctl(&["start_app"])?;
+        self.broker = false;
+        Ok(())
+    }
+
+    /// `pg_ctlcluster … stop` (fast mode: sessions are terminated).
+    pub(super) fn stop_postgres(&mut self) -> anyhow::Result<()> {
+        let version = postgres_version()?;
+        self.postgres = Some(version.clone());
+        pg_ctlcluster(&version, "stop")
+    }
+
+    pub(super) fn start_postgres(&mut self) -> anyhow::Result<()> {
+        if let Some(version) = &self.postgres {
+            pg_ctlcluster(version, "start")?;
+        }
+        self.postgres = None;
+        Ok(())
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.broker {
+            let _ = self.start_broker();
+        }
+        if self.postgres.is_some() {
+            let _ = self.start_postgres();
+        }
+    }
+}
+
+pub(super) fn pg_ctlcluster(version: &str, action: &str) -> anyhow::Result<()> {
+    shell(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", version, "main", action],
+    )
+}
+
 /// Starts RabbitMQ's app and the PostgreSQL cluster again if a scenario left
 /// them down, and waits until both accept connections.
 pub async fn ensure_services_up(timeout: Duration) {
@@ -54,10 +113,7 @@ pub async fn ensure_services_up(timeout: Duration) {
     if !port_open(5432)
         && let Ok(version) = postgres_version()
     {
-        let _ = shell(
-            "pg_ctlcluster",
-            &["--skip-systemctl-redirect", &version, "main", "start"],
-        );
+        let _ = pg_ctlcluster(&version, "start");
     }
     while Instant::now() < deadline {
         let broker =

@@ -1,14 +1,17 @@
 //! The processes of one scenario, on their own AMQP prefix and database, and
 //! the checks made after it.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, ensure};
 
 use corral_loadgen::{self as loadgen, Load, Mix, Verification, VerifyOptions};
 use corral_testkit::{
     broker,
-    database::TestDatabase,
+    database::{SpoolWriter, TestDatabase},
     fixtures,
     process::{Process, ProcessConfig},
     proxy::TcpProxy,
@@ -34,8 +37,12 @@ pub(super) const MAX_CONNECTIONS: usize = 64;
 pub(super) type LoadTask = tokio::task::JoinHandle<Result<loadgen::Run, loadgen::LoadgenError>>;
 
 /// The processes of one scenario, on their own AMQP prefix and database.
+/// Every ingress spools to that database (as the scenario's own
+/// `corral_spool_writer` role), so every scenario runs the fallback path too.
 pub(super) struct Stack {
     pub(super) prefix: String,
+    /// Before `db`: the role is dropped before its database.
+    pub(super) spool: SpoolWriter,
     pub(super) db: TestDatabase,
     pub(super) ingresses: Vec<Process>,
     pub(super) workers: Vec<Process>,
@@ -51,6 +58,10 @@ impl Stack {
         workers: usize,
         proxied: bool,
     ) -> anyhow::Result<Self> {
+        ensure!(
+            workers > 0,
+            "a stack needs a worker: it migrates the database"
+        );
         let prefix = unique_name("fault");
         let db = TestDatabase::new().await;
         let proxy = if proxied {
@@ -58,27 +69,54 @@ impl Stack {
         } else {
             None
         };
+        // The workers migrate the database on start, which creates the
+        // `corral_spool_writer` role the spool's login role joins.
+        let mut started = Vec::new();
+        for _ in 0..workers {
+            let config = tuned(ProcessConfig::worker(&db.url, &prefix));
+            started.push(Process::start_ready(config).await);
+        }
+        let spool = db.spool_writer().await;
         let mut stack = Self {
             prefix,
+            spool,
             db,
             ingresses: Vec::new(),
-            workers: Vec::new(),
+            workers: started,
             proxy,
             http: reqwest::Client::new(),
             canaries: 0,
         };
-        for _ in 0..workers {
-            let config = tuned(ProcessConfig::worker(&stack.db.url, &stack.prefix));
-            stack.workers.push(Process::start_ready(config).await);
-        }
         for _ in 0..ingresses {
-            let mut config = tuned(ProcessConfig::ingress(&stack.prefix, TOKEN));
+            let mut config = tuned(ProcessConfig::ingress(&stack.prefix, TOKEN))
+                .env("CORRAL_SPOOL_DATABASE_URL", &stack.spool.url);
             if let Some(proxy) = &stack.proxy {
                 config = config.env("CORRAL_AMQP_URL", proxy.amqp_url());
             }
             stack.ingresses.push(Process::start_ready(config).await);
         }
+        // With a spool, ingress is ready as soon as the spool is, which can
+        // be before its broker link is up: the load must start on the
+        // broker path, so that what a scenario spools is its fault's doing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stack.brokers_connected().await {
+            ensure!(
+                Instant::now() < deadline,
+                "the processes did not connect to RabbitMQ within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(stack)
+    }
+
+    /// Whether every process has its broker link (`corral_broker_connected`).
+    pub(super) async fn brokers_connected(&self) -> bool {
+        for process in self.ingresses.iter().chain(self.workers.iter()) {
+            if process.metrics().await.get("corral_broker_connected") != 1.0 {
+                return false;
+            }
+        }
+        true
     }
 
     /// What every scenario does before its fault: warms up, starts the load
@@ -149,8 +187,9 @@ impl Stack {
             .collect()
     }
 
-    /// Waits until every process is ready and ingress 0 accepts a webhook;
-    /// returns the seconds it took.
+    /// Waits until every process is ready and connected to RabbitMQ (an
+    /// ingress with a spool is ready without it) and ingress 0 accepts a
+    /// webhook; returns the seconds it took.
     pub(super) async fn wait_recovered(&mut self, since: Instant) -> anyhow::Result<f64> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -158,7 +197,7 @@ impl Stack {
             for process in self.ingresses.iter().chain(self.workers.iter()) {
                 ready &= process.is_ready().await;
             }
-            if ready && self.canary().await {
+            if ready && self.brokers_connected().await && self.canary().await {
                 return Ok(since.elapsed().as_secs_f64());
             }
             ensure!(
@@ -189,6 +228,59 @@ impl Stack {
             .is_ok_and(|response| response.status().is_success())
     }
 
+    /// Rows of the load in `delivery_events` right now.
+    pub(super) async fn rows(&self) -> anyhow::Result<u64> {
+        let client = self.db.client().await;
+        let rows: i64 = client.query_one(LOAD_ROWS, &[]).await?.get(0);
+        Ok(rows as u64)
+    }
+
+    /// A counter or gauge summed over the workers.
+    pub(super) async fn worker_metric(&self, series: &str) -> f64 {
+        let mut sum = 0.0;
+        for worker in &self.workers {
+            sum += worker.metrics().await.get(series);
+        }
+        sum
+    }
+
+    /// Webhooks the ingresses answered 503, summed over the causes of
+    /// `corral_ingress_publish_failures_total`.
+    pub(super) async fn refused(&self) -> u64 {
+        let mut refused = 0.0;
+        for ingress in &self.ingresses {
+            refused += ingress
+                .metrics()
+                .await
+                .0
+                .iter()
+                .filter(|(series, _)| series.starts_with("corral_ingress_publish_failures_total{"))
+                .map(|(_, value)| value)
+                .sum::<f64>();
+        }
+        refused as u64
+    }
+
+    /// Webhooks the ingresses answered from the spool, by cause, and those
+    /// the spool failed to commit. Every ingress must be running.
+    pub(super) async fn spool_counts(&self) -> (BTreeMap<String, u64>, u64) {
+        let mut spooled = BTreeMap::new();
+        let mut failures = 0.0;
+        for ingress in &self.ingresses {
+            let metrics = ingress.metrics().await;
+            for (series, value) in &metrics.0 {
+                if let Some(labels) = series.strip_prefix("corral_ingress_spooled_total{cause=\"")
+                    && *value > 0.0
+                {
+                    let cause = labels.trim_end_matches("\"}").to_owned();
+                    *spooled.entry(cause).or_insert(0) += *value as u64;
+                }
+            }
+            failures += metrics.get("corral_ingress_spool_failures_total");
+        }
+        (spooled, failures as u64)
+    }
+
     /// Waits for the loads, verifies them, and builds the scenario's row.
     pub(super) async fn finish(
         self,
@@ -206,6 +298,8 @@ impl Stack {
             unavailable: 0,
             other: 0,
             rows: 0,
+            spooled: BTreeMap::new(),
+            spool_failures: 0,
             lost: 0,
             duplicated: 0,
             wrong: 0,
@@ -233,12 +327,17 @@ impl Stack {
             outcome.wrong += v.unexpected + v.mismatched + v.stale_latest + v.quarantined;
             notes.extend(v.examples.iter().take(3).cloned());
         }
-        let client = self.db.client().await;
-        let rows: i64 = client
-            .query_one("SELECT count(*) FROM delivery_events WHERE drop_id NOT LIKE 'canary-%' AND drop_id NOT LIKE 'poison-%'", &[])
-            .await?
-            .get(0);
-        outcome.rows = rows as u64;
+        outcome.rows = self.rows().await?;
+        (outcome.spooled, outcome.spool_failures) = self.spool_counts().await;
+        if !outcome.spooled.is_empty() {
+            let causes = outcome
+                .spooled
+                .iter()
+                .map(|(cause, n)| format!("{cause} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            notes.push(format!("spooled by cause: {causes}"));
+        }
 
         let rss_ok = compare_rss(&mut outcome, &rss_before, &self.rss(), &mut notes);
         let hung = outcome.slowest_answer_ms > SLOWEST_ANSWER_MS;
@@ -269,6 +368,10 @@ impl Stack {
         broker::delete_prefix(&self.prefix).await;
     }
 }
+
+/// The load's rows: canaries and poison messages are not part of it.
+const LOAD_ROWS: &str = "SELECT count(*) FROM delivery_events \
+                         WHERE drop_id NOT LIKE 'canary-%' AND drop_id NOT LIKE 'poison-%'";
 
 /// How long a scenario's load runs: before, the fault, two seconds to
 /// recover, after.
