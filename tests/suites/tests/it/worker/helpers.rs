@@ -23,13 +23,13 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// Deadline of every wait on the worker.
-pub(super) const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-pub(super) const STORED: &str = r#"corral_worker_messages_total{outcome="stored"}"#;
+pub(crate) const STORED: &str = r#"corral_worker_messages_total{outcome="stored"}"#;
 
-pub(super) const DUPLICATE: &str = r#"corral_worker_messages_total{outcome="duplicate"}"#;
+pub(crate) const DUPLICATE: &str = r#"corral_worker_messages_total{outcome="duplicate"}"#;
 
-pub(super) const QUARANTINED: &str = r#"corral_worker_messages_total{outcome="quarantined"}"#;
+pub(crate) const QUARANTINED: &str = r#"corral_worker_messages_total{outcome="quarantined"}"#;
 
 pub(super) const DB_TRANSIENT: &str = r#"corral_worker_db_errors_total{kind="transient"}"#;
 
@@ -40,7 +40,7 @@ pub(super) const ACK_FAILURES: &str = "corral_worker_ack_failures_total";
 pub(super) const CONNECTED: &str = r#"corral_broker_connect_attempts_total{outcome="success"}"#;
 
 /// Worker settings that keep every wait in these tests short.
-pub(super) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
+pub(crate) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = config::worker(database_url, prefix);
     config.batch_linger_ms = 50;
     config.db_timeout_ms = 2_000;
@@ -125,13 +125,13 @@ pub(super) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
 }
 
 /// A valid webhook with a fresh drop id.
-pub(super) fn valid(reason: &str) -> (String, String) {
+pub(crate) fn valid(reason: &str) -> (String, String) {
     let drop_id = Uuid::now_v7().simple().to_string()[8..].to_owned();
     let body = fixtures::delivery_status(&drop_id, "2026-11-27T05:24:31.000Z", reason, "order-1");
     (drop_id, body)
 }
 
-pub(super) async fn count(client: &Client, sql: &str) -> i64 {
+pub(crate) async fn count(client: &Client, sql: &str) -> i64 {
     client
         .query_one(sql, &[])
         .await
@@ -140,16 +140,16 @@ pub(super) async fn count(client: &Client, sql: &str) -> i64 {
 }
 
 /// Waits until `sql` (a `SELECT count(*)`) answers `expected`.
-pub(super) async fn wait_count(client: &Client, sql: &str, expected: i64) {
+pub(crate) async fn wait_count(client: &Client, sql: &str, expected: i64) {
     wait::until_true(&format!("`{sql}` = {expected}"), WAIT, || async move {
         count(client, sql).await == expected
     })
     .await;
 }
 
-pub(super) const EVENTS: &str = "SELECT count(*) FROM delivery_events";
+pub(crate) const EVENTS: &str = "SELECT count(*) FROM delivery_events";
 
-pub(super) const QUARANTINE: &str = "SELECT count(*) FROM quarantined_webhooks";
+pub(crate) const QUARANTINE: &str = "SELECT count(*) FROM quarantined_webhooks";
 
 /// Waits until `series` has grown by at least `delta` since `before`.
 pub(super) async fn wait_metric(
@@ -170,7 +170,7 @@ pub(super) async fn wait_metric(
 /// Waits until `series` reaches `total` (the counters move just after the
 /// commit and the ack, so a row can be visible a moment before its count),
 /// and returns the scrape that showed it.
-pub(super) async fn settled(worker: &RunningWorker, series: &str, total: f64) -> Metrics {
+pub(crate) async fn settled(worker: &RunningWorker, series: &str, total: f64) -> Metrics {
     wait::until(&format!("{series} to reach {total}"), WAIT, || async move {
         let metrics = worker.metrics().await;
         (metrics.get(series) >= total).then_some(metrics)
