@@ -1,0 +1,145 @@
+//! Each cause of a broker refusal spools the webhook, byte for byte, counted
+//! under its cause. `blocked` is not tested: only a memory or disk alarm of
+//! the whole shared broker raises it, which would block every test running
+//! beside this one.
+
+use std::time::{Duration, Instant};
+
+use corral_shared::telemetry::labels::SpoolCause;
+use corral_testkit::{
+    apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
+};
+
+use super::helpers::*;
+
+/// No broker link (the path to it refuses connections): spooled at once,
+/// 200, cause `unavailable`.
+#[tokio::test]
+async fn without_a_broker_link_a_webhook_is_spooled_and_answered_200() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
+    // Ready on the spool alone.
+    ingress.wait_ready(true).await;
+    let client = db.client().await;
+
+    // Cause `unavailable`, not `slow`: spooled at once, without waiting
+    // CORRAL_SPOOL_AFTER_MS for a broker known to be gone.
+    post_spooled(
+        &ingress,
+        &client,
+        "rvm",
+        fixtures::SMS_FAILURE,
+        SpoolCause::Unavailable,
+    )
+    .await;
+    assert_eq!(
+        ingress
+            .metrics()
+            .await
+            .get("corral_ingress_spool_connected"),
+        1.0
+    );
+}
+
+/// The broker nacks the publish (a queue bound to its routing key refuses
+/// it): spooled, 200, cause `nack`.
+#[tokio::test]
+async fn a_nacked_webhook_is_spooled_and_answered_200() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
+    broker.refuse("dropcowboy.sms").await;
+
+    post_spooled(
+        &ingress,
+        &db.client().await,
+        "sms",
+        fixtures::SMS_SUCCESS,
+        SpoolCause::Nack,
+    )
+    .await;
+}
+
+/// The broker stops answering (sockets open, no confirm): after
+/// `CORRAL_SPOOL_AFTER_MS` the webhook is spooled and answered 200, long
+/// before the request's deadline; cause `slow`.
+#[tokio::test]
+async fn a_webhook_not_confirmed_in_time_is_spooled_and_answered_before_the_deadline() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.spool_after_ms = 200;
+    // The publish timeout, not the heartbeat, is what could end the wait.
+    config.amqp.heartbeat_secs = 30;
+    let ingress = RunningIngress::start(config).await;
+
+    proxy.blackhole();
+    let started = Instant::now();
+    post_spooled(
+        &ingress,
+        &db.client().await,
+        "sms",
+        fixtures::SMS_SUCCESS,
+        SpoolCause::Slow,
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(3_000),
+        "answered after {took:?}: not before CORRAL_SPOOL_AFTER_MS, and before the deadline"
+    );
+}
+
+/// The webhooks exchange is deleted under a running ingress: the broker
+/// closes the channel of the publish; spooled, 200, cause `channel_closed`.
+#[tokio::test]
+async fn a_webhook_whose_channel_the_broker_closes_is_spooled_and_answered_200() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
+    broker.delete_exchange(&broker.topology.exchange()).await;
+
+    post_spooled(
+        &ingress,
+        &db.client().await,
+        "sms",
+        fixtures::SMS_SUCCESS,
+        SpoolCause::ChannelClosed,
+    )
+    .await;
+}
+
+/// Both the main queue and the unroutable queue (where the alternate
+/// exchange keeps what the main one cannot route) are deleted: the broker
+/// returns the mandatory publish; spooled, 200, cause `unroutable`.
+#[tokio::test]
+async fn a_returned_webhook_is_spooled_and_answered_200() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
+    broker.delete_queue(&broker.queue()).await;
+    broker
+        .delete_queue(&broker.topology.unroutable_queue())
+        .await;
+
+    post_spooled(
+        &ingress,
+        &db.client().await,
+        "rvm",
+        fixtures::SMS_FAILURE,
+        SpoolCause::Unroutable,
+    )
+    .await;
+}

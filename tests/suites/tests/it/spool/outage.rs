@@ -1,0 +1,121 @@
+//! Both paths down: 503, nothing stored; readiness follows either path.
+
+use corral_testkit::{
+    apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
+    wait,
+};
+
+use super::helpers::*;
+use crate::{
+    ingress::helpers::{authenticated, publish_failures, send, unavailable},
+    worker::helpers::count,
+};
+
+/// A proxy in front of the shared PostgreSQL, and the spool role's URL
+/// through it.
+async fn spool_proxy(db: &TestDatabase, role: &str) -> (TcpProxy, String) {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await;
+    let url = format!("postgres://{role}@{}/{}", proxy.addr(), db.name);
+    (proxy, url)
+}
+
+/// Neither the broker nor the spool can be reached: 503 with Retry-After,
+/// counted as a spool failure, and nothing stored anywhere (the spool's
+/// table and the queue are empty once both are back).
+#[tokio::test]
+async fn with_both_paths_down_a_webhook_gets_503_and_is_stored_nowhere() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let (postgres, url) = spool_proxy(&db, &writer.role).await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    postgres.cut();
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.spool_database_url = Some(url);
+    let ingress = RunningIngress::start_unready(config).await;
+    ingress.wait_ready(false).await;
+
+    let before = ingress.metrics().await;
+    for kind in ["sms", "rvm"] {
+        unavailable(send(authenticated(&ingress, kind).body(fixtures::SMS_SUCCESS)).await).await;
+    }
+    let after = ingress.metrics().await;
+    assert_eq!(
+        after.get(SPOOL_FAILURES) - before.get(SPOOL_FAILURES),
+        2.0,
+        "each webhook the spool could not commit is counted"
+    );
+    assert_eq!(
+        publish_failures(&after, "unavailable") - publish_failures(&before, "unavailable"),
+        2.0,
+        "the broker's cause is still counted"
+    );
+    assert_eq!(after.get("corral_ingress_spool_connected"), 0.0);
+
+    postgres.restore();
+    proxy.restore();
+    ingress.wait_ready(true).await;
+    let client = db.client().await;
+    assert_eq!(count(&client, SPOOLED_ROWS).await, 0);
+    assert_eq!(broker.ready_count(&broker.queue()).await, 0);
+    assert_eq!(
+        broker
+            .ready_count(&broker.topology.unroutable_queue())
+            .await,
+        0
+    );
+}
+
+/// `/readyz` is 200 while either path works and says which: broker down and
+/// spool up is ready (`"broker":false,"spool":true`); both down is 503; the
+/// spool back makes it ready again.
+#[tokio::test]
+async fn readiness_follows_the_broker_or_the_spool() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let (postgres, url) = spool_proxy(&db, &writer.role).await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.spool_database_url = Some(url);
+    let ingress = RunningIngress::start(config).await;
+    let state = |broker: bool, spool: bool| {
+        let admin_port = ingress.admin_port;
+        async move {
+            let readiness = readyz(admin_port).await;
+            readiness["broker"] == broker && readiness["spool"] == spool
+        }
+    };
+    wait::until_true("broker and spool both up", WAIT, || state(true, true)).await;
+
+    proxy.cut();
+    wait::until_true("broker down, spool up", WAIT, || state(false, true)).await;
+    ingress.wait_ready(true).await;
+    let readiness = readyz(ingress.admin_port).await;
+    assert_eq!(readiness["ready"], true, "{readiness}");
+    assert_eq!(
+        ingress
+            .metrics()
+            .await
+            .get("corral_ingress_spool_connected"),
+        1.0
+    );
+
+    postgres.cut();
+    ingress.wait_ready(false).await;
+    let readiness = readyz(ingress.admin_port).await;
+    assert_eq!(readiness["broker"], false, "{readiness}");
+    assert_eq!(readiness["spool"], false, "{readiness}");
+    assert_eq!(
+        ingress
+            .metrics()
+            .await
+            .get("corral_ingress_spool_connected"),
+        0.0
+    );
+
+    postgres.restore();
+    wait::until_true("spool back", WAIT, || state(false, true)).await;
+    ingress.wait_ready(true).await;
+}
