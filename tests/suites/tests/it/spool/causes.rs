@@ -3,14 +3,20 @@
 //! the whole shared broker raises it, which would block every test running
 //! beside this one.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
     apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
 };
 
+use uuid::Uuid;
+
 use super::helpers::*;
+use crate::ingress::helpers::{accepted, authenticated, send};
 
 /// No broker link (the path to it refuses connections): spooled at once,
 /// 200, cause `unavailable`.
@@ -142,4 +148,56 @@ async fn a_returned_webhook_is_spooled_and_answered_200() {
         SpoolCause::Unroutable,
     )
     .await;
+}
+
+/// A burst of concurrent webhooks while the broker is gone: every one is
+/// answered 200 and is a row of the spool under its id, with its own bytes
+/// (webhooks waiting for a spool connection go together in one INSERT).
+#[tokio::test]
+async fn a_burst_without_a_broker_is_spooled_whole() {
+    const WEBHOOKS: usize = 60;
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.spool_connections = 2;
+    let ingress = RunningIngress::start_unready(config).await;
+    ingress.wait_ready(true).await;
+    let bodies: Vec<String> = (0..WEBHOOKS)
+        .map(|i| {
+            fixtures::delivery_status(
+                &format!("burst{i:019}"),
+                "2026-11-27T05:24:31.000Z",
+                "",
+                &format!("o-{i}"),
+            )
+        })
+        .collect();
+
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| send(authenticated(&ingress, "sms").body(body.clone()))),
+    )
+    .await;
+    let mut sent = HashMap::new();
+    for (body, response) in bodies.iter().zip(answers) {
+        sent.insert(accepted(response).await, body.as_bytes().to_vec());
+    }
+    assert_eq!(sent.len(), WEBHOOKS, "every answer has an id of its own");
+    let rows = spool_rows(&db.client().await).await;
+    let in_spool: HashMap<Uuid, Vec<u8>> = rows
+        .into_iter()
+        .map(|row| (row.message_id, row.body))
+        .collect();
+    assert_eq!(
+        in_spool, sent,
+        "the spool holds each webhook answered, byte for byte"
+    );
+    assert_eq!(
+        spooled(&ingress.metrics().await, SpoolCause::Unavailable),
+        WEBHOOKS as f64
+    );
 }

@@ -11,18 +11,38 @@ use corral_testkit::{
     database::TestDatabase,
     fixtures,
     proxy::TcpProxy,
+    wait,
 };
 use uuid::Uuid;
 
 use super::helpers::*;
 use crate::worker::helpers::{
-    DUPLICATE, EVENTS, QUARANTINE, QUARANTINED, STORED, count, settled, valid, wait_count,
+    DUPLICATE, EVENTS, QUARANTINE, QUARANTINED, STORED, count, install_slow_commit, settled, valid,
+    wait_count,
 };
 
+const DEPTH: &str = "corral_worker_spool_depth";
+
+const OLDEST: &str = "corral_worker_spool_oldest_seconds";
+
+/// Transactions of database `name` sleeping in the slow-commit trigger.
+async fn rounds_in_flight(client: &tokio_postgres::Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'",
+            &[&name],
+        )
+        .await
+        .expect("reading pg_stat_activity")
+        .get(0)
+}
+
 /// Three workers drain a spool of 300 webhooks side by side, in rounds of
-/// 10: every webhook becomes exactly one row under its id, none is lost,
-/// the spool ends empty, and the drained counter says 300 (the workers share
-/// this process's recorder, so it is their sum).
+/// 10 slowed down so that rounds of different workers overlap: every webhook
+/// becomes exactly one row under its id, none is lost, the spool ends empty,
+/// and the drained counter says 300 (the workers share this process's
+/// recorder, so it is their sum). The depth gauge sees the spool while it
+/// drains, and 0 after.
 #[tokio::test]
 async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
     const WEBHOOKS: usize = 300;
@@ -45,6 +65,10 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
         expected.insert(id, (drop_id, kind.to_owned()));
     }
 
+    // Each round's insert sleeps before it can commit, holding its claimed
+    // rows locked: the other workers must skip them, not wait or take them.
+    install_slow_commit(&client, 0.1).await;
+
     let workers: Vec<RunningWorker> = (0..3)
         .map(|_| {
             let mut config = draining(&db, broker.prefix());
@@ -53,6 +77,14 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
         })
         .collect::<futures_util::future::JoinAll<_>>()
         .await;
+    wait::until_true("rounds of two workers in flight at once", WAIT, || async {
+        rounds_in_flight(&client, &db.name).await >= 2
+    })
+    .await;
+    wait::until_true("the depth gauge to see the spool", WAIT, || async {
+        workers[0].metrics().await.get(DEPTH) > 0.0
+    })
+    .await;
     wait_count(&client, EVENTS, WEBHOOKS as i64).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
 
@@ -80,6 +112,11 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
     assert_eq!(metrics.get(STORED), WEBHOOKS as f64);
     assert_eq!(metrics.get(DUPLICATE), 0.0);
     assert_eq!(count(&client, QUARANTINE).await, 0);
+    wait::until_true("the depth gauge back at 0", WAIT, || async {
+        let metrics = workers[0].metrics().await;
+        metrics.get(DEPTH) == 0.0 && metrics.get(OLDEST) == 0.0
+    })
+    .await;
     for worker in workers {
         worker.stop().await.expect("a worker stops cleanly");
     }
@@ -165,5 +202,101 @@ async fn an_untypeable_spooled_body_is_quarantined_and_leaves_the_spool() {
     );
     assert_eq!(count(&client, QUARANTINE).await, 1);
     assert_eq!(count(&client, EVENTS).await, 0);
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// What a leaked ingress credential could add to the spool, between valid
+/// webhooks: bytes that are not UTF-8, JSON that is not an object, a NUL in
+/// a text field, and a payload that types but PostgreSQL refuses. The worker
+/// stores the valid ones once, quarantines each of the others byte for byte,
+/// and the spool empties: no row holds back the ones behind it.
+#[tokio::test]
+async fn hostile_spooled_rows_are_quarantined_without_holding_back_the_rest() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let ingress_role = corral_testkit::database::connect(&writer.url).await;
+    let client = db.client().await;
+    let nul = fixtures::delivery_status(
+        "nul000000000000000000000",
+        "2026-11-27T05:24:31.000Z",
+        "",
+        "order\u{0}1",
+    );
+    // Types fine, but its extra number overflows `numeric` when PostgreSQL
+    // builds the payload's jsonb: refused inside the claiming transaction.
+    let overflowing = {
+        let body = valid("").1;
+        format!(
+            r#"{}, "carrier_score": 1e200000}}"#,
+            body.trim_end_matches('}')
+        )
+    };
+    let mut hostile: Vec<(Uuid, Vec<u8>)> = Vec::new();
+    let mut valid_ids = Vec::new();
+    let bodies: Vec<(bool, Vec<u8>)> = vec![
+        (true, valid("").1.into_bytes()),
+        (false, b"\xff\xfe{not utf-8".to_vec()),
+        (true, valid("").1.into_bytes()),
+        (false, b"[1, 2, 3]".to_vec()),
+        (false, nul.into_bytes()),
+        (true, valid("").1.into_bytes()),
+        (false, overflowing.into_bytes()),
+        (true, valid("").1.into_bytes()),
+    ];
+    for (is_valid, body) in bodies {
+        let id = Uuid::now_v7();
+        ingress_role
+            .execute(
+                "INSERT INTO spooled_webhooks (message_id, kind, body, received_at)
+                 VALUES ($1, 'rvm', $2, now())",
+                &[&id, &body],
+            )
+            .await
+            .expect("the spool role spools whatever bytes it likes");
+        if is_valid {
+            valid_ids.push(id);
+        } else {
+            hostile.push((id, body));
+        }
+    }
+
+    let worker = RunningWorker::start(draining(&db, broker.prefix())).await;
+    wait_count(&client, SPOOLED_ROWS, 0).await;
+    let metrics = settled(&worker, DRAINED, 8.0).await;
+    assert_eq!(metrics.get(STORED), 4.0);
+    assert_eq!(metrics.get(QUARANTINED), 4.0);
+    let mut stored: Vec<Uuid> = client
+        .query("SELECT message_id FROM delivery_events", &[])
+        .await
+        .expect("reading the rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    stored.sort();
+    assert_eq!(stored, valid_ids, "each valid webhook once");
+    for (id, body) in &hostile {
+        let row = client
+            .query_one(
+                "SELECT body FROM quarantined_webhooks WHERE message_id = $1",
+                &[id],
+            )
+            .await
+            .unwrap_or_else(|err| panic!("the quarantined row of {id}: {err}"));
+        assert_eq!(&row.get::<_, Vec<u8>>(0), body, "byte for byte");
+    }
+    assert_eq!(count(&client, QUARANTINE).await, 4);
+    let refused: String = client
+        .query_one(
+            "SELECT error FROM quarantined_webhooks WHERE message_id = $1",
+            &[&hostile[3].0],
+        )
+        .await
+        .expect("the quarantined row PostgreSQL refused")
+        .get(0);
+    assert_eq!(
+        refused,
+        "PostgreSQL refused the typed row: value overflows numeric format"
+    );
     worker.stop().await.expect("the worker stops cleanly");
 }

@@ -1,5 +1,7 @@
 //! Both paths down: 503, nothing stored; readiness follows either path.
 
+use std::time::{Duration, Instant};
+
 use corral_testkit::{
     apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
     wait,
@@ -65,6 +67,42 @@ async fn with_both_paths_down_a_webhook_gets_503_and_is_stored_nowhere() {
             .await,
         0
     );
+}
+
+/// The broker stops answering and the spool cannot be reached: the request
+/// waits for its confirm until `CORRAL_PUBLISH_TIMEOUT_MS`, then gets 503
+/// with Retry-After, never 200, and the spool's failure is counted.
+#[tokio::test]
+async fn with_a_silent_broker_and_no_spool_a_webhook_gets_503_at_the_deadline() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let (postgres, url) = spool_proxy(&db, &writer.role).await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.spool_database_url = Some(url);
+    config.spool_after_ms = 200;
+    config.amqp.heartbeat_secs = 30;
+    let ingress = RunningIngress::start(config).await;
+
+    proxy.blackhole();
+    postgres.cut();
+    let before = ingress.metrics().await;
+    let started = Instant::now();
+    unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
+    let took = started.elapsed();
+    let after = ingress.metrics().await;
+    assert!(
+        took >= Duration::from_millis(2_900),
+        "503 after {took:?}: the broker had until the 3 s deadline to confirm"
+    );
+    assert_eq!(after.get(SPOOL_FAILURES) - before.get(SPOOL_FAILURES), 1.0);
+    assert_eq!(
+        publish_failures(&after, "timeout") - publish_failures(&before, "timeout"),
+        1.0,
+        "the broker's cause: no confirm by the deadline"
+    );
+    assert_eq!(count(&db.client().await, SPOOLED_ROWS).await, 0);
 }
 
 /// `/readyz` is 200 while either path works and says which: broker down and

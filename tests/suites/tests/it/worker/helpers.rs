@@ -240,7 +240,7 @@ pub(super) async fn assert_quarantined(client: &Client, sent: &Sent, error: &str
 /// A slow-down switch on the test database: while `test_slow_commit.seconds`
 /// is above zero, every insert into `delivery_events` sleeps that long before
 /// its transaction can commit, so a test can act while a batch is in flight.
-pub(super) async fn install_slow_commit(client: &Client, seconds: f64) {
+pub(crate) async fn install_slow_commit(client: &Client, seconds: f64) {
     client
         .batch_execute(&format!(
             "CREATE TABLE test_slow_commit (seconds double precision NOT NULL);
