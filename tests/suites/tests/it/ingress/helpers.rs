@@ -31,7 +31,7 @@ pub(super) const REQUEST_BOUND: Duration = Duration::from_secs(20);
 pub(crate) const RETRY_AFTER_SECS: u32 = 3;
 
 /// The default `CORRAL_MAX_BODY_BYTES`.
-pub(super) const MAX_BODY_BYTES: usize = 65_536;
+pub(crate) const MAX_BODY_BYTES: usize = 65_536;
 
 /// An ingress on `broker`'s prefix, ready.
 pub(super) async fn start(broker: &TestBroker) -> RunningIngress {
@@ -231,7 +231,7 @@ pub(super) fn published(metrics: &Metrics, kind: &str) -> f64 {
 }
 
 /// A JSON object of exactly `len` bytes.
-pub(super) fn object_of_len(len: usize) -> String {
+pub(crate) fn object_of_len(len: usize) -> String {
     let pad = len - r#"{"pad":""}"#.len();
     format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad))
 }

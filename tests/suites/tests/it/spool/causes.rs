@@ -16,7 +16,7 @@ use corral_testkit::{
 use uuid::Uuid;
 
 use super::helpers::*;
-use crate::ingress::helpers::{accepted, authenticated, send};
+use crate::ingress::helpers::{MAX_BODY_BYTES, accepted, authenticated, object_of_len, send};
 
 /// No broker link (the path to it refuses connections): spooled at once,
 /// 200, cause `unavailable`.
@@ -200,4 +200,105 @@ async fn a_burst_without_a_broker_is_spooled_whole() {
         spooled(&ingress.metrics().await, SpoolCause::Unavailable),
         WEBHOOKS as f64
     );
+}
+
+/// Bodies of the largest accepted size, more of them at once than one spool
+/// INSERT carries (4 MiB): every one is answered 200 and spooled byte for
+/// byte, whichever INSERT took it.
+#[tokio::test]
+async fn a_burst_of_the_largest_bodies_is_spooled_byte_for_byte() {
+    const WEBHOOKS: usize = 90;
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let mut config = spooling(&broker, &proxy, &writer);
+    // One writer: what waits for it goes together, up to the byte bound.
+    config.spool_connections = 1;
+    let ingress = RunningIngress::start_unready(config).await;
+    ingress.wait_ready(true).await;
+    let bodies: Vec<String> = (0..WEBHOOKS)
+        .map(|i| {
+            let mut body = object_of_len(MAX_BODY_BYTES);
+            // Distinct bodies, so a mix-up between them shows.
+            body.replace_range(9..14, &format!("{i:05}"));
+            body
+        })
+        .collect();
+
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| send(authenticated(&ingress, "rvm").body(body.clone()))),
+    )
+    .await;
+    let mut sent = HashMap::new();
+    for (body, response) in bodies.iter().zip(answers) {
+        sent.insert(accepted(response).await, body.as_bytes().to_vec());
+    }
+    let in_spool: HashMap<Uuid, Vec<u8>> = spool_rows(&db.client().await)
+        .await
+        .into_iter()
+        .map(|row| (row.message_id, row.body))
+        .collect();
+    assert_eq!(in_spool.len(), WEBHOOKS);
+    assert!(
+        in_spool == sent,
+        "the spool holds each webhook answered, byte for byte"
+    );
+}
+
+/// A 200 from the spool means committed: the INSERT runs with
+/// `synchronous_commit` on even when the role's default says `off`.
+#[tokio::test]
+async fn the_spool_commits_synchronously_whatever_the_roles_default() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE \"{role}\" SET synchronous_commit = off;
+             CREATE TABLE test_spool_commits (setting text NOT NULL);
+             CREATE FUNCTION test_spool_commit() RETURNS trigger
+                 LANGUAGE plpgsql SECURITY DEFINER AS $$
+             BEGIN
+                 INSERT INTO test_spool_commits VALUES (current_setting('synchronous_commit'));
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER test_spool_commit AFTER INSERT ON spooled_webhooks
+                 FOR EACH STATEMENT EXECUTE FUNCTION test_spool_commit();",
+            role = writer.role
+        ))
+        .await
+        .expect("recording each spool INSERT's synchronous_commit");
+    let direct: String = corral_testkit::database::connect(&writer.url)
+        .await
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("the role's default")
+        .get(0);
+    assert_eq!(direct, "off", "the role's default is in effect");
+
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
+    ingress.wait_ready(true).await;
+    post_spooled(
+        &ingress,
+        &client,
+        "sms",
+        fixtures::SMS_SUCCESS,
+        SpoolCause::Unavailable,
+    )
+    .await;
+    let settings: Vec<String> = client
+        .query("SELECT setting FROM test_spool_commits", &[])
+        .await
+        .expect("the recorded settings")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(settings, vec!["on".to_owned()]);
 }
