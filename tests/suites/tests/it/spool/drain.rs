@@ -17,9 +17,13 @@ use uuid::Uuid;
 
 use super::helpers::*;
 use crate::worker::helpers::{
-    DUPLICATE, EVENTS, QUARANTINE, QUARANTINED, STORED, count, install_slow_commit, settled, valid,
-    wait_count,
+    DB_TRANSIENT, DUPLICATE, EVENTS, QUARANTINE, QUARANTINED, STORED, count, install_slow_commit,
+    postgres_proxy, settled, valid, wait_batch_in_flight, wait_count,
 };
+
+/// Spooled rows no transaction holds: a drain round in progress locks its own.
+const UNLOCKED_ROWS: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM spooled_webhooks FOR UPDATE SKIP LOCKED) AS unlocked";
 
 const DEPTH: &str = "corral_worker_spool_depth";
 
@@ -297,6 +301,80 @@ async fn hostile_spooled_rows_are_quarantined_without_holding_back_the_rest() {
     assert_eq!(
         refused,
         "PostgreSQL refused the typed row: value overflows numeric format"
+    );
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// The worker's connection dies while a drain round is in progress (its
+/// rows claimed and deleted, their events inserted, nothing committed): the
+/// rows come back to the spool whole, and once the database can be reached
+/// again each is stored exactly once.
+#[tokio::test]
+async fn a_drain_round_cut_before_its_commit_gives_its_rows_back() {
+    const WEBHOOKS: usize = 20;
+    let db = TestDatabase::migrated().await;
+    let broker = TestBroker::new().await;
+    let client = db.client().await;
+    let (postgres, url) = postgres_proxy(&db).await;
+    // Within the worker's statement timeout (its CORRAL_DB_TIMEOUT_MS), so
+    // only the cut can end the round.
+    install_slow_commit(&client, 2.0).await;
+    let mut ids = Vec::new();
+    for _ in 0..WEBHOOKS {
+        let id = Uuid::now_v7();
+        client
+            .execute(
+                "INSERT INTO spooled_webhooks (message_id, kind, body, received_at)
+                 VALUES ($1, 'sms', $2, now())",
+                &[&id, &valid("").1.as_bytes()],
+            )
+            .await
+            .expect("spooling a webhook as postgres");
+        ids.push(id);
+    }
+
+    let mut config = draining(&db, broker.prefix());
+    config.database_url = url;
+    config.db_timeout_ms = 10_000;
+    let worker = RunningWorker::start_unready(config).await;
+    wait_batch_in_flight(&client, &db.name).await;
+    let before = worker.metrics().await;
+    postgres.cut();
+    client
+        .execute("UPDATE test_slow_commit SET seconds = 0", &[])
+        .await
+        .expect("no more slow commits");
+    // The server finds its client gone once the statement ends, and rolls
+    // the round back: its rows are no longer locked, nor deleted.
+    wait_count(&client, UNLOCKED_ROWS, WEBHOOKS as i64).await;
+    assert_eq!(count(&client, EVENTS).await, 0);
+    assert_eq!(
+        worker.metrics().await.get(DRAINED),
+        0.0,
+        "a round that did not commit is not counted as drained"
+    );
+
+    postgres.restore();
+    wait_count(&client, SPOOLED_ROWS, 0).await;
+    wait_count(&client, EVENTS, WEBHOOKS as i64).await;
+    let mut stored: Vec<Uuid> = client
+        .query("SELECT message_id FROM delivery_events", &[])
+        .await
+        .expect("reading the rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ids, "each spooled webhook once");
+    let after = settled(&worker, DRAINED, WEBHOOKS as f64).await;
+    assert_eq!(
+        after.get(DRAINED),
+        WEBHOOKS as f64,
+        "only committed rounds count"
+    );
+    assert!(
+        after.get(DB_TRANSIENT) > before.get(DB_TRANSIENT),
+        "the failed round is counted"
     );
     worker.stop().await.expect("the worker stops cleanly");
 }

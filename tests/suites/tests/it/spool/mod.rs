@@ -13,8 +13,8 @@
 //!
 //! - `causes`: Each cause of a broker refusal spools the webhook, byte for
 //!   byte, counted under its cause.
-//! - `drain`: Workers drain the spool: several at once, without a broker, and
-//!   an untypeable body into quarantine.
+//! - `drain`: Workers drain the spool: several at once, without a broker, a
+//!   round cut before its commit, and what cannot be typed into quarantine.
 //! - `helpers`: What the spool tests share: a spooling ingress, the rows it
 //!   wrote, a draining worker.
 //! - `once`: A webhook spooled and also published, or spooled and sent again,

@@ -31,7 +31,7 @@ pub(crate) const DUPLICATE: &str = r#"corral_worker_messages_total{outcome="dupl
 
 pub(crate) const QUARANTINED: &str = r#"corral_worker_messages_total{outcome="quarantined"}"#;
 
-pub(super) const DB_TRANSIENT: &str = r#"corral_worker_db_errors_total{kind="transient"}"#;
+pub(crate) const DB_TRANSIENT: &str = r#"corral_worker_db_errors_total{kind="transient"}"#;
 
 pub(super) const DB_DATA: &str = r#"corral_worker_db_errors_total{kind="data"}"#;
 
@@ -259,7 +259,7 @@ pub(crate) async fn install_slow_commit(client: &Client, seconds: f64) {
 
 /// Waits until a backend of database `name` sleeps in the trigger, that is a
 /// batch transaction is in progress and not committed.
-pub(super) async fn wait_batch_in_flight(client: &Client, name: &str) {
+pub(crate) async fn wait_batch_in_flight(client: &Client, name: &str) {
     wait::until_true(
         "a batch transaction sleeping in the trigger",
         WAIT,
@@ -285,7 +285,7 @@ pub(super) async fn rabbitmq_proxy() -> TcpProxy {
 }
 
 /// A proxy in front of the shared PostgreSQL, and `db`'s URL through it.
-pub(super) async fn postgres_proxy(db: &TestDatabase) -> (TcpProxy, String) {
+pub(crate) async fn postgres_proxy(db: &TestDatabase) -> (TcpProxy, String) {
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr(), db.name);
     (proxy, url)
