@@ -9,7 +9,7 @@ use corral_testkit::{
 
 use super::helpers::*;
 use crate::{
-    ingress::helpers::{authenticated, publish_failures, send, unavailable},
+    ingress::helpers::{accepted, authenticated, publish_failures, send, unavailable},
     worker::helpers::count,
 };
 
@@ -156,4 +156,94 @@ async fn readiness_follows_the_broker_or_the_spool() {
     postgres.restore();
     wait::until_true("spool back", WAIT, || state(false, true)).await;
     ingress.wait_ready(true).await;
+}
+
+/// A spool the ingress can log in to but not INSERT into (its role was
+/// never made a member of `corral_spool_writer`) does not work: with the
+/// broker gone, webhooks get 503, and `/readyz` must say so too, steadily,
+/// not turn ready again at the spool's next reachability check.
+#[tokio::test]
+async fn a_spool_that_refuses_the_insert_does_not_make_the_ingress_ready() {
+    let db = TestDatabase::migrated().await;
+    // A login role of the test's own, outside `corral_spool_writer`; the
+    // SpoolWriter drops it afterwards.
+    let writer = db.spool_writer().await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "REVOKE corral_spool_writer FROM \"{}\"",
+            writer.role
+        ))
+        .await
+        .expect("taking the role out of corral_spool_writer");
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
+
+    let before = ingress.metrics().await;
+    unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
+    assert_eq!(
+        ingress.metrics().await.get(SPOOL_FAILURES) - before.get(SPOOL_FAILURES),
+        1.0
+    );
+    // Longer than the spool's reachability check (every 3 s).
+    wait::holds(
+        "/readyz 503 while neither path can keep a webhook",
+        Duration::from_secs(7),
+        || async {
+            let readiness = readyz(ingress.admin_port).await;
+            if readiness["ready"] == false {
+                Ok(())
+            } else {
+                Err(format!("/readyz says {readiness}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A request still waiting for its confirm when shutdown begins is answered
+/// from the spool (200, its row committed) before the ingress stops.
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.drain_delay_ms = 0;
+    config.amqp.heartbeat_secs = 30;
+    let ingress = RunningIngress::start(config).await;
+
+    proxy.blackhole();
+    let request = tokio::spawn(
+        authenticated(&ingress, "sms")
+            .body(fixtures::SMS_SUCCESS)
+            .send(),
+    );
+    wait::until_true("the publish awaiting its confirm", WAIT, || async {
+        ingress
+            .metrics()
+            .await
+            .get("corral_ingress_publishes_in_flight")
+            == 1.0
+    })
+    .await;
+    ingress.shutdown.cancel();
+    let response = request
+        .await
+        .expect("the request task")
+        .expect("an answer before the ingress stops");
+    let id = accepted(response).await;
+    let rows = spool_rows(&db.client().await).await;
+    assert_eq!(
+        rows.iter().map(|row| row.message_id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    ingress
+        .task
+        .await
+        .expect("the ingress task")
+        .expect("the ingress stops cleanly");
 }
