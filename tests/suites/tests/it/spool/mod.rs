@@ -18,9 +18,9 @@
 //! - `helpers`: What the spool tests share: a spooling ingress, the rows it
 //!   wrote, a draining worker.
 //! - `once`: A webhook spooled and also published, or spooled and sent again,
-//!   is one row.
+//!   is one row; so is each of many in both the spool and the queue.
 //! - `outage`: Both paths down: 503, nothing stored; readiness follows
-//!   either path.
+//!   either path; a request in flight at shutdown; no spool configured.
 //! - `privileges`: The ingress role may INSERT into the spool and nothing else.
 
 mod causes;

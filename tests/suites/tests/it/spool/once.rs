@@ -1,7 +1,7 @@
 //! A webhook spooled and also published, or spooled and sent again by its
 //! sender, is one row.
 
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_shared::{envelope::Kind, telemetry::labels::SpoolCause};
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker},
     broker::TestBroker,
@@ -15,7 +15,10 @@ use uuid::Uuid;
 use super::helpers::*;
 use crate::{
     ingress::helpers::{QUEUE_WAIT, accepted, authenticated, send},
-    worker::helpers::{DUPLICATE, EVENTS, STORED, count, settled, wait_count},
+    worker::helpers::{
+        DUPLICATE, EVENTS, STORED, Sent, assert_each_stored_once, count, now_micros, publish_batch,
+        settled, valid, wait_count,
+    },
 };
 
 /// The broker confirms too late (a black-holed path that resumes): the
@@ -122,5 +125,56 @@ async fn a_webhook_spooled_and_sent_again_is_one_row() {
         stored == spooled_id || stored == resent_id,
         "the row is one of the two copies"
     );
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// A whole outage's worth of webhooks that are in the spool and in the queue
+/// alike (the queue's copies in the opposite order, so both paths of the
+/// worker meet them from opposite ends at once): each is one row, and every
+/// second copy is counted as a duplicate.
+#[tokio::test]
+async fn webhooks_both_spooled_and_queued_are_each_one_row() {
+    const WEBHOOKS: usize = 200;
+    let db = TestDatabase::migrated().await;
+    let broker = TestBroker::new().await;
+    let client = db.client().await;
+    let first = now_micros();
+    let sent: Vec<Sent> = (0..WEBHOOKS)
+        .map(|i| Sent {
+            id: Uuid::now_v7(),
+            received_at: first + chrono::Duration::microseconds(i as i64),
+            routing_key: Kind::Sms.routing_key().to_owned(),
+            body: valid("").1.into_bytes(),
+        })
+        .collect();
+    for webhook in &sent {
+        client
+            .execute(
+                "INSERT INTO spooled_webhooks (message_id, kind, body, received_at)
+                 VALUES ($1, 'sms', $2, $3)",
+                &[&webhook.id, &webhook.body, &webhook.received_at],
+            )
+            .await
+            .expect("spooling a webhook as postgres");
+    }
+    let reversed: Vec<Sent> = sent.iter().rev().cloned().collect();
+    for message in reversed.chunks(20) {
+        publish_batch(&broker, message).await;
+    }
+
+    let mut config = draining(&db, broker.prefix());
+    config.batch_max = 25;
+    let worker = RunningWorker::start(config).await;
+    wait_count(&client, EVENTS, WEBHOOKS as i64).await;
+    wait_count(&client, SPOOLED_ROWS, 0).await;
+    let metrics = settled(&worker, DUPLICATE, WEBHOOKS as f64).await;
+    assert_eq!(metrics.get(STORED), WEBHOOKS as f64);
+    assert_eq!(metrics.get(DUPLICATE), WEBHOOKS as f64);
+    assert_eq!(metrics.get(DRAINED), WEBHOOKS as f64);
+    assert_each_stored_once(&client, &sent).await;
+    wait::until_true("the queue emptied", WAIT, || async {
+        broker.ready_count(&broker.queue()).await == 0
+    })
+    .await;
     worker.stop().await.expect("the worker stops cleanly");
 }

@@ -9,7 +9,7 @@ use corral_testkit::{
 
 use super::helpers::*;
 use crate::{
-    ingress::helpers::{accepted, authenticated, publish_failures, send, unavailable},
+    ingress::helpers::{accepted, authenticated, publish_failures, send, unavailable, via_proxy},
     worker::helpers::count,
 };
 
@@ -246,4 +246,31 @@ async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
         .await
         .expect("the ingress task")
         .expect("the ingress stops cleanly");
+}
+
+/// Without `CORRAL_SPOOL_DATABASE_URL` nothing of the spool shows: a webhook
+/// the broker cannot take gets 503, `/readyz` has no `spool` and is 503, and
+/// no spool series is exported.
+#[tokio::test]
+async fn without_a_spool_a_broker_outage_is_503_and_no_spool_shows() {
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::rabbitmq().await;
+    proxy.cut();
+    let ingress = RunningIngress::start_unready(via_proxy(&broker, &proxy)).await;
+    ingress.wait_ready(false).await;
+
+    unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
+    let readiness = readyz(ingress.admin_port).await;
+    assert!(
+        readiness.get("spool").is_none(),
+        "/readyz without a spool: {readiness}"
+    );
+    let names = ingress.metrics().await.names();
+    for name in [
+        "corral_ingress_spooled_total",
+        "corral_ingress_spool_failures_total",
+        "corral_ingress_spool_connected",
+    ] {
+        assert!(!names.contains(name), "{name} is exported without a spool");
+    }
 }

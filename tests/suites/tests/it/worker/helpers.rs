@@ -62,16 +62,16 @@ pub(super) fn batches_of(size: u32, database_url: &str, prefix: &str) -> WorkerC
 
 /// What a test published.
 #[derive(Debug, Clone)]
-pub(super) struct Sent {
-    pub(super) id: Uuid,
-    pub(super) received_at: DateTime<Utc>,
-    pub(super) routing_key: String,
-    pub(super) body: Vec<u8>,
+pub(crate) struct Sent {
+    pub(crate) id: Uuid,
+    pub(crate) received_at: DateTime<Utc>,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Now, at the microsecond precision of the `x-received-at` header and of
 /// `timestamptz`, so it compares equal after the round trip.
-pub(super) fn now_micros() -> DateTime<Utc> {
+pub(crate) fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is in range")
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn send_batch(broker: &TestBroker, webhooks: &[(Kind, &[u8])]) 
 }
 
 /// Publishes `sent` (again) as one envelope-2 message; returns its `message_id`.
-pub(super) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
+pub(crate) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
     let packing: Vec<Packing> = sent
         .iter()
         .map(|s| Packing {
@@ -186,7 +186,7 @@ pub(super) fn local_metrics() -> Metrics {
 
 /// Asserts each sent message is exactly one `delivery_events` row (by
 /// message id) and the table holds nothing else.
-pub(super) async fn assert_each_stored_once(client: &Client, sent: &[Sent]) {
+pub(crate) async fn assert_each_stored_once(client: &Client, sent: &[Sent]) {
     let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
     let rows = client
         .query(
