@@ -60,7 +60,7 @@ pub(super) fn spooled(metrics: &Metrics, cause: SpoolCause) -> f64 {
     ))
 }
 
-/// One row of `spooled_webhooks`, as the worker's role reads it.
+/// One row of `spooled_webhooks`, read as postgres (the spool role cannot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Spooled {
     pub(super) message_id: Uuid,
