@@ -33,10 +33,12 @@ pub struct RunningIngress {
 
 impl RunningIngress {
     /// Starts an ingress with `config` and waits until `/readyz` says it is
-    /// connected to the broker.
+    /// ready and connected to the broker (with a spool, it is ready on the
+    /// spool alone, before its broker link is up).
     pub async fn start(config: IngressConfig) -> Self {
         let ingress = Self::start_unready(config).await;
         ingress.wait_ready(true).await;
+        ingress.wait_broker(true).await;
         ingress
     }
 
@@ -87,6 +89,28 @@ impl RunningIngress {
     /// Waits until `/readyz` answers 200 (`true`) or 503 (`false`).
     pub async fn wait_ready(&self, ready: bool) {
         wait_ready(&self.http, self.admin_port, ready).await;
+    }
+
+    /// Waits until `/readyz` says the broker link is up (`true`) or down.
+    pub async fn wait_broker(&self, connected: bool) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        wait::until_true(
+            &format!("/readyz to say \"broker\":{connected}"),
+            Duration::from_secs(30),
+            || {
+                let request = self.http.get(&url).send();
+                async move {
+                    match request.await {
+                        Ok(response) => response.text().await.is_ok_and(|body| {
+                            serde_json::from_str::<serde_json::Value>(&body)
+                                .is_ok_and(|readiness| readiness["broker"] == connected)
+                        }),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
     }
 
     /// Scrapes `/metrics`.

@@ -95,6 +95,20 @@ impl TestBroker {
         .expect("deleting the queue");
     }
 
+    /// Deletes `exchange` under whatever is publishing to it, as an operator
+    /// might by mistake: the broker closes the channel of the next publish to
+    /// it (404). The next (re)connect of ingress declares it again.
+    pub async fn delete_exchange(&self, exchange: &str) {
+        amqp::deadline(
+            "exchange.delete",
+            TIMEOUT,
+            self.channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default()),
+        )
+        .await
+        .expect("deleting the exchange");
+    }
+
     /// Removes the main queue's binding, as an operator might by mistake:
     /// the webhooks exchange can then route nothing to it.
     pub async fn unbind_main_queue(&self) {

@@ -14,6 +14,7 @@
 //!   duplicated.
 //! - `ops`: the operator commands (dead-letter replay, quarantine
 //!   re-processing).
+//! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
 
 mod docs;
 mod e2e;
@@ -21,4 +22,5 @@ mod ingress;
 mod loadgen;
 mod ops;
 mod smoke;
+mod spool;
 mod worker;

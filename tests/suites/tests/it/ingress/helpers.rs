@@ -22,16 +22,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// Longest wait for messages to show up in a queue.
-pub(super) const QUEUE_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(15);
 
 /// Client-side bound on one request, so a hang fails the test instead of stalling it.
 pub(super) const REQUEST_BOUND: Duration = Duration::from_secs(20);
 
 /// `Retry-After` the broker-loss tests configure, to check the setting is honoured.
-pub(super) const RETRY_AFTER_SECS: u32 = 3;
+pub(crate) const RETRY_AFTER_SECS: u32 = 3;
 
 /// The default `CORRAL_MAX_BODY_BYTES`.
-pub(super) const MAX_BODY_BYTES: usize = 65_536;
+pub(crate) const MAX_BODY_BYTES: usize = 65_536;
 
 /// An ingress on `broker`'s prefix, ready.
 pub(super) async fn start(broker: &TestBroker) -> RunningIngress {
@@ -40,7 +40,7 @@ pub(super) async fn start(broker: &TestBroker) -> RunningIngress {
 
 /// An ingress configuration whose broker link goes through `proxy`, with
 /// short deadlines so a broken link is seen and mended in seconds.
-pub(super) fn via_proxy(broker: &TestBroker, proxy: &TcpProxy) -> IngressConfig {
+pub(crate) fn via_proxy(broker: &TestBroker, proxy: &TcpProxy) -> IngressConfig {
     let mut config = config::ingress(broker.prefix(), TOKEN);
     config.amqp.url = proxy.amqp_url();
     config.publish_timeout_ms = 1_000;
@@ -52,7 +52,7 @@ pub(super) fn via_proxy(broker: &TestBroker, proxy: &TcpProxy) -> IngressConfig 
 }
 
 /// A JSON POST to `kind`'s route without credentials.
-pub(super) fn unauthenticated(ingress: &RunningIngress, kind: &str) -> RequestBuilder {
+pub(crate) fn unauthenticated(ingress: &RunningIngress, kind: &str) -> RequestBuilder {
     ingress
         .http
         .post(ingress.url(kind))
@@ -61,11 +61,11 @@ pub(super) fn unauthenticated(ingress: &RunningIngress, kind: &str) -> RequestBu
 }
 
 /// A JSON POST to `kind`'s route with the test token as a Bearer token.
-pub(super) fn authenticated(ingress: &RunningIngress, kind: &str) -> RequestBuilder {
+pub(crate) fn authenticated(ingress: &RunningIngress, kind: &str) -> RequestBuilder {
     unauthenticated(ingress, kind).bearer_auth(TOKEN)
 }
 
-pub(super) async fn send(request: RequestBuilder) -> Response {
+pub(crate) async fn send(request: RequestBuilder) -> Response {
     request.send().await.expect("the ingress should answer")
 }
 
@@ -75,7 +75,7 @@ pub(super) async fn post_sample(ingress: &RunningIngress) -> Uuid {
 }
 
 /// Asserts `200 {"id": "<uuid>"}` and returns the id.
-pub(super) async fn accepted(response: Response) -> Uuid {
+pub(crate) async fn accepted(response: Response) -> Uuid {
     let status = response.status();
     let body = response.text().await.expect("reading the body");
     assert_eq!(status, StatusCode::OK, "body: {body}");
@@ -88,7 +88,7 @@ pub(super) async fn accepted(response: Response) -> Uuid {
 
 /// Asserts `status` with a JSON `{"error": "<non-empty>"}` body; returns the
 /// error text and the headers.
-pub(super) async fn refused(response: Response, status: StatusCode) -> (String, header::HeaderMap) {
+pub(crate) async fn refused(response: Response, status: StatusCode) -> (String, header::HeaderMap) {
     let got = response.status();
     let headers = response.headers().clone();
     let body = response.text().await.expect("reading the body");
@@ -112,7 +112,7 @@ pub(super) async fn refused(response: Response, status: StatusCode) -> (String, 
 }
 
 /// Asserts a 503 with the configured `Retry-After` and a JSON error body.
-pub(super) async fn unavailable(response: Response) {
+pub(crate) async fn unavailable(response: Response) {
     let (_, headers) = refused(response, StatusCode::SERVICE_UNAVAILABLE).await;
     let retry_after = headers
         .get(header::RETRY_AFTER)
@@ -218,7 +218,7 @@ pub(super) fn rejected(metrics: &Metrics, reason: &str) -> f64 {
     ))
 }
 
-pub(super) fn publish_failures(metrics: &Metrics, cause: &str) -> f64 {
+pub(crate) fn publish_failures(metrics: &Metrics, cause: &str) -> f64 {
     metrics.get(&format!(
         "corral_ingress_publish_failures_total{{cause=\"{cause}\"}}"
     ))
@@ -231,7 +231,7 @@ pub(super) fn published(metrics: &Metrics, kind: &str) -> f64 {
 }
 
 /// A JSON object of exactly `len` bytes.
-pub(super) fn object_of_len(len: usize) -> String {
+pub(crate) fn object_of_len(len: usize) -> String {
     let pad = len - r#"{"pad":""}"#.len();
     format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad))
 }

@@ -37,7 +37,7 @@ mod coalescing;
 mod concurrency;
 mod contract;
 mod depth;
-mod helpers;
+pub(crate) mod helpers;
 mod hostile;
 mod logs;
 mod memory;

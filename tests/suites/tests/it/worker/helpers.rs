@@ -23,15 +23,15 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// Deadline of every wait on the worker.
-pub(super) const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-pub(super) const STORED: &str = r#"corral_worker_messages_total{outcome="stored"}"#;
+pub(crate) const STORED: &str = r#"corral_worker_messages_total{outcome="stored"}"#;
 
-pub(super) const DUPLICATE: &str = r#"corral_worker_messages_total{outcome="duplicate"}"#;
+pub(crate) const DUPLICATE: &str = r#"corral_worker_messages_total{outcome="duplicate"}"#;
 
-pub(super) const QUARANTINED: &str = r#"corral_worker_messages_total{outcome="quarantined"}"#;
+pub(crate) const QUARANTINED: &str = r#"corral_worker_messages_total{outcome="quarantined"}"#;
 
-pub(super) const DB_TRANSIENT: &str = r#"corral_worker_db_errors_total{kind="transient"}"#;
+pub(crate) const DB_TRANSIENT: &str = r#"corral_worker_db_errors_total{kind="transient"}"#;
 
 pub(super) const DB_DATA: &str = r#"corral_worker_db_errors_total{kind="data"}"#;
 
@@ -40,7 +40,7 @@ pub(super) const ACK_FAILURES: &str = "corral_worker_ack_failures_total";
 pub(super) const CONNECTED: &str = r#"corral_broker_connect_attempts_total{outcome="success"}"#;
 
 /// Worker settings that keep every wait in these tests short.
-pub(super) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
+pub(crate) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = config::worker(database_url, prefix);
     config.batch_linger_ms = 50;
     config.db_timeout_ms = 2_000;
@@ -62,16 +62,16 @@ pub(super) fn batches_of(size: u32, database_url: &str, prefix: &str) -> WorkerC
 
 /// What a test published.
 #[derive(Debug, Clone)]
-pub(super) struct Sent {
-    pub(super) id: Uuid,
-    pub(super) received_at: DateTime<Utc>,
-    pub(super) routing_key: String,
-    pub(super) body: Vec<u8>,
+pub(crate) struct Sent {
+    pub(crate) id: Uuid,
+    pub(crate) received_at: DateTime<Utc>,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Now, at the microsecond precision of the `x-received-at` header and of
 /// `timestamptz`, so it compares equal after the round trip.
-pub(super) fn now_micros() -> DateTime<Utc> {
+pub(crate) fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is in range")
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn send_batch(broker: &TestBroker, webhooks: &[(Kind, &[u8])]) 
 }
 
 /// Publishes `sent` (again) as one envelope-2 message; returns its `message_id`.
-pub(super) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
+pub(crate) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
     let packing: Vec<Packing> = sent
         .iter()
         .map(|s| Packing {
@@ -125,13 +125,13 @@ pub(super) async fn publish_batch(broker: &TestBroker, sent: &[Sent]) -> Uuid {
 }
 
 /// A valid webhook with a fresh drop id.
-pub(super) fn valid(reason: &str) -> (String, String) {
+pub(crate) fn valid(reason: &str) -> (String, String) {
     let drop_id = Uuid::now_v7().simple().to_string()[8..].to_owned();
     let body = fixtures::delivery_status(&drop_id, "2026-11-27T05:24:31.000Z", reason, "order-1");
     (drop_id, body)
 }
 
-pub(super) async fn count(client: &Client, sql: &str) -> i64 {
+pub(crate) async fn count(client: &Client, sql: &str) -> i64 {
     client
         .query_one(sql, &[])
         .await
@@ -140,16 +140,16 @@ pub(super) async fn count(client: &Client, sql: &str) -> i64 {
 }
 
 /// Waits until `sql` (a `SELECT count(*)`) answers `expected`.
-pub(super) async fn wait_count(client: &Client, sql: &str, expected: i64) {
+pub(crate) async fn wait_count(client: &Client, sql: &str, expected: i64) {
     wait::until_true(&format!("`{sql}` = {expected}"), WAIT, || async move {
         count(client, sql).await == expected
     })
     .await;
 }
 
-pub(super) const EVENTS: &str = "SELECT count(*) FROM delivery_events";
+pub(crate) const EVENTS: &str = "SELECT count(*) FROM delivery_events";
 
-pub(super) const QUARANTINE: &str = "SELECT count(*) FROM quarantined_webhooks";
+pub(crate) const QUARANTINE: &str = "SELECT count(*) FROM quarantined_webhooks";
 
 /// Waits until `series` has grown by at least `delta` since `before`.
 pub(super) async fn wait_metric(
@@ -170,7 +170,7 @@ pub(super) async fn wait_metric(
 /// Waits until `series` reaches `total` (the counters move just after the
 /// commit and the ack, so a row can be visible a moment before its count),
 /// and returns the scrape that showed it.
-pub(super) async fn settled(worker: &RunningWorker, series: &str, total: f64) -> Metrics {
+pub(crate) async fn settled(worker: &RunningWorker, series: &str, total: f64) -> Metrics {
     wait::until(&format!("{series} to reach {total}"), WAIT, || async move {
         let metrics = worker.metrics().await;
         (metrics.get(series) >= total).then_some(metrics)
@@ -186,7 +186,7 @@ pub(super) fn local_metrics() -> Metrics {
 
 /// Asserts each sent message is exactly one `delivery_events` row (by
 /// message id) and the table holds nothing else.
-pub(super) async fn assert_each_stored_once(client: &Client, sent: &[Sent]) {
+pub(crate) async fn assert_each_stored_once(client: &Client, sent: &[Sent]) {
     let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
     let rows = client
         .query(
@@ -240,7 +240,7 @@ pub(super) async fn assert_quarantined(client: &Client, sent: &Sent, error: &str
 /// A slow-down switch on the test database: while `test_slow_commit.seconds`
 /// is above zero, every insert into `delivery_events` sleeps that long before
 /// its transaction can commit, so a test can act while a batch is in flight.
-pub(super) async fn install_slow_commit(client: &Client, seconds: f64) {
+pub(crate) async fn install_slow_commit(client: &Client, seconds: f64) {
     client
         .batch_execute(&format!(
             "CREATE TABLE test_slow_commit (seconds double precision NOT NULL);
@@ -259,7 +259,7 @@ pub(super) async fn install_slow_commit(client: &Client, seconds: f64) {
 
 /// Waits until a backend of database `name` sleeps in the trigger, that is a
 /// batch transaction is in progress and not committed.
-pub(super) async fn wait_batch_in_flight(client: &Client, name: &str) {
+pub(crate) async fn wait_batch_in_flight(client: &Client, name: &str) {
     wait::until_true(
         "a batch transaction sleeping in the trigger",
         WAIT,
@@ -285,7 +285,7 @@ pub(super) async fn rabbitmq_proxy() -> TcpProxy {
 }
 
 /// A proxy in front of the shared PostgreSQL, and `db`'s URL through it.
-pub(super) async fn postgres_proxy(db: &TestDatabase) -> (TcpProxy, String) {
+pub(crate) async fn postgres_proxy(db: &TestDatabase) -> (TcpProxy, String) {
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr(), db.name);
     (proxy, url)

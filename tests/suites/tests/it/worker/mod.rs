@@ -35,7 +35,7 @@
 mod batches;
 mod depth;
 mod exactly_once;
-mod helpers;
+pub(crate) mod helpers;
 mod ordering;
 mod outages;
 mod quarantine;
