@@ -47,6 +47,12 @@ pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const INSERT: &str = "INSERT INTO spooled_webhooks (message_id, kind, body, received_at) \
                       SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])";
 
+/// What a spool write needs, without writing: the table, and the right to
+/// INSERT into it. Reaching the server is not enough: a role never made a
+/// member of `corral_spool_writer`, or a database not yet migrated, fails
+/// every write.
+const MAY_INSERT: &str = "SELECT has_table_privilege('spooled_webhooks', 'INSERT')";
+
 /// How often the spool's reachability is checked while no webhook is spooled,
 /// so `/readyz` and `corral_ingress_spool_connected` do not wait for an outage
 /// of the broker to find out.
@@ -256,7 +262,10 @@ async fn check(inner: Arc<Inner>) {
             _ = tick.tick() => {}
         }
         let ok = match tokio::time::timeout(inner.settings.timeout, inner.pool.get()).await {
-            Ok(Ok(client)) => client.simple_query("SELECT 1").await.is_ok(),
+            Ok(Ok(client)) => client
+                .query_one(MAY_INSERT, &[])
+                .await
+                .is_ok_and(|row| row.get::<_, bool>(0)),
             _ => false,
         };
         if inner.health.spool() != ok {
