@@ -165,7 +165,8 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     let mut spooling = config::ingress(broker.prefix(), TOKEN);
     spooling.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     spooling.spool_database_url = Some(spool.url.clone());
-    let spooling = RunningIngress::start(spooling).await;
+    let spooling = RunningIngress::start_unready(spooling).await;
+    spooling.wait_ready(true).await;
     let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
     assert_eq!(
         ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),
