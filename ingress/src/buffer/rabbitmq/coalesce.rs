@@ -13,8 +13,8 @@
 //! fast as the broker falls behind.
 //!
 //! Each message's verdict is every one of its webhooks' verdict: one confirm
-//! answers them all 200; a nack, a return, a closed channel or no confirm
-//! answers them all 503. A message holds its slot until the broker resolves
+//! takes them all; a nack, a return, a closed channel or no confirm refuses
+//! them all (each then goes to the spool, or is answered 503 without one). A message holds its slot until the broker resolves
 //! its confirm, even after its requests gave up waiting, so a stalled broker
 //! cannot pile up unresolved publishes.
 
@@ -311,7 +311,7 @@ fn judge(link: &Link, confirmation: Confirmation, message_id: Uuid) -> Result<()
             // Every routing key matches the binding we declare, so a return
             // means the topology is gone (a queue deleted under us). Only a
             // reconnect re-declares it; without this the link stays "up" and
-            // every webhook gets 503 until something else breaks it.
+            // every webhook is refused by the broker until something else breaks it.
             link.mark_broken();
             if returned_message_id.as_deref() != Some(message_id.to_string().as_str()) {
                 // The return may belong to another publish of the same ack,

@@ -205,7 +205,7 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         metrics::broker_blocked(false);
         tracing::warn!(
             reason,
-            "lost the RabbitMQ link; webhooks get 503 until it is back"
+            "lost the RabbitMQ link; until it is back webhooks go to the spool, or get 503 without one"
         );
         let timeout = settings.connect_timeout();
         tokio::spawn(async move { link.close(timeout).await });
@@ -278,7 +278,10 @@ async fn watch(link: &Link, mut events: Events) -> String {
                 None => return "the connection ended".into(),
                 Some(Event::Error(err)) => return error_chain(&err),
                 Some(Event::ConnectionBlocked(reason)) => {
-                    tracing::warn!(reason, "RabbitMQ blocked publishing; webhooks get 503 until unblocked");
+                    tracing::warn!(
+                        reason,
+                        "RabbitMQ blocked publishing; until it unblocks webhooks go to the spool, or get 503 without one"
+                    );
                     metrics::broker_blocked(true);
                     *link.blocked.write().expect("blocked lock poisoned") = Some(reason);
                 }

@@ -9,7 +9,8 @@
 //! (`coalesce`). A request gets `Ok` only when the broker acked the message
 //! carrying its webhook *and* did not return it as unroutable; everything else
 //! (no link, a nack, a return, a closed channel, no confirm by the deadline,
-//! too many webhooks in flight) is a [`PublishError`] the handler turns into 503.
+//! too many webhooks in flight) is a [`PublishError`]: the spool takes the
+//! webhook instead where it may (`fallback`), else the handler answers 503.
 //!
 //! Webhooks awaiting a verdict are bounded by `CORRAL_MAX_IN_FLIGHT` request
 //! slots, the bodies they hold by each request's [`Lease`] of
