@@ -125,7 +125,7 @@ catalogue! {
     WORKER_DRAIN_MESSAGES_IN_HAND = "corral_worker_messages_in_hand", Gauge, [], None,
         "AMQP messages (as CORRAL_PREFETCH counts them, each holding one webhook or more) received from RabbitMQ and not yet acknowledged.";
     WORKER_SPOOL_DEPTH = "corral_worker_spool_depth", Gauge, [], None,
-        "Webhooks waiting in the PostgreSQL spool (spooled_webhooks) for a worker to store them; 0 except during a broker outage.";
+        "Webhooks waiting in the PostgreSQL spool (spooled_webhooks) for a worker to store them; 0 except during a broker outage. Exact up to 100,000, PostgreSQL's estimate above.";
     WORKER_SPOOL_OLDEST_SECONDS = "corral_worker_spool_oldest_seconds", Gauge, [], None,
         "Age of the oldest webhook in the PostgreSQL spool, in seconds; 0 when it is empty.";
     WORKER_SPOOL_DRAINED = "corral_worker_spool_drained_total", Counter, [], None,

@@ -33,9 +33,19 @@ use uuid::Uuid;
 use crate::store::{self, BatchOutcome, Incoming};
 
 const CLAIM: &str = include_str!("claim.sql");
-const MEASURE: &str = "SELECT count(*), \
-                       COALESCE(EXTRACT(EPOCH FROM now() - min(spooled_at))::float8, 0) \
-                       FROM spooled_webhooks";
+/// The spool's depth and oldest age. Counting is exact while the table is
+/// small (the usual case: empty, or a short outage); past [`EXACT_UP_TO`]
+/// rows it is PostgreSQL's estimate, since every worker measures every poll
+/// and counting tens of millions of rows each time would load the database
+/// exactly when it is busiest. The oldest row comes from the index.
+const MEASURE: &str = "SELECT CASE WHEN c.reltuples > $1 THEN c.reltuples::bigint \
+                            ELSE (SELECT count(*) FROM spooled_webhooks) END, \
+                       COALESCE(EXTRACT(EPOCH FROM now() - \
+                            (SELECT min(spooled_at) FROM spooled_webhooks))::float8, 0) \
+                       FROM pg_class c WHERE c.oid = 'spooled_webhooks'::regclass";
+
+/// Above this many rows (as PostgreSQL estimates them), the depth is the estimate.
+const EXACT_UP_TO: f32 = 100_000.0;
 
 /// How the worker drains the spool.
 #[derive(Debug, Clone)]
@@ -187,7 +197,7 @@ async fn measure(settings: &DrainSettings, pool: &Pool, shutdown: &CancellationT
         }
         let read = async {
             let client = pool.get().await.ok()?;
-            client.query_one(MEASURE, &[]).await.ok()
+            client.query_one(MEASURE, &[&EXACT_UP_TO]).await.ok()
         };
         if let Ok(Some(row)) = tokio::time::timeout(settings.timeout, read).await {
             let depth: i64 = row.get(0);
