@@ -22,14 +22,8 @@ use crate::ingress::helpers::{MAX_BODY_BYTES, accepted, authenticated, object_of
 /// 200, cause `unavailable`.
 #[tokio::test]
 async fn without_a_broker_link_a_webhook_is_spooled_and_answered_200() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
-    // Ready on the spool alone.
-    ingress.wait_ready(true).await;
+    let (db, writer, broker, proxy) = stage().await;
+    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
     let client = db.client().await;
 
     // Cause `unavailable`, not `slow`: spooled at once, without waiting
@@ -55,10 +49,7 @@ async fn without_a_broker_link_a_webhook_is_spooled_and_answered_200() {
 /// it): spooled, 200, cause `nack`.
 #[tokio::test]
 async fn a_nacked_webhook_is_spooled_and_answered_200() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
     broker.refuse("dropcowboy.sms").await;
 
@@ -77,10 +68,7 @@ async fn a_nacked_webhook_is_spooled_and_answered_200() {
 /// before the request's deadline; cause `slow`.
 #[tokio::test]
 async fn a_webhook_not_confirmed_in_time_is_spooled_and_answered_before_the_deadline() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let mut config = spooling(&broker, &proxy, &writer);
     config.spool_after_ms = 200;
     // The publish timeout, not the heartbeat, is what could end the wait.
@@ -108,10 +96,7 @@ async fn a_webhook_not_confirmed_in_time_is_spooled_and_answered_before_the_dead
 /// closes the channel of the publish; spooled, 200, cause `channel_closed`.
 #[tokio::test]
 async fn a_webhook_whose_channel_the_broker_closes_is_spooled_and_answered_200() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
     broker.delete_exchange(&broker.topology.exchange()).await;
 
@@ -130,10 +115,7 @@ async fn a_webhook_whose_channel_the_broker_closes_is_spooled_and_answered_200()
 /// returns the mandatory publish; spooled, 200, cause `unroutable`.
 #[tokio::test]
 async fn a_returned_webhook_is_spooled_and_answered_200() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
     broker.delete_queue(&broker.queue()).await;
     broker
@@ -156,10 +138,7 @@ async fn a_returned_webhook_is_spooled_and_answered_200() {
 #[tokio::test]
 async fn a_burst_without_a_broker_is_spooled_whole() {
     const WEBHOOKS: usize = 60;
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     proxy.cut();
     let mut config = spooling(&broker, &proxy, &writer);
     config.spool_connections = 2;
@@ -208,10 +187,7 @@ async fn a_burst_without_a_broker_is_spooled_whole() {
 #[tokio::test]
 async fn a_burst_of_the_largest_bodies_is_spooled_byte_for_byte() {
     const WEBHOOKS: usize = 90;
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     proxy.cut();
     let mut config = spooling(&broker, &proxy, &writer);
     // One writer: what waits for it goes together, up to the byte bound.
@@ -282,9 +258,7 @@ async fn the_spool_commits_synchronously_whatever_the_roles_default() {
 
     let broker = TestBroker::new().await;
     let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
-    ingress.wait_ready(true).await;
+    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
     post_spooled(
         &ingress,
         &client,

@@ -6,12 +6,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker},
-    broker::TestBroker,
-    database::TestDatabase,
-    fixtures,
-    proxy::TcpProxy,
-    wait,
+    apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures, wait,
 };
 use uuid::Uuid;
 
@@ -130,13 +125,8 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
 /// cannot reach RabbitMQ either: the spool needs no broker.
 #[tokio::test]
 async fn a_worker_without_a_broker_drains_the_spool() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
-    ingress.wait_ready(true).await;
+    let (db, writer, broker, proxy) = stage().await;
+    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
     let client = db.client().await;
     let mut ids = Vec::new();
     for (kind, body) in [
@@ -174,13 +164,8 @@ async fn a_worker_without_a_broker_drains_the_spool() {
 /// for byte under its id, and it leaves the spool.
 #[tokio::test]
 async fn an_untypeable_spooled_body_is_quarantined_and_leaves_the_spool() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
-    ingress.wait_ready(true).await;
+    let (db, writer, broker, proxy) = stage().await;
+    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
     let client = db.client().await;
     let body = r#"{"greeting": "not a delivery status", "n": [1, 2.50]}"#;
     let id = post_spooled(&ingress, &client, "sms", body, SpoolCause::Unavailable).await;

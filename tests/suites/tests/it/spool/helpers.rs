@@ -31,6 +31,30 @@ pub(super) const DRAINED: &str = "corral_worker_spool_drained_total";
 
 pub(super) const SPOOLED_ROWS: &str = "SELECT count(*) FROM spooled_webhooks";
 
+/// What a spool test starts from: its own migrated database, spool role and
+/// AMQP prefix, and a proxy in front of RabbitMQ to cut or black-hole. In
+/// this order, so that bound to a tuple pattern the role is dropped before
+/// its database.
+pub(super) async fn stage() -> (TestDatabase, SpoolWriter, TestBroker, TcpProxy) {
+    let db = TestDatabase::migrated().await;
+    let writer = db.spool_writer().await;
+    (
+        db,
+        writer,
+        TestBroker::new().await,
+        TcpProxy::rabbitmq().await,
+    )
+}
+
+/// An ingress with `config` whose broker path (`proxy`) is cut before it
+/// starts, once it is ready on the spool alone.
+pub(super) async fn without_broker(config: IngressConfig, proxy: &TcpProxy) -> RunningIngress {
+    proxy.cut();
+    let ingress = RunningIngress::start_unready(config).await;
+    ingress.wait_ready(true).await;
+    ingress
+}
+
 /// An ingress on `broker`'s prefix whose link goes through `proxy`, spooling
 /// as `writer`: the broker has the default second to confirm, the request
 /// three in all.

@@ -6,9 +6,7 @@ use corral_testkit::{
     apps::{RunningIngress, RunningWorker},
     broker::TestBroker,
     database::TestDatabase,
-    fixtures,
-    proxy::TcpProxy,
-    wait,
+    fixtures, wait,
 };
 use uuid::Uuid;
 
@@ -26,10 +24,7 @@ use crate::{
 /// The worker takes both copies, and stores it once, under the answered id.
 #[tokio::test]
 async fn a_webhook_spooled_and_then_confirmed_is_one_row() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let mut config = spooling(&broker, &proxy, &writer);
     config.spool_after_ms = 200;
     // The stalled link must survive until the path resumes, so its publish
@@ -78,13 +73,8 @@ async fn a_webhook_spooled_and_then_confirmed_is_one_row() {
 /// one row.
 #[tokio::test]
 async fn a_webhook_spooled_and_sent_again_is_one_row() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
-    ingress.wait_ready(true).await;
+    let (db, writer, broker, proxy) = stage().await;
+    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
     let client = db.client().await;
 
     let spooled_id = post_spooled(

@@ -207,10 +207,7 @@ async fn a_spool_that_refuses_the_insert_does_not_make_the_ingress_ready() {
 /// from the spool (200, its row committed) before the ingress stops.
 #[tokio::test]
 async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let (db, writer, broker, proxy) = stage().await;
     let mut config = spooling(&broker, &proxy, &writer);
     config.drain_delay_ms = 0;
     config.amqp.heartbeat_secs = 30;
