@@ -60,7 +60,7 @@ pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
 }
 
 /// An ingress accepting `token` whose buffer is the SQS queue `queue`.
-#[cfg(feature = "apps")]
+#[cfg(all(feature = "apps", feature = "sqs"))]
 pub fn ingress_sqs(queue: &crate::sqs::TestQueue, token: &str) -> IngressConfig {
     let mut config = ingress("corral-unused", token);
     config.buffer = queue.settings();
@@ -68,7 +68,7 @@ pub fn ingress_sqs(queue: &crate::sqs::TestQueue, token: &str) -> IngressConfig 
 }
 
 /// A worker writing to `database_url`, consuming the SQS queue `queue`.
-#[cfg(feature = "apps")]
+#[cfg(all(feature = "apps", feature = "sqs"))]
 pub fn worker_sqs(database_url: &str, queue: &crate::sqs::TestQueue) -> WorkerConfig {
     let mut config = worker(database_url, "corral-unused");
     config.buffer = queue.settings();

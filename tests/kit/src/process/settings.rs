@@ -72,6 +72,7 @@ impl ProcessConfig {
 
     /// Uses the SQS queue at `queue_url` on `endpoint` as the buffer, with
     /// the test identity from the standard chain's variables.
+    #[cfg(feature = "sqs")]
     pub fn sqs(self, queue_url: &str, endpoint: &str) -> Self {
         let mut config = self
             .env("CORRAL_BUFFER", "sqs")
