@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::{error::ProvideErrorMetadata as _, types::SendMessageBatchRequestEntry};
 use corral_shared::{
     admin::Health,
     envelope::{self, batch},
@@ -404,6 +404,20 @@ async fn send(inner: Arc<Inner>, round: Vec<Queued>, slot: OwnedSemaphorePermit)
         .send();
     let sent = match tokio::time::timeout(settings.publish_timeout, call).await {
         Err(_elapsed) => Err(SqsError::Timeout(settings.publish_timeout)),
+        // SQS answered, and refused this call (a message over the queue's
+        // MaximumMessageSize, say): these webhooks are refused, and SQS is
+        // still there for the next.
+        Ok(Err(err))
+            if err
+                .as_service_error()
+                .is_some_and(|e| !is_transient(e.code())) =>
+        {
+            let service = err.as_service_error().expect("checked");
+            Err(SqsError::Refused {
+                code: service.code().unwrap_or("unknown").to_owned(),
+                reason: service.message().unwrap_or("no message").to_owned(),
+            })
+        }
         Ok(Err(err)) => Err(match sqs::classify(&err) {
             CheckError::Refused { code, reason } => SqsError::Refused { code, reason },
             CheckError::Unreachable(why) => {
@@ -471,6 +485,21 @@ async fn send(inner: Arc<Inner>, round: Vec<Queued>, slot: OwnedSemaphorePermit)
         });
         answer(message.replies, &verdict);
     }
+}
+
+/// Error codes by which SQS says to try later: it is there, and cannot now.
+fn is_transient(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        None | Some(
+            "ThrottlingException"
+                | "RequestThrottled"
+                | "ServiceUnavailable"
+                | "InternalFailure"
+                | "InternalError"
+                | "KmsThrottled"
+        )
+    )
 }
 
 fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: &Verdict) {

@@ -44,6 +44,8 @@ pub struct QueueOptions {
     pub visibility_secs: u32,
     /// Receives after which a message moves to the dead-letter queue.
     pub max_receive_count: u32,
+    /// The queue's `MaximumMessageSize`, in bytes.
+    pub maximum_message_size: u32,
 }
 
 impl Default for QueueOptions {
@@ -51,6 +53,7 @@ impl Default for QueueOptions {
         Self {
             visibility_secs: 30,
             max_receive_count: 5,
+            maximum_message_size: 262_144,
         }
     }
 }
@@ -101,6 +104,10 @@ impl TestQueue {
                     options.visibility_secs.to_string(),
                 ),
                 (QueueAttributeName::RedrivePolicy, redrive),
+                (
+                    QueueAttributeName::MaximumMessageSize,
+                    options.maximum_message_size.to_string(),
+                ),
             ],
         )
         .await;

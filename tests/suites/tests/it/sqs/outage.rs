@@ -9,7 +9,7 @@ use corral_testkit::{
     fixtures,
     process::free_port,
     proxy::TcpProxy,
-    sqs::{ENDPOINT, TestQueue},
+    sqs::{ENDPOINT, QueueOptions, TestQueue},
     wait,
 };
 
@@ -32,6 +32,30 @@ async fn without_a_spool_a_webhook_sqs_cannot_take_gets_503() {
         publish_failures(&ingress.metrics().await, "unavailable"),
         1.0
     );
+    ingress.stop().await.expect("the ingress stops");
+}
+
+/// SQS answers and refuses a call (a message over the queue's
+/// `MaximumMessageSize`, beyond what `CORRAL_SQS_MAX_MESSAGE_BYTES` said):
+/// those webhooks get 503 as refused (nack), SQS stays ready, and the next
+/// webhook that fits is taken.
+#[tokio::test]
+async fn a_call_sqs_refuses_refuses_its_webhooks_and_not_the_next() {
+    let queue = TestQueue::with(QueueOptions {
+        maximum_message_size: 2_048,
+        ..QueueOptions::default()
+    })
+    .await;
+    let mut config = config::ingress_sqs(&queue, TOKEN);
+    config.retry_after_secs = RETRY_AFTER_SECS;
+    let ingress = RunningIngress::start(config).await;
+
+    let large = fixtures::delivery_status(&"x".repeat(4_000), "2026-11-27T05:24:31.000Z", "", "o");
+    unavailable(ingress.post("sms", large).await).await;
+    let metrics = ingress.metrics().await;
+    assert_eq!(publish_failures(&metrics, "nack"), 1.0);
+    assert_eq!(publish_failures(&metrics, "unavailable"), 0.0);
+    accepted(ingress.post("sms", webhook(0)).await).await;
     ingress.stop().await.expect("the ingress stops");
 }
 

@@ -24,7 +24,7 @@ const IN_HAND: &str = "corral_worker_messages_in_hand";
 async fn short_visibility_queue() -> TestQueue {
     TestQueue::with(QueueOptions {
         visibility_secs: 2,
-        max_receive_count: 5,
+        ..QueueOptions::default()
     })
     .await
 }
@@ -140,6 +140,7 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue() {
     let queue = TestQueue::with(QueueOptions {
         visibility_secs: 1,
         max_receive_count: 2,
+        ..QueueOptions::default()
     })
     .await;
     send_message(&queue, 0, 2).await;
