@@ -3,7 +3,11 @@
 use std::time::Duration;
 
 use clap::Parser;
-use corral_shared::config::{AmqpSettings, LogSettings};
+use corral_shared::{
+    config::{AmqpSettings, BufferKind, BufferSettings, LogSettings},
+    envelope::batch,
+    sqs,
+};
 
 /// Takes Drop Cowboy delivery-status webhooks and answers 200 only once
 /// RabbitMQ has durably confirmed them (or, where it cannot, PostgreSQL has
@@ -114,6 +118,15 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub spool_connections: u16,
 
+    /// Largest SQS message, in bytes (its body and attributes, as SQS
+    /// counts them), and largest `SendMessageBatch` of several: the queue's
+    /// `MaximumMessageSize` or below. Webhooks per message are bounded by
+    /// CORRAL_PUBLISH_BATCH_MAX as well; a round of up to 10 messages goes
+    /// in one call.
+    #[arg(long, env = "CORRAL_SQS_MAX_MESSAGE_BYTES", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub sqs_max_message_bytes: u32,
+
     /// Confirm-mode channels publishes are spread over.
     #[arg(long, env = "CORRAL_AMQP_CHANNELS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -169,6 +182,9 @@ pub struct IngressConfig {
     pub shutdown_timeout_ms: u64,
 
     #[command(flatten)]
+    pub buffer: BufferSettings,
+
+    #[command(flatten)]
     pub amqp: AmqpSettings,
 
     #[command(flatten)]
@@ -218,7 +234,28 @@ pub enum ConfigError {
         /// `CORRAL_MAX_BODY_BYTES`.
         body: u64,
     },
+    /// A body of the largest accepted size would not fit an SQS message.
+    #[error(
+        "CORRAL_SQS_MAX_MESSAGE_BYTES ({message}) must hold a body of CORRAL_MAX_BODY_BYTES \
+         ({body}) with its envelope and attributes ({overhead} bytes): raise it (SQS takes up \
+         to 1048576, if the queue's MaximumMessageSize allows) or lower CORRAL_MAX_BODY_BYTES"
+    )]
+    BodyAboveSqsMessage {
+        /// `CORRAL_SQS_MAX_MESSAGE_BYTES`.
+        message: u32,
+        /// `CORRAL_MAX_BODY_BYTES`.
+        body: u64,
+        /// What a message adds to one body.
+        overhead: usize,
+    },
+    /// An SQS setting is missing or malformed.
+    #[error(transparent)]
+    Sqs(#[from] sqs::SettingsError),
 }
+
+/// What an SQS message adds to the bodies it carries: the envelope's frame
+/// and the attributes.
+pub const SQS_MESSAGE_OVERHEAD: usize = batch::FRAME_OVERHEAD + sqs::ATTRIBUTES_MAX;
 
 impl IngressConfig {
     /// Tokens with surrounding blanks and empty entries removed.
@@ -252,6 +289,20 @@ impl IngressConfig {
                 budget: self.max_in_flight_bytes,
                 body: self.max_body_bytes,
             });
+        }
+        if self.buffer.kind == BufferKind::Sqs {
+            sqs::check_settings(&self.buffer)?;
+            // A bare body (`{…}`, as the provider sends) of the largest size:
+            // one with blanks around it travels escaped and may still not fit,
+            // which SQS's refusal then reports for that webhook alone.
+            let overhead = batch::ENTRY_OVERHEAD + SQS_MESSAGE_OVERHEAD;
+            if self.max_body_bytes + overhead as u64 > u64::from(self.sqs_max_message_bytes) {
+                return Err(ConfigError::BodyAboveSqsMessage {
+                    message: self.sqs_max_message_bytes,
+                    body: self.max_body_bytes,
+                    overhead,
+                });
+            }
         }
         Ok(())
     }

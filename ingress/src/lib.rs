@@ -1,7 +1,8 @@
 //! corral-ingress: takes Drop Cowboy delivery-status webhooks off the
-//! internet and answers `200 {"id": …}` only once RabbitMQ has durably
-//! confirmed each one, or, where the broker cannot, PostgreSQL committed it
-//! into the spool.
+//! internet and answers `200 {"id": …}` only once its buffer — RabbitMQ
+//! (durably confirmed) or SQS (accepted), as `CORRAL_BUFFER` says — holds
+//! each one, or, where the buffer cannot, PostgreSQL committed it into the
+//! spool.
 //!
 //! # Layout
 //!
@@ -14,9 +15,9 @@
 //! - [`refusal_log`]: refusals logged at most once per cause per second,
 //!   with a count of the rest.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
-//!   and its RabbitMQ implementation: persistent, mandatory publishes with
-//!   confirms over a self-healing broker link, with bounded memory; behind
-//!   it, the PostgreSQL spool.
+//!   and its implementations: RabbitMQ (persistent, mandatory publishes with
+//!   confirms over a self-healing broker link) and SQS (`SendMessageBatch`),
+//!   each with bounded memory; behind either, the PostgreSQL spool.
 //! - [`Application`]: binds both listeners and runs until the shutdown token
 //!   is cancelled, then drains.
 
@@ -37,6 +38,7 @@ use anyhow::Context as _;
 use corral_shared::{
     admin,
     admin::Health,
+    config::BufferKind,
     telemetry::{self, labels::Binary},
 };
 use tokio::net::TcpStream;
@@ -48,8 +50,10 @@ use crate::{
     buffer::{
         Buffer,
         fallback::Fallback,
+        primary::Primary,
         rabbitmq::{self, RabbitMq},
         spool::{self, Spool},
+        sqs::{self, Sqs},
     },
     config::IngressConfig,
     refusal_log::RefusalLog,
@@ -63,7 +67,7 @@ pub struct Application {
     admin_port: u16,
     server: Server,
     admin: Server,
-    buffer: Fallback<RabbitMq>,
+    buffer: Fallback<Primary>,
     supervisor: tokio::task::JoinHandle<()>,
     /// Writes the refusal summaries until the server has drained; the guard
     /// stops it also when the application is dropped without running.
@@ -86,7 +90,9 @@ impl Application {
     /// starts connecting to the broker in the background. `shutdown` stops it.
     pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        corral_shared::amqp::check_settings(&config.amqp)?;
+        if config.buffer.kind == BufferKind::Rabbitmq {
+            corral_shared::amqp::check_settings(&config.amqp)?;
+        }
         let prometheus = telemetry::prometheus();
         telemetry::metrics::register_binary(Binary::Ingress);
 
@@ -100,23 +106,7 @@ impl Application {
         }
 
         let health = Health::new(false);
-        let (buffer, supervisor) = RabbitMq::start(
-            rabbitmq::Settings {
-                amqp: config.amqp.clone(),
-                channels: config.amqp_channels,
-                max_in_flight: config.max_in_flight,
-                concurrency: usize::from(config.publish_concurrency),
-                batch_max: config.publish_batch_max as usize,
-                batch_max_bytes: config.publish_batch_max_bytes as usize,
-                in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
-                publish_timeout: config.publish_timeout(),
-            },
-            health.clone(),
-            // Its own token, cancelled by `RabbitMq::close` once the HTTP
-            // server has drained: during the drain the link must still be
-            // repaired if it fails, or every late webhook would get 503.
-            CancellationToken::new(),
-        );
+        let (buffer, supervisor) = start_primary(&config, &health)?;
         let spool = start_spool(&config, &health)?;
         let buffer = Fallback::new(
             buffer,
@@ -211,6 +201,59 @@ impl Application {
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-ingress stopped");
         Ok(())
+    }
+}
+
+/// The buffer `CORRAL_BUFFER` names, starting in the background (it is not
+/// ready until it reaches its service), and the task that keeps it there.
+fn start_primary(
+    config: &IngressConfig,
+    health: &Health,
+) -> anyhow::Result<(Primary, tokio::task::JoinHandle<()>)> {
+    // Each has its own token, cancelled by its `close` once the HTTP server
+    // has drained: during the drain it must still serve (a RabbitMQ link be
+    // repaired), or every late webhook would get 503.
+    let shutdown = CancellationToken::new();
+    match config.buffer.kind {
+        BufferKind::Rabbitmq => {
+            let (buffer, supervisor) = RabbitMq::start(
+                rabbitmq::Settings {
+                    amqp: config.amqp.clone(),
+                    channels: config.amqp_channels,
+                    max_in_flight: config.max_in_flight,
+                    concurrency: usize::from(config.publish_concurrency),
+                    batch_max: config.publish_batch_max as usize,
+                    batch_max_bytes: config.publish_batch_max_bytes as usize,
+                    in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
+                    publish_timeout: config.publish_timeout(),
+                },
+                health.clone(),
+                shutdown,
+            );
+            Ok((Primary::RabbitMq(buffer), supervisor))
+        }
+        BufferKind::Sqs => {
+            let queue = corral_shared::sqs::connect(&config.buffer)?;
+            tracing::info!(
+                queue = queue.url,
+                max_message_bytes = config.sqs_max_message_bytes,
+                "buffer: SQS"
+            );
+            let (buffer, watcher) = Sqs::start(
+                queue,
+                sqs::Settings {
+                    max_in_flight: config.max_in_flight,
+                    concurrency: usize::from(config.publish_concurrency),
+                    batch_max: config.publish_batch_max as usize,
+                    max_message_bytes: config.sqs_max_message_bytes as usize,
+                    in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
+                    publish_timeout: config.publish_timeout(),
+                },
+                health.clone(),
+                shutdown,
+            );
+            Ok((Primary::Sqs(buffer), watcher))
+        }
     }
 }
 

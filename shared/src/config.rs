@@ -108,6 +108,85 @@ impl AmqpSettings {
     }
 }
 
+/// Which durable buffer holds webhooks between ingress and worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BufferKind {
+    /// RabbitMQ: persistent publishes into a quorum queue, confirmed.
+    Rabbitmq,
+    /// Amazon SQS (or a service speaking its API), through the AWS SDK.
+    Sqs,
+}
+
+/// Where webhooks wait between ingress and worker; both binaries must agree.
+#[derive(Clone, Args)]
+pub struct BufferSettings {
+    /// The buffer: `rabbitmq` (the `CORRAL_AMQP_*` settings) or `sqs` (the
+    /// `CORRAL_SQS_*` settings, with region and credentials from the
+    /// standard AWS chain: `AWS_REGION`, `AWS_ACCESS_KEY_ID`, a profile, web
+    /// identity, the container or instance role).
+    #[arg(
+        global = true,
+        long = "buffer",
+        env = "CORRAL_BUFFER",
+        value_enum,
+        default_value_t = BufferKind::Rabbitmq
+    )]
+    pub kind: BufferKind,
+
+    /// URL of the SQS queue (`https://sqs.<region>.amazonaws.com/<account>/<name>`);
+    /// required with `CORRAL_BUFFER=sqs`.
+    #[arg(global = true, long = "sqs-queue-url", env = "CORRAL_SQS_QUEUE_URL")]
+    pub sqs_queue_url: Option<String>,
+
+    /// Endpoint of the SQS API instead of AWS's (a VPC endpoint, or a local
+    /// stand-in such as moto); the SDK's own `AWS_ENDPOINT_URL_SQS` is read
+    /// too, and this wins over it.
+    #[arg(
+        global = true,
+        long = "sqs-endpoint-url",
+        env = "CORRAL_SQS_ENDPOINT_URL"
+    )]
+    pub sqs_endpoint_url: Option<String>,
+
+    /// Region and credentials given by a program that embeds a binary (the
+    /// test kit), in place of the standard chain's; never from the command
+    /// line or the environment.
+    #[arg(skip)]
+    pub sqs_identity: Option<SqsIdentity>,
+}
+
+impl std::fmt::Debug for BufferSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferSettings")
+            .field("kind", &self.kind)
+            .field("sqs_queue_url", &self.sqs_queue_url)
+            .field("sqs_endpoint_url", &self.sqs_endpoint_url)
+            .field("sqs_identity", &self.sqs_identity)
+            .finish()
+    }
+}
+
+/// A fixed region and key pair for SQS, for a program embedding a binary.
+#[derive(Clone)]
+pub struct SqsIdentity {
+    /// The region, e.g. `us-east-1`.
+    pub region: String,
+    /// `AWS_ACCESS_KEY_ID`'s counterpart.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`'s counterpart; never printed.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for SqsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsIdentity")
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .finish()
+    }
+}
+
 /// A CA bundle named by `CORRAL_AMQP_CA_FILE` or `CORRAL_DATABASE_CA_FILE`:
 /// the PEM text and the certificates in it.
 #[derive(Debug, Clone)]

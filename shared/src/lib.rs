@@ -27,6 +27,9 @@
 //! - `postgres` (feature `postgres`): PostgreSQL pools as both binaries make
 //!   them (verified TLS, deadlines, a COMMIT cut short by a synchronous
 //!   standby's wait failed rather than trusted).
+//! - `sqs` (feature `sqs`): Amazon SQS as the buffer (`CORRAL_BUFFER=sqs`):
+//!   the client both binaries make, the check of the queue, and the message
+//!   attributes between them.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
 //!   readiness state behind it.
 
@@ -42,6 +45,8 @@ pub mod payload;
 pub mod postgres;
 pub mod retry;
 pub mod shutdown;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod telemetry;
 
 pub use error::chain as error_chain;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use corral_shared::config::{AmqpSettings, LogSettings};
+use corral_shared::config::{AmqpSettings, BufferKind, BufferSettings, LogSettings};
 
 /// Consumes corral's queue and lands each webhook exactly once in PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -137,7 +137,8 @@ pub struct WorkerConfig {
     )]
     pub admin_listen: String,
 
-    /// Messages RabbitMQ may send before they are acknowledged.
+    /// Messages RabbitMQ may send before they are acknowledged; with SQS,
+    /// messages received and not yet deleted.
     #[arg(long, env = "CORRAL_PREFETCH", default_value_t = 2_000,
           value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub prefetch: u16,
@@ -180,6 +181,23 @@ pub struct WorkerConfig {
     )]
     pub shutdown_timeout_ms: u64,
 
+    /// Longest wait of one SQS `ReceiveMessage` for a message, in seconds
+    /// (long polling: fewer empty receives, each a billed request).
+    #[arg(long, env = "CORRAL_SQS_WAIT_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(0..=20), global = true)]
+    pub sqs_wait_secs: u64,
+
+    /// SQS visibility timeout of a received message, in seconds: pushed back
+    /// to this again and again while the worker holds the message, so only
+    /// a worker that died (or lost SQS) lets it run out, and the message
+    /// then comes back this long after.
+    #[arg(long, env = "CORRAL_SQS_VISIBILITY_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=43_200), global = true)]
+    pub sqs_visibility_secs: u64,
+
+    #[command(flatten)]
+    pub buffer: BufferSettings,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -214,6 +232,9 @@ pub enum ConfigError {
     /// The database URL does not parse.
     #[error("CORRAL_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     DatabaseUrl(String),
+    /// An SQS setting is missing or malformed.
+    #[error(transparent)]
+    Sqs(#[from] corral_shared::sqs::SettingsError),
 }
 
 impl WorkerConfig {
@@ -224,6 +245,9 @@ impl WorkerConfig {
                 prefetch: self.prefetch,
                 batch_max: self.batch_max,
             });
+        }
+        if self.buffer.kind == BufferKind::Sqs {
+            corral_shared::sqs::check_settings(&self.buffer)?;
         }
         if self.db_writers > self.db_pool_size {
             return Err(ConfigError::WritersAbovePool {

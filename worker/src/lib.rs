@@ -10,8 +10,8 @@
 //! - [`store`]: the set-based batch write, with its SQL beside it; splits a
 //!   batch to quarantine the one webhook the database refuses.
 //! - [`source`]: where deliveries come from and how they are acknowledged —
-//!   the seam — its RabbitMQ implementation, and unpacking a message into
-//!   its webhooks (envelope 1 or 2).
+//!   the seam — its RabbitMQ and SQS implementations (`CORRAL_BUFFER`), and
+//!   unpacking a message into its webhooks (envelope 1 or 2).
 //! - [`consume`]: batches off the source, acked only after commit; reconnects.
 //! - [`spool`]: draining the webhooks ingress spooled into PostgreSQL when
 //!   the broker could not take them, with or without the broker.
@@ -32,7 +32,10 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 use corral_shared::{
     admin::{self, Health},
-    amqp, error_chain, retry,
+    amqp,
+    config::BufferKind,
+    error_chain, retry,
+    sqs::Queue,
     telemetry::{self, labels::Binary, metrics},
 };
 use deadpool_postgres::Pool;
@@ -47,6 +50,8 @@ pub struct Application {
     admin_port: u16,
     database: db::Target,
     pool: Pool,
+    /// The SQS queue, with `CORRAL_BUFFER=sqs`.
+    sqs: Option<Queue>,
     health: Health,
     shutdown: CancellationToken,
 }
@@ -63,7 +68,13 @@ impl Application {
     /// Validates `config` and binds the admin listener; no network I/O yet.
     pub fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        amqp::check_settings(&config.amqp)?;
+        let sqs = match config.buffer.kind {
+            BufferKind::Rabbitmq => {
+                amqp::check_settings(&config.amqp)?;
+                None
+            }
+            BufferKind::Sqs => Some(corral_shared::sqs::connect(&config.buffer)?),
+        };
         let prometheus = telemetry::prometheus();
         metrics::register_binary(Binary::Worker);
         let database = config.database()?;
@@ -80,6 +91,7 @@ impl Application {
             admin_port,
             database,
             pool,
+            sqs,
             health,
             shutdown,
         })
@@ -99,6 +111,7 @@ impl Application {
             admin,
             database,
             pool,
+            sqs,
             health,
             shutdown,
             ..
@@ -128,8 +141,33 @@ impl Application {
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
             };
+            let consuming = async {
+                match sqs {
+                    None => {
+                        consume::run(settings, pool.clone(), health.clone(), shutdown.clone())
+                            .await;
+                    }
+                    Some(queue) => {
+                        let source = source::sqs::Settings {
+                            wait: Duration::from_secs(config.sqs_wait_secs),
+                            visibility: Duration::from_secs(config.sqs_visibility_secs),
+                            max_in_hand: usize::from(config.prefetch),
+                            retry_max: config.amqp.reconnect_max(),
+                        };
+                        consume::run_sqs(
+                            settings,
+                            queue,
+                            source,
+                            pool.clone(),
+                            health.clone(),
+                            shutdown.clone(),
+                        )
+                        .await;
+                    }
+                }
+            };
             tokio::join!(
-                consume::run(settings, pool.clone(), health.clone(), shutdown.clone()),
+                consuming,
                 spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
             );
             watchdog.abort();

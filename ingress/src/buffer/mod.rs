@@ -5,17 +5,22 @@
 //! from there. Whatever else happens is an error the handler answers with
 //! `503` and `Retry-After`, counted by its [`PublishFailure`] cause.
 //!
-//! The buffer is [`rabbitmq::RabbitMq`]: persistent, mandatory publishes
-//! into a quorum queue, confirmed by the broker, each carrying every webhook
-//! that arrived while the earlier ones awaited their confirms (group commit).
-//! [`fallback::Fallback`] puts the [`spool::Spool`] behind it: a webhook the
-//! broker refuses, or does not confirm within `CORRAL_SPOOL_AFTER_MS`, is
-//! committed into PostgreSQL instead, and only one neither path took gets 503.
+//! The buffer is chosen by `CORRAL_BUFFER` ([`primary::Primary`]):
+//! [`rabbitmq::RabbitMq`], persistent, mandatory publishes into a quorum
+//! queue, confirmed by the broker, each carrying every webhook that arrived
+//! while the earlier ones awaited their confirms (group commit); or
+//! [`sqs::Sqs`], `SendMessageBatch` calls with the same group commit, a
+//! webhook taken once SQS accepted its message. [`fallback::Fallback`] puts
+//! the [`spool::Spool`] behind either: a webhook the buffer refuses, or does
+//! not take within `CORRAL_SPOOL_AFTER_MS`, is committed into PostgreSQL
+//! instead, and only one neither path took gets 503.
 
 pub mod fallback;
+pub mod primary;
 pub mod rabbitmq;
 mod rounds;
 pub mod spool;
+pub mod sqs;
 
 use std::{future::Future, time::Duration};
 

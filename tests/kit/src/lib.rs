@@ -12,6 +12,8 @@
 //! - [`broker`]: a private AMQP prefix per test, with helpers to read what
 //!   landed in its queue, and clean-up on drop.
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
+//! - `sqs` (feature `sqs`): a queue (with its dead-letter queue) per test on
+//!   the local moto server, deleted afterwards.
 //! - [`proxy`]: a TCP proxy a test controls, to cut or black-hole the path to
 //!   a service without touching the shared service itself.
 //! - [`replicated`]: a throwaway PostgreSQL primary with a synchronous
@@ -35,6 +37,8 @@ pub mod process;
 pub mod proxy;
 pub mod queued;
 pub mod replicated;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wait;

@@ -39,7 +39,11 @@ use corral_shared::{
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::source::{SourceError, rabbitmq::RabbitMqSource};
+use crate::source::{
+    SourceError,
+    rabbitmq::RabbitMqSource,
+    sqs::{self, SqsSource},
+};
 
 /// What the consumer needs to know.
 #[derive(Debug, Clone)]
@@ -99,6 +103,50 @@ pub async fn run(
         consume_queue(&settings, &topology, main, &pool, &health, &shutdown),
         consume_queue(&settings, &topology, unroutable, &pool, &health, &shutdown),
     );
+}
+
+/// Consumes the SQS queue until `shutdown`. SQS not answering does not end
+/// a session (the source asks again with backoff), so a new one starts only
+/// after one ended some other way.
+pub async fn run_sqs(
+    settings: ConsumerSettings,
+    queue: corral_shared::sqs::Queue,
+    source: sqs::Settings,
+    pool: Pool,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(
+        queue = queue.url,
+        in_hand = source.max_in_hand,
+        wait = ?source.wait,
+        visibility = ?source.visibility,
+        writers = settings.writers,
+        "consuming from SQS"
+    );
+    loop {
+        let mut session = SqsSource::start(queue.clone(), source.clone(), health.clone());
+        let end = batcher::session(&settings, &mut session, &pool, &health, &shutdown).await;
+        drop(session);
+        health.set_broker(false);
+        match end {
+            SessionEnd::Drained => {
+                tracing::info!(
+                    "consumer drained: every message received was committed and deleted"
+                );
+                return;
+            }
+            SessionEnd::DrainTimedOut(_) => {
+                tracing::warn!(error = %end, "stopping with messages uncommitted; SQS hands them out again once their visibility timeout runs out");
+                return;
+            }
+            SessionEnd::Source(_) => tracing::warn!(
+                error = error_chain(&end),
+                "the SQS session ended; starting another"
+            ),
+        }
+        retry::pause(&shutdown, settings.db_retry_max).await;
+    }
 }
 
 /// A queue the worker consumes.

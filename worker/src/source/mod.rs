@@ -8,10 +8,12 @@
 //! out, and gives it again (to this or another worker) if the worker dies or
 //! the link fails: that is what makes "stored once" survive every crash.
 //!
-//! One implementation today, [`rabbitmq::RabbitMqSource`]; the traits are only
-//! as wide as it needs, so a second source shapes them rather than a guess.
+//! Two implementations, as `CORRAL_BUFFER` chooses: [`rabbitmq::RabbitMqSource`]
+//! (a consumer, acknowledged with `multiple` acks) and [`sqs::SqsSource`]
+//! (long polling, visibility extended while in hand, deleted after commit).
 
 pub mod rabbitmq;
+pub mod sqs;
 pub mod unpack;
 
 use std::{future::Future, time::Duration};

@@ -276,8 +276,12 @@ impl Drop for Process {
 fn spawn(config: &ProcessConfig, log: &Arc<Mutex<VecDeque<String>>>) -> Child {
     let path = binary_path(config.binary);
     let mut command = Command::new(&path);
+    // The test's own settings only: neither a `CORRAL_*` nor an AWS
+    // variable (region, credentials, endpoint) of the environment the tests
+    // run in reaches the process unless the test set it.
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CORRAL_") {
+        let name = key.to_string_lossy();
+        if name.starts_with("CORRAL_") || name.starts_with("AWS_") {
             command.env_remove(key);
         }
     }

@@ -19,7 +19,7 @@ pub fn free_port() -> u16 {
 pub struct ProcessConfig {
     /// Which binary.
     pub binary: Binary,
-    /// `CORRAL_*` variables (inherited `CORRAL_*` variables are removed).
+    /// `CORRAL_*` and `AWS_*` variables (inherited ones are removed).
     pub env: BTreeMap<String, String>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
@@ -68,6 +68,20 @@ impl ProcessConfig {
             .env("CORRAL_AMQP_PREFIX", prefix)
             .env("CORRAL_LOG", "info")
             .env("CORRAL_LOG_FORMAT", "text")
+    }
+
+    /// Uses the SQS queue at `queue_url` on `endpoint` as the buffer, with
+    /// the test identity from the standard chain's variables.
+    #[cfg(feature = "sqs")]
+    pub fn sqs(self, queue_url: &str, endpoint: &str) -> Self {
+        let mut config = self
+            .env("CORRAL_BUFFER", "sqs")
+            .env("CORRAL_SQS_QUEUE_URL", queue_url)
+            .env("CORRAL_SQS_ENDPOINT_URL", endpoint);
+        for (key, value) in crate::sqs::identity_env() {
+            config = config.env(key, value);
+        }
+        config
     }
 
     /// Sets (or overrides) an environment variable.

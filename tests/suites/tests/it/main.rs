@@ -15,6 +15,8 @@
 //! - `ops`: the operator commands (dead-letter replay, quarantine
 //!   re-processing).
 //! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
+//! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
+//!   server.
 
 mod docs;
 mod e2e;
@@ -23,4 +25,5 @@ mod loadgen;
 mod ops;
 mod smoke;
 mod spool;
+mod sqs;
 mod worker;

@@ -1,0 +1,418 @@
+//! Amazon SQS as the buffer (`CORRAL_BUFFER=sqs`): the client both binaries
+//! make, the check of the queue, and what a message carries besides its body.
+//!
+//! A message's body is an envelope-2 body ([`crate::envelope::batch`]): one
+//! or more webhooks, each with its own id, `received_at` and kind. Its
+//! message attributes say what the AMQP properties say, so the worker reads
+//! both buffers with one code path ([`properties`] turns them back into
+//! properties): `content-type` (what [`crate::envelope::Format::of`] reads),
+//! `message-id` (the message's own UUIDv7) and `routing-key` (the kind's, or
+//! `dropcowboy.mixed`).
+//!
+//! The client is the official SDK's, with region and credentials from the
+//! standard AWS chain and its HTTPS client on rustls with ring (the SDK's
+//! default one builds aws-lc with cmake). Loading the chain is async and
+//! the binaries' `build` is not, so it runs on a thread of its own.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, anyhow, bail};
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::{Credentials, provider::ProvideCredentials as _};
+use aws_sdk_sqs::{
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName},
+};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use lapin::{BasicProperties, types::ShortString};
+use uuid::Uuid;
+
+use crate::config::{BufferKind, BufferSettings};
+
+pub use aws_sdk_sqs::Client;
+
+/// Attribute naming the body's media type, as AMQP's `content_type`.
+pub const CONTENT_TYPE: &str = "content-type";
+/// Attribute carrying the message's own id (each webhook's is in the body).
+pub const MESSAGE_ID: &str = "message-id";
+/// Attribute carrying the routing key the AMQP message would have had.
+pub const ROUTING_KEY: &str = "routing-key";
+
+/// Bytes SQS counts for the attributes of a message corral makes, at most
+/// (each attribute's name, type and value: about 150 today, rounded up).
+pub const ATTRIBUTES_MAX: usize = 256;
+
+/// SQS's largest message, and the largest `CORRAL_SQS_MAX_MESSAGE_BYTES`.
+pub const MAX_MESSAGE_BYTES: u32 = 1024 * 1024;
+
+/// Entries per `SendMessageBatch`, `DeleteMessageBatch` and
+/// `ChangeMessageVisibilityBatch`, and messages per `ReceiveMessage`.
+pub const BATCH_ENTRIES: usize = 10;
+
+/// Bound on each step of the start-up checks (credentials, the queue).
+const START_CHECK: Duration = Duration::from_secs(10);
+
+/// The queue, and the client that reaches it; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// The SDK's client.
+    pub client: Client,
+    /// `CORRAL_SQS_QUEUE_URL`.
+    pub url: String,
+}
+
+/// A setting that cannot work with `CORRAL_BUFFER=sqs`.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// No queue.
+    #[error(
+        "CORRAL_BUFFER=sqs needs CORRAL_SQS_QUEUE_URL, the queue's URL \
+         (https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+    )]
+    NoQueueUrl,
+    /// A URL that is not one.
+    #[error("{setting} is not an http:// or https:// URL with a host{path}: {value:?}")]
+    NotAUrl {
+        /// Which setting.
+        setting: &'static str,
+        /// " and a path" where one is needed.
+        path: &'static str,
+        /// What it holds.
+        value: String,
+    },
+}
+
+/// Checks the SQS settings without any I/O; nothing to check for RabbitMQ.
+pub fn check_settings(settings: &BufferSettings) -> Result<(), SettingsError> {
+    if settings.kind != BufferKind::Sqs {
+        return Ok(());
+    }
+    let url = settings
+        .sqs_queue_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+        .ok_or(SettingsError::NoQueueUrl)?;
+    if !is_url(url, true) {
+        return Err(SettingsError::NotAUrl {
+            setting: "CORRAL_SQS_QUEUE_URL",
+            path: " and a path",
+            value: url.to_owned(),
+        });
+    }
+    if let Some(endpoint) = &settings.sqs_endpoint_url
+        && !is_url(endpoint, false)
+    {
+        return Err(SettingsError::NotAUrl {
+            setting: "CORRAL_SQS_ENDPOINT_URL",
+            path: "",
+            value: endpoint.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `http(s)://host[/path]`, with a path when `needs_path`.
+fn is_url(text: &str, needs_path: bool) -> bool {
+    let Some(rest) = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_ok = !host.is_empty() && !host.contains(char::is_whitespace);
+    let path_ok = !needs_path || !path.trim_matches('/').is_empty();
+    host_ok && path_ok && !text.contains(char::is_whitespace)
+}
+
+/// Makes the client and checks, once, what can only be checked by asking:
+/// a region, credentials, and the queue. A queue SQS says is missing or
+/// refuses to this identity is an error; a queue SQS does not answer for is
+/// not (the binary starts unready and keeps asking).
+pub fn connect(settings: &BufferSettings) -> anyhow::Result<Queue> {
+    check_settings(settings)?;
+    let settings = settings.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for loading the AWS configuration")?;
+        runtime.block_on(load(&settings))
+    })
+    .join()
+    .map_err(|_| anyhow!("loading the AWS configuration panicked"))?
+}
+
+async fn load(settings: &BufferSettings) -> anyhow::Result<Queue> {
+    let url = settings
+        .sqs_queue_url
+        .clone()
+        .ok_or(SettingsError::NoQueueUrl)?;
+    // Asked with a client of its own: connections made on this thread's
+    // runtime die with it, and the binary's client must not pool them.
+    let probe = Queue {
+        client: client(settings).await?,
+        url,
+    };
+    let checked = tokio::time::timeout(START_CHECK, check(&probe)).await;
+    let queue = Queue {
+        client: client(settings).await?,
+        url: probe.url,
+    };
+    match checked {
+        Ok(Err(err @ CheckError::Refused { .. })) => {
+            Err(anyhow!(err).context(format!("checking the SQS queue {}", queue.url)))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(
+                queue = queue.url,
+                error = %err,
+                "SQS does not answer yet; starting unready and asking again"
+            );
+            Ok(queue)
+        }
+        Err(_elapsed) => {
+            tracing::warn!(
+                queue = queue.url,
+                "SQS did not answer within {START_CHECK:?}; starting unready and asking again"
+            );
+            Ok(queue)
+        }
+        Ok(Ok(())) => Ok(queue),
+    }
+}
+
+/// The SDK's client: region and credentials from the standard chain (or
+/// `sqs_identity`), both checked; the endpoint from `CORRAL_SQS_ENDPOINT_URL`,
+/// else the SDK's own `AWS_ENDPOINT_URL_SQS`, else AWS's.
+pub async fn client(settings: &BufferSettings) -> anyhow::Result<Client> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if let Some(identity) = &settings.sqs_identity {
+        loader = loader
+            .region(Region::new(identity.region.clone()))
+            .credentials_provider(Credentials::new(
+                identity.access_key_id.clone(),
+                identity.secret_access_key.clone(),
+                None,
+                None,
+                "corral-embedded",
+            ));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        bail!("no AWS region for SQS: set AWS_REGION (or a region in the AWS profile)");
+    }
+    let provider = sdk.credentials_provider().ok_or_else(|| {
+        anyhow!("no AWS credentials provider for SQS (the standard chain is not configured)")
+    })?;
+    tokio::time::timeout(START_CHECK, provider.provide_credentials())
+        .await
+        .map_err(|_| anyhow!("no AWS credentials for SQS within {START_CHECK:?}"))?
+        .map_err(|err| {
+            anyhow!(
+                "no AWS credentials for SQS (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 a profile, or a web identity or container role): {}",
+                DisplayErrorContext(&err)
+            )
+        })?;
+    let mut config = aws_sdk_sqs::config::Builder::from(&sdk);
+    if let Some(endpoint) = &settings.sqs_endpoint_url {
+        config = config.endpoint_url(endpoint);
+    }
+    Ok(Client::from_conf(config.build()))
+}
+
+/// Why the queue could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CheckError {
+    /// SQS answered, and refused: no such queue, a denied identity, a bad
+    /// signature. Waiting does not mend these.
+    #[error("SQS refused ({code}): {reason}")]
+    Refused {
+        /// The error code SQS sent.
+        code: String,
+        /// Its message.
+        reason: String,
+    },
+    /// No answer, or one saying to try later (throttled, unavailable).
+    #[error("SQS did not answer: {0}")]
+    Unreachable(String),
+}
+
+/// Error codes that mean a setting is wrong, not that SQS is away.
+const REFUSALS: &[&str] = &[
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "InvalidAddress",
+    "InvalidSecurity",
+    "KMS.AccessDeniedException",
+];
+
+/// Asks SQS about the queue (`GetQueueAttributes`): what readiness reports.
+pub async fn check(queue: &Queue) -> Result<(), CheckError> {
+    let asked = queue
+        .client
+        .get_queue_attributes()
+        .queue_url(&queue.url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await;
+    match asked {
+        Ok(_) => Ok(()),
+        Err(err) => Err(classify(&err)),
+    }
+}
+
+/// A failed call as [`CheckError`]: refused when SQS answered with one of
+/// the codes that mean a wrong setting.
+pub fn classify<E, R>(err: &SdkError<E, R>) -> CheckError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    if let Some(service) = err.as_service_error()
+        && let Some(code) = service.code()
+        && REFUSALS.contains(&code)
+    {
+        return CheckError::Refused {
+            code: code.to_owned(),
+            reason: service.message().unwrap_or("no message").to_owned(),
+        };
+    }
+    CheckError::Unreachable(DisplayErrorContext(err).to_string())
+}
+
+/// The attributes of a message holding webhooks routed `routing_key`,
+/// named `message_id`, whose body has media type `content_type`.
+pub fn attributes(
+    message_id: Uuid,
+    routing_key: &str,
+    content_type: &str,
+) -> HashMap<String, MessageAttributeValue> {
+    let string = |value: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .expect("the data type is set")
+    };
+    HashMap::from([
+        (CONTENT_TYPE.to_owned(), string(content_type)),
+        (MESSAGE_ID.to_owned(), string(&message_id.to_string())),
+        (ROUTING_KEY.to_owned(), string(routing_key)),
+    ])
+}
+
+/// What an SQS message says about itself, as the properties of an AMQP
+/// message would: `content_type` and `message_id` from its attributes (the
+/// id SQS gave it when it has none of corral's), `timestamp` from when SQS
+/// took it; and its routing key (empty when it has none).
+pub fn properties(message: &Message) -> (BasicProperties, String) {
+    let attribute = |name: &str| {
+        message
+            .message_attributes()
+            .and_then(|attributes| attributes.get(name))
+            .and_then(MessageAttributeValue::string_value)
+    };
+    let mut properties = BasicProperties::default();
+    if let Some(content_type) = attribute(CONTENT_TYPE) {
+        properties = properties.with_content_type(ShortString::from(content_type));
+    }
+    if let Some(id) = attribute(MESSAGE_ID).or(message.message_id()) {
+        properties = properties.with_message_id(ShortString::from(id));
+    }
+    let sent = message
+        .attributes()
+        .and_then(|system| system.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|millis| millis.parse::<u64>().ok());
+    if let Some(millis) = sent {
+        properties = properties.with_timestamp(millis / 1000);
+    }
+    let routing_key = attribute(ROUTING_KEY).unwrap_or_default().to_owned();
+    (properties, routing_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqs(queue: Option<&str>, endpoint: Option<&str>) -> BufferSettings {
+        BufferSettings {
+            kind: BufferKind::Sqs,
+            sqs_queue_url: queue.map(str::to_owned),
+            sqs_endpoint_url: endpoint.map(str::to_owned),
+            sqs_identity: None,
+        }
+    }
+
+    #[test]
+    fn an_sqs_buffer_needs_a_queue_url_with_a_host_and_a_path() {
+        let good = "https://sqs.eu-west-1.amazonaws.com/123456789012/corral";
+        assert!(check_settings(&sqs(Some(good), None)).is_ok());
+        assert!(matches!(
+            check_settings(&sqs(None, None)),
+            Err(SettingsError::NoQueueUrl)
+        ));
+        for bad in [
+            "sqs.eu-west-1.amazonaws.com/1/corral",
+            "https://",
+            "https://host",
+            "https://host/",
+            "ftp://host/1/q",
+        ] {
+            let err = check_settings(&sqs(Some(bad), None)).expect_err(bad);
+            assert!(err.to_string().contains("CORRAL_SQS_QUEUE_URL"), "{err}");
+        }
+        let err = check_settings(&sqs(Some(good), Some("localhost:4566"))).unwrap_err();
+        assert!(err.to_string().contains("CORRAL_SQS_ENDPOINT_URL"), "{err}");
+        assert!(check_settings(&sqs(Some(good), Some("http://127.0.0.1:4566"))).is_ok());
+    }
+
+    #[test]
+    fn rabbitmq_needs_no_sqs_setting() {
+        let mut settings = sqs(None, None);
+        settings.kind = BufferKind::Rabbitmq;
+        assert!(check_settings(&settings).is_ok());
+    }
+
+    #[test]
+    fn attributes_read_back_as_properties() {
+        let id = Uuid::now_v7();
+        let message = Message::builder()
+            .message_id("sqs-own-id")
+            .set_message_attributes(Some(attributes(
+                id,
+                "dropcowboy.sms",
+                crate::envelope::batch::CONTENT_TYPE,
+            )))
+            .attributes(MessageSystemAttributeName::SentTimestamp, "1764338400123")
+            .build();
+        let (properties, routing_key) = properties(&message);
+        assert_eq!(routing_key, "dropcowboy.sms");
+        assert_eq!(
+            crate::envelope::Format::of(&properties),
+            crate::envelope::Format::Batch
+        );
+        let envelope = crate::envelope::Envelope::read(&properties);
+        assert_eq!(envelope.message_id, Some(id));
+        assert_eq!(
+            envelope.received_at,
+            chrono::DateTime::from_timestamp(1_764_338_400, 0)
+        );
+        let bytes: usize = attributes(id, "dropcowboy.mixed", crate::envelope::batch::CONTENT_TYPE)
+            .iter()
+            .map(|(name, value)| {
+                name.len() + value.data_type().len() + value.string_value().unwrap_or("").len()
+            })
+            .sum();
+        assert!(bytes <= ATTRIBUTES_MAX, "{bytes}");
+    }
+}

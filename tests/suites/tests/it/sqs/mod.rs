@@ -1,0 +1,91 @@
+//! SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto server
+//! with the real SDK: each test makes its own queue (and dead-letter queue)
+//! and deletes them afterwards.
+//!
+//! - `flow`: ingress and worker over SQS, in-process and as processes:
+//!   every webhook one row, several webhooks per SQS message.
+//! - `outage`: SQS unreachable: spooled with a spool, 503 without.
+//! - `visibility`: a message held and not deleted comes back once its
+//!   visibility timeout runs out and is stored once; one that keeps coming
+//!   back goes to the dead-letter queue.
+//! - `settings`: what stops either binary at start, and why.
+
+mod flow;
+mod outage;
+mod settings;
+mod visibility;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use corral_shared::envelope::{Kind, batch::Packing};
+use corral_testkit::{fixtures, sqs::TestQueue};
+use uuid::Uuid;
+
+/// Deadline of every wait.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A webhook body with a drop id of its own.
+fn webhook(i: usize) -> String {
+    fixtures::delivery_status(
+        &format!("sqs{i:021}"),
+        "2026-11-27T05:24:31.000Z",
+        "",
+        &format!("o-{i}"),
+    )
+}
+
+fn kind(i: usize) -> &'static str {
+    if i.is_multiple_of(2) { "sms" } else { "rvm" }
+}
+
+/// Sends `count` webhooks to `queue` as one message, as ingress would;
+/// returns their ids.
+async fn send_message(queue: &TestQueue, first: usize, count: usize) -> Vec<Uuid> {
+    let bodies: Vec<String> = (first..first + count).map(webhook).collect();
+    let packing: Vec<Packing> = bodies
+        .iter()
+        .map(|body| Packing {
+            id: Uuid::now_v7(),
+            received_at: Utc::now(),
+            kind: Kind::Sms,
+            body: body.as_bytes(),
+        })
+        .collect();
+    queue.send_batch(&packing).await;
+    packing.iter().map(|p| p.id).collect()
+}
+
+/// Rows per message id among `ids`, the ids missing, and the table's rows.
+async fn rows(client: &tokio_postgres::Client, ids: &[Uuid]) -> (Vec<i64>, usize, i64) {
+    let found = client
+        .query(
+            "SELECT count(*) FROM delivery_events WHERE message_id = ANY($1) GROUP BY message_id",
+            &[&ids],
+        )
+        .await
+        .expect("rows by message id");
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM delivery_events", &[])
+        .await
+        .expect("counting rows")
+        .get(0);
+    let counts: Vec<i64> = found.iter().map(|row| row.get(0)).collect();
+    (counts.clone(), ids.len() - counts.len(), total)
+}
+
+/// Waits until each of `ids` is a row, then asserts each is exactly one and
+/// the table holds nothing else.
+async fn assert_each_once(client: &tokio_postgres::Client, ids: &[Uuid]) {
+    corral_testkit::wait::until_true("every webhook to be a row", WAIT, || async {
+        rows(client, ids).await.1 == 0
+    })
+    .await;
+    let (counts, missing, total) = rows(client, ids).await;
+    assert_eq!(missing, 0);
+    assert!(
+        counts.iter().all(|&n| n == 1),
+        "stored more than once: {counts:?}"
+    );
+    assert_eq!(total, ids.len() as i64, "rows that no webhook asked for");
+}
