@@ -22,13 +22,23 @@ mod rounds;
 pub mod spool;
 pub mod sqs;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use corral_shared::{
-    envelope::Kind,
-    telemetry::labels::{PublishFailure, SpoolCause},
+    envelope::{self, BatchMessage, Kind, batch},
+    telemetry::{
+        labels::{PublishFailure, SpoolCause},
+        metrics,
+    },
 };
 use uuid::Uuid;
 
@@ -85,4 +95,47 @@ pub trait Buffer: Send + Sync + 'static {
         webhook: Webhook,
         lease: Lease,
     ) -> impl Future<Output = Result<Kept, Self::Error>> + Send;
+}
+
+/// One envelope-2 message carrying `webhooks`, and the fresh id it is sent
+/// under: what either buffer sends for a round (or part of one).
+fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>) -> (Uuid, BatchMessage) {
+    let packing: Vec<batch::Packing> = webhooks
+        .map(|webhook| batch::Packing {
+            id: webhook.message_id,
+            received_at: webhook.received_at,
+            kind: webhook.kind,
+            body: &webhook.body,
+        })
+        .collect();
+    let id = Uuid::now_v7();
+    (id, envelope::batch_message(id, &packing))
+}
+
+/// Webhooks awaiting a buffer's verdict (`corral_ingress_publishes_in_flight`).
+#[derive(Debug, Default)]
+struct InFlightCount(AtomicUsize);
+
+/// Counts a webhook awaiting its verdict for as long as it lives.
+struct InFlight(Arc<InFlightCount>);
+
+impl InFlight {
+    fn enter(count: &Arc<InFlightCount>) -> Self {
+        let now = count.0.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::ingress_in_flight(now);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.0.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::ingress_in_flight(now);
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
 }

@@ -22,7 +22,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ use std::{
 use aws_sdk_sqs::{error::ProvideErrorMetadata as _, types::SendMessageBatchRequestEntry};
 use corral_shared::{
     admin::Health,
-    envelope::{self, batch},
+    envelope::batch,
     error_chain,
     sqs::{self, CheckError, Queue},
     telemetry::{
@@ -40,10 +40,9 @@ use corral_shared::{
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use uuid::Uuid;
 
 use super::{
-    Buffer, Kept, Refusal, Webhook,
+    Buffer, InFlight, InFlightCount, Kept, Refusal, Webhook, pack,
     rounds::{Limits, Rounds, Waiting},
 };
 use crate::{budget::Lease, config::SQS_MESSAGE_OVERHEAD};
@@ -137,7 +136,7 @@ struct Inner {
     /// Wakes the check at once when a call found SQS gone.
     recheck: Notify,
     permits: Arc<Semaphore>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<InFlightCount>,
     sender: mpsc::UnboundedSender<Queued>,
     slots: Arc<Semaphore>,
     health: Health,
@@ -203,7 +202,7 @@ impl Buffer for Sqs {
                 "the last check or call did not get an answer".into(),
             ));
         }
-        let _in_flight = InFlight::enter(inner);
+        let _in_flight = InFlight::enter(&inner.in_flight);
         let (reply, verdict) = oneshot::channel();
         // Once the dispatcher has stopped, the entry is dropped with its
         // reply, which reads as shutting down.
@@ -235,7 +234,7 @@ impl Sqs {
             reachable: AtomicBool::new(false),
             recheck: Notify::new(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             sender,
@@ -337,18 +336,7 @@ async fn send(inner: Arc<Inner>, round: Vec<Queued>, slot: OwnedSemaphorePermit)
     let mut round = round.into_iter().peekable();
     while round.peek().is_some() {
         let message: Vec<Queued> = round.by_ref().take(settings.batch_max).collect();
-        let id = Uuid::now_v7();
-        let packing: Vec<batch::Packing> = message
-            .iter()
-            .map(|q| batch::Packing {
-                id: q.webhook.message_id,
-                received_at: q.webhook.received_at,
-                kind: q.webhook.kind,
-                body: &q.webhook.body,
-            })
-            .collect();
-        let packed = envelope::batch_message(id, &packing);
-        drop(packing);
+        let (id, packed) = pack(message.iter().map(|q| &q.webhook));
         let mut replies = Vec::with_capacity(message.len());
         let mut leases = Vec::with_capacity(message.len());
         for queued in message {
@@ -505,24 +493,6 @@ fn is_transient(code: Option<&str>) -> bool {
 fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: &Verdict) {
     for reply in replies {
         let _gone = reply.send(verdict.clone());
-    }
-}
-
-/// Counts a webhook awaiting its verdict for as long as it lives.
-struct InFlight(Arc<Inner>);
-
-impl InFlight {
-    fn enter(inner: &Arc<Inner>) -> Self {
-        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::ingress_in_flight(now);
-        Self(inner.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let now = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::ingress_in_flight(now);
     }
 }
 

@@ -25,7 +25,7 @@ use std::{
 
 use corral_shared::{
     amqp::{self, Refused},
-    envelope::{self, Kind, batch},
+    envelope::{Kind, batch},
     telemetry::metrics,
 };
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
@@ -36,7 +36,7 @@ use super::{Inner, PublishError, link::Link};
 use crate::{
     budget::Lease,
     buffer::{
-        Webhook,
+        Webhook, pack,
         rounds::{Limits, Rounds, Waiting},
     },
 };
@@ -153,18 +153,7 @@ async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePe
     if let Some(reason) = link.blocked_reason() {
         return answer(replies_of(message), Err(PublishError::Blocked(reason)));
     }
-    let id = Uuid::now_v7();
-    let packing: Vec<batch::Packing> = message
-        .iter()
-        .map(|q| batch::Packing {
-            id: q.webhook.message_id,
-            received_at: q.webhook.received_at,
-            kind: q.webhook.kind,
-            body: &q.webhook.body,
-        })
-        .collect();
-    let packed = envelope::batch_message(id, &packing);
-    drop(packing);
+    let (id, packed) = pack(message.iter().map(|q| &q.webhook));
     metrics::ingress_publish_batch(message.len());
     // The request bodies go now; their leases stay to count the message's
     // copy until its frames are written.

@@ -31,10 +31,7 @@ mod coalesce;
 mod link;
 
 use std::{
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -42,17 +39,14 @@ use corral_shared::{
     admin::Health,
     amqp::Topology,
     config::AmqpSettings,
-    telemetry::{
-        labels::{PublishFailure, SpoolCause},
-        metrics,
-    },
+    telemetry::labels::{PublishFailure, SpoolCause},
 };
 use lapin::types::ShortString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::link::Link;
-use super::{Buffer, Kept, Refusal, Webhook};
+use super::{Buffer, InFlight, InFlightCount, Kept, Refusal, Webhook};
 use crate::budget::Lease;
 
 /// Why a webhook could not be handed to the broker. Cloned to every
@@ -153,7 +147,7 @@ struct Inner {
     /// Bounds webhooks awaiting a verdict.
     permits: Arc<Semaphore>,
     /// Webhooks awaiting a verdict, for the gauge.
-    in_flight: AtomicUsize,
+    in_flight: Arc<InFlightCount>,
     /// Where requests queue their webhooks for the dispatchers.
     queues: coalesce::Queues,
     /// Bounds messages awaiting a confirm.
@@ -199,7 +193,7 @@ impl RabbitMq {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             link: RwLock::new(None),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
             queues,
             health,
             shutdown,
@@ -228,7 +222,7 @@ impl RabbitMq {
             return Err(PublishError::Blocked(reason));
         }
         drop(link);
-        let _in_flight = InFlight::enter(&self.inner);
+        let _in_flight = InFlight::enter(&self.inner.in_flight);
         let (queued, verdict) = coalesce::Queued::new(webhook, lease);
         self.inner.queues.send(queued);
         match tokio::time::timeout_at(deadline_at, verdict).await {
@@ -263,29 +257,5 @@ impl RabbitMq {
             link.close(timeout).await;
         }
         self.inner.health.set_broker(false);
-    }
-}
-
-/// Counts a webhook awaiting its verdict for as long as it lives.
-struct InFlight(Arc<Inner>);
-
-impl InFlight {
-    fn enter(inner: &Arc<Inner>) -> Self {
-        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::ingress_in_flight(now);
-        Self(inner.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let now = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::ingress_in_flight(now);
-    }
-}
-
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InFlight")
     }
 }
