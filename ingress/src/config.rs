@@ -127,6 +127,24 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub sqs_max_message_bytes: u32,
 
+    /// How long a `SendMessageBatch` that is not full waits for more
+    /// webhooks, in milliseconds (SQS bills per request, so fuller calls
+    /// cost less; every webhook waits up to this much longer for its 200).
+    /// 0 sends as soon as a call slot is free, as RabbitMQ does. Below
+    /// CORRAL_SPOOL_AFTER_MS and CORRAL_PUBLISH_TIMEOUT_MS.
+    #[arg(long, env = "CORRAL_SQS_LINGER_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub sqs_linger_ms: u64,
+
+    /// With a FIFO queue (its URL ends in `.fifo`): message groups the
+    /// webhooks are spread over by their `phone_number`, so one number's
+    /// webhooks keep their order. SQS hands out one group's messages one
+    /// batch at a time, so fewer groups mean less parallel work for the
+    /// workers; more, less packing.
+    #[arg(long, env = "CORRAL_SQS_FIFO_GROUPS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1_000))]
+    pub sqs_fifo_groups: u16,
+
     /// Confirm-mode channels publishes are spread over.
     #[arg(long, env = "CORRAL_AMQP_CHANNELS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -223,6 +241,19 @@ pub enum ConfigError {
         /// `CORRAL_PUBLISH_TIMEOUT_MS`.
         publish: u64,
     },
+    /// A call would wait for more webhooks past the point of spooling them.
+    #[error(
+        "CORRAL_SQS_LINGER_MS ({linger} ms) must be below {name} ({limit} ms), or webhooks \
+         would be spooled or refused while their call still waits to be sent"
+    )]
+    LingerTooLong {
+        /// `CORRAL_SQS_LINGER_MS`.
+        linger: u64,
+        /// The setting it must stay below.
+        name: &'static str,
+        /// Its value.
+        limit: u64,
+    },
     /// A body of the largest accepted size could never be held.
     #[error(
         "CORRAL_MAX_IN_FLIGHT_BYTES ({budget}) must be at least CORRAL_MAX_BODY_BYTES \
@@ -292,6 +323,20 @@ impl IngressConfig {
         }
         if self.buffer.kind == BufferKind::Sqs {
             sqs::check_settings(&self.buffer)?;
+            let mut limits = vec![("CORRAL_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms)];
+            if self.spool_database_url.is_some() {
+                limits.push(("CORRAL_SPOOL_AFTER_MS", self.spool_after_ms));
+            }
+            if let Some((name, limit)) = limits
+                .into_iter()
+                .find(|(_, limit)| self.sqs_linger_ms >= *limit)
+            {
+                return Err(ConfigError::LingerTooLong {
+                    linger: self.sqs_linger_ms,
+                    name,
+                    limit,
+                });
+            }
             // A bare body (`{…}`, as the provider sends) of the largest size:
             // one with blanks around it travels escaped and may still not fit,
             // which SQS's refusal then reports for that webhook alone.

@@ -234,9 +234,12 @@ fn start_primary(
         }
         BufferKind::Sqs => {
             let queue = corral_shared::sqs::connect(&config.buffer)?;
+            let fifo = corral_shared::sqs::is_fifo(&queue.url);
             tracing::info!(
                 queue = queue.url,
                 max_message_bytes = config.sqs_max_message_bytes,
+                linger_ms = config.sqs_linger_ms,
+                fifo,
                 "buffer: SQS"
             );
             let (buffer, watcher) = Sqs::start(
@@ -246,6 +249,8 @@ fn start_primary(
                     concurrency: usize::from(config.publish_concurrency),
                     batch_max: config.publish_batch_max as usize,
                     max_message_bytes: config.sqs_max_message_bytes as usize,
+                    linger: Duration::from_millis(config.sqs_linger_ms),
+                    fifo_groups: fifo.then_some(config.sqs_fifo_groups),
                     in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
                     publish_timeout: config.publish_timeout(),
                 },

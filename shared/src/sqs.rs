@@ -20,14 +20,24 @@ use anyhow::{Context as _, anyhow, bail};
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::{Credentials, provider::ProvideCredentials as _};
 use aws_sdk_sqs::{
+    config::{
+        ConfigBag, Intercept, RuntimeComponents,
+        interceptors::{
+            BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+        },
+    },
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName},
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use lapin::{BasicProperties, types::ShortString};
 use uuid::Uuid;
 
-use crate::config::{BufferKind, BufferSettings};
+use crate::{
+    config::{BufferKind, BufferSettings},
+    telemetry::metrics,
+};
 
 pub use aws_sdk_sqs::Client;
 
@@ -109,6 +119,12 @@ pub fn check_settings(settings: &BufferSettings) -> Result<(), SettingsError> {
         });
     }
     Ok(())
+}
+
+/// Whether the queue is a FIFO queue (SQS requires their names to end in
+/// `.fifo`): messages then need a group and a deduplication id.
+pub fn is_fifo(queue_url: &str) -> bool {
+    queue_url.trim_end_matches('/').ends_with(".fifo")
 }
 
 /// `http(s)://host[/path]`, with a path when `needs_path`.
@@ -218,11 +234,81 @@ pub async fn client(settings: &BufferSettings) -> anyhow::Result<Client> {
                 DisplayErrorContext(&err)
             )
         })?;
-    let mut config = aws_sdk_sqs::config::Builder::from(&sdk);
+    let mut config = aws_sdk_sqs::config::Builder::from(&sdk).interceptor(CountRequests);
+    metrics::register_sqs();
     if let Some(endpoint) = &settings.sqs_endpoint_url {
         config = config.endpoint_url(endpoint);
     }
     Ok(Client::from_conf(config.build()))
+}
+
+/// Counts every request the client sends (each attempt), and what AWS bills
+/// for it: SQS is paid per request, each 64 KiB of payload counting as one.
+#[derive(Debug)]
+struct CountRequests;
+
+/// AWS bills each 64 KiB of a request's payload as one request.
+const BILLED_CHUNK: u64 = 64 * 1024;
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "corral::CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let operation = operation_of(cfg);
+        metrics::sqs_request(operation);
+        // A receive's payload is in its answer, counted there.
+        if operation != "ReceiveMessage" {
+            let bytes = context.request().body().content_length().unwrap_or(0);
+            metrics::sqs_billed(operation, billed_requests(bytes));
+        }
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let operation = operation_of(cfg);
+        if operation == "ReceiveMessage" {
+            let response = context.response();
+            let bytes = response
+                .headers()
+                .get("content-length")
+                .and_then(|length| length.parse().ok())
+                .or_else(|| response.body().content_length())
+                .unwrap_or(0);
+            metrics::sqs_billed(operation, billed_requests(bytes));
+        }
+        Ok(())
+    }
+}
+
+/// The operation a request is for, as one of the bounded set of labels.
+fn operation_of(cfg: &ConfigBag) -> &'static str {
+    label_of(cfg.load::<Metadata>().map(Metadata::name))
+}
+
+/// `named` if corral knows it, else `other`.
+fn label_of(named: Option<&str>) -> &'static str {
+    metrics::SQS_OPERATIONS
+        .iter()
+        .find(|known| Some(**known) == named)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Requests AWS bills for a call whose larger payload is `bytes` long.
+fn billed_requests(bytes: u64) -> u64 {
+    bytes.div_ceil(BILLED_CHUNK).max(1)
 }
 
 /// Why the queue could not be reached.
@@ -381,6 +467,17 @@ mod tests {
         let mut settings = sqs(None, None);
         settings.kind = BufferKind::Rabbitmq;
         assert!(check_settings(&settings).is_ok());
+    }
+
+    #[test]
+    fn requests_are_labelled_by_operation_and_billed_per_64_kib() {
+        assert_eq!(label_of(Some("SendMessageBatch")), "SendMessageBatch");
+        assert_eq!(label_of(Some("ListQueues")), "other");
+        assert_eq!(label_of(None), "other");
+        assert_eq!(billed_requests(0), 1);
+        assert_eq!(billed_requests(65_536), 1);
+        assert_eq!(billed_requests(65_537), 2);
+        assert_eq!(billed_requests(262_144), 4);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! queue, and whenever a writer is free it takes everything waiting, up to
 //! a count and a size, as one round (one AMQP message, one INSERT).
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// A webhook waiting for a round.
@@ -63,32 +63,90 @@ impl<T: Waiting> Rounds<T> {
     /// `first` and everything waiting behind it that fits, leaving out the
     /// abandoned; empty when all of them were.
     pub(super) fn fill(&mut self, first: T) -> Vec<T> {
-        let limits = self.limits;
-        let mut round = Vec::new();
-        let mut size = limits.overhead;
+        let mut round = Round::new(self.limits);
         let waiting = std::iter::from_fn(|| self.queue.try_recv().ok());
         for next in std::iter::once(first).chain(waiting) {
-            if next.abandoned() {
-                continue;
-            }
-            // The first always goes, however large: alone, it fits wherever
-            // a round of one did.
-            if !round.is_empty() && size + next.size() > limits.bytes {
-                self.carried = Some(next);
-                break;
-            }
-            size += next.size();
-            round.push(next);
-            if round.len() >= limits.count {
+            if let Err(full) = round.add(next) {
+                self.carried = full;
                 break;
             }
         }
-        round
+        round.items
+    }
+
+    /// As [`Rounds::fill`], and while the round is not full, waits for more
+    /// until `until` (not once `shutdown` is cancelled): fewer, fuller
+    /// rounds where each one costs (SQS bills per request).
+    pub(super) async fn gather(
+        &mut self,
+        first: T,
+        until: Instant,
+        shutdown: &CancellationToken,
+    ) -> Vec<T> {
+        let mut round = Round::new(self.limits);
+        let mut next = Some(first);
+        loop {
+            let item = match next.take().or_else(|| self.queue.try_recv().ok()) {
+                Some(item) => item,
+                None if shutdown.is_cancelled() => break,
+                None => tokio::select! {
+                    biased;
+                    item = tokio::time::timeout_at(until, self.queue.recv()) => match item {
+                        Ok(Some(item)) => item,
+                        Ok(None) | Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => continue,
+                },
+            };
+            if let Err(full) = round.add(item) {
+                self.carried = full;
+                break;
+            }
+        }
+        round.items
+    }
+}
+
+/// A round being formed.
+struct Round<T> {
+    items: Vec<T>,
+    size: usize,
+    limits: Limits,
+}
+
+impl<T: Waiting> Round<T> {
+    fn new(limits: Limits) -> Self {
+        Self {
+            items: Vec::new(),
+            size: limits.overhead,
+            limits,
+        }
+    }
+
+    /// Takes `next` (or leaves it out, when abandoned). `Err` once the round
+    /// is full, with what did not fit, to lead the next round.
+    fn add(&mut self, next: T) -> Result<(), Option<T>> {
+        if next.abandoned() {
+            return Ok(());
+        }
+        // The first always goes, however large: alone, it fits wherever a
+        // round of one did.
+        if !self.items.is_empty() && self.size + next.size() > self.limits.bytes {
+            return Err(Some(next));
+        }
+        self.size += next.size();
+        self.items.push(next);
+        if self.items.len() >= self.limits.count {
+            return Err(None);
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[derive(Debug, PartialEq)]
@@ -185,5 +243,69 @@ mod tests {
         assert_eq!(rounds.first(&shutdown).await.map(|i| i.id), Some(1));
         assert_eq!(rounds.first(&shutdown).await.map(|i| i.id), Some(2));
         assert_eq!(rounds.first(&shutdown).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathering_waits_for_more_until_the_deadline() {
+        let never = CancellationToken::new();
+        let (mut rounds, sender) = rounds_open(10, 1000, vec![item(1, 1)]);
+        let later = sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            later.send(item(2, 1)).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            later.send(item(3, 1)).unwrap();
+        });
+        let started = Instant::now();
+        let first = rounds.first(&never).await.unwrap();
+        let round = rounds
+            .gather(first, started + Duration::from_millis(50), &never)
+            .await;
+        assert_eq!(ids(&round), [1, 2]);
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        let first = rounds.first(&never).await.unwrap();
+        assert_eq!(first.id, 3);
+        drop(sender);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_round_goes_without_waiting_for_the_deadline() {
+        let never = CancellationToken::new();
+        let (mut rounds, _sender) = rounds_open(2, 1000, (1..=3).map(|id| item(id, 1)).collect());
+        let started = Instant::now();
+        let first = rounds.first(&never).await.unwrap();
+        let round = rounds
+            .gather(first, started + Duration::from_secs(60), &never)
+            .await;
+        assert_eq!(ids(&round), [1, 2]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // Full by size as well: 10 + 40 + 40 fits 100, the third 40 does not.
+        let (mut rounds, _sender) =
+            rounds_open(100, 100, vec![item(1, 40), item(2, 40), item(3, 40)]);
+        let first = rounds.first(&never).await.unwrap();
+        let round = rounds
+            .gather(first, started + Duration::from_secs(60), &never)
+            .await;
+        assert_eq!(ids(&round), [1, 2]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(rounds.first(&never).await.map(|i| i.id), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_wait() {
+        let shutdown = CancellationToken::new();
+        let (mut rounds, _sender) = rounds_open(10, 1000, vec![item(1, 1)]);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stop.cancel();
+        });
+        let started = Instant::now();
+        let first = rounds.first(&shutdown).await.unwrap();
+        let round = rounds
+            .gather(first, started + Duration::from_secs(60), &shutdown)
+            .await;
+        assert_eq!(ids(&round), [1]);
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
     }
 }

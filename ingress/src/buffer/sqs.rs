@@ -27,7 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_sdk_sqs::{error::ProvideErrorMetadata as _, types::SendMessageBatchRequestEntry};
+use aws_sdk_sqs::{
+    error::ProvideErrorMetadata as _,
+    types::{SendMessageBatchRequestEntry, builders::SendMessageBatchRequestEntryBuilder},
+};
 use corral_shared::{
     admin::Health,
     envelope::batch,
@@ -119,6 +122,10 @@ pub struct Settings {
     pub in_flight_wait: Duration,
     /// Deadline of a call (and of the request).
     pub publish_timeout: Duration,
+    /// How long a call that is not full waits for more webhooks.
+    pub linger: Duration,
+    /// Message groups, with a FIFO queue; `None` for a standard one.
+    pub fifo_groups: Option<u16>,
 }
 
 /// Shared handle; clone freely.
@@ -167,6 +174,8 @@ impl Inner {
 #[derive(Debug)]
 struct Queued {
     webhook: Webhook,
+    /// Its message group, with a FIFO queue.
+    group: u16,
     lease: Lease,
     reply: oneshot::Sender<Verdict>,
 }
@@ -206,8 +215,13 @@ impl Buffer for Sqs {
         let (reply, verdict) = oneshot::channel();
         // Once the dispatcher has stopped, the entry is dropped with its
         // reply, which reads as shutting down.
+        let group = inner
+            .settings
+            .fifo_groups
+            .map_or(0, |groups| group_of(&webhook.body, groups));
         let _closed = inner.sender.send(Queued {
             webhook,
+            group,
             lease,
             reply,
         });
@@ -294,10 +308,13 @@ async fn dispatch(inner: Arc<Inner>, queue: mpsc::UnboundedReceiver<Queued>) {
     let settings = &inner.settings;
     let mut rounds = Rounds::new(queue, limits(settings));
     while let Some(first) = rounds.first(&inner.shutdown).await {
+        // Lingering counts from the first webhook's turn, so time spent
+        // waiting for a free slot (SQS slow) is not added to it.
+        let until = tokio::time::Instant::now() + settings.linger;
         let Ok(slot) = inner.slots.clone().acquire_owned().await else {
             return;
         };
-        let round = rounds.fill(first);
+        let round = rounds.gather(first, until, &inner.shutdown).await;
         if !round.is_empty() {
             inner.publishing.spawn(send(inner.clone(), round, slot));
         }
@@ -328,57 +345,130 @@ struct Outgoing {
     _leases: Vec<Lease>,
 }
 
-/// Sends one round as one `SendMessageBatch` and answers each request.
-async fn send(inner: Arc<Inner>, round: Vec<Queued>, slot: OwnedSemaphorePermit) {
+/// Sends one round (one `SendMessageBatch`; with a FIFO queue, one per 10
+/// of its groups, in turn) and answers each request.
+async fn send(inner: Arc<Inner>, mut round: Vec<Queued>, slot: OwnedSemaphorePermit) {
     let settings = &inner.settings;
-    let mut outgoing = Vec::new();
-    let mut entries = Vec::new();
-    let mut round = round.into_iter().peekable();
-    while round.peek().is_some() {
-        let message: Vec<Queued> = round.by_ref().take(settings.batch_max).collect();
-        let (id, packed) = pack(message.iter().map(|q| &q.webhook));
-        let mut replies = Vec::with_capacity(message.len());
-        let mut leases = Vec::with_capacity(message.len());
-        for queued in message {
-            replies.push(queued.reply);
-            leases.push(queued.lease);
+    let fifo = settings.fifo_groups.is_some();
+    if fifo {
+        // Stable: a group's webhooks keep their order of arrival.
+        round.sort_by_key(|queued| queued.group);
+    }
+    let mut messages: Vec<Vec<Queued>> = Vec::new();
+    for queued in round {
+        match messages.last_mut() {
+            Some(last)
+                if last.len() < settings.batch_max && (!fifo || last[0].group == queued.group) =>
+            {
+                last.push(queued);
+            }
+            _ => messages.push(vec![queued]),
         }
-        let size = packed.body.len() + sqs::ATTRIBUTES_MAX;
-        if size > settings.max_message_bytes {
-            answer(
-                replies,
-                &Err(SqsError::TooLarge(size, settings.max_message_bytes)),
-            );
-            continue;
-        }
-        // Ingress packs only bodies it checked are UTF-8 JSON.
-        let Ok(body) = String::from_utf8(packed.body) else {
-            answer(
-                replies,
-                &Err(SqsError::Refused {
-                    code: "corral".into(),
-                    reason: "the message is not UTF-8".into(),
-                }),
-            );
+    }
+    let mut calls: Vec<Vec<(SendMessageBatchRequestEntryBuilder, Outgoing)>> = Vec::new();
+    for message in messages {
+        let Some(entry) = entry(settings, message) else {
             continue;
         };
-        let entry = SendMessageBatchRequestEntry::builder()
-            .id(outgoing.len().to_string())
-            .message_body(body)
-            .set_message_attributes(Some(sqs::attributes(
-                id,
-                packed.routing_key,
-                batch::CONTENT_TYPE,
-            )))
-            .build()
-            .expect("id and body are set");
-        metrics::ingress_publish_batch(replies.len());
-        entries.push(entry);
-        outgoing.push(Outgoing {
+        match calls.last_mut() {
+            Some(last) if last.len() < sqs::BATCH_ENTRIES => last.push(entry),
+            _ => calls.push(vec![entry]),
+        }
+    }
+    for call in calls {
+        let (entries, outgoing) = call
+            .into_iter()
+            .enumerate()
+            .map(|(i, (entry, outgoing))| {
+                let entry = entry.id(i.to_string()).build();
+                (entry.expect("id and body are set"), outgoing)
+            })
+            .unzip();
+        send_call(&inner, entries, outgoing).await;
+    }
+    drop(slot);
+}
+
+/// One message's entry, or `None` when its webhooks were refused already
+/// (too large, or not UTF-8).
+fn entry(
+    settings: &Settings,
+    message: Vec<Queued>,
+) -> Option<(SendMessageBatchRequestEntryBuilder, Outgoing)> {
+    let group = message[0].group;
+    let (id, packed) = pack(message.iter().map(|q| &q.webhook));
+    let mut replies = Vec::with_capacity(message.len());
+    let mut leases = Vec::with_capacity(message.len());
+    for queued in message {
+        replies.push(queued.reply);
+        leases.push(queued.lease);
+    }
+    let size = packed.body.len() + sqs::ATTRIBUTES_MAX;
+    if size > settings.max_message_bytes {
+        answer(
+            replies,
+            &Err(SqsError::TooLarge(size, settings.max_message_bytes)),
+        );
+        return None;
+    }
+    // Ingress packs only bodies it checked are UTF-8 JSON.
+    let Ok(body) = String::from_utf8(packed.body) else {
+        answer(
+            replies,
+            &Err(SqsError::Refused {
+                code: "corral".into(),
+                reason: "the message is not UTF-8".into(),
+            }),
+        );
+        return None;
+    };
+    let mut entry = SendMessageBatchRequestEntry::builder()
+        .message_body(body)
+        .set_message_attributes(Some(sqs::attributes(
+            id,
+            packed.routing_key,
+            batch::CONTENT_TYPE,
+        )));
+    if settings.fifo_groups.is_some() {
+        // The message's own id: a call sent again after a lost answer is
+        // taken once (SQS deduplicates for 5 minutes).
+        entry = entry
+            .message_group_id(format!("corral-{group}"))
+            .message_deduplication_id(id.to_string());
+    }
+    metrics::ingress_publish_batch(replies.len());
+    Some((
+        entry,
+        Outgoing {
             replies,
             _leases: leases,
-        });
+        },
+    ))
+}
+
+/// The message group of a webhook: its `phone_number`'s, so one number's
+/// webhooks share one; a body without one goes to group 0.
+fn group_of(body: &[u8], groups: u16) -> u16 {
+    #[derive(serde::Deserialize)]
+    struct Recipient<'a> {
+        #[serde(borrow, default)]
+        phone_number: Option<std::borrow::Cow<'a, str>>,
     }
+    let number = serde_json::from_slice::<Recipient<'_>>(body)
+        .ok()
+        .and_then(|recipient| recipient.phone_number);
+    number.map_or(0, |number| {
+        u16::try_from(crc32fast::hash(number.as_bytes()) % u32::from(groups)).unwrap_or(0)
+    })
+}
+
+/// Sends one `SendMessageBatch` and answers each of its messages' requests.
+async fn send_call(
+    inner: &Inner,
+    entries: Vec<SendMessageBatchRequestEntry>,
+    outgoing: Vec<Outgoing>,
+) {
+    let settings = &inner.settings;
     if entries.is_empty() {
         return;
     }
@@ -419,7 +509,6 @@ async fn send(inner: Arc<Inner>, round: Vec<Queued>, slot: OwnedSemaphorePermit)
         }),
         Ok(Ok(output)) => Ok(output),
     };
-    drop(slot);
     let output = match sent {
         Ok(output) => output,
         Err(err) => {
@@ -508,7 +597,26 @@ mod tests {
             max_message_bytes,
             in_flight_wait: Duration::from_millis(1),
             publish_timeout: Duration::from_secs(1),
+            linger: Duration::ZERO,
+            fifo_groups: None,
         }
+    }
+
+    #[test]
+    fn one_number_always_has_one_group_and_numbers_spread_over_all() {
+        let body = |number: &str| format!(r#"{{"drop_id":"d","phone_number":"{number}"}}"#);
+        let first = group_of(body("+15552224444").as_bytes(), 16);
+        assert_eq!(group_of(body("+15552224444").as_bytes(), 16), first);
+        // An escaped spelling of the same number is the same number.
+        let escaped = r#"{"phone_number":"\u002b15552224444"}"#;
+        assert_eq!(group_of(escaped.as_bytes(), 16), first);
+        let groups: std::collections::BTreeSet<u16> = (0..1000)
+            .map(|n| group_of(body(&format!("+1555{n:07}")).as_bytes(), 16))
+            .collect();
+        assert_eq!(groups.len(), 16);
+        assert!(groups.iter().all(|group| *group < 16));
+        assert_eq!(group_of(br#"{"drop_id":"d"}"#, 16), 0);
+        assert_eq!(group_of(br#"{"phone_number":5}"#, 16), 0);
     }
 
     #[test]

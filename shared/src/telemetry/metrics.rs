@@ -130,6 +130,10 @@ catalogue! {
         "Age of the oldest webhook in the PostgreSQL spool, in seconds; 0 when it is empty.";
     WORKER_SPOOL_DRAINED = "corral_worker_spool_drained_total", Counter, [], None,
         "Webhooks taken from the PostgreSQL spool and committed (stored, duplicate or quarantined, also counted in corral_worker_messages_total).";
+    SQS_REQUESTS = "corral_sqs_requests_total", Counter, ["operation"], None,
+        "SQS API requests sent (each attempt, retries included), by operation; with CORRAL_BUFFER=sqs only.";
+    SQS_BILLED_REQUESTS = "corral_sqs_billed_requests_total", Counter, ["operation"], None,
+        "SQS requests as AWS bills them (each 64 KiB of a request's or answer's payload is one), estimated from the HTTP body sizes of the attempts SQS answered; with CORRAL_BUFFER=sqs only.";
 }
 
 pub(super) fn describe_all() {
@@ -325,6 +329,40 @@ pub fn ingress_spool_batch(webhooks: usize) {
 pub fn worker_spool(depth: u64, oldest_seconds: f64) {
     gauge!(WORKER_SPOOL_DEPTH).set(depth as f64);
     gauge!(WORKER_SPOOL_OLDEST_SECONDS).set(oldest_seconds);
+}
+
+/// The SQS operations corral calls, each registered at zero where a binary
+/// uses SQS; anything else counts as `other`.
+pub const SQS_OPERATIONS: &[&str] = &[
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "GetQueueAttributes",
+    "GetQueueUrl",
+    "ReceiveMessage",
+    "SendMessage",
+    "SendMessageBatch",
+    "other",
+];
+
+/// Registers the SQS request series at zero: a binary has them only with
+/// `CORRAL_BUFFER=sqs`.
+pub fn register_sqs() {
+    for operation in SQS_OPERATIONS {
+        counter!(SQS_REQUESTS, "operation" => *operation).increment(0);
+        counter!(SQS_BILLED_REQUESTS, "operation" => *operation).increment(0);
+    }
+}
+
+/// One SQS request sent; `operation` is one of [`SQS_OPERATIONS`].
+pub fn sqs_request(operation: &'static str) {
+    counter!(SQS_REQUESTS, "operation" => operation).increment(1);
+}
+
+/// An SQS request answered, billed as `billed` requests.
+pub fn sqs_billed(operation: &'static str, billed: u64) {
+    counter!(SQS_BILLED_REQUESTS, "operation" => operation).increment(billed);
 }
 
 /// Webhooks drained from the spool in one committed batch.

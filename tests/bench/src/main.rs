@@ -112,6 +112,20 @@ enum Command {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
+    /// Only the pipeline over SQS (the local moto server) at fixed rates,
+    /// in each shape (default, no linger, FIFO): requests per webhook.
+    Sqs {
+        /// Webhooks per second; repeat for several.
+        #[arg(long = "rate", default_values_t = [1_000.0, 5_000.0])]
+        rates: Vec<f64>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Put the runs into this directory's benchmarks.json (replacing its
+        /// SQS runs) and rewrite the report from it, instead of printing them.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
     /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
@@ -190,6 +204,32 @@ async fn main() -> anyhow::Result<()> {
             };
             for run in bench::spool_runs(&plan).await? {
                 eprintln!("{}", serde_json::to_string(&run)?);
+            }
+        }
+        Command::Sqs {
+            rates,
+            seconds,
+            into,
+        } => {
+            let plan = bench::Plan {
+                pipeline_seconds: seconds,
+                sqs_rates: rates,
+                ..bench::Plan::quick()
+            };
+            let runs = bench::sqs_runs(&plan).await?;
+            match into {
+                Some(dir) => {
+                    let mut results = read_results(&dir)?;
+                    results.plan.sqs_rates = plan.sqs_rates;
+                    results.sqs = runs;
+                    bench::write(&results, &dir)?;
+                    eprintln!("bench: wrote the SQS runs into {}", dir.display());
+                }
+                None => {
+                    for run in runs {
+                        eprintln!("{}", serde_json::to_string(&run)?);
+                    }
+                }
             }
         }
         Command::Latency { rates, seconds } => {

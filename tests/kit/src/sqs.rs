@@ -46,6 +46,8 @@ pub struct QueueOptions {
     pub max_receive_count: u32,
     /// The queue's `MaximumMessageSize`, in bytes.
     pub maximum_message_size: u32,
+    /// A FIFO queue (and dead-letter queue), named `….fifo`.
+    pub fifo: bool,
 }
 
 impl Default for QueueOptions {
@@ -54,6 +56,7 @@ impl Default for QueueOptions {
             visibility_secs: 30,
             max_receive_count: 5,
             maximum_message_size: 262_144,
+            fifo: false,
         }
     }
 }
@@ -79,7 +82,15 @@ impl TestQueue {
     pub async fn with(options: QueueOptions) -> Self {
         let client = client(ENDPOINT).await;
         let name = crate::unique_name("test");
-        let dead_letter_url = create(&client, &format!("{name}-dead"), &[]).await;
+        let (suffix, fifo) = if options.fifo {
+            (
+                ".fifo",
+                vec![(QueueAttributeName::FifoQueue, "true".to_owned())],
+            )
+        } else {
+            ("", Vec::new())
+        };
+        let dead_letter_url = create(&client, &format!("{name}-dead{suffix}"), &fifo).await;
         let dead_letter_arn = client
             .get_queue_attributes()
             .queue_url(&dead_letter_url)
@@ -95,22 +106,19 @@ impl TestQueue {
             "maxReceiveCount": options.max_receive_count.to_string(),
         })
         .to_string();
-        let url = create(
-            &client,
-            &name,
-            &[
-                (
-                    QueueAttributeName::VisibilityTimeout,
-                    options.visibility_secs.to_string(),
-                ),
-                (QueueAttributeName::RedrivePolicy, redrive),
-                (
-                    QueueAttributeName::MaximumMessageSize,
-                    options.maximum_message_size.to_string(),
-                ),
-            ],
-        )
-        .await;
+        let mut attributes = vec![
+            (
+                QueueAttributeName::VisibilityTimeout,
+                options.visibility_secs.to_string(),
+            ),
+            (QueueAttributeName::RedrivePolicy, redrive),
+            (
+                QueueAttributeName::MaximumMessageSize,
+                options.maximum_message_size.to_string(),
+            ),
+        ];
+        attributes.extend(fifo);
+        let url = create(&client, &format!("{name}{suffix}"), &attributes).await;
         Self {
             client,
             url,
@@ -138,9 +146,12 @@ impl TestQueue {
     pub async fn send_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
         let id = Uuid::now_v7();
         let message = envelope::batch_message(id, webhooks);
+        let fifo = sqs::is_fifo(&self.url);
         self.client
             .send_message()
             .queue_url(&self.url)
+            .set_message_group_id(fifo.then(|| "corral-test".to_owned()))
+            .set_message_deduplication_id(fifo.then(|| id.to_string()))
             .message_body(String::from_utf8(message.body).expect("a UTF-8 envelope"))
             .set_message_attributes(Some(sqs::attributes(
                 id,

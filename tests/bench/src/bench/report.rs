@@ -95,6 +95,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     pipeline_table(&mut out, results);
     latency_table(&mut out, results);
     spool_table(&mut out, results);
+    sqs_table(&mut out, results);
     out.push_str(previous_notes);
     out
 }
@@ -464,6 +465,51 @@ fn spool_table(out: &mut String, results: &Results) {
             r.ceiling_per_sec,
             r.ceiling_batch,
             r.accepted_per_sec / r.ceiling_per_sec,
+            r.lost,
+            r.duplicated,
+            if r.verified { "yes" } else { "no" }
+        );
+    }
+}
+
+/// The pipeline over SQS: latency and what each webhook costs in requests.
+fn sqs_table(out: &mut String, results: &Results) {
+    if results.sqs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## SQS: requests per webhook\n");
+    let _ = writeln!(
+        out,
+        "The pipeline with `CORRAL_BUFFER=sqs` against the local moto server (an emulator: its latency and \
+         throughput are not AWS's, see [operations](operations.md#rabbitmq-or-sqs)), at fixed rates for \
+         {} s each after a 2 s warm-up, one ingress and one worker. Requests are `corral_sqs_requests_total` \
+         of both binaries over the whole run until the queue was empty (every operation: sends, receives, \
+         deletes, visibility extensions, the readiness and depth checks), divided by the webhooks sent; billed \
+         is `corral_sqs_billed_requests_total` (AWS bills each 64 KiB of payload as one request). The target is \
+         at most 0.1 requests per webhook. Verified: every 200 stored exactly once.\n",
+        results.plan.pipeline_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| webhooks/s | queue | linger ms | accepted/s | p50 ms | p99 ms | e2e p50 ms | e2e p99 ms | webhooks per message | ingress requests per webhook | worker requests per webhook | requests per webhook | billed per webhook | lost | duplicated | verified |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for r in &results.sqs {
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.3} | {:.3} | **{:.3}** | {:.3} | {} | {} | {} |",
+            r.rate,
+            if r.fifo { "FIFO" } else { "standard" },
+            r.linger_ms,
+            r.accepted_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.e2e_p50_ms,
+            r.e2e_p99_ms,
+            per_message(r.webhooks_per_message),
+            r.ingress_requests_per_webhook,
+            r.worker_requests_per_webhook,
+            r.ingress_requests_per_webhook + r.worker_requests_per_webhook,
+            r.billed_per_webhook,
             r.lost,
             r.duplicated,
             if r.verified { "yes" } else { "no" }

@@ -51,6 +51,10 @@ pub struct Plan {
     /// spooled). Absent in results written before the spool.
     #[serde(default)]
     pub spool_connections: Vec<usize>,
+    /// Webhooks/s for the runs over SQS (the local moto server). Absent in
+    /// results written before SQS.
+    #[serde(default)]
+    pub sqs_rates: Vec<f64>,
 }
 
 impl Plan {
@@ -67,6 +71,7 @@ impl Plan {
             pipeline_seconds: 20,
             insert_rows: 200_000,
             spool_connections: vec![64, 256],
+            sqs_rates: vec![1_000.0, 5_000.0],
         }
     }
 
@@ -83,6 +88,7 @@ impl Plan {
             pipeline_seconds: 8,
             insert_rows: 100_000,
             spool_connections: vec![64],
+            sqs_rates: vec![1_000.0],
         }
     }
 }
@@ -251,6 +257,71 @@ pub struct SpoolRun {
     pub verified: bool,
 }
 
+/// How an SQS run is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SqsShape {
+    /// `CORRAL_SQS_LINGER_MS`.
+    pub linger_ms: u64,
+    /// A FIFO queue.
+    pub fifo: bool,
+}
+
+/// The shapes each SQS rate is run in: the default, without lingering
+/// (what it saves), and on a FIFO queue — that one at the lowest rate only:
+/// moto's FIFO `SendMessageBatch` takes 150–600 ms and grows with the
+/// queue's depth, so higher rates measure the emulator, not corral.
+pub const SQS_SHAPES: [SqsShape; 3] = [
+    SqsShape {
+        linger_ms: 50,
+        fifo: false,
+    },
+    SqsShape {
+        linger_ms: 0,
+        fifo: false,
+    },
+    SqsShape {
+        linger_ms: 50,
+        fifo: true,
+    },
+];
+
+/// The pipeline over SQS at a fixed rate.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SqsRun {
+    /// Offered webhooks/s.
+    pub rate: f64,
+    /// `CORRAL_SQS_LINGER_MS`.
+    pub linger_ms: u64,
+    /// A FIFO queue.
+    pub fifo: bool,
+    /// Webhooks answered 200 per second.
+    pub accepted_per_sec: f64,
+    /// Webhooks ingress sent to SQS over the run (warm-up included).
+    pub webhooks: u64,
+    /// Answer latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// `received_at` to commit, ms.
+    pub e2e_p50_ms: f64,
+    /// 99th percentile, ms.
+    pub e2e_p99_ms: f64,
+    /// Webhooks per SQS message.
+    pub webhooks_per_message: Option<f64>,
+    /// Ingress's SQS requests (every operation, checks included) per webhook.
+    pub ingress_requests_per_webhook: f64,
+    /// The worker's, until the queue was empty.
+    pub worker_requests_per_webhook: f64,
+    /// Both binaries' requests as AWS bills them (64 KiB each), per webhook.
+    pub billed_per_webhook: f64,
+    /// Lost, by the verifier.
+    pub lost: u64,
+    /// Duplicated.
+    pub duplicated: u64,
+    /// Nothing wrong, and everything drained.
+    pub verified: bool,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
@@ -278,6 +349,9 @@ pub struct Results {
     /// Ingress through the spool alone, its broker gone.
     #[serde(default)]
     pub spool: Vec<SpoolRun>,
+    /// The pipeline over SQS.
+    #[serde(default)]
+    pub sqs: Vec<SqsRun>,
     /// The run these results replaced, for the targets stated against
     /// "before"; `None` when there was none to read.
     #[serde(default)]
@@ -352,6 +426,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     let pipeline = pipeline_runs(&plan, max, publish64).await?;
     let latency = latency_runs(&plan, max).await?;
     let spool = spool_runs(&plan).await?;
+    let sqs = sqs_runs(&plan).await?;
     Ok(Results {
         machine,
         plan,
@@ -363,8 +438,36 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         pipeline,
         latency,
         spool,
+        sqs,
         baseline,
     })
+}
+
+/// The pipeline over SQS at each planned rate, in each shape.
+pub async fn sqs_runs(plan: &Plan) -> anyhow::Result<Vec<SqsRun>> {
+    let mut runs = Vec::new();
+    let lowest = plan.sqs_rates.iter().copied().fold(f64::INFINITY, f64::min);
+    for &rate in &plan.sqs_rates {
+        for shape in SQS_SHAPES {
+            if shape.fifo && rate > lowest {
+                continue;
+            }
+            let run = sqs_pipeline(rate, Duration::from_secs(plan.pipeline_seconds), shape).await?;
+            eprintln!(
+                "bench: SQS at {rate}/s, linger {} ms{}: {:.0}/s, p99 {:.1} ms, {:.3} requests per webhook ({:.3} billed), lost {}, duplicated {}",
+                shape.linger_ms,
+                if shape.fifo { ", FIFO" } else { "" },
+                run.accepted_per_sec,
+                run.p99_ms,
+                run.ingress_requests_per_webhook + run.worker_requests_per_webhook,
+                run.billed_per_webhook,
+                run.lost,
+                run.duplicated
+            );
+            runs.push(run);
+        }
+    }
+    Ok(runs)
 }
 
 /// Ingress with no broker at each planned connection count.

@@ -10,11 +10,15 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
 use corral_shared::{
     envelope::{self, Kind, batch},
-    telemetry::metrics::{INGRESS_PUBLISH_BATCH_SIZE, INGRESS_SPOOL_BATCH_SIZE},
+    telemetry::metrics::{
+        INGRESS_PUBLISH_BATCH_SIZE, INGRESS_SPOOL_BATCH_SIZE, SQS_BILLED_REQUESTS, SQS_REQUESTS,
+    },
 };
 use corral_testkit::{
     broker, config, database, fixtures,
+    metrics::Metrics,
     process::{self, Process, ProcessConfig},
+    sqs::{self, QueueOptions, TestQueue},
     unique_name, wait,
 };
 use uuid::Uuid;
@@ -619,5 +623,113 @@ pub(super) async fn machine() -> anyhow::Result<Machine> {
                 "HEAD",
             ],
         ),
+    })
+}
+
+/// SQS requests by the two binaries, summed over operations: sent, and
+/// billed (each 64 KiB of payload one).
+fn sqs_requests(metrics: &Metrics) -> (f64, f64) {
+    let sum = |name: &str| {
+        metrics
+            .0
+            .iter()
+            .filter(|(series, _)| series.starts_with(&format!("{name}{{")))
+            .map(|(_, value)| value)
+            .sum::<f64>()
+    };
+    (sum(SQS_REQUESTS), sum(SQS_BILLED_REQUESTS))
+}
+
+/// The pipeline over SQS (moto on this machine) at `rate` webhooks/s: what
+/// it answers, how fast, and how many SQS requests each webhook cost.
+pub(super) async fn sqs_pipeline(
+    rate: f64,
+    duration: Duration,
+    shape: SqsShape,
+) -> anyhow::Result<SqsRun> {
+    let queue = TestQueue::with(QueueOptions {
+        fifo: shape.fifo,
+        ..QueueOptions::default()
+    })
+    .await;
+    let db = probes::migrated_database().await?;
+    let mut worker = Process::start_ready(
+        ProcessConfig::worker(&db.url, "bench-unused")
+            .sqs(&queue.url, sqs::ENDPOINT)
+            .env("CORRAL_DB_POOL_SIZE", "4")
+            .env("CORRAL_LOG", "warn"),
+    )
+    .await;
+    let mut ingress = Process::start_ready(
+        ProcessConfig::ingress("bench-unused", TOKEN)
+            .sqs(&queue.url, sqs::ENDPOINT)
+            .env("CORRAL_SQS_LINGER_MS", shape.linger_ms.to_string())
+            .env("CORRAL_LOG", "warn"),
+    )
+    .await;
+    let before = (ingress.metrics().await, worker.metrics().await);
+    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
+    config.load = Load::Open {
+        rate,
+        max_connections: 512,
+    };
+    config.duration = Some(duration);
+    config.warmup = Duration::from_secs(2);
+    let run = loadgen::run(config).await?;
+    let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
+    // Everything is stored: the worker has deleted what it took, or is
+    // about to; its requests until then are part of the cost.
+    wait::until_true("the queue to be empty", Duration::from_secs(60), || async {
+        queue.counts().await == (0, 0)
+    })
+    .await;
+    let after = (ingress.metrics().await, worker.metrics().await);
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at)),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at))
+             FROM delivery_events",
+            &[],
+        )
+        .await?;
+    let (e2e_p50, e2e_p99): (f64, f64) = (row.get(0), row.get(1));
+    ingress.terminate(Duration::from_secs(40)).await;
+    worker.terminate(Duration::from_secs(40)).await;
+    let delta = |before: &Metrics, after: &Metrics| {
+        let (sent0, billed0) = sqs_requests(before);
+        let (sent1, billed1) = sqs_requests(after);
+        (sent1 - sent0, billed1 - billed0)
+    };
+    let (ingress_sent, ingress_billed) = delta(&before.0, &after.0);
+    let (worker_sent, worker_billed) = delta(&before.1, &after.1);
+    let batch = |m: &Metrics| {
+        (
+            m.get(&format!("{INGRESS_PUBLISH_BATCH_SIZE}_count")),
+            m.get(&format!("{INGRESS_PUBLISH_BATCH_SIZE}_sum")),
+        )
+    };
+    let messages = batch(&after.0).0 - batch(&before.0).0;
+    // Every webhook ingress sent to SQS, warm-up included, as the request
+    // counts are.
+    let webhooks = batch(&after.0).1 - batch(&before.0).1;
+    let report = run.report;
+    Ok(SqsRun {
+        rate,
+        linger_ms: shape.linger_ms,
+        fifo: shape.fifo,
+        accepted_per_sec: report.accepted_per_sec,
+        webhooks: webhooks as u64,
+        p50_ms: ms(report.latency_us.p50),
+        p99_ms: ms(report.latency_us.p99),
+        e2e_p50_ms: e2e_p50 * 1000.0,
+        e2e_p99_ms: e2e_p99 * 1000.0,
+        webhooks_per_message: (messages > 0.0).then(|| webhooks / messages),
+        ingress_requests_per_webhook: ingress_sent / webhooks,
+        worker_requests_per_webhook: worker_sent / webhooks,
+        billed_per_webhook: (ingress_billed + worker_billed) / webhooks,
+        lost: verification.lost,
+        duplicated: verification.duplicated,
+        verified: verification.is_ok() && verification.drained,
     })
 }

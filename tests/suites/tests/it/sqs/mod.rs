@@ -4,12 +4,15 @@
 //!
 //! - `flow`: ingress and worker over SQS, in-process and as processes:
 //!   every webhook one row, several webhooks per SQS message.
+//! - `fifo`: a FIFO queue (groups by number, deduplication ids), and calls
+//!   made fuller by lingering, counted as SQS bills them.
 //! - `outage`: SQS unreachable: spooled with a spool, 503 without.
 //! - `visibility`: a message held and not deleted comes back once its
 //!   visibility timeout runs out and is stored once; one that keeps coming
 //!   back goes to the dead-letter queue.
 //! - `settings`: what stops either binary at start, and why.
 
+mod fifo;
 mod flow;
 mod outage;
 mod settings;

@@ -52,6 +52,8 @@ fn out_of_range_values_are_refused_when_parsed() {
     let defaults = IngressConfig::parse_from(["corral-ingress"]);
     assert_eq!(defaults.buffer.kind, BufferKind::Rabbitmq);
     assert_eq!(defaults.sqs_max_message_bytes, 262_144);
+    assert_eq!(defaults.sqs_linger_ms, 50);
+    assert_eq!(defaults.sqs_fifo_groups, 16);
 }
 
 #[tokio::test]
@@ -86,6 +88,26 @@ async fn a_body_that_cannot_fit_a_message_stops_the_ingress() {
     let err = ingress_error(ingress);
     assert!(
         err.contains("CORRAL_SQS_MAX_MESSAGE_BYTES") && err.contains("CORRAL_MAX_BODY_BYTES"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_linger_past_the_spool_or_the_deadline_stops_the_ingress() {
+    let queue = TestQueue::new().await;
+    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    ingress.sqs_linger_ms = ingress.publish_timeout_ms;
+    let err = ingress_error(ingress);
+    assert!(
+        err.contains("CORRAL_SQS_LINGER_MS") && err.contains("CORRAL_PUBLISH_TIMEOUT_MS"),
+        "{err}"
+    );
+    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    ingress.spool_database_url = Some("postgres://nowhere/spool".into());
+    ingress.spool_after_ms = 40;
+    let err = ingress_error(ingress);
+    assert!(
+        err.contains("CORRAL_SQS_LINGER_MS (50 ms)") && err.contains("CORRAL_SPOOL_AFTER_MS"),
         "{err}"
     );
 }
