@@ -96,6 +96,15 @@ pub enum OpsError {
         /// `CORRAL_SQS_QUEUE_URL`.
         queue: String,
     },
+    /// The redrive policy names no SQS queue.
+    #[error("the redrive policy of the SQS queue {queue} names no dead-letter queue")]
+    BadRedrivePolicy {
+        /// `CORRAL_SQS_QUEUE_URL`.
+        queue: String,
+        /// What is wrong with it.
+        #[source]
+        source: corral_shared::sqs::RedrivePolicyError,
+    },
     /// An SQS call failed or was refused.
     #[error("{context}")]
     Sqs {

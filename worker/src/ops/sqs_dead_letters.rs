@@ -66,12 +66,9 @@ pub async fn dead_letter_queue(queue: &Queue) -> Result<Queue, OpsError> {
         .ok_or_else(|| OpsError::NoRedrivePolicy {
             queue: queue.url.clone(),
         })?;
-    let target = sqs::dead_letter_target(&policy).map_err(|err| OpsError::Sqs {
-        context: format!("reading the redrive policy of {}", queue.url),
-        source: sqs::CheckError::Refused {
-            code: "RedrivePolicy".into(),
-            reason: err.to_string(),
-        },
+    let target = sqs::dead_letter_target(&policy).map_err(|source| OpsError::BadRedrivePolicy {
+        queue: queue.url.clone(),
+        source,
     })?;
     let url = checked(
         format!("finding the dead-letter queue {} (GetQueueUrl)", target.arn),
