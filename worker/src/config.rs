@@ -24,7 +24,8 @@ pub enum Command {
     Run,
     /// Create the database if missing and apply migrations, then exit.
     Migrate,
-    /// Inspect and replay the dead-letter queue (`<prefix>.dead-letter`).
+    /// Inspect and replay the dead-letter queue (`<prefix>.dead-letter`; with
+    /// `CORRAL_BUFFER=sqs` the one the SQS queue's redrive policy names).
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
     /// Inspect and re-process quarantined webhooks (`quarantined_webhooks`).
@@ -33,21 +34,24 @@ pub enum Command {
 }
 
 /// `corral-worker dead-letters …`: messages RabbitMQ gave up delivering
-/// (`x-delivery-limit` reached) wait in the dead-letter queue for an operator.
+/// (`x-delivery-limit` reached), or SQS moved away after `maxReceiveCount`
+/// receives, wait in the dead-letter queue for an operator.
 #[derive(Debug, Clone, Subcommand)]
 pub enum DeadLetterCommand {
     /// Show dead-lettered messages, one line per webhook inside them; removes
-    /// none (each one read is moved to the tail of the dead-letter queue, so
-    /// their order changes).
+    /// none (on RabbitMQ each one read is moved to the tail of the
+    /// dead-letter queue, so their order changes; on SQS each is made visible
+    /// again).
     List {
         /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
     /// Publish dead-lettered messages back to the webhooks exchange with their
-    /// original routing key and properties, as they are (the webhooks of an
-    /// envelope-2 message stay together); each dead-letter copy is removed
-    /// only after RabbitMQ confirmed the republished one.
+    /// original routing key and properties (on SQS: to the queue, with the
+    /// same body and attributes), as they are (the webhooks of an envelope-2
+    /// message stay together); each dead-letter copy is removed only after
+    /// RabbitMQ confirmed (SQS accepted) the republished one.
     Replay {
         /// Show what would be replayed; replay nothing.
         #[arg(long)]
@@ -55,9 +59,10 @@ pub enum DeadLetterCommand {
         /// Replay at most this many (all by default).
         #[arg(long)]
         limit: Option<u64>,
-        /// Replay only the messages with this `message_id`, or holding a
-        /// webhook with this id (the whole message is replayed; repeatable);
-        /// the others stay in the dead-letter queue.
+        /// Replay only the messages with this `message_id` (on SQS also
+        /// SQS's `MessageId`), or holding a webhook with this id (the whole
+        /// message is replayed; repeatable); the others stay in the
+        /// dead-letter queue.
         #[arg(long = "message-id", value_name = "ID")]
         message_ids: Vec<String>,
     },

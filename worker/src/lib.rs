@@ -77,6 +77,9 @@ impl Application {
         };
         let prometheus = telemetry::prometheus();
         metrics::register_binary(Binary::Worker);
+        if sqs.is_some() {
+            metrics::register_sqs_worker();
+        }
         let database = config.database()?;
         let pool = db::pool(&database, config.db_pool_size)?;
         if database.uses_tls() {
@@ -118,6 +121,16 @@ impl Application {
         } = self;
         let admin_handle = admin.handle();
         let admin_serving = tokio::spawn(admin);
+        // From the start, database or not: a backlog is worth seeing most
+        // when the worker cannot store it.
+        let oldest = source::sqs_depth::OldestReceived::default();
+        let measuring = sqs.clone().map(|queue| {
+            tokio::spawn(source::sqs_depth::measure(
+                queue,
+                oldest.clone(),
+                shutdown.clone(),
+            ))
+        });
 
         if migrate_with_retry(&config, &database, &health, &shutdown).await {
             let watchdog = tokio::spawn(database_watchdog(
@@ -153,6 +166,7 @@ impl Application {
                             visibility: Duration::from_secs(config.sqs_visibility_secs),
                             max_in_hand: usize::from(config.prefetch),
                             retry_max: config.amqp.reconnect_max(),
+                            oldest: oldest.clone(),
                         };
                         consume::run_sqs(
                             settings,
@@ -171,6 +185,9 @@ impl Application {
                 spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
             );
             watchdog.abort();
+        }
+        if let Some(measuring) = measuring {
+            measuring.abort();
         }
         health.start_draining();
         pool.close();

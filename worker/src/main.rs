@@ -1,5 +1,5 @@
 use clap::Parser;
-use corral_shared::{config::BufferKind, shutdown, telemetry};
+use corral_shared::{shutdown, telemetry};
 use corral_worker::{
     Application,
     config::{Cli, Command},
@@ -32,11 +32,6 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(|applied| tracing::info!(applied, "database is up to date"))
         }
-        Command::DeadLetters(_) if config.buffer.kind == BufferKind::Sqs => Err(anyhow::anyhow!(
-            "dead-letters reads RabbitMQ's dead-letter queue; with CORRAL_BUFFER=sqs the dead \
-             letters are in the dead-letter queue of the SQS queue's redrive policy (redrive \
-             them with SQS's own tools for now)"
-        )),
         Command::DeadLetters(command) => {
             ops::dead_letters_command(command, &config, &mut std::io::stdout()).await
         }

@@ -146,6 +146,24 @@ labels! {
         /// The batch was split and the culprit quarantined.
         Data,
     }
+
+    /// `corral_worker_sqs_queue_messages{queue}`: which SQS queue.
+    SqsQueue {
+        /// `CORRAL_SQS_QUEUE_URL`.
+        Main,
+        /// The dead-letter queue its redrive policy names.
+        DeadLetter,
+    }
+
+    /// `corral_worker_sqs_queue_messages{state}`: the messages SQS counts.
+    SqsMessageState {
+        /// Waiting to be received (`ApproximateNumberOfMessages`).
+        Visible,
+        /// Received and not yet deleted (`ApproximateNumberOfMessagesNotVisible`).
+        InFlight,
+        /// Sent with a delay not yet over (`ApproximateNumberOfMessagesDelayed`).
+        Delayed,
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +180,8 @@ mod tests {
         );
         assert_eq!(PublishFailure::ChannelClosed.as_str(), "channel_closed");
         assert_eq!(MessageOutcome::Quarantined.as_str(), "quarantined");
+        assert_eq!(SqsQueue::DeadLetter.as_str(), "dead_letter");
+        assert_eq!(SqsMessageState::InFlight.as_str(), "in_flight");
     }
 
     /// The spellings design.md and the dashboard rely on.

@@ -13,7 +13,7 @@ use ::metrics::{
 
 use super::labels::{
     Binary, ConnectOutcome, DbErrorKind, Label, MessageOutcome, PublishFailure, RejectReason,
-    SpoolCause,
+    SpoolCause, SqsMessageState, SqsQueue,
 };
 use crate::envelope::Kind as WebhookKind;
 
@@ -130,6 +130,10 @@ catalogue! {
         "Age of the oldest webhook in the PostgreSQL spool, in seconds; 0 when it is empty.";
     WORKER_SPOOL_DRAINED = "corral_worker_spool_drained_total", Counter, [], None,
         "Webhooks taken from the PostgreSQL spool and committed (stored, duplicate or quarantined, also counted in corral_worker_messages_total).";
+    WORKER_SQS_QUEUE_MESSAGES = "corral_worker_sqs_queue_messages", Gauge, ["queue", "state"], None,
+        "Messages in the SQS queue (queue=main) and in the dead-letter queue its redrive policy names (queue=dead_letter), by state: visible (waiting), in_flight (received, not deleted), delayed; SQS's approximate counts, read with GetQueueAttributes every 15 s by each worker (CORRAL_BUFFER=sqs only).";
+    WORKER_SQS_OLDEST_RECEIVED_SECONDS = "corral_worker_sqs_oldest_received_seconds", Gauge, [], None,
+        "How long the oldest message this worker received from SQS since the previous 15 s measurement had waited in the queue (receipt time minus SentTimestamp), in seconds; 0 when it received none. A proxy for CloudWatch's ApproximateAgeOfOldestMessage, which the SQS API does not expose: it shows only what is received, so a backlog no worker receives shows in corral_worker_sqs_queue_messages instead (CORRAL_BUFFER=sqs only).";
     SQS_REQUESTS = "corral_sqs_requests_total", Counter, ["operation"], None,
         "SQS API requests sent (each attempt, retries included), by operation; with CORRAL_BUFFER=sqs only.";
     SQS_BILLED_REQUESTS = "corral_sqs_billed_requests_total", Counter, ["operation"], None,
@@ -368,6 +372,31 @@ pub fn sqs_billed(operation: &'static str, billed: u64) {
 /// Webhooks drained from the spool in one committed batch.
 pub fn worker_spool_drained(webhooks: usize) {
     counter!(WORKER_SPOOL_DRAINED).increment(webhooks as u64);
+}
+
+/// Registers the SQS series of the worker at zero: it has them only with
+/// `CORRAL_BUFFER=sqs` (the dead-letter queue's once a redrive policy names
+/// one).
+pub fn register_sqs_worker() {
+    worker_sqs_queue(SqsQueue::Main, 0, 0, 0);
+    gauge!(WORKER_SQS_OLDEST_RECEIVED_SECONDS).set(0.0);
+}
+
+/// The message counts of one SQS queue, as SQS last reported them.
+pub fn worker_sqs_queue(queue: SqsQueue, visible: u64, in_flight: u64, delayed: u64) {
+    for (state, count) in [
+        (SqsMessageState::Visible, visible),
+        (SqsMessageState::InFlight, in_flight),
+        (SqsMessageState::Delayed, delayed),
+    ] {
+        gauge!(WORKER_SQS_QUEUE_MESSAGES, "queue" => queue.as_str(), "state" => state.as_str())
+            .set(count as f64);
+    }
+}
+
+/// How long the oldest message received since the last measurement had waited.
+pub fn worker_sqs_oldest_received(seconds: f64) {
+    gauge!(WORKER_SQS_OLDEST_RECEIVED_SECONDS).set(seconds);
 }
 
 /// Status codes as static labels (no allocation per request).

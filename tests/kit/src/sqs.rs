@@ -48,6 +48,9 @@ pub struct QueueOptions {
     pub maximum_message_size: u32,
     /// A FIFO queue (and dead-letter queue), named `….fifo`.
     pub fifo: bool,
+    /// Whether the queue has a redrive policy naming the dead-letter queue
+    /// (which is made either way).
+    pub redrive: bool,
 }
 
 impl Default for QueueOptions {
@@ -57,6 +60,7 @@ impl Default for QueueOptions {
             max_receive_count: 5,
             maximum_message_size: 262_144,
             fifo: false,
+            redrive: true,
         }
     }
 }
@@ -111,13 +115,15 @@ impl TestQueue {
                 QueueAttributeName::VisibilityTimeout,
                 options.visibility_secs.to_string(),
             ),
-            (QueueAttributeName::RedrivePolicy, redrive),
             (
                 QueueAttributeName::MaximumMessageSize,
                 options.maximum_message_size.to_string(),
             ),
         ];
         attributes.extend(fifo);
+        if options.redrive {
+            attributes.push((QueueAttributeName::RedrivePolicy, redrive));
+        }
         let url = create(&client, &format!("{name}{suffix}"), &attributes).await;
         Self {
             client,
@@ -144,12 +150,33 @@ impl TestQueue {
     /// Sends `webhooks` as one message, packed and with the attributes
     /// ingress gives one. Returns the message's own id.
     pub async fn send_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
+        self.send_batch_to(&self.url, webhooks, 0).await.0
+    }
+
+    /// The same, visible only `delay_secs` after it is sent (`DelaySeconds`).
+    pub async fn send_delayed(&self, webhooks: &[batch::Packing<'_>], delay_secs: i32) -> Uuid {
+        self.send_batch_to(&self.url, webhooks, delay_secs).await.0
+    }
+
+    /// The same, straight into the dead-letter queue, as SQS would have
+    /// moved it there. Returns the message's own id and SQS's `MessageId`.
+    pub async fn send_dead_letter(&self, webhooks: &[batch::Packing<'_>]) -> (Uuid, String) {
+        self.send_batch_to(&self.dead_letter_url, webhooks, 0).await
+    }
+
+    async fn send_batch_to(
+        &self,
+        url: &str,
+        webhooks: &[batch::Packing<'_>],
+        delay_secs: i32,
+    ) -> (Uuid, String) {
         let id = Uuid::now_v7();
         let message = envelope::batch_message(id, webhooks);
-        let fifo = sqs::is_fifo(&self.url);
-        self.client
+        let fifo = sqs::is_fifo(url);
+        let sent = self
+            .client
             .send_message()
-            .queue_url(&self.url)
+            .queue_url(url)
             .set_message_group_id(fifo.then(|| "corral-test".to_owned()))
             .set_message_deduplication_id(fifo.then(|| id.to_string()))
             .message_body(String::from_utf8(message.body).expect("a UTF-8 envelope"))
@@ -158,10 +185,11 @@ impl TestQueue {
                 message.routing_key,
                 batch::CONTENT_TYPE,
             )))
+            .set_delay_seconds((delay_secs > 0).then_some(delay_secs))
             .send()
             .await
             .expect("sending a test message");
-        id
+        (id, sent.message_id().expect("a MessageId").to_owned())
     }
 
     /// Receives what is there (waiting up to a second), making it invisible
@@ -177,27 +205,18 @@ impl TestQueue {
 
     /// Messages visible, and in flight (received, not deleted), by SQS's count.
     pub async fn counts(&self) -> (u64, u64) {
-        let output = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .expect("the queue's counts");
-        let count = |name| {
-            output
-                .attributes()
-                .and_then(|attributes| attributes.get(&name))
-                .and_then(|value| value.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (
-            count(QueueAttributeName::ApproximateNumberOfMessages),
-            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        )
+        counts(&self.client, &self.url).await
     }
+
+    /// The same for the dead-letter queue.
+    pub async fn dead_letter_counts(&self) -> (u64, u64) {
+        counts(&self.client, &self.dead_letter_url).await
+    }
+}
+
+async fn counts(client: &Client, url: &str) -> (u64, u64) {
+    let depth = sqs::depth(client, url).await.expect("the queue's counts");
+    (depth.visible, depth.in_flight)
 }
 
 impl Drop for TestQueue {

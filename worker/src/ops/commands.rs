@@ -4,11 +4,12 @@
 
 use std::io::Write;
 
-use corral_shared::amqp::Topology;
+use corral_shared::config::BufferKind;
 
 use super::{
     dead_letters::{ReplayOptions, list_dead_letters, replay_dead_letters},
     quarantine::{ReprocessOptions, Verdict, list_quarantined, reprocess_quarantined},
+    sqs_dead_letters::{list_sqs_dead_letters, replay_sqs_dead_letters},
 };
 use crate::config::{DeadLetterCommand, QuarantineCommand, WorkerConfig};
 
@@ -32,17 +33,26 @@ pub fn preview(body: &[u8], max: usize) -> String {
 /// line's `message_id`, routing key, `received_at` and body are the
 /// webhook's own; `reason` and `deaths` are those of the AMQP message it
 /// travels in, whose `message_id` is the last column (the id `replay
-/// --message-id` takes; the webhook's own is taken too). For an envelope-1
-/// message both ids are the same.
+/// --message-id` takes; the webhook's own is taken too, and on SQS the
+/// message's `MessageId`). For an envelope-1 message both ids are the same.
+/// With `CORRAL_BUFFER=sqs` the queue is the dead-letter queue of the SQS
+/// queue's redrive policy, and `reason` and `deaths` are `-`.
 pub async fn dead_letters_command(
     command: DeadLetterCommand,
     config: &WorkerConfig,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let queue = Topology::new(&config.amqp).dead_letter_queue();
+    let sqs = match config.buffer.kind {
+        BufferKind::Rabbitmq => None,
+        BufferKind::Sqs => Some(corral_shared::sqs::connect(&config.buffer)?),
+    };
     let (report, verb) = match command {
         DeadLetterCommand::List { limit } => {
-            (list_dead_letters(&config.amqp, limit).await?, "listed")
+            let report = match &sqs {
+                None => list_dead_letters(&config.amqp, limit).await?,
+                Some(queue) => list_sqs_dead_letters(queue, limit).await?,
+            };
+            (report, "listed")
         }
         DeadLetterCommand::Replay {
             dry_run,
@@ -55,19 +65,29 @@ pub async fn dead_letters_command(
                 message_ids,
             };
             let verb = if dry_run { "would replay" } else { "replayed" };
-            (replay_dead_letters(&config.amqp, &options).await?, verb)
+            let report = match &sqs {
+                None => replay_dead_letters(&config.amqp, &options).await?,
+                Some(queue) => replay_sqs_dead_letters(queue, &options).await?,
+            };
+            (report, verb)
         }
     };
     writeln!(
         out,
-        "# {queue}: {} message(s) queued at start",
-        report.queued_at_start
+        "# {}: {} message(s) queued at start",
+        report.queue, report.queued_at_start
     )?;
     writeln!(
         out,
         "# message_id\trouting_key\treason\tdeaths\treceived_at\tbody\tletter"
     )?;
     for letter in &report.letters {
+        // SQS keeps neither a reason nor a count of dead-letterings.
+        let deaths = if sqs.is_some() {
+            "-".to_owned()
+        } else {
+            letter.deaths.to_string()
+        };
         for webhook in &letter.webhooks {
             writeln!(
                 out,
@@ -75,7 +95,7 @@ pub async fn dead_letters_command(
                 webhook.message_id.as_deref().unwrap_or("-"),
                 webhook.routing_key,
                 letter.reason.as_deref().unwrap_or("-"),
-                letter.deaths,
+                deaths,
                 webhook
                     .received_at
                     .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),

@@ -26,6 +26,7 @@ use corral_shared::{
     envelope::{Envelope, Format},
 };
 use lapin::{
+    BasicProperties,
     message::Delivery,
     options::BasicGetOptions,
     types::{AMQPValue, FieldTable},
@@ -124,25 +125,12 @@ impl DeadLetter {
             .as_ref()
             .map(|id| id.as_str().to_owned());
         let received_at = Envelope::read(&delivery.properties).received_at;
-        let contents = (Format::of(&delivery.properties) == Format::Batch)
-            .then(|| unpack::contents(&delivery.properties, &routing_key, delivery.data.clone()));
-        let webhooks = match contents {
-            Some(Contents::Webhooks(webhooks)) => webhooks
-                .into_iter()
-                .map(|webhook| LetterWebhook {
-                    message_id: webhook.envelope.message_id.map(|id| id.to_string()),
-                    routing_key: webhook.routing_key,
-                    received_at: webhook.envelope.received_at,
-                    body: webhook.body,
-                })
-                .collect(),
-            _ => vec![LetterWebhook {
-                message_id: message_id.clone(),
-                routing_key: routing_key.clone(),
-                received_at,
-                body: delivery.data.clone(),
-            }],
-        };
+        let webhooks = webhooks_of(
+            &delivery.properties,
+            message_id.as_deref(),
+            &routing_key,
+            &delivery.data,
+        );
         Self {
             message_id,
             routing_key,
@@ -167,6 +155,35 @@ impl DeadLetter {
     /// The `message_id`, or `-` for a message without one.
     pub fn id(&self) -> &str {
         self.message_id.as_deref().unwrap_or("-")
+    }
+}
+
+/// The webhooks inside a message with `properties`: each of an envelope-2
+/// body, else the message itself as one (its id `message_id`).
+pub(super) fn webhooks_of(
+    properties: &BasicProperties,
+    message_id: Option<&str>,
+    routing_key: &str,
+    body: &[u8],
+) -> Vec<LetterWebhook> {
+    let contents = (Format::of(properties) == Format::Batch)
+        .then(|| unpack::contents(properties, routing_key, body.to_vec()));
+    match contents {
+        Some(Contents::Webhooks(webhooks)) => webhooks
+            .into_iter()
+            .map(|webhook| LetterWebhook {
+                message_id: webhook.envelope.message_id.map(|id| id.to_string()),
+                routing_key: webhook.routing_key,
+                received_at: webhook.envelope.received_at,
+                body: webhook.body,
+            })
+            .collect(),
+        _ => vec![LetterWebhook {
+            message_id: message_id.map(str::to_owned),
+            routing_key: routing_key.to_owned(),
+            received_at: Envelope::read(properties).received_at,
+            body: body.to_vec(),
+        }],
     }
 }
 
@@ -206,6 +223,8 @@ pub struct ReplayOptions {
 /// What a dead-letter command did.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterReport {
+    /// The dead-letter queue: its name on RabbitMQ, its URL on SQS.
+    pub queue: String,
     /// Messages in the dead-letter queue when the command started.
     pub queued_at_start: u32,
     /// The messages selected: replayed when `replayed`, else only looked at
@@ -250,6 +269,7 @@ async fn walk_dead_letters(
 ) -> Result<DeadLetterReport, OpsError> {
     let (session, queued_at_start) = DeadLetterSession::open(settings).await?;
     let mut report = DeadLetterReport {
+        queue: session.topology.dead_letter_queue(),
         queued_at_start,
         replayed: !options.dry_run,
         ..Default::default()

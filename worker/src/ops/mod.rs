@@ -7,6 +7,8 @@
 //! - [`dead_letters`]: reading and replaying `<prefix>.dead-letter`.
 //! - `dead_letter_session` (private): the confirm-mode channel those commands
 //!   work on, and how a message is moved without ever being lost.
+//! - [`sqs_dead_letters`]: the same with `CORRAL_BUFFER=sqs`, on the
+//!   dead-letter queue of the SQS queue's redrive policy.
 //! - [`quarantine`]: listing and re-typing `quarantined_webhooks`.
 //! - [`commands`]: the commands as `corral-worker` runs them, and their reports.
 
@@ -14,6 +16,7 @@ pub mod commands;
 mod dead_letter_session;
 pub mod dead_letters;
 pub mod quarantine;
+pub mod sqs_dead_letters;
 
 use corral_shared::{
     amqp::{AmqpError, PublishOutcomeError},
@@ -29,6 +32,7 @@ pub use quarantine::{
     Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
     reprocess_quarantined,
 };
+pub use sqs_dead_letters::{list_sqs_dead_letters, replay_sqs_dead_letters};
 
 /// Header a message gets when it is moved to the tail of the dead-letter queue
 /// without an `x-death` header to remember its routing key (a message someone
@@ -79,6 +83,49 @@ pub enum OpsError {
         message_id: String,
         /// Nack, unroutable, timeout or a broker error.
         cause: Box<MoveError>,
+    },
+    /// The SQS queue has no redrive policy, so no dead-letter queue.
+    #[error(
+        "the SQS queue {queue} has no redrive policy, so it has no dead-letter queue: set its \
+         RedrivePolicy attribute to name one, e.g. \
+         {{\"deadLetterTargetArn\":\"arn:aws:sqs:<region>:<account>:<dead-letter queue>\",\
+         \"maxReceiveCount\":\"5\"}} (aws sqs set-queue-attributes), or check \
+         CORRAL_SQS_QUEUE_URL"
+    )]
+    NoRedrivePolicy {
+        /// `CORRAL_SQS_QUEUE_URL`.
+        queue: String,
+    },
+    /// The redrive policy names no SQS queue.
+    #[error("the redrive policy of the SQS queue {queue} names no dead-letter queue")]
+    BadRedrivePolicy {
+        /// `CORRAL_SQS_QUEUE_URL`.
+        queue: String,
+        /// What is wrong with it.
+        #[source]
+        source: corral_shared::sqs::RedrivePolicyError,
+    },
+    /// An SQS call failed or was refused.
+    #[error("{context}")]
+    Sqs {
+        /// What was being done.
+        context: String,
+        /// What SQS said, or that it did not answer.
+        #[source]
+        source: corral_shared::sqs::CheckError,
+    },
+    /// SQS did not take a replayed copy; the dead-letter copy was kept.
+    #[error(
+        "SQS did not take the replayed message {message_id} ({reason}); it stays in the \
+         dead-letter queue. {replayed} message(s) were replayed before it"
+    )]
+    SqsNotReplayed {
+        /// The message's `message-id` attribute (else SQS's `MessageId`), or `-`.
+        message_id: String,
+        /// The failed entry's code and message, or the call's error.
+        reason: String,
+        /// Messages replayed (sent and removed) before this one.
+        replayed: usize,
     },
     /// A database operation failed; the transaction was rolled back.
     #[error("{context}")]

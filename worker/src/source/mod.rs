@@ -10,10 +10,12 @@
 //!
 //! Two implementations, as `CORRAL_BUFFER` chooses: [`rabbitmq::RabbitMqSource`]
 //! (a consumer, acknowledged with `multiple` acks) and [`sqs::SqsSource`]
-//! (long polling, visibility extended while in hand, deleted after commit).
+//! (long polling, visibility extended while in hand, deleted after commit);
+//! [`sqs_depth`] measures the SQS queues for Prometheus.
 
 pub mod rabbitmq;
 pub mod sqs;
+pub mod sqs_depth;
 pub mod unpack;
 
 use std::{future::Future, time::Duration};

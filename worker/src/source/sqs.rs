@@ -53,7 +53,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Delivery, Source, SourceError, unpack};
+use super::{Ack, Delivery, Source, SourceError, sqs_depth::OldestReceived, unpack};
 
 /// Settings of the SQS source.
 #[derive(Debug, Clone)]
@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_in_hand: usize,
     /// Cap of the backoff while SQS does not answer.
     pub retry_max: Duration,
+    /// Told how long each message received had waited in the queue.
+    pub oldest: OldestReceived,
 }
 
 /// Deletes in flight at once when a batch is acknowledged.
@@ -282,6 +284,13 @@ fn hold(
     room: OwnedSemaphorePermit,
 ) -> Option<Delivery<SqsAck>> {
     let receipt = message.receipt_handle()?.to_owned();
+    let sent = message
+        .attributes()
+        .and_then(|system| system.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|millis| millis.parse::<u64>().ok());
+    if let Some(sent) = sent {
+        ledger.settings.oldest.received(sent);
+    }
     let (properties, routing_key) = sqs::properties(&message);
     let body = message.body.unwrap_or_default().into_bytes();
     let seq = ledger.next_seq.fetch_add(1, Ordering::SeqCst);

@@ -11,9 +11,14 @@
 //!   visibility timeout runs out and is stored once; one that keeps coming
 //!   back goes to the dead-letter queue.
 //! - `settings`: what stops either binary at start, and why.
+//! - `dead_letters`: `corral-worker dead-letters` on the dead-letter queue
+//!   of the redrive policy: listing leaves everything, replays store once.
+//! - `metrics`: the queue depth and the oldest message's wait on `/metrics`.
 
+mod dead_letters;
 mod fifo;
 mod flow;
+mod metrics;
 mod outage;
 mod settings;
 mod visibility;
