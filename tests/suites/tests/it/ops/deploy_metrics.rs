@@ -1,4 +1,5 @@
-//! deploy/: every corral_* metric the dashboard and the alerts name exists.
+//! deploy/: every corral_* metric the dashboard and the alerts name exists
+//! (exported by ingress, or by a worker on RabbitMQ or on SQS).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,6 +14,7 @@ use corral_testkit::{
     database::TestDatabase,
     fixtures,
     process::free_port,
+    sqs::TestQueue,
     wait,
 };
 
@@ -182,9 +184,20 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
             && metrics.get("corral_worker_spool_drained_total") >= 1.0
     })
     .await;
+    // A worker on SQS too: its corral_worker_sqs_* series exist only with
+    // CORRAL_BUFFER=sqs (the dead-letter queue's once it has been measured).
+    let queue = TestQueue::new().await;
+    let sqs_worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
+    let dead_letters = r#"corral_worker_sqs_queue_messages{queue="dead_letter",state="visible"}"#;
+    wait::until_true("the SQS worker to measure its queues", WAIT, || async {
+        sqs_worker.metrics().await.0.contains_key(dead_letters)
+    })
+    .await;
     let mut exported = ingress.metrics().await.names();
     exported.extend(spooling.metrics().await.names());
     exported.extend(worker.metrics().await.names());
+    exported.extend(sqs_worker.metrics().await.names());
+    sqs_worker.stop().await.unwrap();
     worker.stop().await.unwrap();
     spooling.stop().await.unwrap();
     ingress.stop().await.unwrap();
