@@ -592,13 +592,15 @@ SQS_ACTIONS = {
     "tag_queue": "sqs:TagQueue",
     "list_queue_tags": "sqs:ListQueueTags",
 }
-# Which role runs which code; shared/ runs in both binaries. The worker's
-# subcommands (worker/src/ops/) run as the operator.
+# Which role runs which code. The worker's subcommands (worker/src/ops/)
+# run as the operator. A call in shared/ counts for each role whose code
+# calls the shared function it is in.
 ROLE_CODE = {
-    "IngressRole": (["ingress/src", "shared/src"], []),
-    "WorkerRole": (["worker/src", "shared/src"], ["worker/src/ops"]),
-    "OperatorRole": (["worker/src/ops", "shared/src"], []),
+    "IngressRole": (["ingress/src"], []),
+    "WorkerRole": (["worker/src"], ["worker/src/ops"]),
+    "OperatorRole": (["worker/src/ops"], []),
 }
+SHARED_CODE = "shared/src"
 POLICY_FILES = {
     "IngressRole": "ingress-policy.json",
     "WorkerRole": "worker-policy.json",
@@ -631,22 +633,48 @@ def cfn_template() -> dict:
     return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
 
 
-def code_sqs_calls(dirs: list[str], excluded: list[str]) -> dict[str, set[str]]:
-    """SDK calls (`.receive_message()`…) on an SQS client in these source
-    trees, each with the files it is in."""
-    calls: dict[str, set[str]] = {}
+def sources(dirs: list[str], excluded: list[str] = []) -> dict[str, str]:
+    """The Rust files of these trees, by path relative to the repository."""
+    texts = {}
     for directory in dirs:
         for path in sorted((ROOT / directory).rglob("*.rs")):
             relative = str(path.relative_to(ROOT))
-            if any(relative.startswith(e + "/") for e in excluded):
+            if not any(relative.startswith(e + "/") for e in excluded):
+                texts[relative] = path.read_text()
+    return texts
+
+
+def sqs_calls_in(text: str) -> list[tuple[int, str]]:
+    """SDK calls (`.receive_message()`…) on an SQS client, with their offsets:
+    the known ones, and any other whose builder names a queue next (an SQS
+    call missing from SQS_ACTIONS)."""
+    found = [(m.start(), m.group(1)) for m in re.finditer(r"\.([a-z_]+)\(\)", text) if m.group(1) in SQS_ACTIONS]
+    found += [(m.start(), m.group(1)) for m in re.finditer(r"\.([a-z_]+)\(\)\s*\.queue_(?:url|name)\(", text)
+              if m.group(1) not in SQS_ACTIONS]
+    return found
+
+
+def code_sqs_calls(dirs: list[str], excluded: list[str]) -> dict[str, set[str]]:
+    """The SQS calls a role's code makes, each with where: in its own trees,
+    and in the functions of shared/ that its trees call."""
+    calls: dict[str, set[str]] = {}
+    own = sources(dirs, excluded)
+    for relative, text in own.items():
+        for _, call in sqs_calls_in(text):
+            calls.setdefault(call, set()).add(relative)
+    for relative, text in sources([SHARED_CODE]).items():
+        functions = [(m.start(), m.group(1)) for m in re.finditer(r"\bfn\s+([a-z_][a-z0-9_]*)", text)]
+        for offset, call in sqs_calls_in(text):
+            enclosing = [name for start, name in functions if start < offset]
+            if not enclosing:
                 continue
-            text = path.read_text()
-            # The known calls anywhere, and any other call whose builder
-            # names a queue next (an SQS call missing from SQS_ACTIONS).
-            found = {c for c in re.findall(r"\.([a-z_]+)\(\)", text) if c in SQS_ACTIONS}
-            found |= set(re.findall(r"\.([a-z_]+)\(\)\s*\.queue_(?:url|name)\(", text))
-            for call in found:
-                calls.setdefault(call, set()).add(relative)
+            function = enclosing[-1]
+            # `sqs::function(`, or `function(` where a `use …sqs…` brings it in.
+            qualified = re.compile(r"\bsqs::" + re.escape(function) + r"\s*\(")
+            called = re.compile(r"(?<!fn )\b" + re.escape(function) + r"\s*\(")
+            imported = re.compile(r"\buse\s[^;]*\bsqs\b[^;]*\b" + re.escape(function) + r"\b[^;]*;")
+            if any(qualified.search(t) or (imported.search(t) and called.search(t)) for t in own.values()):
+                calls.setdefault(call, set()).add(f"{relative} ({function})")
     return calls
 
 
