@@ -2,7 +2,8 @@
 # Checks everything in deploy/ and the Dockerfile without a container engine
 # or a cluster:
 #
-#   1. Kubernetes: base and example overlay rendered with kustomize
+#   1. Kubernetes: base, the example overlay (RabbitMQ) and the EKS overlay
+#      (overlays/eks-sqs: the base with components/sqs) rendered with kustomize
 #      (`kubectl kustomize`), core resources validated against the Kubernetes
 #      OpenAPI schema (kubernetes-validate --strict), KEDA, Prometheus
 #      Operator and CloudNativePG (Cluster, ScheduledBackup) resources against
@@ -18,7 +19,14 @@
 #      backups configured (WAL archived to an ObjectStore, base backups
 #      scheduled), CloudNativePG's metrics scraped by a labelled PodMonitor,
 #      the spool (each binary its own Secret, never the worker's in
-#      ingress; the spool's managed roles; PostgreSQL accepts ingress).
+#      ingress; the spool's managed roles; PostgreSQL accepts ingress), and
+#      with CORRAL_BUFFER=sqs: nothing of RabbitMQ, KEDA's aws-sqs-queue
+#      trigger on the configured queue, a ServiceAccount and IAM role per
+#      binary, egress to DNS, PostgreSQL and HTTPS only.
+#   1b. AWS: deploy/aws/corral-sqs.yaml (the queue, its dead-letter queue and
+#      the IAM roles) linted by cfn-lint; check_deploy.py checks that the
+#      plain policies in deploy/aws/iam grant the same, and that the roles
+#      allow every SQS call the code makes.
 #   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a
@@ -49,7 +57,7 @@ mkdir -p "$TOOLS"
 
 # --- tools -------------------------------------------------------------------
 
-PY_PACKAGES="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML==6.0.3"
+PY_PACKAGES="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML==6.0.3 cfn-lint==1.58.0"
 NPM_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/cloudnative-pg@2.0.0"
 VENV=$TOOLS/venv
 PY=$VENV/bin/python
@@ -121,7 +129,8 @@ sed "s#/etc/prometheus/alerts.yaml#$ROOT/deploy/prometheus/alerts.yaml#" \
 # --- Kubernetes ----------------------------------------------------------------
 
 step "Kubernetes: render with kustomize, validate against the schemas"
-for target in base overlays/example; do
+K8S_TARGETS="base overlays/example overlays/eks-sqs"
+for target in $K8S_TARGETS; do
   out=$WORK/$(echo "$target" | tr / -).yaml
   "$KUBECTL" kustomize "deploy/k8s/$target" >"$out"
   echo "rendered deploy/k8s/$target: $(grep -c '^kind:' "$out") resources"
@@ -147,6 +156,13 @@ PYEOF
   node deploy/tools/validate-crds.mjs "$NPM_DIR/node_modules" <"$WORK/$(basename "$out" .yaml).custom.json"
 done
 
+# --- AWS -----------------------------------------------------------------------
+
+step "AWS: the SQS queues and IAM roles (CloudFormation, cfn-lint)"
+# Errors and warnings both fail (a misspelt IAM action is a warning).
+"$VENV/bin/cfn-lint" deploy/aws/corral-sqs.yaml
+echo "deploy/aws/corral-sqs.yaml: cfn-lint found nothing"
+
 # --- Compose -------------------------------------------------------------------
 
 step "Compose: compose-spec schema"
@@ -155,6 +171,6 @@ step "Compose: compose-spec schema"
 # --- Everything the schemas cannot say -----------------------------------------
 
 step "Policy, references, runbooks, dashboard, Dockerfile"
-"$PY" deploy/tools/check_deploy.py "$WORK/base.yaml" "$WORK/overlays-example.yaml"
+"$PY" deploy/tools/check_deploy.py "$WORK/base.yaml" "$WORK/overlays-example.yaml" "$WORK/overlays-eks-sqs.yaml"
 
 step "deploy/check.sh: all checks passed"

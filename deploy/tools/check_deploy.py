@@ -67,10 +67,14 @@ def kubernetes(rendered: pathlib.Path) -> None:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
+    # The settings as rendered (an overlay or component may merge into the
+    # base's), else the base's files.
     config = ROOT / "deploy/k8s/base/config"
-    shared = env_file(config / "shared.env")
-    ingress_env = env_file(config / "ingress.env")
-    worker_env = env_file(config / "worker.env")
+    shared = rendered_config(by_kind, "corral-shared") or env_file(config / "shared.env")
+    ingress_env = rendered_config(by_kind, "corral-ingress") or env_file(config / "ingress.env")
+    worker_env = rendered_config(by_kind, "corral-worker") or env_file(config / "worker.env")
+    buffer = shared.get("CORRAL_BUFFER", "rabbitmq")
+    print(f"  note  CORRAL_BUFFER={buffer}")
 
     readme_defaults = dict(re.findall(r"^\| `(CORRAL_\w+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(), re.M))
     deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
@@ -181,17 +185,24 @@ def kubernetes(rendered: pathlib.Path) -> None:
     scaled = by_kind.get("ScaledObject", [])
     check(len(scaled) == 1, "worker ScaledObject")
     for so in scaled:
+        check(len(so["spec"]["triggers"]) == 1, "KEDA scales the worker on one trigger")
         trigger = so["spec"]["triggers"][0]
-        queue = f"{shared['CORRAL_AMQP_PREFIX']}.delivery-status"
-        check(
-            trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue,
-            f"KEDA scales the worker on {queue} (CORRAL_AMQP_PREFIX)",
-            json.dumps(trigger["metadata"]),
-        )
+        if buffer == "sqs":
+            sqs_trigger(by_kind, trigger, shared)
+        else:
+            queue = f"{shared['CORRAL_AMQP_PREFIX']}.delivery-status"
+            check(
+                trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue,
+                f"KEDA scales the worker on {queue} (CORRAL_AMQP_PREFIX)",
+                json.dumps(trigger["metadata"]),
+            )
         check(so["spec"]["scaleTargetRef"]["name"] == "corral-worker", "KEDA targets corral-worker")
 
     rabbit = by_kind.get("RabbitmqCluster", [])
-    check(len(rabbit) == 1 and rabbit[0]["spec"].get("replicas") == 3, "a 3-node RabbitmqCluster")
+    if buffer == "sqs":
+        sqs(docs, by_kind, deployments, shared, ingress_env)
+    else:
+        check(len(rabbit) == 1 and rabbit[0]["spec"].get("replicas") == 3, "a 3-node RabbitmqCluster")
     for cluster in rabbit:
         spec = cluster["spec"]
         check(
@@ -224,9 +235,11 @@ def kubernetes(rendered: pathlib.Path) -> None:
     backups(by_kind)
 
     # Each binary's Secret holds what that binary needs and nothing more.
+    # With SQS neither holds a broker URL: each pod's IAM role reaches the queue.
+    broker_url = set() if buffer == "sqs" else {"CORRAL_AMQP_URL"}
     expected_keys = {
-        "corral-ingress-secrets": {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_SPOOL_DATABASE_URL"},
-        "corral-worker-secrets": {"CORRAL_AMQP_URL", "CORRAL_DATABASE_URL"},
+        "corral-ingress-secrets": {"CORRAL_WEBHOOK_TOKENS", "CORRAL_SPOOL_DATABASE_URL"} | broker_url,
+        "corral-worker-secrets": {"CORRAL_DATABASE_URL"} | broker_url,
     }
     for secret in by_kind.get("Secret", []):
         for base_name, expected in expected_keys.items():
@@ -242,6 +255,14 @@ def kubernetes(rendered: pathlib.Path) -> None:
             )
 
     spool(by_kind, deployments, ingress_env)
+
+
+def rendered_config(by_kind: dict[str, list[dict]], name: str) -> dict[str, str]:
+    """The data of the rendered ConfigMap generated as `name` ({} if none)."""
+    for cm in by_kind.get("ConfigMap", []):
+        if generated_from(cm["metadata"]["name"], name):
+            return dict(cm.get("data") or {})
+    return {}
 
 
 def generated_from(name: str, base: str) -> bool:
@@ -284,6 +305,42 @@ def admits(policy: dict, pod_labels: dict[str, str], port: int | str) -> bool:
             continue
         for peer in rule.get("from", []):
             if "namespaceSelector" in peer or "ipBlock" in peer:
+                continue
+            wanted = peer.get("podSelector", {}).get("matchLabels", {})
+            if wanted.items() <= pod_labels.items():
+                return True
+    return False
+
+
+def egress_policies(by_kind: dict[str, list[dict]], pod_labels: dict[str, str]) -> list[dict]:
+    """The NetworkPolicies restricting the egress of pods with these labels."""
+    return [
+        p for p in by_kind.get("NetworkPolicy", [])
+        if "Egress" in p["spec"].get("policyTypes", [])
+        and p["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()
+    ]
+
+
+def egress_admits(policy: dict, port: int, protocol: str = "TCP", pod_labels: dict[str, str] | None = None,
+                  anywhere: bool = False) -> bool:
+    """Whether an egress rule lets a pod connect to `port`: to pods of its own
+    namespace with `pod_labels`, to any pod of a namespace (`pod_labels` and
+    a namespaceSelector), or, with `anywhere`, to an ipBlock of 0.0.0.0/0."""
+    for rule in policy["spec"].get("egress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(
+            p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports
+        ):
+            continue
+        peers = rule.get("to")
+        if not peers:
+            return True
+        for peer in peers:
+            if anywhere:
+                if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+                    return True
+                continue
+            if pod_labels is None or "ipBlock" in peer:
                 continue
             wanted = peer.get("podSelector", {}).get("matchLabels", {})
             if wanted.items() <= pod_labels.items():
@@ -392,14 +449,324 @@ def spool(by_kind: dict[str, list[dict]], deployments: dict[str, dict], ingress_
                 f"NetworkPolicy: PostgreSQL ({cluster['metadata']['name']}) accepts {name} pods on 5432",
                 str([p["metadata"]["name"] for p in policies]),
             )
-    # And nothing stops ingress pods from reaching it.
-    ingress_labels = ingress["spec"]["template"]["metadata"]["labels"]
-    egress = [
-        p["metadata"]["name"] for p in by_kind.get("NetworkPolicy", [])
-        if "Egress" in p["spec"].get("policyTypes", [])
-        and p["spec"]["podSelector"].get("matchLabels", {}).items() <= ingress_labels.items()
+    # And no egress policy stops ingress (the spool) or the worker from
+    # reaching it.
+    for cluster in by_kind.get("Cluster", []):
+        db_labels = {"cnpg.io/cluster": cluster["metadata"]["name"]}
+        for name, deployment in (("corral-ingress", ingress), ("corral-worker", worker)):
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            egress = egress_policies(by_kind, labels)
+            check(
+                not egress or any(egress_admits(p, 5432, pod_labels=db_labels) for p in egress),
+                f"NetworkPolicy: {name}'s egress reaches PostgreSQL ({cluster['metadata']['name']}) on 5432",
+                str([p["metadata"]["name"] for p in egress]),
+            )
+
+
+# ---------------------------------------------------------------------------
+# CORRAL_BUFFER=sqs (deploy/k8s/components/sqs, overlays/eks-sqs).
+# ---------------------------------------------------------------------------
+
+ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+SQS_URL = re.compile(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/\d{12}/[\w-]+")
+
+
+def sqs_trigger(by_kind: dict[str, list[dict]], trigger: dict, shared: dict[str, str]) -> None:
+    """KEDA scales the worker on the queue the binaries use, in its region,
+    with an AWS pod identity, on visible messages only."""
+    meta = trigger.get("metadata", {})
+    check(trigger["type"] == "aws-sqs-queue", "KEDA scales the worker with the aws-sqs-queue scaler", trigger["type"])
+    check(
+        meta.get("queueURL") == shared.get("CORRAL_SQS_QUEUE_URL") and meta.get("awsRegion") == shared.get("AWS_REGION"),
+        "KEDA reads the queue and region of CORRAL_SQS_QUEUE_URL and AWS_REGION",
+        json.dumps(meta),
+    )
+    # A worker holds up to CORRAL_PREFETCH messages in flight: counted, they
+    # would ask for more workers the more workers there are.
+    check(meta.get("scaleOnInFlight") == "false", "KEDA scales on visible messages only (scaleOnInFlight: false)")
+    check(str(meta.get("queueLength", "")).isdigit(), "KEDA has a queueLength target", str(meta.get("queueLength")))
+    auth = {t["metadata"]["name"]: t for t in by_kind.get("TriggerAuthentication", [])}
+    ref = trigger.get("authenticationRef", {}).get("name")
+    identity = auth.get(ref, {}).get("spec", {}).get("podIdentity", {})
+    check(
+        identity.get("provider") == "aws" and bool(ROLE_ARN.fullmatch(identity.get("roleArn", ""))),
+        "KEDA's TriggerAuthentication uses podIdentity provider aws (KEDA 2.13+) with a role ARN of its own",
+        json.dumps(identity),
+    )
+
+
+def sqs(docs: list[dict], by_kind: dict[str, list[dict]], deployments: dict[str, dict],
+        shared: dict[str, str], ingress_env: dict[str, str]) -> None:
+    """Nothing of RabbitMQ, the queue named once, and one IAM role per binary."""
+    rabbit = [
+        f"{d['kind']}/{d['metadata']['name']}" for d in docs
+        if d["kind"] == "RabbitmqCluster" or "rabbitmq" in d["metadata"]["name"]
     ]
-    check(not egress, "NetworkPolicy: corral-ingress's egress is not restricted (it reaches PostgreSQL)", str(egress))
+    check(not rabbit, "CORRAL_BUFFER=sqs: no RabbitMQ objects", str(rabbit))
+    amqp = sorted(
+        key for d in docs if d["kind"] in ("ConfigMap", "Secret")
+        for key in list(d.get("data") or {}) + list(d.get("stringData") or {})
+        if key.startswith("CORRAL_AMQP_")
+    )
+    check(not amqp, "CORRAL_BUFFER=sqs: no CORRAL_AMQP_* setting or secret", str(amqp))
+    url = shared.get("CORRAL_SQS_QUEUE_URL", "")
+    match = SQS_URL.fullmatch(url)
+    check(
+        bool(match) and match.group(1) == shared.get("AWS_REGION"),
+        "corral-shared: CORRAL_SQS_QUEUE_URL is an SQS queue URL in AWS_REGION",
+        f"{url!r}, AWS_REGION {shared.get('AWS_REGION')!r}",
+    )
+    limit = int(ingress_env.get("CORRAL_SQS_MAX_MESSAGE_BYTES", 262144))
+    template_size = cfn_template()["Parameters"]["MaximumMessageSize"]["Default"]
+    check(
+        limit <= template_size and limit >= int(ingress_env.get("CORRAL_MAX_BODY_BYTES", 65536)) + 1024,
+        f"CORRAL_SQS_MAX_MESSAGE_BYTES ({limit}) holds a whole body and fits the queue's MaximumMessageSize ({template_size})",
+    )
+
+    accounts = {a["metadata"]["name"]: a for a in by_kind.get("ServiceAccount", [])}
+    roles = {}
+    for name in ("corral-ingress", "corral-worker"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        account = pod.get("serviceAccountName", "default")
+        check(account == name, f"{name} runs as its own ServiceAccount {name}", account)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            keys = {v["name"] for v in container.get("env", [])}
+            check(
+                not keys & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+                f"{name}/{container['name']}: no AWS access key in its environment (its role reaches SQS)",
+            )
+    for name in ("corral-ingress", "corral-worker", "corral-operator"):
+        role = accounts.get(name, {}).get("metadata", {}).get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
+        roles[name] = role
+        check(
+            name in accounts and bool(ROLE_ARN.fullmatch(role)) and accounts[name].get("automountServiceAccountToken") is False,
+            f"ServiceAccount {name}: an IAM role (eks.amazonaws.com/role-arn), no Kubernetes API token",
+            role,
+        )
+    check(len(set(roles.values())) == len(roles), "ingress, the worker and the operator have three different IAM roles", str(roles))
+
+    # Egress: DNS, PostgreSQL (checked with the spool) and HTTPS to SQS and
+    # STS, never AMQP.
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        egress = egress_policies(by_kind, labels)
+        check(bool(egress), f"NetworkPolicy: {name}'s egress is restricted")
+        check(
+            any(egress_admits(p, 53, "UDP", pod_labels={"k8s-app": "kube-dns"}) for p in egress),
+            f"NetworkPolicy: {name} reaches the cluster DNS",
+        )
+        check(any(egress_admits(p, 443, anywhere=True) for p in egress), f"NetworkPolicy: {name} reaches HTTPS (SQS, STS)")
+        check(
+            not any(egress_admits(p, port, anywhere=True) for p in egress for port in (5671, 5672)),
+            f"NetworkPolicy: {name} does not reach AMQP",
+        )
+
+
+# ---------------------------------------------------------------------------
+# AWS: the CloudFormation template (linted by cfn-lint in deploy/check.sh),
+# the plain policy documents, and the SQS calls in the code.
+# ---------------------------------------------------------------------------
+
+TEMPLATE = DEPLOY / "aws/corral-sqs.yaml"
+# The IAM action each SQS SDK call is authorised as (batch calls as their
+# single counterpart).
+SQS_ACTIONS = {
+    "send_message": "sqs:SendMessage",
+    "send_message_batch": "sqs:SendMessage",
+    "receive_message": "sqs:ReceiveMessage",
+    "delete_message": "sqs:DeleteMessage",
+    "delete_message_batch": "sqs:DeleteMessage",
+    "change_message_visibility": "sqs:ChangeMessageVisibility",
+    "change_message_visibility_batch": "sqs:ChangeMessageVisibility",
+    "get_queue_attributes": "sqs:GetQueueAttributes",
+    "get_queue_url": "sqs:GetQueueUrl",
+    "list_dead_letter_source_queues": "sqs:ListDeadLetterSourceQueues",
+    "list_queues": "sqs:ListQueues",
+    "purge_queue": "sqs:PurgeQueue",
+    "start_message_move_task": "sqs:StartMessageMoveTask",
+    "list_message_move_tasks": "sqs:ListMessageMoveTasks",
+    "cancel_message_move_task": "sqs:CancelMessageMoveTask",
+    "create_queue": "sqs:CreateQueue",
+    "delete_queue": "sqs:DeleteQueue",
+    "set_queue_attributes": "sqs:SetQueueAttributes",
+    "tag_queue": "sqs:TagQueue",
+    "list_queue_tags": "sqs:ListQueueTags",
+}
+# Which role runs which code. The worker's subcommands (worker/src/ops/)
+# run as the operator. A call in shared/ counts for each role whose code
+# calls the shared function it is in.
+ROLE_CODE = {
+    "IngressRole": (["ingress/src"], []),
+    "WorkerRole": (["worker/src"], ["worker/src/ops"]),
+    "OperatorRole": (["worker/src/ops"], []),
+}
+SHARED_CODE = "shared/src"
+POLICY_FILES = {
+    "IngressRole": "ingress-policy.json",
+    "WorkerRole": "worker-policy.json",
+    "OperatorRole": "operator-policy.json",
+    "KedaRole": "keda-policy.json",
+}
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short forms (!Ref, !Sub…) as their long forms."""
+
+
+def _cfn_tag(loader, suffix, node):
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def cfn_template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+
+
+def sources(dirs: list[str], excluded: list[str] = []) -> dict[str, str]:
+    """The Rust files of these trees, by path relative to the repository."""
+    texts = {}
+    for directory in dirs:
+        for path in sorted((ROOT / directory).rglob("*.rs")):
+            relative = str(path.relative_to(ROOT))
+            if not any(relative.startswith(e + "/") for e in excluded):
+                texts[relative] = path.read_text()
+    return texts
+
+
+def sqs_calls_in(text: str) -> list[tuple[int, str]]:
+    """SDK calls (`.receive_message()`…) on an SQS client, with their offsets:
+    the known ones, and any other whose builder names a queue next (an SQS
+    call missing from SQS_ACTIONS)."""
+    found = [(m.start(), m.group(1)) for m in re.finditer(r"\.([a-z_]+)\(\)", text) if m.group(1) in SQS_ACTIONS]
+    found += [(m.start(), m.group(1)) for m in re.finditer(r"\.([a-z_]+)\(\)\s*\.queue_(?:url|name)\(", text)
+              if m.group(1) not in SQS_ACTIONS]
+    return found
+
+
+def code_sqs_calls(dirs: list[str], excluded: list[str]) -> dict[str, set[str]]:
+    """The SQS calls a role's code makes, each with where: in its own trees,
+    and in the functions of shared/ that its trees call."""
+    calls: dict[str, set[str]] = {}
+    own = sources(dirs, excluded)
+    for relative, text in own.items():
+        for _, call in sqs_calls_in(text):
+            calls.setdefault(call, set()).add(relative)
+    for relative, text in sources([SHARED_CODE]).items():
+        functions = [(m.start(), m.group(1)) for m in re.finditer(r"\bfn\s+([a-z_][a-z0-9_]*)", text)]
+        for offset, call in sqs_calls_in(text):
+            enclosing = [name for start, name in functions if start < offset]
+            if not enclosing:
+                continue
+            function = enclosing[-1]
+            # `sqs::function(`, or `function(` where a `use …sqs…` brings it in.
+            qualified = re.compile(r"\bsqs::" + re.escape(function) + r"\s*\(")
+            called = re.compile(r"(?<!fn )\b" + re.escape(function) + r"\s*\(")
+            imported = re.compile(r"\buse\s[^;]*\bsqs\b[^;]*\b" + re.escape(function) + r"\b[^;]*;")
+            if any(qualified.search(t) or (imported.search(t) and called.search(t)) for t in own.values()):
+                calls.setdefault(call, set()).add(f"{relative} ({function})")
+    return calls
+
+
+def statement_key(statement: dict, resource_kind) -> tuple:
+    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+    return (statement.get("Sid"), tuple(sorted(actions)), resource_kind(statement["Resource"]))
+
+
+def aws() -> None:
+    print("AWS: corral-sqs.yaml, deploy/aws/iam, the SQS calls in the code")
+    template = cfn_template()
+    resources = template["Resources"]
+    queues = {name: r for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
+    check(set(queues) == {"Queue", "DeadLetterQueue"}, "a queue and a dead-letter queue", str(sorted(queues)))
+    for name, queue in queues.items():
+        props = queue["Properties"]
+        check(props.get("MessageRetentionPeriod") == 1209600, f"{name}: 14 days' retention (SQS's longest)")
+        check(
+            props.get("SqsManagedSseEnabled") is not None and props.get("KmsMasterKeyId") is not None,
+            f"{name}: encrypted at rest, with SQS's keys or the KMS key given",
+        )
+        check(
+            queue.get("DeletionPolicy") == "Retain" and queue.get("UpdateReplacePolicy") == "Retain",
+            f"{name}: kept when the stack is deleted or the queue replaced (it holds webhooks)",
+        )
+    redrive = queues.get("Queue", {}).get("Properties", {}).get("RedrivePolicy", {})
+    check(
+        redrive.get("deadLetterTargetArn") == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]} and "maxReceiveCount" in redrive,
+        "Queue: a redrive policy to the dead-letter queue with a maxReceiveCount",
+        json.dumps(redrive),
+    )
+
+    def template_kind(resource) -> str:
+        text = json.dumps(resource)
+        return "dead_letter" if "DeadLetterQueue" in text else "kms" if "KmsKeyArn" in text else "queue"
+
+    def file_kind(resource: str) -> str:
+        return "dead_letter" if resource.endswith("-dead-letter") else "kms" if ":kms:" in resource else "queue"
+
+    subjects = {"IngressRole": "corral-ingress", "WorkerRole": "corral-worker", "OperatorRole": "corral-operator"}
+    for role, file in POLICY_FILES.items():
+        props = resources[role]["Properties"]
+        statements = []
+        for policy in props["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                if "Fn::If" in statement:
+                    condition, then, _ = statement["Fn::If"]
+                    check(condition == "UseKmsKey", f"{role}: only the KMS statement is conditional", condition)
+                    statement = then
+                statements.append(statement)
+        granted = {statement_key(s, template_kind) for s in statements}
+        check(all(s["Effect"] == "Allow" for s in statements), f"{role}: Allow statements only")
+        check(
+            not any("*" in json.dumps(s["Action"]) or s["Resource"] == "*" for s in statements),
+            f"{role}: no wildcard action or resource",
+        )
+        document = json.loads((DEPLOY / "aws/iam" / file).read_text())
+        in_file = {statement_key(s, file_kind) for s in document["Statement"]}
+        check(granted == in_file, f"deploy/aws/iam/{file} grants what {role} grants", str(sorted(granted ^ in_file)))
+
+        # The trust: one ServiceAccount's web identity through the cluster's
+        # OIDC provider, for STS only.
+        trust = props["AssumeRolePolicyDocument"]
+        variants = trust["Fn::If"][1:] if "Fn::If" in trust else [trust]
+        for variant in variants:
+            text = re.sub(r"\$\{([^}]+)\}", lambda m: f"<{m.group(1)}>", variant["Fn::Sub"])
+            first = json.loads(text)["Statement"][0]
+            conditions = first.get("Condition", {}).get("StringEquals", {})
+            expected = subjects.get(role, "<KedaServiceAccount>")
+            check(
+                first["Action"] == "sts:AssumeRoleWithWebIdentity"
+                and "oidc-provider/<OidcProvider>" in first["Principal"].get("Federated", "")
+                and conditions.get("<OidcProvider>:aud") == "sts.amazonaws.com"
+                and conditions.get("<OidcProvider>:sub", "").endswith(f":{expected}"),
+                f"{role}: trusted by the ServiceAccount {expected} only (IRSA, audience sts.amazonaws.com)",
+                json.dumps(first),
+            )
+
+        # What the code calls, the role may do.
+        if role in ROLE_CODE:
+            dirs, excluded = ROLE_CODE[role]
+            actions = {a for s in statements for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+            for call, files in sorted(code_sqs_calls(dirs, excluded).items()):
+                action = SQS_ACTIONS.get(call)
+                check(
+                    action is not None and action in actions,
+                    f"{role}: may {action or call} ({call} in {', '.join(sorted(files))})",
+                    "add the action to the role, deploy/aws/iam and SQS_ACTIONS" if action else "unknown SQS call: map it in SQS_ACTIONS",
+                )
+    for file in ("trust-irsa.json", "trust-pod-identity.json"):
+        json.loads((DEPLOY / "aws/iam" / file).read_text())
+        check(True, f"deploy/aws/iam/{file} parses")
 
 
 BARMAN_CLOUD = "barman-cloud.cloudnative-pg.io"
@@ -609,7 +976,9 @@ def grafana() -> None:
                        "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected",
                        # The spool: what goes in and why, what fails, what waits, how it batches.
                        "corral_ingress_spooled_total", "corral_ingress_spool_failures_total", "corral_worker_spool_depth",
-                       "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected"):
+                       "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected",
+                       # SQS (CORRAL_BUFFER=sqs): the queues' depth, the lag, the billed requests.
+                       "corral_worker_sqs_queue_messages", "corral_worker_sqs_oldest_received_seconds", "corral_sqs_requests_total"):
             check(needed in exprs, f"{path.name}: shows {needed}")
 
 
@@ -706,6 +1075,7 @@ def main() -> int:
     for rendered in sys.argv[1:]:
         kubernetes(pathlib.Path(rendered))
         postgres_monitoring(pathlib.Path(rendered))
+    aws()
     runbooks()
     compose()
     grafana()

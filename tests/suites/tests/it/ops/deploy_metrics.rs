@@ -202,6 +202,43 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     spooling.stop().await.unwrap();
     ingress.stop().await.unwrap();
 
+    // And both over SQS (CORRAL_BUFFER=sqs), whose metrics the SQS alerts and
+    // panels read: the queues' depth, the age of what the worker received,
+    // the requests per call. Its own database, so that the same fixture is
+    // stored, not a duplicate; the counters carry on from the pair above (one
+    // registry per test process), hence `stored_before`.
+    let queue = TestQueue::new().await;
+    let sqs_db = TestDatabase::migrated().await;
+    let sqs_ingress = RunningIngress::start(config::ingress_sqs(&queue, TOKEN)).await;
+    let sqs_worker = RunningWorker::start(config::worker_sqs(&sqs_db.url, &queue)).await;
+    let stored = r#"corral_worker_messages_total{outcome="stored"}"#;
+    let stored_before = sqs_worker.metrics().await.get(stored);
+    assert_eq!(
+        sqs_ingress
+            .post("sms", fixtures::SMS_SUCCESS)
+            .await
+            .status(),
+        200
+    );
+    // The queue gauges are measured every 15 s.
+    let sqs_wait = std::time::Duration::from_secs(40);
+    wait::until_true(
+        "the webhook over SQS to be stored and measured",
+        sqs_wait,
+        || async {
+            let metrics = sqs_worker.metrics().await;
+            let names = metrics.names();
+            metrics.get(stored) > stored_before
+                && names.contains("corral_worker_sqs_queue_messages")
+                && names.contains("corral_worker_sqs_oldest_received_seconds")
+        },
+    )
+    .await;
+    exported.extend(sqs_ingress.metrics().await.names());
+    exported.extend(sqs_worker.metrics().await.names());
+    sqs_worker.stop().await.unwrap();
+    sqs_ingress.stop().await.unwrap();
+
     let target_labels = [
         "job",
         "instance",
