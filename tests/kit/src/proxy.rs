@@ -1,14 +1,16 @@
-//! A TCP proxy a test controls: forward, black-hole (sockets stay open but
-//! nothing passes — the case where a publisher confirm never arrives), or cut
-//! (every connection dropped and new ones refused). It lets a test break the
-//! path to RabbitMQ or PostgreSQL without touching the shared service.
+//! A TCP proxy a test controls: forward, delay (every byte passes, late — a
+//! slow path), black-hole (sockets stay open but nothing passes — the case
+//! where a publisher confirm never arrives), or cut (every connection dropped
+//! and new ones refused). It lets a test break the path to RabbitMQ,
+//! PostgreSQL or SQS without touching the shared service.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{mpsc, watch},
+    time::Instant,
 };
 
 /// What the proxy does with traffic.
@@ -16,6 +18,9 @@ use tokio::{
 pub enum Mode {
     /// Pass bytes both ways.
     Forward,
+    /// Pass bytes both ways, each this long after it arrived (in each
+    /// direction, so a request and its answer take twice as long more).
+    Delay(Duration),
     /// Keep every socket open but pass nothing.
     Blackhole,
     /// Close every connection and refuse new ones.
@@ -70,6 +75,11 @@ impl TcpProxy {
     /// An AMQP URL through this proxy (guest/guest, default vhost).
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Passes every byte `latency` after it arrived, in each direction.
+    pub fn delay(&self, latency: Duration) {
+        self.set(Mode::Delay(latency), false);
     }
 
     /// Stops passing bytes; sockets stay open.
@@ -131,9 +141,37 @@ async fn killed(mode: &mut watch::Receiver<(Mode, u64)>, generation: u64) {
     let _ = mode.wait_for(|(_, current)| *current != generation).await;
 }
 
+/// Passes bytes from `from` to `to` as the mode says. A delay line between
+/// reading and writing keeps the stream's pace while delayed: each chunk
+/// leaves its delay after it arrived, not after the chunk before it left.
 async fn pump(
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
+    mode: watch::Receiver<(Mode, u64)>,
+    generation: u64,
+) {
+    let (line, queued) = mpsc::channel(64);
+    let reading = read_into(from, line, mode.clone(), generation);
+    let mut writing = pin!(write_from(queued, to, mode, generation));
+    tokio::select! {
+        () = reading => {}
+        () = &mut writing => return,
+    }
+    // What was read before the end still passes.
+    writing.await;
+}
+
+/// Waits until bytes may pass; false once the connection is to be dropped.
+async fn passing(mode: &mut watch::Receiver<(Mode, u64)>, generation: u64) -> bool {
+    mode.wait_for(|(m, g)| matches!(m, Mode::Forward | Mode::Delay(_)) || *g != generation)
+        .await
+        .is_ok()
+        && mode.borrow().1 == generation
+}
+
+async fn read_into(
     mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    line: mpsc::Sender<(Instant, Vec<u8>)>,
     mut mode: watch::Receiver<(Mode, u64)>,
     generation: u64,
 ) {
@@ -141,14 +179,7 @@ async fn pump(
     loop {
         // While black-holed, do not even read: the bytes wait in the kernel,
         // exactly as on a path that silently stopped delivering.
-        if mode
-            .wait_for(|(m, g)| *m == Mode::Forward || *g != generation)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if mode.borrow().1 != generation {
+        if !passing(&mut mode, generation).await {
             return;
         }
         let read = tokio::select! {
@@ -158,18 +189,43 @@ async fn pump(
         match read {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if mode
-                    .wait_for(|(m, g)| *m == Mode::Forward || *g != generation)
+                if line
+                    .send((Instant::now(), buffer[..n].to_vec()))
                     .await
                     .is_err()
-                    || mode.borrow().1 != generation
                 {
                     return;
                 }
-                if to.write_all(&buffer[..n]).await.is_err() {
-                    return;
-                }
             }
+        }
+    }
+}
+
+async fn write_from(
+    mut queued: mpsc::Receiver<(Instant, Vec<u8>)>,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    generation: u64,
+) {
+    while let Some((arrived, bytes)) = queued.recv().await {
+        loop {
+            if !passing(&mut mode, generation).await {
+                return;
+            }
+            let due = match mode.borrow().0 {
+                Mode::Delay(latency) => arrived + latency,
+                _ => arrived,
+            };
+            if Instant::now() >= due {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                _ = mode.changed() => {}
+            }
+        }
+        if to.write_all(&bytes).await.is_err() {
+            return;
         }
     }
 }

@@ -16,10 +16,13 @@
 //! - [`stack`]: The processes of one scenario, on their own AMQP prefix and
 //!   database, and the checks made after it.
 //! - [`services`]: Stopping and starting the shared RabbitMQ and PostgreSQL.
+//! - [`sqs`]: The scenarios on SQS (`CORRAL_BUFFER=sqs`), each on its own
+//!   queue on moto behind its own proxy: they never stop a shared service.
 
 mod outcome;
 mod scenarios;
 mod services;
+mod sqs;
 mod stack;
 
 pub use self::{

@@ -60,6 +60,9 @@ pub struct Outcome {
     pub spooled: BTreeMap<String, u64>,
     /// Webhooks the spool failed to commit (`corral_ingress_spool_failures_total`).
     pub spool_failures: u64,
+    /// Provider resends of the load with both copies answered 2xx: the
+    /// workers count each second copy as a duplicate, by design.
+    pub resent_twice: u64,
     /// Answered 2xx and not stored.
     pub lost: u64,
     /// Stored more than once.

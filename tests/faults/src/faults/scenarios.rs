@@ -6,7 +6,7 @@ use anyhow::{bail, ensure};
 
 use corral_testkit::database;
 
-use super::{outcome::*, services::*, stack::*};
+use super::{outcome::*, services::*, sqs, stack::*};
 
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
@@ -23,11 +23,14 @@ pub const SCENARIOS: &[&str] = &[
     "broker-and-postgres-down",
     "postgres-down-broker-up",
     "spool-table-locked",
+    "sqs-endpoint-unreachable",
+    "sqs-slow-endpoint",
+    "sqs-worker-killed",
 ];
 
 /// The share of requests that must be answered 2xx while only the broker is
 /// away: the spool takes what RabbitMQ cannot.
-const SPOOLED_SHARE: f64 = 0.999;
+pub(super) const SPOOLED_SHARE: f64 = 0.999;
 
 /// How long the scenarios that stop PostgreSQL keep it stopped.
 const POSTGRES_DOWN: Duration = Duration::from_secs(5);
@@ -51,6 +54,9 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "broker-and-postgres-down" => broker_and_postgres_down(profile).await,
         "postgres-down-broker-up" => postgres_down_broker_up(profile).await,
         "spool-table-locked" => spool_table_locked(profile).await,
+        "sqs-endpoint-unreachable" => sqs::endpoint_unreachable(profile).await,
+        "sqs-slow-endpoint" => sqs::slow_endpoint(profile).await,
+        "sqs-worker-killed" => sqs::worker_killed(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
@@ -160,10 +166,10 @@ impl Landing {
     }
 }
 
-const SPOOL_DRAINED: &str = "corral_worker_spool_drained_total";
+pub(super) const SPOOL_DRAINED: &str = "corral_worker_spool_drained_total";
 
 /// Fails `outcome` if fewer than `share` of its requests were answered 2xx.
-fn require_answered(outcome: &mut Outcome, share: f64) {
+pub(super) fn require_answered(outcome: &mut Outcome, share: f64) {
     if outcome.ok_share() < share {
         outcome.passed = false;
         outcome.notes.push(format!(

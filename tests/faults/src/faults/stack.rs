@@ -15,6 +15,7 @@ use corral_testkit::{
     fixtures,
     process::{Process, ProcessConfig},
     proxy::TcpProxy,
+    sqs::{QueueOptions, TestQueue},
     unique_name,
 };
 
@@ -46,8 +47,12 @@ pub(super) struct Stack {
     pub(super) db: TestDatabase,
     pub(super) ingresses: Vec<Process>,
     pub(super) workers: Vec<Process>,
-    /// Between the ingresses and RabbitMQ, where the scenario cuts the path.
+    /// Between the ingresses and RabbitMQ (or, with SQS, between every
+    /// process and moto), where the scenario cuts the path.
     pub(super) proxy: Option<TcpProxy>,
+    /// With `CORRAL_BUFFER=sqs`: the scenario's own queue on moto (and its
+    /// dead-letter queue), deleted when the stack is dropped.
+    pub(super) sqs: Option<TestQueue>,
     pub(super) http: reqwest::Client,
     pub(super) canaries: u64,
 }
@@ -58,22 +63,52 @@ impl Stack {
         workers: usize,
         proxied: bool,
     ) -> anyhow::Result<Self> {
+        let proxy = if proxied {
+            Some(TcpProxy::start("127.0.0.1:5672".parse()?).await)
+        } else {
+            None
+        };
+        Self::start_with(ingresses, workers, proxy, None).await
+    }
+
+    /// A stack on SQS (`CORRAL_BUFFER=sqs`): a fresh queue on moto, which
+    /// every process reaches through the stack's proxy, so a scenario breaks
+    /// its own path and never the shared moto server.
+    pub(super) async fn start_sqs(
+        ingresses: usize,
+        workers: usize,
+        options: QueueOptions,
+    ) -> anyhow::Result<Self> {
+        let queue = TestQueue::with(options).await;
+        let proxy = TcpProxy::start(SQS_SERVER.parse()?).await;
+        let visibility = options.visibility_secs;
+        Self::start_with(ingresses, workers, Some(proxy), Some((queue, visibility))).await
+    }
+
+    async fn start_with(
+        ingresses: usize,
+        workers: usize,
+        proxy: Option<TcpProxy>,
+        sqs: Option<(TestQueue, u32)>,
+    ) -> anyhow::Result<Self> {
         ensure!(
             workers > 0,
             "a stack needs a worker: it migrates the database"
         );
         let prefix = unique_name("fault");
         let db = TestDatabase::new().await;
-        let proxy = if proxied {
-            Some(TcpProxy::start("127.0.0.1:5672".parse()?).await)
-        } else {
-            None
+        let on_sqs = |config: ProcessConfig| match (&sqs, &proxy) {
+            // The worker's visibility timeout as the queue's own.
+            (Some((queue, visibility)), Some(proxy)) => config
+                .sqs(&queue.url, &format!("http://{}", proxy.addr()))
+                .env("CORRAL_SQS_VISIBILITY_SECS", visibility.to_string()),
+            _ => config,
         };
         // The workers migrate the database on start, which creates the
         // `corral_spool_writer` role the spool's login role joins.
         let mut started = Vec::new();
         for _ in 0..workers {
-            let config = tuned(ProcessConfig::worker(&db.url, &prefix));
+            let config = on_sqs(tuned(ProcessConfig::worker(&db.url, &prefix)));
             started.push(Process::start_ready(config).await);
         }
         let spool = db.spool_writer().await;
@@ -83,18 +118,24 @@ impl Stack {
             db,
             ingresses: Vec::new(),
             workers: started,
-            proxy,
+            proxy: None,
+            sqs: None,
             http: reqwest::Client::new(),
             canaries: 0,
         };
         for _ in 0..ingresses {
-            let mut config = tuned(ProcessConfig::ingress(&stack.prefix, TOKEN))
+            let mut config = on_sqs(tuned(ProcessConfig::ingress(&stack.prefix, TOKEN)))
                 .env("CORRAL_SPOOL_DATABASE_URL", &stack.spool.url);
-            if let Some(proxy) = &stack.proxy {
+            if let Some(proxy) = &proxy
+                && sqs.is_none()
+            {
                 config = config.env("CORRAL_AMQP_URL", proxy.amqp_url());
             }
             stack.ingresses.push(Process::start_ready(config).await);
         }
+        let buffer = if sqs.is_some() { "SQS" } else { "RabbitMQ" };
+        stack.proxy = proxy;
+        stack.sqs = sqs.map(|(queue, _)| queue);
         // With a spool, ingress is ready as soon as the spool is, which can
         // be before its broker link is up: the load must start on the
         // broker path, so that what a scenario spools is its fault's doing.
@@ -102,7 +143,7 @@ impl Stack {
         while !stack.brokers_connected().await {
             ensure!(
                 Instant::now() < deadline,
-                "the processes did not connect to RabbitMQ within 30 s"
+                "the processes did not connect to {buffer} within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -300,6 +341,7 @@ impl Stack {
             rows: 0,
             spooled: BTreeMap::new(),
             spool_failures: 0,
+            resent_twice: 0,
             lost: 0,
             duplicated: 0,
             wrong: 0,
@@ -339,6 +381,15 @@ impl Stack {
             notes.push(format!("spooled by cause: {causes}"));
         }
 
+        let mut dead_lettered = 0;
+        if let Some(queue) = &self.sqs {
+            dead_lettered = queue.dead_letters().await.len();
+            if dead_lettered > 0 {
+                notes.push(format!(
+                    "{dead_lettered} messages (at least) went to the dead-letter queue"
+                ));
+            }
+        }
         let rss_ok = compare_rss(&mut outcome, &rss_before, &self.rss(), &mut notes);
         let hung = outcome.slowest_answer_ms > SLOWEST_ANSWER_MS;
         if hung {
@@ -352,6 +403,7 @@ impl Stack {
             && outcome.duplicated == 0
             && outcome.wrong == 0
             && outcome.ok > 0
+            && dead_lettered == 0
             && rss_ok
             && verifications.iter().all(|v| v.drained);
         outcome.notes = notes;
@@ -368,6 +420,9 @@ impl Stack {
         broker::delete_prefix(&self.prefix).await;
     }
 }
+
+/// Where moto answers: the stack's proxy forwards there.
+const SQS_SERVER: &str = "127.0.0.1:4566";
 
 /// The load's rows: canaries and poison messages are not part of it.
 const LOAD_ROWS: &str = "SELECT count(*) FROM delivery_events \
@@ -389,6 +444,7 @@ fn count_answers(outcome: &mut Outcome, report: &loadgen::Report) {
         .map(|(_, n)| n)
         .sum::<u64>();
     outcome.unavailable += report.statuses.get(&503).copied().unwrap_or(0);
+    outcome.resent_twice += report.sent.resent_confirmed_twice;
     let slowest = report
         .service_time_us
         .as_ref()
