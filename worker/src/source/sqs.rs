@@ -70,6 +70,9 @@ pub struct Settings {
     pub oldest: OldestReceived,
 }
 
+/// Longest wait for SQS to answer whether it is there.
+const CHECK_BOUND: Duration = Duration::from_secs(10);
+
 /// Deletes in flight at once when a batch is acknowledged.
 const DELETE_CALLS: usize = 8;
 
@@ -185,9 +188,14 @@ async fn poll(
     let mut answering = false;
     loop {
         if !answering {
+            // A silent path (no answer, no error) must not hold the poller
+            // past the check's bound: it asks again after the pause.
+            let check = tokio::time::timeout(CHECK_BOUND, sqs::check(&ledger.queue));
             let checked = tokio::select! {
                 () = stop.cancelled() => return,
-                checked = sqs::check(&ledger.queue) => checked,
+                checked = check => checked.unwrap_or_else(|_elapsed| {
+                    Err(sqs::CheckError::Unreachable(format!("no answer within {CHECK_BOUND:?}")))
+                }),
             };
             if let Err(err) = checked {
                 health.set_broker(false);
