@@ -472,16 +472,7 @@ pub(super) async fn pipeline(
     let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
     let (_, ingress_peak) = ingress_sampler.finish();
     let (_, worker_peak) = worker_sampler.finish();
-    let client = db.client().await;
-    let row = client
-        .query_one(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at)),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at))
-             FROM delivery_events",
-            &[],
-        )
-        .await?;
-    let (e2e_p50, e2e_p99): (f64, f64) = (row.get(0), row.get(1));
+    let (e2e_p50, e2e_p99) = end_to_end(&db).await?;
     ingress.terminate(Duration::from_secs(40)).await;
     worker.terminate(Duration::from_secs(40)).await;
     broker::delete_prefix(&prefix).await;
@@ -626,6 +617,22 @@ pub(super) async fn machine() -> anyhow::Result<Machine> {
     })
 }
 
+/// The median and 99th percentile of `stored_at − received_at` over every
+/// stored webhook, in seconds.
+async fn end_to_end(db: &database::TestDatabase) -> anyhow::Result<(f64, f64)> {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at)),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at))
+             FROM delivery_events",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// SQS requests by the two binaries, summed over operations: sent, and
 /// billed (each 64 KiB of payload one).
 fn sqs_requests(metrics: &Metrics) -> (f64, f64) {
@@ -684,16 +691,7 @@ pub(super) async fn sqs_pipeline(
     })
     .await;
     let after = (ingress.metrics().await, worker.metrics().await);
-    let client = db.client().await;
-    let row = client
-        .query_one(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at)),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - received_at))
-             FROM delivery_events",
-            &[],
-        )
-        .await?;
-    let (e2e_p50, e2e_p99): (f64, f64) = (row.get(0), row.get(1));
+    let (e2e_p50, e2e_p99) = end_to_end(&db).await?;
     ingress.terminate(Duration::from_secs(40)).await;
     worker.terminate(Duration::from_secs(40)).await;
     let delta = |before: &Metrics, after: &Metrics| {
