@@ -245,6 +245,16 @@ mod tests {
         assert_eq!(rounds.first(&shutdown).await, None);
     }
 
+    /// The next round, gathered until `until`: its ids.
+    async fn gathered(
+        rounds: &mut Rounds<Item>,
+        until: Instant,
+        shutdown: &CancellationToken,
+    ) -> Vec<u32> {
+        let first = rounds.first(shutdown).await.unwrap();
+        ids(&rounds.gather(first, until, shutdown).await)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn gathering_waits_for_more_until_the_deadline() {
         let never = CancellationToken::new();
@@ -257,11 +267,8 @@ mod tests {
             later.send(item(3, 1)).unwrap();
         });
         let started = Instant::now();
-        let first = rounds.first(&never).await.unwrap();
-        let round = rounds
-            .gather(first, started + Duration::from_millis(50), &never)
-            .await;
-        assert_eq!(ids(&round), [1, 2]);
+        let round = gathered(&mut rounds, started + Duration::from_millis(50), &never).await;
+        assert_eq!(round, [1, 2]);
         assert_eq!(started.elapsed(), Duration::from_millis(50));
         let first = rounds.first(&never).await.unwrap();
         assert_eq!(first.id, 3);
@@ -273,20 +280,13 @@ mod tests {
         let never = CancellationToken::new();
         let (mut rounds, _sender) = rounds_open(2, 1000, (1..=3).map(|id| item(id, 1)).collect());
         let started = Instant::now();
-        let first = rounds.first(&never).await.unwrap();
-        let round = rounds
-            .gather(first, started + Duration::from_secs(60), &never)
-            .await;
-        assert_eq!(ids(&round), [1, 2]);
+        let until = started + Duration::from_secs(60);
+        assert_eq!(gathered(&mut rounds, until, &never).await, [1, 2]);
         assert_eq!(started.elapsed(), Duration::ZERO);
         // Full by size as well: 10 + 40 + 40 fits 100, the third 40 does not.
         let (mut rounds, _sender) =
             rounds_open(100, 100, vec![item(1, 40), item(2, 40), item(3, 40)]);
-        let first = rounds.first(&never).await.unwrap();
-        let round = rounds
-            .gather(first, started + Duration::from_secs(60), &never)
-            .await;
-        assert_eq!(ids(&round), [1, 2]);
+        assert_eq!(gathered(&mut rounds, until, &never).await, [1, 2]);
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(rounds.first(&never).await.map(|i| i.id), Some(3));
     }
@@ -301,11 +301,8 @@ mod tests {
             stop.cancel();
         });
         let started = Instant::now();
-        let first = rounds.first(&shutdown).await.unwrap();
-        let round = rounds
-            .gather(first, started + Duration::from_secs(60), &shutdown)
-            .await;
-        assert_eq!(ids(&round), [1]);
+        let round = gathered(&mut rounds, started + Duration::from_secs(60), &shutdown).await;
+        assert_eq!(round, [1]);
         assert_eq!(started.elapsed(), Duration::from_millis(5));
     }
 }

@@ -20,7 +20,7 @@ use corral_testkit::{
 
 /// The buffer a pipeline runs on, deleted when dropped.
 enum Buffer {
-    RabbitMq(TestBroker),
+    RabbitMq(Box<TestBroker>),
     Sqs(TestQueue),
 }
 
@@ -35,7 +35,7 @@ struct Pipeline {
 impl Pipeline {
     /// On a private AMQP prefix of the local RabbitMQ.
     async fn start() -> Self {
-        Self::on(Buffer::RabbitMq(TestBroker::new().await)).await
+        Self::on(Buffer::RabbitMq(Box::new(TestBroker::new().await))).await
     }
 
     async fn on(buffer: Buffer) -> Self {

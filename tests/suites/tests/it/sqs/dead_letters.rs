@@ -4,8 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use chrono::Utc;
-use corral_shared::envelope::{Kind, batch::Packing};
+use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     config,
@@ -19,7 +18,7 @@ use corral_worker::{
 };
 use uuid::Uuid;
 
-use super::{WAIT, assert_each_once, send_message, webhook};
+use super::{WAIT, assert_each_once, bodies, packing, send_message};
 
 /// A dead letter the kit put in the dead-letter queue.
 struct Letter {
@@ -33,16 +32,8 @@ struct Letter {
 
 /// Sends `count` webhooks as one message straight into the dead-letter queue.
 async fn dead_letter(queue: &TestQueue, first: usize, count: usize) -> Letter {
-    let bodies: Vec<String> = (first..first + count).map(webhook).collect();
-    let packing: Vec<Packing> = bodies
-        .iter()
-        .map(|body| Packing {
-            id: Uuid::now_v7(),
-            received_at: Utc::now(),
-            kind: Kind::Rvm,
-            body: body.as_bytes(),
-        })
-        .collect();
+    let bodies = bodies(first, count);
+    let packing = packing(&bodies, Kind::Rvm);
     let (id, sqs_id) = queue.send_dead_letter(&packing).await;
     Letter {
         id,

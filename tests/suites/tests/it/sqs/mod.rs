@@ -50,18 +50,28 @@ fn kind(i: usize) -> &'static str {
 /// Sends `count` webhooks to `queue` as one message, as ingress would;
 /// returns their ids.
 async fn send_message(queue: &TestQueue, first: usize, count: usize) -> Vec<Uuid> {
-    let bodies: Vec<String> = (first..first + count).map(webhook).collect();
-    let packing: Vec<Packing> = bodies
+    let bodies = bodies(first, count);
+    let packing = packing(&bodies, Kind::Sms);
+    queue.send_batch(&packing).await;
+    packing.iter().map(|p| p.id).collect()
+}
+
+/// Webhooks `first..first + count`.
+fn bodies(first: usize, count: usize) -> Vec<String> {
+    (first..first + count).map(webhook).collect()
+}
+
+/// `bodies` as ingress packs them, each with a new id, all of `kind`.
+fn packing(bodies: &[String], kind: Kind) -> Vec<Packing<'_>> {
+    bodies
         .iter()
         .map(|body| Packing {
             id: Uuid::now_v7(),
             received_at: Utc::now(),
-            kind: Kind::Sms,
+            kind,
             body: body.as_bytes(),
         })
-        .collect();
-    queue.send_batch(&packing).await;
-    packing.iter().map(|p| p.id).collect()
+        .collect()
 }
 
 /// Rows per message id among `ids`, the ids missing, and the table's rows.
