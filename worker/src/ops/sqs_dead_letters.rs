@@ -35,6 +35,7 @@ use corral_shared::{
     error_chain,
     sqs::{self, Queue},
 };
+use uuid::Uuid;
 
 use super::{
     OpsError,
@@ -115,6 +116,8 @@ struct Received {
     receipt: String,
     body: String,
     attributes: Option<HashMap<String, MessageAttributeValue>>,
+    /// Its `MessageGroupId`, from a FIFO dead-letter queue.
+    group: Option<String>,
 }
 
 impl Received {
@@ -124,6 +127,10 @@ impl Received {
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned());
+        let group = message
+            .attributes()
+            .and_then(|system| system.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned();
         let body = message.body.unwrap_or_default();
         let webhooks = webhooks_of(
             &properties,
@@ -147,6 +154,7 @@ impl Received {
             receipt,
             body,
             attributes: message.message_attributes,
+            group,
         }
     }
 
@@ -212,6 +220,7 @@ async fn walk(
                 .visibility_timeout(LOOK_SECS)
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .send(),
         )
         .await?
@@ -299,14 +308,28 @@ async fn replay_chunk(
     report: &mut DeadLetterReport,
     held: &mut HashMap<String, String>,
 ) -> Result<(), OpsError> {
+    let fifo = sqs::is_fifo(&queue.url);
     let entries = chunk
         .iter()
         .enumerate()
         .map(|(i, letter)| {
+            // A FIFO queue refuses a message without a group. The
+            // deduplication id is new to each replay: the message's own id
+            // may still be in SQS's 5-minute window from its first sending,
+            // and SQS would then answer success and drop it, after which
+            // its dead-letter copy would be deleted.
+            let (group, deduplication) = if fifo {
+                let group = letter.group.clone().unwrap_or_else(|| "corral-0".into());
+                (Some(group), Some(Uuid::now_v7().to_string()))
+            } else {
+                (None, None)
+            };
             SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(&letter.body)
                 .set_message_attributes(letter.attributes.clone())
+                .set_message_group_id(group)
+                .set_message_deduplication_id(deduplication)
                 .build()
                 .expect("id and body are set")
         })

@@ -317,3 +317,30 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
     );
     assert_eq!(queue.dead_letter_counts().await, (0, 0));
 }
+
+/// With a FIFO queue, a replay gives each message a group and a
+/// deduplication id of its own: a message dead-lettered within SQS's
+/// 5-minute window of its first sending still goes back, and is stored.
+#[tokio::test]
+async fn replaying_into_a_fifo_queue_sends_every_message_back_and_stores_it() {
+    let queue = TestQueue::with(QueueOptions {
+        fifo: true,
+        max_receive_count: 2,
+        ..QueueOptions::default()
+    })
+    .await;
+    let db = TestDatabase::new().await;
+    let ids = drive_to_dead_letters(&queue).await;
+    let letter = dead_letter(&queue, 10, 2).await;
+
+    let report = replay(&queue, ReplayOptions::default()).await;
+    assert_eq!(report.letters.len(), 2);
+    assert_eq!(queue.dead_letter_counts().await, (0, 0));
+    assert_eq!(queue.counts().await, (2, 0));
+
+    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
+    let client = db.client().await;
+    let all: Vec<Uuid> = ids.into_iter().chain(letter.webhooks).collect();
+    assert_each_once(&client, &all).await;
+    worker.stop().await.expect("the worker stops");
+}
