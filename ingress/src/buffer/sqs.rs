@@ -345,8 +345,9 @@ struct Outgoing {
     _leases: Vec<Lease>,
 }
 
-/// Sends one round (one `SendMessageBatch`; with a FIFO queue, one per 10
-/// of its groups, in turn) and answers each request.
+/// Sends one round (one `SendMessageBatch`; with a FIFO queue, whose
+/// messages hold one group each, one per 10 messages, in turn) and answers
+/// each request.
 async fn send(inner: Arc<Inner>, mut round: Vec<Queued>, slot: OwnedSemaphorePermit) {
     let settings = &inner.settings;
     let fifo = settings.fifo_groups.is_some();

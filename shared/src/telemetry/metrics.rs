@@ -137,7 +137,7 @@ catalogue! {
     SQS_REQUESTS = "corral_sqs_requests_total", Counter, ["operation"], None,
         "SQS API requests sent (each attempt, retries included), by operation; with CORRAL_BUFFER=sqs only.";
     SQS_BILLED_REQUESTS = "corral_sqs_billed_requests_total", Counter, ["operation"], None,
-        "SQS requests as AWS bills them (each 64 KiB of a request's or answer's payload is one), estimated from the HTTP body sizes of the attempts SQS answered; with CORRAL_BUFFER=sqs only.";
+        "SQS requests as AWS bills them (each 64 KiB of a request's or answer's payload is one), estimated from HTTP body sizes: a request's when it is sent, a ReceiveMessage's answer when it comes; with CORRAL_BUFFER=sqs only.";
 }
 
 pub(super) fn describe_all() {
