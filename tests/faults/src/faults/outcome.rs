@@ -86,6 +86,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Marks the scenario failed, saying why.
+    pub fn fail(&mut self, why: impl Into<String>) {
+        self.passed = false;
+        self.notes.push(why.into());
+    }
+
     /// Webhooks answered from the spool, whatever the cause.
     pub fn spooled_total(&self) -> u64 {
         self.spooled.values().sum()

@@ -158,10 +158,7 @@ impl Landing {
     /// Fails `outcome` unless rows landed from the spool during the outage.
     pub(super) fn require(&self, outcome: &mut Outcome) {
         if self.rows.1 <= self.rows.0 || self.drained.1 <= self.drained.0 {
-            outcome.passed = false;
-            outcome
-                .notes
-                .push("no rows landed from the spool during the outage".into());
+            outcome.fail("no rows landed from the spool during the outage");
         }
     }
 }
@@ -171,8 +168,7 @@ pub(super) const SPOOL_DRAINED: &str = "corral_worker_spool_drained_total";
 /// Fails `outcome` if fewer than `share` of its requests were answered 2xx.
 pub(super) fn require_answered(outcome: &mut Outcome, share: f64) {
     if outcome.ok_share() < share {
-        outcome.passed = false;
-        outcome.notes.push(format!(
+        outcome.fail(format!(
             "only {} of {} requests answered 2xx ({:.2} %; {} got 503, {} other): at least {:.1} % must be",
             outcome.ok,
             outcome.sent,
@@ -459,10 +455,7 @@ pub(super) async fn broker_and_postgres_down(p: Profile) -> anyhow::Result<Outco
         )
         .await?;
     if outcome.unavailable == 0 {
-        outcome.passed = false;
-        outcome
-            .notes
-            .push("no webhook got 503 while neither path could take it".into());
+        outcome.fail("no webhook got 503 while neither path could take it");
     }
     Ok(outcome)
 }
@@ -492,8 +485,7 @@ pub(super) async fn postgres_down_broker_up(p: Profile) -> anyhow::Result<Outcom
     // Only a publish slower than CORRAL_SPOOL_AFTER_MS tries the spool here.
     let allowed = outcome.sent / 1000;
     if outcome.spool_failures > allowed {
-        outcome.passed = false;
-        outcome.notes.push(format!(
+        outcome.fail(format!(
             "{} spool failures with the broker up (at most {allowed} allowed)",
             outcome.spool_failures
         ));
@@ -573,10 +565,7 @@ pub(super) async fn spool_table_locked(p: Profile) -> anyhow::Result<Outcome> {
         )
         .await?;
     if locked.2 == before.2 {
-        outcome.passed = false;
-        outcome
-            .notes
-            .push("no request failed on the locked spool: the lock did not bite".into());
+        outcome.fail("no request failed on the locked spool: the lock did not bite");
     }
     Ok(outcome)
 }

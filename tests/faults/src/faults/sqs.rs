@@ -102,16 +102,10 @@ pub(super) async fn slow_endpoint(p: Profile) -> anyhow::Result<Outcome> {
         .await?;
     require_answered(&mut outcome, SPOOLED_SHARE);
     if slowed.spooled_slow <= start.spooled_slow {
-        outcome.passed = false;
-        outcome
-            .notes
-            .push("nothing was spooled as slow while SQS answered late".into());
+        outcome.fail("nothing was spooled as slow while SQS answered late");
     }
     if resumed.from_sqs <= silenced.from_sqs {
-        outcome.passed = false;
-        outcome
-            .notes
-            .push("the worker stored nothing from SQS after it answered again".into());
+        outcome.fail("the worker stored nothing from SQS after it answered again");
     }
     Ok(outcome)
 }
