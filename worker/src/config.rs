@@ -200,6 +200,15 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u64).range(1..=43_200), global = true)]
     pub sqs_visibility_secs: u64,
 
+    /// Publish a typed result event for every newly stored webhook to the
+    /// fan-out exchange `<CORRAL_AMQP_PREFIX>.delivery-results` (with
+    /// confirms, through an outbox written in the batch's transaction, so a
+    /// crash never drops one). Off by default; every worker of a deployment
+    /// must agree.
+    #[arg(long, env = "CORRAL_RESULT_EVENTS", default_value_t = false,
+          action = clap::ArgAction::Set, global = true)]
+    pub result_events: bool,
+
     #[command(flatten)]
     pub buffer: BufferSettings,
 

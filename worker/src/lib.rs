@@ -142,6 +142,7 @@ impl Application {
                 amqp: config.amqp.clone(),
                 prefetch: config.prefetch,
                 writers: config.db_writers as usize,
+                result_events: config.result_events,
                 batch_max: config.batch_max as usize,
                 batch_linger: config.batch_linger(),
                 db_retry_max: Duration::from_millis(config.db_retry_max_ms),
@@ -150,6 +151,7 @@ impl Application {
             };
             let drain = spool::DrainSettings {
                 batch_max: config.batch_max as usize,
+                result_events: config.result_events,
                 poll: Duration::from_millis(config.spool_poll_ms),
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),

@@ -12,8 +12,8 @@ use ::metrics::{
 };
 
 use super::labels::{
-    Binary, ConnectOutcome, DbErrorKind, Label, MessageOutcome, PublishFailure, RejectReason,
-    SpoolCause, SqsMessageState, SqsQueue,
+    Binary, ConnectOutcome, DbErrorKind, DeliveryLabels, Label, MessageOutcome, PublishFailure,
+    RejectReason, SpoolCause, SqsMessageState, SqsQueue,
 };
 use crate::envelope::Kind as WebhookKind;
 
@@ -110,6 +110,8 @@ catalogue! {
 
     WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
         "Webhooks committed to PostgreSQL, by outcome (stored, duplicate, quarantined); each webhook of an AMQP message counts, and a message that could not be unpacked counts once, as quarantined. A batch whose ack was lost is redelivered and counted again as duplicates.";
+    WORKER_DELIVERIES = "corral_worker_deliveries_total", Counter, ["kind", "status", "reason"], None,
+        "Delivery-status events newly stored (not duplicates), by kind, status (success, failure, other) and reason (each of the twelve the provider documents exactly as spelled, none, or other), counted after the commit.";
     WORKER_BATCH_SIZE = "corral_worker_batch_size", Histogram, [], Some(BATCH_BUCKETS),
         "Webhooks per committed batch (of the AMQP messages it holds, whole).";
     WORKER_DB_WRITE_SECONDS = "corral_worker_db_write_seconds", Histogram, [], Some(LATENCY_BUCKETS),
@@ -186,6 +188,9 @@ pub fn register_binary(binary: Binary) {
             gauge!(WORKER_SPOOL_DEPTH).set(0.0);
             gauge!(WORKER_SPOOL_OLDEST_SECONDS).set(0.0);
             counter!(WORKER_SPOOL_DRAINED).increment(0);
+            for labels in DeliveryLabels::expected() {
+                worker_deliveries(labels, 0);
+            }
         }
     }
 }
@@ -214,6 +219,12 @@ pub fn broker_blocked(blocked: bool) {
 /// One attempt to (re)connect and declare the topology.
 pub fn broker_connect_attempt(outcome: ConnectOutcome) {
     counter!(BROKER_CONNECT_ATTEMPTS, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// `count` newly stored events with these labels.
+pub fn worker_deliveries(labels: DeliveryLabels, count: u64) {
+    counter!(WORKER_DELIVERIES, "kind" => labels.kind, "status" => labels.status, "reason" => labels.reason)
+        .increment(count);
 }
 
 /// Database reachable or not.

@@ -54,6 +54,8 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Batches written at once.
     pub writers: usize,
+    /// Whether stored webhooks get a result-event outbox row.
+    pub result_events: bool,
     /// Webhooks per batch at most, unless one message holds more.
     pub batch_max: usize,
     /// How long a batch waits for more messages after its first.

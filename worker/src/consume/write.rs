@@ -113,7 +113,7 @@ async fn until_committed<A: Ack>(
     }
     let ack = last.expect("a batch is never empty");
     let started = Instant::now();
-    let mut prepared = store::prepare_all(&webhooks);
+    let mut prepared = store::prepare_all(&webhooks).with_result_events(settings.result_events);
     for (message, error, logged) in &unreadable {
         prepared.quarantine(message, error, logged);
     }
@@ -198,6 +198,7 @@ pub(super) async fn acknowledge<A: Ack>(
     metrics::worker_messages(MessageOutcome::Stored, outcome.stored);
     metrics::worker_messages(MessageOutcome::Duplicate, outcome.duplicate);
     metrics::worker_messages(MessageOutcome::Quarantined, outcome.quarantined);
+    outcome.deliveries.record();
     for received_at in received {
         let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics::worker_end_to_end(seconds.max(0.0));

@@ -249,7 +249,7 @@ pub async fn reprocess_quarantined(
                 Retyping::Unreadable => still_failing[index] = Some(row.error.clone()),
             }
         }
-        let stored = store::store_in(&mut tx, &incoming)
+        let stored = store::store_in(&mut tx, &incoming, config.result_events)
             .await
             .map_err(OpsError::database("storing re-typed webhooks"))?;
         for (at, error) in stored.refused {

@@ -52,6 +52,8 @@ const EXACT_UP_TO: f32 = 100_000.0;
 pub struct DrainSettings {
     /// Webhooks per transaction at most.
     pub batch_max: usize,
+    /// Whether stored webhooks get a result-event outbox row.
+    pub result_events: bool,
     /// How often an empty spool is looked at again.
     pub poll: Duration,
     /// Deadline of one round.
@@ -159,22 +161,23 @@ async fn round(settings: &DrainSettings, pool: &Pool) -> Result<usize, RoundErro
             }
         })
         .collect();
-    let prepared = store::prepare_all(&incoming);
+    let prepared = store::prepare_all(&incoming).with_result_events(settings.result_events);
     let outcome = store::write_within(&mut tx, &prepared).await?;
     // The claim deleted rows, so this COMMIT waits for synchronous standbys
     // like any other write.
     crate::db::commit(tx, true).await?;
-    record(&incoming, outcome, started.elapsed());
+    record(&incoming, &outcome, started.elapsed());
     Ok(incoming.len())
 }
 
-fn record(incoming: &[Incoming], outcome: BatchOutcome, write: Duration) {
+fn record(incoming: &[Incoming], outcome: &BatchOutcome, write: Duration) {
     let committed_at = Utc::now();
     metrics::worker_spool_drained(incoming.len());
     metrics::worker_batch(incoming.len(), write);
     metrics::worker_messages(MessageOutcome::Stored, outcome.stored);
     metrics::worker_messages(MessageOutcome::Duplicate, outcome.duplicate);
     metrics::worker_messages(MessageOutcome::Quarantined, outcome.quarantined);
+    outcome.deliveries.record();
     for received_at in incoming.iter().filter_map(|m| m.envelope.received_at) {
         let seconds = (committed_at - received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics::worker_end_to_end(seconds.max(0.0));

@@ -7,6 +7,7 @@
 //! as a whole: it is split in halves under savepoints until the culprit is
 //! alone, and that one is quarantined with PostgreSQL's own error.
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -14,7 +15,10 @@ use chrono::{DateTime, Utc};
 use corral_shared::{
     envelope::{Envelope, Kind},
     payload::{self, DeliveryStatus},
-    telemetry::{labels::DbErrorKind, metrics},
+    telemetry::{
+        labels::{DbErrorKind, DeliveryLabels},
+        metrics,
+    },
 };
 use deadpool_postgres::{GenericClient, Transaction};
 use rust_decimal::Decimal;
@@ -62,7 +66,7 @@ struct QuarantineRow<'a> {
 }
 
 /// How the messages of a committed batch ended.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// New `delivery_events` rows.
     pub stored: usize,
@@ -70,6 +74,36 @@ pub struct BatchOutcome {
     pub duplicate: usize,
     /// New `quarantined_webhooks` rows.
     pub quarantined: usize,
+    /// The new rows by kind, status and reason, as the metric labels them.
+    pub deliveries: Deliveries,
+}
+
+/// New events counted by their `corral_worker_deliveries_total` labels.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deliveries(BTreeMap<DeliveryLabels, u64>);
+
+impl Deliveries {
+    fn add(&mut self, labels: DeliveryLabels) {
+        *self.0.entry(labels).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Deliveries) {
+        for (labels, count) in other.0 {
+            *self.0.entry(labels).or_default() += count;
+        }
+    }
+
+    /// Adds them to `corral_worker_deliveries_total`; call after the commit.
+    pub fn record(&self) {
+        for (labels, count) in &self.0 {
+            metrics::worker_deliveries(*labels, *count);
+        }
+    }
+
+    /// How many events, by labels.
+    pub fn counts(&self) -> impl Iterator<Item = (DeliveryLabels, u64)> + '_ {
+        self.0.iter().map(|(labels, count)| (*labels, *count))
+    }
 }
 
 /// Types a message, or says why it must be quarantined.
@@ -117,6 +151,8 @@ pub struct Prepared<'a> {
     events: Vec<EventRow<'a>>,
     /// The ones that cannot be typed, and why.
     refused: Vec<QuarantineRow<'a>>,
+    /// Whether each new event also gets a result-event outbox row.
+    result_events: bool,
 }
 
 impl<'a> Prepared<'a> {
@@ -130,12 +166,21 @@ impl<'a> Prepared<'a> {
         self.len == 0
     }
 
-    fn outcome(&self, stored: usize, quarantined: usize) -> BatchOutcome {
+    fn outcome(&self, stored: Stored, quarantined: usize) -> BatchOutcome {
         BatchOutcome {
-            stored,
-            duplicate: self.len - stored - quarantined,
+            stored: stored.count,
+            duplicate: self.len - stored.count - quarantined,
             quarantined,
+            deliveries: stored.deliveries,
         }
+    }
+
+    /// Writes a result-event outbox row for every new event
+    /// (`CORRAL_RESULT_EVENTS`), in the same statement that stores it.
+    #[must_use]
+    pub fn with_result_events(mut self, on: bool) -> Self {
+        self.result_events = on;
+        self
     }
 
     /// Adds a message to quarantine as it is, without typing it: one whose
@@ -166,6 +211,21 @@ pub fn prepare_all(messages: &[Incoming]) -> Prepared<'_> {
         len: messages.len(),
         events,
         refused,
+        result_events: false,
+    }
+}
+
+/// New events written by one or more inserts.
+#[derive(Debug, Default)]
+struct Stored {
+    count: usize,
+    deliveries: Deliveries,
+}
+
+impl Stored {
+    fn merge(&mut self, other: Stored) {
+        self.count += other.count;
+        self.deliveries.merge(other.deliveries);
     }
 }
 
@@ -183,17 +243,18 @@ pub async fn write_batch(
     // PostgreSQL refuses its data is the transaction rolled back and the
     // batch written again, split under savepoints to isolate the culprit.
     let mut tx = client.transaction().await?;
-    let stored = match insert_events(&tx, events).await {
+    let results = batch.result_events;
+    let stored = match insert_events(&tx, events, results).await {
         Ok(stored) => stored,
         Err(err) if is_data_error(&err) => {
             tx.rollback().await?;
             tx = client.transaction().await?;
-            store_events(&mut tx, events, &mut quarantined).await?
+            store_events(&mut tx, events, results, &mut quarantined).await?
         }
         Err(err) => return Err(err),
     };
     let new_quarantined = store_quarantined(&tx, &quarantined).await?;
-    crate::db::commit(tx, stored + new_quarantined > 0).await?;
+    crate::db::commit(tx, stored.count + new_quarantined > 0).await?;
     Ok(batch.outcome(stored, new_quarantined))
 }
 
@@ -207,7 +268,7 @@ pub async fn write_within(
     batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
     let mut quarantined = batch.refused.clone();
-    let stored = store_events(tx, &batch.events, &mut quarantined).await?;
+    let stored = store_events(tx, &batch.events, batch.result_events, &mut quarantined).await?;
     let new_quarantined = store_quarantined(&*tx, &quarantined).await?;
     Ok(batch.outcome(stored, new_quarantined))
 }
@@ -217,17 +278,18 @@ pub async fn write_within(
 fn store_events<'t, 'r>(
     tx: &'t mut Transaction<'_>,
     rows: &'r [EventRow<'r>],
+    results: bool,
     quarantine: &'t mut Vec<QuarantineRow<'r>>,
-) -> Pin<Box<dyn Future<Output = Result<usize, tokio_postgres::Error>> + Send + 't>>
+) -> Pin<Box<dyn Future<Output = Result<Stored, tokio_postgres::Error>> + Send + 't>>
 where
     'r: 't,
 {
     Box::pin(async move {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Stored::default());
         }
         let savepoint = tx.savepoint("corral_rows").await?;
-        match insert_events(&savepoint, rows).await {
+        match insert_events(&savepoint, rows, results).await {
             Ok(stored) => {
                 savepoint.commit().await?;
                 Ok(stored)
@@ -249,12 +311,12 @@ where
                         error: format!("PostgreSQL refused the typed row: {reason}"),
                         logged: format!("PostgreSQL refused the typed row (SQLSTATE {code})"),
                     });
-                    return Ok(0);
+                    return Ok(Stored::default());
                 }
                 let (left, right) = rows.split_at(rows.len() / 2);
-                let stored_left = store_events(tx, left, quarantine).await?;
-                let stored_right = store_events(tx, right, quarantine).await?;
-                Ok(stored_left + stored_right)
+                let mut stored = store_events(tx, left, results, quarantine).await?;
+                stored.merge(store_events(tx, right, results, quarantine).await?);
+                Ok(stored)
             }
             Err(err) => Err(err),
         }
@@ -264,9 +326,10 @@ where
 async fn insert_events(
     client: &impl GenericClient,
     rows: &[EventRow<'_>],
-) -> Result<usize, tokio_postgres::Error> {
+    results: bool,
+) -> Result<Stored, tokio_postgres::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Stored::default());
     }
     let statement = client.prepare_cached(INSERT_EVENTS).await?;
     fn status<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
@@ -329,10 +392,25 @@ async fn insert_events(
                 &foreign_ids,
                 &payloads,
                 &received,
+                &results,
             ],
         )
         .await?;
-    Ok(new.len())
+    // A fingerprint twice in the batch is stored (and returned) once.
+    let mut new: HashSet<Vec<u8>> = new.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect();
+    let mut stored = Stored::default();
+    for row in rows {
+        if new.remove(&row.typed.fingerprint.0[..]) {
+            stored.count += 1;
+            let status = status(row);
+            stored.deliveries.add(DeliveryLabels::of(
+                row.kind,
+                &status.status,
+                status.reason.as_deref(),
+            ));
+        }
+    }
+    Ok(stored)
 }
 
 async fn store_quarantined(
@@ -412,13 +490,14 @@ pub struct StoredIn {
 pub async fn store_in(
     tx: &mut Transaction<'_>,
     messages: &[Incoming],
+    result_events: bool,
 ) -> Result<StoredIn, tokio_postgres::Error> {
     let Prepared {
         events,
         mut refused,
         ..
     } = prepare_all(messages);
-    let stored = store_events(tx, &events, &mut refused).await?;
+    let stored = store_events(tx, &events, result_events, &mut refused).await?;
     let refused: Vec<(usize, String)> = refused
         .into_iter()
         .map(|row| {
@@ -431,9 +510,10 @@ pub async fn store_in(
         .collect();
     Ok(StoredIn {
         outcome: BatchOutcome {
-            stored,
-            duplicate: messages.len() - stored - refused.len(),
+            stored: stored.count,
+            duplicate: messages.len() - stored.count - refused.len(),
             quarantined: 0,
+            deliveries: stored.deliveries,
         },
         refused,
     })
