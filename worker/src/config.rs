@@ -31,6 +31,101 @@ pub enum Command {
     /// Inspect and re-process quarantined webhooks (`quarantined_webhooks`).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// List and lift the numbers not to message again (`suppressions`).
+    #[command(subcommand)]
+    Suppressions(SuppressionCommand),
+}
+
+/// `corral-worker suppressions …`: the worker suppresses a number when a
+/// webhook says it opted out, belongs to a known litigator, is on the
+/// sender's or a do-not-call list, or cannot take SMS (docs/operations.md,
+/// "Suppressions"). No webhook ever lifts one.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SuppressionCommand {
+    /// Show suppressions in force, most recently seen first.
+    List {
+        /// Only this number (E.164, as the provider sends it: `+15552224444`).
+        #[arg(long)]
+        phone: Option<String>,
+        /// Only this channel.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Only this class.
+        #[arg(long, value_enum)]
+        class: Option<SuppressionClass>,
+        /// Lifted ones too.
+        #[arg(long)]
+        all: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Lift a number's suppressions in force (all, or one channel or class),
+    /// e.g. after the recipient opted in again in writing. Only an event
+    /// attempted after the latest one seen suppresses it again.
+    Lift {
+        /// The number (E.164, as the provider sends it).
+        #[arg(long)]
+        phone: String,
+        /// Only this channel.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Only this class.
+        #[arg(long, value_enum)]
+        class: Option<SuppressionClass>,
+        /// Who lifts it and why; kept with the row.
+        #[arg(long)]
+        by: String,
+    },
+}
+
+/// A channel, as the tables name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    /// SMS.
+    Sms,
+    /// Ringless voicemail.
+    Rvm,
+}
+
+impl KindArg {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Rvm => "rvm",
+        }
+    }
+}
+
+/// A suppression class, as `suppressions.class` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SuppressionClass {
+    /// Reason `Opted out`.
+    #[value(name = "opted_out")]
+    OptedOut,
+    /// Reason `Known Litigator`.
+    Litigator,
+    /// Reason `Internal DNC`.
+    #[value(name = "internal_dnc")]
+    InternalDnc,
+    /// `"dnc": true`.
+    Dnc,
+    /// Reason `Prohibited by carrier or not SMS enabled`.
+    Carrier,
+}
+
+impl SuppressionClass {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OptedOut => "opted_out",
+            Self::Litigator => "litigator",
+            Self::InternalDnc => "internal_dnc",
+            Self::Dnc => "dnc",
+            Self::Carrier => "carrier",
+        }
+    }
 }
 
 /// `corral-worker dead-letters …`: messages RabbitMQ gave up delivering

@@ -38,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Quarantine(command) => {
             ops::quarantine_command(command, &config, &mut std::io::stdout()).await
         }
+        Command::Suppressions(command) => {
+            ops::suppressions_command(command, &config, &mut std::io::stdout()).await
+        }
     };
     result.inspect_err(|err| tracing::error!(error = format!("{err:#}"), "corral-worker failed"))
 }

@@ -6,12 +6,13 @@ use std::io::Write;
 
 use corral_shared::config::BufferKind;
 
+use super::suppressions::{Selection, lift_suppressions, list_suppressions};
 use super::{
     dead_letters::{ReplayOptions, list_dead_letters, replay_dead_letters},
     quarantine::{ReprocessOptions, Verdict, list_quarantined, reprocess_quarantined},
     sqs_dead_letters::{list_sqs_dead_letters, replay_sqs_dead_letters},
 };
-use crate::config::{DeadLetterCommand, QuarantineCommand, WorkerConfig};
+use crate::config::{DeadLetterCommand, QuarantineCommand, SuppressionCommand, WorkerConfig};
 
 /// The first `max` characters of a body, lossily decoded, on one line: what
 /// an operator needs to recognise a webhook in a listing.
@@ -190,5 +191,71 @@ pub async fn quarantine_command(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Runs `corral-worker suppressions …` and writes its report to `out`.
+pub async fn suppressions_command(
+    command: SuppressionCommand,
+    config: &WorkerConfig,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let (rows, verb) = match command {
+        SuppressionCommand::List {
+            phone,
+            kind,
+            class,
+            all,
+            limit,
+        } => {
+            let selection = Selection {
+                phone_number: phone,
+                kind: kind.map(|kind| kind.as_str().to_owned()),
+                class: class.map(|class| class.as_str().to_owned()),
+            };
+            (
+                list_suppressions(config, &selection, all, limit).await?,
+                "listed",
+            )
+        }
+        SuppressionCommand::Lift {
+            phone,
+            kind,
+            class,
+            by,
+        } => {
+            let selection = Selection {
+                phone_number: Some(phone),
+                kind: kind.map(|kind| kind.as_str().to_owned()),
+                class: class.map(|class| class.as_str().to_owned()),
+            };
+            (lift_suppressions(config, &selection, &by).await?, "lifted")
+        }
+    };
+    writeln!(
+        out,
+        "# phone_number\tkind\tclass\tactive\tfirst_seen\tlast_seen\treason\tlifted"
+    )?;
+    for row in &rows {
+        let lifted = match (&row.lifted_at, &row.lifted_by) {
+            (Some(at), Some(by)) => {
+                format!("{} by {}", at.to_rfc3339(), preview(by.as_bytes(), 80))
+            }
+            _ => "-".to_owned(),
+        };
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            row.phone_number,
+            row.kind,
+            row.class,
+            if row.active { "yes" } else { "no" },
+            row.first_seen.to_rfc3339(),
+            row.last_seen.to_rfc3339(),
+            row.reason.as_deref().unwrap_or("-"),
+            lifted,
+        )?;
+    }
+    writeln!(out, "# {verb} {} suppression(s)", rows.len())?;
     Ok(())
 }

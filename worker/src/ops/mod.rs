@@ -10,6 +10,7 @@
 //! - [`sqs_dead_letters`]: the same with `CORRAL_BUFFER=sqs`, on the
 //!   dead-letter queue of the SQS queue's redrive policy.
 //! - [`quarantine`]: listing and re-typing `quarantined_webhooks`.
+//! - [`suppressions`]: listing and lifting `suppressions`.
 //! - [`commands`]: the commands as `corral-worker` runs them, and their reports.
 
 pub mod commands;
@@ -17,13 +18,14 @@ mod dead_letter_session;
 pub mod dead_letters;
 pub mod quarantine;
 pub mod sqs_dead_letters;
+pub mod suppressions;
 
 use corral_shared::{
     amqp::{AmqpError, PublishOutcomeError},
     error_chain,
 };
 
-pub use commands::{dead_letters_command, preview, quarantine_command};
+pub use commands::{dead_letters_command, preview, quarantine_command, suppressions_command};
 pub use dead_letters::{
     DeadLetter, DeadLetterReport, LetterWebhook, ReplayOptions, list_dead_letters,
     replay_dead_letters,
@@ -127,6 +129,9 @@ pub enum OpsError {
         /// Messages replayed (sent and removed) before this one.
         replayed: usize,
     },
+    /// The command cannot do what was asked, as given.
+    #[error("{0}")]
+    Usage(String),
     /// A database operation failed; the transaction was rolled back.
     #[error("{context}")]
     Database {

@@ -168,7 +168,7 @@ impl ReprocessReport {
     }
 }
 
-fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
+pub(super) fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
     config
         .database()
         .and_then(|target| db::pool(&target, 1))
@@ -178,7 +178,7 @@ fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
         })
 }
 
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, OpsError> {
+pub(super) async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, OpsError> {
     pool.get().await.map_err(|err| OpsError::Database {
         context: "connecting to PostgreSQL",
         source: err.into(),

@@ -27,6 +27,8 @@
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
+//! - `suppressions`: Numbers not to message again, from every class of
+//!   payload, exactly once and whatever the arrival order; lifting one.
 //! - `standby`: A synchronous standby away: nothing acknowledged until it has
 //!   the batch.
 //! - `tls`: Verified TLS to PostgreSQL.
@@ -41,5 +43,6 @@ mod outages;
 mod quarantine;
 mod shutdown;
 mod standby;
+mod suppressions;
 mod tls;
 mod typing;
