@@ -151,6 +151,20 @@ async fn every_suppressing_class_comes_from_a_real_payload_and_other_reasons_sup
     .await;
     let client = db.client().await;
     wait_count(&client, EVENTS, cases.len() as i64).await;
+    // Counted once each (the resend is a duplicate), an undocumented reason as `other`.
+    let metrics = settled(&worker, DUPLICATE, 1.0).await;
+    let deliveries = |kind: &str, status: &str, reason: &str| {
+        metrics.get(&format!(
+            r#"corral_worker_deliveries_total{{kind="{kind}",status="{status}",reason="{reason}"}}"#
+        ))
+    };
+    assert_eq!(deliveries("sms", "failure", "Opted out"), 2.0);
+    assert_eq!(deliveries("sms", "failure", "No Funds"), 1.0);
+    assert_eq!(deliveries("sms", "failure", "other"), 1.0);
+    assert_eq!(deliveries("sms", "success", "none"), 1.0);
+    assert_eq!(deliveries("rvm", "success", "none"), 1.0);
+    assert_eq!(deliveries("rvm", "failure", "Internal DNC"), 1.0);
+    assert_eq!(deliveries("rvm", "failure", "Opted out"), 0.0);
 
     let seen = ("2026-11-27T05:24:31Z", "2026-11-27T05:24:31Z");
     assert_eq!(
