@@ -27,13 +27,16 @@
 #      the IAM roles) linted by cfn-lint; check_deploy.py checks that the
 #      plain policies in deploy/aws/iam grant the same, and that the roles
 #      allow every SQS call the code makes.
-#   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml and
+#   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml,
+#      its unit tests (`promtool test rules` on alerts.test.yaml: the alerts
+#      fire on their metrics and stay silent under their thresholds) and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a
 #      runbook heading in docs/operations.md.
 #   3. Compose: the compose-spec schema, and every service, file and host it
 #      references exists.
-#   4. Grafana: the dashboard parses and shows what it must.
+#   4. Grafana: the dashboards parse and show what they must, each is
+#      provisioned in compose and Kubernetes, their data sources exist.
 #   5. Dockerfile: builds the workspace's two binaries, like the README.
 #
 # The metric names in the dashboard and the alerts are checked against the
@@ -117,8 +120,9 @@ if [ "${1:-}" = "--write" ]; then
   "$PY" deploy/tools/prometheusrule.py --write
 fi
 
-step "Prometheus: alerts.yaml, its PrometheusRule, the compose Prometheus"
+step "Prometheus: alerts.yaml, its unit tests, its PrometheusRule, the compose Prometheus"
 "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
+"$PROMTOOL" test rules deploy/prometheus/alerts.test.yaml
 "$PY" deploy/tools/prometheusrule.py --check
 echo "deploy/k8s/base/prometheusrule.yaml is in sync with deploy/prometheus/alerts.yaml"
 # promtool reads rule_files from the container's path; point it at ours.

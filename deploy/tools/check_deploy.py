@@ -953,33 +953,111 @@ def compose() -> None:
     nginx = (directory / "nginx.conf").read_text()
     for host in re.findall(r"^\s*server\s+([\w.-]+):\d+", nginx, re.M):
         check(host in services, f"nginx upstream {host} is a service")
-    datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
-    for ds in datasources["datasources"]:
-        host = urllib.parse.urlparse(ds["url"]).hostname
+    postgres_owner = services.get("postgres", {}).get("environment", {}).get("POSTGRES_USER")
+    for ds in grafana_datasources():
+        # PostgreSQL's is host:port, without a scheme.
+        url = ds["url"] if "://" in ds["url"] else f"//{ds['url']}"
+        host = urllib.parse.urlparse(url).hostname
         check(host in services, f"Grafana datasource {ds['name']} points at service {host}")
+        if ds["type"] == "grafana-postgresql-datasource":
+            # Grafana runs whatever SQL a dashboard editor types.
+            check(
+                ds.get("user") not in (None, postgres_owner),
+                f"Grafana datasource {ds['name']} logs in as a read-only role, not the owner {postgres_owner}",
+                str(ds.get("user")),
+            )
+    grafana_mounts = " ".join(m if isinstance(m, str) else m.get("source", "") for m in services.get("grafana", {}).get("volumes", []))
+    for path in sorted((DEPLOY / "grafana").glob("*.json")):
+        check(f"../grafana/{path.name}:" in grafana_mounts, f"grafana: mounts the dashboard {path.name}")
     plugins = (directory / "rabbitmq/enabled_plugins").read_text()
     check("rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins, "RabbitMQ management and Prometheus plugins enabled")
 
 
+# What each dashboard must show: metric names in its PromQL, table names in
+# its SQL.
+DASHBOARD_METRICS = {
+    "corral.json": (
+        "corral_ingress_requests_total", "corral_ingress_rejected_total", "corral_ingress_publish_failures_total",
+        "rabbitmq_detailed_queue_messages_ready", "corral_worker_messages_total", "corral_worker_batch_size",
+        "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected",
+        # The spool: what goes in and why, what fails, what waits, how it batches.
+        "corral_ingress_spooled_total", "corral_ingress_spool_failures_total", "corral_worker_spool_depth",
+        "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected",
+        # SQS (CORRAL_BUFFER=sqs): the queues' depth, the lag, the billed requests.
+        "corral_worker_sqs_queue_messages", "corral_worker_sqs_oldest_received_seconds", "corral_sqs_requests_total",
+    ),
+    "deliveries.json": (
+        # What the corral-deliveries alerts watch.
+        "corral_worker_deliveries_total", "corral_worker_result_events_pending",
+        "corral_worker_result_events_oldest_seconds", "corral_worker_result_events_published_total",
+    ),
+}
+DASHBOARD_TABLES = {
+    "deliveries.json": ("delivery_summary", "delivery_summary_changes", "suppressions"),
+}
+
+
+def grafana_datasources() -> list[dict]:
+    """The data sources the compose stack provisions."""
+    found = []
+    for path in sorted((DEPLOY / "grafana/provisioning/datasources").glob("*.yaml")):
+        found += yaml.safe_load(path.read_text())["datasources"]
+    return found
+
+
 def grafana() -> None:
     print("grafana")
-    for path in sorted((DEPLOY / "grafana").glob("*.json")):
+    kustomization = yaml.safe_load((DEPLOY / "grafana/kustomization.yaml").read_text())
+    in_configmaps = {f for g in kustomization.get("configMapGenerator", []) for f in g.get("files", [])}
+    provisioned_types = {ds["type"] for ds in grafana_datasources()}
+    dashboards = sorted((DEPLOY / "grafana").glob("*.json"))
+    check({p.name for p in dashboards} == set(DASHBOARD_METRICS), "every dashboard in deploy/grafana is known to this check",
+          str(sorted(p.name for p in dashboards)))
+    for path in dashboards:
         dashboard = json.loads(path.read_text())
         check(bool(dashboard.get("uid")) and bool(dashboard.get("title")), f"{path.name}: has a uid and a title")
+        check(path.name in in_configmaps, f"{path.name}: in a ConfigMap of deploy/grafana/kustomization.yaml")
         panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
         check(all(p.get("targets") for p in panels), f"{path.name}: every panel has a query")
         ids = [p["id"] for p in dashboard["panels"]]
         check(len(ids) == len(set(ids)), f"{path.name}: panel ids are unique")
-        exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
-        for needed in ("corral_ingress_requests_total", "corral_ingress_rejected_total", "corral_ingress_publish_failures_total",
-                       "rabbitmq_detailed_queue_messages_ready", "corral_worker_messages_total", "corral_worker_batch_size",
-                       "corral_worker_end_to_end_seconds", "corral_broker_connected", "corral_database_connected",
-                       # The spool: what goes in and why, what fails, what waits, how it batches.
-                       "corral_ingress_spooled_total", "corral_ingress_spool_failures_total", "corral_worker_spool_depth",
-                       "corral_worker_spool_oldest_seconds", "corral_ingress_spool_batch_size", "corral_ingress_spool_connected",
-                       # SQS (CORRAL_BUFFER=sqs): the queues' depth, the lag, the billed requests.
-                       "corral_worker_sqs_queue_messages", "corral_worker_sqs_oldest_received_seconds", "corral_sqs_requests_total"):
+        variables = {v["name"]: v["query"] for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "datasource"}
+        for variable, plugin in variables.items():
+            check(plugin in provisioned_types, f"{path.name}: the compose stack provisions a {plugin} data source for ${{{variable}}}")
+        targets = [t for p in panels for t in p.get("targets", [])]
+        # Each query on a data source variable of its own type, so that one
+        # dashboard works on any Grafana that has the two kinds of source.
+        misplaced = []
+        for panel in panels:
+            for target in panel.get("targets", []):
+                source = target.get("datasource") or panel.get("datasource") or {}
+                uid = source.get("uid", "")
+                query = "expr" if source.get("type") == "prometheus" else "rawSql"
+                if not (uid.startswith("${") and variables.get(uid[2:-1]) == source.get("type") and target.get(query)):
+                    misplaced.append(f"panel {panel['id']} {target.get('refId')}")
+        check(not misplaced, f"{path.name}: every query is on a data source variable of its type", ", ".join(misplaced))
+        exprs = " ".join(t.get("expr", "") for t in targets)
+        for needed in DASHBOARD_METRICS.get(path.name, ()):
             check(needed in exprs, f"{path.name}: shows {needed}")
+        sqls = [t["rawSql"] for t in targets if "rawSql" in t]
+        for table in DASHBOARD_TABLES.get(path.name, ()):
+            check(any(re.search(rf"\b{table}\b", q) for q in sqls), f"{path.name}: reads {table}")
+        for q in sqls:
+            # The exact totals are the two tables added together; either
+            # alone misses what the worker has not folded yet.
+            if re.search(r"\bdelivery_summary(_changes)?\b", q):
+                check(
+                    re.search(r"\bdelivery_summary\b", q) and "delivery_summary_changes" in q and "UNION ALL" in q,
+                    f"{path.name}: SQL reads delivery_summary and delivery_summary_changes together (UNION ALL)",
+                    q.splitlines()[0],
+                )
+        if sqls:
+            # Exactness against a live rate: a reader must know which.
+            for panel in panels:
+                check(
+                    re.search(r"\bSource: (Prometheus|PostgreSQL)\b", panel.get("description", "")) is not None,
+                    f"{path.name}: panel {panel['id']} ({panel['title']}) says its source in its description",
+                )
 
 
 # ---------------------------------------------------------------------------

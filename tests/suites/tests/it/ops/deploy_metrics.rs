@@ -1,4 +1,4 @@
-//! deploy/: every corral_* metric the dashboard and the alerts name exists
+//! deploy/: every corral_* metric the dashboards and the alerts name exists
 //! (exported by ingress, or by a worker on RabbitMQ or on SQS).
 
 use std::{
@@ -149,6 +149,7 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
         "corral_worker_messages_total",
         "corral_worker_end_to_end_seconds_bucket",
         "corral_ready",
+        "corral_worker_deliveries_total",
     ] {
         assert!(
             named.contains_key(expected),
@@ -169,7 +170,11 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     spooling.spool_database_url = Some(spool.url.clone());
     let spooling = RunningIngress::start_unready(spooling).await;
     spooling.wait_ready(true).await;
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    // With result events, whose relay series (corral_worker_result_events_*)
+    // exist only when CORRAL_RESULT_EVENTS=true.
+    let mut worker_config = config::worker(&db.url, broker.prefix());
+    worker_config.result_events = true;
+    let worker = RunningWorker::start(worker_config).await;
     assert_eq!(
         ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),
         200
