@@ -10,11 +10,12 @@
 //! two tables added together, which is what [`report`] reads.
 //!
 //! The roll-up moves rows (DELETE … RETURNING, then upsert, in one
-//! transaction) rather than reading past a watermark on a timestamp: a
-//! batch's rows carry its transaction's start time, and transactions commit
-//! out of order, so a row stamped before the watermark can become visible
-//! after the roll-up passed it, and would never be counted. A DELETE sees
-//! exactly the committed rows, and a deleted row cannot be moved again.
+//! transaction) rather than reading events past a watermark on a timestamp
+//! such as `delivery_events.stored_at`: that is its transaction's start time
+//! (`now()`), and transactions commit out of order, so a row stamped before
+//! the watermark can become visible after the roll-up passed it, and would
+//! never be counted. A DELETE sees exactly the committed rows, and a deleted
+//! row cannot be moved again.
 
 pub mod report;
 
@@ -32,35 +33,46 @@ const ROLL_UP: &str = include_str!("roll_up.sql");
 /// roll-ups at once would only wait on each other's rows.
 pub const ROLL_UP_LOCK: i64 = 0x636f_7272_616c_5355; // "corralSU"
 
+/// Change rows one roll-up transaction moves at most.
+pub const ROLL_UP_CHUNK: i64 = 20_000;
+
 /// What one roll-up did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RolledUp {
     /// Rows of `delivery_summary_changes` moved.
     pub changes: i64,
-    /// Rows of `delivery_summary` inserted or added to.
+    /// Rows of `delivery_summary` inserted or added to, counted once per
+    /// transaction that wrote them.
     pub rows: i64,
 }
 
 /// Folds the committed rows of `delivery_summary_changes` into
-/// `delivery_summary`, in one transaction. `None` when another session holds
-/// the roll-up lock (its round does the work).
+/// `delivery_summary`, at most `chunk` of them per transaction, until a
+/// transaction finds fewer. `None` when another session holds the roll-up
+/// lock (its round does the work).
 pub async fn roll_up(
     client: &mut tokio_postgres::Client,
+    chunk: i64,
 ) -> Result<Option<RolledUp>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLL_UP_LOCK])
-        .await?
-        .get(0);
-    if !locked {
-        return Ok(None);
+    let mut total = RolledUp::default();
+    loop {
+        let tx = client.transaction().await?;
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLL_UP_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            return Ok((total.changes > 0).then_some(total));
+        }
+        let row = tx.query_one(ROLL_UP, &[&chunk]).await?;
+        tx.commit().await?;
+        let changes: i64 = row.get("changes");
+        total.changes += changes;
+        total.rows += row.get::<_, i64>("rows");
+        if changes < chunk {
+            return Ok(Some(total));
+        }
     }
-    let row = tx.query_one(ROLL_UP, &[]).await?;
-    tx.commit().await?;
-    Ok(Some(RolledUp {
-        changes: row.get("changes"),
-        rows: row.get("rows"),
-    }))
 }
 
 /// Rolls the summary up every `every` until `shutdown` (a round in progress
@@ -81,7 +93,9 @@ pub async fn roll_up_every(
         }
         let round = async {
             let mut client = pool.get().await.map_err(|err| error_chain(&err))?;
-            roll_up(&mut client).await.map_err(|err| error_chain(&err))
+            roll_up(&mut client, ROLL_UP_CHUNK)
+                .await
+                .map_err(|err| error_chain(&err))
         };
         match tokio::time::timeout(timeout, round).await {
             Ok(Ok(Some(done))) => {

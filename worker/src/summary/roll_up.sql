@@ -4,8 +4,12 @@
 -- is counted exactly once. Rows committed after this statement's snapshot
 -- stay for the next round. Sorted by the key the upsert locks, so it cannot
 -- deadlock with anything updating the same rows in the same order.
+-- At most $1 change rows at a time, so a backlog (after roll-ups failed for
+-- a while) is folded in transactions of bounded size and time. The rows are
+-- only ever inserted and deleted, so their ctid is a stable name for them.
 WITH moved AS (
     DELETE FROM delivery_summary_changes
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM delivery_summary_changes LIMIT $1))
     RETURNING hour, kind, status, reason, events, product_cost, compliance_fee, tts_fee
 ),
 folded AS (

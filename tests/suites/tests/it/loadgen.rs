@@ -192,7 +192,7 @@ async fn verified_run(pipeline: Pipeline) {
         .get(0);
     assert_eq!(costs, 3, "SMS of 1, 2 and 3 parts");
     let mut rolling = db.client().await;
-    corral_worker::summary::roll_up(&mut rolling)
+    corral_worker::summary::roll_up(&mut rolling, corral_worker::summary::ROLL_UP_CHUNK)
         .await
         .expect("rolling up")
         .expect("no worker is left to hold the lock");

@@ -214,7 +214,9 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     // the same.
     let before = summary_totals(&client).await;
     assert_eq!(before, event_totals(&client).await);
-    let rolled = summary::roll_up(&mut db.client().await).await.unwrap();
+    let rolled = summary::roll_up(&mut db.client().await, summary::ROLL_UP_CHUNK)
+        .await
+        .unwrap();
     let rolled = rolled.expect("no other roll-up holds the lock");
     assert!(rolled.changes > 0, "{rolled:?}");
     assert_eq!(

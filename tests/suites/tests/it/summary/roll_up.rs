@@ -1,8 +1,8 @@
 //! The roll-up moves every change into `delivery_summary` exactly once: the
 //! worker does it on its own every `CORRAL_SUMMARY_ROLLUP_MS`, a change
 //! committed late (by a transaction older than a finished roll-up) is
-//! not skipped, and roll-ups racing each other and the writers move each
-//! change once.
+//! not skipped, and roll-ups racing each other and the writers, each in
+//! several transactions, move each change once.
 
 use std::sync::{
     Arc,
@@ -33,7 +33,7 @@ async fn change(client: &impl GenericClient, hour: &str, reason: &str, cost: &st
 }
 
 async fn roll_up(client: &mut Client) -> RolledUp {
-    summary::roll_up(client)
+    summary::roll_up(client, summary::ROLL_UP_CHUNK)
         .await
         .unwrap()
         .expect("no other roll-up holds the lock")
@@ -102,6 +102,8 @@ async fn a_change_committed_late_is_rolled_up_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_roll_ups_move_each_change_once() {
     const CHANGES: i64 = 300;
+    // Small, so a roll-up takes several transactions.
+    const CHUNK: i64 = 7;
     let db = TestDatabase::migrated().await;
     const HOURS: [&str; 2] = ["2026-11-27T05:00:00Z", "2026-11-27T06:00:00Z"];
     const REASONS: [&str; 3] = ["Invalid message", "Opted out", "Carrier said no"];
@@ -129,7 +131,7 @@ async fn racing_roll_ups_move_each_change_once() {
             let mut moved = 0;
             loop {
                 let last = written.load(Ordering::SeqCst);
-                if let Some(done) = summary::roll_up(&mut client).await.unwrap() {
+                if let Some(done) = summary::roll_up(&mut client, CHUNK).await.unwrap() {
                     moved += done.changes;
                 }
                 if last {
