@@ -31,6 +31,9 @@ pub enum Command {
     /// Inspect and re-process quarantined webhooks (`quarantined_webhooks`).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Show outcomes and spend per kind, status and reason over whole hours
+    /// of attempt_date (UTC), from the hourly summary (exact sums).
+    Report(ReportArgs),
     /// List and lift the numbers not to message again (`suppressions`).
     #[command(subcommand)]
     Suppressions(SuppressionCommand),
@@ -126,6 +129,27 @@ impl SuppressionClass {
             Self::Carrier => "carrier",
         }
     }
+}
+
+/// `corral-worker report`: the hourly summary (`delivery_summary` and the
+/// changes not yet rolled into it) over a window.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Start of the window: a duration before now (`24h`, `7d`, `90min`) or
+    /// an RFC 3339 instant (`2026-11-27T00:00:00Z`). The hour it falls in is
+    /// included whole.
+    #[arg(long, default_value = "24h", value_parser = crate::summary::report::parse_moment)]
+    pub since: crate::summary::report::Moment,
+    /// End of the window, excluded: a duration before now or an RFC 3339
+    /// instant; now when omitted. The hour it falls in is included whole.
+    #[arg(long, value_parser = crate::summary::report::parse_moment)]
+    pub until: Option<crate::summary::report::Moment>,
+    /// Print one JSON object (the window and the rows, money as strings).
+    #[arg(long)]
+    pub json: bool,
+    /// One line per hour, kind, status and reason (the hour first).
+    #[arg(long)]
+    pub by_hour: bool,
 }
 
 /// `corral-worker dead-letters …`: messages RabbitMQ gave up delivering
@@ -304,6 +328,13 @@ pub struct WorkerConfig {
           action = clap::ArgAction::Set, global = true)]
     pub result_events: bool,
 
+    /// How often the worker folds the summary's changes
+    /// (`delivery_summary_changes`) into `delivery_summary`, in milliseconds;
+    /// one worker at a time does it.
+    #[arg(long, env = "CORRAL_SUMMARY_ROLLUP_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub summary_rollup_ms: u64,
+
     #[command(flatten)]
     pub buffer: BufferSettings,
 
@@ -400,6 +431,11 @@ impl WorkerConfig {
     /// Batch linger.
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
+    }
+
+    /// Summary roll-up interval.
+    pub fn summary_rollup(&self) -> Duration {
+        Duration::from_millis(self.summary_rollup_ms)
     }
 
     /// Shutdown bound.

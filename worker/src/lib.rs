@@ -16,6 +16,8 @@
 //! - [`spool`]: draining the webhooks ingress spooled into PostgreSQL when
 //!   the broker could not take them, with or without the broker.
 //! - [`ops`]: the operator commands (dead letters, quarantine).
+//! - [`summary`]: the hourly outcome and spend summary's roll-up, and
+//!   `corral-worker report`.
 //! - [`Application`]: admin listener, migrations, consumer, graceful drain.
 
 pub mod config;
@@ -25,6 +27,7 @@ pub mod ops;
 pub mod source;
 pub mod spool;
 pub mod store;
+pub mod summary;
 
 use std::time::Duration;
 
@@ -182,9 +185,16 @@ impl Application {
                     }
                 }
             };
+            let rolling_up = summary::roll_up_every(
+                config.summary_rollup(),
+                config.db_timeout() * 3,
+                pool.clone(),
+                shutdown.clone(),
+            );
             tokio::join!(
                 consuming,
                 spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
+                rolling_up,
             );
             watchdog.abort();
         }

@@ -3,7 +3,7 @@ use corral_shared::{shutdown, telemetry};
 use corral_worker::{
     Application,
     config::{Cli, Command},
-    db, ops,
+    db, ops, summary,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Suppressions(command) => {
             ops::suppressions_command(command, &config, &mut std::io::stdout()).await
+        }
+        Command::Report(args) => {
+            summary::report::report_command(args, &config, &mut std::io::stdout()).await
         }
     };
     result.inspect_err(|err| tracing::error!(error = format!("{err:#}"), "corral-worker failed"))

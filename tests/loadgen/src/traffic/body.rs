@@ -23,6 +23,9 @@ pub(super) struct BodyFields<'a> {
     pub(super) reason: &'static str,
     pub(super) network: (&'static str, &'static str),
     pub(super) tts: bool,
+    /// SMS parts the message took (1 to 3): a delivered SMS costs
+    /// 0.099 a part, so spend varies from event to event.
+    pub(super) segments: u8,
     pub(super) foreign_id: Option<&'a str>,
 }
 
@@ -31,10 +34,12 @@ pub(super) struct BodyFields<'a> {
 /// the documented reasons), so it is written without an escaping pass.
 pub(super) fn body(fields: &BodyFields<'_>) -> Bytes {
     let success = fields.reason.is_empty();
-    let product_cost = match (success, fields.kind) {
-        (false, _) => "0",
-        (true, Kind::Sms) => "0.099",
-        (true, Kind::Rvm) => "0.045",
+    let product_cost = match (success, fields.kind, fields.segments) {
+        (false, _, _) => "0",
+        (true, Kind::Sms, 1) => "0.099",
+        (true, Kind::Sms, 2) => "0.198",
+        (true, Kind::Sms, _) => "0.297",
+        (true, Kind::Rvm, _) => "0.045",
     };
     let tts_fee = if fields.tts && success { "0.0125" } else { "0" };
     let mut out = String::with_capacity(420);

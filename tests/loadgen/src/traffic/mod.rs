@@ -249,6 +249,9 @@ impl Traffic {
         let foreign_id = (rng.random::<f64>() >= self.mix.without_foreign_id)
             .then(|| format!("lg-{}-order-{index}", self.run_id));
         let tts = kind == Kind::Rvm && rng.random::<f64>() < 0.3;
+        // From the index, not the generator, so every other choice stays
+        // what it was for the same seed.
+        let segments = u8::try_from(index % 3).unwrap_or(0) + 1;
         let attempt =
             self.epoch + TimeDelta::milliseconds(i64::try_from(index).unwrap_or(i64::MAX / 2));
         let reason = |rng: &mut SmallRng| {
@@ -267,6 +270,7 @@ impl Traffic {
                 reason,
                 network,
                 tts,
+                segments,
                 foreign_id: foreign_id.as_deref(),
             });
             Webhook {

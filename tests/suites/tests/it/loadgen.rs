@@ -18,6 +18,8 @@ use corral_testkit::{
     sqs::TestQueue,
 };
 
+use crate::summary::{event_totals, summary_totals};
+
 /// The buffer a pipeline runs on, deleted when dropped.
 enum Buffer {
     RabbitMq(Box<TestBroker>),
@@ -40,7 +42,7 @@ impl Pipeline {
 
     async fn on(buffer: Buffer) -> Self {
         let db = TestDatabase::new().await;
-        let (ingress, worker) = match &buffer {
+        let (ingress, mut worker) = match &buffer {
             Buffer::RabbitMq(broker) => (
                 config::ingress(broker.prefix(), TOKEN),
                 config::worker(&db.url, broker.prefix()),
@@ -50,6 +52,10 @@ impl Pipeline {
                 config::worker_sqs(&db.url, queue),
             ),
         };
+        // Everything the worker keeps beside the events on, the summary
+        // rolled up while the run goes on.
+        worker.result_events = true;
+        worker.summary_rollup_ms = 200;
         let ingress = RunningIngress::start(ingress).await;
         let worker = RunningWorker::start(worker).await;
         Self {
@@ -83,8 +89,9 @@ async fn a_verified_run_over_sqs_loses_and_duplicates_nothing() {
 }
 
 /// 3,000 webhooks with resends and reorders through `pipeline`: each
-/// answered 200 is one row, `deliveries` shows the newer of each pair, and
-/// the traffic covered both routes and every reason.
+/// answered 200 is one row, `deliveries` shows the newer of each pair, the
+/// hourly summary's counts and sums are exactly those of the stored events,
+/// and the traffic covered both routes and every reason.
 async fn verified_run(pipeline: Pipeline) {
     let mut config = Config::new(pipeline.target(), TOKEN);
     config.load = Load::Closed { connections: 16 };
@@ -166,6 +173,36 @@ async fn verified_run(pipeline: Pipeline) {
             newer.drop_id
         );
     }
+
+    // The summary (rolled up or not) holds exactly the stored events' counts
+    // and sums per hour, kind, status and reason; and still does once all
+    // of it is rolled up.
+    let summary = summary_totals(&client).await;
+    assert_eq!(summary, event_totals(&client).await);
+    // Spend varied from event to event, so the sums are not a count times
+    // a constant.
+    let costs: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT product_cost) FROM delivery_events \
+             WHERE kind = 'sms' AND status = 'success'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(costs, 3, "SMS of 1, 2 and 3 parts");
+    let mut rolling = db.client().await;
+    corral_worker::summary::roll_up(&mut rolling, corral_worker::summary::ROLL_UP_CHUNK)
+        .await
+        .expect("rolling up")
+        .expect("no worker is left to hold the lock");
+    assert_eq!(summary_totals(&client).await, summary);
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM delivery_summary_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 
     // The traffic was realistic: both routes, success, every failure reason.
     let kinds: BTreeSet<String> = client

@@ -15,6 +15,8 @@
 //! - `ops`: the operator commands (dead-letter replay, quarantine
 //!   re-processing).
 //! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
+//! - `summary`: the hourly outcome and spend summary: `corral-worker
+//!   report` and the roll-up.
 //! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
 //!   server.
 
@@ -26,4 +28,5 @@ mod ops;
 mod smoke;
 mod spool;
 mod sqs;
+mod summary;
 mod worker;
