@@ -40,7 +40,7 @@ pub struct DeliveryResult {
     pub phone_number: Option<String>,
     /// The provider's status (`success`, `failure`, or whatever it sent).
     pub status: String,
-    /// The provider's failure reason, `None` when it gave none.
+    /// The provider's failure reason, `None` when it gave none (absent or empty).
     pub reason: Option<String>,
     /// The provider's `dnc` flag, `None` when absent.
     pub dnc: Option<bool>,

@@ -4,7 +4,7 @@
 -- the crash) of a round that did not get them all confirmed.
 SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.id AS event_id, e.message_id, e.kind, e.drop_id, e.foreign_id, e.phone_number,
-       e.status, e.reason, e.dnc, e.spam,
+       e.status, NULLIF(e.reason, '') AS reason, e.dnc, e.spam,
        e.product_cost::text AS product_cost,
        e.compliance_fee::text AS compliance_fee,
        e.tts_fee::text AS tts_fee,

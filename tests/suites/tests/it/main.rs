@@ -15,6 +15,8 @@
 //! - `ops`: the operator commands (dead-letter replay, quarantine
 //!   re-processing).
 //! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
+//! - `results`: result events (`CORRAL_RESULT_EVENTS`) as a customer's
+//!   service bound to `<prefix>.delivery-results` receives them.
 //! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
 //!   server.
 
@@ -23,6 +25,7 @@ mod e2e;
 mod ingress;
 mod loadgen;
 mod ops;
+mod results;
 mod smoke;
 mod spool;
 mod sqs;

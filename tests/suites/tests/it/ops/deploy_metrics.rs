@@ -169,7 +169,10 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     spooling.spool_database_url = Some(spool.url.clone());
     let spooling = RunningIngress::start_unready(spooling).await;
     spooling.wait_ready(true).await;
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    // Result events on: their series exist only then.
+    let mut worker_config = config::worker(&db.url, broker.prefix());
+    worker_config.result_events = true;
+    let worker = RunningWorker::start(worker_config).await;
     assert_eq!(
         ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),
         200

@@ -76,7 +76,7 @@ pub(crate) fn now_micros() -> DateTime<Utc> {
 }
 
 /// Publishes `body` as ingress would (message id, `x-received-at`, persistent).
-pub(super) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRef<[u8]>) -> Sent {
+pub(crate) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRef<[u8]>) -> Sent {
     let id = Uuid::now_v7();
     let received_at = now_micros();
     let body = body.as_ref().to_vec();
