@@ -30,6 +30,8 @@
 //! - `sqs` (feature `sqs`): Amazon SQS as the buffer (`CORRAL_BUFFER=sqs`):
 //!   the client both binaries make, the check of the queue, and the message
 //!   attributes between them.
+//! - [`results`]: the result event the worker publishes for each newly
+//!   stored webhook, the contract with the customer's own services.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
 //!   readiness state behind it.
 
@@ -43,6 +45,7 @@ pub mod json;
 pub mod payload;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod results;
 pub mod retry;
 pub mod shutdown;
 #[cfg(feature = "sqs")]

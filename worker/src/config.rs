@@ -322,8 +322,10 @@ pub struct WorkerConfig {
     /// Publish a typed result event for every newly stored webhook to the
     /// fan-out exchange `<CORRAL_AMQP_PREFIX>.delivery-results` (with
     /// confirms, through an outbox written in the batch's transaction, so a
-    /// crash never drops one). Off by default; every worker of a deployment
-    /// must agree.
+    /// crash never drops one; at least once, deduplicated by its `id`). Off
+    /// by default; every worker of a deployment must agree. Needs RabbitMQ
+    /// (CORRAL_RESULTS_AMQP_URL, else CORRAL_AMQP_URL) also with
+    /// CORRAL_BUFFER=sqs: a deployment without RabbitMQ leaves it off.
     #[arg(long, env = "CORRAL_RESULT_EVENTS", default_value_t = false,
           action = clap::ArgAction::Set, global = true)]
     pub result_events: bool,
@@ -334,6 +336,16 @@ pub struct WorkerConfig {
     #[arg(long, env = "CORRAL_SUMMARY_ROLLUP_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
     pub summary_rollup_ms: u64,
+    /// AMQP URI of the broker result events go to, when not the one of
+    /// CORRAL_AMQP_URL (which is the default); CORRAL_AMQP_CA_FILE, the
+    /// prefix, heartbeat and timeouts of CORRAL_AMQP_* apply to it too.
+    #[arg(
+        long,
+        env = "CORRAL_RESULTS_AMQP_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub results_amqp_url: Option<String>,
 
     #[command(flatten)]
     pub buffer: BufferSettings,
@@ -375,6 +387,18 @@ pub enum ConfigError {
     /// An SQS setting is missing or malformed.
     #[error(transparent)]
     Sqs(#[from] corral_shared::sqs::SettingsError),
+    /// Result events are on, but their broker's settings do not work.
+    #[error(
+        "CORRAL_RESULT_EVENTS=true publishes to RabbitMQ ({setting}), also with \
+         CORRAL_BUFFER=sqs; without RabbitMQ, leave it off"
+    )]
+    ResultsBroker {
+        /// The URL setting in use.
+        setting: &'static str,
+        /// What is wrong.
+        #[source]
+        source: corral_shared::amqp::AmqpError,
+    },
 }
 
 impl WorkerConfig {
@@ -388,6 +412,15 @@ impl WorkerConfig {
         }
         if self.buffer.kind == BufferKind::Sqs {
             corral_shared::sqs::check_settings(&self.buffer)?;
+        }
+        if self.result_events {
+            let setting = if self.results_amqp_url.is_some() {
+                "CORRAL_RESULTS_AMQP_URL"
+            } else {
+                "CORRAL_AMQP_URL"
+            };
+            corral_shared::amqp::check_settings(&self.results_amqp())
+                .map_err(|source| ConfigError::ResultsBroker { setting, source })?;
         }
         if self.db_writers > self.db_pool_size {
             return Err(ConfigError::WritersAbovePool {
@@ -421,6 +454,16 @@ impl WorkerConfig {
             self.database_ca_file.as_deref(),
             self.db_timeout(),
         )
+    }
+
+    /// The broker result events go to: CORRAL_AMQP_* with
+    /// CORRAL_RESULTS_AMQP_URL, when set, as the URL.
+    pub fn results_amqp(&self) -> AmqpSettings {
+        let mut settings = self.amqp.clone();
+        if let Some(url) = &self.results_amqp_url {
+            settings.url.clone_from(url);
+        }
+        settings
     }
 
     /// Per-wait database deadline.

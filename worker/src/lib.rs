@@ -15,6 +15,8 @@
 //! - [`consume`]: batches off the source, acked only after commit; reconnects.
 //! - [`spool`]: draining the webhooks ingress spooled into PostgreSQL when
 //!   the broker could not take them, with or without the broker.
+//! - [`results`]: relaying the result-event outbox to the customer's
+//!   services (`CORRAL_RESULT_EVENTS`).
 //! - [`ops`]: the operator commands (dead letters, quarantine).
 //! - [`summary`]: the hourly outcome and spend summary's roll-up, and
 //!   `corral-worker report`.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod consume;
 pub mod db;
 pub mod ops;
+pub mod results;
 pub mod source;
 pub mod spool;
 pub mod store;
@@ -83,6 +86,9 @@ impl Application {
         if sqs.is_some() {
             metrics::register_sqs_worker();
         }
+        if config.result_events {
+            metrics::register_result_events();
+        }
         let database = config.database()?;
         let pool = db::pool(&database, config.db_pool_size)?;
         if database.uses_tls() {
@@ -141,11 +147,24 @@ impl Application {
                 health.clone(),
                 shutdown.clone(),
             ));
+            // The relay's wake is poked by both write paths.
+            let wake = if config.result_events {
+                results::Wake::new()
+            } else {
+                results::Wake::default()
+            };
+            let relay = config.result_events.then(|| results::RelaySettings {
+                amqp: config.results_amqp(),
+                batch_max: config.batch_max as usize,
+                timeout: config.db_timeout() * 3,
+                retry_max: Duration::from_millis(config.db_retry_max_ms),
+            });
             let settings = ConsumerSettings {
                 amqp: config.amqp.clone(),
                 prefetch: config.prefetch,
                 writers: config.db_writers as usize,
                 result_events: config.result_events,
+                results: wake.clone(),
                 batch_max: config.batch_max as usize,
                 batch_linger: config.batch_linger(),
                 db_retry_max: Duration::from_millis(config.db_retry_max_ms),
@@ -155,6 +174,7 @@ impl Application {
             let drain = spool::DrainSettings {
                 batch_max: config.batch_max as usize,
                 result_events: config.result_events,
+                results: wake.clone(),
                 poll: Duration::from_millis(config.spool_poll_ms),
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
@@ -191,10 +211,16 @@ impl Application {
                 pool.clone(),
                 shutdown.clone(),
             );
+            let relaying = async {
+                if let Some(relay) = relay {
+                    results::run(relay, pool.clone(), wake, shutdown.clone()).await;
+                }
+            };
             tokio::join!(
                 consuming,
                 spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
                 rolling_up,
+                relaying,
             );
             watchdog.abort();
         }

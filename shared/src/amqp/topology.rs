@@ -62,6 +62,35 @@ impl Topology {
         format!("{}.unroutable", self.prefix)
     }
 
+    /// Durable fan-out exchange the worker publishes result events to
+    /// (`CORRAL_RESULT_EVENTS`); customers bind their own queues to it.
+    pub fn delivery_results(&self) -> String {
+        format!("{}.delivery-results", self.prefix)
+    }
+
+    /// Declares [`Topology::delivery_results`] on `channel` (idempotent); no
+    /// queue: who listens is the customer's choice.
+    pub async fn declare_delivery_results(
+        &self,
+        channel: &Channel,
+        timeout: Duration,
+    ) -> Result<(), AmqpError> {
+        deadline(
+            "declaring the delivery-results exchange",
+            timeout,
+            channel.exchange_declare(
+                self.delivery_results().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
     /// Arguments of the main queue. Any difference from an existing queue of
     /// the same name makes the broker refuse the declaration
     /// (PRECONDITION_FAILED), which [`Topology::declare`] reports as such.

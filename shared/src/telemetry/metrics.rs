@@ -132,6 +132,12 @@ catalogue! {
         "Age of the oldest webhook in the PostgreSQL spool, in seconds; 0 when it is empty.";
     WORKER_SPOOL_DRAINED = "corral_worker_spool_drained_total", Counter, [], None,
         "Webhooks taken from the PostgreSQL spool and committed (stored, duplicate or quarantined, also counted in corral_worker_messages_total).";
+    WORKER_RESULT_EVENTS_PUBLISHED = "corral_worker_result_events_published_total", Counter, [], None,
+        "Result events RabbitMQ confirmed on <prefix>.delivery-results (routed to at least one queue) and removed from the outbox; an event republished after a crash counts again (CORRAL_RESULT_EVENTS=true only).";
+    WORKER_RESULT_EVENTS_PENDING = "corral_worker_result_events_pending", Gauge, [], None,
+        "Result events waiting in the outbox (delivery_results_outbox) to be published, measured every 5 s by each worker; grows while no queue is bound to <prefix>.delivery-results or RabbitMQ is unreachable. Exact up to 100,000, PostgreSQL's estimate above (CORRAL_RESULT_EVENTS=true only).";
+    WORKER_RESULT_EVENTS_OLDEST_SECONDS = "corral_worker_result_events_oldest_seconds", Gauge, [], None,
+        "Age of the oldest result event in the outbox, in seconds; 0 when it is empty (CORRAL_RESULT_EVENTS=true only).";
     WORKER_SQS_QUEUE_MESSAGES = "corral_worker_sqs_queue_messages", Gauge, ["queue", "state"], None,
         "Messages in the SQS queue (queue=main) and in the dead-letter queue its redrive policy names (queue=dead_letter), by state: visible (waiting), in_flight (received, not deleted), delayed; SQS's approximate counts, read with GetQueueAttributes every 15 s by each worker (CORRAL_BUFFER=sqs only).";
     WORKER_SQS_OLDEST_RECEIVED_SECONDS = "corral_worker_sqs_oldest_received_seconds", Gauge, [], None,
@@ -383,6 +389,24 @@ pub fn sqs_billed(operation: &'static str, billed: u64) {
 /// Webhooks drained from the spool in one committed batch.
 pub fn worker_spool_drained(webhooks: usize) {
     counter!(WORKER_SPOOL_DRAINED).increment(webhooks as u64);
+}
+
+/// Registers the result-event series at zero: the worker has them only with
+/// `CORRAL_RESULT_EVENTS=true`, so their absence says events are off.
+pub fn register_result_events() {
+    counter!(WORKER_RESULT_EVENTS_PUBLISHED).increment(0);
+    worker_result_events_outbox(0, 0.0);
+}
+
+/// Result events confirmed and removed from the outbox.
+pub fn worker_result_events_published(events: usize) {
+    counter!(WORKER_RESULT_EVENTS_PUBLISHED).increment(events as u64);
+}
+
+/// What the result-event outbox holds, as the worker last read it.
+pub fn worker_result_events_outbox(pending: u64, oldest_seconds: f64) {
+    gauge!(WORKER_RESULT_EVENTS_PENDING).set(pending as f64);
+    gauge!(WORKER_RESULT_EVENTS_OLDEST_SECONDS).set(oldest_seconds);
 }
 
 /// Registers the SQS series of the worker at zero: it has them only with

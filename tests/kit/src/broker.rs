@@ -175,6 +175,44 @@ impl TestBroker {
         .expect("binding the refusing queue");
     }
 
+    /// Declares a queue of this test's own, `<prefix>.results.<name>`, bound
+    /// to the result events' fan-out exchange (declared first, as the
+    /// worker's relay does), as a customer's service would. Exclusive to this
+    /// broker's connection, so it goes when the test does.
+    pub async fn bind_results(&self, name: &str) -> String {
+        self.topology
+            .declare_delivery_results(&self.channel, TIMEOUT)
+            .await
+            .expect("declaring the delivery-results exchange");
+        let queue = format!("{}.results.{name}", self.prefix());
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        amqp::deadline(
+            "declaring a results queue",
+            TIMEOUT,
+            self.channel
+                .queue_declare(queue.as_str().into(), options, FieldTable::default()),
+        )
+        .await
+        .expect("declaring the results queue");
+        amqp::deadline(
+            "binding the results queue",
+            TIMEOUT,
+            self.channel.queue_bind(
+                queue.as_str().into(),
+                self.topology.delivery_results().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("binding the results queue");
+        queue
+    }
+
     /// Takes messages off `queue` until at least `count` have been taken, or
     /// panics once `timeout` has passed. Returns every message taken (more
     /// than `count` if more were there), so a caller can assert the exact number.
@@ -292,7 +330,7 @@ pub async fn delete_prefix(prefix: &str) {
 }
 
 /// Deletes the queues, then the exchanges, that [`Topology::declare`] makes
-/// under the topology's prefix.
+/// under the topology's prefix, and the result events' exchange.
 pub async fn delete_topology(
     topology: &Topology,
     channel: &Channel,
@@ -311,10 +349,13 @@ pub async fn delete_topology(
         .await?;
     }
     // The webhooks exchange first: it names the unroutable one as its alternate.
+    // The result events' exchange last: only a worker with result events on
+    // declares it.
     for exchange in [
         topology.exchange(),
         topology.dead_letter_exchange(),
         topology.unroutable_exchange(),
+        topology.delivery_results(),
     ] {
         amqp::deadline(
             "deleting an exchange",

@@ -56,6 +56,8 @@ pub struct ConsumerSettings {
     pub writers: usize,
     /// Whether stored webhooks get a result-event outbox row.
     pub result_events: bool,
+    /// Poked after a commit that stored events, when result events are on.
+    pub results: crate::results::Wake,
     /// Webhooks per batch at most, unless one message holds more.
     pub batch_max: usize,
     /// How long a batch waits for more messages after its first.

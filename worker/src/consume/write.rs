@@ -125,6 +125,9 @@ async fn until_committed<A: Ack>(
     )
     .await
     .map_err(|_| SourceError::Closed("channel closed while the batch was retried"))?;
+    if outcome.stored > 0 {
+        settings.results.poke();
+    }
     Ok(Written {
         messages,
         webhooks: prepared.len(),

@@ -54,6 +54,8 @@ pub struct DrainSettings {
     pub batch_max: usize,
     /// Whether stored webhooks get a result-event outbox row.
     pub result_events: bool,
+    /// Poked after a commit that stored events, when result events are on.
+    pub results: crate::results::Wake,
     /// How often an empty spool is looked at again.
     pub poll: Duration,
     /// Deadline of one round.
@@ -166,6 +168,9 @@ async fn round(settings: &DrainSettings, pool: &Pool) -> Result<usize, RoundErro
     // The claim deleted rows, so this COMMIT waits for synchronous standbys
     // like any other write.
     crate::db::commit(tx, true).await?;
+    if outcome.stored > 0 {
+        settings.results.poke();
+    }
     record(&incoming, &outcome, started.elapsed());
     Ok(incoming.len())
 }

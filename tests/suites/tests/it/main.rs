@@ -17,6 +17,8 @@
 //! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
 //! - `summary`: the hourly outcome and spend summary: `corral-worker
 //!   report` and the roll-up.
+//! - `results`: result events (`CORRAL_RESULT_EVENTS`) as a customer's
+//!   service bound to `<prefix>.delivery-results` receives them.
 //! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
 //!   server.
 
@@ -25,6 +27,7 @@ mod e2e;
 mod ingress;
 mod loadgen;
 mod ops;
+mod results;
 mod smoke;
 mod spool;
 mod sqs;

@@ -1,0 +1,162 @@
+//! The result event the worker publishes for every newly stored webhook
+//! (`CORRAL_RESULT_EVENTS=true`), to the fan-out exchange
+//! `<CORRAL_AMQP_PREFIX>.delivery-results`: the contract with the customer's
+//! own services. docs/design.md ("Result events") documents every field.
+//!
+//! Delivery is at least once: an event may arrive twice (the relay crashed
+//! between RabbitMQ's confirm and deleting its outbox row), always with the
+//! same [`DeliveryResult::id`], which is what a consumer deduplicates on.
+
+use chrono::{DateTime, Utc};
+use lapin::{BasicProperties, types::ShortString};
+use uuid::Uuid;
+
+use crate::envelope::Kind;
+
+/// Version of the body, in its `version` field and the message's `type`.
+pub const VERSION: u32 = 1;
+
+/// The AMQP `type` property of a result event.
+pub const MESSAGE_TYPE: &str = "corral.delivery_result.v1";
+
+/// One delivery-status event, as stored, for the customer's services.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryResult {
+    /// [`VERSION`]; a change a consumer must know about gets a new one.
+    pub version: u32,
+    /// The webhook's id (`delivery_events.message_id`, the id ingress
+    /// answered): the same however often the event is published, so the
+    /// consumer's deduplication key.
+    pub id: Uuid,
+    /// `delivery_events.id` of the stored event.
+    pub event_id: i64,
+    /// The provider's `drop_id`: one send, across its events.
+    pub drop_id: String,
+    /// The sender's own reference (`foreign_id`), `None` when absent.
+    pub foreign_id: Option<String>,
+    /// `sms` or `rvm`.
+    pub kind: Kind,
+    /// The number the attempt was made to, `None` when the provider sent none.
+    pub phone_number: Option<String>,
+    /// The provider's status (`success`, `failure`, or whatever it sent).
+    pub status: String,
+    /// The provider's failure reason, `None` when it gave none (absent or empty).
+    pub reason: Option<String>,
+    /// The provider's `dnc` flag, `None` when absent.
+    pub dnc: Option<bool>,
+    /// The provider's `spam` flag, `None` when absent.
+    pub spam: Option<bool>,
+    /// Exact decimal text (`"0.099"`), never a float; `None` when absent.
+    pub product_cost: Option<String>,
+    /// Exact decimal text; `None` when absent.
+    pub compliance_fee: Option<String>,
+    /// Exact decimal text; `None` when absent.
+    pub tts_fee: Option<String>,
+    /// When the provider attempted the delivery.
+    pub attempt_date: DateTime<Utc>,
+    /// When ingress received the webhook.
+    pub received_at: DateTime<Utc>,
+    /// When the worker stored it.
+    pub stored_at: DateTime<Utc>,
+    /// Whether the event became its `drop_id`'s state in `deliveries` when
+    /// stored (`false`: a newer event for the same send was already there).
+    pub latest: bool,
+    /// Suppression classes the event is evidence for (`opted_out`,
+    /// `litigator`, `internal_dnc`, `dnc`, `carrier`), sorted.
+    pub suppressions: Vec<String>,
+    /// Those of [`DeliveryResult::suppressions`] the number was not actively
+    /// suppressed in before this event.
+    pub new_suppressions: Vec<String>,
+}
+
+impl DeliveryResult {
+    /// The message's properties: persistent, JSON, `message_id` = [`Self::id`],
+    /// `type` = [`MESSAGE_TYPE`], `timestamp` = when it was stored.
+    pub fn properties(&self) -> BasicProperties {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(self.id.to_string()))
+            .with_type(ShortString::from(MESSAGE_TYPE))
+            .with_timestamp(self.stored_at.timestamp().max(0) as u64)
+            .with_app_id(ShortString::from("corral-worker"))
+    }
+
+    /// The message body: this, as JSON.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("strings, numbers and dates always serialize")
+    }
+
+    /// The routing key it is published with (`sms` or `rvm`): the fan-out
+    /// exchange ignores it, but an exchange bound behind it can route on it.
+    pub fn routing_key(&self) -> &'static str {
+        self.kind.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_the_documented_json() {
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        let event = DeliveryResult {
+            version: VERSION,
+            id: "0193f0c2-7a1e-7d3c-9a55-0123456789ab".parse().unwrap(),
+            event_id: 42,
+            drop_id: "d1".into(),
+            foreign_id: None,
+            kind: Kind::Sms,
+            phone_number: Some("+15552224444".into()),
+            status: "success".into(),
+            reason: None,
+            dnc: Some(false),
+            spam: Some(false),
+            product_cost: Some("0.099".into()),
+            compliance_fee: Some("0.0029".into()),
+            tts_fee: None,
+            attempt_date: at("2026-11-27T05:24:31Z"),
+            received_at: at("2026-11-27T05:24:32.123456Z"),
+            stored_at: at("2026-11-27T05:24:32.5Z"),
+            latest: true,
+            suppressions: vec![],
+            new_suppressions: vec![],
+        };
+        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "version": 1,
+                "id": "0193f0c2-7a1e-7d3c-9a55-0123456789ab",
+                "event_id": 42,
+                "drop_id": "d1",
+                "foreign_id": null,
+                "kind": "sms",
+                "phone_number": "+15552224444",
+                "status": "success",
+                "reason": null,
+                "dnc": false,
+                "spam": false,
+                "product_cost": "0.099",
+                "compliance_fee": "0.0029",
+                "tts_fee": null,
+                "attempt_date": "2026-11-27T05:24:31Z",
+                "received_at": "2026-11-27T05:24:32.123456Z",
+                "stored_at": "2026-11-27T05:24:32.500Z",
+                "latest": true,
+                "suppressions": [],
+                "new_suppressions": [],
+            })
+        );
+        let back: DeliveryResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+        let properties = event.properties();
+        assert_eq!(properties.kind().as_ref().unwrap().as_str(), MESSAGE_TYPE);
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str(),
+            "0193f0c2-7a1e-7d3c-9a55-0123456789ab"
+        );
+        assert_eq!(properties.delivery_mode(), &Some(2));
+    }
+}

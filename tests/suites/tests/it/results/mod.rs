@@ -1,0 +1,10 @@
+//! Result events (`CORRAL_RESULT_EVENTS=true`): what a customer's service
+//! bound to `<prefix>.delivery-results` receives, exactly, once per stored
+//! event (deduplicated by id), also across a crash of the worker between
+//! storing and publishing, and what waits while no queue is bound.
+
+mod crash;
+mod flow;
+mod helpers;
+mod settings;
+mod unbound;

@@ -1,0 +1,16 @@
+-- The oldest result events no other relay holds, with their stored events.
+-- The row locks last until this relay's transaction ends: deleted with the
+-- COMMIT once RabbitMQ confirmed every one, or released by the ROLLBACK (or
+-- the crash) of a round that did not get them all confirmed.
+SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
+       e.id AS event_id, e.message_id, e.kind, e.drop_id, e.foreign_id, e.phone_number,
+       e.status, NULLIF(e.reason, '') AS reason, e.dnc, e.spam,
+       e.product_cost::text AS product_cost,
+       e.compliance_fee::text AS compliance_fee,
+       e.tts_fee::text AS tts_fee,
+       e.attempt_date, e.received_at, e.stored_at
+FROM delivery_results_outbox o
+JOIN delivery_events e ON e.id = o.event_id
+ORDER BY o.id
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED
