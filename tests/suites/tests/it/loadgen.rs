@@ -32,6 +32,9 @@ struct Pipeline {
     worker: RunningWorker,
     db: TestDatabase,
     _buffer: Buffer,
+    /// On SQS, the private AMQP prefix the result events go to (they need
+    /// RabbitMQ whatever the buffer); deleted with it.
+    _results: Option<TestBroker>,
 }
 
 impl Pipeline {
@@ -42,15 +45,19 @@ impl Pipeline {
 
     async fn on(buffer: Buffer) -> Self {
         let db = TestDatabase::new().await;
+        let mut results = None;
         let (ingress, mut worker) = match &buffer {
             Buffer::RabbitMq(broker) => (
                 config::ingress(broker.prefix(), TOKEN),
                 config::worker(&db.url, broker.prefix()),
             ),
-            Buffer::Sqs(queue) => (
-                config::ingress_sqs(queue, TOKEN),
-                config::worker_sqs(&db.url, queue),
-            ),
+            Buffer::Sqs(queue) => {
+                let broker = TestBroker::new().await;
+                let mut worker = config::worker_sqs(&db.url, queue);
+                worker.amqp.prefix = broker.prefix().to_owned();
+                results = Some(broker);
+                (config::ingress_sqs(queue, TOKEN), worker)
+            }
         };
         // Everything the worker keeps beside the events on, the summary
         // rolled up while the run goes on.
@@ -63,6 +70,7 @@ impl Pipeline {
             worker,
             db,
             _buffer: buffer,
+            _results: results,
         }
     }
 
