@@ -88,7 +88,11 @@ suppressing AS (
          END),
         (CASE WHEN i.dnc THEN 'dnc' END)
     ) AS c(class)
-    WHERE c.class IS NOT NULL AND i.phone_number IS NOT NULL
+    -- Most events suppress nothing: leave them out before the join.
+    WHERE i.phone_number IS NOT NULL
+      AND (i.dnc OR i.reason IN ('Opted out', 'Known Litigator', 'Internal DNC',
+                                 'Prohibited by carrier or not SMS enabled'))
+      AND c.class IS NOT NULL
 ),
 suppression_groups AS (
     SELECT phone_number, kind, class,
@@ -127,12 +131,15 @@ suppressed AS (
 ),
 -- This batch's share of the hourly summary: appended, never updated here, so
 -- concurrent batches never wait on each other; the worker folds these rows
--- into delivery_summary.
+-- into delivery_summary. The hour is date_bin's, which equals
+-- date_trunc('hour', attempt_date, 'UTC') (the migration's backfill) for
+-- every instant, without a time-zone conversion per row.
 summarised AS (
     INSERT INTO delivery_summary_changes (
         hour, kind, status, reason, events, product_cost, compliance_fee, tts_fee
     )
-    SELECT date_trunc('hour', attempt_date, 'UTC'), kind, status, coalesce(reason, ''),
+    SELECT date_bin('1 hour', attempt_date, timestamptz '2000-01-01 00:00:00+00'), kind, status,
+           coalesce(reason, ''),
            count(*), coalesce(sum(product_cost), 0), coalesce(sum(compliance_fee), 0),
            coalesce(sum(tts_fee), 0)
     FROM inserted
