@@ -58,7 +58,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The suite as the issue asks for it.
+    /// The whole suite, as `scripts/bench` runs it.
     pub fn full() -> Self {
         Self {
             seconds: 15,
