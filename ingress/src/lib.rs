@@ -13,7 +13,7 @@
 //! - [`webhook`]: the routes and their errors, cheapest check first.
 //! - [`budget`]: the bound on request bodies held at once, in bytes.
 //! - [`refusal_log`]: refusals logged at most once per cause per second,
-//!   with a count of the rest.
+//!   with a count of the rest; and every 503 on a line of its own.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
 //!   and its implementations: RabbitMQ (persistent, mandatory publishes with
 //!   confirms over a self-healing broker link) and SQS (`SendMessageBatch`),

@@ -1,10 +1,18 @@
-//! Log lines for refused webhooks, at most one per cause per second.
+//! Log lines for refused webhooks: at most one per cause per second, and,
+//! for every 503, one line on its own target.
 //!
 //! During a broker outage every webhook is refused (503); at 10,000 webhooks/s
 //! one line per request would flood the log pipeline with identical lines. The
 //! first refusal of a cause is logged at once with its details; the others
 //! are counted, and a summary line (`more=<count>`) per cause follows at most
 //! once per second while they last. The metrics count every refusal exactly.
+//!
+//! A 503 is different from the other refusals: Drop Cowboy documents no
+//! retry, so the webhook may be lost for good, and reconciling it with the
+//! provider needs its `drop_id`. Each one gets a line of its own on the
+//! [`REFUSED_TARGET`] target ([`log_refused`]), never rate-limited, which an
+//! operator can turn off on its own with `CORRAL_LOG`
+//! (`info,corral_ingress::refused=off`).
 //!
 //! A small piece of our own: rate-limiter crates (governor and the like)
 //! decide whether to let an event through, but do not count what they held
@@ -16,8 +24,14 @@ use std::{
     time::Duration,
 };
 
+use corral_shared::envelope::Kind;
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// How often a cause may reach the log.
 pub const WINDOW: Duration = Duration::from_secs(1);
@@ -114,9 +128,246 @@ impl RefusalLog {
     }
 }
 
+/// The `tracing` target of the one-per-503 lines: spelled out rather than
+/// taken from the module path, because operators name it in `CORRAL_LOG`.
+pub const REFUSED_TARGET: &str = "corral_ingress::refused";
+
+/// Longest `drop_id` logged (the provider's are 24 characters).
+const DROP_ID_MAX: usize = 64;
+
+/// What the 503 line says about the webhook's top-level `drop_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropId {
+    /// 1–64 characters of `[A-Za-z0-9_-]`: safe to put in a log line as is.
+    Read(String),
+    /// Not logged, and why.
+    Unreadable(Unreadable),
+}
+
+/// Why a 503 line carries no `drop_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// The object has no top-level `drop_id`.
+    Absent,
+    /// It is there, but not a string (`null` included).
+    NotAString,
+    /// A string, but empty, longer than 64 characters or with a character
+    /// outside `[A-Za-z0-9_-]`: its text could forge or break log lines.
+    Unsafe,
+    /// The body could not be read as an object with one `drop_id` (a key
+    /// repeated, or nesting past the parser's own limit).
+    Unparsable,
+    /// The 503 came before the body was read (`CORRAL_MAX_IN_FLIGHT_BYTES`
+    /// exhausted), and it is not read just to be logged.
+    BodyNotRead,
+}
+
+impl Unreadable {
+    /// The `drop_id_unreadable` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unreadable::Absent => "absent",
+            Unreadable::NotAString => "not_a_string",
+            Unreadable::Unsafe => "unsafe",
+            Unreadable::Unparsable => "unparsable",
+            Unreadable::BodyNotRead => "body_not_read",
+        }
+    }
+}
+
+impl DropId {
+    /// Reads the top-level `drop_id` of `body`, a JSON object already
+    /// checked. Only called on the 503 path: accepted webhooks are never
+    /// parsed by ingress.
+    pub fn read(body: &[u8]) -> Self {
+        #[derive(Deserialize)]
+        struct TopLevel {
+            #[serde(default)]
+            drop_id: Field,
+        }
+        match serde_json::from_slice::<TopLevel>(body) {
+            Ok(TopLevel { drop_id }) => match drop_id {
+                Field::Safe(id) => DropId::Read(id),
+                Field::Absent => DropId::Unreadable(Unreadable::Absent),
+                Field::NotAString => DropId::Unreadable(Unreadable::NotAString),
+                Field::Unsafe => DropId::Unreadable(Unreadable::Unsafe),
+            },
+            Err(_) => DropId::Unreadable(Unreadable::Unparsable),
+        }
+    }
+}
+
+/// The `drop_id` member as the reader judged it. Deserialized by hand so a
+/// string is judged where the parser holds it (unescaped, borrowed): an
+/// unsafe one, however long, is never copied.
+#[derive(Default)]
+enum Field {
+    #[default]
+    Absent,
+    Safe(String),
+    NotAString,
+    Unsafe,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Field, E> {
+        let safe = (1..=DROP_ID_MAX).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        Ok(if safe {
+            Field::Safe(value.to_owned())
+        } else {
+            Field::Unsafe
+        })
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Field, E> {
+        Ok(Field::NotAString)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Field, E> {
+        Ok(Field::NotAString)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Field, E> {
+        Ok(Field::NotAString)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Field, E> {
+        Ok(Field::NotAString)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
+        Ok(Field::NotAString)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::NotAString)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::NotAString)
+    }
+}
+
+/// The line for one webhook answered 503, on [`REFUSED_TARGET`] at WARN:
+/// its route, the `corral_ingress_publish_failures_total{cause}` label, the
+/// id ingress gave it, and its `drop_id` or why there is none. Nothing else
+/// of the body (phone numbers), nor the request (the query holds tokens).
+pub fn log_refused(kind: Kind, cause: &'static str, message_id: Uuid, drop_id: &DropId) {
+    let kind = kind.as_str();
+    match drop_id {
+        DropId::Read(id) => tracing::warn!(
+            target: REFUSED_TARGET,
+            %kind,
+            %cause,
+            %message_id,
+            drop_id = %id,
+            "webhook refused: 503"
+        ),
+        DropId::Unreadable(why) => tracing::warn!(
+            target: REFUSED_TARGET,
+            %kind,
+            %cause,
+            %message_id,
+            drop_id_unreadable = %why.as_str(),
+            "webhook refused: 503"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(body: &str) -> DropId {
+        DropId::read(body.as_bytes())
+    }
+
+    fn unreadable(why: Unreadable) -> DropId {
+        DropId::Unreadable(why)
+    }
+
+    #[test]
+    fn a_safe_top_level_drop_id_is_read() {
+        assert_eq!(
+            read(r#"{"phone_number":"+15555550100","drop_id":"5c8eb7940a057a4ab0823e1a"}"#),
+            DropId::Read("5c8eb7940a057a4ab0823e1a".into())
+        );
+        assert_eq!(read(r#"{"drop_id":"A-z_9"}"#), DropId::Read("A-z_9".into()));
+        let longest = "x".repeat(64);
+        assert_eq!(
+            read(&format!(r#"{{"drop_id":"{longest}"}}"#)),
+            DropId::Read(longest)
+        );
+        // Escapes are read as the text they stand for, then judged.
+        assert_eq!(
+            read(r#"{"drop_\u0069d":"ab\u0063-1"}"#),
+            DropId::Read("abc-1".into())
+        );
+    }
+
+    #[test]
+    fn a_drop_id_that_could_break_a_log_line_is_not_read() {
+        for body in [
+            format!(r#"{{"drop_id":"{}"}}"#, "x".repeat(65)),
+            r#"{"drop_id":""}"#.into(),
+            r#"{"drop_id":"a b"}"#.into(),
+            r#"{"drop_id":"a=b"}"#.into(),
+            r#"{"drop_id":"a\"b"}"#.into(),
+            r#"{"drop_id":"d-1\nWARN forged line"}"#.into(),
+            r#"{"drop_id":"d-1\u001b[31m"}"#.into(),
+            r#"{"drop_id":"d\u0000"}"#.into(),
+            r#"{"drop_id":"caf\u00e9"}"#.into(),
+            "{\"drop_id\":\"café\"}".into(),
+        ] {
+            assert_eq!(read(&body), unreadable(Unreadable::Unsafe), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_drop_id_that_is_not_a_string_or_not_there_is_named_so() {
+        for body in [
+            r#"{"drop_id":null}"#,
+            r#"{"drop_id":42}"#,
+            r#"{"drop_id":-1.5e3}"#,
+            r#"{"drop_id":true}"#,
+            r#"{"drop_id":["abc"]}"#,
+            r#"{"drop_id":{"id":"abc"}}"#,
+        ] {
+            assert_eq!(read(body), unreadable(Unreadable::NotAString), "{body}");
+        }
+        for body in [
+            "{}",
+            r#"{"status":"SUCCESS"}"#,
+            r#"{"payload":{"drop_id":"nested"}}"#,
+            r#"{"list":[{"drop_id":"nested"}],"DROP_ID":"case"}"#,
+        ] {
+            assert_eq!(read(body), unreadable(Unreadable::Absent), "{body}");
+        }
+        assert_eq!(
+            read(r#"{"drop_id":"a","drop_id":"b"}"#),
+            unreadable(Unreadable::Unparsable),
+            "a repeated key is ambiguous"
+        );
+    }
 
     const UNAUTHORIZED: Cause = Cause::Rejected("unauthorized");
     const BROKER_DOWN: Cause = Cause::NotAccepted("unavailable");

@@ -31,7 +31,7 @@ use crate::{
     auth::Tokens,
     budget::BodyBudget,
     buffer::{Buffer, Kept, Refusal, Webhook},
-    refusal_log::{Cause, RefusalLog},
+    refusal_log::{self, Cause, DropId, RefusalLog, Unreadable},
 };
 
 /// What the webhook handlers share.
@@ -107,6 +107,8 @@ pub enum WebhookError {
         cause: Box<dyn std::error::Error + Send + Sync>,
         /// Seconds for `Retry-After`.
         retry_after_secs: u32,
+        /// The payload's `drop_id`, for the line on `corral_ingress::refused`.
+        drop_id: DropId,
     },
 }
 
@@ -203,8 +205,9 @@ async fn handle<B: Buffer>(
 }
 
 /// Counts a refused webhook and logs why, the first of its cause in a second
-/// in full and the others in a summary ([`RefusalLog`]). Only the path is
-/// logged: the query string may hold the token. Never the body.
+/// in full and the others in a summary ([`RefusalLog`]); a 503 also gets its
+/// own line ([`refusal_log::log_refused`]). Only the path is logged: the
+/// query string may hold the token. Never the body.
 fn log_refusal(
     refusals: &RefusalLog,
     kind: Kind,
@@ -227,8 +230,12 @@ fn log_refusal(
             path = request.path(),
             "webhook rejected"
         );
-    } else if let WebhookError::Unavailable { failure, .. } = err {
+    } else if let WebhookError::Unavailable {
+        failure, drop_id, ..
+    } = err
+    {
         metrics::ingress_publish_failed(*failure);
+        refusal_log::log_refused(kind, failure.as_str(), message_id, drop_id);
         if !refusals.admit(Cause::NotAccepted(failure.as_str()), now) {
             return;
         }
@@ -268,6 +275,9 @@ async fn accept<B: Buffer>(
             failure: PublishFailure::Overloaded,
             cause: Box::new(cause),
             retry_after_secs: state.retry_after_secs,
+            // Reading a body only to log it would bypass the very bound
+            // that refused it.
+            drop_id: DropId::Unreadable(Unreadable::BodyNotRead),
         })?;
     let received_at = Utc::now();
     let read = async {
@@ -287,22 +297,27 @@ async fn accept<B: Buffer>(
     check_json_object(&bytes, state.max_json_depth)?;
 
     let length = bytes.len();
+    let body = bytes.freeze();
     let webhook = Webhook {
         kind,
-        body: bytes.freeze(),
+        body: body.clone(),
         message_id,
         received_at,
     };
-    let kept =
-        state
-            .buffer
-            .keep(webhook, lease)
-            .await
-            .map_err(|cause| WebhookError::Unavailable {
-                failure: cause.failure(),
-                cause: Box::new(cause),
-                retry_after_secs: state.retry_after_secs,
-            })?;
+    // The body is kept (a reference, not a copy) for the 503 line's
+    // `drop_id`, so its lease is kept as long: the buffer may give its own
+    // back before its verdict, and the bytes still held must stay counted.
+    let kept = state
+        .buffer
+        .keep(webhook, lease.clone())
+        .await
+        .map_err(|cause| WebhookError::Unavailable {
+            failure: cause.failure(),
+            cause: Box::new(cause),
+            retry_after_secs: state.retry_after_secs,
+            drop_id: DropId::read(&body),
+        })?;
+    drop((body, lease));
     match kept {
         Kept::Published(confirm) => metrics::ingress_published(kind, confirm),
         Kept::Spooled(cause) => metrics::ingress_spooled(cause),

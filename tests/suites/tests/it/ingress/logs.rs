@@ -213,3 +213,205 @@ async fn a_malformed_amqp_url_is_reported_without_its_password() {
         assert!(shown.contains("corral:***@rabbit:5672"), "{shown}");
     }
 }
+
+/// An ingress binary whose broker is unreachable and which has no spool, so
+/// every webhook whose body it reads is answered 503 `unavailable`; ready to
+/// take requests (its listeners bound) though never ready.
+async fn ingress_refusing_all(config: ProcessConfig) -> Process {
+    let unreachable = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let ingress = Process::start(
+        config
+            .env("CORRAL_AMQP_URL", unreachable)
+            .env("CORRAL_RETRY_AFTER_SECS", RETRY_AFTER_SECS.to_string()),
+    )
+    .await;
+    ingress.wait_ready(false).await;
+    ingress
+}
+
+/// A Drop Cowboy-shaped body with `drop_id` (as JSON text) and `phone`.
+fn body_with(drop_id_json: &str, phone: &str) -> String {
+    format!(
+        r#"{{"drop_id":{drop_id_json},"phone_number":"+{phone}","foreign_id":"fid-{phone}","status":"SUCCESS"}}"#
+    )
+}
+
+/// A phone number no other line of the log could contain by chance.
+fn unique_phone() -> String {
+    format!("1555{}", &Uuid::now_v7().as_u128().to_string()[..7])
+}
+
+async fn post_503(ingress: &Process, kind: &str, body: String) {
+    let response = reqwest::Client::new()
+        .post(ingress.webhook_url(kind))
+        .bearer_auth(TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .timeout(REQUEST_BOUND)
+        .send()
+        .await
+        .expect("the ingress should answer");
+    unavailable(response).await;
+}
+
+fn refused_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains("webhook refused: 503"))
+        .collect()
+}
+
+/// Each webhook answered 503 gets exactly one line on `corral_ingress::refused`
+/// naming its route, its cause and its `drop_id`, and none of its other
+/// fields; a `drop_id` that could forge a log line is not echoed.
+#[tokio::test]
+async fn every_webhook_answered_503_is_logged_once_with_its_drop_id() {
+    let ingress = ingress_refusing_all(ProcessConfig::ingress("unused", TOKEN)).await;
+    let drop_id = format!("d-{}", Uuid::now_v7().simple());
+    let phone = unique_phone();
+    let forged = format!("{}\\nWARN forged", Uuid::now_v7().simple());
+    let other_phone = unique_phone();
+
+    post_503(
+        &ingress,
+        "sms",
+        body_with(&format!(r#""{drop_id}""#), &phone),
+    )
+    .await;
+    post_503(
+        &ingress,
+        "rvm",
+        body_with(&format!(r#""{forged}""#), &other_phone),
+    )
+    .await;
+    wait::until_true(
+        "both refusals to reach the log",
+        Duration::from_secs(10),
+        || async { refused_lines(&ingress.log_tail()).len() == 2 },
+    )
+    .await;
+
+    let log = ingress.log_tail();
+    let lines = refused_lines(&log);
+    let with_id: Vec<&&str> = lines.iter().filter(|l| l.contains(&drop_id)).collect();
+    assert_eq!(with_id.len(), 1, "{lines:#?}");
+    let line = with_id[0];
+    for field in [
+        " WARN ",
+        "corral_ingress::refused:",
+        "kind=sms",
+        "cause=unavailable",
+        &format!("drop_id={drop_id}"),
+    ] {
+        assert!(line.contains(field), "{field:?} missing from {line}");
+    }
+    let other = lines
+        .iter()
+        .find(|l| l.contains("kind=rvm"))
+        .expect("the rvm refusal's line");
+    assert!(
+        other.contains("cause=unavailable") && other.ends_with("drop_id_unreadable=unsafe"),
+        "{other}"
+    );
+    let forged_id = forged.split('\\').next().expect("the id's first part");
+    for secret in [&phone, &other_phone, forged_id, "forged", TOKEN] {
+        assert!(!log.contains(secret), "{secret:?} reached the log:\n{log}");
+    }
+}
+
+/// `CORRAL_LOG=info,corral_ingress::refused=off` silences the per-webhook
+/// lines and nothing else: the rate-limited 503 line still comes.
+#[tokio::test]
+async fn the_refused_lines_can_be_turned_off_alone() {
+    let ingress = ingress_refusing_all(
+        ProcessConfig::ingress("unused", TOKEN)
+            .env("CORRAL_LOG", "info,corral_ingress::refused=off"),
+    )
+    .await;
+    let drop_id = Uuid::now_v7().simple().to_string();
+    post_503(
+        &ingress,
+        "sms",
+        body_with(&format!(r#""{drop_id}""#), &unique_phone()),
+    )
+    .await;
+    // Written after the refused line would have been, by the same thread.
+    wait::until_true(
+        "the rate-limited 503 line to reach the log",
+        Duration::from_secs(10),
+        || async { ingress.log_tail().contains("webhook not accepted: 503") },
+    )
+    .await;
+    let log = ingress.log_tail();
+    assert!(refused_lines(&log).is_empty(), "{log}");
+    assert!(!log.contains(&drop_id), "{log}");
+}
+
+/// A 503 for want of room in `CORRAL_MAX_IN_FLIGHT_BYTES` comes before the
+/// body is read, and the body is not read to log it: its line says so.
+#[tokio::test]
+async fn a_503_before_the_body_is_read_is_logged_without_reading_it() {
+    let ingress = ingress_refusing_all(
+        ProcessConfig::ingress("unused", TOKEN)
+            .env("CORRAL_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
+            .env("CORRAL_MAX_IN_FLIGHT_BYTES", MAX_BODY_BYTES.to_string()),
+    )
+    .await;
+    // Announces a body as large as the whole budget and sends none of it.
+    let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", listen_port(&ingress)))
+        .await
+        .expect("connecting to the ingress");
+    let head = format!(
+        "POST /webhooks/dropcowboy/sms HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {MAX_BODY_BYTES}\r\n\r\n{{"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut holder, head.as_bytes())
+        .await
+        .expect("writing the head");
+    wait::until_true(
+        "the held request to take the whole budget",
+        Duration::from_secs(10),
+        || async {
+            ingress
+                .metrics()
+                .await
+                .get("corral_ingress_body_bytes_in_flight")
+                == MAX_BODY_BYTES as f64
+        },
+    )
+    .await;
+
+    let drop_id = Uuid::now_v7().simple().to_string();
+    post_503(
+        &ingress,
+        "rvm",
+        body_with(&format!(r#""{drop_id}""#), &unique_phone()),
+    )
+    .await;
+    wait::until_true(
+        "the refusal to reach the log",
+        Duration::from_secs(10),
+        || async { !refused_lines(&ingress.log_tail()).is_empty() },
+    )
+    .await;
+    drop(holder);
+
+    let log = ingress.log_tail();
+    let lines = refused_lines(&log);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("kind=rvm")
+            && lines[0].contains("cause=overloaded")
+            && lines[0].ends_with("drop_id_unreadable=body_not_read"),
+        "{}",
+        lines[0]
+    );
+    assert!(!log.contains(&drop_id), "{log}");
+}
+
+fn listen_port(ingress: &Process) -> u16 {
+    ingress
+        .config()
+        .listen_port
+        .expect("an ingress has a webhook listener")
+}
