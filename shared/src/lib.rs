@@ -21,6 +21,8 @@
 //! - [`envelope`]: the AMQP message contract between ingress and worker.
 //! - [`json`]: the shape of body ingress accepts (a JSON object, nested at
 //!   most so deep), checked in linear time whatever the nesting.
+//! - [`provider`]: what Drop Cowboy documents (its failure reasons), which
+//!   the metric label sets need in every binary.
 //! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
 //!   where it must be and tolerantly where the provider may vary; the worker
 //!   and the load generator's verifier use it, ingress never does.
@@ -45,6 +47,7 @@ pub mod json;
 pub mod payload;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod provider;
 pub mod results;
 pub mod retry;
 pub mod shutdown;

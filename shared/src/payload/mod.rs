@@ -29,22 +29,7 @@ use serde_json::value::RawValue;
 
 pub use fingerprint::{Fingerprint, MAX_DEPTH};
 
-/// Every failure reason the provider documents, exactly as it spells them.
-/// Typing accepts any reason; this list is what the documentation promises.
-pub const FAILURE_REASONS: &[&str] = &[
-    "Invalid message",
-    "Spam detected",
-    "Invalid caller ID or not SMS enabled",
-    "No Funds",
-    "Known Litigator",
-    "Prohibited by carrier or not SMS enabled",
-    "Message too long",
-    "Opted out",
-    "Internal DNC",
-    "Temporarily unreachable",
-    "Too Many",
-    "Unregistered Brand",
-];
+pub use crate::provider::FAILURE_REASONS;
 
 /// A delivery-status webhook with every documented field typed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -276,7 +276,7 @@ impl DeliveryLabels {
         };
         let reason = match reason {
             None | Some("") => "none",
-            Some(reason) => crate::payload::FAILURE_REASONS
+            Some(reason) => crate::provider::FAILURE_REASONS
                 .iter()
                 .find(|known| **known == reason)
                 .copied()
@@ -295,7 +295,7 @@ impl DeliveryLabels {
     pub fn expected() -> impl Iterator<Item = Self> {
         crate::envelope::Kind::ALL.iter().flat_map(|kind| {
             let success = Self::of(*kind, "success", None);
-            let failures = crate::payload::FAILURE_REASONS
+            let failures = crate::provider::FAILURE_REASONS
                 .iter()
                 .copied()
                 .chain(["other"])
