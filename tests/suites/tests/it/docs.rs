@@ -518,7 +518,7 @@ const COOKBOOK: &str = "docs/queries.md";
 /// marker before each. Every SQL block must have one, each name once.
 fn cookbook_queries(text: &str) -> BTreeMap<String, String> {
     let mut queries = BTreeMap::new();
-    let mut lines = text.lines().enumerate().peekable();
+    let mut lines = text.lines().enumerate();
     let mut marker: Option<(usize, String)> = None;
     while let Some((number, line)) = lines.next() {
         let trimmed = line.trim();
@@ -555,6 +555,9 @@ fn cookbook_queries(text: &str) -> BTreeMap<String, String> {
         {
             panic!("{COOKBOOK}:{at}: the marker of {name} is not followed by a SQL block");
         }
+    }
+    if let Some((at, name)) = marker {
+        panic!("{COOKBOOK}:{at}: the marker of {name} is not followed by a SQL block");
     }
     queries
 }
