@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - `smoke`: the whole path in one process.
-//! - `docs`: the README documents every setting with its default.
+//! - `docs`: the docs match the code: settings, metrics, links, and the
+//!   SQL cookbook's queries run on known webhooks.
 //! - `ingress`: the HTTP contract, publishing, broker loss, shutdown.
 //! - `worker`: typing, exactly-once storage, ordering, quarantine, outages.
 //! - `e2e`: both binaries as real processes.
