@@ -235,15 +235,32 @@ fn every_setting_the_docs_name_exists() {
         "the settings or the code's variables were not found"
     );
 
+    let offenders = unknown_in_docs("CORRAL_", is_env_char, |token| {
+        if token.wildcard {
+            settings.iter().any(|env| env.starts_with(&token.name))
+        } else {
+            settings.contains(&token.name) || read_by_code.contains(&token.name)
+        }
+    });
+    assert!(
+        offenders.is_empty(),
+        "the docs name settings that neither binary has and no script or test reads \
+         (a wildcard must match a setting):\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// Every word of the docs starting with `prefix` that `known` does not vouch
+/// for, as `file:line: name` (a wildcard with its `*`).
+fn unknown_in_docs(
+    prefix: &str,
+    part: fn(char) -> bool,
+    known: impl Fn(&Token) -> bool,
+) -> Vec<String> {
     let mut offenders = Vec::new();
     for file in doc_files() {
-        for token in tokens(&read(&file), "CORRAL_", is_env_char) {
-            let known = if token.wildcard {
-                settings.iter().any(|env| env.starts_with(&token.name))
-            } else {
-                settings.contains(&token.name) || read_by_code.contains(&token.name)
-            };
-            if !known {
+        for token in tokens(&read(&file), prefix, part) {
+            if !known(&token) {
                 let star = if token.wildcard { "*" } else { "" };
                 offenders.push(format!(
                     "{}:{}: {}{star}",
@@ -254,12 +271,7 @@ fn every_setting_the_docs_name_exists() {
             }
         }
     }
-    assert!(
-        offenders.is_empty(),
-        "the docs name settings that neither binary has and no script or test reads \
-         (a wildcard must match a setting):\n{}",
-        offenders.join("\n")
-    );
+    offenders
 }
 
 fn is_env_char(c: char) -> bool {
@@ -293,28 +305,16 @@ fn every_metric_the_docs_name_exists() {
                 })
             })
     };
-    let mut offenders = Vec::new();
-    for file in doc_files() {
-        for token in tokens(&read(&file), "corral_", is_metric_char) {
-            let known = NOT_METRICS.contains(&token.name.as_str())
-                || if token.wildcard {
-                    catalogue
-                        .iter()
-                        .any(|def| def.name.starts_with(&token.name))
-                } else {
-                    exists(&token.name)
-                };
-            if !known {
-                let star = if token.wildcard { "*" } else { "" };
-                offenders.push(format!(
-                    "{}:{}: {}{star}",
-                    file.display(),
-                    token.line,
-                    token.name
-                ));
+    let offenders = unknown_in_docs("corral_", is_metric_char, |token| {
+        NOT_METRICS.contains(&token.name.as_str())
+            || if token.wildcard {
+                catalogue
+                    .iter()
+                    .any(|def| def.name.starts_with(&token.name))
+            } else {
+                exists(&token.name)
             }
-        }
-    }
+    });
     assert!(
         offenders.is_empty(),
         "the docs name metrics the binaries do not export (a wildcard must match one; \

@@ -254,6 +254,19 @@ async fn post_503(ingress: &Process, kind: &str, body: String) {
     unavailable(response).await;
 }
 
+/// Posts a webhook with a fresh `drop_id` and a fresh phone number, expects
+/// a 503, and returns the `drop_id`.
+async fn post_503_with_new_drop_id(ingress: &Process, kind: &str) -> String {
+    let drop_id = Uuid::now_v7().simple().to_string();
+    post_503(
+        ingress,
+        kind,
+        body_with(&format!(r#""{drop_id}""#), &unique_phone()),
+    )
+    .await;
+    drop_id
+}
+
 fn refused_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|line| line.contains("webhook refused: 503"))
@@ -327,13 +340,7 @@ async fn the_refused_lines_can_be_turned_off_alone() {
             .env("CORRAL_LOG", "info,corral_ingress::refused=off"),
     )
     .await;
-    let drop_id = Uuid::now_v7().simple().to_string();
-    post_503(
-        &ingress,
-        "sms",
-        body_with(&format!(r#""{drop_id}""#), &unique_phone()),
-    )
-    .await;
+    let drop_id = post_503_with_new_drop_id(&ingress, "sms").await;
     // Written after the refused line would have been, by the same thread.
     wait::until_true(
         "the rate-limited 503 line to reach the log",
@@ -381,13 +388,7 @@ async fn a_503_before_the_body_is_read_is_logged_without_reading_it() {
     )
     .await;
 
-    let drop_id = Uuid::now_v7().simple().to_string();
-    post_503(
-        &ingress,
-        "rvm",
-        body_with(&format!(r#""{drop_id}""#), &unique_phone()),
-    )
-    .await;
+    let drop_id = post_503_with_new_drop_id(&ingress, "rvm").await;
     wait::until_true(
         "the refusal to reach the log",
         Duration::from_secs(10),
