@@ -154,25 +154,17 @@ async fn a_returned_message_leaves_no_body_in_the_log() {
     let broker = TestBroker::new().await;
     let ingress = Process::start_ready(
         ProcessConfig::ingress(broker.prefix(), TOKEN)
-            .env("CORRAL_LOG", "info,lapin::returned_messages=trace"),
+            .env("CORRAL_LOG", "info,lapin::returned_messages=trace")
+            .env("CORRAL_RETRY_AFTER_SECS", RETRY_AFTER_SECS.to_string()),
     )
     .await;
     broker.delete_queue(&broker.queue()).await;
     broker
         .delete_queue(&broker.topology.unroutable_queue())
         .await;
-    let phone = format!("1555{}", &Uuid::now_v7().as_u128().to_string()[..7]);
+    let phone = unique_phone();
     let body = format!(r#"{{"drop_id":"d-1","phone_number":"{phone}","status":"SUCCESS"}}"#);
-    let response = reqwest::Client::new()
-        .post(ingress.webhook_url("sms"))
-        .bearer_auth(TOKEN)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .timeout(REQUEST_BOUND)
-        .send()
-        .await
-        .expect("the ingress should answer");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    post_503(&ingress, "sms", body).await;
     wait::until_true(
         "the ingress to log the unroutable publish",
         Duration::from_secs(10),
