@@ -49,19 +49,20 @@ pub struct IngressConfig {
           value_parser = clap::value_parser!(u64).range(1..=corral_shared::json::MAX_DEPTH as u64))]
     pub max_json_depth: u64,
 
-    /// Deadline for RabbitMQ to confirm a publish, in milliseconds; past it the
-    /// webhook gets 503 with Retry-After.
+    /// Deadline for keeping a webhook, in milliseconds: the buffer's confirm,
+    /// or the spool's COMMIT; past it the webhook gets 503 with Retry-After.
     #[arg(long, env = "CORRAL_PUBLISH_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_timeout_ms: u64,
 
-    /// Most publishes awaiting a confirm at once; bounds memory when the broker is slow.
+    /// Most webhooks awaiting their verdict at once (queued for a publish, or
+    /// in a message awaiting its confirm); bounds memory when the broker is slow.
     #[arg(long, env = "CORRAL_MAX_IN_FLIGHT", default_value_t = 2_048,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
     /// Bytes of request bodies held at once, from before a body is read until
-    /// its publish no longer needs it; bounds memory by bytes, where
+    /// the webhook's answer is decided; bounds memory by bytes, where
     /// CORRAL_MAX_IN_FLIGHT bounds it by requests. At least CORRAL_MAX_BODY_BYTES.
     #[arg(long, env = "CORRAL_MAX_IN_FLIGHT_BYTES", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(2..))]
