@@ -93,7 +93,10 @@ if [ ! -x "$PROMTOOL" ]; then
   command -v apt-get >/dev/null || die "promtool comes from Debian's prometheus package: this needs apt-get"
   mkdir -p "$TOOLS/deb"
   if ! (cd "$TOOLS/deb" && apt-get download prometheus >/dev/null 2>&1); then
-    apt-get update -qq >/dev/null
+    # Package lists are root's to refresh.
+    if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null
+    else sudo apt-get update -qq >/dev/null || die "refreshing apt's package lists needs root or sudo"
+    fi
     (cd "$TOOLS/deb" && apt-get download prometheus >/dev/null)
   fi
   dpkg-deb -x "$(ls "$TOOLS"/deb/prometheus_*.deb | head -n1)" "$TOOLS/prometheus"
