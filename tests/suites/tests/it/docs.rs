@@ -621,27 +621,17 @@ fn webhook(
     money: Money,
     dnc: bool,
 ) -> String {
-    let status = if reason.is_empty() {
-        "success"
-    } else {
-        "failure"
-    };
-    let number_of = |text: &str| serde_json::Value::Number(text.parse().expect("a JSON number"));
-    serde_json::json!({
-        "drop_id": format!("65f0000000000000000000{id}"),
-        "phone_number": format!("+155501000{number}"),
-        "attempt_date": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "status": status,
-        "reason": reason,
-        "dnc": dnc,
-        "spam": reason == "Spam detected",
-        "product_cost": number_of(money.0),
-        "compliance_fee": number_of("0.0029"),
-        "tts_fee": number_of(money.1),
-        "network": {"name": "Verizon Wireless:6006 - SVR/2", "type": "wireless"},
-        "foreign_id": format!("order-{id}"),
-    })
-    .to_string()
+    fixtures::DeliveryStatus {
+        drop_id: &format!("65f0000000000000000000{id}"),
+        phone_number: &format!("+155501000{number}"),
+        attempt_date: &at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        reason: Some(reason),
+        dnc,
+        product_cost: money.0,
+        tts_fee: money.1,
+        foreign_id: &format!("order-{id}"),
+    }
+    .body()
 }
 
 fn instant(text: &str) -> DateTime<Utc> {

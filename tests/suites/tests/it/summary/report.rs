@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase};
+use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures};
 use corral_worker::{
     config::{Cli, Command, ReportArgs, WorkerConfig},
     summary::{self, report::report_command},
@@ -23,15 +23,16 @@ fn webhook(
     product_cost: &str,
     tts_fee: &str,
 ) -> String {
-    let status = if reason.unwrap_or_default().is_empty() {
-        "success"
-    } else {
-        "failure"
-    };
-    let reason = reason.map_or_else(String::new, |reason| format!(r#""reason":"{reason}","#));
-    format!(
-        r#"{{"drop_id":"{drop_id}","phone_number":"+15552224444","attempt_date":"{attempt_date}","status":"{status}",{reason}"dnc":false,"spam":false,"product_cost":{product_cost},"compliance_fee":0.0029,"tts_fee":{tts_fee},"network":{{"name":"Verizon Wireless:6006 - SVR/2","type":"wireless"}},"foreign_id":"order-{drop_id}"}}"#
-    )
+    fixtures::DeliveryStatus {
+        drop_id,
+        attempt_date,
+        reason,
+        product_cost,
+        tts_fee,
+        foreign_id: &format!("order-{drop_id}"),
+        ..fixtures::DeliveryStatus::default()
+    }
+    .body()
 }
 
 /// Runs the command as `corral-worker report <args>` would: its output, or

@@ -14,17 +14,15 @@ use super::helpers::*;
 
 /// The provider's failure sample with this number, date, reason and flag.
 fn payload(drop_id: &str, phone: &str, attempt_date: &str, reason: &str, dnc: bool) -> String {
-    let mut body: serde_json::Value =
-        serde_json::from_str(fixtures::SMS_FAILURE).expect("the sample is JSON");
-    body["drop_id"] = drop_id.into();
-    body["phone_number"] = phone.into();
-    body["attempt_date"] = attempt_date.into();
-    body["reason"] = reason.into();
-    body["dnc"] = dnc.into();
-    if reason.is_empty() {
-        body["status"] = "success".into();
+    fixtures::DeliveryStatus {
+        drop_id,
+        phone_number: phone,
+        attempt_date,
+        reason: Some(reason),
+        dnc,
+        ..fixtures::DeliveryStatus::default()
     }
-    body.to_string()
+    .body()
 }
 
 /// A suppression as a sender reads it: number, kind, class, reason, first
