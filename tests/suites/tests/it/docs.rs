@@ -23,6 +23,7 @@ use corral_worker::{
     config::{SuppressionClass, SuppressionCommand},
     ops, summary,
 };
+use pulldown_cmark::{CodeBlockKind, Event, LinkType, Parser, Tag, TagEnd};
 use tokio_postgres::{Client, SimpleQueryMessage};
 use uuid::Uuid;
 
@@ -151,39 +152,9 @@ fn tokens(text: &str, prefix: &str, part: fn(char) -> bool) -> Vec<Token> {
     found
 }
 
-/// Lines outside fenced code blocks, numbered from 1, with inline code spans
-/// blanked out (links and headings are only read from prose).
-fn prose_lines(text: &str) -> Vec<(usize, String)> {
-    let mut fence: Option<&str> = None;
-    let mut lines = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let marker = ["```", "~~~"]
-            .into_iter()
-            .find(|marker| trimmed.starts_with(marker));
-        match (fence, marker) {
-            (None, Some(marker)) => fence = Some(marker),
-            (Some(open), Some(marker)) if open == marker => fence = None,
-            (None, None) => lines.push((number + 1, line.to_owned())),
-            _ => {}
-        }
-    }
-    lines
-}
-
-/// `line` with its inline code spans emptied (their backticks kept).
-fn without_code_spans(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut in_code = false;
-    for c in line.chars() {
-        if c == '`' {
-            in_code = !in_code;
-            out.push(c);
-        } else if !in_code {
-            out.push(c);
-        }
-    }
-    out
+/// The 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset].matches('\n').count() + 1
 }
 
 // ---------------------------------------------------------------------------
@@ -331,25 +302,12 @@ fn is_metric_char(c: char) -> bool {
 // Links
 // ---------------------------------------------------------------------------
 
-/// GitHub's anchor for a heading's text: formatting dropped, lowercased,
-/// punctuation other than `-` and `_` removed, each space a `-`.
+/// GitHub's anchor for a heading's text (its formatting and links already
+/// reduced to their text): lowercased, punctuation other than `-` and `_`
+/// removed, each space a `-`.
 fn slug(heading: &str) -> String {
-    let mut text = String::new();
-    // A link in a heading keeps its text only.
-    let mut rest = heading;
-    while let Some(open) = rest.find('[') {
-        let Some(close) = rest[open..].find("](").map(|at| open + at) else {
-            break;
-        };
-        let Some(end) = rest[close..].find(')').map(|at| close + at) else {
-            break;
-        };
-        text.push_str(&rest[..open]);
-        text.push_str(&rest[open + 1..close]);
-        rest = &rest[end + 1..];
-    }
-    text.push_str(rest);
-    text.trim()
+    heading
+        .trim()
         .to_lowercase()
         .chars()
         .filter_map(|c| match c {
@@ -365,78 +323,72 @@ fn slug(heading: &str) -> String {
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut anchors = BTreeSet::new();
-    for (_, line) in prose_lines(text) {
-        for attribute in ["id=\"", "name=\""] {
-            let mut rest = line.as_str();
-            while let Some(at) = rest.find(attribute) {
-                rest = &rest[at + attribute.len()..];
-                if let Some(end) = rest.find('"') {
-                    anchors.insert(rest[..end].to_owned());
+    let mut heading: Option<String> = None;
+    for event in Parser::new(text) {
+        match event {
+            Event::Start(Tag::Heading { .. }) => heading = Some(String::new()),
+            Event::Text(part) | Event::Code(part) => {
+                if let Some(heading) = &mut heading {
+                    heading.push_str(&part);
                 }
             }
+            Event::End(TagEnd::Heading(_)) => {
+                let base = slug(&heading.take().unwrap_or_default());
+                let n = seen.entry(base.clone()).or_default();
+                anchors.insert(if *n == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                });
+                *n += 1;
+            }
+            Event::Html(html) | Event::InlineHtml(html) => {
+                for attribute in ["id=\"", "name=\""] {
+                    let mut rest = &*html;
+                    while let Some(at) = rest.find(attribute) {
+                        rest = &rest[at + attribute.len()..];
+                        if let Some(end) = rest.find('"') {
+                            anchors.insert(rest[..end].to_owned());
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
-        let trimmed = line.trim_start();
-        if line.len() - trimmed.len() > 3 {
-            continue;
-        }
-        let level = trimmed.chars().take_while(|&c| c == '#').count();
-        let text = &trimmed[level..];
-        if !(1..=6).contains(&level) || !(text.is_empty() || text.starts_with(' ')) {
-            continue;
-        }
-        let text = text.trim().trim_end_matches('#').trim();
-        let base = slug(text);
-        let n = seen.entry(base.clone()).or_default();
-        let anchor = if *n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        *n += 1;
-        anchors.insert(anchor);
     }
     anchors
 }
 
-/// The targets of a file's inline links (`[text](target)`, images too) and
-/// reference definitions (`[label]: target`), by line, outside code.
+/// The targets of a file's links (inline, and images) and of its reference
+/// definitions (`[label]: target`, used or not), by line.
 fn link_targets(text: &str) -> Vec<(usize, String)> {
-    let mut targets = Vec::new();
-    for (number, line) in prose_lines(text) {
-        let line = without_code_spans(&line);
-        if let Some(definition) = line.trim_start().strip_prefix('[')
-            && let Some(close) = definition.find("]:")
+    let parser = Parser::new(text);
+    let mut targets: Vec<(usize, String)> = parser
+        .reference_definitions()
+        .iter()
+        .map(|(_, definition)| {
+            (
+                line_of(text, definition.span.start),
+                definition.dest.to_string(),
+            )
+        })
+        .collect();
+    for (event, range) in parser.into_offset_iter() {
+        // A reference link's target is its definition's, read above.
+        if let Event::Start(
+            Tag::Link {
+                link_type: LinkType::Inline,
+                dest_url,
+                ..
+            }
+            | Tag::Image {
+                link_type: LinkType::Inline,
+                dest_url,
+                ..
+            },
+        ) = event
         {
-            let target = definition[close + 2..].split_whitespace().next();
-            targets.extend(target.map(|target| (number, target.to_owned())));
-            continue;
-        }
-        let mut rest = line.as_str();
-        while let Some(at) = rest.find("](") {
-            rest = &rest[at + 2..];
-            // Up to the matching parenthesis (a target may hold a pair).
-            let mut depth = 0usize;
-            let end = rest
-                .char_indices()
-                .find(|&(_, c)| match c {
-                    '(' => {
-                        depth += 1;
-                        false
-                    }
-                    ')' if depth == 0 => true,
-                    ')' => {
-                        depth -= 1;
-                        false
-                    }
-                    _ => false,
-                })
-                .map_or(rest.len(), |(i, _)| i);
-            let inside = rest[..end].trim();
-            // A title after the target: `(path "title")`.
-            let target = inside.split_whitespace().next().unwrap_or_default();
-            let target = target.trim_start_matches('<').trim_end_matches('>');
-            targets.push((number, target.to_owned()));
-            rest = &rest[end..];
+            targets.push((line_of(text, range.start), dest_url.to_string()));
         }
     }
     targets
@@ -515,45 +467,50 @@ fn anchors_follow_github_rules() {
 const COOKBOOK: &str = "docs/queries.md";
 
 /// The cookbook's SQL blocks by the name in the `<!-- query: name -->`
-/// marker before each. Every SQL block must have one, each name once.
+/// marker before each. Every SQL block must have one, each name once, and a
+/// marker must be followed by its SQL block.
 fn cookbook_queries(text: &str) -> BTreeMap<String, String> {
     let mut queries = BTreeMap::new();
-    let mut lines = text.lines().enumerate();
     let mut marker: Option<(usize, String)> = None;
-    while let Some((number, line)) = lines.next() {
-        let trimmed = line.trim();
-        if let Some(name) = trimmed
-            .strip_prefix("<!-- query:")
-            .and_then(|rest| rest.strip_suffix("-->"))
-        {
-            marker = Some((number + 1, name.trim().to_owned()));
-            continue;
-        }
-        if trimmed.starts_with("```") {
-            let info = trimmed.trim_start_matches('`').trim();
-            let mut body = Vec::new();
-            for (_, line) in lines.by_ref() {
-                if line.trim_start().starts_with("```") {
-                    break;
+    // The SQL block being read: its name and text.
+    let mut reading: Option<(String, String)> = None;
+    for (event, range) in Parser::new(text).into_offset_iter() {
+        let line = line_of(text, range.start);
+        match event {
+            Event::Html(ref html)
+                if let Some(name) = html
+                    .trim()
+                    .strip_prefix("<!-- query:")
+                    .and_then(|rest| rest.strip_suffix("-->")) =>
+            {
+                if let Some((at, name)) = &marker {
+                    panic!("{COOKBOOK}:{at}: the marker of {name} is not followed by a SQL block");
                 }
-                body.push(line);
+                marker = Some((line, name.trim().to_owned()));
             }
-            if info == "sql" {
+            Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(info))) if &*info == "sql" => {
                 let (_, name) = marker.take().unwrap_or_else(|| {
-                    panic!(
-                        "{COOKBOOK}:{}: a SQL block without a `<!-- query: name -->` marker",
-                        number + 1
-                    )
+                    panic!("{COOKBOOK}:{line}: a SQL block without a `<!-- query: name -->` marker")
                 });
-                let previous = queries.insert(name.clone(), body.join("\n"));
-                assert!(previous.is_none(), "{COOKBOOK}: the query {name} twice");
+                reading = Some((name, String::new()));
             }
-            continue;
-        }
-        if !trimmed.is_empty()
-            && let Some((at, name)) = &marker
-        {
-            panic!("{COOKBOOK}:{at}: the marker of {name} is not followed by a SQL block");
+            Event::Text(sql) => {
+                if let Some((_, body)) = &mut reading {
+                    body.push_str(&sql);
+                }
+            }
+            Event::End(TagEnd::CodeBlock) => {
+                if let Some((name, body)) = reading.take() {
+                    let previous = queries.insert(name.clone(), body.trim_end().to_owned());
+                    assert!(previous.is_none(), "{COOKBOOK}: the query {name} twice");
+                }
+            }
+            Event::Start(_) => {
+                if let Some((at, name)) = &marker {
+                    panic!("{COOKBOOK}:{at}: the marker of {name} is not followed by a SQL block");
+                }
+            }
+            _ => {}
         }
     }
     if let Some((at, name)) = marker {
