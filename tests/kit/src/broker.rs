@@ -235,7 +235,16 @@ impl TestBroker {
 
     /// Messages ready in a queue (passive declare).
     pub async fn ready_count(&self, queue: &str) -> u32 {
-        let declared = amqp::deadline(
+        self.declared(queue).await.message_count()
+    }
+
+    /// Consumers on a queue (passive declare).
+    pub async fn consumer_count(&self, queue: &str) -> u32 {
+        self.declared(queue).await.consumer_count()
+    }
+
+    async fn declared(&self, queue: &str) -> lapin::Queue {
+        amqp::deadline(
             "passive queue declare",
             TIMEOUT,
             self.channel.queue_declare(
@@ -248,8 +257,7 @@ impl TestBroker {
             ),
         )
         .await
-        .expect("passive declare");
-        declared.message_count()
+        .expect("passive declare")
     }
 
     /// Takes one message off `queue` and acknowledges it, or `None` if empty.

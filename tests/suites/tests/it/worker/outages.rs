@@ -6,6 +6,7 @@ use corral_testkit::{
     broker::TestBroker,
     database::{self, TestDatabase},
     fixtures::FAILURE_REASONS,
+    wait,
 };
 
 use super::helpers::*;
@@ -228,6 +229,14 @@ async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_qu
     let db = TestDatabase::new().await;
     let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
     let client = db.client().await;
+    // Each of the worker's two consumers declares the whole topology when it
+    // connects; unbinding before the unroutable queue's consumer has done so
+    // would see the binding put back.
+    let unroutable_queue = broker.topology.unroutable_queue();
+    wait::until_true("the unroutable queue's consumer", WAIT, || async {
+        broker.consumer_count(&unroutable_queue).await == 1
+    })
+    .await;
     broker.unbind_main_queue().await;
     let mut sent = Vec::new();
     for reason in ["", "Opted out", "No Funds"] {
@@ -236,17 +245,13 @@ async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_qu
     }
     wait_count(&client, EVENTS, 3).await;
     assert_each_stored_once(&client, &sent).await;
+    let unroutable = "corral_worker_unroutable_total";
     assert_eq!(
-        worker.metrics().await.get("corral_worker_unroutable_total"),
+        settled(&worker, unroutable, 3.0).await.get(unroutable),
         3.0,
         "each message that came the unroutable way is counted for the alert"
     );
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
-    assert_eq!(
-        broker
-            .ready_count(&broker.topology.unroutable_queue())
-            .await,
-        0
-    );
+    assert_eq!(broker.ready_count(&unroutable_queue).await, 0);
     worker.stop().await.expect("the worker stops cleanly");
 }
