@@ -272,25 +272,20 @@ impl<'de> Visitor<'de> for FieldVisitor {
 /// id ingress gave it, and its `drop_id` or why there is none. Nothing else
 /// of the body (phone numbers), nor the request (the query holds tokens).
 pub fn log_refused(kind: Kind, cause: &'static str, message_id: Uuid, drop_id: &DropId) {
-    let kind = kind.as_str();
-    match drop_id {
-        DropId::Read(id) => tracing::warn!(
-            target: REFUSED_TARGET,
-            %kind,
-            %cause,
-            %message_id,
-            drop_id = %id,
-            "webhook refused: 503"
-        ),
-        DropId::Unreadable(why) => tracing::warn!(
-            target: REFUSED_TARGET,
-            %kind,
-            %cause,
-            %message_id,
-            drop_id_unreadable = %why.as_str(),
-            "webhook refused: 503"
-        ),
-    }
+    // Exactly one of the two fields is set: a `None` is left out of the line.
+    let (id, unreadable) = match drop_id {
+        DropId::Read(id) => (Some(id.as_str()), None),
+        DropId::Unreadable(why) => (None, Some(why.as_str())),
+    };
+    tracing::warn!(
+        target: REFUSED_TARGET,
+        kind = %kind.as_str(),
+        %cause,
+        %message_id,
+        drop_id = id.map(tracing::field::display),
+        drop_id_unreadable = unreadable.map(tracing::field::display),
+        "webhook refused: 503"
+    );
 }
 
 #[cfg(test)]
