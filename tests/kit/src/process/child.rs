@@ -79,7 +79,8 @@ impl Process {
         crate::webhook_url(self.listen_port(), kind)
     }
 
-    fn listen_port(&self) -> u16 {
+    /// The port of the webhook listener (ingress only).
+    pub fn listen_port(&self) -> u16 {
         self.config
             .listen_port
             .expect("only the ingress has a webhook listener")

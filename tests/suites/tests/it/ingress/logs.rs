@@ -356,7 +356,7 @@ async fn a_503_before_the_body_is_read_is_logged_without_reading_it() {
     )
     .await;
     // Announces a body as large as the whole budget and sends none of it.
-    let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", listen_port(&ingress)))
+    let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", ingress.listen_port()))
         .await
         .expect("connecting to the ingress");
     let head = format!(
@@ -400,11 +400,4 @@ async fn a_503_before_the_body_is_read_is_logged_without_reading_it() {
         lines[0]
     );
     assert!(!log.contains(&drop_id), "{log}");
-}
-
-fn listen_port(ingress: &Process) -> u16 {
-    ingress
-        .config()
-        .listen_port
-        .expect("an ingress has a webhook listener")
 }
