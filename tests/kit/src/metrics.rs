@@ -2,6 +2,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use corral_shared::telemetry::metrics::{CATALOGUE, Kind, MetricDef};
+
+/// The series a histogram is exported as, besides its name.
+const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+/// The catalogue entry a series name belongs to: its own, or for a
+/// histogram's `_bucket`, `_sum` or `_count` series the histogram's; and
+/// whether it is a `_bucket` series (the one with the `le` label).
+pub fn catalogued(name: &str) -> Option<(&'static MetricDef, bool)> {
+    if let Some(def) = CATALOGUE.iter().find(|def| def.name == name) {
+        return Some((def, false));
+    }
+    HISTOGRAM_SUFFIXES.iter().find_map(|suffix| {
+        let base = name.strip_suffix(suffix)?;
+        let def = CATALOGUE
+            .iter()
+            .find(|def| def.name == base && def.kind == Kind::Histogram)?;
+        Some((def, *suffix == "_bucket"))
+    })
+}
+
 /// Parsed `/metrics`: series (name with labels, as exported) to value.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics(pub BTreeMap<String, f64>);
@@ -32,7 +53,7 @@ impl Metrics {
             .keys()
             .map(|series| {
                 let name = series.split('{').next().unwrap_or(series);
-                ["_bucket", "_sum", "_count"]
+                HISTOGRAM_SUFFIXES
                     .iter()
                     .find_map(|suffix| name.strip_suffix(suffix))
                     .unwrap_or(name)

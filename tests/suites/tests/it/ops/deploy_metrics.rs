@@ -6,13 +6,13 @@ use std::{
     path::PathBuf,
 };
 
-use corral_shared::telemetry::metrics::{CATALOGUE, Kind};
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker, TOKEN},
     broker::TestBroker,
     config,
     database::TestDatabase,
     fixtures,
+    metrics::catalogued,
     process::free_port,
     sqs::TestQueue,
     wait,
@@ -120,24 +120,6 @@ fn named_in_deploy() -> BTreeMap<String, Named> {
         .collect();
     scan(&rules, "alerts.yaml", &mut found);
     found
-}
-
-/// The catalogue name a series name belongs to: itself, or a histogram's
-/// name without `_bucket` / `_sum` / `_count`.
-fn base_name(name: &str) -> (&str, bool) {
-    if CATALOGUE.iter().any(|def| def.name == name) {
-        return (name, false);
-    }
-    for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix)
-            && CATALOGUE
-                .iter()
-                .any(|def| def.name == base && def.kind == Kind::Histogram)
-        {
-            return (base, suffix == "_bucket");
-        }
-    }
-    (name, false)
 }
 
 #[tokio::test]
@@ -255,15 +237,14 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     ];
     let mut problems = Vec::new();
     for (name, use_) in &named {
-        let (base, bucket) = base_name(name);
-        let Some(def) = CATALOGUE.iter().find(|def| def.name == base) else {
+        let Some((def, bucket)) = catalogued(name) else {
             problems.push(format!(
                 "{name} (in {:?}) is not in the catalogue",
                 use_.files
             ));
             continue;
         };
-        if !exported.contains(base) {
+        if !exported.contains(def.name) {
             problems.push(format!(
                 "{name} (in {:?}) is not exported by either binary",
                 use_.files
