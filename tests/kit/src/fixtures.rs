@@ -28,8 +28,9 @@ pub fn delivery_status(
 }
 
 /// The fields of a delivery-status body a test chooses; the rest are the
-/// provider's failure sample's. Money is literal JSON number text, so sums
-/// can be compared exactly.
+/// provider's failure sample's, except that the default reason is empty (a
+/// success). Money is literal JSON number text, so sums can be compared
+/// exactly.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryStatus<'a> {
     pub drop_id: &'a str,

@@ -686,15 +686,15 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         fixtures::SMS_FAILURE,
     )
     .await;
-    let mut correction: serde_json::Value =
-        serde_json::from_str(fixtures::SMS_FAILURE).expect("the sample is JSON");
-    correction["reason"] = "Spam detected".into();
-    correction["spam"] = true.into();
+    let correction = fixtures::DeliveryStatus {
+        reason: Some("Spam detected"),
+        ..fixtures::DeliveryStatus::default()
+    };
     publish(
         sms,
         CORRECTION_ID,
         "2019-03-18T00:31:02.004Z",
-        &correction.to_string(),
+        &correction.body(),
     )
     .await;
     let before_today = [
