@@ -131,11 +131,15 @@ struct Message {
 /// The body as text a person can read in a failure's minimal input.
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message")
+        let mut message = f.debug_struct("Message");
+        message
             .field("routing_key", &self.routing_key)
-            .field("properties", &self.properties)
-            .field("body", &self.body.escape_ascii().to_string())
-            .finish()
+            .field("properties", &self.properties);
+        match std::str::from_utf8(&self.body) {
+            Ok(text) => message.field("body", &text),
+            Err(_) => message.field("body", &format_args!("b\"{}\"", self.body.escape_ascii())),
+        }
+        .finish()
     }
 }
 
