@@ -73,8 +73,9 @@ impl Quarantined {
         }
     }
 
-    /// Whether the row is an AMQP message the worker could not unpack,
-    /// rather than one webhook.
+    /// Whether the worker quarantined the row as a whole AMQP message
+    /// ([`unpack::WHOLE_MESSAGE`]) rather than as one webhook: only such a
+    /// row is unpacked without the operator naming it.
     pub fn is_whole_message(&self) -> bool {
         self.error.starts_with(unpack::WHOLE_MESSAGE)
     }
