@@ -25,6 +25,8 @@ use tokio_postgres::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub mod text;
+
 /// The settings a [`Target`] was read from, named as the user set them, for
 /// error messages.
 #[derive(Debug, Clone, Copy)]

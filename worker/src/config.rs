@@ -214,6 +214,11 @@ pub enum QuarantineCommand {
         /// Rows per transaction.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         batch: u32,
+        /// Unpack the rows given with --id as whole envelope-2 messages: for
+        /// messages a worker older than 0.2 quarantined as one webhook. A
+        /// body's shape alone never decides it (a client may post one).
+        #[arg(long, requires = "ids")]
+        as_messages: bool,
     },
 }
 

@@ -155,12 +155,14 @@ pub async fn quarantine_command(
             limit,
             ids,
             batch,
+            as_messages,
         } => {
             let options = ReprocessOptions {
                 dry_run,
                 limit,
                 ids,
                 batch,
+                as_messages,
             };
             let report = reprocess_quarantined(config, &options).await?;
             writeln!(out, "# id\tverdict")?;

@@ -8,16 +8,23 @@
 //! `dry_run` the same work is done and rolled back, so the report says exactly
 //! what a real run would do.
 //!
-//! A row whose body is a whole envelope-2 message — quarantined whole by a
-//! worker that could not read that version, or taken for one webhook by a
-//! worker older than envelope 2 (an upgrade that rolled ingress first) — is
-//! unpacked and each of its webhooks re-typed; the row leaves the quarantine
-//! once every one of them is stored, and otherwise stays whole, its error
-//! naming the webhook that still fails (those already stored are duplicates
-//! the next time).
+//! Only a row the worker itself quarantined as a whole AMQP message (its
+//! error begins with [`unpack::WHOLE_MESSAGE`], which no webhook's reason
+//! does) is unpacked, and each of its webhooks re-typed; the row leaves the
+//! quarantine once every one of them is stored, and otherwise stays whole,
+//! its error naming the webhook that still fails (those already stored are
+//! duplicates the next time). Every other row is one webhook, whatever its
+//! body looks like: a client may post a body shaped like an envelope, whose
+//! entries would carry an id, a `received_at` and a kind of its choosing.
+//!
+//! The one exception is the operator's to make: an envelope-2 message a
+//! worker older than 0.2 took for one webhook (an upgrade that rolled
+//! ingress first) looks exactly like such a post. `as_messages`, for rows the
+//! operator names by id, unpacks those rows as messages; one that still
+//! fails is then marked a whole message, so later runs unpack it too.
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::Envelope;
+use corral_shared::{envelope::Envelope, postgres::text::storable};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
@@ -66,19 +73,37 @@ impl Quarantined {
         }
     }
 
-    /// Whether the row is an AMQP message the worker could not unpack,
-    /// rather than one webhook.
+    /// Whether the worker quarantined the row as a whole AMQP message
+    /// ([`unpack::WHOLE_MESSAGE`]) rather than as one webhook: only such a
+    /// row is unpacked without the operator naming it.
     pub fn is_whole_message(&self) -> bool {
         self.error.starts_with(unpack::WHOLE_MESSAGE)
     }
 
-    /// What to type again.
-    fn retyping(&self) -> Retyping {
+    /// What to type again: a whole message's webhooks (or, with
+    /// `as_message`, those of a body that unpacks), else the one webhook.
+    fn retyping(&self, as_message: bool) -> Retyping {
+        if !(as_message || self.is_whole_message()) {
+            return Retyping::Webhook(self.incoming());
+        }
         match unpack::webhooks(&self.body) {
             Ok(webhooks) => Retyping::Message(webhooks),
             Err(_) if self.is_whole_message() => Retyping::Unreadable,
             Err(_) => Retyping::Webhook(self.incoming()),
         }
+    }
+
+    /// Why a row typed as one webhook still fails: `error`, and when its
+    /// body has the shape of an envelope, why that is not unpacked.
+    fn webhook_failure(&self, error: String) -> String {
+        if unpack::webhooks(&self.body).is_err() {
+            return error;
+        }
+        format!(
+            "{error}; the body is shaped like a corral envelope-2 message but was received as \
+             one webhook, so it is not unpacked (only an operator can say otherwise: \
+             quarantine reprocess --as-messages --id ID)"
+        )
     }
 
     /// The message as the worker got it, to type it again.
@@ -117,6 +142,11 @@ pub struct ReprocessOptions {
     pub ids: Vec<i64>,
     /// Rows per transaction.
     pub batch: u32,
+    /// Unpack the rows named in `ids` whose body is an envelope-2 message,
+    /// as if the worker had quarantined them whole: for messages a worker
+    /// older than 0.2 took for one webhook. Only with `ids`: the body's shape
+    /// alone never decides it.
+    pub as_messages: bool,
 }
 
 impl Default for ReprocessOptions {
@@ -126,6 +156,7 @@ impl Default for ReprocessOptions {
             limit: None,
             ids: Vec::new(),
             batch: 100,
+            as_messages: false,
         }
     }
 }
@@ -205,6 +236,13 @@ pub async fn reprocess_quarantined(
     config: &WorkerConfig,
     options: &ReprocessOptions,
 ) -> Result<ReprocessReport, OpsError> {
+    if options.as_messages && options.ids.is_empty() {
+        return Err(OpsError::Usage(
+            "--as-messages unpacks only the rows named with --id: a body shaped like an \
+             envelope may be a webhook a client posted"
+                .to_owned(),
+        ));
+    }
     let pool = ops_pool(config)?;
     let mut client = client(&pool).await?;
     let mut report = ReprocessReport {
@@ -229,59 +267,7 @@ pub async fn reprocess_quarantined(
         }
         let quarantined: Vec<Quarantined> = rows.iter().map(Quarantined::from_row).collect();
         after = quarantined.last().map_or(after, |row| row.id);
-        // Every webhook to re-type, with the row it came from and its place
-        // in that row's message (`None` for a row that is one webhook).
-        let mut still_failing: Vec<Option<String>> = vec![None; quarantined.len()];
-        let mut incoming = Vec::new();
-        let mut origins = Vec::new();
-        for (index, row) in quarantined.iter().enumerate() {
-            match row.retyping() {
-                Retyping::Webhook(webhook) => {
-                    origins.push((index, None));
-                    incoming.push(webhook);
-                }
-                Retyping::Message(webhooks) => {
-                    for (place, webhook) in webhooks.into_iter().enumerate() {
-                        origins.push((index, Some(place)));
-                        incoming.push(webhook);
-                    }
-                }
-                Retyping::Unreadable => still_failing[index] = Some(row.error.clone()),
-            }
-        }
-        let stored = store::store_in(&mut tx, &incoming, config.result_events)
-            .await
-            .map_err(OpsError::database("storing re-typed webhooks"))?;
-        for (at, error) in stored.refused {
-            let (index, place) = origins[at];
-            // The first failure of a message is its reason; it stays whole.
-            still_failing[index].get_or_insert(match place {
-                Some(place) => format!("webhook {place} of the quarantined message: {error}"),
-                None => error,
-            });
-        }
-        let mut resolved_ids = Vec::new();
-        let mut failed_ids = Vec::new();
-        let mut failed_errors = Vec::new();
-        for (row, failure) in quarantined.iter().zip(still_failing) {
-            match failure {
-                None => {
-                    resolved_ids.push(row.id);
-                    report.rows.push((row.id, Verdict::Resolved));
-                }
-                Some(error) => {
-                    failed_ids.push(row.id);
-                    failed_errors.push(error.clone());
-                    report.rows.push((row.id, Verdict::StillFailing(error)));
-                }
-            }
-        }
-        tx.execute(DELETE_QUARANTINED, &[&resolved_ids])
-            .await
-            .map_err(OpsError::database("deleting re-processed quarantine rows"))?;
-        tx.execute(UPDATE_QUARANTINE_ERRORS, &[&failed_ids, &failed_errors])
-            .await
-            .map_err(OpsError::database("updating quarantine errors"))?;
+        reprocess(&mut tx, &quarantined, config, options, &mut report).await?;
         if options.dry_run {
             tx.rollback()
                 .await
@@ -291,9 +277,102 @@ pub async fn reprocess_quarantined(
                 .await
                 .map_err(OpsError::database("committing re-processed webhooks"))?;
         }
-        report.stored += stored.outcome.stored;
-        report.duplicate += stored.outcome.duplicate;
         remaining = remaining.saturating_sub(quarantined.len() as u64);
     }
     Ok(report)
+}
+
+/// Re-types one batch of rows in `tx`: stores what types, deletes the rows
+/// that are resolved and updates the errors of the others.
+async fn reprocess(
+    tx: &mut deadpool_postgres::Transaction<'_>,
+    quarantined: &[Quarantined],
+    config: &WorkerConfig,
+    options: &ReprocessOptions,
+    report: &mut ReprocessReport,
+) -> Result<(), OpsError> {
+    let Retype {
+        incoming,
+        origins,
+        mut still_failing,
+    } = Retype::of(quarantined, options.as_messages);
+    let stored = store::store_in(tx, &incoming, config.result_events)
+        .await
+        .map_err(OpsError::database("storing re-typed webhooks"))?;
+    for (at, error) in stored.refused {
+        let (index, place) = origins[at];
+        // The first failure of a message is its reason; it stays whole, and
+        // a whole message.
+        still_failing[index].get_or_insert_with(|| match place {
+            Some(place) => format!(
+                "{}; webhook {place} of it still fails: {error}",
+                unpack::WHOLE_MESSAGE
+            ),
+            None => quarantined[index].webhook_failure(error),
+        });
+    }
+    let mut resolved_ids = Vec::new();
+    let mut failed_ids = Vec::new();
+    let mut failed_errors = Vec::new();
+    for (row, failure) in quarantined.iter().zip(still_failing) {
+        match failure {
+            None => {
+                resolved_ids.push(row.id);
+                report.rows.push((row.id, Verdict::Resolved));
+            }
+            Some(error) => {
+                let error = storable(&error).into_owned();
+                failed_ids.push(row.id);
+                failed_errors.push(error.clone());
+                report.rows.push((row.id, Verdict::StillFailing(error)));
+            }
+        }
+    }
+    tx.execute(DELETE_QUARANTINED, &[&resolved_ids])
+        .await
+        .map_err(OpsError::database("deleting re-processed quarantine rows"))?;
+    tx.execute(UPDATE_QUARANTINE_ERRORS, &[&failed_ids, &failed_errors])
+        .await
+        .map_err(OpsError::database("updating quarantine errors"))?;
+    report.stored += stored.outcome.stored;
+    report.duplicate += stored.outcome.duplicate;
+    Ok(())
+}
+
+/// The webhooks a batch of rows holds to re-type.
+struct Retype {
+    /// Every webhook, in order.
+    incoming: Vec<Incoming>,
+    /// For each, the row it came from and its place in that row's message
+    /// (`None` for a row that is one webhook).
+    origins: Vec<(usize, Option<usize>)>,
+    /// Per row, why it still fails, for the whole messages that still do
+    /// not unpack; filled in by the re-typing.
+    still_failing: Vec<Option<String>>,
+}
+
+impl Retype {
+    fn of(quarantined: &[Quarantined], as_messages: bool) -> Self {
+        let mut retype = Self {
+            incoming: Vec::new(),
+            origins: Vec::new(),
+            still_failing: vec![None; quarantined.len()],
+        };
+        for (index, row) in quarantined.iter().enumerate() {
+            match row.retyping(as_messages) {
+                Retyping::Webhook(webhook) => {
+                    retype.origins.push((index, None));
+                    retype.incoming.push(webhook);
+                }
+                Retyping::Message(webhooks) => {
+                    for (place, webhook) in webhooks.into_iter().enumerate() {
+                        retype.origins.push((index, Some(place)));
+                        retype.incoming.push(webhook);
+                    }
+                }
+                Retyping::Unreadable => retype.still_failing[index] = Some(row.error.clone()),
+            }
+        }
+        retype
+    }
 }

@@ -17,10 +17,17 @@ use lapin::BasicProperties;
 use super::Contents;
 use crate::store::Incoming;
 
-/// How the `error` of a message quarantined whole begins, so that
-/// `quarantine reprocess` (which re-types one webhook per row) can tell such
-/// a row from a webhook's and leave its reason as it is.
-pub const WHOLE_MESSAGE: &str = "the AMQP message is quarantined whole, its webhooks unread: ";
+/// How the `error` of every quarantine row that holds a whole AMQP message
+/// begins, rather than one webhook. Only the worker writes it (each
+/// webhook's reason begins with a text of its own), and it is how
+/// `quarantine reprocess` knows which rows it may unpack: a webhook's body is
+/// always typed as one webhook, even one shaped like an envelope.
+pub const WHOLE_MESSAGE: &str = "the AMQP message is quarantined whole";
+
+/// The reason of a message whose webhooks cannot be read, for `why`.
+fn unread(why: impl std::fmt::Display) -> String {
+    format!("{WHOLE_MESSAGE}, its webhooks unread: {why}")
+}
 
 /// The webhooks a message holds, or why it cannot be unpacked.
 pub fn contents(properties: &BasicProperties, routing_key: &str, body: Vec<u8>) -> Contents {
@@ -34,15 +41,15 @@ pub fn contents(properties: &BasicProperties, routing_key: &str, body: Vec<u8>) 
         Format::Batch => match webhooks(&body) {
             Ok(webhooks) => Contents::Webhooks(webhooks),
             Err(err) => Contents::Unreadable {
-                error: format!("{WHOLE_MESSAGE}{err}"),
-                logged: format!("{WHOLE_MESSAGE}{}", without_values(&err)),
+                error: unread(&err),
+                logged: unread(without_values(&err)),
                 message: message(body),
             },
         },
         // The reason quotes the content type only, never the body.
         Format::Unsupported(reason) => Contents::Unreadable {
-            error: format!("{WHOLE_MESSAGE}{reason}"),
-            logged: format!("{WHOLE_MESSAGE}{reason}"),
+            error: unread(&reason),
+            logged: unread(reason),
             message: message(body),
         },
     }
@@ -166,8 +173,13 @@ mod tests {
         assert_eq!(message.body, body);
         assert_eq!(message.routing_key, "dropcowboy.sms");
         assert_eq!(message.envelope.message_id, Some(id));
+        assert_eq!(
+            error,
+            "the AMQP message is quarantined whole, its webhooks unread: not a corral \
+             envelope-2 body: UUID parsing failed: invalid character: found `s` at 0 at line 1 \
+             column 33"
+        );
         assert!(error.starts_with(WHOLE_MESSAGE), "{error}");
-        assert!(error.contains("not a corral envelope-2 body"), "{error}");
         assert!(!logged.contains("secret-value"), "{logged}");
 
         let newer =

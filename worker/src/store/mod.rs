@@ -4,31 +4,28 @@
 //! a statement per row.
 //!
 //! A batch the database refuses because of one webhook's data does not fail
-//! as a whole: it is split in halves under savepoints until the culprit is
-//! alone, and that one is quarantined with PostgreSQL's own error.
+//! as a whole (`isolate`): it is split in halves under savepoints until the
+//! culprit is alone, and that one is quarantined with PostgreSQL's own error.
+//! The quarantine insert is isolated the same way (`quarantine`), so no
+//! message, whatever it holds, can fail or hold its batch.
 
-use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
+mod events;
+mod isolate;
+mod quarantine;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use corral_shared::{
     envelope::{Envelope, Kind},
-    payload::{self, DeliveryStatus},
-    telemetry::{
-        labels::{DbErrorKind, DeliveryLabels},
-        metrics,
-    },
+    payload,
+    telemetry::{labels::DeliveryLabels, metrics},
 };
-use deadpool_postgres::{GenericClient, Transaction};
-use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
+use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::db::is_data_error;
-
-const INSERT_EVENTS: &str = include_str!("insert_events.sql");
-const INSERT_QUARANTINED: &str = include_str!("insert_quarantined.sql");
+use events::insert_events;
 
 /// One webhook as it came off the queue: an envelope-1 message, or one
 /// entry of an envelope-2 message (with its kind's routing key and its own
@@ -249,11 +246,11 @@ pub async fn write_batch(
         Err(err) if is_data_error(&err) => {
             tx.rollback().await?;
             tx = client.transaction().await?;
-            store_events(&mut tx, events, results, &mut quarantined).await?
+            events::store(&mut tx, events, results, &mut quarantined).await?
         }
         Err(err) => return Err(err),
     };
-    let new_quarantined = store_quarantined(&tx, &quarantined).await?;
+    let new_quarantined = quarantine::store(&mut tx, &quarantined).await?;
     crate::db::commit(tx, stored.count + new_quarantined > 0).await?;
     Ok(batch.outcome(stored, new_quarantined))
 }
@@ -268,207 +265,9 @@ pub async fn write_within(
     batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
     let mut quarantined = batch.refused.clone();
-    let stored = store_events(tx, &batch.events, batch.result_events, &mut quarantined).await?;
-    let new_quarantined = store_quarantined(&*tx, &quarantined).await?;
+    let stored = events::store(tx, &batch.events, batch.result_events, &mut quarantined).await?;
+    let new_quarantined = quarantine::store(tx, &quarantined).await?;
     Ok(batch.outcome(stored, new_quarantined))
-}
-
-/// Inserts `rows` under a savepoint; on a data error, splits them in halves
-/// until the culprit is alone and moves it to `quarantine`.
-fn store_events<'t, 'r>(
-    tx: &'t mut Transaction<'_>,
-    rows: &'r [EventRow<'r>],
-    results: bool,
-    quarantine: &'t mut Vec<QuarantineRow<'r>>,
-) -> Pin<Box<dyn Future<Output = Result<Stored, tokio_postgres::Error>> + Send + 't>>
-where
-    'r: 't,
-{
-    Box::pin(async move {
-        if rows.is_empty() {
-            return Ok(Stored::default());
-        }
-        let savepoint = tx.savepoint("corral_rows").await?;
-        match insert_events(&savepoint, rows, results).await {
-            Ok(stored) => {
-                savepoint.commit().await?;
-                Ok(stored)
-            }
-            Err(err) if is_data_error(&err) => {
-                // Counted per refused insert (the catalogue's `kind="data"`);
-                // without it a batch split was invisible to operators.
-                metrics::worker_db_error(DbErrorKind::Data);
-                savepoint.rollback().await?;
-                if let [row] = rows {
-                    let reason = err
-                        .as_db_error()
-                        .map_or_else(|| err.to_string(), |db| db.message().to_owned());
-                    // PostgreSQL's text may quote the refused value; the log
-                    // gets its SQLSTATE only.
-                    let code = err.code().map_or("unknown", |code| code.code());
-                    quarantine.push(QuarantineRow {
-                        incoming: row.incoming,
-                        error: format!("PostgreSQL refused the typed row: {reason}"),
-                        logged: format!("PostgreSQL refused the typed row (SQLSTATE {code})"),
-                    });
-                    return Ok(Stored::default());
-                }
-                let (left, right) = rows.split_at(rows.len() / 2);
-                let mut stored = store_events(tx, left, results, quarantine).await?;
-                stored.merge(store_events(tx, right, results, quarantine).await?);
-                Ok(stored)
-            }
-            Err(err) => Err(err),
-        }
-    })
-}
-
-async fn insert_events(
-    client: &impl GenericClient,
-    rows: &[EventRow<'_>],
-    results: bool,
-) -> Result<Stored, tokio_postgres::Error> {
-    if rows.is_empty() {
-        return Ok(Stored::default());
-    }
-    let statement = client.prepare_cached(INSERT_EVENTS).await?;
-    fn status<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
-        &row.typed.status
-    }
-    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.typed.fingerprint.0[..]).collect();
-    let message_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-    let drop_ids: Vec<&str> = rows.iter().map(|r| status(r).drop_id.as_str()).collect();
-    let phones: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).phone_number.as_deref())
-        .collect();
-    let attempt_dates: Vec<DateTime<Utc>> = rows.iter().map(|r| status(r).attempt_date).collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| status(r).status.as_str()).collect();
-    let reasons: Vec<Option<&str>> = rows.iter().map(|r| status(r).reason.as_deref()).collect();
-    let dncs: Vec<Option<bool>> = rows.iter().map(|r| status(r).dnc).collect();
-    let spams: Vec<Option<bool>> = rows.iter().map(|r| status(r).spam).collect();
-    let product_costs: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).product_cost).collect();
-    let compliance_fees: Vec<Option<Decimal>> =
-        rows.iter().map(|r| status(r).compliance_fee).collect();
-    let tts_fees: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).tts_fee).collect();
-    let network_names: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).network_name.as_deref())
-        .collect();
-    let network_types: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).network_type.as_deref())
-        .collect();
-    let foreign_ids: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).foreign_id.as_deref())
-        .collect();
-    // The body was validated as UTF-8 JSON when it was typed.
-    let payloads: Vec<&str> = rows
-        .iter()
-        .map(|r| std::str::from_utf8(&r.incoming.body).expect("typed payloads are UTF-8"))
-        .collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
-    let new = client
-        .query(
-            &statement,
-            &[
-                &fingerprints,
-                &message_ids,
-                &kinds,
-                &drop_ids,
-                &phones,
-                &attempt_dates,
-                &statuses,
-                &reasons,
-                &dncs,
-                &spams,
-                &product_costs,
-                &compliance_fees,
-                &tts_fees,
-                &network_names,
-                &network_types,
-                &foreign_ids,
-                &payloads,
-                &received,
-                &results,
-            ],
-        )
-        .await?;
-    // A fingerprint twice in the batch is stored (and returned) once.
-    let mut new: HashSet<Vec<u8>> = new.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect();
-    let mut stored = Stored::default();
-    for row in rows {
-        if new.remove(&row.typed.fingerprint.0[..]) {
-            stored.count += 1;
-            let status = status(row);
-            stored.deliveries.add(DeliveryLabels::of(
-                row.kind,
-                &status.status,
-                status.reason.as_deref(),
-            ));
-        }
-    }
-    Ok(stored)
-}
-
-async fn store_quarantined(
-    client: &impl GenericClient,
-    rows: &[QuarantineRow<'_>],
-) -> Result<usize, tokio_postgres::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let statement = client.prepare_cached(INSERT_QUARANTINED).await?;
-    let digests: Vec<Vec<u8>> = rows
-        .iter()
-        .map(|r| Sha256::digest(&r.incoming.body).to_vec())
-        .collect();
-    let message_ids: Vec<Option<Uuid>> = rows
-        .iter()
-        .map(|r| r.incoming.envelope.message_id)
-        .collect();
-    // An AMQP routing key may hold U+0000, which a PostgreSQL text column
-    // refuses; unescaped, that failed the whole batch as if the database were
-    // down, and it was retried forever, blocking the queue. Kept escaped.
-    let routing_keys: Vec<std::borrow::Cow<'_, str>> = rows
-        .iter()
-        .map(|r| {
-            if r.incoming.routing_key.contains('\0') {
-                r.incoming.routing_key.replace('\0', "\\u0000").into()
-            } else {
-                r.incoming.routing_key.as_str().into()
-            }
-        })
-        .collect();
-    let bodies: Vec<&[u8]> = rows.iter().map(|r| r.incoming.body.as_slice()).collect();
-    let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
-    let received: Vec<Option<DateTime<Utc>>> = rows
-        .iter()
-        .map(|r| r.incoming.envelope.received_at)
-        .collect();
-    for row in rows {
-        tracing::warn!(
-            message_id = ?row.incoming.envelope.message_id,
-            error = row.logged,
-            "webhook quarantined; the full reason is in quarantined_webhooks.error"
-        );
-    }
-    let new = client
-        .query(
-            &statement,
-            &[
-                &digests,
-                &message_ids,
-                &routing_keys,
-                &bodies,
-                &errors,
-                &received,
-            ],
-        )
-        .await?;
-    Ok(new.len())
 }
 
 /// What [`store_in`] did with a set of messages.
@@ -497,7 +296,7 @@ pub async fn store_in(
         mut refused,
         ..
     } = prepare_all(messages);
-    let stored = store_events(tx, &events, result_events, &mut refused).await?;
+    let stored = events::store(tx, &events, result_events, &mut refused).await?;
     let refused: Vec<(usize, String)> = refused
         .into_iter()
         .map(|row| {

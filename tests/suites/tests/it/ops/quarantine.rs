@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use corral_shared::envelope::{self, Kind, batch::Packing};
 use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, config, database::TestDatabase, fixtures, wait,
+    apps::{RunningIngress, RunningWorker, TOKEN},
+    broker::TestBroker,
+    config,
+    database::TestDatabase,
+    fixtures, wait,
 };
 use corral_worker::{
     config::QuarantineCommand,
@@ -347,12 +351,15 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
 }
 
 /// Ingress upgraded before the workers: a worker older than envelope 2 took
-/// each message for one webhook and quarantined it whole. Re-processing
-/// unpacks it and stores each webhook with its own id, time and kind; a
-/// message with a webhook that still fails stays whole, saying which, and
-/// leaves once that one stores too.
+/// each message for one webhook and quarantined it as one. Nothing tells
+/// such a row from a body a client posted in that shape, so a routine
+/// re-processing types it as one webhook and says why it does not unpack it;
+/// the operator names the rows (`--as-messages --id`), and only then is each
+/// unpacked and each webhook stored with its own id, time and kind. A
+/// message with a webhook that still fails stays whole, saying which, now a
+/// whole message, and leaves once that one stores too.
 #[tokio::test]
-async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per_webhook() {
+async fn a_batch_an_older_worker_took_for_one_webhook_is_unpacked_only_when_the_operator_says_so() {
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
     forbid_spam(&client).await;
@@ -395,9 +402,39 @@ async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per
         old_error,
     )
     .await;
-
     let worker_config = config::worker(&db.url, "unused");
-    let report = ops::reprocess_quarantined(&worker_config, &Default::default())
+
+    let routine = ops::reprocess_quarantined(&worker_config, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!((routine.resolved(), routine.stored), (0, 0));
+    for (_, verdict) in &routine.rows {
+        assert!(
+            matches!(verdict, Verdict::StillFailing(why)
+                if why.starts_with("`drop_id` is missing; the body is shaped like a corral envelope-2 message")),
+            "{verdict:?}"
+        );
+    }
+    assert_eq!(count(&client, "delivery_events").await, 0);
+    let unnamed = ops::reprocess_quarantined(
+        &worker_config,
+        &ReprocessOptions {
+            as_messages: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(&unnamed, Err(ops::OpsError::Usage(why)) if why.contains("--id")),
+        "{unnamed:?}"
+    );
+
+    let named = ReprocessOptions {
+        as_messages: true,
+        ids: vec![clean, spam],
+        ..Default::default()
+    };
+    let report = ops::reprocess_quarantined(&worker_config, &named)
         .await
         .unwrap();
     let verdicts: BTreeMap<i64, Verdict> = report.rows.iter().cloned().collect();
@@ -406,7 +443,10 @@ async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per
         panic!("the message with a spam webhook left the quarantine: {verdicts:?}");
     };
     assert!(
-        why.starts_with("webhook 1 of the quarantined message: "),
+        why.starts_with(
+            "the AMQP message is quarantined whole; webhook 1 of it still fails: \
+             PostgreSQL refused the typed row: "
+        ),
         "{why}"
     );
     assert_eq!((report.stored, report.duplicate), (3, 0));
@@ -423,6 +463,7 @@ async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per
         assert_eq!(row.get::<_, DateTime<Utc>>(1), webhook.received_at);
     }
 
+    // Now a whole message, a routine run unpacks it.
     client
         .batch_execute("ALTER TABLE delivery_events DROP CONSTRAINT test_no_spam")
         .await
@@ -434,4 +475,83 @@ async fn a_batch_quarantined_whole_by_an_older_worker_is_unpacked_and_stored_per
     assert_eq!((again.stored, again.duplicate), (1, 1));
     assert_eq!(count(&client, "quarantined_webhooks").await, 0);
     assert_eq!(count(&client, "delivery_events").await, 4);
+}
+
+/// A client posts a body shaped like corral's envelope 2, whose entry has an
+/// id, a `received_at` (9999-12-31, which would win every tie-break) and a
+/// kind of its choosing. It is a webhook: it fails typing and is quarantined
+/// as one, and re-processing types it as one again, never unpacking it, so
+/// nothing of what it carries is stored.
+#[tokio::test]
+async fn a_posted_body_shaped_like_an_envelope_is_never_unpacked_by_reprocessing() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
+    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let forged_id = Uuid::now_v7();
+    let inner = fixtures::delivery_status("d-forged", "2026-11-27T05:24:31Z", "", "f-1");
+    let forged = format!(
+        r#"{{"webhooks":[{{"id":"{forged_id}","received_at":"9999-12-31T00:00:00Z","kind":"sms","body":{inner}}}]}}"#
+    );
+    let response = ingress.post("sms", forged.clone()).await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let id: Uuid = answer["id"].as_str().unwrap().parse().unwrap();
+    let row: i64 = wait::until("the posted body quarantined", WAIT, || async {
+        client
+            .query_opt(
+                "SELECT id FROM quarantined_webhooks WHERE message_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    })
+    .await;
+    worker.stop().await.unwrap();
+    ingress.stop().await.unwrap();
+
+    let report =
+        ops::reprocess_quarantined(&config::worker(&db.url, "unused"), &Default::default())
+            .await
+            .unwrap();
+    let carried: i64 = client
+        .query_one(
+            "SELECT count(*) FROM delivery_events
+             WHERE message_id = $1 OR received_at >= '9999-12-31' OR drop_id = 'd-forged'",
+            &[&forged_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(carried, 0, "nothing the forged entry carries is stored");
+    assert_eq!(count(&client, "delivery_events").await, 0);
+    assert_eq!(count(&client, "deliveries").await, 0);
+    let why = "`drop_id` is missing; the body is shaped like a corral envelope-2 message but \
+               was received as one webhook, so it is not unpacked (only an operator can say \
+               otherwise: quarantine reprocess --as-messages --id ID)";
+    assert_eq!(
+        report.rows,
+        vec![(row, Verdict::StillFailing(why.to_owned()))]
+    );
+    assert_eq!((report.stored, report.duplicate), (0, 0));
+    let kept = client
+        .query_one(
+            "SELECT id, body, error, routing_key FROM quarantined_webhooks",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.get::<_, i64>(0), row, "still quarantined");
+    assert_eq!(
+        kept.get::<_, Vec<u8>>(1),
+        forged.as_bytes(),
+        "byte for byte"
+    );
+    assert_eq!(kept.get::<_, String>(2), why);
+    assert_eq!(
+        kept.get::<_, Option<String>>(3).as_deref(),
+        Some(Kind::Sms.routing_key())
+    );
 }

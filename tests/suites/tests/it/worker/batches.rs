@@ -8,7 +8,6 @@ use corral_shared::envelope::{
     batch::{self, Packing},
 };
 use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase};
-use corral_worker::source::unpack::WHOLE_MESSAGE;
 use uuid::Uuid;
 
 use super::helpers::*;
@@ -186,7 +185,10 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     let (body, error, routing_key, received_at) = row(malformed_id).await;
     assert_eq!(body, malformed, "the whole body, byte for byte");
     assert!(
-        error.starts_with(&format!("{WHOLE_MESSAGE}not a corral envelope-2 body: ")),
+        error.starts_with(
+            "the AMQP message is quarantined whole, its webhooks unread: \
+             not a corral envelope-2 body: "
+        ),
         "{error}"
     );
     assert_eq!(routing_key.as_deref(), Some(envelope::MIXED_ROUTING_KEY));
@@ -197,8 +199,8 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     assert_eq!(
         error,
         format!(
-            "{WHOLE_MESSAGE}content type {content_type:?}: this corral-worker reads version=2 \
-             only; upgrade it"
+            "the AMQP message is quarantined whole, its webhooks unread: content type \
+             {content_type:?}: this corral-worker reads version=2 only; upgrade it"
         )
     );
     assert_eq!(routing_key.as_deref(), Some(Kind::Sms.routing_key()));

@@ -23,6 +23,8 @@
 //! - `helpers`: What the worker tests share: settings, publishing as ingress,
 //!   counting rows, metrics, slow commits, proxies and typed rows.
 //! - `ordering`: The newest state wins whatever the arrival order.
+//! - `proptests`: Whatever a message holds, its batch commits and each of its
+//!   webhooks is stored, a duplicate, or quarantined.
 //! - `outages`: Database and broker outages lose nothing and ack nothing early.
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
@@ -40,6 +42,7 @@ mod exactly_once;
 pub(crate) mod helpers;
 mod ordering;
 mod outages;
+mod proptests;
 mod quarantine;
 mod shutdown;
 mod standby;

@@ -1,14 +1,19 @@
 //! What cannot be typed or stored is quarantined, and the rest of its batch
 //! stored.
 
+use std::time::Duration;
+
 use super::helpers::*;
-use corral_shared::envelope::Kind;
+use chrono::{DateTime, Utc};
+use corral_shared::envelope::{self, Kind};
 use corral_testkit::{
     apps::RunningWorker,
     broker::TestBroker,
     database::TestDatabase,
     fixtures::{self},
+    wait,
 };
+use uuid::Uuid;
 
 /// A webhook the worker cannot type, and the exact error it must be kept with.
 struct Untypeable {
@@ -218,5 +223,145 @@ async fn a_routing_key_postgres_cannot_store_does_not_block_the_queue() {
     let metrics = settled(&worker, QUARANTINED, 1.0).await;
     assert_eq!(metrics.get(STORED), 1.0);
     assert_eq!(metrics.get(DB_TRANSIENT), 0.0);
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// An envelope-2 body of one entry whose `id` and `kind` are the JSON
+/// strings of `id` and `kind` (so U+0000 travels as `\u0000`), with a valid
+/// webhook as its body.
+fn envelope_entry(id: &str, kind: &str) -> Vec<u8> {
+    let text = |value: &str| serde_json::to_string(value).expect("a JSON string");
+    format!(
+        r#"{{"webhooks":[{{"id":{},"received_at":"2026-11-28T14:00:00.000001Z","kind":{},"body":{}}}]}}"#,
+        text(id),
+        text(kind),
+        valid("").1
+    )
+    .into_bytes()
+}
+
+/// An envelope-2 message whose entry's `kind` (or `id`) holds U+0000, which
+/// serde's error quotes: the message is quarantined whole with the NUL
+/// written `\u0000`, and the valid webhook published after it is stored.
+/// Before the fix PostgreSQL refused the quarantine row's error, the whole
+/// batch failed as if the database were down and was retried forever.
+#[tokio::test]
+async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::new().await;
+    let at = now_micros();
+    let poison = [
+        envelope_entry(&Uuid::now_v7().to_string(), "\0"),
+        envelope_entry("0190\0", "sms"),
+    ];
+    let mut ids = Vec::new();
+    for body in &poison {
+        let id = Uuid::now_v7();
+        broker
+            .publish(
+                Kind::Sms.routing_key(),
+                body,
+                envelope::batch_properties(id, at, 1),
+            )
+            .await;
+        ids.push(id);
+    }
+    let good = send_batch(&broker, &[(Kind::Rvm, valid("").1.as_bytes())]).await;
+    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let client = db.client().await;
+    wait::until_true(
+        "both poison messages quarantined and the webhook stored",
+        Duration::from_secs(10),
+        || async { count(&client, QUARANTINE).await == 2 && count(&client, EVENTS).await == 1 },
+    )
+    .await;
+    assert_each_stored_once(&client, &good).await;
+    let errors = [
+        "the AMQP message is quarantined whole, its webhooks unread: not a corral envelope-2 body: \
+         unknown variant `\\u0000`, expected `sms` or `rvm` at line 1 column 117",
+        "the AMQP message is quarantined whole, its webhooks unread: not a corral envelope-2 body: \
+         UUID parsing failed: invalid character: found `\\u0000` at 4 at line 1 column 31",
+    ];
+    for ((id, body), error) in ids.iter().zip(&poison).zip(errors) {
+        let row = client
+            .query_one(
+                "SELECT body, error, routing_key, received_at FROM quarantined_webhooks
+                 WHERE message_id = $1",
+                &[id],
+            )
+            .await
+            .expect("the poison message's row");
+        assert_eq!(&row.get::<_, Vec<u8>>(0), body, "byte for byte");
+        assert_eq!(row.get::<_, String>(1), error);
+        assert_eq!(
+            row.get::<_, Option<String>>(2).as_deref(),
+            Some(Kind::Sms.routing_key())
+        );
+        // A batch message's `received_at` is its `timestamp`, in seconds.
+        assert_eq!(
+            row.get::<_, Option<DateTime<Utc>>>(3),
+            DateTime::from_timestamp(at.timestamp(), 0)
+        );
+    }
+    let metrics = settled(&worker, STORED, 1.0).await;
+    assert_eq!(metrics.get(QUARANTINED), 2.0);
+    assert_eq!(metrics.get(DB_TRANSIENT), 0.0, "nothing was retried");
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// A quarantine row PostgreSQL refuses (here a test's CHECK on its error)
+/// is split out of its batch like a refused event, and kept in its last
+/// resort form: the body, its envelope, and the reason without the values
+/// PostgreSQL refused, saying so. The other quarantine row and the valid
+/// webhooks of the same batch are stored as usual.
+#[tokio::test]
+async fn a_quarantine_row_postgresql_refuses_is_kept_in_its_last_resort_form() {
+    let broker = TestBroker::new().await;
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE quarantined_webhooks
+             ADD CONSTRAINT test_refuse CHECK (error NOT LIKE '%refuse-me%')",
+        )
+        .await
+        .expect("adding the test's constraint");
+    let good = vec![
+        send(&broker, Kind::Sms.routing_key(), valid("").1).await,
+        send(&broker, Kind::Rvm.routing_key(), valid("Opted out").1).await,
+    ];
+    let refused = send(
+        &broker,
+        Kind::Sms.routing_key(),
+        r#"{"drop_id":"d-refused","attempt_date":"refuse-me","status":"success"}"#,
+    )
+    .await;
+    let missing = send(
+        &broker,
+        Kind::Rvm.routing_key(),
+        r#"{"attempt_date":"2026-11-27T05:24:31Z","status":"success"}"#,
+    )
+    .await;
+    let worker = RunningWorker::start(batches_of(4, &db.url, broker.prefix())).await;
+    wait_count(&client, QUARANTINE, 2).await;
+    wait_count(&client, EVENTS, 2).await;
+    assert_each_stored_once(&client, &good).await;
+    assert_quarantined(
+        &client,
+        &refused,
+        "`attempt_date` is not an RFC 3339 date-time in years 1-9999 [its full reason \
+         could not be stored: PostgreSQL refused it, SQLSTATE 23514: new row for relation \
+         \"quarantined_webhooks\" violates check constraint \"test_refuse\"]",
+    )
+    .await;
+    assert_quarantined(&client, &missing, "`drop_id` is missing").await;
+    let metrics = settled(&worker, QUARANTINED, 2.0).await;
+    assert_eq!(metrics.get(STORED), 2.0);
+    assert_eq!(
+        metrics.get("corral_worker_batch_size_count"),
+        1.0,
+        "one batch, committed once"
+    );
+    assert_eq!(metrics.get(DB_TRANSIENT), 0.0, "nothing was retried");
     worker.stop().await.expect("the worker stops cleanly");
 }
