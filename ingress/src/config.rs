@@ -339,8 +339,9 @@ impl IngressConfig {
                 });
             }
             // A bare body (`{…}`, as the provider sends) of the largest size:
-            // one with blanks around it travels escaped and may still not fit,
-            // which SQS's refusal then reports for that webhook alone.
+            // one with blanks around it, or with a character SQS refuses,
+            // travels escaped and may still not fit, which is then reported
+            // for that webhook alone.
             let overhead = batch::ENTRY_OVERHEAD + SQS_MESSAGE_OVERHEAD;
             if self.max_body_bytes + overhead as u64 > u64::from(self.sqs_max_message_bytes) {
                 return Err(ConfigError::BodyAboveSqsMessage {

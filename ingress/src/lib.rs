@@ -274,15 +274,14 @@ fn start_spool(config: &IngressConfig, health: &Health) -> anyhow::Result<Option
         return Ok(None);
     };
     let timeout = config.publish_timeout();
-    let mut target = postgres::Target::named(
+    let target = postgres::Target::named(
         url,
         config.spool_database_ca_file.as_deref(),
         timeout,
         postgres::SPOOL,
     )?;
-    // A 200 from the spool means committed: never weakened by a server or
-    // role default of `off` or `local`.
-    target.set("synchronous_commit", "on");
+    // A 200 from the spool means committed: the pool commits with
+    // `synchronous_commit` on, whatever the server's or the role's default.
     let connections = config.spool_connections;
     let pool = postgres::pool(&target, u32::from(connections), "corral-ingress")?;
     tracing::info!(

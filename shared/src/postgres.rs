@@ -6,8 +6,9 @@
 //! it (checkout, connect, recycle check, statement) has a deadline.
 //!
 //! A COMMIT whose wait for synchronous standbys was cut short is failed
-//! here (`drive_pooled`): the caller never acknowledges what a failover
-//! could lose.
+//! here (`drive_pooled`), and every pooled connection commits with
+//! `synchronous_commit` on, whatever the server's, database's or role's
+//! default: the caller never acknowledges what a failover could lose.
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
@@ -123,16 +124,6 @@ impl Target {
         self.tls.is_some()
     }
 
-    /// Adds a server setting every connection starts with (`-c name=value`).
-    pub fn set(&mut self, name: &str, value: &str) {
-        let setting = format!("-c {name}={value}");
-        let options = match self.config.get_options() {
-            Some(existing) => format!("{existing} {setting}"),
-            None => setting,
-        };
-        self.config.options(&options);
-    }
-
     /// The database's name.
     pub fn dbname(&self) -> Option<&str> {
         self.config.get_dbname()
@@ -209,6 +200,13 @@ fn tls_connector(ca_file: Option<&Path>, names: Names) -> anyhow::Result<MakeRus
 
 /// Builds a pool of `size` connections named `application` (unless the URL
 /// names them). Connections are made lazily; nothing here touches the network.
+///
+/// Whoever commits on one acknowledges on the strength of that COMMIT (the
+/// worker a batch, ingress's spool a 200), so each connection starts with
+/// `synchronous_commit=on`: a default of `off` or `local` would answer the
+/// COMMIT before a synchronous standby has it, and a failover would lose
+/// what was acknowledged. (`remote_apply` is lowered to `on` too, which
+/// waits for the standby's disk, all corral needs.)
 pub fn pool(target: &Target, size: u32, application: &str) -> anyhow::Result<Pool> {
     let mut config = target.config.clone();
     // Notice a dead peer (a cut network) in under a minute, not two hours.
@@ -224,10 +222,13 @@ pub fn pool(target: &Target, size: u32, application: &str) -> anyhow::Result<Poo
     // before a statement's transaction commits (postgres.c,
     // finish_xact_command), so that wait is bounded only by the attempt's
     // deadline in `consume::write`, which gives up without acknowledging.
-    let statement_timeout = format!("-c statement_timeout={}", target.timeout.as_millis());
+    let settings = format!(
+        "-c statement_timeout={} -c synchronous_commit=on",
+        target.timeout.as_millis()
+    );
     let options = match config.get_options() {
-        Some(existing) => format!("{existing} {statement_timeout}"),
-        None => statement_timeout,
+        Some(existing) => format!("{existing} {settings}"),
+        None => settings,
     };
     config.options(&options);
     let manager_config = ManagerConfig {

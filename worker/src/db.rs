@@ -5,10 +5,11 @@
 //! it (checkout, connect, recycle check, statement) has a deadline.
 //!
 //! A COMMIT is acknowledged only once PostgreSQL confirmed it as durable as
-//! the server is configured to make it, synchronous standbys included: its
-//! wait for them has no deadline on the server, a cancelled wait fails the
-//! COMMIT here (`drive_pooled`), and a transaction that wrote nothing still
-//! waits (`commit`).
+//! the server is configured to make it, synchronous standbys included: the
+//! pool's sessions run with `synchronous_commit` on whatever the role's or
+//! database's default, the wait has no deadline on the server, a cancelled
+//! wait fails the COMMIT here (`drive_pooled`), and a transaction that wrote
+//! nothing still waits (`commit`).
 
 use anyhow::Context as _;
 pub use corral_shared::postgres::Target;

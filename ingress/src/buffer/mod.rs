@@ -34,7 +34,7 @@ use std::{
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use corral_shared::{
-    envelope::{self, BatchMessage, Kind, batch},
+    envelope::{self, BatchMessage, Charset, Kind, batch},
     telemetry::{
         labels::{PublishFailure, SpoolCause},
         metrics,
@@ -97,9 +97,9 @@ pub trait Buffer: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Kept, Self::Error>> + Send;
 }
 
-/// One envelope-2 message carrying `webhooks`, and the fresh id it is sent
-/// under: what either buffer sends for a round (or part of one).
-fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>) -> (Uuid, BatchMessage) {
+/// One envelope-2 message carrying `webhooks` in `charset`, and the fresh id
+/// it is sent under: what either buffer sends for a round (or part of one).
+fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>, charset: Charset) -> (Uuid, BatchMessage) {
     let packing: Vec<batch::Packing> = webhooks
         .map(|webhook| batch::Packing {
             id: webhook.message_id,
@@ -109,7 +109,7 @@ fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>) -> (Uuid, BatchMessage)
         })
         .collect();
     let id = Uuid::now_v7();
-    (id, envelope::batch_message(id, &packing))
+    (id, envelope::batch_message(id, &packing, charset))
 }
 
 /// Webhooks awaiting a buffer's verdict (`corral_ingress_publishes_in_flight`).

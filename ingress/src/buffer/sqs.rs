@@ -7,10 +7,12 @@
 //! `CORRAL_PUBLISH_BATCH_MAX` webhooks each, the whole call at most
 //! `CORRAL_SQS_MAX_MESSAGE_BYTES` — and sends it with one `SendMessageBatch`.
 //! Each message is an envelope-2 body with the attributes the worker reads
-//! (`corral_shared::sqs`). SQS answers per message: a webhook is taken only
-//! when its message is among the call's successful entries; a failed entry
-//! refuses its webhooks alone, a failed call all of them (each then goes to
-//! the spool, or is answered 503 without one).
+//! (`corral_shared::sqs`), holding only the characters SQS takes (a body
+//! with one SQS refuses goes escaped, `Charset::Sqs`). SQS answers per
+//! message: a webhook is taken only when its message is among the call's
+//! successful entries; a failed entry refuses its webhooks alone, a failed
+//! call all of them (each then goes to the spool, or is answered 503 without
+//! one).
 //!
 //! Readiness (`broker` in `/readyz`, `corral_broker_connected`) is whether
 //! SQS answers: a `GetQueueAttributes` every few seconds (every second while
@@ -33,7 +35,7 @@ use aws_sdk_sqs::{
 };
 use corral_shared::{
     admin::Health,
-    envelope::batch,
+    envelope::{Charset, batch},
     error_chain,
     sqs::{self, CheckError, Queue},
     telemetry::{
@@ -174,6 +176,8 @@ impl Inner {
 #[derive(Debug)]
 struct Queued {
     webhook: Webhook,
+    /// Its entry's bytes at most, reckoned once (it reads the body).
+    size: usize,
     /// Its message group, with a FIFO queue.
     group: u16,
     lease: Lease,
@@ -188,7 +192,7 @@ impl Waiting for Queued {
     }
 
     fn size(&self) -> usize {
-        batch::entry_len(&self.webhook.body)
+        self.size
     }
 }
 
@@ -220,6 +224,7 @@ impl Buffer for Sqs {
             .fifo_groups
             .map_or(0, |groups| group_of(&webhook.body, groups));
         let _closed = inner.sender.send(Queued {
+            size: batch::entry_len_for(Charset::Sqs, &webhook.body),
             webhook,
             group,
             lease,
@@ -397,7 +402,7 @@ fn entry(
     message: Vec<Queued>,
 ) -> Option<(SendMessageBatchRequestEntryBuilder, Outgoing)> {
     let group = message[0].group;
-    let (id, packed) = pack(message.iter().map(|q| &q.webhook));
+    let (id, packed) = pack(message.iter().map(|q| &q.webhook), Charset::Sqs);
     let mut replies = Vec::with_capacity(message.len());
     let mut leases = Vec::with_capacity(message.len());
     for queued in message {

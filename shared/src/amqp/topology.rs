@@ -57,7 +57,8 @@ impl Topology {
     }
 
     /// Quorum queue behind [`Topology::unroutable_exchange`]; the worker
-    /// consumes it like the main queue.
+    /// consumes it like the main queue, and it dead-letters like the main
+    /// queue ([`Topology::queue_arguments`]).
     pub fn unroutable_queue(&self) -> String {
         format!("{}.unroutable", self.prefix)
     }
@@ -91,9 +92,14 @@ impl Topology {
         .await
     }
 
-    /// Arguments of the main queue. Any difference from an existing queue of
-    /// the same name makes the broker refuse the declaration
-    /// (PRECONDITION_FAILED), which [`Topology::declare`] reports as such.
+    /// Arguments of the main queue, and of the unroutable queue: the worker
+    /// consumes both the same way, so a message it cannot settle on either
+    /// is dead-lettered after as many deliveries. The limit is explicit:
+    /// RabbitMQ 3.x has no default and would deliver it forever, 4.x defaults
+    /// to 20 and, without a dead-letter exchange, drops it. Any difference
+    /// from an existing queue of the same name makes the broker refuse the
+    /// declaration (PRECONDITION_FAILED), which [`Topology::declare`] reports
+    /// as such (the main queue) or works around (an older unroutable queue).
     fn queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
@@ -110,7 +116,9 @@ impl Topology {
         );
         // At-least-once dead-lettering keeps a message in the source queue until
         // the dead-letter queue has confirmed it; RabbitMQ requires
-        // reject-publish overflow for it.
+        // reject-publish overflow for it, which also makes a queue capped by
+        // a policy refuse a publish (ingress spools it) rather than drop its
+        // oldest message, answered 200 long ago.
         args.insert(
             "x-dead-letter-strategy".into(),
             AMQPValue::LongString("at-least-once".into()),
@@ -134,19 +142,13 @@ impl Topology {
         args
     }
 
-    /// A durable fanout exchange feeding one durable quorum queue.
+    /// A durable fanout exchange.
     async fn declare_fanout(
         &self,
         channel: &Channel,
         exchange: &str,
-        queue: &str,
         timeout: Duration,
     ) -> Result<(), AmqpError> {
-        let mut quorum = FieldTable::default();
-        quorum.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
         deadline(
             "declaring a fanout exchange",
             timeout,
@@ -160,7 +162,18 @@ impl Topology {
                 FieldTable::default(),
             ),
         )
-        .await?;
+        .await
+    }
+
+    /// Declares a durable queue with `arguments`, or with `passive` checks
+    /// that it exists whatever its arguments.
+    async fn declare_queue(
+        channel: &Channel,
+        queue: &str,
+        arguments: FieldTable,
+        passive: bool,
+        timeout: Duration,
+    ) -> Result<(), AmqpError> {
         deadline(
             "declaring a queue",
             timeout,
@@ -168,12 +181,23 @@ impl Topology {
                 queue.into(),
                 QueueDeclareOptions {
                     durable: true,
+                    passive,
                     ..Default::default()
                 },
-                quorum,
+                arguments,
             ),
         )
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// Binds `queue` to the fanout `exchange`.
+    async fn bind_fanout(
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        timeout: Duration,
+    ) -> Result<(), AmqpError> {
         deadline(
             "binding a queue",
             timeout,
@@ -188,6 +212,67 @@ impl Topology {
         .await
     }
 
+    /// The dead-letter exchange and queue, then the unroutable ones; returns
+    /// the channel to go on with.
+    ///
+    /// An unroutable queue corral 0.2 declared has no dead-letter arguments
+    /// and cannot be redeclared with them: the broker closes the channel
+    /// (PRECONDITION_FAILED). corral then goes on with the queue as it is, on
+    /// a new channel, and says how to replace it, rather than leave both
+    /// binaries unready mid-upgrade.
+    async fn declare_fanouts(
+        &self,
+        connection: &Connection,
+        mut channel: Channel,
+        timeout: Duration,
+    ) -> Result<Channel, AmqpError> {
+        let (dead_letters, unroutable) = (self.dead_letter_exchange(), self.unroutable_queue());
+        self.declare_fanout(&channel, &dead_letters, timeout)
+            .await?;
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        Self::declare_queue(&channel, &self.dead_letter_queue(), quorum, false, timeout).await?;
+        Self::bind_fanout(&channel, &self.dead_letter_queue(), &dead_letters, timeout).await?;
+        self.declare_fanout(&channel, &self.unroutable_exchange(), timeout)
+            .await?;
+        let declared = Self::declare_queue(
+            &channel,
+            &unroutable,
+            self.queue_arguments(),
+            false,
+            timeout,
+        )
+        .await;
+        match declared {
+            Ok(()) => {}
+            Err(err) if err.is_precondition_failed() => {
+                tracing::warn!(
+                    queue = unroutable,
+                    "the unroutable queue exists with other arguments (as corral 0.2 declared \
+                     it, without dead-lettering): a message that keeps failing there is dropped \
+                     at RabbitMQ 4.x's default delivery limit, or comes back forever on 3.x, \
+                     instead of going to {}. Delete it while it is empty (it holds only what \
+                     the webhooks exchange could not route, normally nothing: `rabbitmqctl \
+                     list_queues name messages`) with `rabbitmqctl delete_queue {}` (`-p \
+                     <vhost>` outside the default vhost; quorum queues refuse `--if-empty`); \
+                     the next connect declares it again with dead-lettering",
+                    self.dead_letter_queue(),
+                    unroutable,
+                );
+                channel =
+                    deadline("opening a channel", timeout, connection.create_channel()).await?;
+                let unchecked = FieldTable::default();
+                Self::declare_queue(&channel, &unroutable, unchecked, true, timeout).await?;
+            }
+            Err(err) => return Err(err),
+        }
+        Self::bind_fanout(&channel, &unroutable, &self.unroutable_exchange(), timeout).await?;
+        Ok(channel)
+    }
+
     /// Declares exchanges, queues and bindings on a new channel of
     /// `connection`, and returns the channel, open; idempotent.
     ///
@@ -195,28 +280,17 @@ impl Topology {
     /// exchange cannot be redeclared with it: the broker closes the channel
     /// (PRECONDITION_FAILED). corral then goes on with the exchange as it is,
     /// on a new channel, and says how to add the safety net, rather than
-    /// refusing to start mid-upgrade while older instances still use it.
+    /// refusing to start mid-upgrade while older instances still use it
+    /// (an older unroutable queue likewise, [`Topology::declare_fanouts`]).
     pub async fn declare(
         &self,
         connection: &Connection,
         timeout: Duration,
     ) -> Result<Channel, AmqpError> {
         let open = || deadline("opening a channel", timeout, connection.create_channel());
-        let mut channel = open().await?;
-        self.declare_fanout(
-            &channel,
-            &self.dead_letter_exchange(),
-            &self.dead_letter_queue(),
-            timeout,
-        )
-        .await?;
-        self.declare_fanout(
-            &channel,
-            &self.unroutable_exchange(),
-            &self.unroutable_queue(),
-            timeout,
-        )
-        .await?;
+        let mut channel = self
+            .declare_fanouts(connection, open().await?, timeout)
+            .await?;
         let exchange = deadline(
             "declaring the webhooks exchange",
             timeout,

@@ -19,8 +19,10 @@
 //! body itself as raw JSON, unparsed and unchanged (ingress only accepts a
 //! JSON object, so it is always valid JSON): the bytes between `"body":` and
 //! the entry's closing `}` are exactly the bytes received. A body with
-//! whitespace before or after its object would lose it there, so such a body
-//! goes as the JSON string `body_text` instead, whose value is the exact text.
+//! whitespace before or after its object would lose it there, and a body
+//! holding a character the buffer cannot carry (SQS: U+FFFE, U+FFFF,
+//! [`Charset`]) cannot go raw, so such a body goes as the JSON string
+//! `body_text` instead, whose value is the exact text.
 //!
 //! corral-ingress puts webhooks of one kind in a message and routes it with
 //! that kind's key (`dropcowboy.sms`, `dropcowboy.rvm`), so a queue bound to
@@ -39,7 +41,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{Kind, format_received_at};
+use super::{Charset, Kind, format_received_at};
 
 /// The media type of an envelope-2 message, without parameters.
 pub const MEDIA_TYPE: &str = "application/vnd.corral.webhooks+json";
@@ -67,11 +69,22 @@ pub struct Packing<'a> {
     pub body: &'a [u8],
 }
 
-/// Appends `webhooks` to `out` as one envelope-2 body.
+/// Appends `webhooks` to `out` as one envelope-2 body for AMQP (any
+/// bytes: [`encode_for`] with [`Charset::Any`]).
+pub fn encode<'a>(webhooks: impl IntoIterator<Item = Packing<'a>>, out: &mut Vec<u8>) {
+    encode_for(Charset::Any, webhooks, out);
+}
+
+/// Appends `webhooks` to `out` as one envelope-2 body holding only
+/// characters of `charset`.
 ///
 /// Written by hand rather than through serde: the bodies go in unparsed,
 /// and nothing else needs escaping (UUIDs, timestamps and kinds are ASCII).
-pub fn encode<'a>(webhooks: impl IntoIterator<Item = Packing<'a>>, out: &mut Vec<u8>) {
+pub fn encode_for<'a>(
+    charset: Charset,
+    webhooks: impl IntoIterator<Item = Packing<'a>>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"{\"webhooks\":[");
     for (i, webhook) in webhooks.into_iter().enumerate() {
         if i > 0 {
@@ -89,7 +102,7 @@ pub fn encode<'a>(webhooks: impl IntoIterator<Item = Packing<'a>>, out: &mut Vec
         out.extend_from_slice(format_received_at(webhook.received_at).as_bytes());
         out.extend_from_slice(b"\",\"kind\":\"");
         out.extend_from_slice(webhook.kind.as_str().as_bytes());
-        if is_bare(webhook.body) {
+        if goes_raw(charset, webhook.body) {
             out.extend_from_slice(b"\",\"body\":");
             out.extend_from_slice(webhook.body);
         } else {
@@ -99,7 +112,7 @@ pub fn encode<'a>(webhooks: impl IntoIterator<Item = Packing<'a>>, out: &mut Vec
             // would not be, so refuse loudly in tests and degrade in release.
             let text = String::from_utf8_lossy(webhook.body);
             debug_assert!(matches!(text, Cow::Borrowed(_)), "bodies are UTF-8");
-            serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
+            charset.write_json_string(&text, out);
         }
         out.push(b'}');
     }
@@ -107,19 +120,26 @@ pub fn encode<'a>(webhooks: impl IntoIterator<Item = Packing<'a>>, out: &mut Vec
 }
 
 /// Whether `body` can travel as raw JSON: it starts with its object's `{`
-/// and ends with its `}`, so nothing around the object would be lost.
-fn is_bare(body: &[u8]) -> bool {
-    body.first() == Some(&b'{') && body.last() == Some(&b'}')
+/// and ends with its `}`, so nothing around the object would be lost, and
+/// holds only characters of `charset`.
+fn goes_raw(charset: Charset, body: &[u8]) -> bool {
+    body.first() == Some(&b'{') && body.last() == Some(&b'}') && !charset.refuses_any_of(body)
 }
 
-/// Bytes [`encode`] writes for one webhook of `body_len` bytes, at most
-/// (a `body_text` can grow by escaping; ingress sends those rare bodies
-/// alone when they would not fit).
+/// Bytes [`encode`] writes for one webhook with `body`, at most.
 pub fn entry_len(body: &[u8]) -> usize {
-    if is_bare(body) {
+    entry_len_for(Charset::Any, body)
+}
+
+/// Bytes [`encode_for`] writes for one webhook with `body`, at most (a
+/// `body_text` can grow by escaping; ingress sends those rare bodies alone
+/// when they would not fit).
+pub fn entry_len_for(charset: Charset, body: &[u8]) -> usize {
+    if goes_raw(charset, body) {
         body.len() + ENTRY_OVERHEAD
     } else {
-        // Every byte escaped as `\u00XX` is the worst case.
+        // Every byte escaped as `\u00XX` is the worst case (a character
+        // only SQS refuses takes 3 bytes and is written in 6).
         body.len() * 6 + 2 + ENTRY_OVERHEAD
     }
 }
@@ -243,6 +263,10 @@ mod tests {
     }
 
     fn round_trip(bodies: &[(&[u8], Kind)]) -> Vec<u8> {
+        round_trip_for(Charset::Any, bodies)
+    }
+
+    fn round_trip_for(charset: Charset, bodies: &[(&[u8], Kind)]) -> Vec<u8> {
         let packing: Vec<Packing> = bodies
             .iter()
             .enumerate()
@@ -255,7 +279,7 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        encode(packing.iter().copied(), &mut out);
+        encode_for(charset, packing.iter().copied(), &mut out);
         let unpacked = decode(&out).expect("decodes");
         assert_eq!(unpacked.len(), packing.len());
         for (packed, unpacked) in packing.iter().zip(&unpacked) {
@@ -263,12 +287,38 @@ mod tests {
             assert_eq!(unpacked.received_at, packed.received_at);
             assert_eq!(unpacked.kind, packed.kind);
             assert_eq!(&*unpacked.body, packed.body, "exact bytes");
-            assert!(
-                out.len()
-                    <= FRAME_OVERHEAD + packing.iter().map(|p| entry_len(p.body)).sum::<usize>()
-            );
+            let bound = packing
+                .iter()
+                .map(|p| entry_len_for(charset, p.body))
+                .sum::<usize>();
+            assert!(out.len() <= FRAME_OVERHEAD + bound);
         }
         out
+    }
+
+    #[test]
+    fn for_sqs_a_body_with_a_character_sqs_refuses_goes_escaped_and_comes_back_exactly() {
+        let refused = "{\"foreign_id\":\"\u{FFFE}x\u{FFFF}\"}";
+        let bodies: &[(&[u8], Kind)] = &[
+            (br#"{"drop_id":"a"}"#, Kind::Sms),
+            (refused.as_bytes(), Kind::Sms),
+            (" {\"a\":\"\u{FFFF}\"}\n".as_bytes(), Kind::Rvm),
+            ("{\"a\":\"\u{FFFD}\u{1F600}\"}".as_bytes(), Kind::Sms),
+        ];
+        let out = round_trip_for(Charset::Sqs, bodies);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.chars().all(|c| Charset::Sqs.admits(c)), "{text}");
+        assert!(text.contains(r#""body_text":"{\"foreign_id\":\"\ufffex\uffff\"}""#));
+        // What SQS takes still goes raw.
+        assert!(text.contains(r#""body":{"drop_id":"a"}"#));
+        assert!(text.contains("\"body\":{\"a\":\"\u{FFFD}\u{1F600}\"}"));
+        // AMQP carries the same body raw.
+        let amqp = round_trip(bodies);
+        assert!(
+            std::str::from_utf8(&amqp)
+                .unwrap()
+                .contains(&format!("\"body\":{refused}"))
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub const WEBHOOKS_HEADER: &str = "x-corral-webhooks";
 pub const MIXED_ROUTING_KEY: &str = "dropcowboy.mixed";
 
 pub mod batch;
+mod charset;
+
+pub use charset::Charset;
 
 /// Which Drop Cowboy product a webhook reports on; chosen by the route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -123,17 +126,22 @@ pub struct BatchMessage {
     pub properties: BasicProperties,
 }
 
-/// `webhooks` as one envelope-2 message named `message_id`: the one way
-/// ingress, and whatever stands in for it in tests and benchmarks, builds one.
-pub fn batch_message(message_id: Uuid, webhooks: &[batch::Packing<'_>]) -> BatchMessage {
+/// `webhooks` as one envelope-2 message named `message_id`, for a buffer
+/// whose bodies hold `charset`: the one way ingress, and whatever stands in
+/// for it in tests and benchmarks, builds one.
+pub fn batch_message(
+    message_id: Uuid,
+    webhooks: &[batch::Packing<'_>],
+    charset: Charset,
+) -> BatchMessage {
     let first = webhooks.first().expect("a message holds a webhook");
     let bytes = batch::FRAME_OVERHEAD
         + webhooks
             .iter()
-            .map(|webhook| batch::entry_len(webhook.body))
+            .map(|webhook| batch::entry_len_for(charset, webhook.body))
             .sum::<usize>();
     let mut body = Vec::with_capacity(bytes);
-    batch::encode(webhooks.iter().copied(), &mut body);
+    batch::encode_for(charset, webhooks.iter().copied(), &mut body);
     BatchMessage {
         routing_key: routing_key(webhooks.iter().map(|webhook| webhook.kind)),
         body,

@@ -294,7 +294,7 @@ impl TestBroker {
     /// Returns the message's own `message_id` (each webhook keeps its id).
     pub async fn publish_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
         let message_id = Uuid::now_v7();
-        let message = envelope::batch_message(message_id, webhooks);
+        let message = envelope::batch_message(message_id, webhooks, envelope::Charset::Any);
         self.publish(message.routing_key, &message.body, message.properties)
             .await;
         message_id

@@ -171,7 +171,7 @@ impl TestQueue {
         delay_secs: i32,
     ) -> (Uuid, String) {
         let id = Uuid::now_v7();
-        let message = envelope::batch_message(id, webhooks);
+        let message = envelope::batch_message(id, webhooks, envelope::Charset::Sqs);
         let fifo = sqs::is_fifo(url);
         let sent = self
             .client

@@ -25,7 +25,7 @@ use std::{
 
 use corral_shared::{
     amqp::{self, Refused},
-    envelope::{Kind, batch},
+    envelope::{Charset, Kind, batch},
     telemetry::metrics,
 };
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
@@ -153,7 +153,7 @@ async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePe
     if let Some(reason) = link.blocked_reason() {
         return answer(replies_of(message), Err(PublishError::Blocked(reason)));
     }
-    let (id, packed) = pack(message.iter().map(|q| &q.webhook));
+    let (id, packed) = pack(message.iter().map(|q| &q.webhook), Charset::Any);
     metrics::ingress_publish_batch(message.len());
     // The request bodies go now; their leases stay to count the message's
     // copy until its frames are written.

@@ -340,7 +340,7 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
                     body: body.as_bytes(),
                 })
                 .collect();
-            let message = envelope::batch_message(Uuid::now_v7(), &packing);
+            let message = envelope::batch_message(Uuid::now_v7(), &packing, envelope::Charset::Any);
             corral_shared::amqp::publish_mandatory(
                 channel,
                 exchange.as_str().into(),

@@ -22,6 +22,8 @@
 //!   service bound to `<prefix>.delivery-results` receives them.
 //! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
 //!   server.
+//! - `topology`: what both binaries declare on the broker, read back from
+//!   it, and an older corral's unroutable queue upgraded.
 
 mod docs;
 mod e2e;
@@ -33,4 +35,5 @@ mod smoke;
 mod spool;
 mod sqs;
 mod summary;
+mod topology;
 mod worker;

@@ -281,10 +281,10 @@ pub(super) async fn raw_http(port: u16, request: &[u8]) -> (u16, String) {
 /// Every log line of the process, captured by a global subscriber at TRACE
 /// (each test is its own process under nextest, so this is the test's own).
 #[derive(Debug, Clone, Default)]
-pub(super) struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    pub(super) fn install() -> Self {
+    pub(crate) fn install() -> Self {
         let logs = Self::default();
         tracing_subscriber::fmt()
             .with_writer(logs.clone())
@@ -295,7 +295,7 @@ impl CapturedLogs {
         logs
     }
 
-    pub(super) fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         let bytes = self.0.lock().expect("log buffer").clone();
         String::from_utf8_lossy(&bytes)
             .lines()

@@ -14,7 +14,10 @@
 //! - `dead_letters`: `corral-worker dead-letters` on the dead-letter queue
 //!   of the redrive policy: listing leaves everything, replays store once.
 //! - `metrics`: the queue depth and the oldest message's wait on `/metrics`.
+//! - `characters`: a body holding characters SQS refuses (U+FFFE, U+FFFF)
+//!   travels escaped and is stored exactly.
 
+mod characters;
 mod dead_letters;
 mod fifo;
 mod flow;

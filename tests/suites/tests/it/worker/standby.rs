@@ -34,17 +34,22 @@ const WAITING: &str = "SELECT count(*) FROM pg_stat_activity
      WHERE application_name = 'corral-worker' AND wait_event = 'SyncRep'
        AND query_start > $1";
 
+/// The worker on the cluster's primary, created and migrated while the
+/// standby is there to confirm it.
+async fn start_worker(cluster: &ReplicatedPostgres, broker: &TestBroker) -> RunningWorker {
+    let mut config = config(&cluster.primary_url("corral"), broker.prefix());
+    config.prefetch = PREFETCH;
+    config.batch_max = u32::from(PREFETCH);
+    config.db_timeout_ms = DB_TIMEOUT.as_millis() as u64;
+    RunningWorker::start(config).await
+}
+
 #[tokio::test]
 async fn nothing_is_acknowledged_until_the_synchronous_standby_has_the_batch() {
     let cluster = ReplicatedPostgres::start().await;
     let broker = TestBroker::new().await;
     let url = cluster.primary_url("corral");
-    let mut config = config(&url, broker.prefix());
-    config.prefetch = PREFETCH;
-    config.batch_max = u32::from(PREFETCH);
-    config.db_timeout_ms = DB_TIMEOUT.as_millis() as u64;
-    // Created and migrated while the standby is there to confirm it.
-    let worker = RunningWorker::start(config).await;
+    let worker = start_worker(&cluster, &broker).await;
     let primary = database::connect(&url).await;
     let before = worker.metrics().await;
     let watch = Watch {
@@ -88,6 +93,55 @@ async fn nothing_is_acknowledged_until_the_synchronous_standby_has_the_batch() {
     assert_each_stored_once(&primary, &sent).await;
     let standby = database::connect(&cluster.standby_url("corral")).await;
     wait_count(&standby, EVENTS, sent.len() as i64).await;
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
+/// A role whose default is `synchronous_commit = off` (a DBA's tuning, a
+/// managed database's preset) would have PostgreSQL answer a COMMIT before
+/// the standby has it: the worker's sessions commit with `on` whatever the
+/// default, so nothing is acknowledged while the standby is away.
+#[tokio::test]
+async fn a_role_defaulting_to_asynchronous_commit_still_waits_for_the_standby() {
+    let cluster = ReplicatedPostgres::start().await;
+    let broker = TestBroker::new().await;
+    // The worker's role is the throwaway cluster's `postgres`.
+    let admin = database::connect(&cluster.primary_url("postgres")).await;
+    admin
+        .batch_execute("ALTER ROLE postgres SET synchronous_commit = off")
+        .await
+        .expect("the role's default");
+    let direct: String = database::connect(&cluster.primary_url("postgres"))
+        .await
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("the role's default")
+        .get(0);
+    assert_eq!(direct, "off", "the role's default is in effect");
+    let worker = start_worker(&cluster, &broker).await;
+    let primary = database::connect(&cluster.primary_url("corral")).await;
+    let before = worker.metrics().await;
+    let watch = Watch {
+        worker: &worker,
+        broker: &broker,
+        before: &before,
+    };
+
+    cluster.stop_standby().await;
+    let since = server_now(&primary).await;
+    let mut sent = Vec::new();
+    for _ in 0..2 * PREFETCH {
+        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+    }
+    watch.until_commit_waits(&primary, since).await;
+    watch.nothing_acknowledged(WATCH).await;
+
+    cluster.start_standby().await;
+    wait::until_true("every message acknowledged", WAIT, || async {
+        watch.acknowledged().await == sent.len() as f64
+            && broker.ready_count(&broker.queue()).await == 0
+    })
+    .await;
+    assert_each_stored_once(&primary, &sent).await;
     worker.stop().await.expect("the worker stops cleanly");
 }
 
