@@ -10,7 +10,9 @@
 //! - [`connection`]: the deadline for every request head, on each accepted
 //!   stream.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
-//! - [`webhook`]: the routes and their errors, cheapest check first.
+//! - [`signature`]: the signed route's secrets and Drop Cowboy's HMAC rule.
+//! - [`webhook`]: the routes, their one pipeline (cheapest check first) and
+//!   their errors.
 //! - [`budget`]: the bound on request bodies held at once, in bytes.
 //! - [`refusal_log`]: refusals logged at most once per cause per second,
 //!   with a count of the rest; and every 503 on a line of its own.
@@ -27,6 +29,7 @@ pub mod buffer;
 pub mod config;
 pub mod connection;
 pub mod refusal_log;
+pub mod signature;
 pub mod webhook;
 
 use std::time::Duration;
@@ -57,6 +60,7 @@ use crate::{
     },
     config::IngressConfig,
     refusal_log::RefusalLog,
+    signature::Signing,
     webhook::WebhookState,
 };
 
@@ -89,23 +93,26 @@ impl Application {
     /// Validates `config`, binds the listeners (port 0 picks a free one) and
     /// starts connecting to the broker in the background. `shutdown` stops it.
     pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        config.validate()?;
+        let keys = config.validate()?;
         if config.buffer.kind == BufferKind::Rabbitmq {
             corral_shared::amqp::check_settings(&config.amqp)?;
         }
         let prometheus = telemetry::prometheus();
         telemetry::metrics::register_binary(Binary::Ingress);
 
-        let tokens = config.tokens();
-        if tokens.is_empty() {
+        let tokens = Tokens::new(&config.tokens(), config.allow_unauthenticated);
+        if tokens.open() {
             tracing::warn!(
                 "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {} can \
                  write webhooks into your database. Never run this way in production.",
                 config.listen
             );
         }
+        let signing = Signing::new(keys, config.signing.signature_tolerance_secs);
+        log_signing(&signing);
 
         let health = Health::new(false);
+        health.set_signing_secrets(signing.secrets());
         let (buffer, supervisor) = start_primary(&config, &health)?;
         let spool = start_spool(&config, &health)?;
         let buffer = Fallback::new(
@@ -115,7 +122,8 @@ impl Application {
             config.publish_timeout(),
         );
         let state = WebhookState {
-            tokens: Tokens::new(&tokens),
+            tokens,
+            signing,
             buffer: buffer.clone(),
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
@@ -201,6 +209,23 @@ impl Application {
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-ingress stopped");
         Ok(())
+    }
+}
+
+/// Says at start how many signing secrets are loaded (never which), and
+/// loudly when none is: the signed route then refuses every delivery.
+fn log_signing(signing: &Signing) {
+    match signing.secrets() {
+        0 => tracing::error!(
+            "NO SIGNING SECRET (CORRAL_DROPCOWBOY_SIGNING_SECRETS and \
+             CORRAL_DROPCOWBOY_SIGNING_SECRETS_FILE are unset or empty): POST /webhooks/dropcowboy \
+             answers 503 to every signed webhook Drop Cowboy sends. Set the secret of each of \
+             your webhooks there to accept them."
+        ),
+        secrets => tracing::info!(
+            signing_secrets = secrets,
+            "signed webhooks: POST /webhooks/dropcowboy verifies each with any of the secrets loaded"
+        ),
     }
 }
 
@@ -350,6 +375,11 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
                 .service(
                     web::resource("/webhooks/dropcowboy/rvm")
                         .route(web::post().to(webhook::rvm::<B>))
+                        .default_service(web::to(webhook::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/webhooks/dropcowboy")
+                        .route(web::post().to(webhook::signed::<B>))
                         .default_service(web::to(webhook::method_not_allowed)),
                 )
                 .default_service(web::to(webhook::not_found))

@@ -1,10 +1,25 @@
-//! Payloads: the provider's two samples and generated variants covering every
-//! documented failure reason.
+//! Payloads: the provider's samples (the legacy callback's two; the current
+//! API's signed webhooks, callback and signature vectors) and generated
+//! variants covering every documented failure reason.
 
 /// `../shared/samples/sms-success.json`, byte for byte.
 pub const SMS_SUCCESS: &str = include_str!("../../fixtures/sms-success.json");
 /// `../shared/samples/sms-failure.json`, byte for byte.
 pub const SMS_FAILURE: &str = include_str!("../../fixtures/sms-failure.json");
+
+/// `../shared/samples/v2-signature-vectors.json`, byte for byte: a signed
+/// body with its secret, timestamp and signature, another secret's
+/// signature, a tampered copy, and a fresh and a stale "now".
+pub const SIGNATURE_VECTORS: &str = include_str!("../../fixtures/v2-signature-vectors.json");
+/// `../shared/samples/v2-webhook-sms-status.json`, byte for byte.
+pub const V2_WEBHOOK_SMS_STATUS: &str = include_str!("../../fixtures/v2-webhook-sms-status.json");
+/// `../shared/samples/v2-webhook-rvm-status.json`, byte for byte.
+pub const V2_WEBHOOK_RVM_STATUS: &str = include_str!("../../fixtures/v2-webhook-rvm-status.json");
+/// `../shared/samples/v2-webhook-rvm-receipt.json`, byte for byte.
+pub const V2_WEBHOOK_RVM_RECEIPT: &str = include_str!("../../fixtures/v2-webhook-rvm-receipt.json");
+/// `../shared/samples/v2-callback-rvm-failure.json`, byte for byte.
+pub const V2_CALLBACK_RVM_FAILURE: &str =
+    include_str!("../../fixtures/v2-callback-rvm-failure.json");
 
 pub use corral_shared::payload::FAILURE_REASONS;
 
