@@ -100,7 +100,9 @@ pub struct SecretsError {
 impl SigningSettings {
     /// The secrets of both settings, trimmed, empty ones dropped, each once.
     pub fn secrets(&self) -> Result<Vec<String>, SecretsError> {
-        let mut all = items(self.secrets.iter().map(String::as_str));
+        // clap splits the variable at its commas; a value set another way
+        // (a test's, or one with commas in a single flag) is split the same.
+        let mut all = items(self.secrets.iter().flat_map(|item| item.split(',')));
         if let Some(path) = &self.secrets_file {
             let text = read(path)?;
             all.extend(items(text.split([',', '\n'])));
