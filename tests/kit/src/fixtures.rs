@@ -23,6 +23,26 @@ pub const V2_CALLBACK_RVM_FAILURE: &str =
 
 pub use corral_shared::payload::FAILURE_REASONS;
 
+/// `X-Signature` as Drop Cowboy computes it: `sha256=` and the lower-case
+/// hex HMAC-SHA256, keyed with `secret`'s UTF-8 bytes, of `timestamp`, `.`
+/// and `body` (the vectors in [`SIGNATURE_VECTORS`] check the rule).
+pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(timestamp.as_bytes());
+    context.update(b".");
+    context.update(body);
+    format!("sha256={}", hex::encode(context.sign()))
+}
+
+/// A signed event body as the provider's receiver conformance suite makes
+/// one (`event_at` in milliseconds), with `event_id`.
+pub fn event_body(event_id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event_id}","event":"contact.msg.received","event_at":1796601722000,"data":{{"contact_id":"5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d","body":"Yes, call me back","from":"+13125550142"}}}}"#
+    )
+}
+
 /// A delivery-status body in the provider's shape. `reason` empty means success.
 /// Money is written as literal JSON text, so tests can compare it exactly.
 pub fn delivery_status(
