@@ -45,5 +45,5 @@ mod logs;
 mod memory;
 mod rejections;
 mod shutdown;
-mod signed;
+pub(crate) mod signed;
 mod tls;

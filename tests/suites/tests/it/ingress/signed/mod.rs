@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::helpers::*;
 
 /// The secret of the webhook most tests sign with.
-pub(super) const SECRET: &str = "corral-test-signing-4f1c9a2e-7b3d";
+pub(crate) const SECRET: &str = "corral-test-signing-4f1c9a2e-7b3d";
 /// A second webhook's secret, configured beside [`SECRET`].
 pub(super) const SECOND_SECRET: &str = "corral-test-signing-second-8e2a";
 
@@ -51,14 +51,14 @@ pub(super) fn now() -> i64 {
 /// defaults): JSON, its user agent, signed with the secret at the
 /// timestamp, `X-Signature-Version: v1`, `X-Attempt: 1`.
 #[derive(Debug, Clone)]
-pub(super) struct Delivery {
-    pub(super) body: Vec<u8>,
+pub(crate) struct Delivery {
+    pub(crate) body: Vec<u8>,
     headers: BTreeMap<&'static str, String>,
 }
 
 impl Delivery {
     /// `body` signed with `secret`, now.
-    pub(super) fn new(secret: &str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn new(secret: &str, body: impl Into<Vec<u8>>) -> Self {
         Self::at(secret, &now().to_string(), body)
     }
 
@@ -94,7 +94,7 @@ impl Delivery {
     }
 
     /// The POST to the signed route.
-    pub(super) fn request(&self, ingress: &RunningIngress) -> RequestBuilder {
+    pub(crate) fn request(&self, ingress: &RunningIngress) -> RequestBuilder {
         self.request_to(&ingress.http, &ingress.base_url())
     }
 
@@ -112,7 +112,7 @@ impl Delivery {
 }
 
 /// A signed event body with a fresh `event_id`.
-pub(super) fn fresh_event() -> String {
+pub(crate) fn fresh_event() -> String {
     fixtures::event_body(&Uuid::now_v7().to_string())
 }
 
