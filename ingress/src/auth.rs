@@ -57,6 +57,17 @@ impl Tokens {
         self.open
     }
 
+    /// Warns loudly at start when no token is needed: anyone who can reach
+    /// `listen` can then write webhooks.
+    pub fn announce(&self, listen: &str) {
+        if self.open {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {listen} \
+                 can write webhooks into your database. Never run this way in production."
+            );
+        }
+    }
+
     /// Whether `request` carries an accepted token in any of the three places.
     pub fn authorizes(&self, request: &HttpRequest) -> bool {
         if self.open {

@@ -101,15 +101,9 @@ impl Application {
         telemetry::metrics::register_binary(Binary::Ingress);
 
         let tokens = Tokens::new(&config.tokens(), config.allow_unauthenticated);
-        if tokens.open() {
-            tracing::warn!(
-                "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {} can \
-                 write webhooks into your database. Never run this way in production.",
-                config.listen
-            );
-        }
+        tokens.announce(&config.listen);
         let signing = Signing::new(keys, config.signing.signature_tolerance_secs);
-        log_signing(&signing);
+        signing.announce();
 
         let health = Health::new(false);
         health.set_signing_secrets(signing.secrets());
@@ -209,23 +203,6 @@ impl Application {
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-ingress stopped");
         Ok(())
-    }
-}
-
-/// Says at start how many signing secrets are loaded (never which), and
-/// loudly when none is: the signed route then refuses every delivery.
-fn log_signing(signing: &Signing) {
-    match signing.secrets() {
-        0 => tracing::error!(
-            "NO SIGNING SECRET (CORRAL_DROPCOWBOY_SIGNING_SECRETS and \
-             CORRAL_DROPCOWBOY_SIGNING_SECRETS_FILE are unset or empty): POST /webhooks/dropcowboy \
-             answers 503 to every signed webhook Drop Cowboy sends. Set the secret of each of \
-             your webhooks there to accept them."
-        ),
-        secrets => tracing::info!(
-            signing_secrets = secrets,
-            "signed webhooks: POST /webhooks/dropcowboy verifies each with any of the secrets loaded"
-        ),
     }
 }
 
@@ -358,7 +335,7 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1));
     let draining = builder.graceful_shutdown_signal();
-    let listener = listen(&config.listen)
+    let listener = connection::listen(&config.listen)
         .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
     let port = listener.local_addr()?.port();
     let server = builder
@@ -367,21 +344,7 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
             let draining = draining.clone();
             let app = App::new()
                 .app_data(state)
-                .service(
-                    web::resource("/webhooks/dropcowboy/sms")
-                        .route(web::post().to(webhook::sms::<B>))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/webhooks/dropcowboy/rvm")
-                        .route(web::post().to(webhook::rvm::<B>))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/webhooks/dropcowboy")
-                        .route(web::post().to(webhook::signed::<B>))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
+                .configure(webhook::routes::<B>)
                 .default_service(web::to(webhook::not_found))
                 .wrap_fn(connection::track);
             let http = HttpService::build()
@@ -415,22 +378,4 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
         .context("starting the webhook listener")?
         .run();
     Ok((server, port, workers))
-}
-
-/// Binds `address` (its first resolution) with a backlog of 4096: bursts open
-/// many connections at once, and connections past `CORRAL_MAX_CONNECTIONS`
-/// wait there; a std listener would keep the kernel's default of 128 and drop
-/// SYNs past it.
-fn listen(address: &str) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
-        .next()
-        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // A restart can bind at once while the previous process's connections
-    // sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }

@@ -158,6 +158,26 @@ fn log_refusal(
     }
 }
 
+/// The webhook routes, each answering 405 to any method but POST.
+pub fn routes<B: Buffer>(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/webhooks/dropcowboy/sms")
+                .route(web::post().to(sms::<B>))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/webhooks/dropcowboy/rvm")
+                .route(web::post().to(rvm::<B>))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/webhooks/dropcowboy")
+                .route(web::post().to(signed::<B>))
+                .default_service(web::to(method_not_allowed)),
+        );
+}
+
 /// Any other route: 404 with a JSON body.
 pub async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(serde_json::json!({ "error": "not found" }))

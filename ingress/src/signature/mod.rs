@@ -68,6 +68,24 @@ impl Signing {
         verify::check_headers(headers, unix_now(), self.tolerance_secs)
     }
 
+    /// Says at start how many secrets are loaded (never which), and loudly
+    /// when none is: the signed route then refuses every delivery.
+    pub fn announce(&self) {
+        match self.secrets() {
+            0 => tracing::error!(
+                "NO SIGNING SECRET (CORRAL_DROPCOWBOY_SIGNING_SECRETS and \
+                 CORRAL_DROPCOWBOY_SIGNING_SECRETS_FILE are unset or empty): POST \
+                 /webhooks/dropcowboy answers 503 to every signed webhook Drop Cowboy sends. Set \
+                 the secret of each of your webhooks there to accept them."
+            ),
+            secrets => tracing::info!(
+                signing_secrets = secrets,
+                "signed webhooks: POST /webhooks/dropcowboy verifies each with any of the \
+                 secrets loaded"
+            ),
+        }
+    }
+
     /// Whether a configured secret signed `body` as `signed` says.
     pub fn verify(&self, signed: &Signed, body: &[u8]) -> Result<(), Refusal> {
         verify::verify(self.keys.as_slice(), signed, body)
