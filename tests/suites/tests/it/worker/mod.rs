@@ -27,6 +27,8 @@
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
+//! - `signed_events`: Signed webhooks (kind `event`), quarantined on their own
+//!   until the worker stores them.
 //! - `suppressions`: Numbers not to message again, from every class of
 //!   payload, exactly once and whatever the arrival order; lifting one.
 //! - `standby`: A synchronous standby away: nothing acknowledged until it has
@@ -42,6 +44,7 @@ mod ordering;
 mod outages;
 mod quarantine;
 mod shutdown;
+mod signed_events;
 mod standby;
 mod suppressions;
 mod tls;
