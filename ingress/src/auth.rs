@@ -2,9 +2,10 @@
 //!
 //! Drop Cowboy signs nothing it sends to a `callback_url`, so a secret in the
 //! callback URL is the only way to tell those calls from anyone else's (its
-//! signed account webhooks are [`crate::signature`]'s). The token may arrive as the `token`
-//! query parameter, as `Authorization: Bearer <token>`, or as the password of
-//! HTTP Basic auth (a callback URL `https://corral:<token>@host/...`).
+//! signed account webhooks are [`crate::signature`]'s). The token may arrive
+//! as the `token` query parameter, as `Authorization: Bearer <token>`, or as
+//! the password of HTTP Basic auth (a callback URL
+//! `https://corral:<token>@host/...`).
 //!
 //! Candidates and configured tokens are compared as SHA-256 digests with a
 //! constant-time equality, every configured token every time, so neither the
