@@ -14,6 +14,7 @@
 //! - `dead_letters`: `corral-worker dead-letters` on the dead-letter queue
 //!   of the redrive policy: listing leaves everything, replays store once.
 //! - `metrics`: the queue depth and the oldest message's wait on `/metrics`.
+//! - `signed`: a signed webhook's message routed `dropcowboy.event`.
 
 mod dead_letters;
 mod fifo;
@@ -21,6 +22,7 @@ mod flow;
 mod metrics;
 mod outage;
 mod settings;
+mod signed;
 mod visibility;
 
 use std::time::Duration;
