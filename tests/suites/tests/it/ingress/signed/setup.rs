@@ -15,16 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 
-/// `/readyz`'s JSON.
-async fn readyz(admin_port: u16) -> serde_json::Value {
-    reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz"))
-        .await
-        .expect("/readyz answers")
-        .json()
-        .await
-        .expect("/readyz is JSON")
-}
-
 /// Without a secret the route answers 503 and ingress says why at start, as
 /// an ERROR naming the setting; `/readyz` says none is loaded, and is ready
 /// all the same (the callback routes work).
