@@ -238,7 +238,7 @@ def kubernetes(rendered: pathlib.Path) -> None:
     # With SQS neither holds a broker URL: each pod's IAM role reaches the queue.
     broker_url = set() if buffer == "sqs" else {"CORRAL_AMQP_URL"}
     expected_keys = {
-        "corral-ingress-secrets": {"CORRAL_WEBHOOK_TOKENS", "CORRAL_SPOOL_DATABASE_URL"} | broker_url,
+        "corral-ingress-secrets": {"CORRAL_WEBHOOK_TOKENS", "CORRAL_DROPCOWBOY_SIGNING_SECRETS", "CORRAL_SPOOL_DATABASE_URL"} | broker_url,
         "corral-worker-secrets": {"CORRAL_DATABASE_URL"} | broker_url,
     }
     for secret in by_kind.get("Secret", []):
@@ -250,7 +250,7 @@ def kubernetes(rendered: pathlib.Path) -> None:
     for cm in configmaps:
         for key in cm["data"]:
             check(
-                key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL", "CORRAL_SPOOL_DATABASE_URL"},
+                key not in {"CORRAL_WEBHOOK_TOKENS", "CORRAL_DROPCOWBOY_SIGNING_SECRETS", "CORRAL_AMQP_URL", "CORRAL_DATABASE_URL", "CORRAL_SPOOL_DATABASE_URL"},
                 f"ConfigMap {cm['metadata']['name']}: no secret in it ({key})",
             )
 

@@ -1,9 +1,11 @@
 //! Webhook tokens.
 //!
-//! Drop Cowboy signs nothing, so a secret in the callback URL is the only way
-//! to tell its calls from anyone else's. The token may arrive as the `token`
-//! query parameter, as `Authorization: Bearer <token>`, or as the password of
-//! HTTP Basic auth (a callback URL `https://corral:<token>@host/...`).
+//! Drop Cowboy signs nothing it sends to a `callback_url`, so a secret in the
+//! callback URL is the only way to tell those calls from anyone else's (its
+//! signed account webhooks are [`crate::signature`]'s). The token may arrive
+//! as the `token` query parameter, as `Authorization: Bearer <token>`, or as
+//! the password of HTTP Basic auth (a callback URL
+//! `https://corral:<token>@host/...`).
 //!
 //! Candidates and configured tokens are compared as SHA-256 digests with a
 //! constant-time equality, every configured token every time, so neither the
@@ -23,8 +25,10 @@ use subtle::ConstantTimeEq;
 /// The accepted tokens, kept only as digests.
 #[derive(Clone)]
 pub struct Tokens {
-    /// Digests of the configured tokens; empty means authentication is off.
+    /// Digests of the configured tokens.
     digests: Vec<[u8; 32]>,
+    /// No token configured, and `--allow-unauthenticated`: anything goes.
+    open: bool,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -32,26 +36,42 @@ impl std::fmt::Debug for Tokens {
         // Never print tokens or their digests.
         f.debug_struct("Tokens")
             .field("count", &self.digests.len())
+            .field("open", &self.open)
             .finish()
     }
 }
 
 impl Tokens {
-    /// Tokens to accept; an empty list turns authentication off.
-    pub fn new(tokens: &[String]) -> Self {
+    /// Tokens to accept. No token refuses every request, unless
+    /// `allow_unauthenticated` turns authentication off (a deployment that
+    /// takes only signed webhooks needs no token, and its callback routes
+    /// stay closed).
+    pub fn new(tokens: &[String], allow_unauthenticated: bool) -> Self {
         Self {
             digests: tokens.iter().map(|t| digest(t.as_bytes())).collect(),
+            open: tokens.is_empty() && allow_unauthenticated,
         }
     }
 
-    /// Whether requests need a token at all.
-    pub fn enabled(&self) -> bool {
-        !self.digests.is_empty()
+    /// Whether requests need no token at all.
+    pub fn open(&self) -> bool {
+        self.open
+    }
+
+    /// Warns loudly at start when no token is needed: anyone who can reach
+    /// `listen` can then write webhooks.
+    pub fn announce(&self, listen: &str) {
+        if self.open {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {listen} \
+                 can write webhooks into your database. Never run this way in production."
+            );
+        }
     }
 
     /// Whether `request` carries an accepted token in any of the three places.
     pub fn authorizes(&self, request: &HttpRequest) -> bool {
-        if !self.enabled() {
+        if self.open {
             return true;
         }
         let Some(candidates) = candidates(request) else {
@@ -126,7 +146,7 @@ mod tests {
     use super::*;
 
     fn tokens() -> Tokens {
-        Tokens::new(&["old-secret".into(), "new-secret".into()])
+        Tokens::new(&["old-secret".into(), "new-secret".into()], false)
     }
 
     #[test]
@@ -206,9 +226,15 @@ mod tests {
     }
 
     #[test]
-    fn no_tokens_means_authentication_is_off() {
-        let open = Tokens::new(&[]);
-        assert!(!open.enabled());
-        assert!(open.authorizes(&TestRequest::post().uri("/x").to_http_request()));
+    fn no_tokens_refuse_everything_unless_unauthenticated_is_allowed() {
+        let request = || TestRequest::post().uri("/x?token=").to_http_request();
+        let closed = Tokens::new(&[], false);
+        assert!(!closed.open());
+        assert!(!closed.authorizes(&request()));
+        let open = Tokens::new(&[], true);
+        assert!(open.open());
+        assert!(open.authorizes(&request()));
+        // Configured tokens are required even with the flag.
+        assert!(!Tokens::new(&["t".into()], true).authorizes(&request()));
     }
 }

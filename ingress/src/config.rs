@@ -9,6 +9,8 @@ use corral_shared::{
     sqs,
 };
 
+use crate::signature::{Keys, SigningSettings, secrets::SigningError};
+
 /// Takes Drop Cowboy delivery-status webhooks and answers 200 only once
 /// RabbitMQ has durably confirmed them (or, where it cannot, PostgreSQL has
 /// committed them).
@@ -33,7 +35,8 @@ pub struct IngressConfig {
     )]
     pub webhook_tokens: Vec<String>,
 
-    /// Accept webhooks without any token. For local development only: anyone
+    /// Accept webhooks on the callback routes without any token (the signed
+    /// route still verifies signatures). For local development only: anyone
     /// who can reach the listener can then write into your database.
     #[arg(long, env = "CORRAL_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
@@ -51,7 +54,9 @@ pub struct IngressConfig {
 
     /// Deadline for keeping a webhook, in milliseconds: the buffer's confirm,
     /// or the spool's COMMIT; past it the webhook gets 503 with Retry-After.
-    #[arg(long, env = "CORRAL_PUBLISH_TIMEOUT_MS", default_value_t = 5_000,
+    /// With signing secrets, CORRAL_IN_FLIGHT_WAIT_MS plus this is at most
+    /// 4000: Drop Cowboy waits 5 s for an answer.
+    #[arg(long, env = "CORRAL_PUBLISH_TIMEOUT_MS", default_value_t = 3_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_timeout_ms: u64,
 
@@ -201,6 +206,9 @@ pub struct IngressConfig {
     pub shutdown_timeout_ms: u64,
 
     #[command(flatten)]
+    pub signing: SigningSettings,
+
+    #[command(flatten)]
     pub buffer: BufferSettings,
 
     #[command(flatten)]
@@ -213,12 +221,16 @@ pub struct IngressConfig {
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// No token and no explicit opt-out.
+    /// No token, no signing secret and no explicit opt-out.
     #[error(
-        "no webhook token configured: set CORRAL_WEBHOOK_TOKENS (comma-separated), \
-         or pass --allow-unauthenticated for local development"
+        "no webhook token and no signing secret configured: set CORRAL_WEBHOOK_TOKENS or \
+         CORRAL_DROPCOWBOY_SIGNING_SECRETS (comma-separated), or pass --allow-unauthenticated \
+         for local development"
     )]
     NoTokens,
+    /// The signing settings cannot work.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
     /// The publish deadline is shorter than the wait for a slot, or longer than
     /// the shutdown drain, so in-flight requests could outlive shutdown.
     #[error(
@@ -299,9 +311,13 @@ impl IngressConfig {
             .collect()
     }
 
-    /// Checks the settings can work together.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tokens().is_empty() && !self.allow_unauthenticated {
+    /// Checks the settings can work together, and returns the signing
+    /// secrets' keys (reading the secrets file, once).
+    pub fn validate(&self) -> Result<Keys, ConfigError> {
+        let keys = self
+            .signing
+            .load(self.in_flight_wait_ms, self.publish_timeout_ms)?;
+        if self.tokens().is_empty() && keys.is_empty() && !self.allow_unauthenticated {
             return Err(ConfigError::NoTokens);
         }
         if self.shutdown_timeout_ms <= self.publish_timeout_ms {
@@ -351,7 +367,7 @@ impl IngressConfig {
                 });
             }
         }
-        Ok(())
+        Ok(keys)
     }
 
     /// The publish deadline.

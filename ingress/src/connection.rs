@@ -13,6 +13,9 @@
 //!
 //! A request being served has no deadline here: its body and its publish have
 //! their own (`CORRAL_BODY_TIMEOUT_MS`, `CORRAL_PUBLISH_TIMEOUT_MS`).
+//!
+//! [`listen`] binds the listener the connections come in on, with a backlog
+//! for bursts.
 
 use std::{
     cell::Cell,
@@ -221,6 +224,24 @@ where
         }
         response
     }
+}
+
+/// Binds `address` (its first resolution) with a backlog of 4096: bursts open
+/// many connections at once, and connections past `CORRAL_MAX_CONNECTIONS`
+/// wait there; a std listener would keep the kernel's default of 128 and drop
+/// SYNs past it.
+pub fn listen(address: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // A restart can bind at once while the previous process's connections
+    // sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

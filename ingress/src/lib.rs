@@ -10,7 +10,9 @@
 //! - [`connection`]: the deadline for every request head, on each accepted
 //!   stream.
 //! - [`auth`]: webhook tokens (query, Bearer, Basic), compared in constant time.
-//! - [`webhook`]: the routes and their errors, cheapest check first.
+//! - [`signature`]: the signed route's secrets and Drop Cowboy's HMAC rule.
+//! - [`webhook`]: the routes, their one pipeline (cheapest check first) and
+//!   their errors.
 //! - [`budget`]: the bound on request bodies held at once, in bytes.
 //! - [`refusal_log`]: refusals logged at most once per cause per second,
 //!   with a count of the rest; and every 503 on a line of its own.
@@ -27,6 +29,7 @@ pub mod buffer;
 pub mod config;
 pub mod connection;
 pub mod refusal_log;
+pub mod signature;
 pub mod webhook;
 
 use std::time::Duration;
@@ -57,6 +60,7 @@ use crate::{
     },
     config::IngressConfig,
     refusal_log::RefusalLog,
+    signature::Signing,
     webhook::WebhookState,
 };
 
@@ -89,23 +93,20 @@ impl Application {
     /// Validates `config`, binds the listeners (port 0 picks a free one) and
     /// starts connecting to the broker in the background. `shutdown` stops it.
     pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        config.validate()?;
+        let keys = config.validate()?;
         if config.buffer.kind == BufferKind::Rabbitmq {
             corral_shared::amqp::check_settings(&config.amqp)?;
         }
         let prometheus = telemetry::prometheus();
         telemetry::metrics::register_binary(Binary::Ingress);
 
-        let tokens = config.tokens();
-        if tokens.is_empty() {
-            tracing::warn!(
-                "AUTHENTICATION IS OFF (--allow-unauthenticated): anyone who can reach {} can \
-                 write webhooks into your database. Never run this way in production.",
-                config.listen
-            );
-        }
+        let tokens = Tokens::new(&config.tokens(), config.allow_unauthenticated);
+        tokens.announce(&config.listen);
+        let signing = Signing::new(keys, config.signing.signature_tolerance_secs);
+        signing.announce();
 
         let health = Health::new(false);
+        health.set_signing_secrets(signing.secrets());
         let (buffer, supervisor) = start_primary(&config, &health)?;
         let spool = start_spool(&config, &health)?;
         let buffer = Fallback::new(
@@ -115,7 +116,8 @@ impl Application {
             config.publish_timeout(),
         );
         let state = WebhookState {
-            tokens: Tokens::new(&tokens),
+            tokens,
+            signing,
             buffer: buffer.clone(),
             max_body_bytes: config.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
@@ -332,7 +334,7 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_ms.div_ceil(1000).max(1));
     let draining = builder.graceful_shutdown_signal();
-    let listener = listen(&config.listen)
+    let listener = connection::listen(&config.listen)
         .with_context(|| format!("binding the webhook listener on {}", config.listen))?;
     let port = listener.local_addr()?.port();
     let server = builder
@@ -341,16 +343,7 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
             let draining = draining.clone();
             let app = App::new()
                 .app_data(state)
-                .service(
-                    web::resource("/webhooks/dropcowboy/sms")
-                        .route(web::post().to(webhook::sms::<B>))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/webhooks/dropcowboy/rvm")
-                        .route(web::post().to(webhook::rvm::<B>))
-                        .default_service(web::to(webhook::method_not_allowed)),
-                )
+                .configure(webhook::routes::<B>)
                 .default_service(web::to(webhook::not_found))
                 .wrap_fn(connection::track);
             let http = HttpService::build()
@@ -384,22 +377,4 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
         .context("starting the webhook listener")?
         .run();
     Ok((server, port, workers))
-}
-
-/// Binds `address` (its first resolution) with a backlog of 4096: bursts open
-/// many connections at once, and connections past `CORRAL_MAX_CONNECTIONS`
-/// wait there; a std listener would keep the kernel's default of 128 and drop
-/// SYNs past it.
-fn listen(address: &str) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
-        .next()
-        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // A restart can bind at once while the previous process's connections
-    // sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }

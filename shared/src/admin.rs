@@ -5,7 +5,7 @@
 use std::{
     net::TcpListener,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -37,6 +37,8 @@ struct HealthInner {
     database: AtomicBool,
     /// Shutting down: stop sending traffic here, whatever else is true.
     draining: AtomicBool,
+    /// How many signing secrets ingress loaded; `None` for the worker.
+    signing_secrets: OnceLock<usize>,
 }
 
 /// The body of `/readyz`, so an operator sees which dependency is missing.
@@ -54,6 +56,11 @@ pub struct Readiness {
     pub spool: Option<bool>,
     /// Whether shutdown has begun.
     pub draining: bool,
+    /// How many signing secrets ingress verifies signed webhooks with (never
+    /// which); absent for the worker. Zero does not make ingress unready:
+    /// its callback routes still work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_secrets: Option<usize>,
 }
 
 impl Health {
@@ -67,7 +74,13 @@ impl Health {
             broker_tried: AtomicBool::new(false),
             database: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            signing_secrets: OnceLock::new(),
         }))
+    }
+
+    /// Records how many signing secrets ingress loaded, for `/readyz`.
+    pub fn set_signing_secrets(&self, count: usize) {
+        let _ = self.0.signing_secrets.set(count);
     }
 
     /// Records the broker link state.
@@ -156,6 +169,7 @@ impl Health {
             database,
             spool,
             draining,
+            signing_secrets: self.0.signing_secrets.get().copied(),
         }
     }
 
@@ -238,8 +252,12 @@ mod tests {
                 database: None,
                 spool: Some(false),
                 draining: false,
+                signing_secrets: None,
             }
         );
+        health.set_signing_secrets(2);
+        let body = serde_json::to_value(health.readiness()).expect("serializes");
+        assert_eq!(body["signing_secrets"], 2);
         health.start_draining();
         assert!(!health.readiness().ready);
     }

@@ -39,33 +39,50 @@ mod charset;
 
 pub use charset::Charset;
 
-/// Which Drop Cowboy product a webhook reports on; chosen by the route.
+/// What a webhook is, chosen by the route it came in on: a delivery status
+/// of one Drop Cowboy product from its (unsigned) callback route, or a
+/// signed event of any type from the signed route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
-    /// Text message.
+    /// Text message (`/webhooks/dropcowboy/sms`).
     Sms,
-    /// Ringless voicemail.
+    /// Ringless voicemail (`/webhooks/dropcowboy/rvm`).
     Rvm,
+    /// A signed event, whatever its `event` type (`/webhooks/dropcowboy`).
+    Event,
 }
 
 impl Kind {
-    /// Both kinds, for iterating.
-    pub const ALL: [Kind; 2] = [Kind::Sms, Kind::Rvm];
+    /// Every kind, for iterating.
+    pub const ALL: [Kind; 3] = [Kind::Sms, Kind::Rvm, Kind::Event];
 
-    /// `sms` or `rvm`: the route segment, the metric label and the column value.
+    /// The kinds of the callback routes, whose bodies are each one delivery
+    /// status (what `delivery_events` and its metrics are made of).
+    pub const CALLBACKS: [Kind; 2] = [Kind::Sms, Kind::Rvm];
+
+    /// `sms`, `rvm` or `event`: the route's metric label and the column value.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Sms => "sms",
             Kind::Rvm => "rvm",
+            Kind::Event => "event",
         }
     }
 
-    /// The routing key a webhook of this kind is published with.
+    /// The kind [`Kind::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// The routing key a webhook of this kind is published with. Each
+    /// starts `dropcowboy.`, which the main queue is bound with; a queue of
+    /// one's own bound to `dropcowboy.sms` gets no signed event.
     pub fn routing_key(self) -> &'static str {
         match self {
             Kind::Sms => "dropcowboy.sms",
             Kind::Rvm => "dropcowboy.rvm",
+            Kind::Event => "dropcowboy.event",
         }
     }
 
@@ -322,13 +339,49 @@ mod tests {
         assert_eq!(routing_key([Sms, Sms].into_iter()), "dropcowboy.sms");
         assert_eq!(routing_key([Rvm].into_iter()), "dropcowboy.rvm");
         assert_eq!(routing_key([Sms, Rvm].into_iter()), MIXED_ROUTING_KEY);
+        assert_eq!(
+            routing_key([Kind::Event, Kind::Event].into_iter()),
+            "dropcowboy.event"
+        );
+        assert_eq!(
+            routing_key([Kind::Event, Sms].into_iter()),
+            MIXED_ROUTING_KEY
+        );
     }
 
     #[test]
-    fn routing_keys_name_their_kind() {
+    fn a_signed_event_travels_in_envelope_2_as_kind_event() {
+        let body = br#"{"event_id":"e-1","event":"contact.tag.added","data":{}}"#;
+        let message = batch_message(
+            Uuid::now_v7(),
+            &[batch::Packing {
+                id: Uuid::now_v7(),
+                received_at: Utc::now(),
+                kind: Kind::Event,
+                body,
+            }],
+        );
+        assert_eq!(message.routing_key, "dropcowboy.event");
+        let text = String::from_utf8(message.body.clone()).expect("UTF-8");
+        assert!(text.contains(r#""kind":"event""#), "{text}");
+        let unpacked = batch::decode(&message.body).expect("decodes");
+        assert_eq!(unpacked[0].kind, Kind::Event);
+        assert_eq!(&*unpacked[0].body, &body[..]);
+    }
+
+    #[test]
+    fn routing_keys_and_names_name_their_kind() {
         for kind in Kind::ALL {
             assert_eq!(Kind::from_routing_key(kind.routing_key()), Some(kind));
+            assert_eq!(Kind::from_name(kind.as_str()), Some(kind));
+            assert!(kind.routing_key().starts_with("dropcowboy."));
         }
         assert_eq!(Kind::from_routing_key("dropcowboy.fax"), None);
+        assert_eq!(Kind::from_name("fax"), None);
+        assert_eq!(Kind::Event.routing_key(), "dropcowboy.event");
+        assert_eq!(
+            serde_json::to_string(&Kind::Event).expect("serializes"),
+            r#""event""#
+        );
     }
 }

@@ -72,6 +72,14 @@ labels! {
     RejectReason {
         /// No token, or not an accepted one.
         Unauthorized,
+        /// Signed route: no `X-Signature` or no `X-Timestamp` (or an empty one).
+        MissingSignature,
+        /// Signed route: `X-Timestamp` not all digits, or further from now
+        /// than `CORRAL_SIGNATURE_TOLERANCE_SECS`.
+        StaleTimestamp,
+        /// Signed route: no configured secret signed these bytes, or an
+        /// `X-Signature-Version` other than `v1`.
+        InvalidSignature,
         /// Not JSON (or not UTF-8, or the body could not be read).
         InvalidJson,
         /// JSON, but not an object.
@@ -194,6 +202,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             [
                 "unauthorized",
+                "missing_signature",
+                "stale_timestamp",
+                "invalid_signature",
                 "invalid_json",
                 "not_object",
                 "too_large",
@@ -293,7 +304,7 @@ impl DeliveryLabels {
     /// without reason, and a failure with each documented reason or
     /// `other`, for each kind (so `increase()` sees the first event).
     pub fn expected() -> impl Iterator<Item = Self> {
-        crate::envelope::Kind::ALL.iter().flat_map(|kind| {
+        crate::envelope::Kind::CALLBACKS.iter().flat_map(|kind| {
             let success = Self::of(*kind, "success", None);
             let failures = crate::provider::FAILURE_REASONS
                 .iter()

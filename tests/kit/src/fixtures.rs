@@ -1,12 +1,47 @@
-//! Payloads: the provider's two samples and generated variants covering every
-//! documented failure reason.
+//! Payloads: the provider's samples (the legacy callback's two; the current
+//! API's signed webhooks, callback and signature vectors) and generated
+//! variants covering every documented failure reason.
 
 /// `../shared/samples/sms-success.json`, byte for byte.
 pub const SMS_SUCCESS: &str = include_str!("../../fixtures/sms-success.json");
 /// `../shared/samples/sms-failure.json`, byte for byte.
 pub const SMS_FAILURE: &str = include_str!("../../fixtures/sms-failure.json");
 
+/// `../shared/samples/v2-signature-vectors.json`, byte for byte: a signed
+/// body with its secret, timestamp and signature, another secret's
+/// signature, a tampered copy, and a fresh and a stale "now".
+pub const SIGNATURE_VECTORS: &str = include_str!("../../fixtures/v2-signature-vectors.json");
+/// `../shared/samples/v2-webhook-sms-status.json`, byte for byte.
+pub const V2_WEBHOOK_SMS_STATUS: &str = include_str!("../../fixtures/v2-webhook-sms-status.json");
+/// `../shared/samples/v2-webhook-rvm-status.json`, byte for byte.
+pub const V2_WEBHOOK_RVM_STATUS: &str = include_str!("../../fixtures/v2-webhook-rvm-status.json");
+/// `../shared/samples/v2-webhook-rvm-receipt.json`, byte for byte.
+pub const V2_WEBHOOK_RVM_RECEIPT: &str = include_str!("../../fixtures/v2-webhook-rvm-receipt.json");
+/// `../shared/samples/v2-callback-rvm-failure.json`, byte for byte.
+pub const V2_CALLBACK_RVM_FAILURE: &str =
+    include_str!("../../fixtures/v2-callback-rvm-failure.json");
+
 pub use corral_shared::payload::FAILURE_REASONS;
+
+/// `X-Signature` as Drop Cowboy computes it: `sha256=` and the lower-case
+/// hex HMAC-SHA256, keyed with `secret`'s UTF-8 bytes, of `timestamp`, `.`
+/// and `body` (the vectors in [`SIGNATURE_VECTORS`] check the rule).
+pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(timestamp.as_bytes());
+    context.update(b".");
+    context.update(body);
+    format!("sha256={}", hex::encode(context.sign()))
+}
+
+/// A signed event body as the provider's receiver conformance suite makes
+/// one (`event_at` in milliseconds), with `event_id`.
+pub fn event_body(event_id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event_id}","event":"contact.msg.received","event_at":1796601722000,"data":{{"contact_id":"5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d","body":"Yes, call me back","from":"+13125550142"}}}}"#
+    )
+}
 
 /// A delivery-status body in the provider's shape. `reason` empty means success.
 /// Money is written as literal JSON text, so tests can compare it exactly.

@@ -275,6 +275,7 @@ async fn receive(client: &Client, url: &str, visibility: Duration) -> Vec<Messag
         .wait_time_seconds(1)
         .visibility_timeout(visibility.as_secs() as i32)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_attribute_names("All")
         .send()
         .await
         .expect("receiving from a test queue")

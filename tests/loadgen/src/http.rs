@@ -31,7 +31,7 @@ pub struct Target {
     /// `Authorization: Bearer <token>`, marked sensitive so it is never logged.
     authorization: HeaderValue,
     /// Request targets for SMS and RVM.
-    paths: [Uri; 2],
+    paths: [Uri; 3],
 }
 
 impl Target {
@@ -53,7 +53,11 @@ impl Target {
         let port = authority.port_u16().unwrap_or(80);
         let prefix = uri.path().trim_end_matches('/');
         let path = |kind: Kind| -> Result<Uri, LoadgenError> {
-            format!("{prefix}/webhooks/dropcowboy/{}", kind.as_str())
+            let route = match kind {
+                Kind::Sms | Kind::Rvm => format!("/{}", kind.as_str()),
+                Kind::Event => String::new(),
+            };
+            format!("{prefix}/webhooks/dropcowboy{route}")
                 .parse()
                 .map_err(|_| invalid("the path does not make a valid request target"))
         };
@@ -65,7 +69,7 @@ impl Target {
             authority: format!("{}:{port}", authority.host()),
             host: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("bad host"))?,
             authorization,
-            paths: [path(Kind::Sms)?, path(Kind::Rvm)?],
+            paths: [path(Kind::Sms)?, path(Kind::Rvm)?, path(Kind::Event)?],
         })
     }
 
@@ -79,6 +83,7 @@ impl Target {
         let path = match kind {
             Kind::Sms => &self.paths[0],
             Kind::Rvm => &self.paths[1],
+            Kind::Event => &self.paths[2],
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;

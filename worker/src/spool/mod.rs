@@ -149,13 +149,12 @@ async fn round(settings: &DrainSettings, pool: &Pool) -> Result<usize, RoundErro
             let received_at: DateTime<Utc> = row.get("received_at");
             Incoming {
                 body: row.get("body"),
-                // The table's CHECK allows only these two.
-                routing_key: match kind {
-                    "rvm" => Kind::Rvm,
-                    _ => Kind::Sms,
-                }
-                .routing_key()
-                .to_owned(),
+                // The table's CHECK allows only the kinds there are; were
+                // another there, its name would be a routing key of no kind,
+                // which the store quarantines.
+                routing_key: Kind::from_name(kind)
+                    .map_or(kind, |kind| kind.routing_key())
+                    .to_owned(),
                 envelope: Envelope {
                     message_id: Some(message_id),
                     received_at: Some(received_at),

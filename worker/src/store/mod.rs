@@ -105,8 +105,14 @@ impl Deliveries {
 
 /// Types a message, or says why it must be quarantined.
 fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, QuarantineRow<'_>> {
-    let Some(kind) = Kind::from_routing_key(&incoming.routing_key) else {
-        let error = format!("unknown routing key {:?}", incoming.routing_key);
+    let kind = Kind::from_routing_key(&incoming.routing_key);
+    let Some(kind) = kind.filter(|kind| Kind::CALLBACKS.contains(kind)) else {
+        let error = match kind {
+            Some(_) => "a signed event (kind event): this corral-worker does not store them yet; \
+                        `corral-worker quarantine reprocess` once one does"
+                .to_owned(),
+            None => format!("unknown routing key {:?}", incoming.routing_key),
+        };
         return Err(QuarantineRow {
             incoming,
             logged: error.clone(),

@@ -86,33 +86,36 @@ impl Waiting for Queued {
 /// kind takes them out.
 ///
 /// A message holds webhooks of one kind only, so its routing key is that
-/// kind's (`dropcowboy.sms`, `dropcowboy.rvm`) as with one webhook per
-/// message: a queue a customer bound to one kind still gets all of that kind
-/// and nothing else.
+/// kind's (`dropcowboy.sms`, `dropcowboy.rvm`, `dropcowboy.event`) as with
+/// one webhook per message: a queue a customer bound to one kind still gets
+/// all of that kind and nothing else.
 #[derive(Debug)]
-pub(super) struct Queues([mpsc::UnboundedSender<Queued>; 2]);
+pub(super) struct Queues([mpsc::UnboundedSender<Queued>; Kind::ALL.len()]);
 
 /// The receiving end of one kind's queue, for [`dispatch`].
 pub(super) type Receiver = mpsc::UnboundedReceiver<Queued>;
 
 impl Queues {
-    /// The queues, and their receiving ends.
-    pub(super) fn new() -> (Self, [Receiver; 2]) {
+    /// The queues, one per kind of [`Kind::ALL`], and their receiving ends.
+    pub(super) fn new() -> (Self, [Receiver; Kind::ALL.len()]) {
         // Unbounded, because what enters them is bounded before: every entry
         // holds one of `CORRAL_MAX_IN_FLIGHT` request slots and its body's
         // lease of `CORRAL_MAX_IN_FLIGHT_BYTES`.
-        let (sms, sms_rx) = mpsc::unbounded_channel();
-        let (rvm, rvm_rx) = mpsc::unbounded_channel();
-        (Self([sms, rvm]), [sms_rx, rvm_rx])
+        let channels = Kind::ALL.map(|_| mpsc::unbounded_channel());
+        let (senders, receivers): (Vec<_>, Vec<_>) = channels.into_iter().unzip();
+        (
+            Self(senders.try_into().expect("one sender per kind")),
+            receivers.try_into().expect("one receiver per kind"),
+        )
     }
 
     /// Queues a webhook. Once its dispatcher has stopped, the webhook is
     /// dropped with its reply, which its request reads as shutting down.
     pub(super) fn send(&self, queued: Queued) {
-        let index = match queued.webhook.kind {
-            Kind::Sms => 0,
-            Kind::Rvm => 1,
-        };
+        let index = Kind::ALL
+            .iter()
+            .position(|kind| *kind == queued.webhook.kind)
+            .expect("every kind is in Kind::ALL");
         let _closed = self.0[index].send(queued);
     }
 }

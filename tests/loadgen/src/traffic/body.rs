@@ -39,7 +39,8 @@ pub(super) fn body(fields: &BodyFields<'_>) -> Bytes {
         (true, Kind::Sms, 1) => "0.099",
         (true, Kind::Sms, 2) => "0.198",
         (true, Kind::Sms, _) => "0.297",
-        (true, Kind::Rvm, _) => "0.045",
+        // The traffic is callback bodies only: no signed event is made.
+        (true, Kind::Rvm | Kind::Event, _) => "0.045",
     };
     let tts_fee = if fields.tts && success { "0.0125" } else { "0" };
     let mut out = String::with_capacity(420);

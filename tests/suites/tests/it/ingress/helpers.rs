@@ -278,6 +278,16 @@ pub(super) async fn raw_http(port: u16, request: &[u8]) -> (u16, String) {
     (status, text)
 }
 
+/// The JSON of `/readyz` on `admin_port`, whatever its status.
+pub(crate) async fn readyz(admin_port: u16) -> serde_json::Value {
+    reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz"))
+        .await
+        .expect("/readyz answers")
+        .json()
+        .await
+        .expect("/readyz is JSON")
+}
+
 /// Every log line of the process, captured by a global subscriber at TRACE
 /// (each test is its own process under nextest, so this is the test's own).
 #[derive(Debug, Clone, Default)]

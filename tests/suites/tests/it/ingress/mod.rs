@@ -29,6 +29,8 @@
 //! - `rejections`: Rejections: status, error body, counter, and nothing
 //!   published.
 //! - `shutdown`: Graceful shutdown.
+//! - `signed`: The signed route, `POST /webhooks/dropcowboy`: the
+//!   provider's receiver conformance suite, secrets and start-up rules.
 //! - `tls`: TLS to RabbitMQ.
 
 mod auth;
@@ -43,4 +45,5 @@ mod logs;
 mod memory;
 mod rejections;
 mod shutdown;
+pub(crate) mod signed;
 mod tls;

@@ -17,6 +17,7 @@ use corral_worker::config::WorkerConfig;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+pub(super) use crate::ingress::helpers::readyz;
 use crate::{
     ingress::helpers::{accepted, authenticated, send, via_proxy},
     worker::helpers as worker,
@@ -159,14 +160,4 @@ pub(super) async fn post_spooled(
         row.received_at
     );
     id
-}
-
-/// The JSON of `/readyz` on `admin_port`, whatever its status.
-pub(super) async fn readyz(admin_port: u16) -> serde_json::Value {
-    reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz"))
-        .await
-        .expect("/readyz answers")
-        .json()
-        .await
-        .expect("/readyz is JSON")
 }

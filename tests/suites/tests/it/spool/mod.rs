@@ -22,6 +22,8 @@
 //! - `outage`: Both paths down: 503, nothing stored; readiness follows
 //!   either path; a request in flight at shutdown; no spool configured.
 //! - `privileges`: The ingress role may INSERT into the spool and nothing else.
+//! - `signed`: A signed webhook is spooled as kind `event`, and quarantined
+//!   on its own by a worker that does not store signed events yet.
 
 mod causes;
 mod drain;
@@ -29,3 +31,4 @@ mod helpers;
 mod once;
 mod outage;
 mod privileges;
+mod signed;

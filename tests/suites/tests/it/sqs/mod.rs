@@ -16,6 +16,7 @@
 //! - `metrics`: the queue depth and the oldest message's wait on `/metrics`.
 //! - `characters`: a body holding characters SQS refuses (U+FFFE, U+FFFF)
 //!   travels escaped and is stored exactly.
+//! - `signed`: a signed webhook's message routed `dropcowboy.event`.
 
 mod characters;
 mod dead_letters;
@@ -24,6 +25,7 @@ mod flow;
 mod metrics;
 mod outage;
 mod settings;
+mod signed;
 mod visibility;
 
 use std::time::Duration;

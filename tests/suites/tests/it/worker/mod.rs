@@ -29,6 +29,8 @@
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
+//! - `signed_events`: Signed webhooks (kind `event`), quarantined on their own
+//!   until the worker stores them.
 //! - `suppressions`: Numbers not to message again, from every class of
 //!   payload, exactly once and whatever the arrival order; lifting one.
 //! - `standby`: A synchronous standby away: nothing acknowledged until it has
@@ -45,6 +47,7 @@ mod outages;
 mod proptests;
 mod quarantine;
 mod shutdown;
+mod signed_events;
 mod standby;
 mod suppressions;
 mod tls;

@@ -1,0 +1,57 @@
+//! A signed webhook takes the spool like any other when the broker cannot:
+//! answered 200 from the spool, kept as kind `event`; a worker that does not
+//! store signed events yet quarantines it on its own, byte for byte.
+
+use corral_shared::telemetry::labels::SpoolCause;
+use corral_testkit::apps::RunningWorker;
+
+use super::helpers::*;
+use crate::{
+    ingress::{
+        helpers::{accepted, send},
+        signed::{Delivery, SECRET, fresh_event},
+    },
+    worker::helpers::{EVENTS, QUARANTINE, QUARANTINED, count, settled, wait_count},
+};
+
+#[tokio::test]
+async fn with_the_broker_down_a_signed_delivery_is_answered_200_from_the_spool() {
+    let (db, writer, broker, proxy) = stage().await;
+    let mut config = spooling(&broker, &proxy, &writer);
+    config.signing.secrets = vec![SECRET.into()];
+    let ingress = without_broker(config, &proxy).await;
+    let client = db.client().await;
+    let delivery = Delivery::new(SECRET, fresh_event());
+
+    let before = ingress.metrics().await;
+    let id = accepted(send(delivery.request(&ingress)).await).await;
+    let after = ingress.metrics().await;
+    let cause = SpoolCause::Unavailable;
+    assert_eq!(spooled(&after, cause) - spooled(&before, cause), 1.0);
+    let rows = spool_rows(&client).await;
+    let [row] = rows.as_slice() else {
+        panic!("exactly the one webhook in the spool: {rows:?}");
+    };
+    assert_eq!(
+        (row.message_id, row.kind.as_str(), row.body.as_slice()),
+        (id, "event", delivery.body.as_slice())
+    );
+
+    let worker = RunningWorker::start_unready(draining(&db, broker.prefix())).await;
+    wait_count(&client, SPOOLED_ROWS, 0).await;
+    settled(&worker, QUARANTINED, 1.0).await;
+    let row = client
+        .query_one(
+            "SELECT body, routing_key, error FROM quarantined_webhooks WHERE message_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("the signed webhook's quarantined row");
+    assert_eq!(row.get::<_, Vec<u8>>(0), delivery.body);
+    assert_eq!(row.get::<_, &str>(1), "dropcowboy.event");
+    let error: String = row.get(2);
+    assert!(error.starts_with("a signed event (kind event)"), "{error}");
+    assert_eq!(count(&client, QUARANTINE).await, 1);
+    assert_eq!(count(&client, EVENTS).await, 0);
+    worker.stop().await.expect("the worker stops cleanly");
+}
