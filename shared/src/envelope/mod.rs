@@ -360,6 +360,7 @@ mod tests {
                 kind: Kind::Event,
                 body,
             }],
+            Charset::Any,
         );
         assert_eq!(message.routing_key, "dropcowboy.event");
         let text = String::from_utf8(message.body.clone()).expect("UTF-8");
