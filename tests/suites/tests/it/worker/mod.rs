@@ -22,6 +22,7 @@
 //!   workers.
 //! - `helpers`: What the worker tests share: settings, publishing as ingress,
 //!   counting rows, metrics, slow commits, proxies and typed rows.
+//! - `memory`: Memory bounded by the bytes in hand, behind a locked table.
 //! - `ordering`: The newest state wins whatever the arrival order.
 //! - `outages`: Database and broker outages lose nothing and ack nothing early.
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
@@ -38,6 +39,7 @@ mod batches;
 mod depth;
 mod exactly_once;
 pub(crate) mod helpers;
+mod memory;
 mod ordering;
 mod outages;
 mod quarantine;
