@@ -117,7 +117,7 @@ impl Application {
         let state = WebhookState {
             tokens: Tokens::new(&tokens),
             buffer: buffer.clone(),
-            max_body_bytes: config.max_body_bytes as usize,
+            max_body_bytes: config.messages.max_body_bytes as usize,
             retry_after_secs: config.retry_after_secs,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
             body_budget: BodyBudget::new(config.max_in_flight_bytes),
@@ -223,7 +223,7 @@ fn start_primary(
                     max_in_flight: config.max_in_flight,
                     concurrency: usize::from(config.publish_concurrency),
                     batch_max: config.publish_batch_max as usize,
-                    batch_max_bytes: config.publish_batch_max_bytes as usize,
+                    batch_max_bytes: config.messages.publish_batch_max_bytes as usize,
                     in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
                     publish_timeout: config.publish_timeout(),
                 },

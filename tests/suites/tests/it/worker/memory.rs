@@ -19,10 +19,14 @@ use super::helpers::{EVENTS, count, now_micros};
 const MIB: u64 = 1024 * 1024;
 
 /// Envelope-2 messages pre-filled, each of [`PER_MESSAGE`] webhooks of about
-/// 4 KiB (a long `foreign_id`): ~520 KiB a message, ~240 MiB in all.
-const MESSAGES: usize = 480;
-const PER_MESSAGE: usize = 128;
-const FOREIGN_ID_BYTES: usize = 3_600;
+/// 4 KiB (a long `foreign_id`): ~252 KiB a message, just under the largest
+/// ingress publishes by default (`CORRAL_PUBLISH_BATCH_MAX_BYTES`), ~246 MiB
+/// in all.
+const MESSAGES: usize = 1_000;
+const PER_MESSAGE: usize = 64;
+const FOREIGN_ID_BYTES: usize = 3_500;
+/// `CORRAL_PUBLISH_BATCH_MAX_BYTES`'s default.
+const LARGEST_MESSAGE: u64 = 256 * 1024;
 
 /// Behind a locked `delivery_events` (the outage the queue exists to
 /// absorb), a worker with default settings takes only what its byte budget
@@ -35,6 +39,10 @@ async fn behind_a_locked_table_the_worker_holds_no_more_than_its_memory_limit_al
     let db = TestDatabase::migrated().await;
     let broker = TestBroker::new().await;
     let (ids, message_bytes) = prefill(&broker).await;
+    assert!(
+        message_bytes <= LARGEST_MESSAGE,
+        "{message_bytes} bytes: a message ingress publishes is at most {LARGEST_MESSAGE}"
+    );
 
     let locker = db.client().await;
     locker
