@@ -246,6 +246,7 @@ fn consumer_settings(
     ConsumerSettings {
         amqp: config.amqp.clone(),
         prefetch,
+        prefetch_cap: config.prefetch,
         largest_message: budget.largest,
         writers: config.db_writers as usize,
         result_events: config.result_events,

@@ -7,10 +7,11 @@
 //!
 //! A batch closes at `CORRAL_BATCH_MAX` webhooks, or at a sixteenth of the
 //! byte budget of bodies (a batch being written holds several copies of its
-//! bodies: rows, parameters, the statement), or at its share of the
-//! prefetch, prefetch ÷ (`CORRAL_DB_WRITERS` + 1) messages, so that a
-//! prefetch of few messages (the byte budget's, of small messages) still
-//! keeps every writer busy; and a batch that holds all the source will send
+//! bodies: rows, parameters, the statement), or, when the byte budget cut
+//! the prefetch below `CORRAL_PREFETCH`, at its share of the prefetch,
+//! prefetch ÷ (`CORRAL_DB_WRITERS` + 1) messages, so that a prefetch of few
+//! messages still keeps every writer busy (small messages fill it long
+//! before `CORRAL_BATCH_MAX` webhooks); and a batch that holds all the source will send
 //! before an acknowledgement is written at once rather than after the
 //! linger, since waiting could bring nothing.
 
@@ -49,9 +50,12 @@ pub(super) async fn session<S: Source>(
         drain_tx,
         ended: None,
         held: 0,
-        max_messages: source
-            .limit()
-            .map_or(usize::MAX, |limit| (limit / (settings.writers + 1)).max(1)),
+        max_messages: match source.limit() {
+            Some(limit) if limit < usize::from(settings.prefetch_cap) => {
+                (limit / (settings.writers + 1)).max(1)
+            }
+            _ => usize::MAX,
+        },
     };
     loop {
         if !batcher.filling.is_empty() && source.saturated(batcher.in_hand()) {
@@ -101,8 +105,8 @@ struct Batcher<'a, A> {
     /// Messages (AMQP messages, as the prefetch counts them) in batches
     /// being written or waiting for their ack.
     held: usize,
-    /// Messages a batch holds at most, so that a prefetch of few messages
-    /// still keeps every writer busy.
+    /// Messages a batch holds at most, so that a prefetch the byte budget
+    /// cut to few messages still keeps every writer busy.
     max_messages: usize,
 }
 

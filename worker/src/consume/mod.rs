@@ -53,6 +53,8 @@ pub struct ConsumerSettings {
     pub amqp: AmqpSettings,
     /// The `basic.qos` prefetch of each consumer.
     pub prefetch: Prefetch,
+    /// `CORRAL_PREFETCH`: a prefetch below it is the byte budget's.
+    pub prefetch_cap: u16,
     /// The largest message the prefetch is sized for.
     pub largest_message: u64,
     /// Batches written at once.
