@@ -14,10 +14,12 @@
 //! - `dead_letters`: `corral-worker dead-letters` on the dead-letter queue
 //!   of the redrive policy: listing leaves everything, replays store once.
 //! - `metrics`: the queue depth and the oldest message's wait on `/metrics`.
+//! - `memory`: the worker receives no more bytes than its budget.
 
 mod dead_letters;
 mod fifo;
 mod flow;
+mod memory;
 mod metrics;
 mod outage;
 mod settings;
