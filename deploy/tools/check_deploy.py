@@ -132,7 +132,7 @@ def kubernetes(rendered: pathlib.Path) -> None:
     # in actix's buffers, plus the body budget twice (handler and AMQP
     # frames), plus the process itself.
     def setting(key: str) -> int:
-        value = ingress_env.get(key, readme_defaults.get(key))
+        value = ingress_env.get(key, shared.get(key, readme_defaults.get(key)))
         return int(value)
 
     ingress_main = deployments["corral-ingress"]["spec"]["template"]["spec"]["containers"][0]
@@ -519,7 +519,7 @@ def sqs(docs: list[dict], by_kind: dict[str, list[dict]], deployments: dict[str,
     limit = int(ingress_env.get("CORRAL_SQS_MAX_MESSAGE_BYTES", 262144))
     template_size = cfn_template()["Parameters"]["MaximumMessageSize"]["Default"]
     check(
-        limit <= template_size and limit >= int(ingress_env.get("CORRAL_MAX_BODY_BYTES", 65536)) + 1024,
+        limit <= template_size and limit >= int(ingress_env.get("CORRAL_MAX_BODY_BYTES", shared.get("CORRAL_MAX_BODY_BYTES", 65536))) + 1024,
         f"CORRAL_SQS_MAX_MESSAGE_BYTES ({limit}) holds a whole body and fits the queue's MaximumMessageSize ({template_size})",
     )
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use corral_shared::{
-    config::{AmqpSettings, BufferKind, BufferSettings, LogSettings},
+    config::{AmqpSettings, BufferKind, BufferSettings, LogSettings, MessageLimits},
     envelope::batch,
     sqs,
 };
@@ -40,11 +40,6 @@ pub struct IngressConfig {
     /// who can reach the listener can then write into your database.
     #[arg(long, env = "CORRAL_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-
-    /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = 65_536,
-          value_parser = clap::value_parser!(u64).range(2..=64 * 1024 * 1024))]
-    pub max_body_bytes: u64,
 
     /// Deepest nesting of objects and arrays a body may have (the top-level
     /// object is level 1; the provider's payload has 2); deeper ones get 400.
@@ -90,13 +85,6 @@ pub struct IngressConfig {
     #[arg(long, env = "CORRAL_PUBLISH_BATCH_MAX", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub publish_batch_max: u32,
-
-    /// Bytes per AMQP message at most (bodies plus about 100 bytes each);
-    /// a single webhook larger than this is still published, alone. Keep it
-    /// well under RabbitMQ's `max_message_size` (16 MiB by default since 4.0).
-    #[arg(long, env = "CORRAL_PUBLISH_BATCH_MAX_BYTES", default_value_t = 1024 * 1024,
-          value_parser = clap::value_parser!(u32).range(4096..=16 * 1024 * 1024))]
-    pub publish_batch_max_bytes: u32,
 
     /// PostgreSQL URL of the spool, ingress's fallback: a webhook RabbitMQ
     /// cannot take in time is committed into `spooled_webhooks` instead and
@@ -204,6 +192,11 @@ pub struct IngressConfig {
     /// Longest wait for requests in flight to finish at shutdown, in milliseconds.
     #[arg(long, env = "CORRAL_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// CORRAL_MAX_BODY_BYTES and CORRAL_PUBLISH_BATCH_MAX_BYTES, which the
+    /// worker reads too.
+    #[command(flatten)]
+    pub messages: MessageLimits,
 
     #[command(flatten)]
     pub signing: SigningSettings,
@@ -332,10 +325,10 @@ impl IngressConfig {
                 publish: self.publish_timeout_ms,
             });
         }
-        if u64::from(self.max_in_flight_bytes) < self.max_body_bytes {
+        if u64::from(self.max_in_flight_bytes) < self.messages.max_body_bytes {
             return Err(ConfigError::BudgetBelowBody {
                 budget: self.max_in_flight_bytes,
-                body: self.max_body_bytes,
+                body: self.messages.max_body_bytes,
             });
         }
         if self.buffer.kind == BufferKind::Sqs {
@@ -359,10 +352,12 @@ impl IngressConfig {
             // travels escaped and may still not fit, which is then reported
             // for that webhook alone.
             let overhead = batch::ENTRY_OVERHEAD + SQS_MESSAGE_OVERHEAD;
-            if self.max_body_bytes + overhead as u64 > u64::from(self.sqs_max_message_bytes) {
+            if self.messages.max_body_bytes + overhead as u64
+                > u64::from(self.sqs_max_message_bytes)
+            {
                 return Err(ConfigError::BodyAboveSqsMessage {
                     message: self.sqs_max_message_bytes,
-                    body: self.max_body_bytes,
+                    body: self.messages.max_body_bytes,
                     overhead,
                 });
             }

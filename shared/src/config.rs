@@ -249,3 +249,36 @@ pub struct LogSettings {
     )]
     pub filter: String,
 }
+
+/// How large one AMQP message of webhooks may be; both binaries must agree:
+/// ingress packs its messages within these, and the worker sizes what it
+/// lets the broker send it by the largest message they allow.
+#[derive(Debug, Clone, Args)]
+pub struct MessageLimits {
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(global = true, long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(2..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Bytes per AMQP message at most (bodies plus about 100 bytes each);
+    /// a single webhook larger than this is still published, alone. The
+    /// worker's prefetch is its byte budget ÷ this: 256 KiB holds 128
+    /// webhooks of the provider's ~500 bytes many times over, and keeps the
+    /// prefetch of a 64 MiB budget at 256 messages.
+    #[arg(global = true, long, env = "CORRAL_PUBLISH_BATCH_MAX_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u32).range(4096..=16 * 1024 * 1024))]
+    pub publish_batch_max_bytes: u32,
+}
+
+impl MessageLimits {
+    /// The largest AMQP message body ingress publishes: a full message, or
+    /// one webhook of the largest body alone. Alone, a body with blanks
+    /// around its object travels as the string `body_text`, and escaping a
+    /// valid JSON text at most doubles it (only `"`, `\` and the blanks
+    /// `\t`, `\n`, `\r` are escaped, each to two bytes).
+    pub fn largest_message(&self) -> u64 {
+        use crate::envelope::batch::{ENTRY_OVERHEAD, FRAME_OVERHEAD};
+        let alone = 2 * self.max_body_bytes + 2 + (ENTRY_OVERHEAD + FRAME_OVERHEAD) as u64;
+        alone.max(u64::from(self.publish_batch_max_bytes))
+    }
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use corral_shared::config::{AmqpSettings, BufferKind, BufferSettings, LogSettings};
+use corral_shared::config::{AmqpSettings, BufferKind, BufferSettings, LogSettings, MessageLimits};
 
 /// Consumes corral's queue and lands each webhook exactly once in PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -266,11 +266,27 @@ pub struct WorkerConfig {
     )]
     pub admin_listen: String,
 
-    /// Messages RabbitMQ may send before they are acknowledged; with SQS,
-    /// messages received and not yet deleted.
+    /// Messages in hand at most (RabbitMQ: sent and not yet acknowledged;
+    /// SQS: received and not yet deleted): a cap on the count that
+    /// CORRAL_MAX_IN_HAND_BYTES allows, which is what bounds memory.
     #[arg(long, env = "CORRAL_PREFETCH", default_value_t = 2_000,
           value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub prefetch: u16,
+
+    /// Bytes of messages held at most (received and not yet acknowledged):
+    /// RabbitMQ's prefetch is this ÷ the largest message ingress may publish
+    /// (CORRAL_PUBLISH_BATCH_MAX_BYTES, or a body of CORRAL_MAX_BODY_BYTES
+    /// alone), capped by CORRAL_PREFETCH; SQS receives while the messages in
+    /// hand fit. Default: a quarter of the container's memory limit, or
+    /// 64 MiB without one.
+    #[arg(long, env = "CORRAL_MAX_IN_HAND_BYTES",
+          value_parser = clap::value_parser!(u64).range(1024 * 1024..), global = true)]
+    pub max_in_hand_bytes: Option<u64>,
+
+    /// CORRAL_MAX_BODY_BYTES and CORRAL_PUBLISH_BATCH_MAX_BYTES, as ingress
+    /// reads them: they bound the largest message.
+    #[command(flatten)]
+    pub messages: MessageLimits,
 
     /// A batch is written when it holds this many webhooks (whole AMQP
     /// messages only, so one message may take it past this alone)...
@@ -365,18 +381,18 @@ pub struct WorkerConfig {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Prefetch below the batch size could cap batches at the prefetch: it
-    /// counts AMQP messages, each holding one webhook at least, so a
-    /// prefetch of `CORRAL_BATCH_MAX` messages always fills a batch.
+    /// The byte budget does not hold one of the largest messages for each
+    /// of the two consumers (the main and the unroutable queue).
     #[error(
-        "CORRAL_PREFETCH ({prefetch}) must be at least CORRAL_BATCH_MAX ({batch_max}): \
-         RabbitMQ never sends more than the prefetch before an ack"
+        "CORRAL_MAX_IN_HAND_BYTES ({budget}) must hold two of the largest messages ingress may \
+         publish ({largest} bytes each: CORRAL_PUBLISH_BATCH_MAX_BYTES, or a body of \
+         CORRAL_MAX_BODY_BYTES alone)"
     )]
-    PrefetchBelowBatch {
-        /// Prefetch.
-        prefetch: u16,
-        /// Batch size.
-        batch_max: u32,
+    InHandBelowMessages {
+        /// The budget.
+        budget: u64,
+        /// The largest message.
+        largest: u64,
     },
     /// More writers than connections would leave writers waiting for one.
     #[error("CORRAL_DB_WRITERS ({writers}) must not exceed CORRAL_DB_POOL_SIZE ({pool})")]
@@ -409,10 +425,11 @@ pub enum ConfigError {
 impl WorkerConfig {
     /// Checks the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if u32::from(self.prefetch) < self.batch_max {
-            return Err(ConfigError::PrefetchBelowBatch {
-                prefetch: self.prefetch,
-                batch_max: self.batch_max,
+        let budget = self.budget();
+        if budget.prefetch(self.prefetch).is_none() {
+            return Err(ConfigError::InHandBelowMessages {
+                budget: budget.bytes,
+                largest: budget.largest,
             });
         }
         if self.buffer.kind == BufferKind::Sqs {
@@ -469,6 +486,12 @@ impl WorkerConfig {
             settings.url.clone_from(url);
         }
         settings
+    }
+
+    /// The bytes in hand and the largest message (reads the container's
+    /// memory limit when CORRAL_MAX_IN_HAND_BYTES is not set).
+    pub fn budget(&self) -> crate::source::budget::Budget {
+        crate::source::budget::Budget::new(self.max_in_hand_bytes, &self.messages)
     }
 
     /// Per-wait database deadline.

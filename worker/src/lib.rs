@@ -159,18 +159,8 @@ impl Application {
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
             });
-            let settings = ConsumerSettings {
-                amqp: config.amqp.clone(),
-                prefetch: config.prefetch,
-                writers: config.db_writers as usize,
-                result_events: config.result_events,
-                results: wake.clone(),
-                batch_max: config.batch_max as usize,
-                batch_linger: config.batch_linger(),
-                db_retry_max: Duration::from_millis(config.db_retry_max_ms),
-                db_timeout: config.db_timeout(),
-                shutdown_timeout: config.shutdown_timeout(),
-            };
+            let budget = config.budget();
+            let settings = consumer_settings(&config, &budget, wake.clone());
             let drain = spool::DrainSettings {
                 batch_max: config.batch_max as usize,
                 result_events: config.result_events,
@@ -190,6 +180,7 @@ impl Application {
                             wait: Duration::from_secs(config.sqs_wait_secs),
                             visibility: Duration::from_secs(config.sqs_visibility_secs),
                             max_in_hand: usize::from(config.prefetch),
+                            max_in_hand_bytes: budget.bytes,
                             retry_max: config.amqp.reconnect_max(),
                             oldest: oldest.clone(),
                         };
@@ -233,6 +224,39 @@ impl Application {
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-worker stopped");
         Ok(())
+    }
+}
+
+/// The consumer's settings, its prefetch derived from the byte budget.
+fn consumer_settings(
+    config: &WorkerConfig,
+    budget: &source::budget::Budget,
+    results: results::Wake,
+) -> ConsumerSettings {
+    let prefetch = budget
+        .prefetch(config.prefetch)
+        .expect("WorkerConfig::validate checked the budget holds two messages");
+    tracing::info!(
+        in_hand_bytes = budget.bytes,
+        largest_message = budget.largest,
+        prefetch = prefetch.main,
+        unroutable_prefetch = prefetch.unroutable,
+        "messages in hand bounded by CORRAL_MAX_IN_HAND_BYTES"
+    );
+    ConsumerSettings {
+        amqp: config.amqp.clone(),
+        prefetch,
+        prefetch_cap: config.prefetch,
+        largest_message: budget.largest,
+        writers: config.db_writers as usize,
+        result_events: config.result_events,
+        results,
+        batch_max: config.batch_max as usize,
+        batch_max_bytes: budget.batch_bytes(),
+        batch_linger: config.batch_linger(),
+        db_retry_max: Duration::from_millis(config.db_retry_max_ms),
+        db_timeout: config.db_timeout(),
+        shutdown_timeout: config.shutdown_timeout(),
     }
 }
 

@@ -4,6 +4,16 @@
 //! fills), and they are acknowledged strictly in delivery order: an ack of a
 //! batch's last delivery then never covers a message of a batch that has not
 //! committed yet.
+//!
+//! A batch closes at `CORRAL_BATCH_MAX` webhooks, or at a sixteenth of the
+//! byte budget of bodies (a batch being written holds several copies of its
+//! bodies: rows, parameters, the statement), or, when the byte budget cut
+//! the prefetch below `CORRAL_PREFETCH`, at its share of the prefetch,
+//! prefetch ÷ (`CORRAL_DB_WRITERS` + 1) messages, so that a prefetch of few
+//! messages still keeps every writer busy (small messages fill it long
+//! before `CORRAL_BATCH_MAX` webhooks); and a batch that holds all the source will send
+//! before an acknowledgement is written at once rather than after the
+//! linger, since waiting could bring nothing.
 
 use corral_shared::{admin::Health, error_chain, telemetry::metrics};
 use deadpool_postgres::Pool;
@@ -33,14 +43,24 @@ pub(super) async fn session<S: Source>(
         writes: FuturesOrdered::new(),
         filling: Vec::with_capacity(settings.batch_max),
         filling_webhooks: 0,
+        filling_bytes: 0,
         linger_until: None,
         flush: false,
         drain_deadline: None,
         drain_tx,
         ended: None,
         held: 0,
+        max_messages: match source.limit() {
+            Some(limit) if limit < usize::from(settings.prefetch_cap) => {
+                (limit / (settings.writers + 1)).max(1)
+            }
+            _ => usize::MAX,
+        },
     };
     loop {
+        if !batcher.filling.is_empty() && source.saturated(batcher.in_hand()) {
+            batcher.flush = true;
+        }
         if batcher.ready() && batcher.writes.len() < settings.writers {
             batcher.start_write();
             continue;
@@ -69,6 +89,8 @@ struct Batcher<'a, A> {
     filling: Vec<Delivery<A>>,
     /// Webhooks in `filling`, which `CORRAL_BATCH_MAX` bounds.
     filling_webhooks: usize,
+    /// Bytes of the bodies in `filling`.
+    filling_bytes: usize,
     /// When the batch being filled must be written, full or not.
     linger_until: Option<Instant>,
     /// Write the batch being filled as soon as a writer is free.
@@ -83,6 +105,9 @@ struct Batcher<'a, A> {
     /// Messages (AMQP messages, as the prefetch counts them) in batches
     /// being written or waiting for their ack.
     held: usize,
+    /// Messages a batch holds at most, so that a prefetch the byte budget
+    /// cut to few messages still keeps every writer busy.
+    max_messages: usize,
 }
 
 /// What woke the session.
@@ -97,16 +122,24 @@ enum Next<A> {
 }
 
 impl<A: Ack> Batcher<'_, A> {
+    /// Messages received and not yet acknowledged.
+    fn in_hand(&self) -> usize {
+        self.held + self.filling.len()
+    }
+
     /// Whether the batch being filled should be written now.
     fn ready(&self) -> bool {
         !self.filling.is_empty() && (self.full() || self.flush || self.ended.is_some())
     }
 
-    /// Whether the batch being filled holds `CORRAL_BATCH_MAX` webhooks: one
+    /// Whether the batch being filled holds `CORRAL_BATCH_MAX` webhooks (one
     /// message may take it past that alone, since a message is never split
-    /// across transactions (its ack covers all of its webhooks).
+    /// across transactions: its ack covers all of its webhooks), its bytes,
+    /// or its share of the prefetch.
     fn full(&self) -> bool {
         self.filling_webhooks >= self.settings.batch_max
+            || self.filling_bytes >= self.settings.batch_max_bytes
+            || self.filling.len() >= self.max_messages
     }
 
     fn start_write(&mut self) {
@@ -124,6 +157,7 @@ impl<A: Ack> Batcher<'_, A> {
             self.drain_tx.subscribe(),
         ));
         self.filling_webhooks = 0;
+        self.filling_bytes = 0;
         self.linger_until = None;
         self.flush = false;
     }
@@ -169,6 +203,7 @@ impl<A: Ack> Batcher<'_, A> {
                     self.linger_until = Some(Instant::now() + self.settings.batch_linger);
                 }
                 self.filling_webhooks += delivery.webhooks();
+                self.filling_bytes += delivery.bytes();
                 self.filling.push(delivery);
             }
             Next::LingerOver => self.flush = true,

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::source::{
     SourceError,
+    budget::Prefetch,
     rabbitmq::RabbitMqSource,
     sqs::{self, SqsSource},
 };
@@ -50,8 +51,12 @@ use crate::source::{
 pub struct ConsumerSettings {
     /// Broker and names.
     pub amqp: AmqpSettings,
-    /// `basic.qos` prefetch.
-    pub prefetch: u16,
+    /// The `basic.qos` prefetch of each consumer.
+    pub prefetch: Prefetch,
+    /// `CORRAL_PREFETCH`: a prefetch below it is the byte budget's.
+    pub prefetch_cap: u16,
+    /// The largest message the prefetch is sized for.
+    pub largest_message: u64,
     /// Batches written at once.
     pub writers: usize,
     /// Whether stored webhooks get a result-event outbox row.
@@ -60,6 +65,8 @@ pub struct ConsumerSettings {
     pub results: crate::results::Wake,
     /// Webhooks per batch at most, unless one message holds more.
     pub batch_max: usize,
+    /// Bytes of bodies per batch at most, unless one message holds more.
+    pub batch_max_bytes: usize,
     /// How long a batch waits for more messages after its first.
     pub batch_linger: Duration,
     /// Cap of the database retry backoff.
@@ -123,6 +130,7 @@ pub async fn run_sqs(
     tracing::info!(
         queue = queue.url,
         in_hand = source.max_in_hand,
+        in_hand_bytes = source.max_in_hand_bytes,
         wait = ?source.wait,
         visibility = ?source.visibility,
         writers = settings.writers,
@@ -175,6 +183,11 @@ async fn consume_queue(
             health.set_broker(up);
         }
     };
+    let prefetch = if queue.unroutable {
+        settings.prefetch.unroutable
+    } else {
+        settings.prefetch.main
+    };
     loop {
         let connected = amqp::reconnect(shutdown, &settings.amqp, || {
             RabbitMqSource::connect(&settings.amqp, topology)
@@ -182,14 +195,19 @@ async fn consume_queue(
         .await;
         let Some(connected) = connected else { return };
         let end = match connected
-            .consume(&queue.name, settings.prefetch, queue.unroutable)
+            .consume(
+                &queue.name,
+                prefetch,
+                settings.largest_message,
+                queue.unroutable,
+            )
             .await
         {
             Ok(mut source) => {
                 set_broker(true);
                 tracing::info!(
                     queue = queue.name,
-                    prefetch = settings.prefetch,
+                    prefetch,
                     writers = settings.writers,
                     "consuming"
                 );

@@ -11,8 +11,10 @@
 //! Two implementations, as `CORRAL_BUFFER` chooses: [`rabbitmq::RabbitMqSource`]
 //! (a consumer, acknowledged with `multiple` acks) and [`sqs::SqsSource`]
 //! (long polling, visibility extended while in hand, deleted after commit);
-//! [`sqs_depth`] measures the SQS queues for Prometheus.
+//! [`sqs_depth`] measures the SQS queues for Prometheus. Both hold what
+//! [`budget`] allows: `CORRAL_MAX_IN_HAND_BYTES` of messages at most.
 
+pub mod budget;
 pub mod rabbitmq;
 pub mod sqs;
 pub mod sqs_depth;
@@ -40,6 +42,15 @@ impl<A> Delivery<A> {
         match &self.contents {
             Contents::Webhooks(webhooks) => webhooks.len(),
             Contents::Unreadable { .. } => 1,
+        }
+    }
+
+    /// Bytes of the bodies it holds: what its batch's rows and parameters
+    /// grow from.
+    pub fn bytes(&self) -> usize {
+        match &self.contents {
+            Contents::Webhooks(webhooks) => webhooks.iter().map(|w| w.body.len()).sum(),
+            Contents::Unreadable { message, .. } => message.body.len(),
         }
     }
 }
@@ -84,6 +95,18 @@ pub trait Source: Send {
     fn next(
         &mut self,
     ) -> impl Future<Output = Option<Result<Delivery<Self::Ack>, SourceError>>> + Send;
+
+    /// How many messages the source hands out at most before an
+    /// acknowledgement, when it counts them (RabbitMQ's prefetch).
+    fn limit(&self) -> Option<usize>;
+
+    /// Whether the source will hand out nothing more until some of what it
+    /// handed out is acknowledged, `in_hand` being how many of its
+    /// deliveries the consumer holds unacknowledged: a batch then has no
+    /// reason to wait for company.
+    fn saturated(&self, in_hand: usize) -> bool {
+        self.limit().is_some_and(|limit| in_hand >= limit)
+    }
 
     /// Asks for no new deliveries; those already on their way still come
     /// through [`Source::next`], which then ends.

@@ -1,5 +1,7 @@
 //! A quorum queue as a source: a consumer with a prefetch on its own
-//! connection, acknowledged with `multiple` acks.
+//! connection, acknowledged with `multiple` acks. The prefetch is what
+//! [`budget`](super::budget) derives from the byte budget and the largest
+//! message; a message larger than that is logged, since it breaks the bound.
 
 use std::time::Duration;
 
@@ -33,6 +35,12 @@ pub struct RabbitMqSource {
     unroutable: bool,
     /// Deliveries so far in this session.
     delivered: u64,
+    /// Messages RabbitMQ sends before an acknowledgement.
+    prefetch: u16,
+    /// The largest message the prefetch was sized for.
+    largest: u64,
+    /// A larger one has been logged this session.
+    oversize_logged: bool,
 }
 
 /// Acknowledges a delivery tag and every one before it on its channel.
@@ -78,12 +86,14 @@ impl RabbitMqSource {
 }
 
 impl Connected {
-    /// Starts consuming `queue` with `prefetch` (`unroutable`: it is the
-    /// queue behind the alternate exchange); on failure the connection is closed.
+    /// Starts consuming `queue` with `prefetch`, sized for messages of at
+    /// most `largest` bytes (`unroutable`: it is the queue behind the
+    /// alternate exchange); on failure the connection is closed.
     pub async fn consume(
         self,
         queue: &str,
         prefetch: u16,
+        largest: u64,
         unroutable: bool,
     ) -> Result<RabbitMqSource, SourceError> {
         let Self {
@@ -100,6 +110,9 @@ impl Connected {
                 timeout,
                 unroutable,
                 delivered: 0,
+                prefetch,
+                largest,
+                oversize_logged: false,
             }),
             Err(err) => {
                 amqp::close(&connection, timeout, "corral-worker closing").await;
@@ -149,6 +162,17 @@ impl Source for RabbitMqSource {
             Err(err) => return Some(Err(SourceError::Consumer(err))),
         };
         self.delivered += 1;
+        if delivery.data.len() as u64 > self.largest && !self.oversize_logged {
+            self.oversize_logged = true;
+            tracing::warn!(
+                bytes = delivery.data.len(),
+                largest = self.largest,
+                "a message is larger than CORRAL_PUBLISH_BATCH_MAX_BYTES and \
+                 CORRAL_MAX_BODY_BYTES allow: the prefetch, sized for those, no longer keeps \
+                 the messages in hand within CORRAL_MAX_IN_HAND_BYTES (do the worker's \
+                 settings match ingress's?)"
+            );
+        }
         if self.unroutable {
             metrics::worker_unroutable();
             if self.delivered == 1 {
@@ -171,6 +195,10 @@ impl Source for RabbitMqSource {
                 acker: delivery.acker,
             },
         }))
+    }
+
+    fn limit(&self) -> Option<usize> {
+        Some(usize::from(self.prefetch))
     }
 
     async fn stop(&mut self) -> Result<(), SourceError> {

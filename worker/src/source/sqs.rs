@@ -3,8 +3,10 @@
 //! committed.
 //!
 //! A poller task receives (`ReceiveMessage`, up to 10 at a time, waiting up
-//! to `CORRAL_SQS_WAIT_SECS` for any) while fewer than `CORRAL_PREFETCH`
-//! messages are in hand, and hands them out through a channel, so a
+//! to `CORRAL_SQS_WAIT_SECS` for any) while there is [`Room`]: fewer than
+//! `CORRAL_PREFETCH` messages in hand, and their bytes and SQS's largest
+//! message for each one asked for within `CORRAL_MAX_IN_HAND_BYTES`. It
+//! hands them out through a channel, so a
 //! [`Source::next`] dropped half-way (the consumer waits on several things at
 //! once) loses nothing. Each message received stays in a ledger with its
 //! receipt handle until it is deleted; an extender task pushes the
@@ -46,14 +48,15 @@ use corral_shared::{
     telemetry::metrics,
 };
 use futures_util::{StreamExt, stream};
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Delivery, Source, SourceError, sqs_depth::OldestReceived, unpack};
+use super::{
+    Ack, Delivery, Source, SourceError,
+    budget::{Reservation, Room, SQS_LARGEST_MESSAGE, Taken},
+    sqs_depth::OldestReceived,
+    unpack,
+};
 
 /// Settings of the SQS source.
 #[derive(Debug, Clone)]
@@ -64,6 +67,8 @@ pub struct Settings {
     pub visibility: Duration,
     /// Messages in hand at most (received, not yet deleted).
     pub max_in_hand: usize,
+    /// Bytes of messages in hand at most.
+    pub max_in_hand_bytes: u64,
     /// Cap of the backoff while SQS does not answer.
     pub retry_max: Duration,
     /// Told how long each message received had waited in the queue.
@@ -109,6 +114,8 @@ struct Ledger {
     next_seq: AtomicU64,
     /// The session has ended: its receipts are left to run out.
     closed: AtomicBool,
+    /// The poller waits for room: nothing more comes until a delete.
+    starved: AtomicBool,
 }
 
 /// A message in hand.
@@ -117,8 +124,8 @@ struct Held {
     receipt: String,
     /// When SQS hands it out again unless it is extended first.
     visible_at: Instant,
-    /// Its room among `CORRAL_PREFETCH`, given back once it is deleted.
-    _room: OwnedSemaphorePermit,
+    /// Its room in hand, given back once it is deleted.
+    _room: Taken,
 }
 
 impl Ledger {
@@ -136,6 +143,7 @@ impl SqsSource {
             held: Mutex::new(BTreeMap::new()),
             next_seq: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            starved: AtomicBool::new(false),
         });
         let (sender, deliveries) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -168,6 +176,15 @@ impl Source for SqsSource {
         self.deliveries.recv().await.map(Ok)
     }
 
+    /// It counts bytes: see [`Room`].
+    fn limit(&self) -> Option<usize> {
+        None
+    }
+
+    fn saturated(&self, _in_hand: usize) -> bool {
+        self.deliveries.is_empty() && self.ledger.starved.load(Ordering::SeqCst)
+    }
+
     async fn stop(&mut self) -> Result<(), SourceError> {
         // A long poll in flight is dropped: a message SQS was handing over
         // right then comes back once its visibility timeout runs out.
@@ -183,7 +200,11 @@ async fn poll(
     health: Health,
     stop: CancellationToken,
 ) {
-    let room = Arc::new(Semaphore::new(ledger.settings.max_in_hand));
+    let room = Room::new(
+        ledger.settings.max_in_hand,
+        ledger.settings.max_in_hand_bytes,
+        SQS_LARGEST_MESSAGE,
+    );
     let mut delays = retry::delays(ledger.settings.retry_max);
     let mut answering = false;
     loop {
@@ -211,16 +232,11 @@ async fn poll(
             tracing::info!(queue = ledger.queue.url, "receiving from SQS");
         }
         let mut permits = Vec::with_capacity(sqs::BATCH_ENTRIES);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            permit = room.clone().acquire_owned() => permits.push(permit.expect("never closed")),
-        }
-        while permits.len() < sqs::BATCH_ENTRIES {
-            match room.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
+        let Some(first) = reserve(&ledger, &room, &stop).await else {
+            return;
+        };
+        permits.push(first);
+        permits.extend(std::iter::from_fn(|| room.try_reserve()).take(sqs::BATCH_ENTRIES - 1));
         let received = tokio::select! {
             () = stop.cancelled() => return,
             received = receive(&ledger, permits.len()) => received,
@@ -246,6 +262,21 @@ async fn poll(
             }
         }
     }
+}
+
+/// Room for one message, waiting (and saying so) when there is none; `None`
+/// when stopped meanwhile.
+async fn reserve(ledger: &Ledger, room: &Room, stop: &CancellationToken) -> Option<Reservation> {
+    if let Some(reservation) = room.try_reserve() {
+        return Some(reservation);
+    }
+    ledger.starved.store(true, Ordering::SeqCst);
+    let reserved = tokio::select! {
+        () = stop.cancelled() => None,
+        reservation = room.reserve() => Some(reservation),
+    };
+    ledger.starved.store(false, Ordering::SeqCst);
+    reserved
 }
 
 /// Waits `delay` (or a second); `true` when stopped meanwhile.
@@ -286,12 +317,9 @@ fn visibility_secs(settings: &Settings) -> i32 {
 
 /// Puts a received message in the ledger and makes its delivery; `None`
 /// for one without a receipt handle (SQS always sends one).
-fn hold(
-    ledger: &Arc<Ledger>,
-    message: Message,
-    room: OwnedSemaphorePermit,
-) -> Option<Delivery<SqsAck>> {
+fn hold(ledger: &Arc<Ledger>, message: Message, room: Reservation) -> Option<Delivery<SqsAck>> {
     let receipt = message.receipt_handle()?.to_owned();
+    let size = message.body().map_or(0, str::len) + receipt.len() + sqs::ATTRIBUTES_MAX;
     let sent = message
         .attributes()
         .and_then(|system| system.get(&MessageSystemAttributeName::SentTimestamp))
@@ -307,7 +335,7 @@ fn hold(
         Held {
             receipt,
             visible_at: Instant::now() + ledger.settings.visibility,
-            _room: room,
+            _room: room.keep(size),
         },
     );
     Some(Delivery {
@@ -471,8 +499,7 @@ impl Ack for SqsAck {
             .await
             .into_iter()
             .sum();
-        // Their room among CORRAL_PREFETCH, now that they are gone (or left
-        // to come back).
+        // Their room in hand, now that they are gone (or left to come back).
         drop(taken);
         for _ in 0..undeleted {
             metrics::worker_ack_failed();

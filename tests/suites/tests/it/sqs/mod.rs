@@ -17,11 +17,13 @@
 //! - `characters`: a body holding characters SQS refuses (U+FFFE, U+FFFF)
 //!   travels escaped and is stored exactly.
 //! - `signed`: a signed webhook's message routed `dropcowboy.event`.
+//! - `memory`: the worker receives no more bytes than its budget.
 
 mod characters;
 mod dead_letters;
 mod fifo;
 mod flow;
+mod memory;
 mod metrics;
 mod outage;
 mod settings;

@@ -57,6 +57,9 @@ pub(super) fn batches_of(size: u32, database_url: &str, prefix: &str) -> WorkerC
     let mut config = config(database_url, prefix);
     config.batch_max = size;
     config.batch_linger_ms = 60_000;
+    // A prefetch of CORRAL_PREFETCH messages, so that no share of a smaller
+    // one closes a batch first.
+    config.max_in_hand_bytes = Some(4 * 1024 * 1024 * 1024);
     config
 }
 

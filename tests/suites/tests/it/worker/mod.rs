@@ -22,6 +22,7 @@
 //!   workers.
 //! - `helpers`: What the worker tests share: settings, publishing as ingress,
 //!   counting rows, metrics, slow commits, proxies and typed rows.
+//! - `memory`: Memory bounded by the bytes in hand, behind a locked table.
 //! - `ordering`: The newest state wins whatever the arrival order.
 //! - `proptests`: Whatever a message holds, its batch commits and each of its
 //!   webhooks is stored, a duplicate, or quarantined.
@@ -42,6 +43,7 @@ mod batches;
 mod depth;
 mod exactly_once;
 pub(crate) mod helpers;
+mod memory;
 mod ordering;
 mod outages;
 mod proptests;

@@ -1,0 +1,96 @@
+//! The worker holds no more bytes of SQS messages than its budget.
+
+use std::{sync::Mutex, time::Duration};
+
+use corral_shared::envelope::{self, Kind};
+use corral_testkit::{
+    apps::RunningWorker, config, database::TestDatabase, fixtures::DeliveryStatus, sqs::TestQueue,
+    wait,
+};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{WAIT, assert_each_once, packing};
+
+const MESSAGES: usize = 40;
+/// Webhooks of ~3.9 KB each: ~190 KB a message, under SQS's 256 KiB.
+const PER_MESSAGE: usize = 48;
+const BUDGET: u64 = 4 * 1024 * 1024;
+
+/// Behind a locked `delivery_events`, a worker with a 4 MiB budget receives
+/// only the messages that fit it (each one asked for reserves SQS's largest
+/// message, and keeps its own size once received), not `CORRAL_PREFETCH` of
+/// them; once the lock is gone every webhook is stored once.
+#[tokio::test]
+async fn behind_a_locked_table_the_worker_receives_no_more_than_its_byte_budget() {
+    let queue = TestQueue::new().await;
+    let db = TestDatabase::migrated().await;
+    let foreign_id = "f".repeat(3_500);
+    let mut ids = Vec::new();
+    let mut message_bytes = 0;
+    for _ in 0..MESSAGES {
+        let bodies: Vec<String> = (0..PER_MESSAGE)
+            .map(|_| {
+                let drop_id = Uuid::now_v7().simple().to_string();
+                DeliveryStatus {
+                    drop_id: &drop_id,
+                    foreign_id: &foreign_id,
+                    ..DeliveryStatus::default()
+                }
+                .body()
+            })
+            .collect();
+        let packing = packing(&bodies, Kind::Sms);
+        message_bytes = envelope::batch_message(Uuid::now_v7(), &packing).body.len() as u64;
+        queue.send_batch(&packing).await;
+        ids.extend(packing.iter().map(|p| p.id));
+    }
+
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE delivery_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("locking delivery_events");
+    let mut settings = config::worker_sqs(&db.url, &queue);
+    settings.sqs_wait_secs = 1;
+    settings.max_in_hand_bytes = Some(BUDGET);
+    let worker = RunningWorker::start(settings).await;
+    let in_flight = in_flight_when_settled(&queue).await;
+    eprintln!("in flight: {in_flight} messages of {message_bytes} bytes");
+    assert!(
+        in_flight * message_bytes <= BUDGET,
+        "{in_flight} messages of {message_bytes} bytes in hand, over the budget of {BUDGET}"
+    );
+    locker
+        .batch_execute("COMMIT")
+        .await
+        .expect("releasing the lock");
+
+    let client = db.client().await;
+    assert_each_once(&client, &ids).await;
+    wait::until_true("the queue to be empty", WAIT, || async {
+        queue.counts().await == (0, 0)
+    })
+    .await;
+    worker.stop().await.expect("the worker stops");
+}
+
+/// Messages in flight once their count has not moved for 3 s.
+async fn in_flight_when_settled(queue: &TestQueue) -> u64 {
+    const SETTLED: Duration = Duration::from_secs(3);
+    let last = Mutex::new((u64::MAX, Instant::now()));
+    wait::until(
+        "the worker to stop receiving",
+        Duration::from_secs(60),
+        || async {
+            let (_, in_flight) = queue.counts().await;
+            let mut last = last.lock().expect("not poisoned");
+            if in_flight != last.0 {
+                *last = (in_flight, Instant::now());
+                return None;
+            }
+            (in_flight > 0 && last.1.elapsed() >= SETTLED).then_some(in_flight)
+        },
+    )
+    .await
+}
