@@ -41,7 +41,9 @@ async fn behind_a_locked_table_the_worker_receives_no_more_than_its_byte_budget(
             })
             .collect();
         let packing = packing(&bodies, Kind::Sms);
-        message_bytes = envelope::batch_message(Uuid::now_v7(), &packing).body.len() as u64;
+        message_bytes = envelope::batch_message(Uuid::now_v7(), &packing, envelope::Charset::Sqs)
+            .body
+            .len() as u64;
         queue.send_batch(&packing).await;
         ids.extend(packing.iter().map(|p| p.id));
     }

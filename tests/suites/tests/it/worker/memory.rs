@@ -128,9 +128,13 @@ async fn prefill(broker: &TestBroker) -> (Vec<Uuid>, u64) {
             })
             .collect();
         if message_bytes == 0 {
-            message_bytes = corral_shared::envelope::batch_message(Uuid::now_v7(), &packing)
-                .body
-                .len() as u64;
+            message_bytes = corral_shared::envelope::batch_message(
+                Uuid::now_v7(),
+                &packing,
+                corral_shared::envelope::Charset::Any,
+            )
+            .body
+            .len() as u64;
         }
         broker.publish_batch(&packing).await;
         ids.extend(bodies.iter().map(|(id, _)| *id));
