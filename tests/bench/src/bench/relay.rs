@@ -12,7 +12,7 @@ use corral_shared::{
     telemetry::metrics::{WORKER_MESSAGES, WORKER_RESULT_EVENTS_PUBLISHED},
 };
 use corral_testkit::{
-    broker, config,
+    broker, config, database,
     process::{Process, ProcessConfig},
     unique_name,
 };
@@ -77,24 +77,7 @@ pub async fn relay_run(
 ) -> anyhow::Result<RelayRun> {
     let prefix = unique_name("bench");
     let db = probes::migrated_database().await?;
-    let filled = Instant::now();
-    if drain {
-        prefill(&prefix, events, Some(PREFILL_BATCH)).await?;
-    } else {
-        let client = db.client().await;
-        client.execute(FILL, &[&(events as i64)]).await?;
-        client.execute(FILL_OUTBOX, &[]).await?;
-        client.batch_execute("VACUUM ANALYZE").await?;
-    }
-    eprintln!(
-        "bench: {events} {} in {:.1} s",
-        if drain {
-            "webhooks queued"
-        } else {
-            "events in the outbox"
-        },
-        filled.elapsed().as_secs_f64()
-    );
+    fill(&db, &prefix, events, drain).await?;
     let settings = config::amqp(prefix.clone());
     let topology = amqp::Topology::new(&settings);
     let (connection, channel) =
@@ -130,6 +113,30 @@ pub async fn relay_run(
         cpu_percent,
         queued,
     })
+}
+
+/// `events` webhooks in the main queue (`drain`), else stored events with
+/// their outbox rows.
+async fn fill(
+    db: &database::TestDatabase,
+    prefix: &str,
+    events: usize,
+    drain: bool,
+) -> anyhow::Result<()> {
+    let filled = Instant::now();
+    let what = if drain {
+        prefill(prefix, events, Some(PREFILL_BATCH)).await?;
+        "webhooks queued"
+    } else {
+        let client = db.client().await;
+        client.execute(FILL, &[&(events as i64)]).await?;
+        client.execute(FILL_OUTBOX, &[]).await?;
+        client.batch_execute("VACUUM ANALYZE").await?;
+        "events in the outbox"
+    };
+    let seconds = filled.elapsed().as_secs_f64();
+    eprintln!("bench: {events} {what} in {seconds:.1} s");
+    Ok(())
 }
 
 /// A durable quorum queue bound to the result events' exchange.
