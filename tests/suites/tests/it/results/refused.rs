@@ -94,10 +94,11 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
         refused as i64,
         "only the refused events stay in the outbox"
     );
-    assert!(
-        worker.metrics().await.get(NACKED) > refused as f64,
-        "each refusal counted, the retry's too"
-    );
+    // Counted once the round's confirms are all in, after the copies landed.
+    wait::until_true("each refusal counted, the retry's too", WAIT, || async {
+        worker.metrics().await.get(NACKED) > refused as f64
+    })
+    .await;
 
     // Drained as it fills, the small queue gets every event, once; the
     // outbox empties.
