@@ -57,7 +57,8 @@ pub(super) enum RoundError {
     /// The round's database work outlived its deadline.
     #[error("no answer from the database within {0:?}")]
     Timeout(Duration),
-    /// The link failed before anything was published: reconnect.
+    /// The link failed while the events were handed to it: every one
+    /// stays, and the relay reconnects.
     #[error(transparent)]
     Link(AmqpError),
 }
