@@ -155,7 +155,6 @@ impl Application {
             };
             let relay = config.result_events.then(|| results::RelaySettings {
                 amqp: config.results_amqp(),
-                batch_max: config.batch_max as usize,
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
             });

@@ -23,7 +23,8 @@ pub use connect::{
     check_settings, close, connect, connect_and_declare, parse_url, reconnect, redact_url,
 };
 pub use publish::{
-    PublishOutcomeError, Refused, check_confirmation, publish_confirmed, publish_mandatory,
+    PublishOutcomeError, Refused, check_confirmation, check_confirmations, publish_confirmed,
+    publish_mandatory,
 };
 pub use topology::Topology;
 

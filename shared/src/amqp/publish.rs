@@ -4,13 +4,14 @@
 //! (basic.return) instead of vanishing. A publish is therefore safe only when
 //! the broker *acked* it on a confirm-mode channel and did *not* return it.
 //! [`check_confirmation`] is that rule, for ingress, the dead-letter replay
-//! and the benchmark's probes alike.
+//! and the benchmark's probes alike; [`check_confirmations`] applies it to
+//! many publishes whose confirms were in flight together (the result relay).
 
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, PublisherConfirm, options::BasicPublishOptions,
-    types::ShortString,
+    BasicProperties, Channel, Confirmation, PublisherConfirm, message::BasicReturnMessage,
+    options::BasicPublishOptions, types::ShortString,
 };
 
 use super::{AmqpError, deadline};
@@ -61,21 +62,69 @@ pub async fn publish_mandatory(
 
 /// `Ok` only for an ack of a message that was routed.
 pub fn check_confirmation(confirmation: Confirmation) -> Result<(), Refused> {
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(Refused::Unroutable {
-                reply_text: returned.reply_text.to_string(),
-                returned_message_id: returned
-                    .delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned()),
-            })
+    let (answer, returned) = split(confirmation);
+    match returned {
+        Some(returned) => Err(unroutable(&returned)),
+        None => answer,
+    }
+}
+
+/// [`check_confirmation`] for each of many publishes whose confirms were in
+/// flight together on one channel, given with each publish's `message_id`:
+/// one verdict each, in the same order. The client library hands a returned
+/// message to whichever confirm completes next, possibly another publish's
+/// of the same multiple-ack, so a return counts against the message it
+/// names, not the confirm that carried it; one naming none of them (no id,
+/// or an id not given) cannot be placed and refuses them all.
+pub fn check_confirmations<'a>(
+    answers: impl IntoIterator<Item = (&'a str, Confirmation)>,
+) -> Vec<Result<(), Refused>> {
+    let mut ids = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut returns = Vec::new();
+    for (id, confirmation) in answers {
+        let (answer, returned) = split(confirmation);
+        ids.push(id);
+        verdicts.push(answer);
+        returns.extend(returned);
+    }
+    for returned in returns {
+        let refused = unroutable(&returned);
+        let named = returned.delivery.properties.message_id().as_ref();
+        let mut placed = false;
+        for (id, verdict) in ids.iter().zip(&mut verdicts) {
+            if named.is_some_and(|named| named.as_str() == *id) {
+                *verdict = Err(refused.clone());
+                placed = true;
+            }
         }
-        Confirmation::Nack(None) => Err(Refused::Nacked),
-        Confirmation::NotRequested => Err(Refused::NotConfirmed),
+        if !placed {
+            verdicts.fill(Err(refused));
+        }
+    }
+    verdicts
+}
+
+/// The broker's answer to the publish itself, and the returned message the
+/// confirm carries (which may be another publish's, see
+/// [`check_confirmations`]).
+fn split(confirmation: Confirmation) -> (Result<(), Refused>, Option<BasicReturnMessage>) {
+    match confirmation {
+        Confirmation::Ack(returned) => (Ok(()), returned),
+        Confirmation::Nack(returned) => (Err(Refused::Nacked), returned),
+        Confirmation::NotRequested => (Err(Refused::NotConfirmed), None),
+    }
+}
+
+fn unroutable(returned: &BasicReturnMessage) -> Refused {
+    Refused::Unroutable {
+        reply_text: returned.reply_text.to_string(),
+        returned_message_id: returned
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
     }
 }
 
@@ -115,4 +164,79 @@ pub async fn publish_confirmed(
     .await?;
     let confirmation = deadline("waiting for the confirm", timeout, confirm).await?;
     Ok(check_confirmation(confirmation)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::message::Delivery;
+
+    use super::*;
+
+    /// A message the broker returned as unroutable, with its `message_id`.
+    fn returned(message_id: Option<&str>) -> BasicReturnMessage {
+        let mut delivery = Delivery::mock(0, "x".into(), "sms".into(), false, Vec::new());
+        if let Some(id) = message_id {
+            delivery.properties = BasicProperties::default().with_message_id(id.into());
+        }
+        BasicReturnMessage {
+            delivery,
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        }
+    }
+
+    fn unroutable(message_id: &str) -> Result<(), Refused> {
+        Err(Refused::Unroutable {
+            reply_text: "NO_ROUTE".into(),
+            returned_message_id: Some(message_id.into()),
+        })
+    }
+
+    #[test]
+    fn one_confirm_is_judged_with_whatever_it_carries() {
+        assert_eq!(check_confirmation(Confirmation::Ack(None)), Ok(()));
+        assert_eq!(
+            check_confirmation(Confirmation::Nack(None)),
+            Err(Refused::Nacked)
+        );
+        assert_eq!(
+            check_confirmation(Confirmation::Ack(Some(returned(Some("b"))))),
+            unroutable("b")
+        );
+        assert_eq!(
+            check_confirmation(Confirmation::NotRequested),
+            Err(Refused::NotConfirmed)
+        );
+    }
+
+    #[test]
+    fn a_return_counts_against_the_message_it_names_not_the_confirm_carrying_it() {
+        let verdicts = check_confirmations([
+            ("a", Confirmation::Ack(Some(returned(Some("c"))))),
+            ("b", Confirmation::Nack(None)),
+            ("c", Confirmation::Ack(None)),
+            ("d", Confirmation::Ack(None)),
+        ]);
+        assert_eq!(
+            verdicts,
+            [Ok(()), Err(Refused::Nacked), unroutable("c"), Ok(())]
+        );
+    }
+
+    #[test]
+    fn a_return_that_names_none_of_them_refuses_them_all() {
+        for named in [None, Some("elsewhere")] {
+            let verdicts = check_confirmations([
+                ("a", Confirmation::Ack(None)),
+                ("b", Confirmation::Ack(Some(returned(named)))),
+            ]);
+            assert_eq!(verdicts.len(), 2);
+            assert!(
+                verdicts
+                    .iter()
+                    .all(|verdict| matches!(verdict, Err(Refused::Unroutable { .. }))),
+                "{verdicts:?}"
+            );
+        }
+    }
 }

@@ -155,6 +155,16 @@ labels! {
         Data,
     }
 
+    /// `corral_worker_result_events_refused_total{cause}`: why RabbitMQ did
+    /// not take a result event (it stays in the outbox and is retried).
+    ResultRefusal {
+        /// Nacked: a bound queue refused it (e.g. full with
+        /// `x-overflow: reject-publish`); the other bound queues have it.
+        Nack,
+        /// Returned: no queue is bound to the exchange.
+        Unroutable,
+    }
+
     /// `corral_worker_sqs_queue_messages{queue}`: which SQS queue.
     SqsQueue {
         /// `CORRAL_SQS_QUEUE_URL`.
@@ -258,6 +268,13 @@ mod tests {
                 .map(|k| k.as_str())
                 .collect::<Vec<_>>(),
             ["transient", "data"]
+        );
+        assert_eq!(
+            ResultRefusal::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>(),
+            ["nack", "unroutable"]
         );
     }
 }

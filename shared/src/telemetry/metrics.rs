@@ -13,7 +13,7 @@ use ::metrics::{
 
 use super::labels::{
     Binary, ConnectOutcome, DbErrorKind, DeliveryLabels, Label, MessageOutcome, PublishFailure,
-    RejectReason, SpoolCause, SqsMessageState, SqsQueue,
+    RejectReason, ResultRefusal, SpoolCause, SqsMessageState, SqsQueue,
 };
 use crate::envelope::Kind as WebhookKind;
 
@@ -134,6 +134,8 @@ catalogue! {
         "Webhooks taken from the PostgreSQL spool and committed (stored, duplicate or quarantined, also counted in corral_worker_messages_total).";
     WORKER_RESULT_EVENTS_PUBLISHED = "corral_worker_result_events_published_total", Counter, [], None,
         "Result events RabbitMQ confirmed on <prefix>.delivery-results (routed to at least one queue) and removed from the outbox; an event republished after a crash counts again (CORRAL_RESULT_EVENTS=true only).";
+    WORKER_RESULT_EVENTS_REFUSED = "corral_worker_result_events_refused_total", Counter, ["cause"], None,
+        "Result events RabbitMQ did not take, each time it refused one, by cause: nack (a bound queue refused it, e.g. full with x-overflow reject-publish; the other bound queues have it) or unroutable (no queue bound). Each stays in the outbox and is published again after a backoff (CORRAL_RESULT_EVENTS=true only).";
     WORKER_RESULT_EVENTS_PENDING = "corral_worker_result_events_pending", Gauge, [], None,
         "Result events waiting in the outbox (delivery_results_outbox) to be published, measured every 5 s by each worker; grows while no queue is bound to <prefix>.delivery-results or RabbitMQ is unreachable. Exact up to 100,000, PostgreSQL's estimate above (CORRAL_RESULT_EVENTS=true only).";
     WORKER_RESULT_EVENTS_OLDEST_SECONDS = "corral_worker_result_events_oldest_seconds", Gauge, [], None,
@@ -395,7 +397,13 @@ pub fn worker_spool_drained(webhooks: usize) {
 /// `CORRAL_RESULT_EVENTS=true`, so their absence says events are off.
 pub fn register_result_events() {
     counter!(WORKER_RESULT_EVENTS_PUBLISHED).increment(0);
+    zero_counters::<ResultRefusal>(WORKER_RESULT_EVENTS_REFUSED, "cause");
     worker_result_events_outbox(0, 0.0);
+}
+
+/// Result events RabbitMQ refused this time, and why.
+pub fn worker_result_events_refused(cause: ResultRefusal, events: usize) {
+    counter!(WORKER_RESULT_EVENTS_REFUSED, "cause" => cause.as_str()).increment(events as u64);
 }
 
 /// Result events confirmed and removed from the outbox.

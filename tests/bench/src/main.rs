@@ -91,6 +91,24 @@ enum Command {
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
     },
+    /// Only the result-event relay: a worker emptying a pre-filled outbox
+    /// into a bound quorum queue, beside the publish probe (64 in flight,
+    /// 4 channels) measured just before it.
+    Relay {
+        /// Events to publish.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Pre-fill the main queue instead (100 webhooks per message): the
+        /// worker stores them and relays their events meanwhile.
+        #[arg(long)]
+        drain: bool,
+        /// Seconds of the publish probe.
+        #[arg(long, default_value_t = 10)]
+        probe_seconds: u64,
+        /// Extra worker settings, `KEY=VALUE`.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
     /// Only the broker's own confirm latency at fixed publish rates, and
     /// ingress's answer latency alone (no worker) at the same rates, the queue
     /// kept empty by a bare consumer.
@@ -192,6 +210,30 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let run = bench::worker_alone_with(messages, batch.map(|n| n as usize), &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
+        }
+        Command::Relay {
+            events,
+            drain,
+            probe_seconds,
+            env,
+        } => {
+            let probe = probes::publish(&probes::PublishProbe {
+                amqp: config::amqp(corral_testkit::unique_name("probe")),
+                channels: 4,
+                in_flight: 64,
+                duration: Duration::from_secs(probe_seconds),
+                body: fixtures::SMS_SUCCESS.as_bytes().to_vec(),
+                delete_after: true,
+            })
+            .await?;
+            eprintln!("{}: {:.0}/s", probe.name, probe.per_second);
+            let run = bench::relay_run(events, drain, &env).await?;
+            eprintln!("{}", serde_json::to_string(&run)?);
+            eprintln!(
+                "relay: {:.0} events/s, {:.2}x the publish probe",
+                run.events_per_sec,
+                run.events_per_sec / probe.per_second
+            );
         }
         Command::Spool {
             connections,

@@ -180,6 +180,12 @@ impl TestBroker {
     /// worker's relay does), as a customer's service would. Exclusive to this
     /// broker's connection, so it goes when the test does.
     pub async fn bind_results(&self, name: &str) -> String {
+        self.bind_results_with(name, FieldTable::default()).await
+    }
+
+    /// [`TestBroker::bind_results`] with queue arguments, e.g. a length
+    /// limit (`x-max-length`, `x-overflow`).
+    pub async fn bind_results_with(&self, name: &str, arguments: FieldTable) -> String {
         self.topology
             .declare_delivery_results(&self.channel, TIMEOUT)
             .await
@@ -193,7 +199,7 @@ impl TestBroker {
             "declaring a results queue",
             TIMEOUT,
             self.channel
-                .queue_declare(queue.as_str().into(), options, FieldTable::default()),
+                .queue_declare(queue.as_str().into(), options, arguments),
         )
         .await
         .expect("declaring the results queue");

@@ -1,7 +1,10 @@
--- The oldest result events no other relay holds, with their stored events.
--- The row locks last until this relay's transaction ends: deleted with the
--- COMMIT once RabbitMQ confirmed every one, or released by the ROLLBACK (or
--- the crash) of a round that did not get them all confirmed.
+-- The oldest result events above outbox id $2 that no other relay holds,
+-- with their stored events: a fresh round starts above the events the relay
+-- holds back after a refusal, a retry round at the oldest. One bound only:
+-- with two, a table not yet analyzed (the outbox after a burst) gets a
+-- bitmap scan and a sort of every row instead of the index scan LIMIT stops.
+-- The row locks last until this relay's transaction ends: the rows RabbitMQ
+-- confirmed are deleted with the COMMIT, the others are released.
 SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.id AS event_id, e.message_id, e.kind, e.drop_id, e.foreign_id, e.phone_number,
        e.status, NULLIF(e.reason, '') AS reason, e.dnc, e.spam,
@@ -11,6 +14,7 @@ SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.attempt_date, e.received_at, e.stored_at
 FROM delivery_results_outbox o
 JOIN delivery_events e ON e.id = o.event_id
+WHERE o.id > $2
 ORDER BY o.id
 LIMIT $1
 FOR UPDATE OF o SKIP LOCKED

@@ -12,17 +12,20 @@
 //!   suite.
 //! - [`runs`]: Each measured run: ingress alone, worker alone, the pipeline,
 //!   the latency layers, and the machine.
+//! - [`relay`]: The result-event relay, alone or while the worker drains.
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
+mod relay;
 mod report;
 mod results;
 mod runs;
 mod sampler;
 
 pub use self::{
+    relay::relay_run,
     report::write,
     results::*,
     runs::{latency_at, worker_alone_with},

@@ -15,6 +15,11 @@ pub(super) const WAIT: Duration = Duration::from_secs(25);
 
 pub(super) const PUBLISHED: &str = "corral_worker_result_events_published_total";
 
+pub(super) const UNROUTABLE: &str =
+    r#"corral_worker_result_events_refused_total{cause="unroutable"}"#;
+
+pub(super) const NACKED: &str = r#"corral_worker_result_events_refused_total{cause="nack"}"#;
+
 pub(super) const PENDING: &str = "corral_worker_result_events_pending";
 
 pub(super) const OLDEST: &str = "corral_worker_result_events_oldest_seconds";

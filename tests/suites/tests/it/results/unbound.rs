@@ -1,6 +1,6 @@
 //! No queue bound to `<prefix>.delivery-results`: RabbitMQ returns every
 //! event (mandatory), so they wait in the outbox, counted in the pending
-//! gauge, and flow once a queue is bound.
+//! gauge and as refused, and flow once a queue is bound.
 
 use corral_shared::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, wait};
@@ -31,7 +31,13 @@ async fn events_wait_in_the_outbox_until_a_queue_is_bound() {
     )
     .await;
     assert_eq!(worker::count(&client, OUTBOX).await, 3);
-    assert_eq!(worker.metrics().await.get(PUBLISHED), 0.0);
+    let metrics = worker.metrics().await;
+    assert_eq!(metrics.get(PUBLISHED), 0.0);
+    assert!(
+        metrics.get(UNROUTABLE) >= 3.0,
+        "each return counted: {}",
+        metrics.get(UNROUTABLE)
+    );
 
     let queue = broker.bind_results("late").await;
     let got = take(&broker, &queue, 3).await;

@@ -97,7 +97,7 @@ pub(crate) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRe
 /// Publishes webhooks of `kind` and `body` as one envelope-2 message, as
 /// ingress packs those that arrive together: each with its own id and a
 /// `received_at` a microsecond after the one before.
-pub(super) async fn send_batch(broker: &TestBroker, webhooks: &[(Kind, &[u8])]) -> Vec<Sent> {
+pub(crate) async fn send_batch(broker: &TestBroker, webhooks: &[(Kind, &[u8])]) -> Vec<Sent> {
     let first = now_micros();
     let sent: Vec<Sent> = webhooks
         .iter()
