@@ -181,6 +181,7 @@ def gateway_checks(gateway: dict, parent: dict, kinds: dict[str, list[dict]]) ->
         f"EnvoyProxy {proxy['metadata']['name']}: the access log writes no query string (%REQ_WITHOUT_QUERY(...)%), or is off",
         json.dumps(log),
     )
+    idle_timeouts(gateway, kinds)
     # Only this Gateway's proxies reach ingress's webhook port.
     policies = [p for p in kinds.get("NetworkPolicy", []) if p["metadata"]["name"] == "corral-ingress"]
     owner = {"gateway.envoyproxy.io/owning-gateway-name": gateway["metadata"]["name"]}
@@ -191,6 +192,29 @@ def gateway_checks(gateway: dict, parent: dict, kinds: dict[str, list[dict]]) ->
         for peer in rule.get("from", [])
     )
     check(admitted, f"NetworkPolicy corral-ingress: admits {name}'s proxies on the webhook port", str(owner))
+
+
+def idle_timeouts(gateway: dict, kinds: dict[str, list[dict]]) -> None:
+    """Envoy keeps an idle upstream connection an hour by default; corral-ingress
+    closes one after CORRAL_KEEP_ALIVE_SECS, and a request Envoy sends on a
+    connection being closed fails. The proxy must close first."""
+    settings = next((c.get("data") or {} for c in kinds.get("ConfigMap", []) if c["metadata"]["name"].startswith("corral-ingress")), {})
+    readme = re.search(r"^\| `CORRAL_KEEP_ALIVE_SECS` \| `(\d+)`", (ROOT / "README.md").read_text(), re.M)
+    keep_alive = int(settings.get("CORRAL_KEEP_ALIVE_SECS", readme.group(1) if readme else 75))
+    routes = {r["metadata"]["name"] for r in kinds.get("HTTPRoute", [])
+              if any(p["name"] == gateway["metadata"]["name"] for p in r["spec"].get("parentRefs", []))}
+    timeouts = [
+        policy["spec"].get("timeout", {}).get("http", {}).get("connectionIdleTimeout", "")
+        for policy in kinds.get("BackendTrafficPolicy", [])
+        for ref in policy["spec"].get("targetRefs", [])
+        if (ref["kind"], ref["name"]) in {("Gateway", gateway["metadata"]["name"])} | {("HTTPRoute", r) for r in routes}
+    ]
+    seconds = [int(t[:-1]) * {"s": 1, "m": 60, "h": 3600}[t[-1]] for t in timeouts if re.fullmatch(r"\d+[smh]", t)]
+    check(
+        bool(seconds) and max(seconds) < keep_alive,
+        f"{gateway['kind']} {gateway['metadata']['name']}: a BackendTrafficPolicy closes idle connections to corral-ingress before it does (CORRAL_KEEP_ALIVE_SECS {keep_alive} s)",
+        str(timeouts),
+    )
 
 
 def eks_backups(kinds: dict[str, list[dict]]) -> None:
