@@ -89,8 +89,8 @@ def cloudnative_pg(cluster: dict, kinds: dict[str, list[dict]]) -> None:
     maps = {c["metadata"]["name"]: c for c in kinds.get("ConfigMap", [])}
     queries = "".join(maps.get(r.get("name"), {}).get("data", {}).get(r.get("key"), "") for r in refs)
     check(
-        re.search(r"(?m)^corral_replication:", queries) is not None and "sync_state" in queries and "sync_standbys" in queries,
-        f"CloudNativePG {name}: a custom query corral_replication.sync_standbys (pg_stat_replication.sync_state) for CorralPostgresSyncStandbyLost",
+        re.search(r"(?m)^sync_quorum:", queries) is not None and "sync_state" in queries and re.search(r"(?m)^\s+- standbys:", queries) is not None,
+        f"CloudNativePG {name}: a custom query sync_quorum.standbys (pg_stat_replication.sync_state) for CorralPostgresSyncStandbyLost",
         json.dumps(refs),
     )
 
