@@ -6,12 +6,14 @@
 #      (overlays/eks-sqs: the base with components/sqs) rendered with kustomize
 #      (`kubectl kustomize`), core resources validated against the Kubernetes
 #      OpenAPI schema (kubernetes-validate --strict), KEDA, Prometheus
-#      Operator and CloudNativePG (Cluster, ScheduledBackup) resources against
+#      Operator, CloudNativePG (Cluster, ScheduledBackup) and Gateway API
+#      (Gateway, HTTPRoute) resources against
 #      schemas generated from their CRDs (@kubernetes-models/*: types, enums
 #      and required fields; like the API server, they do not refuse unknown
 #      fields, which it prunes, so the policy rules below check that the
-#      fields that matter are present), RabbitmqCluster and the Barman Cloud
-#      ObjectStore (no schema package exists) by deploy/tools/check_deploy.py,
+#      fields that matter are present), RabbitmqCluster, the Barman Cloud
+#      ObjectStore and Envoy Gateway's EnvoyProxy (no schema package exists)
+#      by deploy/tools/check_deploy.py,
 #      plus policy: probes, security context,
 #      resources, grace periods against the drain timeouts, migrations, no
 #      replicas on autoscaled Deployments, disruption budgets (RabbitMQ's too,
@@ -22,14 +24,21 @@
 #      ingress; the spool's managed roles; PostgreSQL accepts ingress), and
 #      with CORRAL_BUFFER=sqs: nothing of RabbitMQ, KEDA's aws-sqs-queue
 #      trigger on the configured queue, a ServiceAccount and IAM role per
-#      binary, egress to DNS, PostgreSQL and HTTPS only.
+#      binary, egress to DNS, PostgreSQL and HTTPS only; and what the
+#      operators' own sources require (deploy/tools/check_operators.py): no
+#      empty storage class, CloudNativePG's failover quorum, an explicit WAL
+#      archive name and pinned engine images, no KEDA cooldownPeriod it
+#      ignores, the public route a Gateway API HTTPRoute (TLS at the Gateway,
+#      no query strings in its access log), backups through an IAM role on
+#      EKS, and no runbook step that the NetworkPolicy blocks.
 #   1b. AWS: deploy/aws/corral-sqs.yaml (the queue, its dead-letter queue and
 #      the IAM roles) linted by cfn-lint; check_deploy.py checks that the
 #      plain policies in deploy/aws/iam grant the same, and that the roles
 #      allow every SQS call the code makes.
 #   2. Prometheus: `promtool check rules` on deploy/prometheus/alerts.yaml,
-#      its unit tests (`promtool test rules` on alerts.test.yaml: the alerts
-#      fire on their metrics and stay silent under their thresholds) and
+#      its unit tests (`promtool test rules` on alerts.test.yaml and
+#      platform.test.yaml: the alerts fire on their metrics, or on their
+#      absence, and stay silent under their thresholds) and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a
 #      runbook heading in docs/operations.md.
@@ -61,7 +70,7 @@ mkdir -p "$TOOLS"
 # --- tools -------------------------------------------------------------------
 
 PY_PACKAGES="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML==6.0.3 cfn-lint==1.58.0"
-NPM_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/cloudnative-pg@2.0.0"
+NPM_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/cloudnative-pg@2.0.0 @kubernetes-models/gateway-api@2.0.0"
 VENV=$TOOLS/venv
 PY=$VENV/bin/python
 
@@ -125,7 +134,7 @@ fi
 
 step "Prometheus: alerts.yaml, its unit tests, its PrometheusRule, the compose Prometheus"
 "$PROMTOOL" check rules deploy/prometheus/alerts.yaml
-"$PROMTOOL" test rules deploy/prometheus/alerts.test.yaml
+"$PROMTOOL" test rules deploy/prometheus/alerts.test.yaml deploy/prometheus/platform.test.yaml
 "$PY" deploy/tools/prometheusrule.py --check
 echo "deploy/k8s/base/prometheusrule.yaml is in sync with deploy/prometheus/alerts.yaml"
 # promtool reads rule_files from the container's path; point it at ours.
@@ -142,7 +151,8 @@ for target in $K8S_TARGETS; do
   "$KUBECTL" kustomize "deploy/k8s/$target" >"$out"
   echo "rendered deploy/k8s/$target: $(grep -c '^kind:' "$out") resources"
   # One file per resource; core kinds to kubernetes-validate, the custom
-  # resources (group outside *.k8s.io) to the CRD schemas.
+  # resources (group outside *.k8s.io, and the Gateway API's, which are CRDs
+  # despite their names) to the CRD schemas.
   "$PY" - "$out" "$WORK/$(basename "$out" .yaml)" <<'PYEOF'
 import json, pathlib, sys, yaml
 rendered, prefix = sys.argv[1], pathlib.Path(sys.argv[2])
@@ -151,7 +161,8 @@ core.mkdir()
 crs = []
 for i, doc in enumerate(d for d in yaml.safe_load_all(open(rendered)) if d):
     group = doc["apiVersion"].rsplit("/", 1)[0] if "/" in doc["apiVersion"] else ""
-    if "." in group and not group.endswith("k8s.io"):
+    gateway_api = group in ("gateway.networking.k8s.io", "gateway.networking.x-k8s.io")
+    if "." in group and (gateway_api or not group.endswith("k8s.io")):
         crs.append(doc)
     else:
         (core / f"{i:03d}-{doc['kind']}.yaml").write_text(yaml.safe_dump(doc))

@@ -18,10 +18,8 @@ import urllib.parse
 import yaml
 from dockerfile_parse import DockerfileParser
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-failures: list[str] = []
-
+from check_operators import operators
+from checklib import DEPLOY, ROLE_ARN, ROOT, check, env_file, failures, load_all
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -34,26 +32,6 @@ def quantity_bytes(quantity: str) -> int:
         if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
             return int(quantity[: -len(suffix)]) * factor
     return int(quantity)
-
-
-def check(ok: bool, what: str, detail: str = "") -> None:
-    print(("  ok    " if ok else "  FAIL  ") + what + ("" if ok or not detail else f": {detail}"))
-    if not ok:
-        failures.append(what)
-
-
-def load_all(path: pathlib.Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def env_file(path: pathlib.Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key] = value
-    return values
 
 
 # ---------------------------------------------------------------------------
@@ -255,6 +233,31 @@ def kubernetes(rendered: pathlib.Path) -> None:
             )
 
     spool(by_kind, deployments, ingress_env)
+    worker_signing_secrets(by_kind, deployments)
+
+
+SIGNING_SECRETS = ("CORRAL_DROPCOWBOY_SIGNING_SECRETS", "CORRAL_DROPCOWBOY_SIGNING_SECRETS_FILE")
+
+
+def worker_signing_secrets(by_kind: dict[str, list[dict]], deployments: dict[str, dict]) -> None:
+    """The signing secrets of Drop Cowboy's webhooks are ingress's alone:
+    nothing of the worker's pod (its env, the ConfigMaps and Secrets it reads,
+    its migration) may carry them."""
+    worker = deployments.get("corral-worker")
+    if not worker:
+        return
+    pod = worker["spec"]["template"]["spec"]
+    sources = {(kind, d["metadata"]["name"]): set(d.get("data") or {}) | set(d.get("stringData") or {})
+               for kind in ("ConfigMap", "Secret") for d in by_kind.get(kind, [])}
+    found = []
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        names = {v["name"] for v in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if ref in source:
+                    names |= sources.get((kind, source[ref]["name"]), set())
+        found += [f"{container['name']}: {n}" for n in sorted(names) if n in SIGNING_SECRETS]
+    check(not found, "corral-worker: no Drop Cowboy signing secret in any of its containers' environment", str(found))
 
 
 def rendered_config(by_kind: dict[str, list[dict]], name: str) -> dict[str, str]:
@@ -467,7 +470,6 @@ def spool(by_kind: dict[str, list[dict]], deployments: dict[str, dict], ingress_
 # CORRAL_BUFFER=sqs (deploy/k8s/components/sqs, overlays/eks-sqs).
 # ---------------------------------------------------------------------------
 
-ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 SQS_URL = re.compile(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/\d{12}/[\w-]+")
 
 
@@ -606,6 +608,7 @@ POLICY_FILES = {
     "WorkerRole": "worker-policy.json",
     "OperatorRole": "operator-policy.json",
     "KedaRole": "keda-policy.json",
+    "BackupRole": "backup-policy.json",
 }
 
 
@@ -707,15 +710,26 @@ def aws() -> None:
         json.dumps(redrive),
     )
 
+    def s3_kind(text: str) -> str:
+        return "objects" if "/" in text.split(":s3:::", 1)[1] else "bucket"
+
     def template_kind(resource) -> str:
         text = json.dumps(resource)
+        if ":s3:::" in text:
+            return s3_kind(text)
         return "dead_letter" if "DeadLetterQueue" in text else "kms" if "KmsKeyArn" in text else "queue"
 
     def file_kind(resource: str) -> str:
+        if ":s3:::" in resource:
+            return s3_kind(resource)
         return "dead_letter" if resource.endswith("-dead-letter") else "kms" if ":kms:" in resource else "queue"
 
-    subjects = {"IngressRole": "corral-ingress", "WorkerRole": "corral-worker", "OperatorRole": "corral-operator"}
+    subjects = {"IngressRole": "corral-ingress", "WorkerRole": "corral-worker", "OperatorRole": "corral-operator",
+                "BackupRole": "<PostgresCluster>"}
     for role, file in POLICY_FILES.items():
+        check(role in resources, f"deploy/aws/corral-sqs.yaml: the role {role}")
+        if role not in resources:
+            continue
         props = resources[role]["Properties"]
         statements = []
         for policy in props["Policies"]:
@@ -751,6 +765,13 @@ def aws() -> None:
                 and conditions.get("<OidcProvider>:sub", "").endswith(f":{expected}"),
                 f"{role}: trusted by the ServiceAccount {expected} only (IRSA, audience sts.amazonaws.com)",
                 json.dumps(first),
+            )
+        if role == "KedaRole":
+            # Under EKS Pod Identity KEDA has no web identity token and falls
+            # back to sts:AssumeRole with its own role's credentials.
+            check(
+                any('"sts:AssumeRole"' in v["Fn::Sub"] and "${KedaPrincipalArn}" in v["Fn::Sub"] for v in variants),
+                "KedaRole: with KedaPrincipalArn, KEDA's own role may assume it (EKS Pod Identity: no web identity, KEDA falls back to sts:AssumeRole)",
             )
 
         # What the code calls, the role may do.
@@ -939,6 +960,12 @@ def compose() -> None:
             else:
                 check(source in volumes, f"{name}: named volume {source} is declared")
     check(services.get("ingress", {}).get("deploy", {}).get("replicas") == 2, "two ingress replicas")
+    for name in ("worker", "migrate"):
+        environment = services.get(name, {}).get("environment", {})
+        check(
+            not set(environment) & set(SIGNING_SECRETS),
+            f"{name}: no Drop Cowboy signing secret in its environment (ingress's alone)",
+        )
     for needed in ("rabbitmq", "postgres", "ingress", "worker", "prometheus", "grafana"):
         check(needed in services, f"service {needed}")
 
@@ -1153,6 +1180,7 @@ def main() -> int:
     for rendered in sys.argv[1:]:
         kubernetes(pathlib.Path(rendered))
         postgres_monitoring(pathlib.Path(rendered))
+        operators(pathlib.Path(rendered))
     aws()
     runbooks()
     compose()

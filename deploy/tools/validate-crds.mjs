@@ -1,13 +1,14 @@
 // Validates custom resources against the schemas that the npm packages
-// @kubernetes-models/keda, @kubernetes-models/prometheus-operator and
-// @kubernetes-models/cloudnative-pg generate from the upstream CRDs (types,
-// enums, required fields; unknown fields pass, as the API server prunes them). Reads a JSON array of rendered resources on stdin;
+// @kubernetes-models/keda, @kubernetes-models/prometheus-operator,
+// @kubernetes-models/cloudnative-pg and @kubernetes-models/gateway-api
+// generate from the upstream CRDs and API types (types, enums, required
+// fields, patterns; unknown fields pass, as the API server prunes them). Reads a JSON array of rendered resources on stdin;
 // prints one line per resource; exits 1 if any is invalid.
 //
 //   node deploy/tools/validate-crds.mjs <NODE_MODULES_DIR> < resources.json
 //
 // Kinds with no schema package here (RabbitmqCluster, Barman Cloud
-// ObjectStore) are reported as skipped;
+// ObjectStore, Envoy Gateway's EnvoyProxy) are reported as skipped;
 // deploy/check.sh checks their essentials itself.
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -22,6 +23,8 @@ const models = {
   "monitoring.coreos.com/v1/PrometheusRule": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule.js",
   "postgresql.cnpg.io/v1/Cluster": "@kubernetes-models/cloudnative-pg/postgresql.cnpg.io/v1/Cluster.js",
   "postgresql.cnpg.io/v1/ScheduledBackup": "@kubernetes-models/cloudnative-pg/postgresql.cnpg.io/v1/ScheduledBackup.js",
+  "gateway.networking.k8s.io/v1/Gateway": "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/Gateway.js",
+  "gateway.networking.k8s.io/v1/HTTPRoute": "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute.js",
 };
 
 const resources = JSON.parse(readFileSync(0, "utf8"));
