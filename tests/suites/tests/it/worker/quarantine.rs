@@ -278,7 +278,7 @@ async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
     assert_each_stored_once(&client, &good).await;
     let errors = [
         "the AMQP message is quarantined whole, its webhooks unread: not a corral envelope-2 body: \
-         unknown variant `\\u0000`, expected `sms` or `rvm` at line 1 column 117",
+         unknown variant `\\u0000`, expected one of `sms`, `rvm`, `event` at line 1 column 117",
         "the AMQP message is quarantined whole, its webhooks unread: not a corral envelope-2 body: \
          UUID parsing failed: invalid character: found `\\u0000` at 4 at line 1 column 31",
     ];
