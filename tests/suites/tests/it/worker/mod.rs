@@ -48,7 +48,7 @@ mod outages;
 mod proptests;
 mod quarantine;
 mod shutdown;
-mod signed;
+pub(crate) mod signed;
 mod standby;
 mod suppressions;
 mod tls;

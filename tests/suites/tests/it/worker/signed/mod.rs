@@ -89,7 +89,7 @@ impl Stack {
 
 /// `fixture` (a JSON object) with each `(path, value)` set; a path is a
 /// top-level key or `data.<key>`.
-pub(super) fn edited(fixture: &str, edits: &[(&str, Value)]) -> String {
+pub(crate) fn edited(fixture: &str, edits: &[(&str, Value)]) -> String {
     let mut body: Value = serde_json::from_str(fixture).expect("a JSON fixture");
     for (path, value) in edits {
         let target = match path.strip_prefix("data.") {
