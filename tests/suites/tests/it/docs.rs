@@ -249,11 +249,12 @@ fn is_env_char(c: char) -> bool {
     c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'
 }
 
-/// Words starting `corral_` in the docs that are not metrics: a SQL
-/// function, PostgreSQL roles, crates (as in `CORRAL_LOG=corral_worker=debug` or Rust paths) and
+/// Words starting `corral_` in the docs that are not metrics: SQL
+/// functions, PostgreSQL roles, crates (as in `CORRAL_LOG=corral_worker=debug` or Rust paths) and
 /// the test databases' prefix.
 const NOT_METRICS: &[&str] = &[
     "corral_suppression_class",
+    "corral_result_key",
     "corral_spool_writer",
     "corral_ingress",
     "corral_grafana",
