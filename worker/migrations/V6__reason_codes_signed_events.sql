@@ -32,14 +32,15 @@ CREATE INDEX delivery_events_event_id_idx ON delivery_events (event_id)
 
 -- One row per drop still, now holding what each channel brought: the
 -- callback's foreign_id and money, the webhooks' event id, contact and
--- proof of delivery. `counted_results`: each result of the drop counted in
--- corral_worker_deliveries_total, the summary and `report`, by its
--- corral_result_key, and the delivery_events.id that counted it; another
--- event with a counted result (the same result on the other channel, a
--- receipt) counts nothing. NULL while the drop has had one event, which
--- counted its own result (most drops: nothing to store); '{}' for a row
--- written before this migration (or by the previous release), whose state's
--- status then stands for every result of that status.
+-- proof of delivery. `counted_results`: each coded result of the drop
+-- counted in corral_worker_deliveries_total, the summary and `report`, by
+-- its corral_result_key, and the delivery_events.id that counted it;
+-- another event with a counted result (the same result on the other
+-- channel, a receipt) counts nothing. '{}' while the drop has had one event,
+-- which counted its own result (most drops: nothing to store); NULL for a
+-- row written before this migration (or by the previous release), whose
+-- state's status then stands for every coded result of that status. A
+-- result without a code (a v1 body) always counts, as before.
 ALTER TABLE deliveries
     ADD COLUMN reason_code           integer,
     ADD COLUMN caller_id             text,
@@ -49,7 +50,7 @@ ALTER TABLE deliveries
     ADD COLUMN provider_event_id     text,
     ADD COLUMN proof_of_delivery_url text,
     ADD COLUMN receipt_ready_at      timestamptz,
-    ADD COLUMN counted_results       jsonb DEFAULT '{}';
+    ADD COLUMN counted_results       jsonb;
 
 -- Every other verified signed event: kept whole, once per event_id (the
 -- provider's idempotency key; a retry is a duplicate).
@@ -91,14 +92,25 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
--- What a result says happened, as the key a drop's results are counted by:
--- [status, reason_code, reason], the reason only without a code (a v1 body),
--- as JSON text, so no status or reason can be mistaken for another. STABLE,
--- as jsonb_build_array is: the planner inlines it only so.
-CREATE FUNCTION corral_result_key(status text, reason_code integer, reason text)
+-- What a coded result says happened, as the key a drop's results are
+-- counted by: [status, reason_code] as JSON text, so no status can be
+-- mistaken for another; NULL without a code. STABLE, as jsonb_build_array
+-- is: the planner inlines it only so.
+CREATE FUNCTION corral_result_key(status text, reason_code integer)
 RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT jsonb_build_array(status, reason_code,
-                             CASE WHEN reason_code IS NULL THEN coalesce(reason, '') END)::text
+    SELECT CASE WHEN reason_code IS NOT NULL
+                THEN jsonb_build_array(status, reason_code)::text END
+$$;
+
+-- The coded results a deliveries row has counted, as a map: its
+-- counted_results, where '{}' stands for the result of its state's event
+-- (the drop's first and only one).
+CREATE FUNCTION corral_counted_results(counted jsonb, status text, reason_code integer,
+                                       event_id bigint)
+RETURNS jsonb LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN counted = '{}' AND reason_code IS NOT NULL
+                THEN jsonb_build_object(corral_result_key(status, reason_code), event_id)
+                ELSE counted END
 $$;
 
 -- 4019 (RND Reassigned): the number has a new owner, who never consented.

@@ -74,8 +74,9 @@ several AS (
            (array_agg(event_id ORDER BY attempt_date DESC, received_at DESC, fingerprint DESC) FILTER (WHERE event_id IS NOT NULL))[1] AS event_id,
            (array_agg(proof_of_delivery_url ORDER BY attempt_date DESC, received_at DESC, fingerprint DESC) FILTER (WHERE proof_of_delivery_url IS NOT NULL))[1] AS proof_of_delivery_url,
            (array_agg(receipt_ready_at ORDER BY attempt_date DESC, received_at DESC, fingerprint DESC) FILTER (WHERE receipt_ready_at IS NOT NULL))[1] AS receipt_ready_at,
-           jsonb_object_agg(corral_result_key(status, reason_code, reason), id
-                            ORDER BY attempt_date DESC, received_at DESC, fingerprint DESC) AS counted_results
+           coalesce(jsonb_object_agg(corral_result_key(status, reason_code), id
+                                     ORDER BY attempt_date DESC, received_at DESC, fingerprint DESC)
+                        FILTER (WHERE reason_code IS NOT NULL), '{}') AS counted_results
     FROM inserted
     WHERE drop_id IN (SELECT drop_id FROM latest WHERE events > 1)
     GROUP BY drop_id
@@ -105,8 +106,8 @@ upserted AS (
            coalesce(s.campaign_id, l.campaign_id), coalesce(s.event_id, l.event_id),
            coalesce(s.proof_of_delivery_url, l.proof_of_delivery_url),
            coalesce(s.receipt_ready_at, l.receipt_ready_at),
-           -- NULL, for a drop's first event: its own result, counted.
-           s.counted_results
+           -- '{}', for a drop's first event: its own result, counted.
+           coalesce(s.counted_results, '{}')
     FROM latest l
     LEFT JOIN several s USING (drop_id)
     ORDER BY l.drop_id
@@ -144,25 +145,20 @@ upserted AS (
             coalesce(CASE WHEN n THEN EXCLUDED.receipt_ready_at END, d.receipt_ready_at, EXCLUDED.receipt_ready_at),
             -- Under the row's lock, so two workers storing the two channels
             -- at once still count the result once: a key counted before
-            -- keeps its event (the right operand of || wins). NULL stands
-            -- for the one result of the row's state (its first event's); '{}'
-            -- is a row from before V6, whose state's status stands for every
-            -- result of that status.
-            coalesce(EXCLUDED.counted_results,
-                     jsonb_build_object(corral_result_key(EXCLUDED.status, EXCLUDED.reason_code,
-                                                          EXCLUDED.reason),
-                                        EXCLUDED.event_id))
-                || CASE WHEN d.counted_results = '{}' THEN (
+            -- keeps its event (the right operand of || wins). A row from
+            -- before V6 (NULL) has counted nothing by key: its state's
+            -- status stands for every coded result of that status.
+            corral_counted_results(EXCLUDED.counted_results, EXCLUDED.status,
+                                   EXCLUDED.reason_code, EXCLUDED.event_id)
+                || CASE WHEN d.counted_results IS NULL THEN (
                        SELECT coalesce(jsonb_object_agg(k, d.event_id), '{}')
-                       FROM jsonb_object_keys(coalesce(EXCLUDED.counted_results,
-                                                       jsonb_build_object(corral_result_key(
-                                                           EXCLUDED.status, EXCLUDED.reason_code,
-                                                           EXCLUDED.reason), 0))) AS k
+                       FROM jsonb_object_keys(corral_counted_results(
+                                EXCLUDED.counted_results, EXCLUDED.status,
+                                EXCLUDED.reason_code, EXCLUDED.event_id)) AS k
                        WHERE k::jsonb->>0 = d.status)
                    ELSE '{}' END
-                || coalesce(d.counted_results,
-                            jsonb_build_object(corral_result_key(d.status, d.reason_code, d.reason),
-                                               d.event_id)),
+                || coalesce(corral_counted_results(d.counted_results, d.status, d.reason_code,
+                                                   d.event_id), '{}'),
             CASE WHEN changed THEN now() ELSE d.updated_at END
         FROM (SELECT (d.attempt_date, d.received_at, d.fingerprint)
                          < (EXCLUDED.attempt_date, EXCLUDED.received_at, EXCLUDED.fingerprint) AS n
@@ -191,15 +187,16 @@ upserted AS (
     )
     RETURNING drop_id, event_id, counted_results
 ),
--- Each new event, whether its result is counted (it holds its key in its
--- drop's counted_results, or is the first and only event of a new row) and
--- whether it became the drop's state.
+-- Each new event, whether its result is counted and whether it became the
+-- drop's state. A result without a code (a v1 body) always counts, as it
+-- always has; a coded one when it holds its key in its drop's
+-- counted_results, or is the first and only event of a new row ('{}').
 counted AS (
     SELECT i.*,
-           CASE WHEN u.counted_results IS NULL THEN u.event_id = i.id
-                ELSE coalesce((u.counted_results->>corral_result_key(i.status, i.reason_code,
-                                                                    i.reason))::bigint = i.id,
-                              false)
+           CASE WHEN i.reason_code IS NULL THEN true
+                WHEN u.counted_results = '{}' THEN u.event_id = i.id
+                ELSE coalesce((u.counted_results->>corral_result_key(i.status, i.reason_code))
+                                  ::bigint = i.id, false)
            END AS counts,
            coalesce(u.event_id = i.id, false) AS latest
     FROM inserted i

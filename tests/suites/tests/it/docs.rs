@@ -255,6 +255,7 @@ fn is_env_char(c: char) -> bool {
 const NOT_METRICS: &[&str] = &[
     "corral_suppression_class",
     "corral_result_key",
+    "corral_counted_results",
     "corral_spool_writer",
     "corral_ingress",
     "corral_grafana",

@@ -7,7 +7,7 @@ use corral_testkit::{database::TestDatabase, fixtures};
 use serde_json::json;
 use tokio_postgres::Client;
 
-use super::{Stack, deliveries, edited};
+use super::{Stack, deliveries, edited, settled_deliveries};
 use crate::worker::helpers::{EVENTS, STORED, settled, wait_count};
 
 /// Every suppression: number, kind, class, reason.
@@ -112,7 +112,8 @@ async fn suppressions_follow_the_code_whatever_the_text_and_the_text_without_a_c
         ]
     );
     // The metric labels the code's meaning, not the text.
-    let metrics = settled(&stack.worker, STORED, 9.0).await;
+    settled(&stack.worker, STORED, 9.0).await;
+    let metrics = settled_deliveries(&stack.worker, 9.0).await;
     assert_eq!(
         deliveries(&metrics, "sms", "failure", "Internal DNC", "4016"),
         1.0

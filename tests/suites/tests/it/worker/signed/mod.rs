@@ -26,12 +26,13 @@ use corral_testkit::{
     broker::TestBroker,
     database::TestDatabase,
     metrics::Metrics,
+    wait,
 };
 use serde_json::Value;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::helpers::config;
+use super::helpers::{WAIT, config};
 use crate::ingress::{
     helpers::{accepted, send},
     signed::{Delivery, SECRET, start_signed},
@@ -112,6 +113,21 @@ pub(super) fn deliveries(
     metrics.get(&format!(
         r#"corral_worker_deliveries_total{{kind="{kind}",status="{status}",reason="{reason}",reason_code="{reason_code}"}}"#
     ))
+}
+
+/// Waits until `corral_worker_deliveries_total` adds up to `total` over
+/// every series (it moves just after `corral_worker_messages_total`), and
+/// returns the scrape that showed it.
+pub(super) async fn settled_deliveries(worker: &RunningWorker, total: f64) -> Metrics {
+    wait::until(
+        &format!("corral_worker_deliveries_total to reach {total}"),
+        WAIT,
+        || async move {
+            let metrics = worker.metrics().await;
+            (all_deliveries(&metrics) >= total).then_some(metrics)
+        },
+    )
+    .await
 }
 
 /// The sum of `corral_worker_deliveries_total` over every series.
