@@ -62,7 +62,7 @@ pub struct DeliveryResult {
     /// stored (`false`: a newer event for the same send was already there).
     pub latest: bool,
     /// Suppression classes the event is evidence for (`opted_out`,
-    /// `litigator`, `internal_dnc`, `dnc`, `carrier`), sorted.
+    /// `litigator`, `internal_dnc`, `dnc`, `carrier`, `reassigned`), sorted.
     pub suppressions: Vec<String>,
     /// Those of [`DeliveryResult::suppressions`] the number was not actively
     /// suppressed in before this event.
