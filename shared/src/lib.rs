@@ -21,8 +21,8 @@
 //! - [`envelope`]: the AMQP message contract between ingress and worker.
 //! - [`json`]: the shape of body ingress accepts (a JSON object, nested at
 //!   most so deep), checked in linear time whatever the nesting.
-//! - [`provider`]: what Drop Cowboy documents (its failure reasons), which
-//!   the metric label sets need in every binary.
+//! - [`provider`]: what Drop Cowboy documents (its failure reasons and
+//!   reason codes), which the metric label sets need in every binary.
 //! - `payload` (feature `payload`): the Drop Cowboy payload, typed strictly
 //!   where it must be and tolerantly where the provider may vary; the worker
 //!   and the load generator's verifier use it, ingress never does.

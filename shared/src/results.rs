@@ -62,11 +62,30 @@ pub struct DeliveryResult {
     /// stored (`false`: a newer event for the same send was already there).
     pub latest: bool,
     /// Suppression classes the event is evidence for (`opted_out`,
-    /// `litigator`, `internal_dnc`, `dnc`, `carrier`), sorted.
+    /// `litigator`, `internal_dnc`, `dnc`, `carrier`, `reassigned`), sorted.
     pub suppressions: Vec<String>,
     /// Those of [`DeliveryResult::suppressions`] the number was not actively
     /// suppressed in before this event.
     pub new_suppressions: Vec<String>,
+    /// The provider's numeric reason, `None` when the body had none (v1).
+    /// This and the fields below were added to version 1 (absent from
+    /// events published before them, read as `None`).
+    #[serde(default)]
+    pub reason_code: Option<i32>,
+    /// The signed event's type (`contact.sms.status`, `contact.rvm.status`,
+    /// `contact.rvm.receipt`); `None` for a callback.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// The signed event's `event_id`, the provider's idempotency key;
+    /// `None` for a callback.
+    #[serde(default)]
+    pub provider_event_id: Option<String>,
+    /// The provider's contact, where the body names it.
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    /// The voicemail's proof of delivery, where the body carries it.
+    #[serde(default)]
+    pub proof_of_delivery_url: Option<String>,
 }
 
 impl DeliveryResult {
@@ -122,6 +141,11 @@ mod tests {
             latest: true,
             suppressions: vec![],
             new_suppressions: vec![],
+            reason_code: None,
+            event: None,
+            provider_event_id: None,
+            contact_id: None,
+            proof_of_delivery_url: None,
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();
         assert_eq!(
@@ -147,10 +171,30 @@ mod tests {
                 "latest": true,
                 "suppressions": [],
                 "new_suppressions": [],
+                "reason_code": null,
+                "event": null,
+                "provider_event_id": null,
+                "contact_id": null,
+                "proof_of_delivery_url": null,
             })
         );
-        let back: DeliveryResult = serde_json::from_value(json).unwrap();
+        let back: DeliveryResult = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, event);
+        // An event published before the current API's fields still reads.
+        let mut older = json;
+        for field in [
+            "reason_code",
+            "event",
+            "provider_event_id",
+            "contact_id",
+            "proof_of_delivery_url",
+        ] {
+            older.as_object_mut().unwrap().remove(field);
+        }
+        assert_eq!(
+            serde_json::from_value::<DeliveryResult>(older).unwrap(),
+            event
+        );
         let properties = event.properties();
         assert_eq!(properties.kind().as_ref().unwrap().as_str(), MESSAGE_TYPE);
         assert_eq!(

@@ -101,21 +101,24 @@ impl KindArg {
     }
 }
 
-/// A suppression class, as `suppressions.class` names it.
+/// A suppression class, as `suppressions.class` names it (the reasons
+/// and codes behind each: docs/operations.md, "Suppressions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SuppressionClass {
-    /// Reason `Opted out`.
+    /// Code 6005, or reason `Opted out`.
     #[value(name = "opted_out")]
     OptedOut,
-    /// Reason `Known Litigator`.
+    /// Code 4017, or reason `Known Litigator`.
     Litigator,
-    /// Reason `Internal DNC`.
+    /// Code 4016, or reason `Internal DNC`.
     #[value(name = "internal_dnc")]
     InternalDnc,
     /// `"dnc": true`.
     Dnc,
     /// Reason `Prohibited by carrier or not SMS enabled`.
     Carrier,
+    /// Code 4019: the number was reassigned to someone else.
+    Reassigned,
 }
 
 impl SuppressionClass {
@@ -127,6 +130,7 @@ impl SuppressionClass {
             Self::InternalDnc => "internal_dnc",
             Self::Dnc => "dnc",
             Self::Carrier => "carrier",
+            Self::Reassigned => "reassigned",
         }
     }
 }

@@ -1,49 +1,68 @@
-//! The Drop Cowboy delivery-status payload, typed.
+//! The Drop Cowboy payloads, typed: the legacy callback's delivery status
+//! ([`parse`]) and the signed webhooks' events ([`parse_event`]).
 //!
 //! Strict where the data must be right: `drop_id`, `status` and
-//! `attempt_date` must be there and well-formed, money is kept exact from the
-//! JSON text to the `numeric` column (never through `f64`), and anything
-//! PostgreSQL could not store (a `\u0000`, a year past 9999) is refused here,
-//! before it can fail a whole batch. Tolerant where the provider may vary:
-//! unknown fields are kept (the whole body is stored as `jsonb`), optional
-//! fields may be missing or `null`, and `reason` may be empty or a reason no
-//! one has seen before. A payload that cannot be typed is not lost: the worker
-//! quarantines it with the [`PayloadError`] as its explanation.
+//! `attempt_date` (a signed event's `event_id`, `event` and `event_at`) must
+//! be there and well-formed, money is kept exact from the JSON text to the
+//! `numeric` column (never through `f64`), and anything PostgreSQL could not
+//! store (a `\u0000`, a year past 9999) is refused here, before it can fail a
+//! whole batch. Tolerant where the provider may vary: unknown fields are kept
+//! (the whole body is stored as `jsonb`), optional fields may be missing or
+//! `null`, `reason` may be empty or a reason no one has seen before, and an
+//! event type corral does not type is kept as it is. A payload that cannot be
+//! typed is not lost: the worker quarantines it with the [`PayloadError`] as
+//! its explanation.
 //!
-//! [`parse`] also computes the payload's [`Fingerprint`]: the SHA-256 of its
-//! canonical form (keys sorted, whitespace and string escapes normalised), so
-//! the same webhook sent twice is recognised even if the bytes differ in
-//! formatting.
+//! Each typed payload has a [`Fingerprint`], its identity for
+//! de-duplication: for a callback the SHA-256 of its canonical form (keys
+//! sorted, whitespace and string escapes normalised), so the same webhook
+//! sent twice is recognised even if the bytes differ in formatting; for a
+//! signed event, derived from its `event_id` alone, the provider's
+//! idempotency key, so a retry is recognised whatever else changed.
 
+mod callback;
+mod event;
+mod fields;
 mod fingerprint;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v2_tests;
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde_json::value::RawValue;
 
+pub use callback::parse;
+pub use event::{ProviderEvent, Signed, parse_event};
+pub use fields::exact_decimal;
+#[cfg(test)]
+use fields::parse_date;
 pub use fingerprint::{Fingerprint, MAX_DEPTH};
 
 pub use crate::provider::FAILURE_REASONS;
 
-/// A delivery-status webhook with every documented field typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A delivery result with every documented field typed: a legacy callback
+/// (v1 or v2), or a signed `contact.sms.status`, `contact.rvm.status` or
+/// `contact.rvm.receipt` event. A field the channel does not carry is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryStatus {
-    /// The provider's id for the delivery attempt; never empty.
+    /// The provider's id for the delivery attempt; never empty. A UUID in
+    /// the current API, 24 hex digits in the legacy one: any text is kept.
     pub drop_id: String,
-    /// Recipient in E.164, as sent.
+    /// Recipient in E.164, as sent (a signed event's `data.to`).
     pub phone_number: Option<String>,
-    /// When the provider attempted the delivery.
+    /// When the provider attempted the delivery; for a signed event, which
+    /// has no attempt date, its `event_at` (when the provider had the result).
     pub attempt_date: DateTime<Utc>,
     /// `success`, `failure`, or whatever else the provider sends.
     pub status: String,
     /// Failure reason; empty on success, possibly one nobody has seen before.
     pub reason: Option<String>,
+    /// The provider's numeric reason (`0` success, `4016` Internal DNC…):
+    /// what the current API says to branch on; absent from v1 bodies.
+    pub reason_code: Option<i32>,
     /// On a do-not-call list.
     pub dnc: Option<bool>,
     /// Flagged as spam.
@@ -60,6 +79,30 @@ pub struct DeliveryStatus {
     pub network_type: Option<String>,
     /// The customer's own id, echoed back; a JSON number is kept as its text.
     pub foreign_id: Option<String>,
+    /// The number sent from (a signed event's `data.from`).
+    pub caller_id: Option<String>,
+    /// The provider's contact.
+    pub contact_id: Option<String>,
+    /// The provider's team (account).
+    pub team_id: Option<String>,
+    /// The campaign, for a send made by one (signed events only).
+    pub campaign_id: Option<String>,
+    /// The v2 callback's session of the send.
+    pub session_id: Option<String>,
+    /// The v2 callback's log entry of the send.
+    pub log_id: Option<String>,
+    /// The v2 callback's product (`rvm`, …).
+    pub product_code: Option<String>,
+    /// The v2 callback's units billed.
+    pub quantity: Option<i32>,
+    /// The voicemail's proof of delivery (a link the provider keeps 7 days).
+    pub proof_of_delivery_url: Option<String>,
+    /// When the proof of delivery became available (`contact.rvm.receipt`).
+    pub receipt_ready_at: Option<DateTime<Utc>>,
+    /// A signed event's `event_id`, the provider's idempotency key.
+    pub event_id: Option<String>,
+    /// A signed event's type (`contact.rvm.status`…); `None` for a callback.
+    pub event: Option<String>,
 }
 
 /// Why a payload cannot be typed. The text is what an operator reads in
@@ -107,6 +150,26 @@ pub enum PayloadError {
         /// The JSON text found.
         value: String,
     },
+    /// An integer field (`reason_code`, `quantity`) that is not one, or does
+    /// not fit 32 bits.
+    #[error("`{field}` is not an integer: {value}")]
+    BadInteger {
+        /// Field name.
+        field: &'static str,
+        /// The JSON text found.
+        value: String,
+    },
+    /// A signed event's `event_at` that is not Unix milliseconds (or an RFC
+    /// 3339 date-time) in years 1-9999.
+    #[error(
+        "`{field}` is not Unix milliseconds (or an RFC 3339 date-time) in years 1-9999: {value}"
+    )]
+    BadInstant {
+        /// Field name.
+        field: &'static str,
+        /// The JSON text found.
+        value: String,
+    },
     /// PostgreSQL text and jsonb cannot hold U+0000.
     #[error("a string contains U+0000, which PostgreSQL cannot store")]
     NulCharacter,
@@ -132,6 +195,10 @@ impl PayloadError {
             PayloadError::BadMoney { field, .. } => {
                 format!("`{field}` is not an exact decimal amount")
             }
+            PayloadError::BadInteger { field, .. } => format!("`{field}` is not an integer"),
+            PayloadError::BadInstant { field, .. } => {
+                format!("`{field}` is not Unix milliseconds in years 1-9999")
+            }
             other => other.to_string(),
         }
     }
@@ -146,194 +213,28 @@ pub struct Typed {
     pub fingerprint: Fingerprint,
 }
 
-/// Types a webhook body.
-pub fn parse(body: &[u8]) -> Result<Typed, PayloadError> {
-    let text = std::str::from_utf8(body).map_err(|err| PayloadError::NotUtf8(err.to_string()))?;
-    // The top level, each member kept as its text: serde_json skips over
-    // those without recursing, however deep they nest.
-    let fields: BTreeMap<String, &RawValue> = match serde_json::from_str(text) {
-        Ok(fields) => fields,
-        Err(err) => {
-            return Err(match serde_json::from_str::<&RawValue>(text) {
-                Ok(raw) if json_type(raw) != "an object" => PayloadError::NotObject,
-                // An object whose keys do not decode (a lone surrogate escape).
-                _ => PayloadError::InvalidJson(err.to_string()),
-            });
-        }
-    };
-    // The top-level parse above has checked the whole document's syntax,
-    // which the canonical pass relies on.
-    let fingerprint = Fingerprint::of(text)?;
-
-    let field = |name: &str| fields.get(name).copied().filter(|raw| raw.get() != "null");
-
-    let drop_id = required_string(field("drop_id"), "drop_id")?;
-    if drop_id.trim().is_empty() {
-        return Err(PayloadError::Empty("drop_id"));
-    }
-    let status = required_string(field("status"), "status")?;
-    let attempt_date_text = required_string(field("attempt_date"), "attempt_date")?;
-    let attempt_date = parse_date(&attempt_date_text).ok_or(PayloadError::BadDate {
-        field: "attempt_date",
-        value: attempt_date_text,
-    })?;
-
-    let (network_name, network_type) = match field("network") {
-        None => (None, None),
-        Some(raw) if json_type(raw) == "an object" => {
-            let network: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-                .map_err(|err| PayloadError::InvalidJson(err.to_string()))?;
-            let sub = |name: &str| network.get(name).copied().filter(|raw| raw.get() != "null");
-            (
-                optional_string(sub("name"), "network.name")?,
-                optional_string(sub("type"), "network.type")?,
-            )
-        }
-        Some(raw) => {
-            return Err(PayloadError::WrongType {
-                field: "network",
-                expected: "an object",
-                found: json_type(raw),
-            });
-        }
-    };
-
-    let foreign_id = match field("foreign_id") {
-        Some(raw) if json_type(raw) == "a number" => Some(raw.get().to_owned()),
-        other => optional_string(other, "foreign_id")?,
-    };
-
-    let status = DeliveryStatus {
+/// The fields of a result both channels carry, in the order errors are
+/// reported (`drop_id`, `status`, the date, the rest); `phone` and `caller`
+/// are the channel's names for the recipient's and the sender's numbers.
+fn read_result(
+    fields: &fields::Fields<'_>,
+    attempt_date: impl FnOnce() -> Result<DateTime<Utc>, PayloadError>,
+    phone: &'static str,
+    caller: &'static str,
+) -> Result<DeliveryStatus, PayloadError> {
+    let drop_id = fields.id("drop_id")?;
+    let status = fields.required_string("status")?;
+    Ok(DeliveryStatus {
         drop_id,
-        phone_number: optional_string(field("phone_number"), "phone_number")?,
-        attempt_date,
         status,
-        reason: optional_string(field("reason"), "reason")?,
-        dnc: optional_bool(field("dnc"), "dnc")?,
-        spam: optional_bool(field("spam"), "spam")?,
-        product_cost: money(field("product_cost"), "product_cost")?,
-        compliance_fee: money(field("compliance_fee"), "compliance_fee")?,
-        tts_fee: money(field("tts_fee"), "tts_fee")?,
-        network_name,
-        network_type,
-        foreign_id,
-    };
-    Ok(Typed {
-        status,
-        fingerprint,
+        attempt_date: attempt_date()?,
+        phone_number: fields.string(phone)?,
+        caller_id: fields.string(caller)?,
+        reason: fields.string("reason")?,
+        reason_code: fields.integer("reason_code")?,
+        contact_id: fields.string("contact_id")?,
+        team_id: fields.string("team_id")?,
+        proof_of_delivery_url: fields.string("proof_of_delivery_url")?,
+        ..DeliveryStatus::default()
     })
-}
-
-/// The JSON type of a raw value, worded for error messages.
-fn json_type(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        _ => "a number",
-    }
-}
-
-fn string_value(raw: &RawValue, field: &'static str) -> Result<String, PayloadError> {
-    if json_type(raw) != "a string" {
-        return Err(PayloadError::WrongType {
-            field,
-            expected: "a string",
-            found: json_type(raw),
-        });
-    }
-    serde_json::from_str(raw.get()).map_err(|err| PayloadError::InvalidJson(err.to_string()))
-}
-
-fn required_string(raw: Option<&RawValue>, field: &'static str) -> Result<String, PayloadError> {
-    string_value(raw.ok_or(PayloadError::Missing(field))?, field)
-}
-
-fn optional_string(
-    raw: Option<&RawValue>,
-    field: &'static str,
-) -> Result<Option<String>, PayloadError> {
-    raw.map(|raw| string_value(raw, field)).transpose()
-}
-
-fn optional_bool(
-    raw: Option<&RawValue>,
-    field: &'static str,
-) -> Result<Option<bool>, PayloadError> {
-    match raw.map(RawValue::get) {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(_) => Err(PayloadError::WrongType {
-            field,
-            expected: "a boolean",
-            found: json_type(raw.expect("matched Some")),
-        }),
-    }
-}
-
-/// Money from a JSON number, or a string holding one, without ever passing
-/// through binary floating point.
-fn money(raw: Option<&RawValue>, field: &'static str) -> Result<Option<Decimal>, PayloadError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let text = match json_type(raw) {
-        "a number" => raw.get().to_owned(),
-        "a string" => string_value(raw, field)?.trim().to_owned(),
-        found => {
-            return Err(PayloadError::WrongType {
-                field,
-                expected: "a number",
-                found,
-            });
-        }
-    };
-    exact_decimal(&text)
-        .map(Some)
-        .ok_or(PayloadError::BadMoney {
-            field,
-            value: raw.get().to_owned(),
-        })
-}
-
-/// Parses decimal text (`0.0029`, `-1.50`, `25e-4`) exactly, keeping its
-/// scale; `None` if it is not a number or would not fit 28 digits unrounded.
-pub fn exact_decimal(text: &str) -> Option<Decimal> {
-    // rust_decimal also accepts `_` separators; a JSON number never has them.
-    let well_formed = text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
-    if !well_formed {
-        return None;
-    }
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
-        None => (text, 0),
-    };
-    let mantissa = Decimal::from_str_exact(mantissa).ok()?;
-    // Checked: an exponent near i64::MIN/MAX is valid JSON and must be
-    // refused, not overflow.
-    let scale = i64::from(mantissa.scale()).checked_sub(exponent)?;
-    let mut units = mantissa.mantissa();
-    if scale < 0 {
-        units =
-            units.checked_mul(10i128.checked_pow(u32::try_from(scale.checked_neg()?).ok()?)?)?;
-    }
-    Decimal::try_from_i128_with_scale(units, u32::try_from(scale.max(0)).ok()?).ok()
-}
-
-/// RFC 3339 (`2019-03-17T21:10:26.000Z`); a date-time with no offset is read
-/// as UTC, which is what the provider documents its dates to be.
-fn parse_date(text: &str) -> Option<DateTime<Utc>> {
-    let parsed = DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-                .iter()
-                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-                .map(|naive| naive.and_utc())
-        })?;
-    (1..=9999).contains(&parsed.year()).then_some(parsed)
 }

@@ -31,6 +31,7 @@ fn the_success_sample_is_typed_field_by_field() {
             network_name: Some("Verizon Wireless:6006 - SVR/2".into()),
             network_type: Some("wireless".into()),
             foreign_id: Some("order-1842-attempt-1".into()),
+            ..DeliveryStatus::default()
         }
     );
 }

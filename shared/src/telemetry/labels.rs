@@ -184,6 +184,8 @@ labels! {
     }
 }
 
+pub use super::delivery_labels::DeliveryLabels;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,98 +278,5 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["nack", "unroutable"]
         );
-    }
-}
-
-/// `corral_worker_deliveries_total{kind,status,reason}`: a stored event's
-/// labels, each from a bounded set whatever the payload holds — the status
-/// `success`, `failure` or `other`; the reason one of the twelve the
-/// provider documents, `none`, or `other` — so an unexpected value from the
-/// provider cannot create new series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeliveryLabels {
-    /// `sms` or `rvm`.
-    pub kind: &'static str,
-    /// `success`, `failure` or `other`.
-    pub status: &'static str,
-    /// A documented reason exactly as spelled, `none`, or `other`.
-    pub reason: &'static str,
-}
-
-impl DeliveryLabels {
-    /// The labels of an event of `kind` with this status and reason.
-    pub fn of(kind: crate::envelope::Kind, status: &str, reason: Option<&str>) -> Self {
-        let status = match status {
-            "success" => "success",
-            "failure" => "failure",
-            _ => "other",
-        };
-        let reason = match reason {
-            None | Some("") => "none",
-            Some(reason) => crate::provider::FAILURE_REASONS
-                .iter()
-                .find(|known| **known == reason)
-                .copied()
-                .unwrap_or("other"),
-        };
-        Self {
-            kind: kind.as_str(),
-            status,
-            reason,
-        }
-    }
-
-    /// The series registered at zero when the worker starts: a success
-    /// without reason, and a failure with each documented reason or
-    /// `other`, for each kind (so `increase()` sees the first event).
-    pub fn expected() -> impl Iterator<Item = Self> {
-        crate::envelope::Kind::CALLBACKS.iter().flat_map(|kind| {
-            let success = Self::of(*kind, "success", None);
-            let failures = crate::provider::FAILURE_REASONS
-                .iter()
-                .copied()
-                .chain(["other"])
-                .map(|reason| Self {
-                    kind: kind.as_str(),
-                    status: "failure",
-                    reason,
-                });
-            std::iter::once(success).chain(failures)
-        })
-    }
-}
-
-#[cfg(test)]
-mod delivery_label_tests {
-    use super::DeliveryLabels;
-    use crate::envelope::Kind;
-
-    #[test]
-    fn unknown_statuses_and_reasons_share_one_series_each() {
-        let a = DeliveryLabels::of(Kind::Sms, "queued", Some("Carrier said maybe"));
-        let b = DeliveryLabels::of(Kind::Sms, "delivered?", Some("Something new"));
-        assert_eq!((a.status, a.reason), ("other", "other"));
-        assert_eq!((b.status, b.reason), ("other", "other"));
-    }
-
-    #[test]
-    fn documented_reasons_keep_their_exact_spelling() {
-        let labels = DeliveryLabels::of(Kind::Rvm, "failure", Some("No Funds"));
-        assert_eq!(
-            (labels.kind, labels.status, labels.reason),
-            ("rvm", "failure", "No Funds")
-        );
-        let success = DeliveryLabels::of(Kind::Sms, "success", Some(""));
-        assert_eq!((success.status, success.reason), ("success", "none"));
-        // Case matters: the provider spells them exactly.
-        assert_eq!(
-            DeliveryLabels::of(Kind::Sms, "failure", Some("no funds")).reason,
-            "other"
-        );
-    }
-
-    #[test]
-    fn registered_series_are_bounded() {
-        assert_eq!(DeliveryLabels::expected().count(), 2 * (1 + 12 + 1));
     }
 }

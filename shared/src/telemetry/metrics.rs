@@ -110,8 +110,8 @@ catalogue! {
 
     WORKER_MESSAGES = "corral_worker_messages_total", Counter, ["outcome"], None,
         "Webhooks committed to PostgreSQL, by outcome (stored, duplicate, quarantined); each webhook of an AMQP message counts, and a message that could not be unpacked counts once, as quarantined. A batch whose ack was lost is redelivered and counted again as duplicates.";
-    WORKER_DELIVERIES = "corral_worker_deliveries_total", Counter, ["kind", "status", "reason"], None,
-        "Delivery-status events newly stored (not duplicates), by kind, status (success, failure, other) and reason (each of the twelve the provider documents exactly as spelled, none, or other), counted after the commit.";
+    WORKER_DELIVERIES = "corral_worker_deliveries_total", Counter, ["kind", "status", "reason", "reason_code"], None,
+        "Delivery results newly stored, each result once (not a duplicate, nor the same result of a drop arriving again on its other channel), by kind, status (success, failure, other), reason (each of the twelve v1 reasons exactly as spelled, none, or other; for a documented reason_code, its v1 equivalent or other) and reason_code (each the provider documents, none, or other), counted after the commit.";
     WORKER_BATCH_SIZE = "corral_worker_batch_size", Histogram, [], Some(BATCH_BUCKETS),
         "Webhooks per committed batch (of the AMQP messages it holds, whole).";
     WORKER_DB_WRITE_SECONDS = "corral_worker_db_write_seconds", Histogram, [], Some(LATENCY_BUCKETS),
@@ -231,7 +231,7 @@ pub fn broker_connect_attempt(outcome: ConnectOutcome) {
 
 /// `count` newly stored events with these labels.
 pub fn worker_deliveries(labels: DeliveryLabels, count: u64) {
-    counter!(WORKER_DELIVERIES, "kind" => labels.kind, "status" => labels.status, "reason" => labels.reason)
+    counter!(WORKER_DELIVERIES, "kind" => labels.kind, "status" => labels.status, "reason" => labels.reason, "reason_code" => labels.reason_code)
         .increment(count);
 }
 

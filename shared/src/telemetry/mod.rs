@@ -103,5 +103,6 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+mod delivery_labels;
 pub mod labels;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Quarantine: The worker quarantines a webhook it cannot type into `quarantined_webhooks`,
 //! byte for byte. After a fix in the typing code, [`reprocess_quarantined`]
-//! re-types each row with this version's [`corral_shared::payload::parse`]:
+//! re-types each row with this version's [`corral_shared::payload::parse`]
+//! (a signed event's with [`corral_shared::payload::parse_event`]):
 //! in one transaction per batch of rows (locked with `SKIP LOCKED`, so two
 //! operators cannot process a row twice), a row that now types is stored by
 //! [`crate::store::store_in`] — the worker's own SQL — and deleted from the

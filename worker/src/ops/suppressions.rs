@@ -19,7 +19,7 @@ pub struct Suppression {
     pub phone_number: String,
     /// `sms` or `rvm`.
     pub kind: String,
-    /// `opted_out`, `litigator`, `internal_dnc`, `dnc` or `carrier`.
+    /// `opted_out`, `litigator`, `internal_dnc`, `dnc`, `carrier` or `reassigned`.
     pub class: String,
     /// Whether it is in force (not lifted, or suppressed again since).
     pub active: bool,

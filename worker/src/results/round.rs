@@ -248,5 +248,10 @@ fn event(row: &Row) -> DeliveryResult {
         latest: row.get("latest"),
         suppressions: row.get("suppressions"),
         new_suppressions: row.get("new_suppressions"),
+        reason_code: row.get("reason_code"),
+        event: row.get("event"),
+        provider_event_id: row.get("provider_event_id"),
+        contact_id: row.get("contact_id"),
+        proof_of_delivery_url: row.get("proof_of_delivery_url"),
     }
 }

@@ -11,7 +11,9 @@ SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.product_cost::text AS product_cost,
        e.compliance_fee::text AS compliance_fee,
        e.tts_fee::text AS tts_fee,
-       e.attempt_date, e.received_at, e.stored_at
+       e.attempt_date, e.received_at, e.stored_at,
+       e.reason_code, e.event, e.event_id AS provider_event_id, e.contact_id,
+       e.proof_of_delivery_url
 FROM delivery_results_outbox o
 JOIN delivery_events e ON e.id = o.event_id
 WHERE o.id > $2

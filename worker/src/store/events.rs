@@ -1,14 +1,12 @@
-//! The event insert: typed webhooks into `delivery_events`, and, in the same
+//! The event insert: typed results into `delivery_events`, and, in the same
 //! statement, `deliveries`, `suppressions`, the summary's changes and the
 //! result-event outbox (`insert_events.sql`).
 
-use std::{collections::HashSet, future::Future};
+use std::{collections::HashMap, future::Future};
 
-use chrono::{DateTime, Utc};
 use corral_shared::{payload::DeliveryStatus, telemetry::labels::DeliveryLabels};
 use deadpool_postgres::{GenericClient, Transaction};
-use rust_decimal::Decimal;
-use uuid::Uuid;
+use tokio_postgres::types::ToSql;
 
 use super::{
     EventRow, QuarantineRow, Stored,
@@ -66,21 +64,71 @@ impl<'r> Rows<EventRow<'r>> for Events<'_, 'r> {
         row: &'a EventRow<'r>,
         err: tokio_postgres::Error,
     ) -> impl Future<Output = Result<Stored, tokio_postgres::Error>> + Send + 'a {
-        let reason = err
-            .as_db_error()
-            .map_or_else(|| err.to_string(), |db| db.message().to_owned());
-        // PostgreSQL's text may quote the refused value; the log gets its
-        // SQLSTATE only.
-        let code = err.code().map_or("unknown", |code| code.code());
-        self.quarantine.push(QuarantineRow {
-            incoming: row.incoming,
-            error: format!("PostgreSQL refused the typed row: {reason}"),
-            logged: format!("PostgreSQL refused the typed row (SQLSTATE {code})"),
-        });
+        self.quarantine
+            .push(QuarantineRow::refused_by_postgres(row.incoming, &err));
         std::future::ready(Ok(Stored::default()))
     }
 }
 
+/// One parameter array of the insert: `value` of every row.
+fn column<'a, T: ToSql + Sync + Send + 'a>(
+    rows: &'a [EventRow<'_>],
+    value: impl Fn(&'a EventRow<'_>) -> T,
+) -> Box<dyn ToSql + Sync + Send + 'a> {
+    Box::new(rows.iter().map(value).collect::<Vec<T>>())
+}
+
+/// The statement's parameters, in its order: the columns, then whether to
+/// write result events.
+fn parameters<'a>(
+    rows: &'a [EventRow<'_>],
+    results: &'a bool,
+) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
+    fn s<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
+        &row.typed.status
+    }
+    vec![
+        column(rows, |r| &r.typed.fingerprint.0[..]),
+        column(rows, |r| r.message_id),
+        column(rows, |r| r.kind.as_str()),
+        column(rows, |r| s(r).drop_id.as_str()),
+        column(rows, |r| s(r).phone_number.as_deref()),
+        column(rows, |r| s(r).attempt_date),
+        column(rows, |r| s(r).status.as_str()),
+        column(rows, |r| s(r).reason.as_deref()),
+        column(rows, |r| s(r).dnc),
+        column(rows, |r| s(r).spam),
+        column(rows, |r| s(r).product_cost),
+        column(rows, |r| s(r).compliance_fee),
+        column(rows, |r| s(r).tts_fee),
+        column(rows, |r| s(r).network_name.as_deref()),
+        column(rows, |r| s(r).network_type.as_deref()),
+        column(rows, |r| s(r).foreign_id.as_deref()),
+        // The body was validated as UTF-8 JSON when it was typed.
+        column(rows, |r| {
+            std::str::from_utf8(&r.incoming.body).expect("typed payloads are UTF-8")
+        }),
+        column(rows, |r| r.received_at),
+        column(rows, |r| s(r).reason_code),
+        column(rows, |r| s(r).caller_id.as_deref()),
+        column(rows, |r| s(r).contact_id.as_deref()),
+        column(rows, |r| s(r).team_id.as_deref()),
+        column(rows, |r| s(r).campaign_id.as_deref()),
+        column(rows, |r| s(r).session_id.as_deref()),
+        column(rows, |r| s(r).log_id.as_deref()),
+        column(rows, |r| s(r).product_code.as_deref()),
+        column(rows, |r| s(r).quantity),
+        column(rows, |r| s(r).proof_of_delivery_url.as_deref()),
+        column(rows, |r| s(r).receipt_ready_at),
+        column(rows, |r| s(r).event_id.as_deref()),
+        column(rows, |r| s(r).event.as_deref()),
+        Box::new(results),
+    ]
+}
+
+/// Inserts `rows` in one statement; returns how many were new, and the
+/// results they counted (a result of a drop counts once, whichever channel
+/// brought it first).
 pub(super) async fn insert_events(
     client: &impl GenericClient,
     rows: &[EventRow<'_>],
@@ -90,81 +138,30 @@ pub(super) async fn insert_events(
         return Ok(Stored::default());
     }
     let statement = client.prepare_cached(INSERT_EVENTS).await?;
-    fn status<'a>(row: &'a EventRow<'_>) -> &'a DeliveryStatus {
-        &row.typed.status
-    }
-    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.typed.fingerprint.0[..]).collect();
-    let message_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-    let drop_ids: Vec<&str> = rows.iter().map(|r| status(r).drop_id.as_str()).collect();
-    let phones: Vec<Option<&str>> = rows
+    let parameters = parameters(rows, &results);
+    let parameters: Vec<&(dyn ToSql + Sync)> = parameters
         .iter()
-        .map(|r| status(r).phone_number.as_deref())
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let attempt_dates: Vec<DateTime<Utc>> = rows.iter().map(|r| status(r).attempt_date).collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| status(r).status.as_str()).collect();
-    let reasons: Vec<Option<&str>> = rows.iter().map(|r| status(r).reason.as_deref()).collect();
-    let dncs: Vec<Option<bool>> = rows.iter().map(|r| status(r).dnc).collect();
-    let spams: Vec<Option<bool>> = rows.iter().map(|r| status(r).spam).collect();
-    let product_costs: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).product_cost).collect();
-    let compliance_fees: Vec<Option<Decimal>> =
-        rows.iter().map(|r| status(r).compliance_fee).collect();
-    let tts_fees: Vec<Option<Decimal>> = rows.iter().map(|r| status(r).tts_fee).collect();
-    let network_names: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).network_name.as_deref())
-        .collect();
-    let network_types: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).network_type.as_deref())
-        .collect();
-    let foreign_ids: Vec<Option<&str>> = rows
-        .iter()
-        .map(|r| status(r).foreign_id.as_deref())
-        .collect();
-    // The body was validated as UTF-8 JSON when it was typed.
-    let payloads: Vec<&str> = rows
-        .iter()
-        .map(|r| std::str::from_utf8(&r.incoming.body).expect("typed payloads are UTF-8"))
-        .collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
-    let new = client
-        .query(
-            &statement,
-            &[
-                &fingerprints,
-                &message_ids,
-                &kinds,
-                &drop_ids,
-                &phones,
-                &attempt_dates,
-                &statuses,
-                &reasons,
-                &dncs,
-                &spams,
-                &product_costs,
-                &compliance_fees,
-                &tts_fees,
-                &network_names,
-                &network_types,
-                &foreign_ids,
-                &payloads,
-                &received,
-                &results,
-            ],
-        )
-        .await?;
+    let new = client.query(&statement, &parameters).await?;
     // A fingerprint twice in the batch is stored (and returned) once.
-    let mut new: HashSet<Vec<u8>> = new.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect();
+    let mut new: HashMap<Vec<u8>, bool> = new
+        .iter()
+        .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, bool>(1)))
+        .collect();
     let mut stored = Stored::default();
     for row in rows {
-        if new.remove(&row.typed.fingerprint.0[..]) {
-            stored.count += 1;
-            let status = status(row);
+        let Some(counts) = new.remove(&row.typed.fingerprint.0[..]) else {
+            continue;
+        };
+        stored.count += 1;
+        if counts {
+            let status = &row.typed.status;
             stored.deliveries.add(DeliveryLabels::of(
                 row.kind,
                 &status.status,
                 status.reason.as_deref(),
+                status.reason_code,
             ));
         }
     }

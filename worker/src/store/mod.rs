@@ -1,7 +1,8 @@
 //! Writing batches: every webhook of a batch becomes a `delivery_events` row
-//! (or is recognised as a duplicate of one) or a `quarantined_webhooks` row,
-//! all in one transaction, with set-based statements (`UNNEST` arrays), never
-//! a statement per row.
+//! (a callback, or a signed status event), a `provider_events` row (any
+//! other signed event), or is recognised as a duplicate of one, or becomes a
+//! `quarantined_webhooks` row, all in one transaction, with set-based
+//! statements (`UNNEST` arrays), never a statement per row.
 //!
 //! A batch the database refuses because of one webhook's data does not fail
 //! as a whole (`isolate`): it is split in halves under savepoints until the
@@ -11,21 +12,21 @@
 
 mod events;
 mod isolate;
+mod prepare;
+mod provider;
 mod quarantine;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use corral_shared::{
-    envelope::{Envelope, Kind},
-    payload,
+    envelope::Envelope,
     telemetry::{labels::DeliveryLabels, metrics},
 };
 use deadpool_postgres::Transaction;
-use uuid::Uuid;
+use prepare::{EventRow, ProviderRow, QuarantineRow};
+pub use prepare::{Prepared, prepare_all};
 
 use crate::db::is_data_error;
-use events::insert_events;
 
 /// One webhook as it came off the queue: an envelope-1 message, or one
 /// entry of an envelope-2 message (with its kind's routing key and its own
@@ -40,38 +41,17 @@ pub struct Incoming {
     pub envelope: Envelope,
 }
 
-/// A typed webhook.
-#[derive(Debug)]
-struct EventRow<'a> {
-    incoming: &'a Incoming,
-    kind: Kind,
-    typed: payload::Typed,
-    /// The ingress id, or one derived from the fingerprint for a message
-    /// ingress did not make (deterministic, so a redelivery gets the same).
-    message_id: Uuid,
-    received_at: DateTime<Utc>,
-}
-
-/// An untypeable webhook and why.
-#[derive(Debug, Clone)]
-struct QuarantineRow<'a> {
-    incoming: &'a Incoming,
-    /// Why, in full (values included): stored beside the body.
-    error: String,
-    /// Why, without any value from the body: for the log line.
-    logged: String,
-}
-
 /// How the messages of a committed batch ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// New `delivery_events` rows.
+    /// New `delivery_events` and `provider_events` rows.
     pub stored: usize,
     /// Already stored (or quarantined) before, or twice in this batch.
     pub duplicate: usize,
     /// New `quarantined_webhooks` rows.
     pub quarantined: usize,
-    /// The new rows by kind, status and reason, as the metric labels them.
+    /// The results counted (a result of a drop counts once, whichever
+    /// channel brought it first) by their metric labels.
     pub deliveries: Deliveries,
 }
 
@@ -103,72 +83,7 @@ impl Deliveries {
     }
 }
 
-/// Types a message, or says why it must be quarantined.
-fn prepare(incoming: &Incoming, now: DateTime<Utc>) -> Result<EventRow<'_>, QuarantineRow<'_>> {
-    let kind = Kind::from_routing_key(&incoming.routing_key);
-    let Some(kind) = kind.filter(|kind| Kind::CALLBACKS.contains(kind)) else {
-        let error = match kind {
-            Some(_) => "a signed event (kind event): this corral-worker does not store them yet; \
-                        `corral-worker quarantine reprocess` once one does"
-                .to_owned(),
-            None => format!("unknown routing key {:?}", incoming.routing_key),
-        };
-        return Err(QuarantineRow {
-            incoming,
-            logged: error.clone(),
-            error,
-        });
-    };
-    match payload::parse(&incoming.body) {
-        Ok(typed) => {
-            let message_id = incoming.envelope.message_id.unwrap_or_else(|| {
-                let bytes: [u8; 16] = typed.fingerprint.0[..16]
-                    .try_into()
-                    .expect("16 of 32 bytes");
-                Uuid::new_v8(bytes)
-            });
-            Ok(EventRow {
-                incoming,
-                kind,
-                typed,
-                message_id,
-                received_at: incoming.envelope.received_at.unwrap_or(now),
-            })
-        }
-        Err(err) => Err(QuarantineRow {
-            incoming,
-            error: err.to_string(),
-            logged: err.without_values(),
-        }),
-    }
-}
-
-/// A batch typed once, before its first write attempt: typing is work on
-/// the messages alone, so it is neither repeated by every retry nor counted
-/// against the database's deadline.
-#[derive(Debug)]
-pub struct Prepared<'a> {
-    /// How many messages the batch holds.
-    len: usize,
-    /// The typed ones.
-    events: Vec<EventRow<'a>>,
-    /// The ones that cannot be typed, and why.
-    refused: Vec<QuarantineRow<'a>>,
-    /// Whether each new event also gets a result-event outbox row.
-    result_events: bool,
-}
-
-impl<'a> Prepared<'a> {
-    /// How many messages the batch holds.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the batch holds no message.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
+impl Prepared<'_> {
     fn outcome(&self, stored: Stored, quarantined: usize) -> BatchOutcome {
         BatchOutcome {
             stored: stored.count,
@@ -176,45 +91,6 @@ impl<'a> Prepared<'a> {
             quarantined,
             deliveries: stored.deliveries,
         }
-    }
-
-    /// Writes a result-event outbox row for every new event
-    /// (`CORRAL_RESULT_EVENTS`), in the same statement that stores it.
-    #[must_use]
-    pub fn with_result_events(mut self, on: bool) -> Self {
-        self.result_events = on;
-        self
-    }
-
-    /// Adds a message to quarantine as it is, without typing it: one whose
-    /// webhooks could not be unpacked. `error` is stored, `logged` (free of
-    /// values from the body) is logged.
-    pub fn quarantine(&mut self, incoming: &'a Incoming, error: &str, logged: &str) {
-        self.len += 1;
-        self.refused.push(QuarantineRow {
-            incoming,
-            error: error.to_owned(),
-            logged: logged.to_owned(),
-        });
-    }
-}
-
-/// Types every message: the rows to store, and the ones to quarantine with why.
-pub fn prepare_all(messages: &[Incoming]) -> Prepared<'_> {
-    let now = Utc::now();
-    let mut events = Vec::with_capacity(messages.len());
-    let mut refused = Vec::new();
-    for message in messages {
-        match prepare(message, now) {
-            Ok(row) => events.push(row),
-            Err(row) => refused.push(row),
-        }
-    }
-    Prepared {
-        len: messages.len(),
-        events,
-        refused,
-        result_events: false,
     }
 }
 
@@ -232,6 +108,29 @@ impl Stored {
     }
 }
 
+/// Inserts the batch's results and provider events, one statement each,
+/// without savepoints: the common case.
+async fn insert_all(
+    tx: &Transaction<'_>,
+    batch: &Prepared<'_>,
+) -> Result<Stored, tokio_postgres::Error> {
+    let mut stored = events::insert_events(tx, &batch.events, batch.result_events).await?;
+    stored.merge(provider::insert(tx, &batch.provider).await?);
+    Ok(stored)
+}
+
+/// Inserts the batch's results and provider events under savepoints; a row
+/// PostgreSQL refuses goes to `quarantine` with PostgreSQL's own error.
+async fn store_all<'r>(
+    tx: &mut Transaction<'_>,
+    batch: &'r Prepared<'r>,
+    quarantine: &mut Vec<QuarantineRow<'r>>,
+) -> Result<Stored, tokio_postgres::Error> {
+    let mut stored = events::store(tx, &batch.events, batch.result_events, quarantine).await?;
+    stored.merge(provider::store(tx, &batch.provider, quarantine).await?);
+    Ok(stored)
+}
+
 /// Writes one batch, typed by [`prepare_all`], in one transaction and commits
 /// it. On `Err` nothing was committed and nothing may be acknowledged; a
 /// retry passes the same `batch` again.
@@ -239,20 +138,18 @@ pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
     batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
-    let events = &batch.events;
     // What PostgreSQL refuses is added to these for this attempt only.
     let mut quarantined = batch.refused.clone();
     // The common case needs no savepoint: insert the whole batch. Only when
     // PostgreSQL refuses its data is the transaction rolled back and the
     // batch written again, split under savepoints to isolate the culprit.
     let mut tx = client.transaction().await?;
-    let results = batch.result_events;
-    let stored = match insert_events(&tx, events, results).await {
+    let stored = match insert_all(&tx, batch).await {
         Ok(stored) => stored,
         Err(err) if is_data_error(&err) => {
             tx.rollback().await?;
             tx = client.transaction().await?;
-            events::store(&mut tx, events, results, &mut quarantined).await?
+            store_all(&mut tx, batch, &mut quarantined).await?
         }
         Err(err) => return Err(err),
     };
@@ -271,7 +168,7 @@ pub async fn write_within(
     batch: &Prepared<'_>,
 ) -> Result<BatchOutcome, tokio_postgres::Error> {
     let mut quarantined = batch.refused.clone();
-    let stored = events::store(tx, &batch.events, batch.result_events, &mut quarantined).await?;
+    let stored = store_all(tx, batch, &mut quarantined).await?;
     let new_quarantined = quarantine::store(tx, &quarantined).await?;
     Ok(batch.outcome(stored, new_quarantined))
 }
@@ -297,12 +194,9 @@ pub async fn store_in(
     messages: &[Incoming],
     result_events: bool,
 ) -> Result<StoredIn, tokio_postgres::Error> {
-    let Prepared {
-        events,
-        mut refused,
-        ..
-    } = prepare_all(messages);
-    let stored = events::store(tx, &events, result_events, &mut refused).await?;
+    let batch = prepare_all(messages).with_result_events(result_events);
+    let mut refused = batch.refused.clone();
+    let stored = store_all(tx, &batch, &mut refused).await?;
     let refused: Vec<(usize, String)> = refused
         .into_iter()
         .map(|row| {

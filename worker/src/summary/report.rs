@@ -131,6 +131,8 @@ pub struct Line {
     pub status: String,
     /// The provider's reason; empty when none.
     pub reason: String,
+    /// The provider's `reason_code`; `None` for results without one (v1).
+    pub reason_code: Option<i32>,
     /// Its events and sums.
     pub sums: Sums,
 }
@@ -182,6 +184,7 @@ pub async fn read(config: &WorkerConfig, window: Window, by_hour: bool) -> anyho
                 kind: row.get("kind"),
                 status: row.get("status"),
                 reason: row.get("reason"),
+                reason_code: row.get("reason_code"),
                 sums: sums(row),
             });
         }
@@ -226,7 +229,8 @@ fn cell(text: &str) -> String {
         .collect()
 }
 
-/// The table: tab-separated, to read or to pipe to `cut`.
+/// The table: tab-separated, to read or to pipe to `cut`. `reason_code`
+/// is the last column, so the columns before it stay where they were.
 pub fn write_text(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     let window = &report.window;
     writeln!(
@@ -240,7 +244,7 @@ pub fn write_text(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     let hour = if report.by_hour { "hour\t" } else { "" };
     writeln!(
         out,
-        "# {hour}kind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee"
+        "# {hour}kind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee\treason_code"
     )?;
     let sums = |sums: &Sums| {
         format!(
@@ -252,9 +256,12 @@ pub fn write_text(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         let hour = line
             .hour
             .map_or_else(String::new, |hour| format!("{}\t", rfc3339(hour)));
+        let code = line
+            .reason_code
+            .map_or_else(|| "-".to_owned(), |code| code.to_string());
         writeln!(
             out,
-            "{hour}{}\t{}\t{}\t{}",
+            "{hour}{}\t{}\t{}\t{}\t{code}",
             cell(&line.kind),
             cell(&line.status),
             cell(&line.reason),
@@ -262,7 +269,7 @@ pub fn write_text(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
     }
     let blank = if report.by_hour { "\t-" } else { "" };
-    writeln!(out, "total{blank}\t-\t-\t{}", sums(&report.total))?;
+    writeln!(out, "total{blank}\t-\t-\t{}\t-", sums(&report.total))?;
     Ok(())
 }
 
@@ -288,6 +295,7 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             object.insert("kind".into(), line.kind.clone().into());
             object.insert("status".into(), line.status.clone().into());
             object.insert("reason".into(), line.reason.clone().into());
+            object.insert("reason_code".into(), line.reason_code.into());
             value
         })
         .collect();

@@ -249,10 +249,13 @@ fn is_env_char(c: char) -> bool {
     c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'
 }
 
-/// Words starting `corral_` in the docs that are not metrics: PostgreSQL
-/// roles, crates (as in `CORRAL_LOG=corral_worker=debug` or Rust paths) and
+/// Words starting `corral_` in the docs that are not metrics: SQL
+/// functions, PostgreSQL roles, crates (as in `CORRAL_LOG=corral_worker=debug` or Rust paths) and
 /// the test databases' prefix.
 const NOT_METRICS: &[&str] = &[
+    "corral_suppression_class",
+    "corral_result_key",
+    "corral_counted_results",
     "corral_spool_writer",
     "corral_ingress",
     "corral_grafana",
@@ -601,6 +604,59 @@ const SAMPLE_FAILURE_ID: &str = "0193a4b2-6c1e-7d4f-8a2b-5e9c3f1d7a60";
 /// The id of a later correction of that webhook (same drop, same attempt).
 const CORRECTION_ID: &str = "0193a4b2-9d07-7e21-b3c5-8f0a6d2e4b19";
 
+/// The contact of the v2 samples' send reported on both channels.
+const CONTACT: &str = "3c5e7a9b-1d2f-4e6a-8b0c-2d4f6a8c0e1b";
+/// The `event_id` of that send's status webhook.
+const BOTH_CHANNELS_EVENT: &str = "6a1f0c3e-2b4d-4e6f-8a0b-1c2d3e4f5a6b";
+
+/// The current API's samples moved to 2026-11-20: the v2 callback and a
+/// status webhook of the same send (`VoiceMail Full`, 4002), another
+/// voicemail's receipt, and an opt-out of the first contact.
+fn current_api_bodies() -> [(&'static str, String); 4] {
+    use crate::worker::signed::edited;
+    use serde_json::json;
+    let callback = edited(
+        fixtures::V2_CALLBACK_RVM_FAILURE,
+        &[("attempt_date", json!("2026-11-20T15:04:05.000Z"))],
+    );
+    let status = edited(
+        fixtures::V2_WEBHOOK_RVM_STATUS,
+        &[
+            ("event_id", json!(BOTH_CHANNELS_EVENT)),
+            ("event_at", json!(1_795_187_049_000_i64)),
+            (
+                "data.drop_id",
+                json!("f2a4c6e8-0b1d-4f3a-9c5e-7b9d1f3a5c80"),
+            ),
+            ("data.contact_id", json!(CONTACT)),
+            ("data.to", json!("+13125550187")),
+            ("data.status", json!("failure")),
+            ("data.reason", json!("VoiceMail Full")),
+            ("data.reason_code", json!(4002)),
+        ],
+    );
+    let receipt = edited(
+        fixtures::V2_WEBHOOK_RVM_RECEIPT,
+        &[
+            ("event_at", json!(1_795_187_370_000_i64)),
+            ("data.receipt_ready_at", json!("2026-11-20T15:09:30.000Z")),
+        ],
+    );
+    let opt_out = json!({
+        "event_id": "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+        "event": "contact.msg.opt_out",
+        "event_at": 1_795_187_160_000_i64,
+        "data": {"contact_id": CONTACT, "phone": "+13125550187"},
+    });
+    let event = Kind::Event.routing_key();
+    [
+        (Kind::Rvm.routing_key(), callback),
+        (event, status),
+        (event, receipt),
+        (event, opt_out.to_string()),
+    ]
+}
+
 #[tokio::test]
 async fn every_cookbook_query_returns_the_documented_rows() {
     let queries = cookbook_queries(&read(Path::new(COOKBOOK)));
@@ -776,6 +832,15 @@ async fn every_cookbook_query_returns_the_documented_rows() {
     stored += 1;
     wait_count(&client, EVENTS, stored).await;
 
+    // The current API's bodies, on a day no other query looks at: a send
+    // reported on both channels, a voicemail's receipt, an opt-out.
+    for (routing_key, body) in current_api_bodies() {
+        send(&broker, routing_key, body).await;
+    }
+    stored += 3;
+    wait_count(&client, EVENTS, stored).await;
+    wait_count(&client, "SELECT count(*) FROM provider_events", 1).await;
+
     // The provider resends the failure sample through ingress: answered 200
     // with a new id, stored as nothing new.
     let resend = ingress.post("sms", fixtures::SMS_FAILURE).await;
@@ -801,6 +866,10 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         display(instant("2019-03-18T00:31:02.004Z")).await,
     );
     let midnight = display(d0).await;
+    let (receipt_ready, opted_out_at) = (
+        display(instant("2026-11-20T15:09:30Z")).await,
+        display(instant("2026-11-20T15:06:00Z")).await,
+    );
     let lifted: BTreeMap<String, String> = client
         .query(
             "SELECT phone_number, lifted_at::text FROM suppressions WHERE lifted_at IS NOT NULL",
@@ -887,6 +956,28 @@ async fn every_cookbook_query_returns_the_documented_rows() {
                 format!("+15550100002 | sms | opted_out | {lifted_02} | {by_02} | f"),
             ],
         ),
+        (
+            "failures-by-code",
+            vec!["rvm | 4002 | VoiceMail Full | 1".to_owned()],
+        ),
+        (
+            "both-channels-of-a-send",
+            vec![format!(
+                "order-2207-attempt-1 | failure | 4002 | 0 | 0.0029 | {BOTH_CHANNELS_EVENT} | {CONTACT}"
+            )],
+        ),
+        (
+            "proof-of-delivery",
+            vec![format!(
+                "a1c3e5f7-9b2d-4f6a-8c0e-3b5d7f9a1c4e | https://receipts.example.invalid/r/Zk3qP0wLx9 | {receipt_ready}"
+            )],
+        ),
+        (
+            "opt-outs-of-a-contact",
+            vec![format!(
+                r#"contact.msg.opt_out | {opted_out_at} | {{"phone": "+13125550187", "contact_id": "{CONTACT}"}}"#
+            )],
+        ),
         ("spool-waiting", vec!["0 | NULL".to_owned()]),
         ("quarantined-last-day", vec!["1".to_owned()]),
     ]);
@@ -943,4 +1034,94 @@ fn the_cookbook_lists_the_providers_reasons_exactly() {
         .filter_map(|cell| cell.split_once("` |").map(|(reason, _)| reason))
         .collect();
     assert_eq!(listed, FAILURE_REASONS);
+}
+
+/// The cells of each row of the first table in `section` of
+/// docs/operations.md whose header starts with `header`.
+fn operations_table(section: &str, header: &str) -> Vec<Vec<String>> {
+    let text = read(Path::new("docs/operations.md"));
+    let section = text
+        .split("\n## ")
+        .find(|part| part.starts_with(section))
+        .unwrap_or_else(|| panic!("docs/operations.md has no section {section:?}"));
+    let table = section
+        .split(&format!("\n{header}"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no table headed {header:?} in {section:?}"));
+    table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            line.trim_matches('|')
+                .split(" | ")
+                .map(|cell| cell.trim().trim_matches('`').to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// operations.md's suppression tables say what the one mapping in
+/// PostgreSQL (`corral_suppression_class`, migration V6) does, code by code
+/// and for each v1 reason, and what the metric's `reason` label says.
+#[tokio::test]
+async fn the_reason_code_table_is_the_mapping_the_database_applies() {
+    use corral_shared::{provider::REASON_CODES, telemetry::labels::DeliveryLabels};
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let class = async |code: Option<i32>, reason: &str| -> String {
+        client
+            .query_one("SELECT corral_suppression_class($1, $2)", &[&code, &reason])
+            .await
+            .expect("calling corral_suppression_class")
+            .get::<_, Option<String>>(0)
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let rows = operations_table("Suppressions", "| code |");
+    let listed: Vec<(i32, &str)> = rows
+        .iter()
+        .map(|row| (row[0].parse().expect("a numeric code"), row[1].as_str()))
+        .collect();
+    let known: Vec<(i32, &str)> = REASON_CODES.iter().map(|c| (c.code, c.name)).collect();
+    assert_eq!(listed, known, "the table lists the codes provider.rs knows");
+    for row in &rows {
+        let code: i32 = row[0].parse().expect("a numeric code");
+        // Whatever text comes with it, the code decides.
+        assert_eq!(
+            class(Some(code), "Something new").await,
+            row[2],
+            "class of {code}"
+        );
+        assert_eq!(class(Some(code), "Opted out").await, row[2], "{code}");
+        let status = if code == 0 { "success" } else { "failure" };
+        let labels = DeliveryLabels::of(Kind::Sms, status, Some("Something new"), Some(code));
+        assert_eq!(labels.reason, row[4], "reason label of {code}");
+    }
+    // The classes: each code and each v1 reason named in the "from" cell.
+    let mut named = 0;
+    for row in operations_table("Suppressions", "| class |") {
+        let from = &row[1];
+        for (at, _) in from.match_indices("code `") {
+            let code = from[at + 6..].split('`').next().expect("a code");
+            assert_eq!(class(code.parse().ok(), "x").await, row[0], "{from}");
+            named += 1;
+        }
+        for (at, _) in from.match_indices("reason `") {
+            let reason = from[at + 8..].split('`').next().expect("a reason");
+            assert_eq!(class(None, reason).await, row[0], "{from}");
+            named += 1;
+        }
+    }
+    assert_eq!(named, 8, "the class table names 4 codes and 4 v1 reasons");
+    // Every other v1 reason suppresses nothing.
+    for reason in FAILURE_REASONS {
+        let expected = match *reason {
+            "Opted out" => "opted_out",
+            "Known Litigator" => "litigator",
+            "Internal DNC" => "internal_dnc",
+            "Prohibited by carrier or not SMS enabled" => "carrier",
+            _ => "-",
+        };
+        assert_eq!(class(None, reason).await, expected, "{reason}");
+    }
 }

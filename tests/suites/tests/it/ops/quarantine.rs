@@ -191,6 +191,73 @@ async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
     assert!(out.contains("# listed 1 row(s)"), "{out}");
 }
 
+/// Signed events a worker of schema V5 quarantined ("does not store them
+/// yet") are stored by reprocessing, as a worker stores them now: a status
+/// as a result, another event type kept whole, under the ids they had; one
+/// that still cannot be typed stays, with today's reason.
+#[tokio::test]
+async fn signed_events_an_earlier_worker_quarantined_are_stored_by_reprocessing() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let config = config::worker(&db.url, "unused");
+    let old = "a signed event (kind event): this corral-worker does not store them yet; \
+               `corral-worker quarantine reprocess` once one does";
+    let event = Kind::Event.routing_key();
+    let (status_id, other_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let other = fixtures::event_body("0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0");
+    let without_id = r#"{"event":"contact.rvm.status","event_at":1796601722000,"data":{}}"#;
+    quarantine(
+        &client,
+        fixtures::V2_WEBHOOK_SMS_STATUS,
+        event,
+        Some(status_id),
+        old,
+    )
+    .await;
+    quarantine(&client, &other, event, Some(other_id), old).await;
+    let broken = quarantine(&client, without_id, event, None, old).await;
+
+    let report = ops::reprocess_quarantined(&config, &ReprocessOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((report.stored, report.still_failing()), (2, 1));
+    let stored = client
+        .query_one(
+            "SELECT event_id, reason_code, message_id FROM delivery_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stored.get::<_, Option<String>>(0).as_deref(),
+            stored.get::<_, Option<i32>>(1),
+            stored.get::<_, Uuid>(2),
+        ),
+        (
+            Some("0b6f3c1e-5d2a-4e8f-9c7b-3a1d5e9f2c60"),
+            Some(4016),
+            status_id
+        )
+    );
+    let kept = client
+        .query_one("SELECT event, message_id FROM provider_events", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (kept.get::<_, String>(0), kept.get::<_, Uuid>(1)),
+        ("contact.msg.received".to_owned(), other_id)
+    );
+    let left = client
+        .query_one("SELECT id, error FROM quarantined_webhooks", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (left.get::<_, i64>(0), left.get::<_, String>(1)),
+        (broken, "`event_id` is missing".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
     // A row that types now but that PostgreSQL refuses stays quarantined and

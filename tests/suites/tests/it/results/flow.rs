@@ -66,6 +66,11 @@ async fn expected(
         latest: true,
         suppressions: vec![],
         new_suppressions: vec![],
+        reason_code: None,
+        event: None,
+        provider_event_id: None,
+        contact_id: None,
+        proof_of_delivery_url: None,
     }
 }
 

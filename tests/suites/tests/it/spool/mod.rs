@@ -22,8 +22,8 @@
 //! - `outage`: Both paths down: 503, nothing stored; readiness follows
 //!   either path; a request in flight at shutdown; no spool configured.
 //! - `privileges`: The ingress role may INSERT into the spool and nothing else.
-//! - `signed`: A signed webhook is spooled as kind `event`, and quarantined
-//!   on its own by a worker that does not store signed events yet.
+//! - `signed`: A signed webhook is spooled as kind `event`, and stored by
+//!   the worker from there.
 
 mod causes;
 mod drain;

@@ -1,6 +1,6 @@
 //! A signed webhook takes the spool like any other when the broker cannot:
-//! answered 200 from the spool, kept as kind `event`; a worker that does not
-//! store signed events yet quarantines it on its own, byte for byte.
+//! answered 200 from the spool, kept as kind `event`, and the worker stores
+//! it from there under the answered id.
 
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::apps::RunningWorker;
@@ -11,7 +11,7 @@ use crate::{
         helpers::{accepted, send},
         signed::{Delivery, SECRET, fresh_event},
     },
-    worker::helpers::{EVENTS, QUARANTINE, QUARANTINED, count, settled, wait_count},
+    worker::helpers::{EVENTS, QUARANTINE, STORED, count, settled, wait_count},
 };
 
 #[tokio::test]
@@ -39,19 +39,18 @@ async fn with_the_broker_down_a_signed_delivery_is_answered_200_from_the_spool()
 
     let worker = RunningWorker::start_unready(draining(&db, broker.prefix())).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
-    settled(&worker, QUARANTINED, 1.0).await;
+    settled(&worker, STORED, 1.0).await;
     let row = client
         .query_one(
-            "SELECT body, routing_key, error FROM quarantined_webhooks WHERE message_id = $1",
+            "SELECT body, event FROM provider_events WHERE message_id = $1",
             &[&id],
         )
         .await
-        .expect("the signed webhook's quarantined row");
-    assert_eq!(row.get::<_, Vec<u8>>(0), delivery.body);
-    assert_eq!(row.get::<_, &str>(1), "dropcowboy.event");
-    let error: String = row.get(2);
-    assert!(error.starts_with("a signed event (kind event)"), "{error}");
-    assert_eq!(count(&client, QUARANTINE).await, 1);
+        .expect("the signed webhook, kept");
+    let body: serde_json::Value = serde_json::from_slice(&delivery.body).expect("JSON");
+    assert_eq!(row.get::<_, serde_json::Value>(0), body);
+    assert_eq!(row.get::<_, &str>(1), "contact.msg.received");
+    assert_eq!(count(&client, QUARANTINE).await, 0);
     assert_eq!(count(&client, EVENTS).await, 0);
     worker.stop().await.expect("the worker stops cleanly");
 }

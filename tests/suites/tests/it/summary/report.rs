@@ -132,12 +132,12 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     assert_eq!(
         day_text,
         "# attempt_date in whole UTC hours [2026-11-27T00:00:00Z, 2026-11-28T00:00:00Z), the hours overlapping --since 2026-11-27T00:00:00Z --until 2026-11-28T00:00:00Z\n\
-         # kind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee\n\
-         rvm\tfailure\tCarrier said no\t1\t0\t0.0029\t0\n\
-         rvm\tsuccess\t-\t1\t0.045\t0.0029\t0.0125\n\
-         sms\tfailure\tInvalid message\t1\t0\t0.0029\t0\n\
-         sms\tsuccess\t-\t4\t0.495\t0.0116\t0\n\
-         total\t-\t-\t7\t0.540\t0.0203\t0.0125\n"
+         # kind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee\treason_code\n\
+         rvm\tfailure\tCarrier said no\t1\t0\t0.0029\t0\t-\n\
+         rvm\tsuccess\t-\t1\t0.045\t0.0029\t0.0125\t-\n\
+         sms\tfailure\tInvalid message\t1\t0\t0.0029\t0\t-\n\
+         sms\tsuccess\t-\t4\t0.495\t0.0116\t0\t-\n\
+         total\t-\t-\t7\t0.540\t0.0203\t0.0125\t-\n"
     );
 
     // From 05:30 to 06:00: the hour 05 whole, not 06.
@@ -152,10 +152,10 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     assert_eq!(
         text,
         "# attempt_date in whole UTC hours [2026-11-27T05:00:00Z, 2026-11-27T06:00:00Z), the hours overlapping --since 2026-11-27T05:30:00Z --until 2026-11-27T06:00:00Z\n\
-         # hour\tkind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee\n\
-         2026-11-27T05:00:00Z\tsms\tfailure\tInvalid message\t1\t0\t0.0029\t0\n\
-         2026-11-27T05:00:00Z\tsms\tsuccess\t-\t3\t0.396\t0.0087\t0\n\
-         total\t-\t-\t-\t4\t0.396\t0.0116\t0\n"
+         # hour\tkind\tstatus\treason\tevents\tproduct_cost\tcompliance_fee\ttts_fee\treason_code\n\
+         2026-11-27T05:00:00Z\tsms\tfailure\tInvalid message\t1\t0\t0.0029\t0\t-\n\
+         2026-11-27T05:00:00Z\tsms\tsuccess\t-\t3\t0.396\t0.0087\t0\t-\n\
+         total\t-\t-\t-\t4\t0.396\t0.0116\t0\t-\n"
     );
 
     let json_args = [
@@ -180,13 +180,13 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
             "by_hour": true,
             "rows": [
                 {"hour": "2026-11-27T06:00:00Z", "kind": "rvm", "status": "failure",
-                 "reason": "Carrier said no", "events": 1, "product_cost": "0",
+                 "reason": "Carrier said no", "reason_code": null, "events": 1, "product_cost": "0",
                  "compliance_fee": "0.0029", "tts_fee": "0"},
                 {"hour": "2026-11-27T06:00:00Z", "kind": "rvm", "status": "success",
-                 "reason": "", "events": 1, "product_cost": "0.045",
+                 "reason": "", "reason_code": null, "events": 1, "product_cost": "0.045",
                  "compliance_fee": "0.0029", "tts_fee": "0.0125"},
                 {"hour": "2026-11-27T06:00:00Z", "kind": "sms", "status": "success",
-                 "reason": "", "events": 1, "product_cost": "0.099",
+                 "reason": "", "reason_code": null, "events": 1, "product_cost": "0.099",
                  "compliance_fee": "0.0029", "tts_fee": "0"},
             ],
             "total": {"events": 3, "product_cost": "0.144", "compliance_fee": "0.0087",
@@ -207,7 +207,7 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     .await
     .unwrap();
     assert!(
-        empty.ends_with("tts_fee\ntotal\t-\t-\t0\t0\t0\t0\n"),
+        empty.ends_with("reason_code\ntotal\t-\t-\t0\t0\t0\t0\t-\n"),
         "{empty}"
     );
 

@@ -30,8 +30,9 @@
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
 //! - `shutdown`: Graceful shutdown, with and without the database.
-//! - `signed_events`: Signed webhooks (kind `event`), quarantined on their own
-//!   until the worker stores them.
+//! - `signed`: Drop Cowboy's signed webhooks through the signed route:
+//!   results once by `event_id`, other events kept, receipts joined, a
+//!   result on both channels counted once, suppressions by `reason_code`.
 //! - `suppressions`: Numbers not to message again, from every class of
 //!   payload, exactly once and whatever the arrival order; lifting one.
 //! - `standby`: A synchronous standby away: nothing acknowledged until it has
@@ -49,7 +50,7 @@ mod outages;
 mod proptests;
 mod quarantine;
 mod shutdown;
-mod signed_events;
+pub(crate) mod signed;
 mod standby;
 mod suppressions;
 mod tls;

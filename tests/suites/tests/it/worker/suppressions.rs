@@ -153,7 +153,7 @@ async fn every_suppressing_class_comes_from_a_real_payload_and_other_reasons_sup
     let metrics = settled(&worker, DUPLICATE, 1.0).await;
     let deliveries = |kind: &str, status: &str, reason: &str| {
         metrics.get(&format!(
-            r#"corral_worker_deliveries_total{{kind="{kind}",status="{status}",reason="{reason}"}}"#
+            r#"corral_worker_deliveries_total{{kind="{kind}",status="{status}",reason="{reason}",reason_code="none"}}"#
         ))
     };
     assert_eq!(deliveries("sms", "failure", "Opted out"), 2.0);

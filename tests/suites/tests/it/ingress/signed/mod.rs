@@ -35,7 +35,7 @@ pub(super) const SECOND_SECRET: &str = "corral-test-signing-second-8e2a";
 
 /// An ingress with the test token and `secrets`, written as the provider's
 /// conformance runner sets them: comma and space between, so trimming counts.
-pub(super) async fn start_signed(broker: &TestBroker, secrets: &[&str]) -> RunningIngress {
+pub(crate) async fn start_signed(broker: &TestBroker, secrets: &[&str]) -> RunningIngress {
     let mut config = config::ingress(broker.prefix(), TOKEN);
     config.signing.secrets = vec![secrets.join(", ")];
     config.retry_after_secs = RETRY_AFTER_SECS;
@@ -43,7 +43,7 @@ pub(super) async fn start_signed(broker: &TestBroker, secrets: &[&str]) -> Runni
 }
 
 /// Unix seconds now.
-pub(super) fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -63,7 +63,7 @@ impl Delivery {
     }
 
     /// `body` signed with `secret` at `timestamp`, which it is sent with.
-    pub(super) fn at(secret: &str, timestamp: &str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn at(secret: &str, timestamp: &str, body: impl Into<Vec<u8>>) -> Self {
         let body = body.into();
         let headers = BTreeMap::from([
             ("content-type", "application/json".to_owned()),
@@ -77,7 +77,7 @@ impl Delivery {
     }
 
     /// With a header set (or replaced).
-    pub(super) fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.insert(name, value.into());
         self
     }
