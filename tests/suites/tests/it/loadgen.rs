@@ -1,6 +1,12 @@
 //! `corral-loadgen` end to end: a short verified run through the real
 //! pipeline, and the verifier catching every kind of wrong row (the fault
 //! suite stands on it, so it must be exact both ways).
+//!
+//! - `signed`: the signed mode — signed webhooks with the provider's
+//!   retries, both channels for some drops — against the real ingress and
+//!   worker, and the verifier on signed rows.
+
+mod signed;
 
 use std::{
     collections::{BTreeSet, HashMap},
