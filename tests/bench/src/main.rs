@@ -102,6 +102,22 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Only the signed route beside the token route: ingress alone with a
+    /// signing secret, each route loaded in turn, in pairs; prints each pair
+    /// as JSON, or puts them into a directory's results.
+    Signed {
+        /// Closed-loop connections; repeat for several.
+        #[arg(long = "connections", default_values_t = [64])]
+        connections: Vec<usize>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Put the pairs into this directory's benchmarks.json (replacing
+        /// its signed-route pairs) and rewrite the report from it, instead
+        /// of printing them.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
     /// Only ingress through the PostgreSQL spool, its broker gone, against
     /// the bare spool INSERT; prints each run as JSON.
     Spool {
@@ -192,6 +208,32 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let run = bench::worker_alone_with(messages, batch.map(|n| n as usize), &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
+        }
+        Command::Signed {
+            connections,
+            seconds,
+            into,
+        } => {
+            let plan = bench::Plan {
+                seconds,
+                signed_connections: connections,
+                ..bench::Plan::quick()
+            };
+            let runs = bench::signed_runs(&plan).await?;
+            match into {
+                Some(dir) => {
+                    let mut results = read_results(&dir)?;
+                    results.plan.signed_connections = plan.signed_connections;
+                    results.signed = runs;
+                    bench::write(&results, &dir)?;
+                    eprintln!("bench: wrote the signed-route pairs into {}", dir.display());
+                }
+                None => {
+                    for run in runs {
+                        eprintln!("{}", serde_json::to_string(&run)?);
+                    }
+                }
+            }
         }
         Command::Spool {
             connections,

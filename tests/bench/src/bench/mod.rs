@@ -14,6 +14,7 @@
 //!   the latency layers, and the machine.
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
+//! - [`signed`]: The signed route beside the token route, and its table.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
@@ -21,9 +22,11 @@ mod report;
 mod results;
 mod runs;
 mod sampler;
+mod signed;
 
 pub use self::{
     report::write,
     results::*,
     runs::{latency_at, worker_alone_with},
+    signed::{SignedRun, signed_runs},
 };
