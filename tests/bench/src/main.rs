@@ -112,6 +112,10 @@ enum Command {
         /// Seconds measured per run, after a 2 s warm-up.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
+        /// Pairs of runs (token route, signed route), every other one in
+        /// the reverse order.
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
         /// Put the pairs into this directory's benchmarks.json (replacing
         /// its signed-route pairs) and rewrite the report from it, instead
         /// of printing them.
@@ -212,11 +216,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Signed {
             connections,
             seconds,
+            pairs,
             into,
         } => {
             let plan = bench::Plan {
                 seconds,
                 signed_connections: connections,
+                signed_pairs: pairs,
                 ..bench::Plan::quick()
             };
             let runs = bench::signed_runs(&plan).await?;
@@ -224,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(dir) => {
                     let mut results = read_results(&dir)?;
                     results.plan.signed_connections = plan.signed_connections;
+                    results.plan.signed_pairs = plan.signed_pairs;
                     results.signed = runs;
                     bench::write(&results, &dir)?;
                     eprintln!("bench: wrote the signed-route pairs into {}", dir.display());

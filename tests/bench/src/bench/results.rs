@@ -59,6 +59,10 @@ pub struct Plan {
     /// Absent in results written before the signed route.
     #[serde(default)]
     pub signed_connections: Vec<usize>,
+    /// Pairs of runs (token route, signed route) at each of them, every
+    /// other pair in the reverse order.
+    #[serde(default = "four")]
+    pub signed_pairs: usize,
 }
 
 impl Plan {
@@ -77,6 +81,7 @@ impl Plan {
             spool_connections: vec![64, 256],
             sqs_rates: vec![1_000.0, 5_000.0],
             signed_connections: vec![64],
+            signed_pairs: 4,
         }
     }
 
@@ -95,6 +100,7 @@ impl Plan {
             spool_connections: vec![64],
             sqs_rates: vec![1_000.0],
             signed_connections: vec![64],
+            signed_pairs: 2,
         }
     }
 }
@@ -404,6 +410,10 @@ impl Results {
 
 fn one() -> usize {
     1
+}
+
+fn four() -> usize {
+    4
 }
 
 /// At one of the pipeline's rates: the broker alone and ingress alone.
