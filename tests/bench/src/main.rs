@@ -102,26 +102,6 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Only the signed route beside the token route: ingress alone with a
-    /// signing secret, each route loaded in turn, in pairs; prints each pair
-    /// as JSON, or puts them into a directory's results.
-    Signed {
-        /// Closed-loop connections; repeat for several.
-        #[arg(long = "connections", default_values_t = [64])]
-        connections: Vec<usize>,
-        /// Seconds measured per run, after a 2 s warm-up.
-        #[arg(long, default_value_t = 15)]
-        seconds: u64,
-        /// Pairs of runs (token route, signed route), every other one in
-        /// the reverse order.
-        #[arg(long, default_value_t = 4)]
-        pairs: usize,
-        /// Put the pairs into this directory's benchmarks.json (replacing
-        /// its signed-route pairs) and rewrite the report from it, instead
-        /// of printing them.
-        #[arg(long)]
-        into: Option<PathBuf>,
-    },
     /// Only ingress through the PostgreSQL spool, its broker gone, against
     /// the bare spool INSERT; prints each run as JSON.
     Spool {
@@ -143,6 +123,26 @@ enum Command {
         seconds: u64,
         /// Put the runs into this directory's benchmarks.json (replacing its
         /// SQS runs) and rewrite the report from it, instead of printing them.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
+    /// Only the signed route beside the token route: ingress alone with a
+    /// signing secret, each route loaded in turn, in pairs; prints each pair
+    /// as JSON, or puts them into a directory's results.
+    Signed {
+        /// Closed-loop connections; repeat for several.
+        #[arg(long = "connections", default_values_t = [64])]
+        connections: Vec<usize>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Pairs of runs (token route, signed route), every other one in
+        /// the reverse order.
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
+        /// Put the pairs into this directory's benchmarks.json (replacing
+        /// its signed-route pairs) and rewrite the report from it, instead
+        /// of printing them.
         #[arg(long)]
         into: Option<PathBuf>,
     },
@@ -213,35 +213,6 @@ async fn main() -> anyhow::Result<()> {
             let run = bench::worker_alone_with(messages, batch.map(|n| n as usize), &env).await?;
             eprintln!("{}", serde_json::to_string(&run)?);
         }
-        Command::Signed {
-            connections,
-            seconds,
-            pairs,
-            into,
-        } => {
-            let plan = bench::Plan {
-                seconds,
-                signed_connections: connections,
-                signed_pairs: pairs,
-                ..bench::Plan::quick()
-            };
-            let runs = bench::signed_runs(&plan).await?;
-            match into {
-                Some(dir) => {
-                    let mut results = read_results(&dir)?;
-                    results.plan.signed_connections = plan.signed_connections;
-                    results.plan.signed_pairs = plan.signed_pairs;
-                    results.signed = runs;
-                    bench::write(&results, &dir)?;
-                    eprintln!("bench: wrote the signed-route pairs into {}", dir.display());
-                }
-                None => {
-                    for run in runs {
-                        eprintln!("{}", serde_json::to_string(&run)?);
-                    }
-                }
-            }
-        }
         Command::Spool {
             connections,
             seconds,
@@ -287,6 +258,35 @@ async fn main() -> anyhow::Result<()> {
                     bench::latency_at(rate, Duration::from_secs(seconds)).await?;
                 eprintln!("{}", serde_json::to_string(&probe)?);
                 eprintln!("{}", serde_json::to_string(&ingress)?);
+            }
+        }
+        Command::Signed {
+            connections,
+            seconds,
+            pairs,
+            into,
+        } => {
+            let plan = bench::Plan {
+                seconds,
+                signed_connections: connections,
+                signed_pairs: pairs,
+                ..bench::Plan::quick()
+            };
+            let runs = bench::signed_runs(&plan).await?;
+            match into {
+                Some(dir) => {
+                    let mut results = read_results(&dir)?;
+                    results.plan.signed_connections = plan.signed_connections;
+                    results.plan.signed_pairs = plan.signed_pairs;
+                    results.signed = runs;
+                    bench::write(&results, &dir)?;
+                    eprintln!("bench: wrote the signed-route pairs into {}", dir.display());
+                }
+                None => {
+                    for run in runs {
+                        eprintln!("{}", serde_json::to_string(&run)?);
+                    }
+                }
             }
         }
         Command::Probes {
