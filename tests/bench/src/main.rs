@@ -144,6 +144,26 @@ enum Command {
         #[arg(long)]
         into: Option<PathBuf>,
     },
+    /// Only the signed route beside the token route: ingress alone with a
+    /// signing secret, each route loaded in turn, in pairs; prints each pair
+    /// as JSON, or puts them into a directory's results.
+    Signed {
+        /// Closed-loop connections; repeat for several.
+        #[arg(long = "connections", default_values_t = [64])]
+        connections: Vec<usize>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Pairs of runs (token route, signed route), every other one in
+        /// the reverse order.
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
+        /// Put the pairs into this directory's benchmarks.json (replacing
+        /// its signed-route pairs) and rewrite the report from it, instead
+        /// of printing them.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
     /// Only the broker's and the database's own limits.
     Probes {
         /// Seconds per publish probe.
@@ -280,6 +300,35 @@ async fn main() -> anyhow::Result<()> {
                     bench::latency_at(rate, Duration::from_secs(seconds)).await?;
                 eprintln!("{}", serde_json::to_string(&probe)?);
                 eprintln!("{}", serde_json::to_string(&ingress)?);
+            }
+        }
+        Command::Signed {
+            connections,
+            seconds,
+            pairs,
+            into,
+        } => {
+            let plan = bench::Plan {
+                seconds,
+                signed_connections: connections,
+                signed_pairs: pairs,
+                ..bench::Plan::quick()
+            };
+            let runs = bench::signed_runs(&plan).await?;
+            match into {
+                Some(dir) => {
+                    let mut results = read_results(&dir)?;
+                    results.plan.signed_connections = plan.signed_connections;
+                    results.plan.signed_pairs = plan.signed_pairs;
+                    results.signed = runs;
+                    bench::write(&results, &dir)?;
+                    eprintln!("bench: wrote the signed-route pairs into {}", dir.display());
+                }
+                None => {
+                    for run in runs {
+                        eprintln!("{}", serde_json::to_string(&run)?);
+                    }
+                }
             }
         }
         Command::Probes {

@@ -32,9 +32,9 @@ pub(crate) async fn virtual_user(shared: Arc<Shared>) -> (Stats, Vec<ItemRecord>
     let mut records = Vec::new();
     let mut connection: Option<Connection> = None;
     while let Some((item, steps, measured)) = shared.next(Instant::now()) {
-        let mut record = ItemRecord::new(item.index);
-        for &body in steps {
-            let webhook = &item.bodies[body];
+        let mut record = ItemRecord::new(&item);
+        for step in &item.steps[..steps] {
+            let body = step.body;
             let began = Instant::now();
             if !connection.as_ref().is_some_and(Connection::is_open) {
                 connection = Connection::open(&shared.target).await.ok();
@@ -45,7 +45,7 @@ pub(crate) async fn virtual_user(shared: Arc<Shared>) -> (Stats, Vec<ItemRecord>
             let result = match connection.as_mut() {
                 Some(open) => {
                     record.sends[body] += 1;
-                    let request = shared.target.request(webhook.kind, webhook.body.clone());
+                    let request = shared.target.request_for(&item, step);
                     open.send(request, shared.timeout).await
                 }
                 None => Err(Failure::Connect),
@@ -64,7 +64,7 @@ pub(crate) async fn virtual_user(shared: Arc<Shared>) -> (Stats, Vec<ItemRecord>
                 tokio::time::sleep(CONNECT_BACKOFF).await;
             }
         }
-        if record.sends != [0, 0] {
+        if record.sent() {
             records.push(record);
         }
     }

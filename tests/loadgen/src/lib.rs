@@ -56,7 +56,10 @@ use self::{
 };
 pub use self::{
     report::{Errors, Generator, Latency, Report},
-    traffic::{Item, ItemRecord, Mix, RunId, Sent, SentSummary, SentWebhook, Shape, Traffic},
+    traffic::{
+        Destination, Event, Item, ItemRecord, Mix, RunId, Sent, SentSummary, SentWebhook, Shape,
+        Step, Traffic,
+    },
     verify::{Verification, VerifyError, VerifyOptions, verify},
 };
 
@@ -105,8 +108,12 @@ pub enum Load {
 pub struct Config {
     /// Base URL of ingress, e.g. `http://127.0.0.1:8080`.
     pub target: String,
-    /// Sent as `Authorization: Bearer <token>`.
+    /// Sent as `Authorization: Bearer <token>` to the callback routes; may
+    /// be empty when the mix sends signed webhooks only.
     pub token: String,
+    /// Signs the deliveries to `POST /webhooks/dropcowboy` (one of ingress's
+    /// `CORRAL_DROPCOWBOY_SIGNING_SECRETS`); needed when the mix sends any.
+    pub signing_secret: Option<String>,
     /// Closed or open loop.
     pub load: Load,
     /// Measure for this long (after the warm-up). With `requests` too,
@@ -128,11 +135,12 @@ pub struct Config {
 
 impl Config {
     /// Defaults: closed loop of 16, 10 s, no warm-up, 10 s request timeout,
-    /// the default mix, no progress bar.
+    /// the default mix (callbacks only), no signing secret, no progress bar.
     pub fn new(target: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             target: target.into(),
             token: token.into(),
+            signing_secret: None,
             load: Load::Closed { connections: 16 },
             duration: Some(Duration::from_secs(10)),
             requests: None,
@@ -166,7 +174,14 @@ impl Config {
         if self.timeout.is_zero() {
             return invalid("the request timeout must be more than zero");
         }
-        self.mix.validate().map_err(LoadgenError::InvalidConfig)
+        self.mix.validate().map_err(LoadgenError::InvalidConfig)?;
+        if self.mix.sends_signed() && self.signing_secret.as_deref().is_none_or(str::is_empty) {
+            return invalid("signed webhooks need a signing secret");
+        }
+        if self.mix.sends_callbacks() && self.token.is_empty() {
+            return invalid("callbacks to the token routes need a token");
+        }
+        Ok(())
     }
 }
 
@@ -183,7 +198,11 @@ pub struct Run {
 /// caller's tokio runtime.
 pub async fn run(config: Config) -> Result<Run, LoadgenError> {
     config.validate()?;
-    let target = Target::parse(&config.target, &config.token)?;
+    let target = Target::parse(
+        &config.target,
+        &config.token,
+        config.signing_secret.as_deref(),
+    )?;
     // Fail fast with a clear error rather than a run made of connect errors.
     Connection::open(&target)
         .await

@@ -21,16 +21,21 @@ const EXIT_ERROR: u8 = 2;
     about = "Drop Cowboy simulator: load corral-ingress with delivery-status webhooks, measure it, verify the database.",
     long_about = "Drop Cowboy simulator: load corral-ingress with delivery-status webhooks, measure it, \
 and optionally verify that every webhook answered 2xx landed in PostgreSQL exactly once.\n\n\
+Callbacks (--token) go to the token routes; with --signing-secret, signed webhooks go to \
+/webhooks/dropcowboy, signed as Drop Cowboy signs them, with its retries and, for some drops, \
+the callback too.\n\n\
 Closed loop (default, --connections N): N virtual users, each on its own HTTP/1.1 keep-alive \
 connection, each sending its next webhook when the previous one was answered.\n\
 Open loop (--rate R): R requests per second whatever the answers; latency counts from the \
 scheduled send time, so a stalled server cannot hide its stalls.\n\n\
 Every drop_id of a run starts with the run id (10 hex digits), so runs never collide.\n\n\
 Exit status: 0 done (and verified, with --verify); 1 the verification found lost, duplicated, \
-unexpected, changed, stale or quarantined webhooks; 2 the run or the verification could not be made.",
-    after_help = "Example: corral-loadgen --token \"$TOKEN\" -c 64 -d 15s --warmup 2s \
+unexpected, changed, stale, quarantined or unmerged webhooks; 2 the run or the verification could not be made.",
+    after_help = "Examples:\n  corral-loadgen --token \"$TOKEN\" -c 64 -d 15s --warmup 2s \
 --duplicate-fraction 0.05 --out-of-order-fraction 0.05 --json report.json \
---verify postgres://postgres@127.0.0.1:5432/corral"
+--verify postgres://postgres@127.0.0.1:5432/corral\n  \
+corral-loadgen --signing-secret \"$SECRET\" --token \"$TOKEN\" -c 64 -d 15s \
+--retry-fraction 0.1 --both-channels-fraction 0.1 --verify postgres://postgres@127.0.0.1:5432/corral"
 )]
 struct Args {
     /// Base URL of corral-ingress; webhooks are posted to
@@ -42,10 +47,47 @@ struct Args {
     )]
     target: String,
 
-    /// Webhook token, sent as `Authorization: Bearer <TOKEN>` (one of
-    /// ingress's CORRAL_WEBHOOK_TOKENS).
+    /// Webhook token, sent as `Authorization: Bearer <TOKEN>` to the
+    /// callback routes (one of ingress's CORRAL_WEBHOOK_TOKENS). Needed
+    /// unless every item is a signed webhook.
     #[arg(long, env = "CORRAL_LOADGEN_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+
+    /// Signing secret of a Drop Cowboy webhook (one of ingress's
+    /// CORRAL_DROPCOWBOY_SIGNING_SECRETS): items are then sent as signed
+    /// webhooks to `<URL>/webhooks/dropcowboy`, each signed as it leaves
+    /// (`X-Signature: sha256=` HMAC-SHA256 of `X-Timestamp`, `.`, the body).
+    #[arg(long, env = "CORRAL_LOADGEN_SIGNING_SECRET", hide_env_values = true)]
+    signing_secret: Option<String>,
+
+    /// Share of items sent as signed webhooks, the rest as callbacks: 1 by
+    /// default with --signing-secret, else 0 (more needs a secret).
+    #[arg(long, value_name = "FRACTION")]
+    signed_fraction: Option<f64>,
+
+    /// Of the signed items, the share whose drop's result also goes as its
+    /// callback to the token route, in either order (one result, two
+    /// channels: one `deliveries` row).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    both_channels_fraction: f64,
+
+    /// Of the signed items, the share that are events corral does not type
+    /// (contact.msg.received, campaign.completed, …): kept in
+    /// provider_events.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
+    other_event_fraction: f64,
+
+    /// Share of signed events delivered again, as the provider retries: the
+    /// same event_id with a new X-Timestamp, signature and X-Attempt (2, a
+    /// quarter of them 3 too), half of them re-serialised. Each is stored
+    /// once.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    retry_fraction: f64,
+
+    /// Share of signed voicemail results a receipt can follow (reason_code
+    /// 0, 4001, 4002) that are followed by their contact.rvm.receipt.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    receipt_fraction: f64,
 
     /// Closed loop: this many virtual users, each with exactly one keep-alive
     /// connection, each sending its next request when the previous one was
@@ -134,9 +176,12 @@ struct Args {
 
     /// After sending, wait for the pipeline to drain and check the corral
     /// database at DATABASE_URL (the worker's CORRAL_DATABASE_URL): every
-    /// webhook answered 2xx must be in delivery_events exactly once, no row
-    /// of the run may be unexpected, and `deliveries` must show each
-    /// drop_id's newest event. Prints lost / duplicated / unexpected counts.
+    /// callback answered 2xx must be in delivery_events exactly once, every
+    /// signed event answered 2xx once by its event_id (delivery_events for
+    /// results, provider_events for the rest), no row of the run may be
+    /// unexpected, and `deliveries` must show each drop_id's newest event
+    /// (and, for a drop sent on both channels, the callback's foreign_id).
+    /// Prints lost / duplicated / unexpected counts.
     #[arg(
         long,
         value_name = "DATABASE_URL",
@@ -194,7 +239,8 @@ impl Args {
         };
         Config {
             target: self.target.clone(),
-            token: self.token.clone(),
+            token: self.token.clone().unwrap_or_default(),
+            signing_secret: self.signing_secret.clone(),
             load,
             duration,
             requests: self.requests,
@@ -206,6 +252,17 @@ impl Args {
                 duplicates: self.duplicate_fraction,
                 out_of_order: self.out_of_order_fraction,
                 without_foreign_id: self.no_foreign_id_fraction,
+                signed: self
+                    .signed_fraction
+                    .unwrap_or(if self.signing_secret.is_some() {
+                        1.0
+                    } else {
+                        0.0
+                    }),
+                both_channels: self.both_channels_fraction,
+                other_events: self.other_event_fraction,
+                retries: self.retry_fraction,
+                receipts: self.receipt_fraction,
             },
             seed: self.seed,
             progress: !self.no_progress,

@@ -26,8 +26,8 @@ pub(crate) async fn open_loop(
     let mut tasks = JoinSet::new();
     let mut slot = 0u64;
     while let Some((item, steps, measured)) = shared.next(at(slot)) {
-        let times: Vec<Instant> = (0..steps.len() as u64).map(|k| at(slot + k)).collect();
-        slot += steps.len() as u64;
+        let times: Vec<Instant> = (0..steps as u64).map(|k| at(slot + k)).collect();
+        slot += steps as u64;
         tokio::time::sleep_until(times[0].into()).await;
         tasks.spawn(open_item(
             shared.clone(),
@@ -57,14 +57,14 @@ pub(crate) async fn open_item(
     pool: Arc<Pool>,
     sink: Arc<Mutex<OpenSink>>,
     item: Item,
-    steps: &'static [usize],
+    steps: usize,
     times: Vec<Instant>,
     measured: bool,
 ) {
-    let mut record = ItemRecord::new(item.index);
-    for (&body, &scheduled) in steps.iter().zip(&times) {
+    let mut record = ItemRecord::new(&item);
+    for (step, &scheduled) in item.steps[..steps].iter().zip(&times) {
         tokio::time::sleep_until(scheduled.into()).await;
-        let webhook = &item.bodies[body];
+        let body = step.body;
         let (permit, acquired) = pool.acquire().await;
         let sent = Instant::now();
         let result = match acquired {
@@ -73,7 +73,7 @@ pub(crate) async fn open_item(
                     shared.connections_opened.fetch_add(1, Relaxed);
                 }
                 record.sends[body] += 1;
-                let request = pool.target().request(webhook.kind, webhook.body.clone());
+                let request = pool.target().request_for(&item, step);
                 let result = connection.send(request, shared.timeout).await;
                 if result.is_ok() {
                     pool.release(connection);
@@ -95,7 +95,7 @@ pub(crate) async fn open_item(
                 .record(scheduled, sent, done, result);
         }
     }
-    if record.sends != [0, 0] {
+    if record.sent() {
         sink.lock().expect("sink lock").records.push(record);
     }
 }

@@ -26,24 +26,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The next item to send, starting at `at`, with the steps to send (a
-    /// count limit may cut a two-request item short) and whether it is
+    /// The next item to send, starting at `at`, with how many of its steps
+    /// to send (a count limit may cut an item short) and whether it is
     /// measured; `None` when the run is over.
-    pub(crate) fn next(&self, at: Instant) -> Option<(Item, &'static [usize], bool)> {
+    pub(crate) fn next(&self, at: Instant) -> Option<(Item, usize, bool)> {
         if self.stop_at.is_some_and(|stop| at >= stop) {
             return None;
         }
         let measured = at >= self.measure_from;
         let index = self.next_item.fetch_add(1, Relaxed);
         let item = self.traffic.item(index);
-        let mut steps = item.steps();
+        let mut steps = item.steps.len();
         if measured && let Some(max) = self.max_requests {
-            let first = self.reserved.fetch_add(steps.len() as u64, Relaxed);
+            let first = self.reserved.fetch_add(steps as u64, Relaxed);
             if first >= max {
                 return None;
             }
-            let allowed = usize::try_from(max - first).unwrap_or(usize::MAX);
-            steps = &steps[..allowed.min(steps.len())];
+            steps = steps.min(usize::try_from(max - first).unwrap_or(usize::MAX));
         }
         Some((item, steps, measured))
     }

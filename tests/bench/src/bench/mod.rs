@@ -15,6 +15,7 @@
 //! - [`relay`]: The result-event relay, alone or while the worker drains.
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
+//! - [`signed`]: The signed route beside the token route, and its table.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
@@ -23,10 +24,12 @@ mod report;
 mod results;
 mod runs;
 mod sampler;
+mod signed;
 
 pub use self::{
     relay::relay_run,
     report::write,
     results::*,
     runs::{latency_at, worker_alone_with},
+    signed::{SignedRun, signed_runs},
 };

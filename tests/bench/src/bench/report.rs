@@ -90,6 +90,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     targets(&mut out, results);
     limits(&mut out, results);
     ingress_table(&mut out, results);
+    super::signed::table(&mut out, results);
     wide_table(&mut out, results);
     worker_table(&mut out, results);
     pipeline_table(&mut out, results);
@@ -168,12 +169,12 @@ fn wide_connections(results: &Results) -> String {
 }
 
 /// One target row: what is measured, against what, met or not.
-struct Target {
-    what: String,
-    needed: String,
-    measured: String,
+pub(super) struct Target {
+    pub(super) what: String,
+    pub(super) needed: String,
+    pub(super) measured: String,
     /// `None` when the results lack what the target needs.
-    met: Option<bool>,
+    pub(super) met: Option<bool>,
 }
 
 /// The targets the ingress change is held to, each against the numbers of this run.
@@ -309,6 +310,7 @@ fn targets(out: &mut String, results: &Results) {
             met: Some(run.accepted_per_sec >= 0.7 * run.ceiling_per_sec && run.lost == 0),
         });
     }
+    rows.push(super::signed::target(results));
     let _ = writeln!(
         out,
         "## Targets

@@ -55,6 +55,14 @@ pub struct Plan {
     /// results written before SQS.
     #[serde(default)]
     pub sqs_rates: Vec<f64>,
+    /// Connections for the signed route measured beside the token route.
+    /// Absent in results written before the signed route.
+    #[serde(default)]
+    pub signed_connections: Vec<usize>,
+    /// Pairs of runs (token route, signed route) at each of them, every
+    /// other pair in the reverse order.
+    #[serde(default = "four")]
+    pub signed_pairs: usize,
 }
 
 impl Plan {
@@ -72,6 +80,8 @@ impl Plan {
             insert_rows: 200_000,
             spool_connections: vec![64, 256],
             sqs_rates: vec![1_000.0, 5_000.0],
+            signed_connections: vec![64],
+            signed_pairs: 4,
         }
     }
 
@@ -89,6 +99,8 @@ impl Plan {
             insert_rows: 100_000,
             spool_connections: vec![64],
             sqs_rates: vec![1_000.0],
+            signed_connections: vec![64],
+            signed_pairs: 2,
         }
     }
 }
@@ -356,6 +368,9 @@ pub struct Results {
     /// The pipeline over SQS.
     #[serde(default)]
     pub sqs: Vec<SqsRun>,
+    /// The signed route beside the token route, ingress alone.
+    #[serde(default)]
+    pub signed: Vec<super::SignedRun>,
     /// The run these results replaced, for the targets stated against
     /// "before"; `None` when there was none to read.
     #[serde(default)]
@@ -397,6 +412,10 @@ fn one() -> usize {
     1
 }
 
+fn four() -> usize {
+    4
+}
+
 /// At one of the pipeline's rates: the broker alone and ingress alone.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencyRun {
@@ -417,6 +436,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     );
     let probes = limit_probes(&plan).await?;
     let (http_ceiling, ingress) = ingress_runs(&plan).await?;
+    let signed = super::signed_runs(&plan).await?;
     let ingress_wide = wide_runs(&plan).await?;
     let worker = worker_runs(&plan).await?;
     // The pipeline runs at fractions of the best rate ingress reached alone
@@ -443,6 +463,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         latency,
         spool,
         sqs,
+        signed,
         baseline,
     })
 }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::probes::{self};
 
-use super::{results::*, sampler::*};
+use super::{results::*, sampler::*, signed::Signing};
 
 pub(super) const TOKEN: &str = "bench-token-0123456789";
 
@@ -42,6 +42,7 @@ pub(super) async fn ingress_alone(
         connections,
         duration,
         false,
+        None,
         None,
     )
     .await
@@ -67,6 +68,7 @@ pub(super) async fn ingress_wide(
         duration,
         false,
         Some(max_connections),
+        None,
     )
     .await
 }
@@ -94,13 +96,15 @@ fn raise_open_file_limit(needed: u64) -> anyhow::Result<()> {
 
 /// Ingress alone (no worker) under `load`; `connections` labels the run.
 /// With `drained`, a bare consumer keeps the queue empty meanwhile; with
-/// `max_connections`, ingress runs with that `CORRAL_MAX_CONNECTIONS`.
+/// `max_connections`, ingress runs with that `CORRAL_MAX_CONNECTIONS`; with
+/// `signing`, it has a signing secret and the load is signed or not as it says.
 pub(super) async fn ingress_under(
     load: Load,
     connections: usize,
     duration: Duration,
     drained: bool,
     max_connections: Option<usize>,
+    signing: Option<Signing>,
 ) -> anyhow::Result<IngressRun> {
     let prefix = unique_name("bench");
     let drain = if drained {
@@ -112,9 +116,12 @@ pub(super) async fn ingress_under(
     if let Some(max) = max_connections {
         settings = settings.env("CORRAL_MAX_CONNECTIONS", max.to_string());
     }
+    if let Some(signing) = signing {
+        settings = signing.ingress(settings);
+    }
     let mut ingress = Process::start_ready(settings).await;
     let before = publish_batches(&ingress).await;
-    let measured = drive(&ingress.base_url(), ingress.pid(), load, duration).await?;
+    let measured = drive(&ingress.base_url(), ingress.pid(), load, duration, signing).await?;
     let after = publish_batches(&ingress).await;
     ingress.terminate(Duration::from_secs(40)).await;
     if let Some(drain) = drain {
@@ -164,6 +171,7 @@ pub(super) async fn http_ceiling(
         server.0.id(),
         Load::Closed { connections },
         duration,
+        None,
     )
     .await;
     server.stop();
@@ -195,14 +203,18 @@ struct Measured {
 }
 
 /// Runs the load generator against `base_url` (2 s warm-up, then `duration`)
-/// while sampling process `pid`.
+/// while sampling process `pid`; signed as `signing` says.
 async fn drive(
     base_url: &str,
     pid: u32,
     load: Load,
     duration: Duration,
+    signing: Option<Signing>,
 ) -> anyhow::Result<Measured> {
     let mut config = loadgen::Config::new(base_url, TOKEN);
+    if let Some(signing) = signing {
+        signing.load(&mut config);
+    }
     config.load = load;
     config.duration = Some(duration);
     config.warmup = Duration::from_secs(2);
@@ -292,6 +304,7 @@ pub async fn latency_at(
         0,
         duration,
         true,
+        None,
         None,
     )
     .await?;

@@ -24,6 +24,8 @@ mod scenarios;
 mod services;
 mod sqs;
 mod stack;
+#[cfg(test)]
+mod tests;
 
 pub use self::{
     outcome::{Outcome, Profile, table},

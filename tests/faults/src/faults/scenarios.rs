@@ -23,6 +23,7 @@ pub const SCENARIOS: &[&str] = &[
     "broker-and-postgres-down",
     "postgres-down-broker-up",
     "spool-table-locked",
+    "broker-stopped-signed",
     "sqs-endpoint-unreachable",
     "sqs-slow-endpoint",
     "sqs-worker-killed",
@@ -54,6 +55,7 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "broker-and-postgres-down" => broker_and_postgres_down(profile).await,
         "postgres-down-broker-up" => postgres_down_broker_up(profile).await,
         "spool-table-locked" => spool_table_locked(profile).await,
+        "broker-stopped-signed" => broker_stopped_signed(profile).await,
         "sqs-endpoint-unreachable" => sqs::endpoint_unreachable(profile).await,
         "sqs-slow-endpoint" => sqs::slow_endpoint(profile).await,
         "sqs-worker-killed" => sqs::worker_killed(profile).await,
@@ -87,7 +89,18 @@ pub(super) async fn broker_connections_closed(p: Profile) -> anyhow::Result<Outc
 }
 
 pub(super) async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
-    let mut stack = Stack::start(1, 1, false).await?;
+    broker_outage(p, Stack::start(1, 1, false).await?, "broker-stopped").await
+}
+
+/// `broker-stopped` with the load on the signed route: Drop Cowboy's signed
+/// webhooks, its retries, and some drops on both channels.
+pub(super) async fn broker_stopped_signed(p: Profile) -> anyhow::Result<Outcome> {
+    broker_outage(p, Stack::start_signed(1, 1).await?, "broker-stopped-signed").await
+}
+
+/// The broker stopped for `p.outage` under `stack`'s load: the spool answers,
+/// rows keep landing, nothing is lost.
+async fn broker_outage(p: Profile, mut stack: Stack, name: &str) -> anyhow::Result<Outcome> {
     let mut stopped = Stopped::default();
     let (loads, rss) = stack.load_until_fault(p, p.outage).await?;
     stopped.stop_broker()?;
@@ -99,7 +112,7 @@ pub(super) async fn broker_stopped(p: Profile) -> anyhow::Result<Outcome> {
     let recovered = stack.wait_recovered(since).await?;
     let mut outcome = stack
         .finish(
-            "broker-stopped",
+            name,
             loads,
             recovered,
             rss,

@@ -276,6 +276,13 @@ impl fmt::Display for Report {
             self.sent.out_of_order_pairs,
             self.warmup_requests
         )?;
+        if self.sent.signed_events > 0 {
+            writeln!(
+                f,
+                "  signed      {} events ({} retried by the provider), {} drops on both channels",
+                self.sent.signed_events, self.sent.signed_retried, self.sent.both_channels
+            )?;
+        }
         let g = &self.generator;
         write!(
             f,

@@ -1,4 +1,4 @@
-//! Writing one webhook body in the provider's shape.
+//! Writing one callback body in the provider's legacy shape.
 
 use std::fmt::Write as _;
 
@@ -29,19 +29,25 @@ pub(super) struct BodyFields<'a> {
     pub(super) foreign_id: Option<&'a str>,
 }
 
-/// The JSON body, in the provider's field order. Every string in it is plain
-/// ASCII without quotes or backslashes (generated ids, fixed carrier names,
-/// the documented reasons), so it is written without an escaping pass.
-pub(super) fn body(fields: &BodyFields<'_>) -> Bytes {
-    let success = fields.reason.is_empty();
-    let product_cost = match (success, fields.kind, fields.segments) {
+/// What a result costs, as the provider writes it: a delivered SMS 0.099 a
+/// part, a delivered voicemail 0.045, a failure nothing.
+pub(super) fn product_cost(success: bool, kind: Kind, segments: u8) -> &'static str {
+    match (success, kind, segments) {
         (false, _, _) => "0",
         (true, Kind::Sms, 1) => "0.099",
         (true, Kind::Sms, 2) => "0.198",
         (true, Kind::Sms, _) => "0.297",
-        // The traffic is callback bodies only: no signed event is made.
+        // A callback is for SMS or voicemail; `Event` is the signed route's.
         (true, Kind::Rvm | Kind::Event, _) => "0.045",
-    };
+    }
+}
+
+/// The legacy callback's JSON body, in the provider's field order. Every string in it is plain
+/// ASCII without quotes or backslashes (generated ids, fixed carrier names,
+/// the documented reasons), so it is written without an escaping pass.
+pub(super) fn body(fields: &BodyFields<'_>) -> Bytes {
+    let success = fields.reason.is_empty();
+    let product_cost = product_cost(success, fields.kind, fields.segments);
     let tts_fee = if fields.tts && success { "0.0125" } else { "0" };
     let mut out = String::with_capacity(420);
     let _ = write!(

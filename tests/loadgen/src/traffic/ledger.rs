@@ -5,25 +5,34 @@ use serde::Serialize;
 use super::*;
 
 /// What happened to one item: how often each body was sent, and how often
-/// ingress answered it 2xx.
+/// ingress answered it 2xx (a signed event's retries count on its body,
+/// re-serialised or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemRecord {
     /// The item.
     pub item: u64,
+    /// How it was sent.
+    pub shape: Shape,
     /// Requests written per body (indexes as in [`Item::bodies`]).
-    pub sends: [u8; 2],
+    pub sends: [u8; MAX_BODIES],
     /// 2xx answers per body.
-    pub confirms: [u8; 2],
+    pub confirms: [u8; MAX_BODIES],
 }
 
 impl ItemRecord {
-    /// Nothing sent yet.
-    pub fn new(item: u64) -> Self {
+    /// Nothing of `item` sent yet.
+    pub fn new(item: &Item) -> Self {
         Self {
-            item,
-            sends: [0; 2],
-            confirms: [0; 2],
+            item: item.index,
+            shape: item.shape,
+            sends: [0; MAX_BODIES],
+            confirms: [0; MAX_BODIES],
         }
+    }
+
+    /// Whether any request was written.
+    pub fn sent(&self) -> bool {
+        self.sends.iter().any(|&sends| sends > 0)
     }
 }
 
@@ -95,7 +104,9 @@ impl Sent {
     pub fn out_of_order_pairs(&self) -> impl Iterator<Item = (SentWebhook, SentWebhook)> + '_ {
         self.records
             .iter()
-            .filter(|record| record.sends[0] > 0 && record.sends[1] > 0)
+            .filter(|record| {
+                record.shape == Shape::OutOfOrder && record.sends[0] > 0 && record.sends[1] > 0
+            })
             .map(move |record| {
                 let mut item = self.traffic.item(record.item);
                 let older = item.bodies.pop().expect("a pair has two bodies");
@@ -116,19 +127,30 @@ impl Sent {
     pub fn summary(&self) -> SentSummary {
         let mut summary = SentSummary::default();
         for record in &self.records {
-            let bodies = usize::from(record.sends[1] > 0) + 1;
-            for index in 0..bodies {
-                if record.sends[index] > 0 {
-                    summary.webhooks += 1;
-                    summary.confirmed += u64::from(record.confirms[index] > 0);
+            summary.items += 1;
+            for (index, (&sends, &confirms)) in
+                record.sends.iter().zip(&record.confirms).enumerate()
+            {
+                if sends == 0 {
+                    continue;
+                }
+                summary.webhooks += 1;
+                summary.confirmed += u64::from(confirms > 0);
+                if record.shape.is_signed(index) {
+                    summary.signed_events += 1;
+                    summary.signed_retried += u64::from(sends > 1);
                 }
             }
-            summary.items += 1;
-            // Shape is not stored: a second send of body 0 is a resend, a
-            // send of body 1 completes an out-of-order pair.
-            summary.resent += u64::from(record.sends[0] > 1);
-            summary.resent_confirmed_twice += u64::from(record.confirms[0] > 1);
-            summary.out_of_order_pairs += u64::from(record.sends[0] > 0 && record.sends[1] > 0);
+            let both = |a: usize, b: usize| record.sends[a] > 0 && record.sends[b] > 0;
+            match record.shape {
+                Shape::Duplicate => {
+                    summary.resent += u64::from(record.sends[0] > 1);
+                    summary.resent_confirmed_twice += u64::from(record.confirms[0] > 1);
+                }
+                Shape::OutOfOrder => summary.out_of_order_pairs += u64::from(both(0, 1)),
+                Shape::BothChannels => summary.both_channels += u64::from(both(0, 1)),
+                Shape::Single | Shape::Signed | Shape::OtherEvent => {}
+            }
         }
         summary
     }
@@ -139,14 +161,21 @@ impl Sent {
 pub struct SentSummary {
     /// Items begun.
     pub items: u64,
-    /// Distinct webhooks (bodies) sent at least once.
+    /// Distinct webhooks sent at least once: callback bodies, and signed
+    /// events however often they were delivered.
     pub webhooks: u64,
     /// Of those, answered 2xx at least once.
     pub confirmed: u64,
-    /// Webhooks sent twice (duplicate resends).
+    /// Callbacks sent twice (duplicate resends).
     pub resent: u64,
     /// Resends where both copies were answered 2xx (stored once all the same).
     pub resent_confirmed_twice: u64,
     /// Out-of-order pairs with both events sent.
     pub out_of_order_pairs: u64,
+    /// Signed events (distinct `event_id`s) sent.
+    pub signed_events: u64,
+    /// Of those, delivered more than once (the provider's retries).
+    pub signed_retried: u64,
+    /// Drops whose result was sent on both channels (callback and status event).
+    pub both_channels: u64,
 }

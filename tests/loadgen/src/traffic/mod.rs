@@ -2,23 +2,41 @@
 //! deterministically from `(seed, item)`, so the verifier can make the same
 //! bodies again instead of keeping a copy of each one.
 //!
-//! The unit of work is an *item*: one webhook sent once ([`Shape::Single`]),
-//! one webhook sent twice in a row, byte for byte ([`Shape::Duplicate`], a
-//! provider resend), or two events for one `drop_id` with the newer one sent
-//! first ([`Shape::OutOfOrder`]). The requests of an item are sent one after
-//! the other (the next only once the previous has been answered), so the
-//! order in which an out-of-order pair reaches ingress is the order planned.
+//! The unit of work is an *item*. On the callback routes: one webhook sent
+//! once ([`Shape::Single`]), one webhook sent twice in a row, byte for byte
+//! ([`Shape::Duplicate`], a provider resend), or two events for one
+//! `drop_id` with the newer one sent first ([`Shape::OutOfOrder`]). On the
+//! signed route: a drop's status event, perhaps followed by its voicemail
+//! receipt ([`Shape::Signed`]); the same with the drop's callback sent to
+//! the token route too ([`Shape::BothChannels`]); or an event corral does not
+//! type ([`Shape::OtherEvent`]) — each signed event perhaps delivered again
+//! as the provider retries. The requests of an item are sent one after the
+//! other (the next only once the previous has been answered), so the order
+//! in which they reach ingress is the order planned.
 //!
 //! # Layout
 //!
-//! - [`body`]: Writing one webhook body in the provider's shape.
+//! - [`ids`]: The run id, in every id a run sends; UUIDs.
+//! - [`mix`]: The traffic mix.
+//! - [`body`]: Writing one callback body in the provider's legacy shape.
+//! - [`events`]: Writing the signed events and the current API's callback.
+//! - [`signed`]: Planning a signed item: which events, retries, both channels.
 //! - [`ledger`]: The ledger of what was sent and how ingress answered each body.
 
 mod body;
+mod events;
+mod ids;
 mod ledger;
+mod mix;
+mod signed;
 
-use self::body::*;
-pub use self::ledger::{ItemRecord, Sent, SentSummary, SentWebhook};
+use self::{body::*, ids::*};
+pub use self::{
+    events::{OTHER_EVENTS, REASON_CODES},
+    ids::RunId,
+    ledger::{ItemRecord, Sent, SentSummary, SentWebhook},
+    mix::Mix,
+};
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -32,148 +50,125 @@ use corral_shared::payload::FAILURE_REASONS;
 /// failure that made the provider try again.
 pub const RETRIED_REASON: &str = "Temporarily unreachable";
 
-/// Identifies one run. Its ten hex digits begin every `drop_id` and are in
-/// every `foreign_id` the run sends, so runs never collide and the verifier
-/// finds a run's rows with one index range scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RunId(u64);
-
-impl RunId {
-    /// Hex digits of a run id at the start of a `drop_id`.
-    pub const HEX_LEN: usize = 10;
-    const BITS: u32 = 4 * Self::HEX_LEN as u32;
-
-    /// A random run id (40 bits: two runs against one database collide with
-    /// odds of about one in a trillion).
-    pub fn random() -> Self {
-        Self(rand::random::<u64>() & ((1 << Self::BITS) - 1))
-    }
-
-    /// A run id from its ten hex digits.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        (hex.len() == Self::HEX_LEN && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| u64::from_str_radix(hex, 16).ok().map(Self))
-            .flatten()
-    }
-
-    /// The ten lowercase hex digits.
-    pub fn hex(self) -> String {
-        format!("{:010x}", self.0)
-    }
-
-    /// `drop_id` of item `item`: 24 lowercase hex digits, like the provider's
-    /// (the run id, then the item number).
-    pub fn drop_id(self, item: u64) -> String {
-        format!("{:010x}{item:014x}", self.0)
-    }
-
-    /// The item a `drop_id` of this run names, or `None` if it is not one.
-    pub fn item_of(self, drop_id: &str) -> Option<u64> {
-        let rest = drop_id.strip_prefix(&self.hex())?;
-        (rest.len() == 14 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| u64::from_str_radix(rest, 16).ok())
-            .flatten()
-    }
-}
-
-impl std::fmt::Display for RunId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:010x}", self.0)
-    }
-}
-
-/// The traffic mix. Every fraction is a probability in `0..=1`, drawn per
-/// item from the run's seed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Mix {
-    /// Share of webhooks for ringless voicemail (`/rvm`); the rest are SMS.
-    pub rvm: f64,
-    /// Share of webhooks reporting success; the rest are failures, their
-    /// reason drawn evenly from every reason the provider documents.
-    pub success: f64,
-    /// Share of items sent twice, byte for byte (a provider resend).
-    pub duplicates: f64,
-    /// Share of items that are two events for one `drop_id`, the newer sent
-    /// first. `duplicates + out_of_order` must not exceed 1.
-    pub out_of_order: f64,
-    /// Share of webhooks without a `foreign_id` (the send request set none).
-    pub without_foreign_id: f64,
-}
-
-impl Default for Mix {
-    fn default() -> Self {
-        Self {
-            rvm: 0.25,
-            success: 0.8,
-            duplicates: 0.0,
-            out_of_order: 0.0,
-            without_foreign_id: 0.05,
-        }
-    }
-}
-
-impl Mix {
-    /// Says what is wrong with the fractions, if anything.
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("rvm", self.rvm),
-            ("success", self.success),
-            ("duplicates", self.duplicates),
-            ("out-of-order", self.out_of_order),
-            ("without-foreign-id", self.without_foreign_id),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(format!(
-                    "the {name} fraction must be within 0..=1, not {value}"
-                ));
-            }
-        }
-        if self.duplicates + self.out_of_order > 1.0 {
-            return Err("the duplicate and out-of-order fractions add up to more than 1".into());
-        }
-        Ok(())
-    }
-}
+/// The most bodies an item has (a callback, a status event and its receipt).
+pub const MAX_BODIES: usize = 3;
 
 /// How an item is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Shape {
-    /// One webhook, sent once.
+    /// One callback, sent once.
     Single,
-    /// One webhook, sent twice in a row, byte for byte.
+    /// One callback, sent twice in a row, byte for byte.
     Duplicate,
-    /// Two events for one `drop_id`; the newer is sent first.
+    /// Two callbacks for one `drop_id`; the newer is sent first.
     OutOfOrder,
+    /// A signed status event, perhaps followed by its receipt: `[status,
+    /// receipt]`.
+    Signed,
+    /// One drop's result on both channels, in either order: `[callback,
+    /// status, receipt]` (the receipt perhaps).
+    BothChannels,
+    /// A signed event corral does not type: `[event]`.
+    OtherEvent,
 }
 
 impl Shape {
-    /// The requests of an item, in order, as indexes into [`Item::bodies`].
-    pub fn steps(self) -> &'static [usize] {
+    /// Whether body `index` of an item of this shape is a signed event.
+    pub fn is_signed(self, index: usize) -> bool {
         match self {
-            Shape::Single => &[0],
-            Shape::Duplicate => &[0, 0],
-            Shape::OutOfOrder => &[0, 1],
+            Shape::Single | Shape::Duplicate | Shape::OutOfOrder => false,
+            Shape::Signed | Shape::OtherEvent => true,
+            Shape::BothChannels => index > 0,
         }
     }
+}
+
+/// One request of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The body sent, an index into [`Item::bodies`].
+    pub body: usize,
+    /// `X-Attempt` of a signed delivery: 1, then 2 and 3 for the provider's
+    /// retries (1 for a callback).
+    pub attempt: u8,
+    /// Seconds before the send that a signed delivery is signed at: an
+    /// attempt with others still to come is backdated a minute for each, so
+    /// every attempt has its own `X-Timestamp` and signature, all within
+    /// the provider's 300 s.
+    pub signed_secs_ago: u64,
+    /// The body re-serialised: other whitespace and key order, the same
+    /// content (a provider retry may come so).
+    pub reserialised: bool,
+}
+
+impl Step {
+    /// Body `body`, attempt 1, sent as it is.
+    pub fn once(body: usize) -> Self {
+        Self {
+            body,
+            attempt: 1,
+            signed_secs_ago: 0,
+            reserialised: false,
+        }
+    }
+}
+
+/// Where a signed event is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Destination {
+    /// A result (`contact.sms.status`, `contact.rvm.status`,
+    /// `contact.rvm.receipt`): a `delivery_events` row.
+    DeliveryEvents,
+    /// Any other event: a `provider_events` row.
+    ProviderEvents,
+}
+
+impl Destination {
+    /// The table.
+    pub fn table(self) -> &'static str {
+        match self {
+            Destination::DeliveryEvents => "delivery_events",
+            Destination::ProviderEvents => "provider_events",
+        }
+    }
+}
+
+/// What a signed event is, beside its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The provider's idempotency key (also `X-Event-Id`).
+    pub id: String,
+    /// Its type, e.g. `contact.rvm.status`.
+    pub name: &'static str,
+    /// Where corral keeps it.
+    pub destination: Destination,
 }
 
 /// One webhook body and the facts about it a test checks.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    /// Route: `/webhooks/dropcowboy/sms` or `/rvm`.
+    /// Route: `/webhooks/dropcowboy/sms` or `/rvm` for a callback,
+    /// [`Kind::Event`] for a signed delivery to `/webhooks/dropcowboy`.
     pub kind: Kind,
-    /// The provider's id for the delivery.
+    /// The provider's id for the delivery (for an event corral does not
+    /// type, which carries none, its item's all the same).
     pub drop_id: String,
-    /// When the provider attempted it (millisecond precision, as it sends).
+    /// When the provider attempted it (millisecond precision, as it sends);
+    /// a signed event's `event_at`.
     pub attempt_date: DateTime<Utc>,
-    /// `success` or `failure`.
+    /// `success` or `failure` (empty for an event that is no result).
     pub status: &'static str,
     /// Empty on success.
     pub reason: &'static str,
-    /// The customer's id, absent for some.
+    /// The provider's code for the result, in the current API's bodies.
+    pub reason_code: Option<u16>,
+    /// The customer's id, absent for some (callbacks only).
     pub foreign_id: Option<String>,
-    /// The exact JSON sent.
+    /// For a signed delivery: its event.
+    pub event: Option<Event>,
+    /// The exact JSON sent (a re-serialised retry sends other bytes).
     pub body: Bytes,
 }
 
@@ -184,14 +179,22 @@ pub struct Item {
     pub index: u64,
     /// How it is sent.
     pub shape: Shape,
-    /// One body, or two for [`Shape::OutOfOrder`]: `[newer, older]`.
+    /// Its distinct bodies, at most [`MAX_BODIES`]; for
+    /// [`Shape::OutOfOrder`]: `[newer, older]`.
     pub bodies: Vec<Webhook>,
+    /// The requests, in order.
+    pub steps: Vec<Step>,
 }
 
 impl Item {
-    /// The requests, in order, as indexes into `bodies`.
-    pub fn steps(&self) -> &'static [usize] {
-        self.shape.steps()
+    /// The bytes `step` sends.
+    pub fn payload(&self, step: &Step) -> Bytes {
+        let body = &self.bodies[step.body].body;
+        if step.reserialised {
+            events::reserialised(body)
+        } else {
+            body.clone()
+        }
     }
 }
 
@@ -224,6 +227,18 @@ impl Traffic {
 
     /// Item `index`, always the same for the same traffic.
     pub fn item(&self, index: u64) -> Item {
+        // A generator of its own decides what is signed, so the callback
+        // items of a mix with signed traffic are those it would send without.
+        let mut signed =
+            SmallRng::seed_from_u64(!self.seed ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        if self.mix.signed > 0.0 && signed.random::<f64>() < self.mix.signed {
+            return self.signed_item(index, &mut signed);
+        }
+        self.callback_item(index)
+    }
+
+    /// A callback item: the traffic of the token routes.
+    fn callback_item(&self, index: u64) -> Item {
         let mut rng =
             SmallRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let draw: f64 = rng.random();
@@ -240,20 +255,12 @@ impl Traffic {
             Kind::Sms
         };
         let drop_id = self.run_id.drop_id(index);
-        let phone = format!(
-            "+1{}{:07}",
-            rng.random_range(201..=989),
-            rng.random_range(0..10_000_000)
-        );
+        let phone = phone(&mut rng);
         let network = NETWORKS[rng.random_range(0..NETWORKS.len())];
-        let foreign_id = (rng.random::<f64>() >= self.mix.without_foreign_id)
-            .then(|| format!("lg-{}-order-{index}", self.run_id));
+        let foreign_id = self.foreign_id(index, &mut rng);
         let tts = kind == Kind::Rvm && rng.random::<f64>() < 0.3;
-        // From the index, not the generator, so every other choice stays
-        // what it was for the same seed.
-        let segments = u8::try_from(index % 3).unwrap_or(0) + 1;
-        let attempt =
-            self.epoch + TimeDelta::milliseconds(i64::try_from(index).unwrap_or(i64::MAX / 2));
+        let segments = segments(index);
+        let attempt = self.attempt_date(index);
         let reason = |rng: &mut SmallRng| {
             if rng.random::<f64>() < self.mix.success {
                 ""
@@ -261,8 +268,16 @@ impl Traffic {
                 FAILURE_REASONS[rng.random_range(0..FAILURE_REASONS.len())]
             }
         };
-        let make = |attempt_date, reason| {
-            let body = body(&BodyFields {
+        let make = |attempt_date, reason| Webhook {
+            kind,
+            drop_id: drop_id.clone(),
+            attempt_date,
+            status: status_of(reason),
+            reason,
+            reason_code: None,
+            foreign_id: foreign_id.clone(),
+            event: None,
+            body: body(&BodyFields {
                 kind,
                 drop_id: &drop_id,
                 phone: &phone,
@@ -272,181 +287,64 @@ impl Traffic {
                 tts,
                 segments,
                 foreign_id: foreign_id.as_deref(),
-            });
-            Webhook {
-                kind,
-                drop_id: drop_id.clone(),
-                attempt_date,
-                status: if reason.is_empty() {
-                    "success"
-                } else {
-                    "failure"
-                },
-                reason,
-                foreign_id: foreign_id.clone(),
-                body,
-            }
+            }),
         };
-        let bodies = match shape {
-            Shape::Single | Shape::Duplicate => vec![make(attempt, reason(&mut rng))],
+        let (bodies, steps) = match shape {
             Shape::OutOfOrder => {
                 let retry_after = TimeDelta::seconds(rng.random_range(1..=600));
                 let newer = make(attempt + retry_after, reason(&mut rng));
                 let older = make(attempt, RETRIED_REASON);
-                vec![newer, older]
+                (vec![newer, older], vec![Step::once(0), Step::once(1)])
             }
+            Shape::Duplicate => (
+                vec![make(attempt, reason(&mut rng))],
+                vec![Step::once(0), Step::once(0)],
+            ),
+            _ => (vec![make(attempt, reason(&mut rng))], vec![Step::once(0)]),
         };
         Item {
             index,
             shape,
             bodies,
+            steps,
         }
+    }
+
+    /// `foreign_id` of item `index`: absent for `without_foreign_id` of them.
+    fn foreign_id(&self, index: u64, rng: &mut SmallRng) -> Option<String> {
+        (rng.random::<f64>() >= self.mix.without_foreign_id)
+            .then(|| format!("lg-{}-order-{index}", self.run_id))
+    }
+
+    /// When item `index` was attempted: a millisecond apart from the next.
+    fn attempt_date(&self, index: u64) -> DateTime<Utc> {
+        self.epoch + TimeDelta::milliseconds(i64::try_from(index).unwrap_or(i64::MAX / 2))
+    }
+}
+
+/// A US number in E.164.
+fn phone(rng: &mut SmallRng) -> String {
+    format!(
+        "+1{}{:07}",
+        rng.random_range(201..=989),
+        rng.random_range(0..10_000_000)
+    )
+}
+
+/// SMS parts of item `index`'s message (1 to 3): from the index, not the
+/// generator, so every other choice stays what it was for the same seed.
+fn segments(index: u64) -> u8 {
+    u8::try_from(index % 3).unwrap_or(0) + 1
+}
+
+/// `success` for an empty reason, else `failure`.
+fn status_of(reason: &str) -> &'static str {
+    if reason.is_empty() {
+        "success"
+    } else {
+        "failure"
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use corral_shared::payload;
-
-    fn traffic(mix: Mix) -> Traffic {
-        Traffic::new(RunId::random(), 7, mix)
-    }
-
-    #[test]
-    fn drop_ids_carry_the_run_and_the_item() {
-        let run = RunId::from_hex("00c0ffee42").unwrap();
-        let drop_id = run.drop_id(0x1234);
-        assert_eq!(drop_id, "00c0ffee4200000000001234");
-        assert_eq!(drop_id.len(), 24);
-        assert_eq!(run.item_of(&drop_id), Some(0x1234));
-        assert_eq!(run.item_of("00c0ffee4300000000001234"), None);
-        assert_eq!(run.item_of("00c0ffee42000000000012"), None);
-        assert_eq!(RunId::from_hex(&run.hex()), Some(run));
-        assert_eq!(RunId::from_hex("00C0FFEE42"), None);
-    }
-
-    #[test]
-    fn every_body_is_a_valid_webhook_the_worker_can_type() {
-        let traffic = traffic(Mix {
-            duplicates: 0.2,
-            out_of_order: 0.2,
-            ..Mix::default()
-        });
-        for index in 0..2_000 {
-            let item = traffic.item(index);
-            for webhook in &item.bodies {
-                let typed = payload::parse(&webhook.body)
-                    .unwrap_or_else(|err| panic!("{err}: {:?}", webhook.body));
-                assert_eq!(typed.status.drop_id, webhook.drop_id);
-                assert_eq!(typed.status.attempt_date, webhook.attempt_date);
-                assert_eq!(typed.status.status, webhook.status);
-                assert_eq!(typed.status.reason.as_deref(), Some(webhook.reason));
-                assert_eq!(typed.status.foreign_id, webhook.foreign_id);
-                let value: serde_json::Value = serde_json::from_slice(&webhook.body).unwrap();
-                assert!(value.is_object());
-            }
-        }
-    }
-
-    #[test]
-    fn the_same_traffic_makes_the_same_items() {
-        let traffic = traffic(Mix {
-            out_of_order: 0.5,
-            ..Mix::default()
-        });
-        for index in [0, 1, 99, 123_456] {
-            let (a, b) = (traffic.item(index), traffic.item(index));
-            assert_eq!(a.shape, b.shape);
-            let bodies = |item: &Item| {
-                item.bodies
-                    .iter()
-                    .map(|w| w.body.clone())
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(bodies(&a), bodies(&b));
-        }
-    }
-
-    #[test]
-    fn the_mix_is_honoured_and_covers_every_reason() {
-        let traffic = traffic(Mix {
-            rvm: 0.3,
-            success: 0.5,
-            duplicates: 0.1,
-            out_of_order: 0.2,
-            without_foreign_id: 0.1,
-        });
-        let n = 20_000;
-        let items: Vec<Item> = (0..n).map(|index| traffic.item(index)).collect();
-        let share = |count: usize| count as f64 / n as f64;
-        let count = |shape| items.iter().filter(|item| item.shape == shape).count();
-        assert!((share(count(Shape::Duplicate)) - 0.1).abs() < 0.02);
-        assert!((share(count(Shape::OutOfOrder)) - 0.2).abs() < 0.02);
-        let firsts: Vec<&Webhook> = items.iter().map(|item| &item.bodies[0]).collect();
-        let rvm = firsts.iter().filter(|w| w.kind == Kind::Rvm).count();
-        assert!((share(rvm) - 0.3).abs() < 0.02);
-        let success = firsts.iter().filter(|w| w.status == "success").count();
-        assert!((share(success) - 0.5).abs() < 0.02);
-        let without = firsts.iter().filter(|w| w.foreign_id.is_none()).count();
-        assert!((share(without) - 0.1).abs() < 0.02);
-        for reason in FAILURE_REASONS {
-            assert!(
-                firsts.iter().any(|w| w.reason == *reason),
-                "{reason} never drawn"
-            );
-        }
-    }
-
-    #[test]
-    fn an_out_of_order_pair_sends_the_newer_event_first() {
-        let traffic = traffic(Mix {
-            out_of_order: 1.0,
-            ..Mix::default()
-        });
-        let item = traffic.item(5);
-        assert_eq!(item.steps(), &[0, 1]);
-        let (newer, older) = (&item.bodies[0], &item.bodies[1]);
-        assert_eq!(newer.drop_id, older.drop_id);
-        assert!(newer.attempt_date > older.attempt_date);
-        assert_eq!(older.reason, RETRIED_REASON);
-    }
-
-    #[test]
-    fn the_ledger_counts_distinct_webhooks() {
-        let traffic = traffic(Mix {
-            duplicates: 0.34,
-            out_of_order: 0.33,
-            ..Mix::default()
-        });
-        let first = |shape| (0..).find(|&i| traffic.item(i).shape == shape).unwrap();
-        let records = vec![
-            ItemRecord {
-                item: first(Shape::Duplicate),
-                sends: [2, 0],
-                confirms: [2, 0],
-            },
-            ItemRecord {
-                item: first(Shape::OutOfOrder),
-                sends: [1, 1],
-                confirms: [1, 0],
-            },
-            ItemRecord {
-                item: first(Shape::Single),
-                sends: [1, 0],
-                confirms: [0, 0],
-            },
-        ];
-        let sent = Sent::new(traffic, records);
-        assert!(sent.records().windows(2).all(|w| w[0].item < w[1].item));
-        let summary = sent.summary();
-        assert_eq!(summary.items, 3);
-        assert_eq!(summary.webhooks, 4);
-        assert_eq!(summary.confirmed, 2);
-        assert_eq!(summary.resent, 1);
-        assert_eq!(summary.resent_confirmed_twice, 1);
-        assert_eq!(summary.out_of_order_pairs, 1);
-        assert_eq!(sent.webhooks().count(), 4);
-        assert_eq!(sent.out_of_order_pairs().count(), 1);
-    }
-}
+mod tests;

@@ -1,7 +1,10 @@
 //! `--verify`: after a run, wait until the pipeline has drained, then prove
-//! that every webhook ingress answered 2xx is in `delivery_events` exactly
-//! once, that nothing else of the run is there, and that `deliveries` shows
-//! the newest stored event of every `drop_id`.
+//! that every webhook ingress answered 2xx is stored exactly once — a
+//! callback in `delivery_events`, a signed event by its `event_id` (a result
+//! in `delivery_events.event_id`, any other event in
+//! `provider_events.event_id`) — that nothing else of the run is there, and
+//! that `deliveries` shows the newest stored event of every `drop_id` (and,
+//! for a drop reported on both channels, the callback's `foreign_id`).
 //!
 //! # How a row is matched to a webhook
 //!
@@ -16,6 +19,17 @@
 //! *lost* if ingress answered it 2xx, more than one copy is *duplicated*
 //! (whatever ingress answered, and however often it was sent).
 //!
+//! A signed event is matched by its `event_id` alone, whatever the worker
+//! made of its bytes: the provider retries it with a new signature and
+//! perhaps re-serialised, and it must still be one row. Every `event_id` of a
+//! run names the run, the item and the body
+//! ([`RunId::event_id`](crate::RunId::event_id)), so a row of the run with an
+//! `event_id` never sent is *unexpected*, and one in the other table (a
+//! result in `provider_events`, or under another `drop_id`) *mismatched*. A
+//! database whose worker keeps no signed events (no
+//! `delivery_events.event_id` or `provider_events`) cannot hold them: each
+//! answered 2xx is lost, at once, without waiting for it.
+//!
 //! # Finding the run's rows
 //!
 //! Every `drop_id` of a run starts with the run id's ten hex digits, so the
@@ -24,6 +38,7 @@
 //! run's hex `drop_id`s wherever digits sort before `a`–`f` and those before
 //! `g` (C, and every common collation); the verifier checks this on the
 //! database and otherwise falls back to an exact `left(drop_id, 10)` scan.
+//! The run's `provider_events` are found the same way on `event_id`.
 //!
 //! # When the pipeline has drained
 //!
@@ -39,11 +54,14 @@
 //!
 //! - [`check`]: One pass over the run's rows: events, copies, latest state,
 //!   quarantine.
-//! - [`scope`]: Selecting the run's rows by `drop_id`, on the index where the
-//!   collation allows.
+//! - [`signed`]: What the database can hold of signed events, the run's
+//!   `provider_events`, and the drops reported on both channels.
+//! - [`scope`]: Selecting the run's rows by `drop_id` (or `event_id`), on
+//!   the index where the collation allows.
 
 mod check;
 mod scope;
+mod signed;
 
 use std::{
     fmt,
@@ -53,10 +71,14 @@ use std::{
 use chrono::{DateTime, Utc};
 use corral_shared::payload;
 use serde::Serialize;
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, types::ToSql};
 
-use self::{check::check, scope::Scope};
-use super::traffic::Sent;
+use self::{
+    check::check,
+    scope::Scope,
+    signed::{BothChannels, both_channels, keeps_signed_events},
+};
+use super::traffic::{Destination, Event, Sent, Shape};
 
 /// How long to wait for the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +128,11 @@ pub struct Verification {
     pub drained: bool,
     /// Seconds spent waiting and checking.
     pub waited_secs: f64,
-    /// Distinct webhooks sent at least once.
+    /// Distinct webhooks sent at least once (a signed event once, however
+    /// often it was delivered).
     pub webhooks: u64,
+    /// Of those, signed events (distinct `event_id`s).
+    pub signed_events: u64,
     /// Of those, answered 2xx at least once: each must be stored exactly once.
     pub confirmed: u64,
     /// Answered 2xx and stored exactly once.
@@ -135,12 +160,19 @@ pub struct Verification {
     /// `quarantined_webhooks` rows holding this run's id: the generator
     /// sends only valid webhooks, so each is a worker fault.
     pub quarantined: u64,
+    /// Drops whose result was answered 2xx on both channels (the callback
+    /// and the status event): each must be one `deliveries` row.
+    pub both_channels: u64,
+    /// Of those, drops whose `deliveries` row does not hold the callback's
+    /// `foreign_id` (what only the callback brings was not merged in).
+    pub unmerged: u64,
     /// A few of the problems, for a first look.
     pub examples: Vec<String>,
 }
 
 impl Verification {
-    /// Nothing lost, duplicated, unexpected, changed, stale or quarantined.
+    /// Nothing lost, duplicated, unexpected, changed, stale, quarantined or
+    /// left unmerged.
     pub fn is_ok(&self) -> bool {
         self.lost == 0
             && self.duplicated == 0
@@ -148,6 +180,7 @@ impl Verification {
             && self.mismatched == 0
             && self.stale_latest == 0
             && self.quarantined == 0
+            && self.unmerged == 0
     }
 }
 
@@ -182,6 +215,13 @@ impl fmt::Display for Verification {
             "              not answered 2xx: {} stored, {} not",
             self.unconfirmed_stored, self.unconfirmed_missing
         )?;
+        if self.signed_events > 0 {
+            writeln!(
+                f,
+                "              signed events {}; drops on both channels {}, unmerged {}",
+                self.signed_events, self.both_channels, self.unmerged
+            )?;
+        }
         for example in &self.examples {
             writeln!(f, "              - {example}")?;
         }
@@ -193,14 +233,39 @@ impl fmt::Display for Verification {
     }
 }
 
-/// One distinct body sent, and the rows found for it.
+/// One distinct body sent (a signed event once, whatever its deliveries),
+/// and the rows found for it.
 #[derive(Debug)]
 struct Expected {
     item: u64,
+    /// Its index in the item's bodies.
+    body: usize,
     attempt_date: DateTime<Utc>,
-    fingerprint: [u8; 32],
+    /// A callback's: matched by `(drop_id, attempt_date, fingerprint)`.
+    fingerprint: Option<[u8; 32]>,
+    /// A signed event's: matched by its `event_id`.
+    event: Option<Event>,
     confirmed: bool,
     copies: u32,
+}
+
+impl Expected {
+    /// Whether a row can be expected for it in a database that keeps
+    /// signed events (`signed`) or not.
+    fn storable(&self, signed: bool) -> bool {
+        self.event.is_none() || signed
+    }
+}
+
+/// What the verifier compares the database with.
+#[derive(Debug)]
+struct Plan {
+    /// Every distinct body sent, sorted by item, then body.
+    expected: Vec<Expected>,
+    /// The drops answered 2xx on both channels, sorted by item.
+    both: Vec<BothChannels>,
+    /// Whether the database keeps signed events.
+    signed: bool,
 }
 
 /// Waits (at most `options.timeout`) for the pipeline to drain, then compares
@@ -219,22 +284,31 @@ pub async fn verify(
         let _ = connection.await;
     });
     let run_id = sent.run_id();
-    let scope = Scope::choose(&client, run_id).await?;
-    let count_sql = format!(
-        "SELECT count(*) FROM delivery_events WHERE {}",
-        scope.condition()
-    );
+    let drops = Scope::choose(&client, run_id.hex()).await?;
+    let events = Scope::choose(&client, run_id.event_prefix()).await?;
+    let signed = keeps_signed_events(&client).await?;
+    let (count_sql, count_params) = count_rows((&drops, &events), signed);
     let count_statement = client.prepare(&count_sql).await?;
 
-    let mut expected = expected(sent);
-    let webhooks = expected.len() as u64;
+    let mut plan = Plan {
+        expected: expected(sent),
+        both: both_channels(sent),
+        signed,
+    };
+    let storable = plan.expected.iter().filter(|e| e.storable(signed)).count() as u64;
+    // Answered 2xx, and never to be there: the worker keeps no signed events.
+    let cannot_arrive = plan
+        .expected
+        .iter()
+        .filter(|e| e.confirmed && !e.storable(signed))
+        .count() as u64;
 
     let mut last_count = None;
     let mut changed_at = Instant::now();
     let mut checked_at_count = None;
     let result = loop {
         let count: i64 = client
-            .query_one(&count_statement, &scope.params())
+            .query_one(&count_statement, &count_params)
             .await?
             .get(0);
         let now = Instant::now();
@@ -243,13 +317,13 @@ pub async fn verify(
             changed_at = now;
         }
         let still = now - changed_at;
-        let drained = (u64::try_from(count) == Ok(webhooks) && still >= SETTLE.min(options.quiet))
+        let drained = (u64::try_from(count) == Ok(storable) && still >= SETTLE.min(options.quiet))
             || still >= options.quiet;
         let timed_out = now >= deadline;
         if (drained && checked_at_count != Some(count)) || timed_out {
             checked_at_count = Some(count);
-            let mut verification = check(&client, &scope, run_id, &mut expected).await?;
-            if verification.lost == 0 || timed_out {
+            let mut verification = check(&client, (&drops, &events), run_id, &mut plan).await?;
+            if verification.lost <= cannot_arrive || timed_out {
                 verification.drained = drained;
                 verification.waited_secs = started.elapsed().as_secs_f64();
                 break verification;
@@ -263,17 +337,42 @@ pub async fn verify(
     Ok(result)
 }
 
-/// Every distinct body sent, with its fingerprint, sorted by item (the
-/// bodies of one item in their order).
+/// The statement counting the run's rows (in `provider_events` too where
+/// the database keeps `signed` events), and its parameters.
+fn count_rows<'a>(
+    (drops, events): (&'a Scope, &'a Scope),
+    signed: bool,
+) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
+    let mut sql = format!(
+        "SELECT (SELECT count(*) FROM delivery_events WHERE {})",
+        drops.condition("drop_id", 1)
+    );
+    let mut params = drops.params();
+    if signed {
+        sql += &format!(
+            " + (SELECT count(*) FROM provider_events WHERE {})",
+            events.condition("event_id", params.len() + 1)
+        );
+        params.extend(events.params());
+    }
+    (sql, params)
+}
+
+/// Every distinct body sent, with a callback's fingerprint, sorted by item
+/// (the bodies of one item in their order).
 fn expected(sent: &Sent) -> Vec<Expected> {
     sent.webhooks()
         .map(|sent| Expected {
             item: sent.item,
+            body: sent.body_index,
             attempt_date: sent.webhook.attempt_date,
-            fingerprint: payload::parse(&sent.webhook.body)
-                .expect("the generator sends only valid webhooks")
-                .fingerprint
-                .0,
+            fingerprint: sent.webhook.event.is_none().then(|| {
+                payload::parse(&sent.webhook.body)
+                    .expect("the generator sends only valid webhooks")
+                    .fingerprint
+                    .0
+            }),
+            event: sent.webhook.event,
             confirmed: sent.confirms > 0,
             copies: 0,
         })

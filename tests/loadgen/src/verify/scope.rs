@@ -1,23 +1,24 @@
-//! Selecting the run's rows by `drop_id`, on the index where the collation
-//! allows.
+//! Selecting the run's rows by the prefix every id of the run has (its
+//! `drop_id`s, its `event_id`s), on the index where the collation allows.
 
 use tokio_postgres::{Client, types::ToSql};
-
-use crate::traffic::RunId;
 
 use super::*;
 
 /// How the run's rows are selected.
 #[derive(Debug)]
 pub(super) enum Scope {
-    /// `drop_id >= $1 AND drop_id < $2` on the index.
+    /// `column >= low AND column < high` on the index.
     Range { low: String, high: String },
-    /// `left(drop_id, 10) = $1`: exact under any collation, a full scan.
+    /// `left(column, n) = prefix`: exact under any collation, a full scan.
     Prefix(String),
 }
 
 impl Scope {
-    pub(super) async fn choose(client: &Client, run_id: RunId) -> Result<Self, VerifyError> {
+    /// The scope of ids beginning with `prefix` (hex digits, perhaps a
+    /// hyphen), a range where the database's collation sorts hex digits as
+    /// their bytes do.
+    pub(super) async fn choose(client: &Client, prefix: String) -> Result<Self, VerifyError> {
         let sorts_as_bytes: bool = client
             .query_one(
                 "SELECT '0' < '9' AND '9' < 'a' AND 'a' < 'f' AND 'f' < 'g' \
@@ -28,18 +29,19 @@ impl Scope {
             .get(0);
         Ok(if sorts_as_bytes {
             Scope::Range {
-                low: run_id.hex(),
-                high: format!("{}g", run_id.hex()),
+                high: format!("{prefix}g"),
+                low: prefix,
             }
         } else {
-            Scope::Prefix(run_id.hex())
+            Scope::Prefix(prefix)
         })
     }
 
-    pub(super) fn condition(&self) -> String {
+    /// The condition on `column`, its parameters numbered from `first`.
+    pub(super) fn condition(&self, column: &str, first: usize) -> String {
         match self {
-            Scope::Range { .. } => "drop_id >= $1 AND drop_id < $2".into(),
-            Scope::Prefix(_) => format!("left(drop_id, {}) = $1", RunId::HEX_LEN),
+            Scope::Range { .. } => format!("{column} >= ${first} AND {column} < ${}", first + 1),
+            Scope::Prefix(prefix) => format!("left({column}, {}) = ${first}", prefix.len()),
         }
     }
 

@@ -1,6 +1,12 @@
 //! `corral-loadgen` end to end: a short verified run through the real
 //! pipeline, and the verifier catching every kind of wrong row (the fault
 //! suite stands on it, so it must be exact both ways).
+//!
+//! - `signed`: the signed mode — signed webhooks with the provider's
+//!   retries, both channels for some drops — against the real ingress and
+//!   worker, and the verifier on signed rows.
+
+mod signed;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -44,6 +50,11 @@ impl Pipeline {
     }
 
     async fn on(buffer: Buffer) -> Self {
+        Self::signing(buffer, &[]).await
+    }
+
+    /// On `buffer`, ingress verifying signed webhooks with `secrets` too.
+    async fn signing(buffer: Buffer, secrets: &[&str]) -> Self {
         let db = TestDatabase::new().await;
         let mut results = None;
         let (ingress, mut worker) = match &buffer {
@@ -59,6 +70,8 @@ impl Pipeline {
                 (config::ingress_sqs(queue, TOKEN), worker)
             }
         };
+        let mut ingress = ingress;
+        ingress.signing.secrets = secrets.iter().map(|secret| (*secret).to_owned()).collect();
         // Everything the worker keeps beside the events on, the summary
         // rolled up while the run goes on.
         worker.result_events = true;
@@ -111,6 +124,7 @@ async fn verified_run(pipeline: Pipeline) {
         duplicates: 0.1,
         out_of_order: 0.1,
         without_foreign_id: 0.05,
+        ..Mix::default()
     };
     let run = loadgen::run(config).await.expect("the run");
     let report = &run.report;
@@ -330,12 +344,13 @@ async fn the_verifier_counts_every_kind_of_wrong_row() {
     let mut records: Vec<ItemRecord> = run.sent.records().to_vec();
     let unconfirmed = run_id.item_of(unconfirmed).unwrap();
     let record = records.iter_mut().find(|r| r.item == unconfirmed).unwrap();
-    record.confirms = [0, 0];
+    record.confirms = [0; 3];
     let never_arrived = records.iter().map(|r| r.item).max().unwrap() + 1;
     records.push(ItemRecord {
         item: never_arrived,
-        sends: [1, 0],
-        confirms: [0, 0],
+        shape: run.sent.traffic.item(never_arrived).shape,
+        sends: [1, 0, 0],
+        confirms: [0, 0, 0],
     });
     let ledger = Sent::new(run.sent.traffic.clone(), records);
 
