@@ -84,16 +84,21 @@ fn every_setting_is_in_the_readme_with_its_default() {
 // Reading the docs
 // ---------------------------------------------------------------------------
 
-/// The user-facing docs: README.md, CONTRIBUTING.md and CHANGELOG.md where
-/// present, and every `.md` under docs/ (docs/operations/ too). Paths
-/// relative to the workspace root.
+/// The docs: README.md, CONTRIBUTING.md, CHANGELOG.md and the bench's
+/// README where present, and every `.md` under docs/ (docs/operations/
+/// too). Paths relative to the workspace root.
 fn doc_files() -> Vec<PathBuf> {
     let root = root();
-    let mut files: Vec<PathBuf> = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|file| root.join(file).is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "README.md",
+        "CONTRIBUTING.md",
+        "CHANGELOG.md",
+        "tests/bench/README.md",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|file| root.join(file).is_file())
+    .collect();
     let mut docs = Vec::new();
     markdown_under(Path::new("docs"), &mut docs);
     docs.sort();
