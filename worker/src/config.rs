@@ -41,7 +41,7 @@ pub enum Command {
 
 /// `corral-worker suppressions …`: the worker suppresses a number when a
 /// webhook says it opted out, belongs to a known litigator, is on the
-/// sender's or a do-not-call list, or cannot take SMS (docs/operations.md,
+/// sender's or a do-not-call list, or cannot take SMS (docs/operations/data.md,
 /// "Suppressions"). No webhook ever lifts one.
 #[derive(Debug, Clone, Subcommand)]
 pub enum SuppressionCommand {
@@ -102,7 +102,7 @@ impl KindArg {
 }
 
 /// A suppression class, as `suppressions.class` names it (the reasons
-/// and codes behind each: docs/operations.md, "Suppressions").
+/// and codes behind each: docs/operations/data.md, "Suppressions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SuppressionClass {
     /// Code 6005, or reason `Opted out`.
