@@ -3,11 +3,11 @@
 //!
 //! A message's body is an envelope-2 body ([`crate::envelope::batch`]): one
 //! or more webhooks, each with its own id, `received_at` and kind. Its
-//! message attributes say what the AMQP properties say, so the worker reads
-//! both buffers with one code path ([`properties`] turns them back into
-//! properties): `content-type` (what [`crate::envelope::Format::of`] reads),
-//! `message-id` (the message's own UUIDv7) and `routing-key` (the kind's, or
-//! `dropcowboy.mixed`).
+//! message attributes carry the envelope's metadata ([`metadata`] reads them
+//! back, as [`crate::amqp::metadata`] reads AMQP properties), so the worker
+//! reads both buffers with one code path: `content-type` (what
+//! [`crate::envelope::Format::of`] reads), `message-id` (the message's own
+//! UUIDv7) and `routing-key` (the kind's, or `dropcowboy.mixed`).
 //!
 //! The client is the official SDK's, with region and credentials from the
 //! standard AWS chain and its HTTPS client on rustls with ring (the SDK's
@@ -30,12 +30,12 @@ use aws_sdk_sqs::{
     types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName},
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use lapin::{BasicProperties, types::ShortString};
+use aws_smithy_runtime_api::client::orchestrator::Metadata as Operation;
 use uuid::Uuid;
 
 use crate::{
     config::{BufferKind, BufferSettings},
+    envelope::Metadata,
     telemetry::metrics,
 };
 
@@ -294,7 +294,7 @@ impl Intercept for CountRequests {
 
 /// The operation a request is for, as one of the bounded set of labels.
 fn operation_of(cfg: &ConfigBag) -> &'static str {
-    label_of(cfg.load::<Metadata>().map(Metadata::name))
+    label_of(cfg.load::<Operation>().map(Operation::name))
 }
 
 /// `named` if corral knows it, else `other`.
@@ -397,33 +397,36 @@ pub fn attributes(
     ])
 }
 
-/// What an SQS message says about itself, as the properties of an AMQP
-/// message would: `content_type` and `message_id` from its attributes (the
-/// id SQS gave it when it has none of corral's), `timestamp` from when SQS
-/// took it; and its routing key (empty when it has none).
-pub fn properties(message: &Message) -> (BasicProperties, String) {
+/// What an SQS message says about itself: `content_type` and `message_id`
+/// from its attributes (the id SQS gave it when it has none of corral's),
+/// `timestamp` from when SQS took it; and its routing key (empty when it
+/// has none).
+pub fn metadata(message: &Message) -> (Metadata, String) {
     let attribute = |name: &str| {
         message
             .message_attributes()
             .and_then(|attributes| attributes.get(name))
             .and_then(MessageAttributeValue::string_value)
     };
-    let mut properties = BasicProperties::default();
-    if let Some(content_type) = attribute(CONTENT_TYPE) {
-        properties = properties.with_content_type(ShortString::from(content_type));
-    }
-    if let Some(id) = attribute(MESSAGE_ID).or(message.message_id()) {
-        properties = properties.with_message_id(ShortString::from(id));
-    }
-    let sent = message
+    let metadata = Metadata {
+        content_type: attribute(CONTENT_TYPE).map(str::to_owned),
+        message_id: attribute(MESSAGE_ID)
+            .or(message.message_id())
+            .map(str::to_owned),
+        timestamp: sent_at_millis(message).map(|millis| millis / 1000),
+        ..Metadata::default()
+    };
+    let routing_key = attribute(ROUTING_KEY).unwrap_or_default().to_owned();
+    (metadata, routing_key)
+}
+
+/// When SQS took the message (`SentTimestamp`), in milliseconds, when it
+/// says so: received with that system attribute asked for.
+pub fn sent_at_millis(message: &Message) -> Option<u64> {
+    message
         .attributes()
         .and_then(|system| system.get(&MessageSystemAttributeName::SentTimestamp))
-        .and_then(|millis| millis.parse::<u64>().ok());
-    if let Some(millis) = sent {
-        properties = properties.with_timestamp(millis / 1000);
-    }
-    let routing_key = attribute(ROUTING_KEY).unwrap_or_default().to_owned();
-    (properties, routing_key)
+        .and_then(|millis| millis.parse::<u64>().ok())
 }
 
 /// A queue's message counts, as `GetQueueAttributes` reports them
@@ -584,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn attributes_read_back_as_properties() {
+    fn attributes_read_back_as_metadata() {
         let id = Uuid::now_v7();
         let message = Message::builder()
             .message_id("sqs-own-id")
@@ -595,13 +598,13 @@ mod tests {
             )))
             .attributes(MessageSystemAttributeName::SentTimestamp, "1764338400123")
             .build();
-        let (properties, routing_key) = properties(&message);
+        let (metadata, routing_key) = metadata(&message);
         assert_eq!(routing_key, "dropcowboy.sms");
         assert_eq!(
-            crate::envelope::Format::of(&properties),
+            crate::envelope::Format::of(&metadata),
             crate::envelope::Format::Batch
         );
-        let envelope = crate::envelope::Envelope::read(&properties);
+        let envelope = crate::envelope::Envelope::read(&metadata);
         assert_eq!(envelope.message_id, Some(id));
         assert_eq!(
             envelope.received_at,

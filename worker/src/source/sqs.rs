@@ -24,6 +24,7 @@
 //! SQS not answering does not end the session: the poller asks again with
 //! backoff (readiness says `"broker":false` meanwhile), the extender keeps
 //! trying, and what was committed is deleted once SQS answers, or comes back.
+//! So [`SqsConnector`] opens a new session only after one ended some other way.
 
 use std::{
     collections::BTreeMap,
@@ -52,7 +53,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Ack, Delivery, Source, SourceError,
+    Ack, Connector, Delivery, Source, SourceError,
     budget::{Reservation, Room, SQS_LARGEST_MESSAGE, Taken},
     sqs_depth::OldestReceived,
     unpack,
@@ -75,11 +76,57 @@ pub struct Settings {
     pub oldest: OldestReceived,
 }
 
-/// Longest wait for SQS to answer whether it is there.
-const CHECK_BOUND: Duration = Duration::from_secs(10);
+/// Longest wait for SQS to answer a call that is not a long poll: whether
+/// it is there, and a delete of committed messages.
+const ANSWER_BOUND: Duration = Duration::from_secs(10);
 
 /// Deletes in flight at once when a batch is acknowledged.
 const DELETE_CALLS: usize = 8;
+
+/// Opens receiving sessions on the queue.
+#[derive(Debug)]
+pub struct SqsConnector {
+    /// The queue and its client.
+    pub queue: Queue,
+    /// How each session receives.
+    pub settings: Settings,
+    /// Told whether SQS answers.
+    pub health: Health,
+}
+
+impl Connector for SqsConnector {
+    type Source = SqsSource;
+    const TRANSPORT: &'static str = "SQS";
+    const COMES_BACK: &'static str =
+        "SQS hands them out again once their visibility timeout runs out";
+
+    fn queue(&self) -> &str {
+        &self.queue.url
+    }
+
+    async fn open(&self, _shutdown: &CancellationToken) -> Option<Result<SqsSource, SourceError>> {
+        let settings = &self.settings;
+        tracing::info!(
+            queue = self.queue.url,
+            in_hand = settings.max_in_hand,
+            in_hand_bytes = settings.max_in_hand_bytes,
+            wait = ?settings.wait,
+            visibility = ?settings.visibility,
+            "consuming from SQS"
+        );
+        let source = SqsSource::start(self.queue.clone(), settings.clone(), self.health.clone());
+        Some(Ok(source))
+    }
+
+    async fn close(&self, source: SqsSource) {
+        drop(source);
+        self.health.set_broker(false);
+    }
+
+    fn retry_max(&self) -> Duration {
+        self.settings.retry_max
+    }
+}
 
 /// A receiving session on one queue.
 #[derive(Debug)]
@@ -211,11 +258,11 @@ async fn poll(
         if !answering {
             // A silent path (no answer, no error) must not hold the poller
             // past the check's bound: it asks again after the pause.
-            let check = tokio::time::timeout(CHECK_BOUND, sqs::check(&ledger.queue));
+            let check = tokio::time::timeout(ANSWER_BOUND, sqs::check(&ledger.queue));
             let checked = tokio::select! {
                 () = stop.cancelled() => return,
                 checked = check => checked.unwrap_or_else(|_elapsed| {
-                    Err(sqs::CheckError::Unreachable(format!("no answer within {CHECK_BOUND:?}")))
+                    Err(sqs::CheckError::Unreachable(format!("no answer within {ANSWER_BOUND:?}")))
                 }),
             };
             if let Err(err) = checked {
@@ -320,14 +367,10 @@ fn visibility_secs(settings: &Settings) -> i32 {
 fn hold(ledger: &Arc<Ledger>, message: Message, room: Reservation) -> Option<Delivery<SqsAck>> {
     let receipt = message.receipt_handle()?.to_owned();
     let size = message.body().map_or(0, str::len) + receipt.len() + sqs::ATTRIBUTES_MAX;
-    let sent = message
-        .attributes()
-        .and_then(|system| system.get(&MessageSystemAttributeName::SentTimestamp))
-        .and_then(|millis| millis.parse::<u64>().ok());
-    if let Some(sent) = sent {
+    if let Some(sent) = sqs::sent_at_millis(&message) {
         ledger.settings.oldest.received(sent);
     }
-    let (properties, routing_key) = sqs::properties(&message);
+    let (metadata, routing_key) = sqs::metadata(&message);
     let body = message.body.unwrap_or_default().into_bytes();
     let seq = ledger.next_seq.fetch_add(1, Ordering::SeqCst);
     ledger.held().insert(
@@ -339,7 +382,7 @@ fn hold(ledger: &Arc<Ledger>, message: Message, room: Reservation) -> Option<Del
         },
     );
     Some(Delivery {
-        contents: unpack::contents(&properties, &routing_key, body),
+        contents: unpack::contents(&metadata, &routing_key, body),
         ack: SqsAck {
             seq,
             ledger: ledger.clone(),
@@ -476,7 +519,7 @@ async fn delete_chunk(ledger: Arc<Ledger>, chunk: Vec<(u64, String)>, timeout: D
 }
 
 impl Ack for SqsAck {
-    async fn ack(self, timeout: Duration) -> Result<(), SourceError> {
+    async fn ack(self) -> Result<(), SourceError> {
         let ledger = &self.ledger;
         let taken: Vec<(u64, Held)> = {
             let mut held = ledger.held();
@@ -493,7 +536,7 @@ impl Ack for SqsAck {
             })
             .collect();
         let undeleted: usize = stream::iter(chunks)
-            .map(|chunk| delete_chunk(ledger.clone(), chunk, timeout))
+            .map(|chunk| delete_chunk(ledger.clone(), chunk, ANSWER_BOUND))
             .buffer_unordered(DELETE_CALLS)
             .collect::<Vec<usize>>()
             .await
