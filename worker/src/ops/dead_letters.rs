@@ -119,12 +119,8 @@ impl DeadLetter {
             .iter()
             .filter_map(|death| death.inner().get("count").and_then(integer))
             .sum();
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned());
         let metadata = amqp::metadata(&delivery.properties);
+        let message_id = metadata.message_id.clone();
         let received_at = Envelope::read(&metadata).received_at;
         let webhooks = webhooks_of(
             &metadata,
