@@ -94,9 +94,7 @@ mod tests {
     use crate::envelope::{Envelope, Format, batch};
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
+        text.parse().expect("an RFC 3339 instant")
     }
 
     #[test]
