@@ -248,7 +248,7 @@ impl<A: Ack> Batcher<'_, A> {
 }
 
 /// A session that ends, however it ends, no longer holds its messages: the
-/// broker gives back what was not acknowledged.
+/// buffer gives back what was not acknowledged.
 impl<A> Drop for Batcher<'_, A> {
     fn drop(&mut self) {
         metrics::worker_in_hand_changed(-(self.held as f64));

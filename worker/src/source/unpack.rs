@@ -19,7 +19,9 @@ use super::Contents;
 /// begins, rather than one webhook. Only the worker writes it (each
 /// webhook's reason begins with a text of its own), and it is how
 /// `quarantine reprocess` knows which rows it may unpack: a webhook's body is
-/// always typed as one webhook, even one shaped like an envelope.
+/// always typed as one webhook, even one shaped like an envelope. It says
+/// "AMQP" for an SQS message too: rows already stored begin with it, so the
+/// text is part of the stored format and does not change.
 pub const WHOLE_MESSAGE: &str = "the AMQP message is quarantined whole";
 
 /// The reason of a message whose webhooks cannot be read, for `why`.
