@@ -38,10 +38,7 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 use corral_shared::{
     admin::{self, Health},
-    amqp,
-    config::BufferKind,
     error_chain, retry,
-    sqs::Queue,
     telemetry::{self, labels::Binary, metrics},
 };
 use deadpool_postgres::Pool;
@@ -56,8 +53,8 @@ pub struct Application {
     admin_port: u16,
     database: db::Target,
     pool: Pool,
-    /// The SQS queue, with `CORRAL_BUFFER=sqs`.
-    sqs: Option<Queue>,
+    /// The buffer consumed, as `CORRAL_BUFFER` picks it.
+    transport: source::Transport,
     health: Health,
     shutdown: CancellationToken,
 }
@@ -74,16 +71,10 @@ impl Application {
     /// Validates `config` and binds the admin listener; no network I/O yet.
     pub fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        let sqs = match config.buffer.kind {
-            BufferKind::Rabbitmq => {
-                amqp::check_settings(&config.amqp)?;
-                None
-            }
-            BufferKind::Sqs => Some(corral_shared::sqs::connect(&config.buffer)?),
-        };
+        let transport = source::Transport::connect(&config.amqp, &config.buffer)?;
         let prometheus = telemetry::prometheus();
         metrics::register_binary(Binary::Worker);
-        if sqs.is_some() {
+        if transport.sqs().is_some() {
             metrics::register_sqs_worker();
         }
         if config.result_events {
@@ -103,7 +94,7 @@ impl Application {
             admin_port,
             database,
             pool,
-            sqs,
+            transport,
             health,
             shutdown,
         })
@@ -123,7 +114,7 @@ impl Application {
             admin,
             database,
             pool,
-            sqs,
+            transport,
             health,
             shutdown,
             ..
@@ -133,7 +124,7 @@ impl Application {
         // From the start, database or not: a backlog is worth seeing most
         // when the worker cannot store it.
         let oldest = source::sqs_depth::OldestReceived::default();
-        let measuring = sqs.clone().map(|queue| {
+        let measuring = transport.sqs().cloned().map(|queue| {
             tokio::spawn(source::sqs_depth::measure(
                 queue,
                 oldest.clone(),
@@ -159,7 +150,7 @@ impl Application {
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
             });
             let budget = config.budget();
-            let settings = consumer_settings(&config, &budget, wake.clone());
+            let settings = consumer_settings(&config, &budget, wake.clone(), oldest.clone());
             let drain = spool::DrainSettings {
                 batch_max: config.batch_max as usize,
                 result_events: config.result_events,
@@ -168,33 +159,13 @@ impl Application {
                 timeout: config.db_timeout() * 3,
                 retry_max: Duration::from_millis(config.db_retry_max_ms),
             };
-            let consuming = async {
-                match sqs {
-                    None => {
-                        consume::run(settings, pool.clone(), health.clone(), shutdown.clone())
-                            .await;
-                    }
-                    Some(queue) => {
-                        let source = source::sqs::Settings {
-                            wait: Duration::from_secs(config.sqs_wait_secs),
-                            visibility: Duration::from_secs(config.sqs_visibility_secs),
-                            max_in_hand: usize::from(config.prefetch),
-                            max_in_hand_bytes: budget.bytes,
-                            retry_max: config.amqp.reconnect_max(),
-                            oldest: oldest.clone(),
-                        };
-                        consume::run_sqs(
-                            settings,
-                            queue,
-                            source,
-                            pool.clone(),
-                            health.clone(),
-                            shutdown.clone(),
-                        )
-                        .await;
-                    }
-                }
-            };
+            let consuming = consume::run(
+                transport,
+                settings,
+                pool.clone(),
+                health.clone(),
+                shutdown.clone(),
+            );
             let rolling_up = summary::roll_up_every(
                 config.summary_rollup(),
                 config.db_timeout() * 3,
@@ -231,6 +202,7 @@ fn consumer_settings(
     config: &WorkerConfig,
     budget: &source::budget::Budget,
     results: results::Wake,
+    oldest: source::sqs_depth::OldestReceived,
 ) -> ConsumerSettings {
     let prefetch = budget
         .prefetch(config.prefetch)
@@ -244,6 +216,14 @@ fn consumer_settings(
     );
     ConsumerSettings {
         amqp: config.amqp.clone(),
+        sqs: source::sqs::Settings {
+            wait: Duration::from_secs(config.sqs_wait_secs),
+            visibility: Duration::from_secs(config.sqs_visibility_secs),
+            max_in_hand: usize::from(config.prefetch),
+            max_in_hand_bytes: budget.bytes,
+            retry_max: config.amqp.reconnect_max(),
+            oldest,
+        },
         prefetch,
         prefetch_cap: config.prefetch,
         largest_message: budget.largest,

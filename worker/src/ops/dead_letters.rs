@@ -22,11 +22,11 @@
 
 use chrono::{DateTime, Utc};
 use corral_shared::{
+    amqp,
     config::AmqpSettings,
-    envelope::{Envelope, Format},
+    envelope::{Envelope, Format, Metadata},
 };
 use lapin::{
-    BasicProperties,
     message::Delivery,
     options::BasicGetOptions,
     types::{AMQPValue, FieldTable},
@@ -119,14 +119,11 @@ impl DeadLetter {
             .iter()
             .filter_map(|death| death.inner().get("count").and_then(integer))
             .sum();
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned());
-        let received_at = Envelope::read(&delivery.properties).received_at;
+        let metadata = amqp::metadata(&delivery.properties);
+        let message_id = metadata.message_id.clone();
+        let received_at = Envelope::read(&metadata).received_at;
         let webhooks = webhooks_of(
-            &delivery.properties,
+            &metadata,
             message_id.as_deref(),
             &routing_key,
             &delivery.data,
@@ -158,16 +155,16 @@ impl DeadLetter {
     }
 }
 
-/// The webhooks inside a message with `properties`: each of an envelope-2
+/// The webhooks inside a message with `metadata`: each of an envelope-2
 /// body, else the message itself as one (its id `message_id`).
 pub(super) fn webhooks_of(
-    properties: &BasicProperties,
+    metadata: &Metadata,
     message_id: Option<&str>,
     routing_key: &str,
     body: &[u8],
 ) -> Vec<LetterWebhook> {
-    let contents = (Format::of(properties) == Format::Batch)
-        .then(|| unpack::contents(properties, routing_key, body.to_vec()));
+    let contents = (Format::of(metadata) == Format::Batch)
+        .then(|| unpack::contents(metadata, routing_key, body.to_vec()));
     match contents {
         Some(Contents::Webhooks(webhooks)) => webhooks
             .into_iter()
@@ -181,7 +178,7 @@ pub(super) fn webhooks_of(
         _ => vec![LetterWebhook {
             message_id: message_id.map(str::to_owned),
             routing_key: routing_key.to_owned(),
-            received_at: Envelope::read(properties).received_at,
+            received_at: Envelope::read(metadata).received_at,
             body: body.to_vec(),
         }],
     }

@@ -122,18 +122,15 @@ struct Received {
 
 impl Received {
     fn read(message: Message, sqs_id: String, receipt: String) -> Self {
-        let (properties, routing_key) = sqs::properties(&message);
-        let message_id = properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned());
+        let (metadata, routing_key) = sqs::metadata(&message);
+        let message_id = metadata.message_id.clone();
         let group = message
             .attributes()
             .and_then(|system| system.get(&MessageSystemAttributeName::MessageGroupId))
             .cloned();
         let body = message.body.unwrap_or_default();
         let webhooks = webhooks_of(
-            &properties,
+            &metadata,
             message_id.as_deref(),
             &routing_key,
             body.as_bytes(),
@@ -144,7 +141,7 @@ impl Received {
             reason: None,
             queue: None,
             deaths: 0,
-            received_at: Envelope::read(&properties).received_at,
+            received_at: Envelope::read(&metadata).received_at,
             body: body.clone().into_bytes(),
             webhooks,
         };

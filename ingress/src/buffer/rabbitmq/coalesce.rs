@@ -172,7 +172,7 @@ async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePe
         &link,
         packed.routing_key,
         &packed.body,
-        packed.properties,
+        amqp::properties(&packed.metadata),
         leases,
     )
     .await

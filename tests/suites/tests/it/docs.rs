@@ -741,7 +741,10 @@ async fn every_cookbook_query_returns_the_documented_rows() {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                envelope::properties(id, instant(received_at)),
+                corral_shared::amqp::properties(&envelope::Metadata::single(
+                    id,
+                    instant(received_at),
+                )),
             )
             .await;
     };

@@ -55,7 +55,7 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                envelope::properties(id, received_at),
+                corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
             )
             .await;
         sent.push(Sent {
@@ -553,7 +553,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
         Some(letter_id.clone())
     );
     assert_eq!(
-        envelope::Format::of(&delivery.properties),
+        envelope::Format::of(&amqp::metadata(&delivery.properties)),
         envelope::Format::Batch
     );
 

@@ -350,7 +350,7 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
         .publish(
             envelope::MIXED_ROUTING_KEY,
             br#"{"webhooks":42}"#,
-            envelope::batch_properties(unreadable_id, first, 1),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(unreadable_id, first, 1)),
         )
         .await;
     let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;

@@ -130,7 +130,7 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             envelope::MIXED_ROUTING_KEY,
             malformed,
-            envelope::batch_properties(malformed_id, at, 1),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(malformed_id, at, 1)),
         )
         .await;
     // A newer ingress's envelope: its body might even read as version 2,
@@ -152,7 +152,8 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             Kind::Sms.routing_key(),
             &newer,
-            envelope::batch_properties(newer_id, at, 1).with_content_type(content_type.into()),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(newer_id, at, 1))
+                .with_content_type(content_type.into()),
         )
         .await;
     // The queue keeps moving: an envelope-1 message behind them is stored.

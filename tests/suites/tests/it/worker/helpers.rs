@@ -84,7 +84,11 @@ pub(crate) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRe
     let received_at = now_micros();
     let body = body.as_ref().to_vec();
     broker
-        .publish(routing_key, &body, envelope::properties(id, received_at))
+        .publish(
+            routing_key,
+            &body,
+            corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
+        )
         .await;
     Sent {
         id,
