@@ -1,27 +1,26 @@
-//! Group commit: webhooks that arrive while earlier publishes await their
-//! confirms leave together, as one envelope-2 message.
+//! The RabbitMQ sink: a round is one envelope-2 message, published with
+//! publisher confirms.
 //!
 //! A quorum-queue publish costs the broker the same Raft round and fsync
 //! whatever it carries, so the broker's work per webhook falls with every
-//! webhook that shares a message. Requests put their webhook in their kind's
-//! queue; that kind's dispatcher takes one of the `CORRAL_PUBLISH_CONCURRENCY`
-//! publish slots (shared by both kinds), then everything waiting (up to
-//! `CORRAL_PUBLISH_BATCH_MAX` webhooks and `CORRAL_PUBLISH_BATCH_MAX_BYTES`),
-//! and publishes it. There is no linger
-//! timer: a webhook arriving when a slot is free leaves alone and at once,
-//! so a quiet system answers as fast as before, and batches grow only as
-//! fast as the broker falls behind.
+//! webhook that shares a message. Each kind has its own lane (a message holds
+//! webhooks of one kind, so its routing key is that kind's, as with one
+//! webhook per message: a queue a customer bound to one kind still gets all
+//! of that kind and nothing else); the lanes share the
+//! `CORRAL_PUBLISH_CONCURRENCY` publish slots, and a message carries up to
+//! `CORRAL_PUBLISH_BATCH_MAX` webhooks and `CORRAL_PUBLISH_BATCH_MAX_BYTES`.
+//! There is no linger timer: a webhook arriving when a slot is free leaves
+//! alone and at once, so a quiet system answers as fast as before, and
+//! messages grow only as fast as the broker falls behind.
 //!
 //! Each message's verdict is every one of its webhooks' verdict: one confirm
 //! takes them all; a nack, a return, a closed channel or no confirm refuses
-//! them all (each then goes to the spool, or is answered 503 without one). A message holds its slot until the broker resolves
-//! its confirm, even after its requests gave up waiting, so a stalled broker
-//! cannot pile up unresolved publishes.
+//! them all (each then goes to the spool, or is answered 503 without one).
+//! A message holds its slot until the broker resolves its confirm, even
+//! after its requests gave up waiting, so a stalled broker cannot pile up
+//! unresolved publishes.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use corral_shared::{
     amqp::{self, Refused},
@@ -29,160 +28,87 @@ use corral_shared::{
     telemetry::metrics,
 };
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Inner, PublishError, link::Link};
+use super::{Broker, PublishError, link::Link};
 use crate::{
     budget::Lease,
     buffer::{
-        Webhook, pack,
-        rounds::{Limits, Rounds, Waiting},
+        Webhook,
+        engine::{Bounds, Limits, Round, Sink},
+        pack,
     },
 };
 
-/// What a request learns about its webhook: how long the confirm of the
-/// message carrying it took, or why it was not taken.
-pub(super) type Verdict = Result<Duration, PublishError>;
+impl Sink for Broker {
+    type Error = PublishError;
 
-/// A webhook waiting for a publish slot, with its request's reply.
-#[derive(Debug)]
-pub(super) struct Queued {
-    webhook: Webhook,
-    lease: Lease,
-    reply: oneshot::Sender<Verdict>,
-}
-
-impl Queued {
-    /// The queued webhook, and where its verdict will arrive.
-    pub(super) fn new(webhook: Webhook, lease: Lease) -> (Self, oneshot::Receiver<Verdict>) {
-        let (reply, verdict) = oneshot::channel();
-        (
-            Self {
-                webhook,
-                lease,
-                reply,
-            },
-            verdict,
-        )
-    }
-}
-
-impl Waiting for Queued {
-    /// Its request stopped waiting (answered 200 from the spool, or 503 at
-    /// its deadline, or its client went away): publishing it now would
-    /// store a copy nobody waits for, or a webhook its sender was told was
-    /// refused.
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-
-    fn size(&self) -> usize {
-        batch::entry_len(&self.webhook.body)
-    }
-}
-
-/// Where requests put their webhooks, one queue per kind; a dispatcher per
-/// kind takes them out.
-///
-/// A message holds webhooks of one kind only, so its routing key is that
-/// kind's (`dropcowboy.sms`, `dropcowboy.rvm`, `dropcowboy.event`) as with
-/// one webhook per message: a queue a customer bound to one kind still gets
-/// all of that kind and nothing else.
-#[derive(Debug)]
-pub(super) struct Queues([mpsc::UnboundedSender<Queued>; Kind::ALL.len()]);
-
-/// The receiving end of one kind's queue, for [`dispatch`].
-pub(super) type Receiver = mpsc::UnboundedReceiver<Queued>;
-
-impl Queues {
-    /// The queues, one per kind of [`Kind::ALL`], and their receiving ends.
-    pub(super) fn new() -> (Self, [Receiver; Kind::ALL.len()]) {
-        // Unbounded, because what enters them is bounded before: every entry
-        // holds one of `CORRAL_MAX_IN_FLIGHT` request slots and its body's
-        // lease of `CORRAL_MAX_IN_FLIGHT_BYTES`.
-        let channels = Kind::ALL.map(|_| mpsc::unbounded_channel());
-        let (senders, receivers): (Vec<_>, Vec<_>) = channels.into_iter().unzip();
-        (
-            Self(senders.try_into().expect("one sender per kind")),
-            receivers.try_into().expect("one receiver per kind"),
-        )
-    }
-
-    /// Queues a webhook. Once its dispatcher has stopped, the webhook is
-    /// dropped with its reply, which its request reads as shutting down.
-    pub(super) fn send(&self, queued: Queued) {
-        let index = Kind::ALL
-            .iter()
-            .position(|kind| *kind == queued.webhook.kind)
-            .expect("every kind is in Kind::ALL");
-        let _closed = self.0[index].send(queued);
-    }
-}
-
-/// Forms messages from one kind's queue and publishes them, until
-/// shutdown; then publishes what is still queued and ends.
-pub(super) async fn dispatch(inner: Arc<Inner>, queue: Receiver) {
-    let settings = &inner.settings;
-    let mut rounds = Rounds::new(
-        queue,
-        Limits {
+    fn bounds(&self) -> Bounds {
+        let settings = &self.settings;
+        let round = Limits {
             count: settings.batch_max,
             bytes: settings.batch_max_bytes,
             overhead: batch::FRAME_OVERHEAD,
-        },
-    );
-    while let Some(first) = rounds.first(&inner.shutdown).await {
-        // A slot only once there is something to send: the slots are shared
-        // with the other kind's dispatcher, which must not wait behind one
-        // held by an idle queue. Whatever arrives while this waits goes too.
-        let Ok(slot) = inner.slots.clone().acquire_owned().await else {
-            return;
         };
-        let message = rounds.fill(first);
-        if !message.is_empty() {
-            inner
-                .publishing
-                .spawn(publish(inner.clone(), message, slot));
+        // No linger: a webhook arriving when a slot is free leaves at once.
+        let lanes = Kind::ALL.len();
+        settings.publishing.bounds(round, Duration::ZERO, lanes)
+    }
+
+    fn size(&self, webhook: &Webhook) -> usize {
+        batch::entry_len(&webhook.body)
+    }
+
+    fn lane(&self, webhook: &Webhook) -> usize {
+        Kind::ALL
+            .iter()
+            .position(|kind| *kind == webhook.kind)
+            .expect("every kind is in Kind::ALL")
+    }
+
+    /// Refused at once rather than after a wait in the queue: the publish
+    /// would find the same.
+    fn ready(&self) -> Result<(), PublishError> {
+        let link = self.current().ok_or(PublishError::Unavailable)?;
+        match link.blocked_reason() {
+            Some(reason) => Err(PublishError::Blocked(reason)),
+            None => Ok(()),
         }
+    }
+
+    async fn send(&self, mut round: Round<PublishError>) {
+        let verdict = publish(self, &mut round).await;
+        round.answer_all(&verdict);
     }
 }
 
-/// Publishes one message and answers each of its webhooks' requests.
-async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePermit) {
-    let Some(link) = inner.current() else {
-        return answer(replies_of(message), Err(PublishError::Unavailable));
-    };
+/// Publishes one message: how long its confirm took, or why it was refused.
+async fn publish(
+    broker: &Broker,
+    round: &mut Round<PublishError>,
+) -> Result<Duration, PublishError> {
+    let link = broker.current().ok_or(PublishError::Unavailable)?;
     if let Some(reason) = link.blocked_reason() {
-        return answer(replies_of(message), Err(PublishError::Blocked(reason)));
+        return Err(PublishError::Blocked(reason));
     }
-    let (id, packed) = pack(message.iter().map(|q| &q.webhook), Charset::Any);
-    metrics::ingress_publish_batch(message.len());
+    let (id, packed) = pack(round.webhooks().iter(), Charset::Any);
+    metrics::ingress_publish_batch(round.len());
     // The request bodies go now; their leases stay to count the message's
     // copy until its frames are written.
-    let mut leases = Vec::with_capacity(message.len());
-    let mut replies = Vec::with_capacity(message.len());
-    for queued in message {
-        leases.push(queued.lease);
-        replies.push(queued.reply);
-    }
+    drop(round.take_webhooks());
     let sent_ms = link.now_ms();
-    let confirm = match send(
-        &inner,
+    let confirm = send(
+        broker,
         &link,
         packed.routing_key,
         &packed.body,
         packed.properties,
-        leases,
+        round.take_leases(),
     )
-    .await
-    {
-        Ok(confirm) => confirm,
-        Err(err) => return answer(replies, Err(err)),
-    };
+    .await?;
     drop(packed.body);
     let confirm_started = Instant::now();
-    let verdict = match resolve(&inner, &link, confirm, sent_ms).await {
+    match resolve(broker, &link, confirm, sent_ms).await {
         Some(Ok(confirmation)) => {
             judge(&link, confirmation, id).map(|()| confirm_started.elapsed())
         }
@@ -190,33 +116,9 @@ async fn publish(inner: Arc<Inner>, message: Vec<Queued>, slot: OwnedSemaphorePe
             link.mark_broken();
             Err(PublishError::ChannelClosed(err))
         }
-        None => Err(PublishError::Timeout(inner.settings.publish_timeout)),
-    };
-    answer(replies, verdict);
-    drop(slot);
-}
-
-fn replies_of(message: Vec<Queued>) -> Vec<oneshot::Sender<Verdict>> {
-    message.into_iter().map(|queued| queued.reply).collect()
-}
-
-/// Gives every request of a message the message's verdict.
-fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: Verdict) {
-    let mut late = 0_usize;
-    for reply in replies {
-        if reply.send(verdict.clone()).is_err() && verdict.is_ok() {
-            late += 1;
-        }
-    }
-    if late > 0 {
-        // Debug, not warn: with a spool, every slow message ends this way.
-        tracing::debug!(
-            webhooks = late,
-            "RabbitMQ confirmed webhooks whose requests had stopped waiting (answered \
-             already: 200 from the spool, or 503 at their deadline; or their client went \
-             away); they will be stored, and any other copy of them (spooled, or resent by \
-             the sender) is stored once"
-        );
+        None => Err(PublishError::Timeout(
+            broker.settings.publishing.publish_timeout,
+        )),
     }
 }
 
@@ -225,17 +127,20 @@ fn answer(replies: Vec<oneshot::Sender<Verdict>>, verdict: Verdict) {
 /// go back; frames still queued when the deadline passes stay with the link
 /// (which is being replaced), and so do the leases.
 async fn send(
-    inner: &Inner,
+    broker: &Broker,
     link: &Link,
     routing_key: &'static str,
     body: &[u8],
     properties: BasicProperties,
     leases: Vec<Lease>,
 ) -> Result<PublisherConfirm, PublishError> {
-    let timeout = inner.settings.publish_timeout;
-    let publish =
-        link.channel()
-            .publish(inner.exchange.clone(), routing_key.into(), body, properties);
+    let timeout = broker.settings.publishing.publish_timeout;
+    let publish = link.channel().publish(
+        broker.exchange.clone(),
+        routing_key.into(),
+        body,
+        properties,
+    );
     match tokio::time::timeout(timeout, publish).await {
         Ok(Ok(confirm)) => Ok(confirm),
         Ok(Err(err)) => {
@@ -255,12 +160,12 @@ async fn send(
 /// their own deadline; the slot is kept until the end, so the slots count
 /// exactly what lapin still tracks.
 async fn resolve(
-    inner: &Inner,
+    broker: &Broker,
     link: &Link,
     confirm: PublisherConfirm,
     sent_ms: u64,
 ) -> Option<lapin::Result<Confirmation>> {
-    let timeout = inner.settings.publish_timeout;
+    let timeout = broker.settings.publishing.publish_timeout;
     let mut confirm = std::pin::pin!(confirm);
     let mut periods = 0_u32;
     loop {
