@@ -7,9 +7,10 @@
 //! the bounds of a round, the slots (rounds in progress at once), the bound
 //! on webhooks awaiting a verdict with its gauge, each request's deadline,
 //! and shutdown, which sends what is queued, waits (bounded) for the rounds
-//! in progress, and stops. A [`Sink`] supplies only its [`Bounds`] and how
-//! one round is sent: a RabbitMQ message confirmed, a `SendMessageBatch`
-//! answered, a spool INSERT committed.
+//! in progress, and stops. A [`Sink`] supplies only its [`Bounds`], what a
+//! webhook weighs, and how one round is sent (a RabbitMQ message confirmed,
+//! a `SendMessageBatch` answered, a spool INSERT committed); where it needs
+//! them, a lane per webhook and a check that refuses at once.
 //!
 //! A round holds its slot until the sink is done with it, even after its
 //! requests gave up waiting: a stalled service cannot pile up unresolved

@@ -17,9 +17,14 @@
 //! Readiness (`broker` in `/readyz`, `corral_broker_connected`) is whether
 //! SQS answers: a `GetQueueAttributes` every few seconds (every second while
 //! it does not, and at once after a call got no answer), and every call's
-//! outcome. While it does not answer,
-//! webhooks are refused at once rather than after a wait, as with no
-//! RabbitMQ link.
+//! outcome. While it does not answer, webhooks are refused at once rather
+//! than after a wait, as with no RabbitMQ link.
+//!
+//! # Layout
+//!
+//! - this module: the handle, its refusals, the check of the queue.
+//! - `send`: the sink: a round's messages and calls, and SQS's answer to
+//!   each.
 
 mod send;
 
