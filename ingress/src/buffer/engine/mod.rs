@@ -26,6 +26,8 @@
 
 mod round;
 mod rounds;
+#[cfg(test)]
+mod tests;
 
 use std::{
     future::Future,
@@ -198,9 +200,10 @@ impl<S: Sink> Engine<S> {
         let lane = inner.sink.lane(&webhook);
         let size = inner.sink.size(&webhook);
         let (entry, verdict) = Entry::new(webhook, size, lease);
-        // Once the lane's dispatcher has stopped, the entry is dropped with
-        // its reply, which reads as shutting down.
-        let _closed = inner.queues[lane].send(entry);
+        if inner.queues[lane].send(entry).is_err() {
+            // The lane's dispatcher has stopped.
+            return Err(Stopped::ShuttingDown.into());
+        }
         match tokio::time::timeout_at(deadline, verdict).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(_dropped)) => Err(Stopped::ShuttingDown.into()),
