@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: commands and settings (`CORRAL_*` / `--flags`).
+//! - [`commands`]: the command line, one file per operator command (its
+//!   arguments, what it runs, the report it prints).
+//! - [`config`]: the settings (`CORRAL_*` / `--flags`).
 //! - [`db`]: the pool (verified connections, deadlines everywhere), the
 //!   COMMIT that waits for synchronous standbys, database creation and
 //!   migrations (`worker/migrations/`, under an advisory lock).
@@ -17,11 +19,13 @@
 //!   the broker could not take them, with or without the broker.
 //! - [`results`]: relaying the result-event outbox to the customer's
 //!   services (`CORRAL_RESULT_EVENTS`).
-//! - [`ops`]: the operator commands (dead letters, quarantine).
+//! - [`ops`]: what the operator commands do: dead letters (one
+//!   [`ops::DeadLetters`] trait, RabbitMQ and SQS), quarantine, suppressions.
 //! - [`summary`]: the hourly outcome and spend summary's roll-up, and
 //!   `corral-worker report`.
 //! - [`Application`]: admin listener, migrations, consumer, graceful drain.
 
+pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod db;

@@ -7,7 +7,7 @@ use clap::Parser;
 use corral_ingress::config::IngressConfig;
 use corral_shared::config::AmqpSettings;
 #[cfg(feature = "apps")]
-use corral_worker::config::{Cli as WorkerCli, WorkerConfig};
+use corral_worker::{commands::Cli as WorkerCli, config::WorkerConfig};
 
 /// The local RabbitMQ the tests share (`scripts/services`).
 pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -6,8 +6,12 @@ use clap::Parser;
 use corral_shared::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures};
 use corral_worker::{
-    config::{Cli, Command, ReportArgs, WorkerConfig},
-    summary::{self, report::report_command},
+    commands::{
+        Cli, Command,
+        report::{self, ReportArgs},
+    },
+    config::WorkerConfig,
+    summary,
 };
 
 use super::{event_totals, rows, summary_totals};
@@ -44,7 +48,7 @@ async fn report(config: &WorkerConfig, args: &[&str]) -> Result<String, String> 
         panic!("parsed as another command");
     };
     let mut out = Vec::new();
-    report_command(args, config, &mut out)
+    report::run(args, config, &mut out)
         .await
         .map_err(|err| format!("{err:#}"))?;
     Ok(String::from_utf8(out).expect("UTF-8"))
@@ -290,7 +294,7 @@ fn the_report_defaults_to_the_last_24_hours() {
     };
     assert_eq!(
         since,
-        summary::report::Moment::Ago(std::time::Duration::from_secs(86_400))
+        report::Moment::Ago(std::time::Duration::from_secs(86_400))
     );
     assert_eq!((until, json, by_hour), (None, false, false));
 }

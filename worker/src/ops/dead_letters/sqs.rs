@@ -1,10 +1,8 @@
 //! Dead letters with `CORRAL_BUFFER=sqs`: the dead-letter queue is the one
 //! the queue's redrive policy names (`deadLetterTargetArn`), where SQS moves
 //! a message received `maxReceiveCount` times without being deleted.
-//! [`list_sqs_dead_letters`] shows them and [`replay_sqs_dead_letters`]
-//! sends them back to the queue as they are: the same body and message
-//! attributes, so the webhooks of an envelope-2 message go back together
-//! and the worker stores each once.
+//! A replay sends them back to the queue as they are: the same body and
+//! message attributes.
 //!
 //! Never losing one: a message is received with a visibility timeout of
 //! [`LOOK_SECS`] and leaves the dead-letter queue only by a delete, sent
@@ -18,94 +16,72 @@
 //! receive brings none (a message seen before, back because the walk took
 //! longer than [`LOOK_SECS`], is not read twice).
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::collections::{HashMap, HashSet};
 
-use aws_sdk_sqs::{
-    error::{ProvideErrorMetadata, SdkError},
-    types::{
-        ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-        MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
-    },
+use aws_sdk_sqs::types::{
+    Message, MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use corral_shared::{
-    envelope::Envelope,
+    config::BufferSettings,
     error_chain,
     sqs::{self, Queue},
 };
 use uuid::Uuid;
 
+pub use super::sqs_calls::LOOK_SECS;
 use super::{
-    OpsError,
-    dead_letters::{DeadLetter, DeadLetterReport, ReplayOptions, webhooks_of},
+    DeadLetter, DeadLetterReport, DeadLetters, ReplayOptions,
+    sqs_calls::{call, checked, dead_letter_queue, delete, release},
 };
-
-/// Seconds a message received by a dead-letter command stays invisible to
-/// others, unless made visible again sooner.
-pub const LOOK_SECS: i32 = 30;
-
-/// Bound on each SQS call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::ops::OpsError;
 
 /// Bodies and attributes per `SendMessageBatch` at most: SQS's smallest
 /// limit on a whole call (a queue's `MaximumMessageSize` may be raised to
 /// 1 MiB; a message that large goes in a call of its own).
 const SEND_BATCH_BYTES: usize = 256 * 1024;
 
-/// The dead-letter queue `queue`'s redrive policy names; an error naming
-/// what to set when it has none.
-pub async fn dead_letter_queue(queue: &Queue) -> Result<Queue, OpsError> {
-    let depth = checked(
-        format!("asking SQS for the redrive policy of {}", queue.url),
-        sqs::depth(&queue.client, &queue.url),
-    )
-    .await?;
-    let policy = depth
-        .redrive_policy
-        .ok_or_else(|| OpsError::NoRedrivePolicy {
-            queue: queue.url.clone(),
-        })?;
-    let target = sqs::dead_letter_target(&policy).map_err(|source| OpsError::BadRedrivePolicy {
-        queue: queue.url.clone(),
-        source,
-    })?;
-    let url = checked(
-        format!("finding the dead-letter queue {} (GetQueueUrl)", target.arn),
-        sqs::dead_letter_url(&queue.client, &target),
-    )
-    .await?;
-    Ok(Queue {
-        client: queue.client.clone(),
-        url,
-    })
+/// The dead-letter queue of an SQS queue's redrive policy.
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    /// The queue (`CORRAL_SQS_QUEUE_URL`) replays go to.
+    queue: Queue,
 }
 
-/// Shows up to `limit` messages of the dead-letter queue, removing none.
-pub async fn list_sqs_dead_letters(
-    queue: &Queue,
-    limit: u64,
-) -> Result<DeadLetterReport, OpsError> {
-    walk_sqs(
-        queue,
-        &ReplayOptions {
-            dry_run: true,
-            limit: Some(limit),
-            message_ids: Vec::new(),
-        },
-    )
-    .await
+impl SqsDeadLetters {
+    /// The dead-letter queue of `queue`.
+    pub fn new(queue: Queue) -> Self {
+        Self { queue }
+    }
+
+    /// The dead-letter queue of the queue `CORRAL_SQS_*` names.
+    pub fn connect(settings: &BufferSettings) -> anyhow::Result<Self> {
+        Ok(Self::new(sqs::connect(settings)?))
+    }
 }
 
-/// Sends dead letters back to `queue` (see the module documentation for why
-/// none can be lost). On a failure it stops: what failed stays in the
-/// dead-letter queue, and the error says how many were replayed before.
-pub async fn replay_sqs_dead_letters(
-    queue: &Queue,
-    options: &ReplayOptions,
-) -> Result<DeadLetterReport, OpsError> {
-    walk_sqs(queue, options).await
+impl DeadLetters for SqsDeadLetters {
+    const KEEPS_HISTORY: bool = false;
+
+    async fn walk(&self, options: &ReplayOptions) -> Result<DeadLetterReport, OpsError> {
+        let queue = &self.queue;
+        let dead = dead_letter_queue(queue).await?;
+        let depth = checked(
+            format!("counting the messages of {}", dead.url),
+            sqs::depth(&dead.client, &dead.url),
+        )
+        .await?;
+        let mut report = DeadLetterReport {
+            queue: dead.url.clone(),
+            queued_at_start: u32::try_from(depth.visible).unwrap_or(u32::MAX),
+            replayed: !options.dry_run,
+            ..Default::default()
+        };
+        // Received and not deleted: made visible again at the end, whatever happened.
+        let mut held = HashMap::new();
+        let result = walk(queue, &dead, options, &mut report, &mut held).await;
+        release(&dead, held).await;
+        result.map(|()| report)
+    }
 }
 
 /// A message received from the dead-letter queue.
@@ -132,22 +108,12 @@ impl Received {
             .and_then(|system| system.get(&MessageSystemAttributeName::MessageGroupId))
             .cloned();
         let body = message.body.unwrap_or_default();
-        let webhooks = webhooks_of(
+        let letter = DeadLetter::new(
             &properties,
-            message_id.as_deref(),
-            &routing_key,
-            body.as_bytes(),
-        );
-        let letter = DeadLetter {
             message_id,
             routing_key,
-            reason: None,
-            queue: None,
-            deaths: 0,
-            received_at: Envelope::read(&properties).received_at,
-            body: body.clone().into_bytes(),
-            webhooks,
-        };
+            body.clone().into_bytes(),
+        );
         Self {
             letter,
             sqs_id,
@@ -178,26 +144,6 @@ impl Received {
             .sum();
         self.body.len() + attributes
     }
-}
-
-async fn walk_sqs(queue: &Queue, options: &ReplayOptions) -> Result<DeadLetterReport, OpsError> {
-    let dead = dead_letter_queue(queue).await?;
-    let depth = checked(
-        format!("counting the messages of {}", dead.url),
-        sqs::depth(&dead.client, &dead.url),
-    )
-    .await?;
-    let mut report = DeadLetterReport {
-        queue: dead.url.clone(),
-        queued_at_start: u32::try_from(depth.visible).unwrap_or(u32::MAX),
-        replayed: !options.dry_run,
-        ..Default::default()
-    };
-    // Received and not deleted: made visible again at the end, whatever happened.
-    let mut held = HashMap::new();
-    let result = walk(queue, &dead, options, &mut report, &mut held).await;
-    release(&dead, held).await;
-    result.map(|()| report)
 }
 
 async fn walk(
@@ -246,8 +192,7 @@ async fn walk(
         let mut to_replay = Vec::new();
         for received in fresh {
             let taken = (report.letters.len() + to_replay.len()) as u64;
-            let selected = options.message_ids.is_empty()
-                || options.message_ids.iter().any(|id| received.holds(id));
+            let selected = options.selects(|id| received.holds(id));
             if taken >= limit {
                 held.insert(received.sqs_id, received.receipt);
             } else if !selected {
@@ -363,15 +308,13 @@ async fn replay_chunk(
         .iter()
         .filter_map(|ok| ok.id().parse().ok())
         .collect();
-    delete(
-        dead,
-        chunk
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| accepted.contains(i))
-            .map(|(_, letter)| letter),
-    )
-    .await;
+    let replayed: Vec<(&str, &str)> = chunk
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| accepted.contains(i))
+        .map(|(_, letter)| (letter.letter.id(), letter.receipt.as_str()))
+        .collect();
+    delete(dead, &replayed).await;
     let refused = output.failed().first().map(|failed| {
         let letter = failed
             .id()
@@ -406,141 +349,5 @@ async fn replay_chunk(
             replayed: report.letters.len(),
         }),
         None => Ok(()),
-    }
-}
-
-/// Deletes replayed messages from the dead-letter queue. One SQS did not
-/// delete comes back there: replaying it again makes a duplicate, which
-/// the worker stores once.
-async fn delete<'a>(dead: &Queue, letters: impl Iterator<Item = &'a Received>) {
-    let letters: Vec<&Received> = letters.collect();
-    for chunk in letters.chunks(sqs::BATCH_ENTRIES) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, letter)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(&letter.receipt)
-                    .build()
-                    .expect("id and receipt are set")
-            })
-            .collect();
-        let deleted = call(
-            format!("deleting replayed messages from {}", dead.url),
-            dead.client
-                .delete_message_batch()
-                .queue_url(&dead.url)
-                .set_entries(Some(entries))
-                .send(),
-        )
-        .await;
-        let undeleted: Vec<(String, String)> = match deleted {
-            Ok(output) => output
-                .failed()
-                .iter()
-                .map(|failed| {
-                    let id = failed
-                        .id()
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| chunk.get(i))
-                        .map_or("-", |letter| letter.letter.id());
-                    (
-                        id.to_owned(),
-                        format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
-                    )
-                })
-                .collect(),
-            Err(err) => {
-                let why = error_chain(&err);
-                chunk
-                    .iter()
-                    .map(|letter| (letter.letter.id().to_owned(), why.clone()))
-                    .collect()
-            }
-        };
-        for (message_id, error) in undeleted {
-            tracing::warn!(
-                message_id,
-                error,
-                "replayed, but the dead-letter copy was not deleted; it is back in the \
-                 dead-letter queue within {LOOK_SECS} s, and replaying it again is harmless \
-                 (the worker stores its webhooks once)"
-            );
-        }
-    }
-}
-
-/// Makes the messages received and not deleted visible again at once.
-async fn release(dead: &Queue, held: HashMap<String, String>) {
-    let held: Vec<(String, String)> = held.into_iter().collect();
-    for chunk in held.chunks(sqs::BATCH_ENTRIES) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, (_, receipt))| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .visibility_timeout(0)
-                    .build()
-                    .expect("id and receipt are set")
-            })
-            .collect();
-        let changed = call(
-            format!("making messages of {} visible again", dead.url),
-            dead.client
-                .change_message_visibility_batch()
-                .queue_url(&dead.url)
-                .set_entries(Some(entries))
-                .send(),
-        )
-        .await;
-        let failures: Vec<String> = match changed {
-            Ok(output) => output
-                .failed()
-                .iter()
-                .map(|failed| format!("{}: {}", failed.code(), failed.message().unwrap_or("")))
-                .collect(),
-            Err(err) => vec![error_chain(&err); chunk.len()],
-        };
-        for error in failures {
-            tracing::warn!(
-                error,
-                "a dead letter looked at could not be made visible again at once; it is \
-                 visible again within {LOOK_SECS} s"
-            );
-        }
-    }
-}
-
-/// One SQS call, bounded, its failure an [`OpsError::Sqs`] saying what was done.
-async fn call<T, E, R>(
-    context: String,
-    request: impl Future<Output = Result<T, SdkError<E, R>>>,
-) -> Result<T, OpsError>
-where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    checked(context, async {
-        request.await.map_err(|err| sqs::classify(&err))
-    })
-    .await
-}
-
-/// The same for a call [`sqs`] already classified.
-async fn checked<T>(
-    context: String,
-    request: impl Future<Output = Result<T, sqs::CheckError>>,
-) -> Result<T, OpsError> {
-    match tokio::time::timeout(CALL_TIMEOUT, request).await {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(source)) => Err(OpsError::Sqs { context, source }),
-        Err(_elapsed) => Err(OpsError::Sqs {
-            context,
-            source: sqs::CheckError::Unreachable(format!("no answer within {CALL_TIMEOUT:?}")),
-        }),
     }
 }
