@@ -121,3 +121,22 @@ pub fn is_data_error(err: &tokio_postgres::Error) -> bool {
         )
     })
 }
+
+/// A backlog table's depth and its oldest row's age in seconds, as `query`
+/// (given `exact_up_to`, the row count past which it may estimate) reads
+/// them, bounded by `timeout`.
+pub async fn backlog(
+    pool: &Pool,
+    query: &str,
+    exact_up_to: f32,
+    timeout: std::time::Duration,
+) -> Result<(u64, f64), String> {
+    let read = async {
+        let client = pool.get().await?;
+        anyhow::Ok(client.query_one(query, &[&exact_up_to]).await?)
+    };
+    let row = crate::periodic::within(timeout, read).await?;
+    let depth: i64 = row.get(0);
+    let oldest: f64 = row.get(1);
+    Ok((u64::try_from(depth).unwrap_or(0), oldest.max(0.0)))
+}

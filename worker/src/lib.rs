@@ -23,13 +23,18 @@
 //!   [`ops::DeadLetters`] trait, RabbitMQ and SQS), quarantine, suppressions.
 //! - [`summary`]: the hourly outcome and spend summary's roll-up, and
 //!   `corral-worker report`.
-//! - [`Application`]: admin listener, migrations, consumer, graceful drain.
+//! - [`periodic`]: the one runner of periodic work (name, period, backoff,
+//!   shutdown, a log line naming the task when a round fails).
+//! - [`Application`]: admin listener, migrations, then the worker's tasks
+//!   (consumers, spool drain, summary roll-up, result-event relay, SQS
+//!   depth, database watchdog) until a graceful drain.
 
 pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod ops;
+pub mod periodic;
 pub mod results;
 pub mod source;
 pub mod spool;
@@ -51,7 +56,11 @@ use corral_shared::{
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkerConfig, consume::ConsumerSettings};
+use crate::{
+    config::WorkerConfig,
+    consume::ConsumerSettings,
+    periodic::{Next, Task},
+};
 
 /// The worker, admin listener bound, ready to run.
 pub struct Application {
@@ -144,79 +153,14 @@ impl Application {
                 shutdown.clone(),
             ))
         });
-
         if migrate_with_retry(&config, &database, &health, &shutdown).await {
-            let watchdog = tokio::spawn(database_watchdog(
-                pool.clone(),
-                health.clone(),
-                shutdown.clone(),
-            ));
-            // The relay's wake is poked by both write paths.
-            let wake = if config.result_events {
-                results::Wake::new()
-            } else {
-                results::Wake::default()
+            let running = Running {
+                config: &config,
+                pool: &pool,
+                health: &health,
+                shutdown: &shutdown,
             };
-            let relay = config.result_events.then(|| results::RelaySettings {
-                amqp: config.results_amqp(),
-                timeout: config.db_timeout() * 3,
-                retry_max: Duration::from_millis(config.db_retry_max_ms),
-            });
-            let budget = config.budget();
-            let settings = consumer_settings(&config, &budget, wake.clone());
-            let drain = spool::DrainSettings {
-                batch_max: config.batch_max as usize,
-                result_events: config.result_events,
-                results: wake.clone(),
-                poll: Duration::from_millis(config.spool_poll_ms),
-                timeout: config.db_timeout() * 3,
-                retry_max: Duration::from_millis(config.db_retry_max_ms),
-            };
-            let consuming = async {
-                match sqs {
-                    None => {
-                        consume::run(settings, pool.clone(), health.clone(), shutdown.clone())
-                            .await;
-                    }
-                    Some(queue) => {
-                        let source = source::sqs::Settings {
-                            wait: Duration::from_secs(config.sqs_wait_secs),
-                            visibility: Duration::from_secs(config.sqs_visibility_secs),
-                            max_in_hand: usize::from(config.prefetch),
-                            max_in_hand_bytes: budget.bytes,
-                            retry_max: config.amqp.reconnect_max(),
-                            oldest: oldest.clone(),
-                        };
-                        consume::run_sqs(
-                            settings,
-                            queue,
-                            source,
-                            pool.clone(),
-                            health.clone(),
-                            shutdown.clone(),
-                        )
-                        .await;
-                    }
-                }
-            };
-            let rolling_up = summary::roll_up_every(
-                config.summary_rollup(),
-                config.db_timeout() * 3,
-                pool.clone(),
-                shutdown.clone(),
-            );
-            let relaying = async {
-                if let Some(relay) = relay {
-                    results::run(relay, pool.clone(), wake, shutdown.clone()).await;
-                }
-            };
-            tokio::join!(
-                consuming,
-                spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
-                rolling_up,
-                relaying,
-            );
-            watchdog.abort();
+            running.tasks(sqs, oldest).await;
         }
         if let Some(measuring) = measuring {
             measuring.abort();
@@ -227,6 +171,94 @@ impl Application {
         admin_serving.await.context("admin server task")??;
         tracing::info!("corral-worker stopped");
         Ok(())
+    }
+}
+
+/// What every task of a running worker shares.
+#[derive(Clone, Copy)]
+struct Running<'a> {
+    config: &'a WorkerConfig,
+    pool: &'a Pool,
+    health: &'a Health,
+    shutdown: &'a CancellationToken,
+}
+
+impl Running<'_> {
+    /// The worker's tasks once the database is migrated, each until shutdown
+    /// (the watchdog until the others are done: `/readyz` stays honest
+    /// while the messages in hand drain).
+    async fn tasks(self, sqs: Option<Queue>, oldest: source::sqs_depth::OldestReceived) {
+        let Self {
+            config,
+            pool,
+            health,
+            shutdown,
+        } = self;
+        // The relay's wake is poked by both write paths.
+        let wake = results::Wake::new_if(config.result_events);
+        let drain = spool::DrainSettings::new(config, wake.clone());
+        let relay = config
+            .result_events
+            .then(|| results::RelaySettings::new(config));
+        let stop_watchdog = CancellationToken::new();
+        let work = async {
+            tokio::join!(
+                self.consume(sqs, oldest, wake.clone()),
+                spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
+                summary::roll_up_every(
+                    config.summary_rollup(),
+                    config.db_timeout() * 3,
+                    pool.clone(),
+                    shutdown.clone(),
+                ),
+                async {
+                    if let Some(relay) = relay {
+                        results::run(relay, pool.clone(), wake, shutdown.clone()).await;
+                    }
+                },
+            );
+            stop_watchdog.cancel();
+        };
+        tokio::join!(work, database_watchdog(pool, health, &stop_watchdog));
+    }
+
+    /// The queue consumers: RabbitMQ's, or SQS's with `CORRAL_BUFFER=sqs`.
+    async fn consume(
+        self,
+        sqs: Option<Queue>,
+        oldest: source::sqs_depth::OldestReceived,
+        wake: results::Wake,
+    ) {
+        let Self {
+            config,
+            pool,
+            health,
+            shutdown,
+        } = self;
+        let budget = config.budget();
+        let settings = consumer_settings(config, &budget, wake);
+        match sqs {
+            None => consume::run(settings, pool.clone(), health.clone(), shutdown.clone()).await,
+            Some(queue) => {
+                let source = source::sqs::Settings {
+                    wait: Duration::from_secs(config.sqs_wait_secs),
+                    visibility: Duration::from_secs(config.sqs_visibility_secs),
+                    max_in_hand: usize::from(config.prefetch),
+                    max_in_hand_bytes: budget.bytes,
+                    retry_max: config.amqp.reconnect_max(),
+                    oldest,
+                };
+                consume::run_sqs(
+                    settings,
+                    queue,
+                    source,
+                    pool.clone(),
+                    health.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        }
     }
 }
 
@@ -291,17 +323,15 @@ async fn migrate_with_retry(
 
 /// Keeps `/readyz` honest while no batches flow: checks the database every
 /// few seconds (a pool checkout runs the verification query).
-async fn database_watchdog(pool: Pool, health: Health, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+async fn database_watchdog(pool: &Pool, health: &Health, stop: &CancellationToken) {
+    let task = Task::measure("database watchdog", Duration::from_secs(3));
+    task.run(stop, move || async move {
         let ok = match pool.get().await {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         };
         health.set_database(ok);
-    }
+        Ok::<_, std::convert::Infallible>(Next::Wait)
+    })
+    .await;
 }
