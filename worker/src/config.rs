@@ -1,5 +1,10 @@
 //! corral-worker settings: every `CORRAL_*` variable is also a `--flag`,
 //! global to every command (the commands themselves: [`crate::commands`]).
+//! Settings with one reader live beside it and are flattened in here:
+//! [`crate::db::DbSettings`], [`crate::spool::SpoolSettings`],
+//! [`crate::results::ResultsSettings`], [`crate::summary::SummarySettings`];
+//! those of the consumer and its sources, and the checks that span several
+//! groups, are here.
 
 use std::time::Duration;
 
@@ -9,37 +14,15 @@ use corral_shared::config::{AmqpSettings, BufferKind, BufferSettings, LogSetting
 /// Settings of the worker.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerConfig {
-    /// PostgreSQL connection URL. The database is created at start if it does not exist.
-    #[arg(
-        long,
-        env = "CORRAL_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/corral",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: String,
-
-    /// PEM file of the CA certificate(s) that signed PostgreSQL's certificate, for
-    /// `sslmode=require` in the URL (TLS, with certificate and host name verified);
-    /// without it the system's roots are used.
-    #[arg(long, env = "CORRAL_DATABASE_CA_FILE", global = true)]
-    pub database_ca_file: Option<std::path::PathBuf>,
-
-    /// Database connections in the pool.
-    #[arg(long, env = "CORRAL_DB_POOL_SIZE", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
-    pub db_pool_size: u32,
+    /// The database: URL, TLS, pool and deadlines.
+    #[command(flatten)]
+    pub db: crate::db::DbSettings,
 
     /// Batches written at once, each on its own pooled connection (at most
     /// CORRAL_DB_POOL_SIZE); acknowledged in delivery order whatever order they commit in.
     #[arg(long, env = "CORRAL_DB_WRITERS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub db_writers: u32,
-
-    /// Deadline for each database wait (pool checkout, connect, each statement), in milliseconds.
-    #[arg(long, env = "CORRAL_DB_TIMEOUT_MS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(100..), global = true)]
-    pub db_timeout_ms: u64,
 
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
@@ -87,20 +70,6 @@ pub struct WorkerConfig {
     )]
     pub batch_linger_ms: u64,
 
-    /// How often an empty PostgreSQL spool (`spooled_webhooks`, where ingress
-    /// keeps webhooks RabbitMQ could not take) is looked at again, in
-    /// milliseconds; a non-empty one is drained without pause. Also how often
-    /// its depth and oldest age are measured (at least once a second).
-    #[arg(long, env = "CORRAL_SPOOL_POLL_MS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u64).range(10..), global = true)]
-    pub spool_poll_ms: u64,
-
-    /// Longest pause between retries of a batch the database refused for a
-    /// transient reason, in milliseconds (starts at 100 ms, doubles, jittered).
-    #[arg(long, env = "CORRAL_DB_RETRY_MAX_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(100..), global = true)]
-    pub db_retry_max_ms: u64,
-
     /// Longest wait at shutdown to commit and acknowledge the messages in hand, in milliseconds.
     #[arg(
         long,
@@ -124,33 +93,17 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u64).range(1..=43_200), global = true)]
     pub sqs_visibility_secs: u64,
 
-    /// Publish a typed result event for every newly stored webhook to the
-    /// fan-out exchange `<CORRAL_AMQP_PREFIX>.delivery-results` (with
-    /// confirms, through an outbox written in the batch's transaction, so a
-    /// crash never drops one; at least once, deduplicated by its `id`). Off
-    /// by default; every worker of a deployment must agree. Needs RabbitMQ
-    /// (CORRAL_RESULTS_AMQP_URL, else CORRAL_AMQP_URL) also with
-    /// CORRAL_BUFFER=sqs: a deployment without RabbitMQ leaves it off.
-    #[arg(long, env = "CORRAL_RESULT_EVENTS", default_value_t = false,
-          action = clap::ArgAction::Set, global = true)]
-    pub result_events: bool,
+    /// The PostgreSQL spool's drain.
+    #[command(flatten)]
+    pub spool: crate::spool::SpoolSettings,
 
-    /// How often the worker folds the summary's changes
-    /// (`delivery_summary_changes`) into `delivery_summary`, in milliseconds;
-    /// one worker at a time does it.
-    #[arg(long, env = "CORRAL_SUMMARY_ROLLUP_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
-    pub summary_rollup_ms: u64,
-    /// AMQP URI of the broker result events go to, when not the one of
-    /// CORRAL_AMQP_URL (which is the default); CORRAL_AMQP_CA_FILE, the
-    /// prefix, heartbeat and timeouts of CORRAL_AMQP_* apply to it too.
-    #[arg(
-        long,
-        env = "CORRAL_RESULTS_AMQP_URL",
-        hide_env_values = true,
-        global = true
-    )]
-    pub results_amqp_url: Option<String>,
+    /// Result events and their broker.
+    #[command(flatten)]
+    pub results: crate::results::ResultsSettings,
+
+    /// The hourly summary's roll-up.
+    #[command(flatten)]
+    pub summary: crate::summary::SummarySettings,
 
     #[command(flatten)]
     pub buffer: BufferSettings,
@@ -219,8 +172,8 @@ impl WorkerConfig {
         if self.buffer.kind == BufferKind::Sqs {
             corral_shared::sqs::check_settings(&self.buffer)?;
         }
-        if self.result_events {
-            let setting = if self.results_amqp_url.is_some() {
+        if self.results.result_events {
+            let setting = if self.results.results_amqp_url.is_some() {
                 "CORRAL_RESULTS_AMQP_URL"
             } else {
                 "CORRAL_AMQP_URL"
@@ -228,45 +181,21 @@ impl WorkerConfig {
             corral_shared::amqp::check_settings(&self.results_amqp())
                 .map_err(|source| ConfigError::ResultsBroker { setting, source })?;
         }
-        if self.db_writers > self.db_pool_size {
+        if self.db_writers > self.db.db_pool_size {
             return Err(ConfigError::WritersAbovePool {
                 writers: self.db_writers,
-                pool: self.db_pool_size,
+                pool: self.db.db_pool_size,
             });
         }
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|err| {
-                let mut reason = err.to_string();
-                if let Some(source) = std::error::Error::source(&err) {
-                    reason = format!("{reason}: {source}");
-                }
-                // libpq's verifying modes: what `require` already does here.
-                if self.database_url.contains("sslmode=verify-") {
-                    reason.push_str(
-                        " (use sslmode=require: corral always verifies the server's \
-                         certificate and host name)",
-                    );
-                }
-                ConfigError::DatabaseUrl(reason)
-            })?;
+        self.db.check().map_err(ConfigError::DatabaseUrl)?;
         Ok(())
-    }
-
-    /// The database to connect to: URL, TLS and deadline (reads the CA file).
-    pub fn database(&self) -> anyhow::Result<crate::db::Target> {
-        crate::db::Target::new(
-            &self.database_url,
-            self.database_ca_file.as_deref(),
-            self.db_timeout(),
-        )
     }
 
     /// The broker result events go to: CORRAL_AMQP_* with
     /// CORRAL_RESULTS_AMQP_URL, when set, as the URL.
     pub fn results_amqp(&self) -> AmqpSettings {
         let mut settings = self.amqp.clone();
-        if let Some(url) = &self.results_amqp_url {
+        if let Some(url) = &self.results.results_amqp_url {
             settings.url.clone_from(url);
         }
         settings
@@ -278,19 +207,9 @@ impl WorkerConfig {
         crate::source::budget::Budget::new(self.max_in_hand_bytes, &self.messages)
     }
 
-    /// Per-wait database deadline.
-    pub fn db_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_timeout_ms)
-    }
-
     /// Batch linger.
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
-    }
-
-    /// Summary roll-up interval.
-    pub fn summary_rollup(&self) -> Duration {
-        Duration::from_millis(self.summary_rollup_ms)
     }
 
     /// Shutdown bound.

@@ -99,11 +99,11 @@ impl Application {
         if sqs.is_some() {
             metrics::register_sqs_worker();
         }
-        if config.result_events {
+        if config.results.result_events {
             metrics::register_result_events();
         }
-        let database = config.database()?;
-        let pool = db::pool(&database, config.db_pool_size)?;
+        let database = config.db.target()?;
+        let pool = db::pool(&database, config.db.db_pool_size)?;
         if database.uses_tls() {
             tracing::info!("PostgreSQL over TLS, server certificate verified");
         }
@@ -195,9 +195,10 @@ impl Running<'_> {
             shutdown,
         } = self;
         // The relay's wake is poked by both write paths.
-        let wake = results::Wake::new_if(config.result_events);
+        let wake = results::Wake::new_if(config.results.result_events);
         let drain = spool::DrainSettings::new(config, wake.clone());
         let relay = config
+            .results
             .result_events
             .then(|| results::RelaySettings::new(config));
         let stop_watchdog = CancellationToken::new();
@@ -206,8 +207,8 @@ impl Running<'_> {
                 self.consume(sqs, oldest, wake.clone()),
                 spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
                 summary::roll_up_every(
-                    config.summary_rollup(),
-                    config.db_timeout() * 3,
+                    config.summary.rollup(),
+                    config.db.timeout() * 3,
                     pool.clone(),
                     shutdown.clone(),
                 ),
@@ -284,13 +285,13 @@ fn consumer_settings(
         prefetch_cap: config.prefetch,
         largest_message: budget.largest,
         writers: config.db_writers as usize,
-        result_events: config.result_events,
+        result_events: config.results.result_events,
         results,
         batch_max: config.batch_max as usize,
         batch_max_bytes: budget.batch_bytes(),
         batch_linger: config.batch_linger(),
-        db_retry_max: Duration::from_millis(config.db_retry_max_ms),
-        db_timeout: config.db_timeout(),
+        db_retry_max: config.db.retry_max(),
+        db_timeout: config.db.timeout(),
         shutdown_timeout: config.shutdown_timeout(),
     }
 }
@@ -304,7 +305,7 @@ async fn migrate_with_retry(
 ) -> bool {
     let migrated = retry::until_cancelled(
         shutdown,
-        Duration::from_millis(config.db_retry_max_ms),
+        config.db.retry_max(),
         || db::migrate(database),
         |err| {
             health.set_database(false);

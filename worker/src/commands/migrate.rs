@@ -6,7 +6,7 @@ use crate::{config::WorkerConfig, db};
 /// Runs `corral-worker migrate`.
 pub async fn run(config: &WorkerConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let applied = db::migrate(&config.database()?).await?;
+    let applied = db::migrate(&config.db.target()?).await?;
     tracing::info!(applied, "database is up to date");
     Ok(())
 }

@@ -112,6 +112,32 @@ impl Wake {
     }
 }
 
+/// Whether result events are published, and where.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResultsSettings {
+    /// Publish a typed result event for every newly stored webhook to the
+    /// fan-out exchange `<CORRAL_AMQP_PREFIX>.delivery-results` (with
+    /// confirms, through an outbox written in the batch's transaction, so a
+    /// crash never drops one; at least once, deduplicated by its `id`). Off
+    /// by default; every worker of a deployment must agree. Needs RabbitMQ
+    /// (CORRAL_RESULTS_AMQP_URL, else CORRAL_AMQP_URL) also with
+    /// CORRAL_BUFFER=sqs: a deployment without RabbitMQ leaves it off.
+    #[arg(long, env = "CORRAL_RESULT_EVENTS", default_value_t = false,
+          action = clap::ArgAction::Set, global = true)]
+    pub result_events: bool,
+
+    /// AMQP URI of the broker result events go to, when not the one of
+    /// CORRAL_AMQP_URL (which is the default); CORRAL_AMQP_CA_FILE, the
+    /// prefix, heartbeat and timeouts of CORRAL_AMQP_* apply to it too.
+    #[arg(
+        long,
+        env = "CORRAL_RESULTS_AMQP_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub results_amqp_url: Option<String>,
+}
+
 /// How the relay runs.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -128,8 +154,8 @@ impl RelaySettings {
     pub fn new(config: &WorkerConfig) -> Self {
         Self {
             amqp: config.results_amqp(),
-            timeout: config.db_timeout() * 3,
-            retry_max: Duration::from_millis(config.db_retry_max_ms),
+            timeout: config.db.timeout() * 3,
+            retry_max: config.db.retry_max(),
         }
     }
 }

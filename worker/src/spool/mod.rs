@@ -51,6 +51,18 @@ const MEASURE: &str = "SELECT CASE WHEN c.reltuples > $1 THEN c.reltuples::bigin
 /// Above this many rows (as PostgreSQL estimates them), the depth is the estimate.
 const EXACT_UP_TO: f32 = 100_000.0;
 
+/// The spool's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolSettings {
+    /// How often an empty PostgreSQL spool (`spooled_webhooks`, where ingress
+    /// keeps webhooks RabbitMQ could not take) is looked at again, in
+    /// milliseconds; a non-empty one is drained without pause. Also how often
+    /// its depth and oldest age are measured (at least once a second).
+    #[arg(long, env = "CORRAL_SPOOL_POLL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    pub spool_poll_ms: u64,
+}
+
 /// How the worker drains the spool.
 #[derive(Debug, Clone)]
 pub struct DrainSettings {
@@ -74,11 +86,11 @@ impl DrainSettings {
     pub fn new(config: &WorkerConfig, results: crate::results::Wake) -> Self {
         Self {
             batch_max: config.batch_max as usize,
-            result_events: config.result_events,
+            result_events: config.results.result_events,
             results,
-            poll: Duration::from_millis(config.spool_poll_ms),
-            timeout: config.db_timeout() * 3,
-            retry_max: Duration::from_millis(config.db_retry_max_ms),
+            poll: Duration::from_millis(config.spool.spool_poll_ms),
+            timeout: config.db.timeout() * 3,
+            retry_max: config.db.retry_max(),
         }
     }
 }

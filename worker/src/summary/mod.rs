@@ -37,6 +37,24 @@ pub const ROLL_UP_LOCK: i64 = 0x636f_7272_616c_5355; // "corralSU"
 /// Change rows one roll-up transaction moves at most.
 pub const ROLL_UP_CHUNK: i64 = 20_000;
 
+/// The summary's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SummarySettings {
+    /// How often the worker folds the summary's changes
+    /// (`delivery_summary_changes`) into `delivery_summary`, in milliseconds;
+    /// one worker at a time does it.
+    #[arg(long, env = "CORRAL_SUMMARY_ROLLUP_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub summary_rollup_ms: u64,
+}
+
+impl SummarySettings {
+    /// Roll-up interval.
+    pub fn rollup(&self) -> Duration {
+        Duration::from_millis(self.summary_rollup_ms)
+    }
+}
+
 /// What one roll-up did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RolledUp {

@@ -105,7 +105,8 @@ pub struct Report {
 /// Reads the summary over `window`.
 pub async fn read(config: &WorkerConfig, window: Window, by_hour: bool) -> anyhow::Result<Report> {
     let pool = config
-        .database()
+        .db
+        .target()
         .and_then(|target| db::pool(&target, 1))
         .context("building the database pool")?;
     let client = pool

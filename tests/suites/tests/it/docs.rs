@@ -668,7 +668,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
     let mut worker_config = config(&db.url, broker.prefix());
     // The test folds the summary itself, half-way, so the summary queries
     // meet rows in both of its tables.
-    worker_config.summary_rollup_ms = 3_600_000;
+    worker_config.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(worker_config.clone()).await;
     let ingress = RunningIngress::start(kit_config::ingress(broker.prefix(), TOKEN)).await;
 

@@ -60,7 +60,7 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     let db = TestDatabase::new().await;
     let mut settings = config(&db.url, broker.prefix());
     // The round at start finds nothing; the test rolls up itself.
-    settings.summary_rollup_ms = 3_600_000;
+    settings.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(settings.clone()).await;
 
     let (sms, rvm) = (Kind::Sms.routing_key(), Kind::Rvm.routing_key());
@@ -272,7 +272,7 @@ async fn the_report_refuses_a_bad_window_and_names_an_unreachable_database() {
 
     let mut nowhere = settings.clone();
     let port = corral_testkit::process::free_port();
-    nowhere.database_url = format!("postgres://postgres@127.0.0.1:{port}/corral");
+    nowhere.db.database_url = format!("postgres://postgres@127.0.0.1:{port}/corral");
     let unreachable = report(&nowhere, &["--since", "24h"]).await.unwrap_err();
     assert!(
         unreachable.starts_with("connecting to PostgreSQL (CORRAL_DATABASE_URL)"),
