@@ -230,16 +230,16 @@ impl Running<'_> {
         oldest: source::sqs_depth::OldestReceived,
         wake: results::Wake,
     ) {
-        let Self {
-            config,
-            pool,
-            health,
-            shutdown,
-        } = self;
+        let config = self.config;
+        let (pool, health, shutdown) = (
+            self.pool.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+        );
         let budget = config.budget();
         let settings = consumer_settings(config, &budget, wake);
         match sqs {
-            None => consume::run(settings, pool.clone(), health.clone(), shutdown.clone()).await,
+            None => consume::run(settings, pool, health, shutdown).await,
             Some(queue) => {
                 let source = source::sqs::Settings {
                     wait: Duration::from_secs(config.sqs_wait_secs),
@@ -249,15 +249,7 @@ impl Running<'_> {
                     retry_max: config.amqp.reconnect_max(),
                     oldest,
                 };
-                consume::run_sqs(
-                    settings,
-                    queue,
-                    source,
-                    pool.clone(),
-                    health.clone(),
-                    shutdown.clone(),
-                )
-                .await;
+                consume::run_sqs(settings, queue, source, pool, health, shutdown).await;
             }
         }
     }

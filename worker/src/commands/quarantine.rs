@@ -8,7 +8,10 @@ use clap::Subcommand;
 use super::preview;
 use crate::{
     config::WorkerConfig,
-    ops::quarantine::{ReprocessOptions, Verdict, list_quarantined, reprocess_quarantined},
+    ops::quarantine::{
+        Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
+        reprocess_quarantined,
+    },
 };
 
 /// `corral-worker quarantine …`: webhooks the worker could not type, kept in
@@ -54,27 +57,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match command {
         QuarantineCommand::List { limit } => {
-            let rows = list_quarantined(config, limit).await?;
-            writeln!(
-                out,
-                "# id\tmessage_id\trouting_key\treceived_at\tquarantined_at\terror\tbody"
-            )?;
-            for row in &rows {
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    row.id,
-                    row.message_id
-                        .map_or_else(|| "-".to_owned(), |id| id.to_string()),
-                    row.routing_key.as_deref().unwrap_or("-"),
-                    row.received_at
-                        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
-                    row.quarantined_at.to_rfc3339(),
-                    preview(row.error.as_bytes(), 200),
-                    preview(&row.body, 120),
-                )?;
-            }
-            writeln!(out, "# listed {} row(s)", rows.len())?;
+            write_list(&list_quarantined(config, limit).await?, out)
         }
         QuarantineCommand::Reprocess {
             dry_run,
@@ -90,34 +73,61 @@ pub async fn run(
                 batch,
                 as_messages,
             };
-            let report = reprocess_quarantined(config, &options).await?;
-            writeln!(out, "# id\tverdict")?;
-            for (id, verdict) in &report.rows {
-                match verdict {
-                    Verdict::Resolved => writeln!(out, "{id}\tstored")?,
-                    Verdict::StillFailing(error) => {
-                        writeln!(
-                            out,
-                            "{id}\tstill failing: {}",
-                            preview(error.as_bytes(), 200)
-                        )?;
-                    }
-                }
-            }
-            let mode = if report.dry_run {
-                " (dry run: nothing was changed)"
-            } else {
-                ""
-            };
-            writeln!(
-                out,
-                "# {} row(s): {} stored, {} already stored (duplicates), {} still quarantined{mode}",
-                report.rows.len(),
-                report.stored,
-                report.duplicate,
-                report.still_failing(),
-            )?;
+            write_reprocessed(&reprocess_quarantined(config, &options).await?, out)
         }
     }
+}
+
+fn write_list(rows: &[Quarantined], out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "# id\tmessage_id\trouting_key\treceived_at\tquarantined_at\terror\tbody"
+    )?;
+    for row in rows {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            row.id,
+            row.message_id
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            row.routing_key.as_deref().unwrap_or("-"),
+            row.received_at
+                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+            row.quarantined_at.to_rfc3339(),
+            preview(row.error.as_bytes(), 200),
+            preview(&row.body, 120),
+        )?;
+    }
+    writeln!(out, "# listed {} row(s)", rows.len())?;
+    Ok(())
+}
+
+fn write_reprocessed(report: &ReprocessReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(out, "# id\tverdict")?;
+    for (id, verdict) in &report.rows {
+        match verdict {
+            Verdict::Resolved => writeln!(out, "{id}\tstored")?,
+            Verdict::StillFailing(error) => {
+                writeln!(
+                    out,
+                    "{id}\tstill failing: {}",
+                    preview(error.as_bytes(), 200)
+                )?;
+            }
+        }
+    }
+    let mode = if report.dry_run {
+        " (dry run: nothing was changed)"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "# {} row(s): {} stored, {} already stored (duplicates), {} still quarantined{mode}",
+        report.rows.len(),
+        report.stored,
+        report.duplicate,
+        report.still_failing(),
+    )?;
     Ok(())
 }

@@ -19,7 +19,8 @@
 use std::collections::{HashMap, HashSet};
 
 use aws_sdk_sqs::types::{
-    Message, MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use corral_shared::{
     config::BufferSettings,
@@ -253,32 +254,7 @@ async fn replay_chunk(
     report: &mut DeadLetterReport,
     held: &mut HashMap<String, String>,
 ) -> Result<(), OpsError> {
-    let fifo = sqs::is_fifo(&queue.url);
-    let entries = chunk
-        .iter()
-        .enumerate()
-        .map(|(i, letter)| {
-            // A FIFO queue refuses a message without a group. The
-            // deduplication id is new to each replay: the message's own id
-            // may still be in SQS's 5-minute window from its first sending,
-            // and SQS would then answer success and drop it, after which
-            // its dead-letter copy would be deleted.
-            let (group, deduplication) = if fifo {
-                let group = letter.group.clone().unwrap_or_else(|| "corral-0".into());
-                (Some(group), Some(Uuid::now_v7().to_string()))
-            } else {
-                (None, None)
-            };
-            SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(&letter.body)
-                .set_message_attributes(letter.attributes.clone())
-                .set_message_group_id(group)
-                .set_message_deduplication_id(deduplication)
-                .build()
-                .expect("id and body are set")
-        })
-        .collect();
+    let entries = send_entries(&chunk, sqs::is_fifo(&queue.url));
     let sent = call(
         format!("sending to {}", queue.url),
         queue
@@ -315,21 +291,7 @@ async fn replay_chunk(
         .map(|(_, letter)| (letter.letter.id(), letter.receipt.as_str()))
         .collect();
     delete(dead, &replayed).await;
-    let refused = output.failed().first().map(|failed| {
-        let letter = failed
-            .id()
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| chunk.get(i))
-            .map_or("-", |letter| letter.letter.id())
-            .to_owned();
-        let reason = format!(
-            "{}: {}",
-            failed.code(),
-            failed.message().unwrap_or("no message")
-        );
-        (letter, reason)
-    });
+    let refused = first_refusal(output.failed(), &chunk);
     for (i, letter) in chunk.into_iter().enumerate() {
         if accepted.contains(&i) {
             tracing::info!(
@@ -350,4 +312,52 @@ async fn replay_chunk(
         }),
         None => Ok(()),
     }
+}
+
+/// The `SendMessageBatch` entries of `chunk`, each with its index as its id.
+fn send_entries(chunk: &[Received], fifo: bool) -> Vec<SendMessageBatchRequestEntry> {
+    chunk
+        .iter()
+        .enumerate()
+        .map(|(i, letter)| {
+            // A FIFO queue refuses a message without a group. The
+            // deduplication id is new to each replay: the message's own id
+            // may still be in SQS's 5-minute window from its first sending,
+            // and SQS would then answer success and drop it, after which
+            // its dead-letter copy would be deleted.
+            let (group, deduplication) = if fifo {
+                let group = letter.group.clone().unwrap_or_else(|| "corral-0".into());
+                (Some(group), Some(Uuid::now_v7().to_string()))
+            } else {
+                (None, None)
+            };
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&letter.body)
+                .set_message_attributes(letter.attributes.clone())
+                .set_message_group_id(group)
+                .set_message_deduplication_id(deduplication)
+                .build()
+                .expect("id and body are set")
+        })
+        .collect()
+}
+
+/// The first entry SQS refused: the letter's id and SQS's code and message.
+fn first_refusal(failed: &[BatchResultErrorEntry], chunk: &[Received]) -> Option<(String, String)> {
+    failed.first().map(|failed| {
+        let letter = failed
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| chunk.get(i))
+            .map_or("-", |letter| letter.letter.id())
+            .to_owned();
+        let reason = format!(
+            "{}: {}",
+            failed.code(),
+            failed.message().unwrap_or("no message")
+        );
+        (letter, reason)
+    })
 }
