@@ -1,7 +1,7 @@
 //! Reading the hourly summary over a window (what `corral-worker report`
-//! prints: [`crate::commands::report`]). The summary is kept per hour of `attempt_date` (UTC), so the
-//! window is widened to the whole hours that overlap `[since, until)`, and
-//! the output says which. It reads `delivery_summary` and
+//! prints: [`crate::commands::report`]). The summary is kept per hour of
+//! `attempt_date` (UTC), so the window is widened to the whole hours that
+//! overlap `[since, until)`, and the output says which. It reads `delivery_summary` and
 //! `delivery_summary_changes` together, so it is exact whether or not the
 //! latest changes were rolled up. Money is PostgreSQL's own text of the
 //! numeric sums: no floating point anywhere.
