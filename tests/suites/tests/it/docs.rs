@@ -20,8 +20,11 @@ use corral_testkit::{
     fixtures, metrics as kit_metrics,
 };
 use corral_worker::{
-    config::{SuppressionClass, SuppressionCommand},
-    ops, summary,
+    commands::{
+        self,
+        suppressions::{SuppressionClass, SuppressionCommand},
+    },
+    summary,
 };
 use pulldown_cmark::{CodeBlockKind, Event, LinkType, Parser, Tag, TagEnd};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -52,7 +55,7 @@ fn settings(command: clap::Command) -> Vec<(String, Option<String>)> {
 /// Every setting of both binaries, with its default.
 fn all_settings() -> Vec<(String, Option<String>)> {
     let mut all = settings(corral_ingress::config::IngressConfig::command());
-    all.extend(settings(corral_worker::config::Cli::command()));
+    all.extend(settings(corral_worker::commands::Cli::command()));
     all
 }
 
@@ -682,7 +685,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
     let mut worker_config = config(&db.url, broker.prefix());
     // The test folds the summary itself, half-way, so the summary queries
     // meet rows in both of its tables.
-    worker_config.summary_rollup_ms = 3_600_000;
+    worker_config.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(worker_config.clone()).await;
     let ingress = RunningIngress::start(kit_config::ingress(broker.prefix(), TOKEN)).await;
 
@@ -834,7 +837,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         ("+15550100003", "support: opt-in by phone, ticket 4712"),
     ];
     for (phone, by) in lifts {
-        ops::suppressions_command(
+        commands::suppressions::run(
             SuppressionCommand::Lift {
                 phone: phone.to_owned(),
                 kind: None,

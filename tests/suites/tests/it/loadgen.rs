@@ -74,8 +74,8 @@ impl Pipeline {
         ingress.signing.secrets = secrets.iter().map(|secret| (*secret).to_owned()).collect();
         // Everything the worker keeps beside the events on, the summary
         // rolled up while the run goes on.
-        worker.result_events = true;
-        worker.summary_rollup_ms = 200;
+        worker.results.result_events = true;
+        worker.summary.summary_rollup_ms = 200;
         let ingress = RunningIngress::start(ingress).await;
         let worker = RunningWorker::start(worker).await;
         Self {

@@ -12,7 +12,7 @@ use corral_testkit::{
     fixtures, wait,
 };
 use corral_worker::{
-    config::QuarantineCommand,
+    commands::{self, quarantine::QuarantineCommand},
     ops::{self, ReprocessOptions, Verdict},
     source::unpack,
 };
@@ -177,7 +177,7 @@ async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
 
     // The command's own output.
     let mut out = Vec::new();
-    ops::quarantine_command(QuarantineCommand::List { limit: 10 }, &config, &mut out)
+    commands::quarantine::run(QuarantineCommand::List { limit: 10 }, &config, &mut out)
         .await
         .unwrap();
     let out = String::from_utf8(out).unwrap();

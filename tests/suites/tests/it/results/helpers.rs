@@ -29,7 +29,7 @@ pub(super) const OUTBOX: &str = "SELECT count(*) FROM delivery_results_outbox";
 /// The worker tests' quick settings, with result events on.
 pub(super) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = worker::config(database_url, prefix);
-    config.result_events = true;
+    config.results.result_events = true;
     config
 }
 

@@ -319,8 +319,8 @@ async fn a_drain_round_cut_before_its_commit_gives_its_rows_back() {
     }
 
     let mut config = draining(&db, broker.prefix());
-    config.database_url = url;
-    config.db_timeout_ms = 10_000;
+    config.db.database_url = url;
+    config.db.db_timeout_ms = 10_000;
     let worker = RunningWorker::start_unready(config).await;
     wait_batch_in_flight(&client, &db.name).await;
     let before = worker.metrics().await;

@@ -73,7 +73,7 @@ pub(super) fn spooling(
 /// A worker on `db` and `prefix` that looks at an empty spool every 50 ms.
 pub(super) fn draining(db: &TestDatabase, prefix: &str) -> WorkerConfig {
     let mut config = worker::config(&db.url, prefix);
-    config.spool_poll_ms = 50;
+    config.spool.spool_poll_ms = 50;
     config
 }
 

@@ -13,8 +13,8 @@ use corral_testkit::{
     wait,
 };
 use corral_worker::{
-    config::DeadLetterCommand,
-    ops::{self, DeadLetterReport, OpsError, ReplayOptions},
+    commands::{self, dead_letters::DeadLetterCommand},
+    ops::{DeadLetterReport, DeadLetters as _, OpsError, ReplayOptions, SqsDeadLetters},
 };
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ fn ops_config(queue: &TestQueue) -> corral_worker::config::WorkerConfig {
 /// its causes.
 async fn run(queue: &TestQueue, command: DeadLetterCommand) -> Result<String, String> {
     let mut out = Vec::new();
-    ops::dead_letters_command(command, &ops_config(queue), &mut out)
+    commands::dead_letters::run(command, &ops_config(queue), &mut out)
         .await
         .map_err(|err| format!("{err:#}"))?;
     Ok(String::from_utf8(out).expect("UTF-8 output"))
@@ -58,7 +58,8 @@ async fn run(queue: &TestQueue, command: DeadLetterCommand) -> Result<String, St
 
 async fn replay(queue: &TestQueue, options: ReplayOptions) -> DeadLetterReport {
     let queue = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
-    ops::replay_sqs_dead_letters(&queue, &options)
+    SqsDeadLetters::new(queue)
+        .replay(&options)
         .await
         .expect("the replay")
 }
@@ -308,7 +309,8 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
         assert!(err.contains("deadLetterTargetArn"), "{err}");
     }
     let connected = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
-    let err = ops::list_sqs_dead_letters(&connected, 10)
+    let err = SqsDeadLetters::new(connected)
+        .list(10)
         .await
         .expect_err("no dead-letter queue");
     assert!(

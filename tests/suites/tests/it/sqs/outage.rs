@@ -92,7 +92,7 @@ async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
     assert_eq!(ingress.metrics().await.get(&spooled), 5.0);
 
     let mut worker = config::worker_sqs(&db.url, &queue);
-    worker.spool_poll_ms = 50;
+    worker.spool.spool_poll_ms = 50;
     let worker = RunningWorker::start(worker).await;
     let client = db.client().await;
     assert_each_once(&client, &ids).await;

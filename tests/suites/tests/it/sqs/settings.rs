@@ -13,7 +13,7 @@ use corral_testkit::{
     process::{Process, ProcessConfig},
     sqs::{ENDPOINT, TestQueue},
 };
-use corral_worker::config::Cli;
+use corral_worker::commands::Cli;
 use tokio_util::sync::CancellationToken;
 
 fn ingress_error(config: IngressConfig) -> String {

@@ -44,7 +44,7 @@ async fn the_worker_rolls_the_summary_up_on_its_own() {
     let broker = TestBroker::new().await;
     let db = TestDatabase::new().await;
     let mut settings = config(&db.url, broker.prefix());
-    settings.summary_rollup_ms = 100;
+    settings.summary.summary_rollup_ms = 100;
     let worker = RunningWorker::start(settings).await;
     for reason in ["", "", fixtures::FAILURE_REASONS[0]] {
         send(&broker, Kind::Sms.routing_key(), valid(reason).1).await;

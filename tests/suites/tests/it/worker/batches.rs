@@ -272,7 +272,7 @@ async fn batches_are_acknowledged_only_once_every_webhook_is_committed() {
     config.prefetch = 2;
     config.batch_max = 2;
     config.db_writers = 2;
-    config.db_timeout_ms = 1_000;
+    config.db.db_timeout_ms = 1_000;
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
     let queue = broker.queue();

@@ -43,8 +43,8 @@ pub(super) const CONNECTED: &str = r#"corral_broker_connect_attempts_total{outco
 pub(crate) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = config::worker(database_url, prefix);
     config.batch_linger_ms = 50;
-    config.db_timeout_ms = 2_000;
-    config.db_retry_max_ms = 300;
+    config.db.db_timeout_ms = 2_000;
+    config.db.db_retry_max_ms = 300;
     config.shutdown_timeout_ms = 10_000;
     config.amqp.reconnect_max_ms = 300;
     config.amqp.connect_timeout_ms = 2_000;

@@ -24,7 +24,7 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
     let mut config = config(&url, broker.prefix());
     config.prefetch = PREFETCH;
     config.batch_max = u32::from(PREFETCH);
-    config.db_timeout_ms = 1_000;
+    config.db.db_timeout_ms = 1_000;
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
     let queue = broker.topology.queue();

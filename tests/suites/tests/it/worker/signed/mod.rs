@@ -55,7 +55,7 @@ impl Stack {
         let ingress = start_signed(&broker, &[SECRET]).await;
         let mut settings = config(&db.url, broker.prefix());
         // The tests read the summary's two tables together; no roll-up needed.
-        settings.summary_rollup_ms = 3_600_000;
+        settings.summary.summary_rollup_ms = 3_600_000;
         let worker = RunningWorker::start(settings).await;
         let client = db.client().await;
         Self {
