@@ -102,7 +102,7 @@ async fn publish(
         &link,
         packed.routing_key,
         &packed.body,
-        packed.properties,
+        amqp::properties(&packed.metadata),
         round.take_leases(),
     )
     .await?;
