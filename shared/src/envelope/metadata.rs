@@ -1,8 +1,8 @@
 //! What a message says about itself besides its body, whatever carried it.
 //!
 //! [`Metadata`] names the fields corral writes and reads; each transport
-//! adapts it at its edge ([`crate::amqp::properties`] and
-//! [`crate::amqp::metadata`] for AMQP properties and headers, `sqs::metadata`
+//! adapts it at its edge (`amqp::properties` and
+//! `amqp::metadata` for AMQP properties and headers, `sqs::metadata`
 //! for SQS message attributes), so neither the envelope nor the worker
 //! speaks any client library's type. [`Format`] and [`Envelope`] read it;
 //! [`Incoming`] is one webhook as it came off the buffer.

@@ -14,7 +14,7 @@
 //! `x-corral-envelope` (the version of this contract, so a future change can
 //! be told apart). On AMQP these are properties and headers, with
 //! `delivery_mode` 2 (persistent) and `app_id` `corral-ingress`
-//! ([`crate::amqp::properties`]).
+//! (`amqp::properties`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
