@@ -23,7 +23,7 @@ mod topology;
 use std::{future::Future, time::Duration};
 
 pub use connect::{check_settings, close, connect, connect_and_declare, parse_url, reconnect};
-pub use properties::{metadata, properties};
+pub use properties::{metadata, properties, result_properties};
 pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, check_confirmations, publish_confirmed,
     publish_mandatory,

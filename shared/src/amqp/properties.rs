@@ -13,8 +13,11 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::envelope::{
-    ENVELOPE_HEADER, Metadata, RECEIVED_AT_HEADER, WEBHOOKS_HEADER, format_received_at,
+use crate::{
+    envelope::{
+        ENVELOPE_HEADER, Metadata, RECEIVED_AT_HEADER, WEBHOOKS_HEADER, format_received_at,
+    },
+    results::{DeliveryResult, MESSAGE_TYPE},
 };
 
 /// The properties of a message with `metadata`, as ingress publishes it.
@@ -84,6 +87,18 @@ pub fn metadata(properties: &BasicProperties) -> Metadata {
         version: integer(ENVELOPE_HEADER),
         webhooks: integer(WEBHOOKS_HEADER),
     }
+}
+
+/// A result event's properties: persistent, JSON, `message_id` = its id,
+/// `type` = [`MESSAGE_TYPE`], `timestamp` = when it was stored.
+pub fn result_properties(event: &DeliveryResult) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(event.id.to_string()))
+        .with_type(ShortString::from(MESSAGE_TYPE))
+        .with_timestamp(event.stored_at.timestamp().max(0) as u64)
+        .with_app_id(ShortString::from("corral-worker"))
 }
 
 #[cfg(test)]
@@ -184,5 +199,39 @@ mod tests {
             metadata(&short).received_at,
             Some(at("2019-03-17T19:10:26.5Z"))
         );
+    }
+
+    #[test]
+    fn a_result_event_is_published_persistent_typed_and_with_its_id() {
+        let event: DeliveryResult = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "id": "0193f0c2-7a1e-7d3c-9a55-0123456789ab",
+            "event_id": 42,
+            "drop_id": "d1",
+            "foreign_id": null,
+            "kind": "sms",
+            "phone_number": "+15552224444",
+            "status": "success",
+            "reason": null,
+            "dnc": false,
+            "spam": false,
+            "product_cost": "0.099",
+            "compliance_fee": "0.0029",
+            "tts_fee": null,
+            "attempt_date": "2026-11-27T05:24:31Z",
+            "received_at": "2026-11-27T05:24:32.123456Z",
+            "stored_at": "2026-11-27T05:24:32.500Z",
+            "latest": true,
+            "suppressions": [],
+            "new_suppressions": [],
+        }))
+        .expect("a result event");
+        let properties = result_properties(&event);
+        assert_eq!(properties.kind().as_ref().unwrap().as_str(), MESSAGE_TYPE);
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str(),
+            "0193f0c2-7a1e-7d3c-9a55-0123456789ab"
+        );
+        assert_eq!(properties.delivery_mode(), &Some(2));
     }
 }
