@@ -25,6 +25,8 @@ mod event;
 mod fields;
 mod fingerprint;
 #[cfg(test)]
+mod fingerprint_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
