@@ -74,42 +74,8 @@ pub(super) fn canonical(text: &str) -> Canonical {
     let mut scan = Scanner { text, at: 0 };
     let mut stack: Vec<Open> = Vec::new();
     loop {
-        // A value starts here.
-        let mut value = match scan.next_token()? {
-            b'{' | b'[' if stack.len() == MAX_DEPTH => {
-                return Err(PayloadError::TooDeep { limit: MAX_DEPTH });
-            }
-            b'{' => {
-                if scan.eat(b'}') {
-                    Ok(b"{}".to_vec())
-                } else {
-                    let key = Some(scan.key()?);
-                    stack.push(Open::Object {
-                        members: Vec::new(),
-                        key,
-                    });
-                    continue;
-                }
-            }
-            b'[' => {
-                if scan.eat(b']') {
-                    Ok(b"[]".to_vec())
-                } else {
-                    stack.push(Open::Array {
-                        out: Ok(vec![b'[']),
-                        empty: true,
-                    });
-                    continue;
-                }
-            }
-            b'"' => scan.string().and_then(|string| {
-                let value = string.decoded?;
-                if value.contains('\0') {
-                    return Err(PayloadError::NulCharacter);
-                }
-                Ok(string.canonical.unwrap_or_else(|| escaped(&value)))
-            }),
-            _ => Ok(scan.scalar()?.as_bytes().to_vec()),
+        let Some(mut value) = start_value(&mut scan, &mut stack)? else {
+            continue;
         };
         // The value is complete: hand it to its container, and close every
         // container that ends with it.
@@ -118,53 +84,107 @@ pub(super) fn canonical(text: &str) -> Canonical {
                 scan.end()?;
                 return value;
             };
-            match open {
-                Open::Object { members, key } => {
-                    let member_key = key.take().ok_or_else(|| unexpected(&scan))?;
-                    members.push((member_key, value));
-                    match scan.next_token()? {
-                        b',' => {
-                            *key = Some(scan.key()?);
-                            break;
-                        }
-                        b'}' => {}
-                        _ => return Err(unexpected(&scan)),
-                    }
-                }
-                Open::Array { out, empty } => {
-                    match value {
-                        Ok(item) => {
-                            if let Ok(bytes) = out {
-                                if !*empty {
-                                    bytes.push(b',');
-                                }
-                                bytes.extend_from_slice(&item);
-                            }
-                        }
-                        // The first item that fails is the array's error.
-                        Err(err) => {
-                            if out.is_ok() {
-                                *out = Err(err);
-                            }
-                        }
-                    }
-                    *empty = false;
-                    match scan.next_token()? {
-                        b',' => break,
-                        b']' => {}
-                        _ => return Err(unexpected(&scan)),
-                    }
-                }
+            if !take(open, value, &mut scan)? {
+                break;
             }
             value = match stack.pop() {
-                Some(Open::Object { members, .. }) => object(members),
-                Some(Open::Array { out, .. }) => out.map(|mut bytes| {
-                    bytes.push(b']');
-                    bytes
-                }),
+                Some(open) => close(open),
                 None => unreachable!("the stack had a last element"),
             };
         }
+    }
+}
+
+/// Reads the value that starts here: `Some` when it is complete (a scalar,
+/// a string, an empty container), `None` when it opened a container, now
+/// on the stack.
+fn start_value(
+    scan: &mut Scanner<'_>,
+    stack: &mut Vec<Open>,
+) -> Result<Option<Canonical>, PayloadError> {
+    Ok(Some(match scan.next_token()? {
+        b'{' | b'[' if stack.len() == MAX_DEPTH => {
+            return Err(PayloadError::TooDeep { limit: MAX_DEPTH });
+        }
+        b'{' if scan.eat(b'}') => Ok(b"{}".to_vec()),
+        b'{' => {
+            let key = Some(scan.key()?);
+            stack.push(Open::Object {
+                members: Vec::new(),
+                key,
+            });
+            return Ok(None);
+        }
+        b'[' if scan.eat(b']') => Ok(b"[]".to_vec()),
+        b'[' => {
+            stack.push(Open::Array {
+                out: Ok(vec![b'[']),
+                empty: true,
+            });
+            return Ok(None);
+        }
+        b'"' => scan.string().and_then(|string| {
+            let value = string.decoded?;
+            if value.contains('\0') {
+                return Err(PayloadError::NulCharacter);
+            }
+            Ok(string.canonical.unwrap_or_else(|| escaped(&value)))
+        }),
+        _ => Ok(scan.scalar()?.as_bytes().to_vec()),
+    }))
+}
+
+/// Gives `value` to its container and reads what follows it: `true` when
+/// that closed the container, `false` when another member or item follows.
+fn take(open: &mut Open, value: Canonical, scan: &mut Scanner<'_>) -> Result<bool, PayloadError> {
+    match open {
+        Open::Object { members, key } => {
+            let member_key = key.take().ok_or_else(|| unexpected(scan))?;
+            members.push((member_key, value));
+            match scan.next_token()? {
+                b',' => {
+                    *key = Some(scan.key()?);
+                    Ok(false)
+                }
+                b'}' => Ok(true),
+                _ => Err(unexpected(scan)),
+            }
+        }
+        Open::Array { out, empty } => {
+            match value {
+                Ok(item) => {
+                    if let Ok(bytes) = out {
+                        if !*empty {
+                            bytes.push(b',');
+                        }
+                        bytes.extend_from_slice(&item);
+                    }
+                }
+                // The first item that fails is the array's error.
+                Err(err) => {
+                    if out.is_ok() {
+                        *out = Err(err);
+                    }
+                }
+            }
+            *empty = false;
+            match scan.next_token()? {
+                b',' => Ok(false),
+                b']' => Ok(true),
+                _ => Err(unexpected(scan)),
+            }
+        }
+    }
+}
+
+/// A closed container's canonical text.
+fn close(open: Open) -> Canonical {
+    match open {
+        Open::Object { members, .. } => object(members),
+        Open::Array { out, .. } => out.map(|mut bytes| {
+            bytes.push(b']');
+            bytes
+        }),
     }
 }
 
