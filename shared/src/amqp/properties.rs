@@ -203,27 +203,15 @@ mod tests {
 
     #[test]
     fn a_result_event_is_published_persistent_typed_and_with_its_id() {
+        // A voicemail that failed: nothing in the properties depends on it.
         let event: DeliveryResult = serde_json::from_value(serde_json::json!({
-            "version": 1,
-            "id": "0193f0c2-7a1e-7d3c-9a55-0123456789ab",
-            "event_id": 42,
-            "drop_id": "d1",
-            "foreign_id": null,
-            "kind": "sms",
-            "phone_number": "+15552224444",
-            "status": "success",
-            "reason": null,
-            "dnc": false,
-            "spam": false,
-            "product_cost": "0.099",
-            "compliance_fee": "0.0029",
-            "tts_fee": null,
-            "attempt_date": "2026-11-27T05:24:31Z",
-            "received_at": "2026-11-27T05:24:32.123456Z",
-            "stored_at": "2026-11-27T05:24:32.500Z",
-            "latest": true,
-            "suppressions": [],
-            "new_suppressions": [],
+            "version": 1, "id": "0193f0c2-7a1e-7d3c-9a55-0123456789ab", "event_id": 7,
+            "drop_id": "rvm-1", "foreign_id": "order-9", "kind": "rvm", "phone_number": null,
+            "status": "failure", "reason": "Invalid Number", "dnc": null, "spam": null,
+            "product_cost": "0", "compliance_fee": null, "tts_fee": null,
+            "attempt_date": "2026-12-01T10:00:00Z", "received_at": "2026-12-01T10:00:01Z",
+            "stored_at": "2026-12-01T10:00:02Z", "latest": false,
+            "suppressions": [], "new_suppressions": [],
         }))
         .expect("a result event");
         let properties = result_properties(&event);
