@@ -74,3 +74,16 @@ pub fn worker_sqs(database_url: &str, queue: &crate::sqs::TestQueue) -> WorkerCo
     config.buffer = queue.settings();
     config
 }
+
+/// Worker settings that keep every wait of a test short: batches close after
+/// 50 ms, and a lost database or broker is noticed and retried within
+/// seconds.
+#[cfg(feature = "apps")]
+pub fn short_waits(config: &mut WorkerConfig) {
+    config.batch_linger_ms = 50;
+    config.db_timeout_ms = 2_000;
+    config.db_retry_max_ms = 300;
+    config.shutdown_timeout_ms = 10_000;
+    config.amqp.reconnect_max_ms = 300;
+    config.amqp.connect_timeout_ms = 2_000;
+}
