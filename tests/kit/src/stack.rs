@@ -33,6 +33,9 @@ type WorkerSettings = Arc<dyn Fn(&mut WorkerConfig) + Send + Sync>;
 /// The AMQP prefix of services on SQS, which declare nothing under it.
 const UNUSED_PREFIX: &str = "corral-unused";
 
+/// The database URL of a worker whose stack has no database.
+const UNUSED_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/unused";
+
 /// Which database a stack has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Database {
@@ -51,6 +54,7 @@ pub struct StackBuilder {
     spool: bool,
     #[cfg(feature = "sqs")]
     sqs: Option<crate::sqs::QueueOptions>,
+    sqs_proxy: bool,
     amqp_proxy: bool,
     db_proxy: bool,
     ingress: Option<IngressSettings>,
@@ -91,6 +95,17 @@ impl StackBuilder {
     pub fn sqs_with(mut self, options: crate::sqs::QueueOptions) -> Self {
         self.sqs = Some(options);
         self
+    }
+
+    /// Both services reach SQS (the default queue unless asked otherwise)
+    /// through a proxy the test controls.
+    #[cfg(feature = "sqs")]
+    pub fn sqs_proxy(mut self) -> Self {
+        self.sqs_proxy = true;
+        match self.sqs {
+            Some(_) => self,
+            None => self.sqs(),
+        }
     }
 
     /// Both services reach RabbitMQ through a proxy the test controls.
@@ -173,6 +188,10 @@ impl StackBuilder {
                 true => Some(TcpProxy::postgres().await),
                 false => None,
             },
+            sqs_proxy: match self.sqs_proxy {
+                true => Some(TcpProxy::sqs().await),
+                false => None,
+            },
             #[cfg(feature = "sqs")]
             queue: match self.sqs {
                 Some(options) => Some(crate::sqs::TestQueue::with(options).await),
@@ -218,6 +237,7 @@ pub struct Stack {
     worker: Option<RunningWorker>,
     amqp_proxy: Option<TcpProxy>,
     db_proxy: Option<TcpProxy>,
+    sqs_proxy: Option<TcpProxy>,
     #[cfg(feature = "sqs")]
     queue: Option<crate::sqs::TestQueue>,
     writer: Option<SpoolWriter>,
@@ -246,6 +266,7 @@ impl Stack {
             spool: false,
             #[cfg(feature = "sqs")]
             sqs: None,
+            sqs_proxy: false,
             amqp_proxy: false,
             db_proxy: false,
             ingress: None,
@@ -291,6 +312,13 @@ impl Stack {
             .expect("a stack built with `db_proxy`")
     }
 
+    /// The proxy in front of SQS.
+    pub fn sqs_proxy(&self) -> &TcpProxy {
+        self.sqs_proxy
+            .as_ref()
+            .expect("a stack built with `sqs_proxy`")
+    }
+
     /// Ingress's spool role.
     pub fn writer(&self) -> &SpoolWriter {
         self.writer.as_ref().expect("a stack built with `spool`")
@@ -325,7 +353,7 @@ impl Stack {
         }
         #[cfg(feature = "sqs")]
         if let Some(queue) = &self.queue {
-            config.buffer = queue.settings();
+            config.buffer = self.buffer(queue);
         }
         if let Some(settings) = &self.ingress_settings {
             settings(&mut config);
@@ -333,11 +361,14 @@ impl Stack {
         config
     }
 
-    /// The settings of this stack's workers, likewise.
+    /// The settings of this stack's workers, likewise (naming a database
+    /// that is not there when the stack has none, for a worker that must not
+    /// reach it, or a command that never connects).
     pub fn worker_config(&self) -> WorkerConfig {
-        let url = match &self.db_proxy {
-            Some(proxy) => proxy.postgres_url(&self.db().name),
-            None => self.db().url.clone(),
+        let url = match (&self.db, &self.db_proxy) {
+            (Some(db), Some(proxy)) => proxy.postgres_url(&db.name),
+            (Some(db), None) => db.url.clone(),
+            (None, _) => UNUSED_DATABASE_URL.to_owned(),
         };
         let mut config = config::worker(&url, self.prefix());
         if let Some(proxy) = &self.amqp_proxy {
@@ -345,12 +376,21 @@ impl Stack {
         }
         #[cfg(feature = "sqs")]
         if let Some(queue) = &self.queue {
-            config.buffer = queue.settings();
+            config.buffer = self.buffer(queue);
         }
         if let Some(settings) = &self.worker_settings {
             settings(&mut config);
         }
         config
+    }
+
+    /// The buffer settings naming the test's queue, through the proxy if any.
+    #[cfg(feature = "sqs")]
+    fn buffer(&self, queue: &crate::sqs::TestQueue) -> corral_shared::config::BufferSettings {
+        match &self.sqs_proxy {
+            Some(proxy) => queue.settings_via(&format!("http://{}", proxy.addr())),
+            None => queue.settings(),
+        }
     }
 
     /// Starts an ingress (in place of any before it) and waits until it is
