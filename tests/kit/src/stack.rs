@@ -1,5 +1,5 @@
 //! One builder for what a test runs against, so a test states its scenario
-//! (`Stack::builder().spool().amqp_proxy().worker(short_waits).start()`) and
+//! (`Stack::builder().spool().amqp_proxy(Via::Ingress).worker(short_waits)`) and
 //! not the plumbing: a private AMQP prefix always; a database, fresh or
 //! migrated, when asked for or when a worker needs one; optionally ingress's
 //! spool role, an SQS queue as the buffer, and proxies in front of RabbitMQ or
@@ -30,6 +30,24 @@ type IngressSettings = Arc<dyn Fn(&mut IngressConfig) + Send + Sync>;
 /// Settings a test lays over a worker's defaults.
 type WorkerSettings = Arc<dyn Fn(&mut WorkerConfig) + Send + Sync>;
 
+/// Which services go through a proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The ingress only.
+    Ingress,
+    /// The worker only.
+    Worker,
+    /// Both.
+    Both,
+}
+
+impl Via {
+    #[cfg(feature = "sqs")]
+    fn includes(self, service: Via) -> bool {
+        self == Via::Both || self == service
+    }
+}
+
 /// The AMQP prefix of services on SQS, which declare nothing under it.
 const UNUSED_PREFIX: &str = "corral-unused";
 
@@ -54,11 +72,11 @@ pub struct StackBuilder {
     spool: bool,
     #[cfg(feature = "sqs")]
     sqs: Option<crate::sqs::QueueOptions>,
-    sqs_proxy: bool,
-    amqp_proxy: bool,
+    sqs_proxy: Option<Via>,
+    amqp_proxy: Option<Via>,
     db_proxy: bool,
-    ingress: Option<IngressSettings>,
-    worker: Option<WorkerSettings>,
+    ingress: Vec<IngressSettings>,
+    worker: Vec<WorkerSettings>,
     start_ingress: bool,
     start_worker: bool,
 }
@@ -97,20 +115,20 @@ impl StackBuilder {
         self
     }
 
-    /// Both services reach SQS (the default queue unless asked otherwise)
-    /// through a proxy the test controls.
+    /// The services `via` reach SQS (the default queue unless asked
+    /// otherwise) through a proxy the test controls.
     #[cfg(feature = "sqs")]
-    pub fn sqs_proxy(mut self) -> Self {
-        self.sqs_proxy = true;
+    pub fn sqs_proxy(mut self, via: Via) -> Self {
+        self.sqs_proxy = Some(via);
         match self.sqs {
             Some(_) => self,
             None => self.sqs(),
         }
     }
 
-    /// Both services reach RabbitMQ through a proxy the test controls.
-    pub fn amqp_proxy(mut self) -> Self {
-        self.amqp_proxy = true;
+    /// The services `via` reach RabbitMQ through a proxy the test controls.
+    pub fn amqp_proxy(mut self, via: Via) -> Self {
+        self.amqp_proxy = Some(via);
         self
     }
 
@@ -120,36 +138,45 @@ impl StackBuilder {
         self.database()
     }
 
-    /// `settings` for every ingress of this stack; one starts with the stack.
-    pub fn ingress(
-        mut self,
-        settings: impl Fn(&mut IngressConfig) + Send + Sync + 'static,
-    ) -> Self {
+    /// An ingress starts with the stack.
+    pub fn with_ingress(mut self) -> Self {
         self.start_ingress = true;
-        self.ingress_settings(settings)
+        self
     }
 
-    /// `settings` for the ingresses the test starts itself.
+    /// `settings` for every ingress of this stack (after those given
+    /// before), and one starts with the stack.
+    pub fn ingress(self, settings: impl Fn(&mut IngressConfig) + Send + Sync + 'static) -> Self {
+        self.ingress_settings(settings).with_ingress()
+    }
+
+    /// `settings` for every ingress of this stack, after those given before.
     pub fn ingress_settings(
         mut self,
         settings: impl Fn(&mut IngressConfig) + Send + Sync + 'static,
     ) -> Self {
-        self.ingress = Some(Arc::new(settings));
+        self.ingress.push(Arc::new(settings));
         self
     }
 
-    /// `settings` for every worker of this stack; one starts with the stack.
-    pub fn worker(mut self, settings: impl Fn(&mut WorkerConfig) + Send + Sync + 'static) -> Self {
+    /// A worker starts with the stack.
+    pub fn with_worker(mut self) -> Self {
         self.start_worker = true;
-        self.worker_settings(settings)
+        self.database()
     }
 
-    /// `settings` for the workers the test starts itself.
+    /// `settings` for every worker of this stack (after those given before),
+    /// and one starts with the stack.
+    pub fn worker(self, settings: impl Fn(&mut WorkerConfig) + Send + Sync + 'static) -> Self {
+        self.worker_settings(settings).with_worker()
+    }
+
+    /// `settings` for every worker of this stack, after those given before.
     pub fn worker_settings(
         mut self,
         settings: impl Fn(&mut WorkerConfig) + Send + Sync + 'static,
     ) -> Self {
-        self.worker = Some(Arc::new(settings));
+        self.worker.push(Arc::new(settings));
         self.database()
     }
 
@@ -181,16 +208,16 @@ impl StackBuilder {
             ingress: None,
             worker: None,
             amqp_proxy: match self.amqp_proxy {
-                true => Some(TcpProxy::rabbitmq().await),
-                false => None,
+                Some(via) => Some((TcpProxy::rabbitmq().await, via)),
+                None => None,
             },
             db_proxy: match self.db_proxy {
                 true => Some(TcpProxy::postgres().await),
                 false => None,
             },
             sqs_proxy: match self.sqs_proxy {
-                true => Some(TcpProxy::sqs().await),
-                false => None,
+                Some(via) => Some((TcpProxy::sqs().await, via)),
+                None => None,
             },
             #[cfg(feature = "sqs")]
             queue: match self.sqs {
@@ -235,16 +262,16 @@ impl std::fmt::Debug for StackBuilder {
 pub struct Stack {
     ingress: Option<RunningIngress>,
     worker: Option<RunningWorker>,
-    amqp_proxy: Option<TcpProxy>,
+    amqp_proxy: Option<(TcpProxy, Via)>,
     db_proxy: Option<TcpProxy>,
-    sqs_proxy: Option<TcpProxy>,
+    sqs_proxy: Option<(TcpProxy, Via)>,
     #[cfg(feature = "sqs")]
     queue: Option<crate::sqs::TestQueue>,
     writer: Option<SpoolWriter>,
     db: Option<TestDatabase>,
     broker: Option<TestBroker>,
-    ingress_settings: Option<IngressSettings>,
-    worker_settings: Option<WorkerSettings>,
+    ingress_settings: Vec<IngressSettings>,
+    worker_settings: Vec<WorkerSettings>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -266,11 +293,11 @@ impl Stack {
             spool: false,
             #[cfg(feature = "sqs")]
             sqs: None,
-            sqs_proxy: false,
-            amqp_proxy: false,
+            sqs_proxy: None,
+            amqp_proxy: None,
             db_proxy: false,
-            ingress: None,
-            worker: None,
+            ingress: Vec::new(),
+            worker: Vec::new(),
             start_ingress: false,
             start_worker: false,
         }
@@ -302,6 +329,7 @@ impl Stack {
     pub fn amqp_proxy(&self) -> &TcpProxy {
         self.amqp_proxy
             .as_ref()
+            .map(|(proxy, _)| proxy)
             .expect("a stack built with `amqp_proxy`")
     }
 
@@ -316,6 +344,7 @@ impl Stack {
     pub fn sqs_proxy(&self) -> &TcpProxy {
         self.sqs_proxy
             .as_ref()
+            .map(|(proxy, _)| proxy)
             .expect("a stack built with `sqs_proxy`")
     }
 
@@ -345,7 +374,7 @@ impl Stack {
     /// the test's own settings last.
     pub fn ingress_config(&self) -> IngressConfig {
         let mut config = config::ingress(self.prefix(), TOKEN);
-        if let Some(proxy) = &self.amqp_proxy {
+        if let Some((proxy, Via::Ingress | Via::Both)) = &self.amqp_proxy {
             config.amqp.url = proxy.amqp_url();
         }
         if let Some(writer) = &self.writer {
@@ -353,9 +382,9 @@ impl Stack {
         }
         #[cfg(feature = "sqs")]
         if let Some(queue) = &self.queue {
-            config.buffer = self.buffer(queue);
+            config.buffer = self.buffer(queue, Via::Ingress);
         }
-        if let Some(settings) = &self.ingress_settings {
+        for settings in &self.ingress_settings {
             settings(&mut config);
         }
         config
@@ -371,25 +400,32 @@ impl Stack {
             (None, _) => UNUSED_DATABASE_URL.to_owned(),
         };
         let mut config = config::worker(&url, self.prefix());
-        if let Some(proxy) = &self.amqp_proxy {
+        if let Some((proxy, Via::Worker | Via::Both)) = &self.amqp_proxy {
             config.amqp.url = proxy.amqp_url();
         }
         #[cfg(feature = "sqs")]
         if let Some(queue) = &self.queue {
-            config.buffer = self.buffer(queue);
+            config.buffer = self.buffer(queue, Via::Worker);
         }
-        if let Some(settings) = &self.worker_settings {
+        for settings in &self.worker_settings {
             settings(&mut config);
         }
         config
     }
 
-    /// The buffer settings naming the test's queue, through the proxy if any.
+    /// The buffer settings naming the test's queue for `service`, through
+    /// the proxy if it goes through one.
     #[cfg(feature = "sqs")]
-    fn buffer(&self, queue: &crate::sqs::TestQueue) -> corral_shared::config::BufferSettings {
+    fn buffer(
+        &self,
+        queue: &crate::sqs::TestQueue,
+        service: Via,
+    ) -> corral_shared::config::BufferSettings {
         match &self.sqs_proxy {
-            Some(proxy) => queue.settings_via(&format!("http://{}", proxy.addr())),
-            None => queue.settings(),
+            Some((proxy, via)) if via.includes(service) => {
+                queue.settings_via(&format!("http://{}", proxy.addr()))
+            }
+            _ => queue.settings(),
         }
     }
 

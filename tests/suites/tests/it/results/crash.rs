@@ -10,7 +10,7 @@ use std::{
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     process::{Process, ProcessConfig},
-    stack::Stack,
+    stack::{Stack, Via},
     wait,
 };
 use uuid::Uuid;
@@ -29,7 +29,11 @@ fn process(database_url: &str, prefix: &str) -> ProcessConfig {
 
 #[tokio::test]
 async fn a_worker_killed_between_commit_and_relay_still_delivers_every_event() {
-    let stack = Stack::builder().migrated().amqp_proxy().start().await;
+    let stack = Stack::builder()
+        .migrated()
+        .amqp_proxy(Via::Worker)
+        .start()
+        .await;
     let (broker, db, proxy) = (stack.broker(), stack.db(), stack.amqp_proxy());
     let client = stack.client().await;
     let queue = broker.bind_results("service").await;

@@ -41,7 +41,7 @@ async fn a_body_with_characters_sqs_refuses_is_taken_sent_escaped_and_stored_exa
         .sqs()
         // One call at a time: the webhooks share messages, as under load.
         .ingress(|ingress| ingress.publish_concurrency = 1)
-        .worker_settings(|_| {})
+        .database()
         .start()
         .await;
     let (queue, ingress) = (stack.queue(), stack.ingress());

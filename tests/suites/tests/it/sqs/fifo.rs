@@ -27,7 +27,7 @@ async fn a_fifo_queue_keeps_one_numbers_webhooks_in_one_group() {
             ..QueueOptions::default()
         })
         .ingress(|ingress| ingress.publish_concurrency = 1)
-        .worker_settings(|_| {})
+        .database()
         .start()
         .await;
     let (queue, ingress) = (stack.queue(), stack.ingress());

@@ -22,7 +22,7 @@ async fn webhooks_through_sqs_are_each_one_row_and_share_messages() {
         // One SendMessageBatch at a time: whatever arrives meanwhile waits and
         // leaves with the next one.
         .ingress(|ingress| ingress.publish_concurrency = 1)
-        .worker(|_| {})
+        .with_worker()
         .start()
         .await;
     let (queue, ingress, worker) = (stack.queue(), stack.ingress(), stack.worker());

@@ -88,7 +88,7 @@ async fn the_oldest_received_message_shows_how_long_it_waited() {
             visibility_secs: 3,
             ..QueueOptions::default()
         })
-        .worker_settings(|_| {})
+        .database()
         .start()
         .await;
     let ids = send_message(stack.queue(), 0, 2).await;

@@ -3,7 +3,12 @@
 
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
-    apps::RunningIngress, fixtures, process::free_port, sqs::QueueOptions, stack::Stack, wait,
+    apps::RunningIngress,
+    fixtures,
+    process::free_port,
+    sqs::QueueOptions,
+    stack::{Stack, Via},
+    wait,
 };
 
 use super::{WAIT, assert_each_once, webhook};
@@ -60,7 +65,7 @@ async fn a_call_sqs_refuses_refuses_its_webhooks_and_not_the_next() {
 #[tokio::test]
 async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
     let mut stack = Stack::builder()
-        .sqs_proxy()
+        .sqs_proxy(Via::Ingress)
         .spool()
         .ingress(|ingress| ingress.publish_timeout_ms = 3_000)
         .worker_settings(|worker| worker.spool_poll_ms = 50)
@@ -80,11 +85,7 @@ async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
     );
     assert_eq!(ingress.metrics().await.get(&spooled), 5.0);
 
-    // The worker reaches SQS directly: only ingress's path is cut.
-    let direct = stack.queue().settings();
-    stack
-        .start_worker_with(|worker| worker.buffer = direct)
-        .await;
+    stack.start_worker().await;
     let client = stack.client().await;
     assert_each_once(&client, &ids).await;
     wait::until_true("the spool to be drained", WAIT, || async {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_testkit::{
     sqs::QueueOptions,
-    stack::{Stack, StackBuilder},
+    stack::{Stack, StackBuilder, Via},
     wait,
 };
 use corral_worker::config::WorkerConfig;
@@ -74,7 +74,7 @@ async fn a_message_a_stalled_consumer_held_comes_back_and_is_stored_once() {
 #[tokio::test]
 async fn a_committed_message_sqs_did_not_delete_comes_back_as_duplicates() {
     let mut stack = short_visibility_queue(Stack::builder())
-        .sqs_proxy()
+        .sqs_proxy(Via::Worker)
         .db_proxy()
         .worker(worker)
         .start()
