@@ -39,16 +39,22 @@ pub(super) async fn start(broker: &TestBroker) -> RunningIngress {
 }
 
 /// An ingress configuration whose broker link goes through `proxy`, with
-/// short deadlines so a broken link is seen and mended in seconds.
+/// [`quick_broker_recovery`].
 pub(crate) fn via_proxy(broker: &TestBroker, proxy: &TcpProxy) -> IngressConfig {
     let mut config = config::ingress(broker.prefix(), TOKEN);
     config.amqp.url = proxy.amqp_url();
+    quick_broker_recovery(&mut config);
+    config
+}
+
+/// Short deadlines, so a broken broker link is seen and mended in seconds,
+/// and the `Retry-After` the broker-loss tests check.
+pub(crate) fn quick_broker_recovery(config: &mut IngressConfig) {
     config.publish_timeout_ms = 1_000;
     config.amqp.connect_timeout_ms = 2_000;
     config.amqp.reconnect_max_ms = 200;
     config.amqp.heartbeat_secs = 2;
     config.retry_after_secs = RETRY_AFTER_SECS;
-    config
 }
 
 /// A JSON POST to `kind`'s route without credentials.
