@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use corral_shared::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
+    fixtures,
+    stack::Stack,
 };
 use reqwest::header;
 
@@ -14,16 +14,18 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn a_request_without_a_token_is_401_with_a_basic_challenge() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let request = unauthenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS);
-    assert_rejected(&broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+    assert_rejected(broker, &ingress, request, 401, RejectReason::Unauthorized).await;
 }
 
 #[tokio::test]
 async fn a_wrong_token_is_401_wherever_it_is_sent() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let wrong = "wrong-token-0123456789";
     let url = format!("{}?token={wrong}", ingress.url("rvm"));
     let requests = [
@@ -40,17 +42,18 @@ async fn a_wrong_token_is_401_wherever_it_is_sent() {
     ];
     for request in requests {
         let request = request.body(fixtures::SMS_SUCCESS).timeout(REQUEST_BOUND);
-        assert_rejected(&broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+        assert_rejected(broker, &ingress, request, 401, RejectReason::Unauthorized).await;
     }
 }
 
 #[tokio::test]
 async fn invalid_json_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let truncated = &fixtures::SMS_SUCCESS[..fixtures::SMS_SUCCESS.len() / 2];
     let request = authenticated(&ingress, "sms").body(truncated.to_owned());
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::InvalidJson).await;
+    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::InvalidJson).await;
     assert!(
         error.contains("JSON"),
         "error {error:?} should say what is wrong"
@@ -59,11 +62,12 @@ async fn invalid_json_is_400() {
 
 #[tokio::test]
 async fn a_json_array_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let array = format!("[{}]", fixtures::SMS_SUCCESS);
     let request = authenticated(&ingress, "sms").body(array);
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -72,10 +76,11 @@ async fn a_json_array_is_400() {
 
 #[tokio::test]
 async fn a_json_string_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let request = authenticated(&ingress, "rvm").body(r#""delivered""#);
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -86,8 +91,9 @@ async fn a_json_string_is_400() {
 /// byte more is 413 and nothing is published.
 #[tokio::test]
 async fn a_body_one_byte_over_the_limit_is_413_and_one_exactly_at_it_is_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
@@ -97,14 +103,15 @@ async fn a_body_one_byte_over_the_limit_is_413_and_one_exactly_at_it_is_accepted
     assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
     let request = authenticated(&ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
-    assert_rejected(&broker, &ingress, request, 413, RejectReason::TooLarge).await;
+    assert_rejected(broker, &ingress, request, 413, RejectReason::TooLarge).await;
 }
 
 /// Without a Content-Length the limit is enforced while reading the body.
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let (status, response) = raw_http(ingress.port, &chunked_post(&at_limit)).await;
@@ -126,13 +133,14 @@ async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
         rejected(&after, "too_large") - rejected(&before, "too_large"),
         1.0
     );
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, &ingress).await;
 }
 
 #[tokio::test]
 async fn a_text_plain_body_is_415() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let request = ingress
         .http
         .post(ingress.url("sms"))
@@ -141,7 +149,7 @@ async fn a_text_plain_body_is_415() {
         .body(fixtures::SMS_SUCCESS)
         .timeout(REQUEST_BOUND);
     assert_rejected(
-        &broker,
+        broker,
         &ingress,
         request,
         415,
@@ -154,8 +162,9 @@ async fn a_text_plain_body_is_415() {
 /// JSON media types with parameters or a `+json` suffix.
 #[tokio::test]
 async fn json_media_types_and_a_missing_content_type_are_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let mut ids = HashSet::new();
     let plain = ingress.http.post(ingress.url("sms")).bearer_auth(TOKEN);
     ids.insert(accepted(send(plain.body(fixtures::SMS_SUCCESS)).await).await);
@@ -171,7 +180,7 @@ async fn json_media_types_and_a_missing_content_type_are_accepted() {
             .body(fixtures::SMS_SUCCESS);
         ids.insert(accepted(send(request).await).await);
     }
-    assert_eq!(queued_ids(&broker, ids.len()).await, ids);
+    assert_eq!(queued_ids(broker, ids.len()).await, ids);
 }
 
 /// A client that sends the headers and then trickles (here: stops sending)
@@ -179,8 +188,9 @@ async fn json_media_types_and_a_missing_content_type_are_accepted() {
 /// of holding a connection and a buffer for ever; nothing is published.
 #[tokio::test]
 async fn a_body_that_never_finishes_arriving_is_408() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let mut config = stack.ingress_config();
     config.body_timeout_ms = 300;
     let ingress = RunningIngress::start(config).await;
     let before = ingress.metrics().await;
@@ -197,5 +207,5 @@ async fn a_body_that_never_finishes_arriving_is_408() {
         rejected(&after, "body_timeout") - rejected(&before, "body_timeout"),
         1.0
     );
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, &ingress).await;
 }

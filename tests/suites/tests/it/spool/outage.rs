@@ -2,18 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use corral_testkit::{
-    apps::RunningIngress,
-    fixtures,
-    proxy::TcpProxy,
-    stack::{Stack, Via},
-    wait,
-};
+use corral_testkit::{apps::RunningIngress, fixtures, proxy::TcpProxy, stack::Stack, wait};
 
 use super::helpers::*;
 use crate::{
     ingress::helpers::{
-        accepted, authenticated, publish_failures, quick_broker_recovery, send, unavailable,
+        accepted, authenticated, broker_via_proxy, publish_failures, send, unavailable,
     },
     worker::helpers::count,
 };
@@ -255,11 +249,7 @@ async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
 /// no spool series is exported.
 #[tokio::test]
 async fn without_a_spool_a_broker_outage_is_503_and_no_spool_shows() {
-    let mut stack = Stack::builder()
-        .amqp_proxy(Via::Ingress)
-        .ingress_settings(quick_broker_recovery)
-        .start()
-        .await;
+    let mut stack = broker_via_proxy().start().await;
     stack.amqp_proxy().cut();
     let ingress = stack.start_ingress_unready().await;
     ingress.wait_ready(false).await;
