@@ -8,13 +8,13 @@ use std::{
 
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
     config,
     database::TestDatabase,
     fixtures,
     metrics::catalogued,
     process::free_port,
     sqs::TestQueue,
+    stack::Stack,
     wait,
 };
 
@@ -142,19 +142,19 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
 
     // Both binaries, one webhook all the way through the queue and one
     // through the spool, so that every histogram has a sample and is exported.
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = Stack::builder().migrated().start().await;
+    let db = stack.db();
     let spool = db.spool_writer().await;
-    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
     // No broker where this one looks: its webhook takes the spool.
-    let mut spooling = config::ingress(broker.prefix(), TOKEN);
+    let mut spooling = stack.ingress_config();
     spooling.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     spooling.spool_database_url = Some(spool.url.clone());
     let spooling = RunningIngress::start_unready(spooling).await;
     spooling.wait_ready(true).await;
     // With result events, whose relay series (corral_worker_result_events_*)
     // exist only when CORRAL_RESULT_EVENTS=true.
-    let mut worker_config = config::worker(&db.url, broker.prefix());
+    let mut worker_config = stack.worker_config();
     worker_config.result_events = true;
     let worker = RunningWorker::start(worker_config).await;
     assert_eq!(
