@@ -43,14 +43,12 @@ fn borrowed(webhooks: &[(Kind, Vec<u8>)]) -> Vec<(Kind, &[u8])> {
 
 #[tokio::test]
 async fn every_webhook_of_a_mixed_batch_is_stored_once_with_its_own_id_and_received_at() {
-    let stack = worker_stack().start().await;
-    let (broker, db) = (stack.broker(), stack.db());
-    let worker = RunningWorker::start(stack.worker_config()).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (drop_ids, webhooks) = mixed();
     let sent = send_batch(broker, &borrowed(&webhooks)).await;
 
-    let metrics = settled(&worker, STORED, 4.0).await;
+    let metrics = settled(worker, STORED, 4.0).await;
     assert_each_stored_once(&client, &sent).await;
     for (s, drop_id) in sent.iter().zip(&drop_ids) {
         let row = client
@@ -78,16 +76,15 @@ async fn every_webhook_of_a_mixed_batch_is_stored_once_with_its_own_id_and_recei
     assert_eq!(metrics.get(BATCH_SIZE_SUM), 4.0);
     assert_eq!(metrics.get(END_TO_END_COUNT), 4.0);
     assert_eq!(metrics.get(IN_HAND), 0.0, "the message was acknowledged");
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
+    let broker = stack.broker();
     assert_eq!(broker.ready_count(&broker.queue()).await, 0);
 }
 
 #[tokio::test]
 async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_stored() {
-    let stack = worker_stack().start().await;
-    let (broker, db) = (stack.broker(), stack.db());
-    let worker = RunningWorker::start(stack.worker_config()).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (_, first) = valid("");
     let (_, last) = valid("Opted out");
     // Whitespace around it, so it travels as `body_text`: kept byte for byte.
@@ -102,7 +99,7 @@ async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_sto
     )
     .await;
 
-    let metrics = settled(&worker, QUARANTINED, 1.0).await;
+    let metrics = settled(worker, QUARANTINED, 1.0).await;
     assert_eq!(metrics.get(STORED), 2.0);
     assert_eq!(metrics.get(QUARANTINED), 1.0);
     assert_each_stored_once(&client, &[sent[0].clone(), sent[2].clone()]).await;
@@ -113,15 +110,13 @@ async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_sto
     )
     .await;
     assert_eq!(count(&client, QUARANTINE).await, 1);
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
 
 #[tokio::test]
 async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowledged() {
-    let stack = worker_stack().start().await;
-    let (broker, db) = (stack.broker(), stack.db());
-    let worker = RunningWorker::start(stack.worker_config()).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let at = now_micros();
 
     let malformed_id = Uuid::now_v7();
@@ -158,7 +153,7 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     // The queue keeps moving: an envelope-1 message behind them is stored.
     let behind = send(broker, Kind::Rvm.routing_key(), valid("").1).await;
 
-    let metrics = settled(&worker, QUARANTINED, 2.0).await;
+    let metrics = settled(worker, QUARANTINED, 2.0).await;
     assert_each_stored_once(&client, &[behind]).await;
     assert_eq!(metrics.get(QUARANTINED), 2.0, "one row per whole message");
     // Neither message says when its webhooks came but by its `timestamp`.
@@ -207,7 +202,8 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     assert_eq!(received_at, seconds);
     assert_eq!(count(&client, QUARANTINE).await, 2);
 
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
+    let broker = stack.broker();
     assert_eq!(
         broker.ready_count(&broker.queue()).await,
         0,
@@ -223,21 +219,19 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
 
 #[tokio::test]
 async fn a_batch_delivered_again_is_stored_once_and_counted_as_duplicates() {
-    let stack = worker_stack().start().await;
-    let (broker, db) = (stack.broker(), stack.db());
-    let worker = RunningWorker::start(stack.worker_config()).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (_, webhooks) = mixed();
     let sent = send_batch(broker, &borrowed(&webhooks)).await;
-    settled(&worker, STORED, 4.0).await;
+    settled(worker, STORED, 4.0).await;
 
     // What a lost ack brings back: the same webhooks, in a message of its own.
     publish_batch(broker, &sent).await;
-    let metrics = settled(&worker, DUPLICATE, 4.0).await;
+    let metrics = settled(worker, DUPLICATE, 4.0).await;
     assert_eq!(metrics.get(STORED), 4.0);
     assert_eq!(metrics.get(DUPLICATE), 4.0);
     assert_each_stored_once(&client, &sent).await;
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
 
 /// `CORRAL_BATCH_MAX` counts webhooks, and a message is never split: with

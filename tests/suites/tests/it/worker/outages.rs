@@ -217,10 +217,8 @@ async fn a_silent_broker_link_is_noticed_by_heartbeat() {
 /// there, once, as if nothing had happened.
 #[tokio::test]
 async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_queue() {
-    let stack = worker_stack().start().await;
-    let (broker, db) = (stack.broker(), stack.db());
-    let worker = RunningWorker::start(stack.worker_config()).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     // Each of the worker's two consumers declares the whole topology when it
     // connects; unbinding before the unroutable queue's consumer has done so
     // would see the binding put back.
@@ -239,11 +237,11 @@ async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_qu
     assert_each_stored_once(&client, &sent).await;
     let unroutable = "corral_worker_unroutable_total";
     assert_eq!(
-        settled(&worker, unroutable, 3.0).await.get(unroutable),
+        settled(worker, unroutable, 3.0).await.get(unroutable),
         3.0,
         "each message that came the unroutable way is counted for the alert"
     );
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
     assert_eq!(broker.ready_count(&unroutable_queue).await, 0);
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
