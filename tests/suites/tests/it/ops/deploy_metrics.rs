@@ -7,9 +7,7 @@ use std::{
 };
 
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    config,
-    database::TestDatabase,
+    apps::{RunningIngress, RunningWorker},
     fixtures,
     metrics::catalogued,
     process::free_port,
@@ -174,7 +172,9 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     // A worker on SQS too: its corral_worker_sqs_* series exist only with
     // CORRAL_BUFFER=sqs (the dead-letter queue's once it has been measured).
     let queue = TestQueue::new().await;
-    let sqs_worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
+    let mut sqs_config = stack.worker_config();
+    sqs_config.buffer = queue.settings();
+    let sqs_worker = RunningWorker::start(sqs_config).await;
     let dead_letters = r#"corral_worker_sqs_queue_messages{queue="dead_letter",state="visible"}"#;
     wait::until_true("the SQS worker to measure its queues", WAIT, || async {
         sqs_worker.metrics().await.0.contains_key(dead_letters)
@@ -194,10 +194,14 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     // the requests per call. Its own database, so that the same fixture is
     // stored, not a duplicate; the counters carry on from the pair above (one
     // registry per test process), hence `stored_before`.
-    let queue = TestQueue::new().await;
-    let sqs_db = TestDatabase::migrated().await;
-    let sqs_ingress = RunningIngress::start(config::ingress_sqs(&queue, TOKEN)).await;
-    let sqs_worker = RunningWorker::start(config::worker_sqs(&sqs_db.url, &queue)).await;
+    let mut sqs = Stack::builder()
+        .sqs()
+        .migrated()
+        .with_ingress()
+        .with_worker()
+        .start()
+        .await;
+    let (sqs_ingress, sqs_worker) = (sqs.ingress(), sqs.worker());
     let stored = r#"corral_worker_messages_total{outcome="stored"}"#;
     let stored_before = sqs_worker.metrics().await.get(stored);
     assert_eq!(
@@ -223,8 +227,8 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     .await;
     exported.extend(sqs_ingress.metrics().await.names());
     exported.extend(sqs_worker.metrics().await.names());
-    sqs_worker.stop().await.unwrap();
-    sqs_ingress.stop().await.unwrap();
+    sqs.stop_worker().await.unwrap();
+    sqs.stop_ingress().await.unwrap();
 
     let target_labels = [
         "job",
