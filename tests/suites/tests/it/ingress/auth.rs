@@ -14,16 +14,15 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn the_token_is_accepted_as_query_parameter_bearer_and_basic_password() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let query = ingress
         .http
         .post(format!("{}?token={TOKEN}", ingress.url("sms")))
         .header(header::CONTENT_TYPE, "application/json");
-    let bearer = unauthenticated(&ingress, "sms").bearer_auth(TOKEN);
+    let bearer = unauthenticated(ingress, "sms").bearer_auth(TOKEN);
     // What a callback URL `https://corral:<token>@host/...` sends.
-    let basic = unauthenticated(&ingress, "sms").basic_auth("corral", Some(TOKEN));
+    let basic = unauthenticated(ingress, "sms").basic_auth("corral", Some(TOKEN));
     let mut ids = HashSet::new();
     for request in [query, bearer, basic] {
         ids.insert(accepted(send(request.body(fixtures::SMS_SUCCESS)).await).await);
@@ -62,9 +61,8 @@ async fn both_tokens_of_a_rotation_are_accepted() {
 
 #[tokio::test]
 async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let base = ingress.base_url();
     for path in [
         "/webhooks/dropcowboy/fax",
@@ -92,7 +90,7 @@ async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
             "{method} {kind}"
         );
     }
-    assert_nothing_else_published(broker, &ingress).await;
+    assert_nothing_else_published(broker, ingress).await;
 }
 
 /// Without a token the ingress does not build, unless

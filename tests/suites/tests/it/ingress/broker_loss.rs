@@ -169,14 +169,13 @@ async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_
 /// unroutable.
 #[tokio::test]
 async fn a_queue_deleted_under_a_running_ingress_keeps_webhooks_in_the_unroutable_queue() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
-    let first = post_sample(&ingress).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let first = post_sample(ingress).await;
 
     broker.delete_queue(&broker.queue()).await;
     let before = ingress.metrics().await;
-    let second = post_sample(&ingress).await;
+    let second = post_sample(ingress).await;
     let after = ingress.metrics().await;
     assert_eq!(
         publish_failures(&after, "unroutable") - publish_failures(&before, "unroutable"),

@@ -79,10 +79,9 @@ async fn statuses(posts: Vec<Post>) -> Vec<StatusCode> {
 /// At low load nothing lingers: a lone webhook leaves at once, alone.
 #[tokio::test]
 async fn a_lone_webhook_is_published_at_once_in_a_message_of_its_own() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
-    let id = post_sample(&ingress).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let id = post_sample(ingress).await;
     let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
     assert_eq!(webhooks.len(), 1);
     assert_eq!(webhooks[0].id, id);

@@ -17,9 +17,8 @@ use super::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_posts_each_land_exactly_once() {
     const POSTS: usize = 2_000;
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let client = bounded_client();
 
     let mut posts = JoinSet::new();

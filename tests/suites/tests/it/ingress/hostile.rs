@@ -196,15 +196,14 @@ async fn a_connection_past_the_limit_waits_until_one_closes() {
 /// `unsupported_encoding`, not as a misleading "invalid JSON" 400.
 #[tokio::test]
 async fn a_compressed_body_gets_415_naming_its_encoding() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     // The first bytes of a gzip stream; never decoded.
     let gzip_magic: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
     let error = assert_rejected(
         broker,
-        &ingress,
-        authenticated(&ingress, "sms")
+        ingress,
+        authenticated(ingress, "sms")
             .header(header::CONTENT_ENCODING, "gzip")
             .body(gzip_magic),
         415,
@@ -218,7 +217,7 @@ async fn a_compressed_body_gets_415_naming_its_encoding() {
     // `identity` is no encoding at all.
     accepted(
         send(
-            authenticated(&ingress, "sms")
+            authenticated(ingress, "sms")
                 .header(header::CONTENT_ENCODING, "identity")
                 .body(fixtures::SMS_SUCCESS),
         )

@@ -14,18 +14,16 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn a_request_without_a_token_is_401_with_a_basic_challenge() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
-    let request = unauthenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS);
-    assert_rejected(broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let request = unauthenticated(ingress, "sms").body(fixtures::SMS_SUCCESS);
+    assert_rejected(broker, ingress, request, 401, RejectReason::Unauthorized).await;
 }
 
 #[tokio::test]
 async fn a_wrong_token_is_401_wherever_it_is_sent() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let wrong = "wrong-token-0123456789";
     let url = format!("{}?token={wrong}", ingress.url("rvm"));
     let requests = [
@@ -33,27 +31,26 @@ async fn a_wrong_token_is_401_wherever_it_is_sent() {
             .http
             .post(url)
             .header(header::CONTENT_TYPE, "application/json"),
-        unauthenticated(&ingress, "rvm").bearer_auth(wrong),
-        unauthenticated(&ingress, "rvm").basic_auth("corral", Some(wrong)),
+        unauthenticated(ingress, "rvm").bearer_auth(wrong),
+        unauthenticated(ingress, "rvm").basic_auth("corral", Some(wrong)),
         // The right token as the user name is not a password.
-        unauthenticated(&ingress, "rvm").basic_auth(TOKEN, Some("x")),
+        unauthenticated(ingress, "rvm").basic_auth(TOKEN, Some("x")),
         // A prefix of the right token.
-        unauthenticated(&ingress, "rvm").bearer_auth(&TOKEN[..TOKEN.len() - 1]),
+        unauthenticated(ingress, "rvm").bearer_auth(&TOKEN[..TOKEN.len() - 1]),
     ];
     for request in requests {
         let request = request.body(fixtures::SMS_SUCCESS).timeout(REQUEST_BOUND);
-        assert_rejected(broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+        assert_rejected(broker, ingress, request, 401, RejectReason::Unauthorized).await;
     }
 }
 
 #[tokio::test]
 async fn invalid_json_is_400() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let truncated = &fixtures::SMS_SUCCESS[..fixtures::SMS_SUCCESS.len() / 2];
-    let request = authenticated(&ingress, "sms").body(truncated.to_owned());
-    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::InvalidJson).await;
+    let request = authenticated(ingress, "sms").body(truncated.to_owned());
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::InvalidJson).await;
     assert!(
         error.contains("JSON"),
         "error {error:?} should say what is wrong"
@@ -62,12 +59,11 @@ async fn invalid_json_is_400() {
 
 #[tokio::test]
 async fn a_json_array_is_400() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let array = format!("[{}]", fixtures::SMS_SUCCESS);
-    let request = authenticated(&ingress, "sms").body(array);
-    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let request = authenticated(ingress, "sms").body(array);
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -76,11 +72,10 @@ async fn a_json_array_is_400() {
 
 #[tokio::test]
 async fn a_json_string_is_400() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
-    let request = authenticated(&ingress, "rvm").body(r#""delivered""#);
-    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let request = authenticated(ingress, "rvm").body(r#""delivered""#);
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -91,27 +86,25 @@ async fn a_json_string_is_400() {
 /// byte more is 413 and nothing is published.
 #[tokio::test]
 async fn a_body_one_byte_over_the_limit_is_413_and_one_exactly_at_it_is_accepted() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
-    let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
+    let id = accepted(send(authenticated(ingress, "sms").body(at_limit.clone())).await).await;
     let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
     assert_eq!(webhooks.len(), 1);
     assert_eq!(webhooks[0].id, id);
     assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
-    let request = authenticated(&ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
-    assert_rejected(broker, &ingress, request, 413, RejectReason::TooLarge).await;
+    let request = authenticated(ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
+    assert_rejected(broker, ingress, request, 413, RejectReason::TooLarge).await;
 }
 
 /// Without a Content-Length the limit is enforced while reading the body.
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let (status, response) = raw_http(ingress.port, &chunked_post(&at_limit)).await;
@@ -133,14 +126,13 @@ async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
         rejected(&after, "too_large") - rejected(&before, "too_large"),
         1.0
     );
-    assert_nothing_else_published(broker, &ingress).await;
+    assert_nothing_else_published(broker, ingress).await;
 }
 
 #[tokio::test]
 async fn a_text_plain_body_is_415() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let request = ingress
         .http
         .post(ingress.url("sms"))
@@ -150,7 +142,7 @@ async fn a_text_plain_body_is_415() {
         .timeout(REQUEST_BOUND);
     assert_rejected(
         broker,
-        &ingress,
+        ingress,
         request,
         415,
         RejectReason::UnsupportedMediaType,
@@ -162,9 +154,8 @@ async fn a_text_plain_body_is_415() {
 /// JSON media types with parameters or a `+json` suffix.
 #[tokio::test]
 async fn json_media_types_and_a_missing_content_type_are_accepted() {
-    let stack = Stack::builder().start().await;
-    let broker = stack.broker();
-    let ingress = start(&stack).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let mut ids = HashSet::new();
     let plain = ingress.http.post(ingress.url("sms")).bearer_auth(TOKEN);
     ids.insert(accepted(send(plain.body(fixtures::SMS_SUCCESS)).await).await);
