@@ -41,7 +41,7 @@
 #      absence, and stay silent under their thresholds) and
 #      `promtool check config` on the compose Prometheus; the PrometheusRule
 #      in deploy/k8s/base is in sync with alerts.yaml; every alert has a
-#      runbook heading in docs/operations.md.
+#      runbook heading in docs/operations/runbooks*.md.
 #   3. Compose: the compose-spec schema, and every service, file and host it
 #      references exists.
 #   4. Grafana: the dashboards parse and show what they must, each is

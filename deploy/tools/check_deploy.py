@@ -106,7 +106,7 @@ def kubernetes(rendered: pathlib.Path) -> None:
         )
 
     # The ingress's memory limit must hold its documented worst case
-    # (docs/operations.md#memory): every allowed connection holding a body
+    # (docs/operations/deploy.md#memory): every allowed connection holding a body
     # in actix's buffers, plus the body budget twice (handler and AMQP
     # frames), plus the process itself.
     def setting(key: str) -> int:
@@ -909,13 +909,16 @@ def anchor(heading: str) -> str:
 def runbooks() -> None:
     print("alerts and runbooks")
     rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text())
-    operations = ROOT / "docs/operations.md"
-    anchors = set()
-    if operations.exists():
-        for line in operations.read_text().splitlines():
-            if line.startswith("#"):
-                anchors.add(anchor(line.lstrip("#")))
-    check(operations.exists(), "docs/operations.md exists")
+    # The runbooks are the pages docs/operations/runbooks*.md; each URL names
+    # its page and a heading on it.
+    pages = sorted((ROOT / "docs/operations").glob("runbooks*.md"))
+    anchors = {
+        f"docs/operations/{page.name}": {
+            anchor(line.lstrip("#")) for line in page.read_text().splitlines() if line.startswith("#")
+        }
+        for page in pages
+    }
+    check(bool(pages), "docs/operations/runbooks*.md exist")
     for group in rules["groups"]:
         for rule in group["rules"]:
             if "alert" not in rule:
@@ -923,9 +926,10 @@ def runbooks() -> None:
             name = rule["alert"]
             url = rule.get("annotations", {}).get("runbook_url", "")
             fragment = urllib.parse.urlparse(url).fragment
+            page = next((page for page in anchors if url.split("#")[0].endswith(page)), None)
             check(
-                url.split("#")[0].endswith("docs/operations.md") and fragment in anchors,
-                f"{name}: runbook_url points at a heading of docs/operations.md",
+                page is not None and fragment in anchors[page],
+                f"{name}: runbook_url points at a heading of docs/operations/runbooks*.md",
                 url,
             )
             check(rule.get("labels", {}).get("severity") in {"warning", "critical"}, f"{name}: severity warning or critical")

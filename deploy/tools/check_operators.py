@@ -265,10 +265,12 @@ def cnpg_status_runbooks(kinds: dict[str, list[dict]]) -> None:
         )
         if api_server:
             continue
-        text = (ROOT / "docs/operations.md").read_text()
+        text = "\n".join(
+            page.read_text() for page in [ROOT / "docs/operations.md", *sorted((ROOT / "docs/operations").glob("*.md"))]
+        )
         hits = [line.strip() for line in text.splitlines() if re.search(r"kubectl cnpg\b[^`\n]*\bstatus\b", line)]
         check(
             not hits,
-            f"docs/operations.md: no step runs `kubectl cnpg status` (NetworkPolicy keeps the API server's pods/proxy off {cluster['metadata']['name']}'s port 8000)",
+            f"docs/operations*: no step runs `kubectl cnpg status` (NetworkPolicy keeps the API server's pods/proxy off {cluster['metadata']['name']}'s port 8000)",
             f"{len(hits)} line(s), e.g. {hits[:2]}",
         )

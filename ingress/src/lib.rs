@@ -17,9 +17,10 @@
 //! - [`refusal_log`]: refusals logged at most once per cause per second,
 //!   with a count of the rest; and every 503 on a line of its own.
 //! - [`buffer`]: where a webhook is kept before it is answered — the seam —
-//!   and its implementations: RabbitMQ (persistent, mandatory publishes with
-//!   confirms over a self-healing broker link) and SQS (`SendMessageBatch`),
-//!   each with bounded memory; behind either, the PostgreSQL spool.
+//!   and its implementations, one group-commit engine over three sinks:
+//!   RabbitMQ (persistent, mandatory publishes with confirms over a
+//!   self-healing broker link) and SQS (`SendMessageBatch`), each with
+//!   bounded memory; behind either, the PostgreSQL spool.
 //! - [`Application`]: binds both listeners and runs until the shutdown token
 //!   is cancelled, then drains.
 
@@ -51,7 +52,7 @@ use crate::{
     auth::Tokens,
     budget::BodyBudget,
     buffer::{
-        Buffer,
+        Buffer, Publishing,
         fallback::Fallback,
         primary::Primary,
         rabbitmq::{self, RabbitMq},
@@ -216,18 +217,21 @@ fn start_primary(
     // has drained: during the drain it must still serve (a RabbitMQ link be
     // repaired), or every late webhook would get 503.
     let shutdown = CancellationToken::new();
+    let publishing = Publishing {
+        max_in_flight: config.max_in_flight,
+        concurrency: usize::from(config.publish_concurrency),
+        in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
+        publish_timeout: config.publish_timeout(),
+    };
     match config.buffer.kind {
         BufferKind::Rabbitmq => {
             let (buffer, supervisor) = RabbitMq::start(
                 rabbitmq::Settings {
                     amqp: config.amqp.clone(),
                     channels: config.amqp_channels,
-                    max_in_flight: config.max_in_flight,
-                    concurrency: usize::from(config.publish_concurrency),
+                    publishing,
                     batch_max: config.publish_batch_max as usize,
                     batch_max_bytes: config.messages.publish_batch_max_bytes as usize,
-                    in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
-                    publish_timeout: config.publish_timeout(),
                 },
                 health.clone(),
                 shutdown,
@@ -247,14 +251,11 @@ fn start_primary(
             let (buffer, watcher) = Sqs::start(
                 queue,
                 sqs::Settings {
-                    max_in_flight: config.max_in_flight,
-                    concurrency: usize::from(config.publish_concurrency),
+                    publishing,
                     batch_max: config.publish_batch_max as usize,
                     max_message_bytes: config.sqs_max_message_bytes as usize,
                     linger: Duration::from_millis(config.sqs_linger_ms),
                     fifo_groups: fifo.then_some(config.sqs_fifo_groups),
-                    in_flight_wait: Duration::from_millis(config.in_flight_wait_ms),
-                    publish_timeout: config.publish_timeout(),
                 },
                 health.clone(),
                 shutdown,

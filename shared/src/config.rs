@@ -85,7 +85,7 @@ impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL's password must not reach a log through a printed config.
         f.debug_struct("AmqpSettings")
-            .field("url", &crate::amqp::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("delivery_limit", &self.delivery_limit)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -94,6 +94,23 @@ impl std::fmt::Debug for AmqpSettings {
             .field("ca_file", &self.ca_file)
             .finish()
     }
+}
+
+/// `url` with the password of its user info replaced by `***`, for errors and
+/// logs. Works on the text, so it also hides the password of a URL that does
+/// not parse (`guest:secret@rabbit` without a scheme) or whose password holds
+/// an unescaped `/` or `@`: everything between the first `:` after the scheme
+/// and the last `@` goes.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!("{}{}***{}", &url[..start], &rest[..=colon], &rest[at..])
 }
 
 impl AmqpSettings {

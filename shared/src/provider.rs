@@ -39,7 +39,7 @@ macro_rules! reason_codes {
         /// Every reason code the provider publishes (its send-results and
         /// test-numbers pages and its quickstart's messages), in order. The
         /// suppression class of each is `corral_suppression_class` in
-        /// PostgreSQL (migration V6); docs/operations.md tabulates both.
+        /// PostgreSQL (migration V6); docs/operations/data.md tabulates both.
         pub const REASON_CODES: &[ReasonCode] = &[$(ReasonCode {
             code: $code,
             label: stringify!($code),

@@ -8,7 +8,6 @@
 //! same [`DeliveryResult::id`], which is what a consumer deduplicates on.
 
 use chrono::{DateTime, Utc};
-use lapin::{BasicProperties, types::ShortString};
 use uuid::Uuid;
 
 use crate::envelope::Kind;
@@ -16,7 +15,7 @@ use crate::envelope::Kind;
 /// Version of the body, in its `version` field and the message's `type`.
 pub const VERSION: u32 = 1;
 
-/// The AMQP `type` property of a result event.
+/// The `type` of a result event's message (AMQP: `amqp::result_properties`).
 pub const MESSAGE_TYPE: &str = "corral.delivery_result.v1";
 
 /// One delivery-status event, as stored, for the customer's services.
@@ -89,18 +88,6 @@ pub struct DeliveryResult {
 }
 
 impl DeliveryResult {
-    /// The message's properties: persistent, JSON, `message_id` = [`Self::id`],
-    /// `type` = [`MESSAGE_TYPE`], `timestamp` = when it was stored.
-    pub fn properties(&self) -> BasicProperties {
-        BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(self.id.to_string()))
-            .with_type(ShortString::from(MESSAGE_TYPE))
-            .with_timestamp(self.stored_at.timestamp().max(0) as u64)
-            .with_app_id(ShortString::from("corral-worker"))
-    }
-
     /// The message body: this, as JSON.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("strings, numbers and dates always serialize")
@@ -195,12 +182,5 @@ mod tests {
             serde_json::from_value::<DeliveryResult>(older).unwrap(),
             event
         );
-        let properties = event.properties();
-        assert_eq!(properties.kind().as_ref().unwrap().as_str(), MESSAGE_TYPE);
-        assert_eq!(
-            properties.message_id().as_ref().unwrap().as_str(),
-            "0193f0c2-7a1e-7d3c-9a55-0123456789ab"
-        );
-        assert_eq!(properties.delivery_mode(), &Some(2));
     }
 }

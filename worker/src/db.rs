@@ -11,10 +11,90 @@
 //! wait fails the COMMIT here (`drive_pooled`), and a transaction that wrote
 //! nothing still waits (`commit`).
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 pub use corral_shared::postgres::Target;
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
+
+/// The database's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbSettings {
+    /// PostgreSQL connection URL. The database is created at start if it does not exist.
+    #[arg(
+        long,
+        env = "CORRAL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/corral",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// PEM file of the CA certificate(s) that signed PostgreSQL's certificate, for
+    /// `sslmode=require` in the URL (TLS, with certificate and host name verified);
+    /// without it the system's roots are used.
+    #[arg(long, env = "CORRAL_DATABASE_CA_FILE", global = true)]
+    pub database_ca_file: Option<std::path::PathBuf>,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "CORRAL_DB_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    pub db_pool_size: u32,
+
+    /// Deadline for each database wait (pool checkout, connect, each statement), in milliseconds.
+    #[arg(long, env = "CORRAL_DB_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub db_timeout_ms: u64,
+
+    /// Longest pause between retries of a batch the database refused for a
+    /// transient reason, in milliseconds (starts at 100 ms, doubles, jittered).
+    #[arg(long, env = "CORRAL_DB_RETRY_MAX_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub db_retry_max_ms: u64,
+}
+
+impl DbSettings {
+    /// The database to connect to: URL, TLS and deadline (reads the CA file).
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Target::new(
+            &self.database_url,
+            self.database_ca_file.as_deref(),
+            self.timeout(),
+        )
+    }
+
+    /// Per-wait database deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+
+    /// Cap of the backoff after a transient failure.
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.db_retry_max_ms)
+    }
+
+    /// Checks the URL parses; why not, for the operator.
+    pub fn check(&self) -> Result<(), String> {
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map(drop)
+            .map_err(|err| {
+                let mut reason = err.to_string();
+                if let Some(source) = std::error::Error::source(&err) {
+                    reason = format!("{reason}: {source}");
+                }
+                // libpq's verifying modes: what `require` already does here.
+                if self.database_url.contains("sslmode=verify-") {
+                    reason.push_str(
+                        " (use sslmode=require: corral always verifies the server's \
+                         certificate and host name)",
+                    );
+                }
+                reason
+            })
+    }
+}
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -120,4 +200,23 @@ pub fn is_data_error(err: &tokio_postgres::Error) -> bool {
             | "54" // program limit exceeded: a value too large
         )
     })
+}
+
+/// A backlog table's depth and its oldest row's age in seconds, as `query`
+/// (given `exact_up_to`, the row count past which it may estimate) reads
+/// them, bounded by `timeout`.
+pub async fn backlog(
+    pool: &Pool,
+    query: &str,
+    exact_up_to: f32,
+    timeout: Duration,
+) -> Result<(u64, f64), String> {
+    let read = async {
+        let client = pool.get().await?;
+        anyhow::Ok(client.query_one(query, &[&exact_up_to]).await?)
+    };
+    let row = crate::periodic::within(timeout, read).await?;
+    let depth: i64 = row.get(0);
+    let oldest: f64 = row.get(1);
+    Ok((u64::try_from(depth).unwrap_or(0), oldest.max(0.0)))
 }

@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: commands and settings (`CORRAL_*` / `--flags`).
+//! - [`commands`]: the command line, one file per operator command (its
+//!   arguments, what it runs, the report it prints).
+//! - [`config`]: the settings (`CORRAL_*` / `--flags`).
 //! - [`db`]: the pool (verified connections, deadlines everywhere), the
 //!   COMMIT that waits for synchronous standbys, database creation and
 //!   migrations (`worker/migrations/`, under an advisory lock).
@@ -17,15 +19,22 @@
 //!   the broker could not take them, with or without the broker.
 //! - [`results`]: relaying the result-event outbox to the customer's
 //!   services (`CORRAL_RESULT_EVENTS`).
-//! - [`ops`]: the operator commands (dead letters, quarantine).
+//! - [`ops`]: what the operator commands do: dead letters (one
+//!   [`ops::DeadLetters`] trait, RabbitMQ and SQS), quarantine, suppressions.
 //! - [`summary`]: the hourly outcome and spend summary's roll-up, and
 //!   `corral-worker report`.
-//! - [`Application`]: admin listener, migrations, consumer, graceful drain.
+//! - [`periodic`]: the one runner of periodic work (name, period, backoff,
+//!   shutdown, a log line naming the task when a round fails).
+//! - [`Application`]: admin listener, migrations, then the worker's tasks
+//!   (consumers, spool drain, summary roll-up, result-event relay, SQS
+//!   depth, database watchdog) until a graceful drain.
 
+pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod ops;
+pub mod periodic;
 pub mod results;
 pub mod source;
 pub mod spool;
@@ -38,16 +47,17 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 use corral_shared::{
     admin::{self, Health},
-    amqp,
-    config::BufferKind,
     error_chain, retry,
-    sqs::Queue,
     telemetry::{self, labels::Binary, metrics},
 };
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkerConfig, consume::ConsumerSettings};
+use crate::{
+    config::WorkerConfig,
+    consume::ConsumerSettings,
+    periodic::{Next, Task},
+};
 
 /// The worker, admin listener bound, ready to run.
 pub struct Application {
@@ -56,8 +66,8 @@ pub struct Application {
     admin_port: u16,
     database: db::Target,
     pool: Pool,
-    /// The SQS queue, with `CORRAL_BUFFER=sqs`.
-    sqs: Option<Queue>,
+    /// The buffer consumed, as `CORRAL_BUFFER` picks it.
+    transport: source::Transport,
     health: Health,
     shutdown: CancellationToken,
 }
@@ -74,23 +84,17 @@ impl Application {
     /// Validates `config` and binds the admin listener; no network I/O yet.
     pub fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        let sqs = match config.buffer.kind {
-            BufferKind::Rabbitmq => {
-                amqp::check_settings(&config.amqp)?;
-                None
-            }
-            BufferKind::Sqs => Some(corral_shared::sqs::connect(&config.buffer)?),
-        };
+        let transport = source::Transport::connect(&config.amqp, &config.buffer)?;
         let prometheus = telemetry::prometheus();
         metrics::register_binary(Binary::Worker);
-        if sqs.is_some() {
+        if transport.sqs().is_some() {
             metrics::register_sqs_worker();
         }
-        if config.result_events {
+        if config.results.result_events {
             metrics::register_result_events();
         }
-        let database = config.database()?;
-        let pool = db::pool(&database, config.db_pool_size)?;
+        let database = config.db.target()?;
+        let pool = db::pool(&database, config.db.db_pool_size)?;
         if database.uses_tls() {
             tracing::info!("PostgreSQL over TLS, server certificate verified");
         }
@@ -103,7 +107,7 @@ impl Application {
             admin_port,
             database,
             pool,
-            sqs,
+            transport,
             health,
             shutdown,
         })
@@ -123,7 +127,7 @@ impl Application {
             admin,
             database,
             pool,
-            sqs,
+            transport,
             health,
             shutdown,
             ..
@@ -133,86 +137,21 @@ impl Application {
         // From the start, database or not: a backlog is worth seeing most
         // when the worker cannot store it.
         let oldest = source::sqs_depth::OldestReceived::default();
-        let measuring = sqs.clone().map(|queue| {
+        let measuring = transport.sqs().cloned().map(|queue| {
             tokio::spawn(source::sqs_depth::measure(
                 queue,
                 oldest.clone(),
                 shutdown.clone(),
             ))
         });
-
         if migrate_with_retry(&config, &database, &health, &shutdown).await {
-            let watchdog = tokio::spawn(database_watchdog(
-                pool.clone(),
-                health.clone(),
-                shutdown.clone(),
-            ));
-            // The relay's wake is poked by both write paths.
-            let wake = if config.result_events {
-                results::Wake::new()
-            } else {
-                results::Wake::default()
+            let running = Running {
+                config: &config,
+                pool: &pool,
+                health: &health,
+                shutdown: &shutdown,
             };
-            let relay = config.result_events.then(|| results::RelaySettings {
-                amqp: config.results_amqp(),
-                timeout: config.db_timeout() * 3,
-                retry_max: Duration::from_millis(config.db_retry_max_ms),
-            });
-            let budget = config.budget();
-            let settings = consumer_settings(&config, &budget, wake.clone());
-            let drain = spool::DrainSettings {
-                batch_max: config.batch_max as usize,
-                result_events: config.result_events,
-                results: wake.clone(),
-                poll: Duration::from_millis(config.spool_poll_ms),
-                timeout: config.db_timeout() * 3,
-                retry_max: Duration::from_millis(config.db_retry_max_ms),
-            };
-            let consuming = async {
-                match sqs {
-                    None => {
-                        consume::run(settings, pool.clone(), health.clone(), shutdown.clone())
-                            .await;
-                    }
-                    Some(queue) => {
-                        let source = source::sqs::Settings {
-                            wait: Duration::from_secs(config.sqs_wait_secs),
-                            visibility: Duration::from_secs(config.sqs_visibility_secs),
-                            max_in_hand: usize::from(config.prefetch),
-                            max_in_hand_bytes: budget.bytes,
-                            retry_max: config.amqp.reconnect_max(),
-                            oldest: oldest.clone(),
-                        };
-                        consume::run_sqs(
-                            settings,
-                            queue,
-                            source,
-                            pool.clone(),
-                            health.clone(),
-                            shutdown.clone(),
-                        )
-                        .await;
-                    }
-                }
-            };
-            let rolling_up = summary::roll_up_every(
-                config.summary_rollup(),
-                config.db_timeout() * 3,
-                pool.clone(),
-                shutdown.clone(),
-            );
-            let relaying = async {
-                if let Some(relay) = relay {
-                    results::run(relay, pool.clone(), wake, shutdown.clone()).await;
-                }
-            };
-            tokio::join!(
-                consuming,
-                spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
-                rolling_up,
-                relaying,
-            );
-            watchdog.abort();
+            running.tasks(transport, oldest).await;
         }
         if let Some(measuring) = measuring {
             measuring.abort();
@@ -226,11 +165,80 @@ impl Application {
     }
 }
 
+/// What every task of a running worker shares.
+#[derive(Clone, Copy)]
+struct Running<'a> {
+    config: &'a WorkerConfig,
+    pool: &'a Pool,
+    health: &'a Health,
+    shutdown: &'a CancellationToken,
+}
+
+impl Running<'_> {
+    /// The worker's tasks once the database is migrated, each until shutdown
+    /// (the watchdog until the others are done: `/readyz` stays honest
+    /// while the messages in hand drain).
+    async fn tasks(self, transport: source::Transport, oldest: source::sqs_depth::OldestReceived) {
+        let Self {
+            config,
+            pool,
+            health,
+            shutdown,
+        } = self;
+        // The relay's wake is poked by both write paths.
+        let wake = results::Wake::new_if(config.results.result_events);
+        let drain = spool::DrainSettings::new(config, wake.clone());
+        let relay = config
+            .results
+            .result_events
+            .then(|| results::RelaySettings::new(config));
+        let stop_watchdog = CancellationToken::new();
+        let work = async {
+            tokio::join!(
+                self.consume(transport, oldest, wake.clone()),
+                spool::drain(drain, pool.clone(), health.clone(), shutdown.clone()),
+                summary::roll_up_every(
+                    config.summary.rollup(),
+                    config.db.timeout() * 3,
+                    pool.clone(),
+                    shutdown.clone(),
+                ),
+                async {
+                    if let Some(relay) = relay {
+                        results::run(relay, pool.clone(), wake, shutdown.clone()).await;
+                    }
+                },
+            );
+            stop_watchdog.cancel();
+        };
+        tokio::join!(work, database_watchdog(pool, health, &stop_watchdog));
+    }
+
+    /// The queue consumers: RabbitMQ's, or SQS's with `CORRAL_BUFFER=sqs`.
+    async fn consume(
+        self,
+        transport: source::Transport,
+        oldest: source::sqs_depth::OldestReceived,
+        wake: results::Wake,
+    ) {
+        let settings = consumer_settings(self.config, &self.config.budget(), wake, oldest);
+        consume::run(
+            transport,
+            settings,
+            self.pool.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+        )
+        .await;
+    }
+}
+
 /// The consumer's settings, its prefetch derived from the byte budget.
 fn consumer_settings(
     config: &WorkerConfig,
     budget: &source::budget::Budget,
     results: results::Wake,
+    oldest: source::sqs_depth::OldestReceived,
 ) -> ConsumerSettings {
     let prefetch = budget
         .prefetch(config.prefetch)
@@ -244,17 +252,25 @@ fn consumer_settings(
     );
     ConsumerSettings {
         amqp: config.amqp.clone(),
+        sqs: source::sqs::Settings {
+            wait: Duration::from_secs(config.sqs_wait_secs),
+            visibility: Duration::from_secs(config.sqs_visibility_secs),
+            max_in_hand: usize::from(config.prefetch),
+            max_in_hand_bytes: budget.bytes,
+            retry_max: config.amqp.reconnect_max(),
+            oldest,
+        },
         prefetch,
         prefetch_cap: config.prefetch,
         largest_message: budget.largest,
         writers: config.db_writers as usize,
-        result_events: config.result_events,
+        result_events: config.results.result_events,
         results,
         batch_max: config.batch_max as usize,
         batch_max_bytes: budget.batch_bytes(),
         batch_linger: config.batch_linger(),
-        db_retry_max: Duration::from_millis(config.db_retry_max_ms),
-        db_timeout: config.db_timeout(),
+        db_retry_max: config.db.retry_max(),
+        db_timeout: config.db.timeout(),
         shutdown_timeout: config.shutdown_timeout(),
     }
 }
@@ -268,7 +284,7 @@ async fn migrate_with_retry(
 ) -> bool {
     let migrated = retry::until_cancelled(
         shutdown,
-        Duration::from_millis(config.db_retry_max_ms),
+        config.db.retry_max(),
         || db::migrate(database),
         |err| {
             health.set_database(false);
@@ -287,17 +303,15 @@ async fn migrate_with_retry(
 
 /// Keeps `/readyz` honest while no batches flow: checks the database every
 /// few seconds (a pool checkout runs the verification query).
-async fn database_watchdog(pool: Pool, health: Health, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+async fn database_watchdog(pool: &Pool, health: &Health, stop: &CancellationToken) {
+    let task = Task::measure("database watchdog", Duration::from_secs(3));
+    task.run(stop, move || async move {
         let ok = match pool.get().await {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         };
         health.set_database(ok);
-    }
+        Ok::<_, std::convert::Infallible>(Next::Wait)
+    })
+    .await;
 }

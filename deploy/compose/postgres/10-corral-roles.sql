@@ -1,4 +1,4 @@
--- The roles of corral-ingress's PostgreSQL spool (docs/operations.md, "The
+-- The roles of corral-ingress's PostgreSQL spool (docs/operations/spool-and-dead-letters.md, "The
 -- PostgreSQL spool"), created once when the postgres container initialises
 -- an empty data volume: corral_spool_writer, to which the worker's migration
 -- grants INSERT on spooled_webhooks and nothing else, and corral_ingress,

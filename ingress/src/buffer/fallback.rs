@@ -108,7 +108,7 @@ impl<B: Buffer> Fallback<B> {
             },
             () = tokio::time::sleep(self.spool_after) => None,
         };
-        let mut spooled = pin!(spool.keep(copy, lease, deadline));
+        let mut spooled = pin!(spool.keep_until(copy, lease, deadline));
         if let Some((cause, primary)) = refused {
             return match spooled.await {
                 Ok(_) => Ok(Kept::Spooled(cause)),

@@ -14,31 +14,33 @@
 //! the [`spool::Spool`] behind either: a webhook the buffer refuses, or does
 //! not take within `CORRAL_SPOOL_AFTER_MS`, is committed into PostgreSQL
 //! instead, and only one neither path took gets 503.
+//!
+//! # Layout
+//!
+//! - this module: the seam ([`Buffer`], [`Refusal`], [`Kept`]) and the
+//!   envelope a round is packed into.
+//! - `engine`: group commit, once for every path: the queues, a round's
+//!   bounds, the slots, the in-flight bound, deadlines and shutdown, over a
+//!   sink that supplies its bounds and sends a round.
+//! - [`rabbitmq`], [`sqs`], [`spool`]: the three sinks and their buffers
+//!   (a broker link, a queue check, a reachability check besides).
+//! - [`primary`]: the one `CORRAL_BUFFER` chose; [`fallback`]: it, then the
+//!   spool.
 
+mod engine;
 pub mod fallback;
 pub mod primary;
 pub mod rabbitmq;
-mod rounds;
 pub mod spool;
 pub mod sqs;
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use corral_shared::{
     envelope::{self, BatchMessage, Charset, Kind, batch},
-    telemetry::{
-        labels::{PublishFailure, SpoolCause},
-        metrics,
-    },
+    telemetry::labels::{PublishFailure, SpoolCause},
 };
 use uuid::Uuid;
 
@@ -97,6 +99,39 @@ pub trait Buffer: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Kept, Self::Error>> + Send;
 }
 
+/// The bounds a primary buffer's engine keeps, the same for either:
+/// `CORRAL_MAX_IN_FLIGHT`, `CORRAL_PUBLISH_CONCURRENCY`,
+/// `CORRAL_IN_FLIGHT_WAIT_MS` and `CORRAL_PUBLISH_TIMEOUT_MS`.
+#[derive(Debug, Clone, Copy)]
+pub struct Publishing {
+    /// Bound on webhooks awaiting a verdict.
+    pub max_in_flight: u32,
+    /// Sends awaiting their answer at once.
+    pub concurrency: usize,
+    /// Longest wait for an in-flight slot.
+    pub in_flight_wait: Duration,
+    /// Deadline of a send, and of the request.
+    pub publish_timeout: Duration,
+}
+
+impl Publishing {
+    /// The engine's bounds for rounds within `round`, lingering `linger`
+    /// for more, over `lanes` queues.
+    fn bounds(&self, round: engine::Limits, linger: Duration, lanes: usize) -> engine::Bounds {
+        engine::Bounds {
+            round,
+            linger,
+            lanes,
+            slots: self.concurrency,
+            timeout: self.publish_timeout,
+            in_flight: Some(engine::InFlightBound {
+                max: self.max_in_flight as usize,
+                wait: self.in_flight_wait,
+            }),
+        }
+    }
+}
+
 /// One envelope-2 message carrying `webhooks` in `charset`, and the fresh id
 /// it is sent under: what either buffer sends for a round (or part of one).
 fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>, charset: Charset) -> (Uuid, BatchMessage) {
@@ -110,32 +145,4 @@ fn pack<'a>(webhooks: impl Iterator<Item = &'a Webhook>, charset: Charset) -> (U
         .collect();
     let id = Uuid::now_v7();
     (id, envelope::batch_message(id, &packing, charset))
-}
-
-/// Webhooks awaiting a buffer's verdict (`corral_ingress_publishes_in_flight`).
-#[derive(Debug, Default)]
-struct InFlightCount(AtomicUsize);
-
-/// Counts a webhook awaiting its verdict for as long as it lives.
-struct InFlight(Arc<InFlightCount>);
-
-impl InFlight {
-    fn enter(count: &Arc<InFlightCount>) -> Self {
-        let now = count.0.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::ingress_in_flight(now);
-        Self(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let now = self.0.0.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::ingress_in_flight(now);
-    }
-}
-
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InFlight")
-    }
 }

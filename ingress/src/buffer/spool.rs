@@ -7,11 +7,16 @@
 //! default (so with a synchronous standby, after the standby has it too).
 //! The worker drains the table into the same tables as queued webhooks.
 //!
-//! Group commit, as on the broker path: webhooks wait in one queue; a writer
-//! takes one of `CORRAL_SPOOL_CONNECTIONS` slots once something waits, then
-//! everything waiting (up to [`BATCH_MAX`] rows and [`BATCH_MAX_BYTES`]), and
-//! inserts it with one multi-row INSERT. A burst that finds the broker gone
-//! costs the database one COMMIT per round, not one per webhook.
+//! Group commit, as on the broker path (the same engine): webhooks wait in
+//! one queue; a writer takes one of `CORRAL_SPOOL_CONNECTIONS` slots once
+//! something waits, then everything waiting (up to [`BATCH_MAX`] rows and
+//! [`BATCH_MAX_BYTES`]), and inserts it with one multi-row INSERT. A burst
+//! that finds the broker gone costs the database one COMMIT per round, not
+//! one per webhook.
+//!
+//! The spool is a [`Buffer`] like the others; [`Fallback`](super::fallback)
+//! puts it behind the primary, within the request's one deadline
+//! ([`Spool::keep_until`]).
 //!
 //! Ingress connects as a role that may only INSERT into that one table
 //! (`corral_spool_writer`, from the migrations): a leaked ingress credential
@@ -23,15 +28,21 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use corral_shared::{admin::Health, error_chain, telemetry::metrics};
+use corral_shared::{
+    admin::Health,
+    error_chain,
+    telemetry::{
+        labels::{PublishFailure, SpoolCause},
+        metrics,
+    },
+};
 use deadpool_postgres::Pool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Webhook,
-    rounds::{Limits, Rounds, Waiting},
+    Buffer, Kept, Refusal, Webhook,
+    engine::{Bounds, Engine, Limits, Round, Sink, Stopped, Verdict},
 };
 use crate::budget::Lease;
 
@@ -78,8 +89,34 @@ pub enum SpoolError {
     ShuttingDown,
 }
 
-/// What a request learns: how long its round took to commit, or why not.
-type Verdict = Result<Duration, SpoolError>;
+impl From<Stopped> for SpoolError {
+    fn from(stopped: Stopped) -> Self {
+        match stopped {
+            // The spool keeps no in-flight bound of its own (what reaches it
+            // was bounded on the way to the primary), so only a deadline
+            // refuses a webhook before its round.
+            Stopped::Overloaded | Stopped::Timeout(_) => SpoolError::Timeout,
+            Stopped::ShuttingDown => SpoolError::ShuttingDown,
+        }
+    }
+}
+
+/// For the spool alone (no buffer behind it): [`Fallback`](super::fallback)
+/// answers with the primary's refusal instead.
+impl Refusal for SpoolError {
+    fn failure(&self) -> PublishFailure {
+        match self {
+            SpoolError::Pool(_) => PublishFailure::Unavailable,
+            SpoolError::Database(_) => PublishFailure::Nack,
+            SpoolError::Timeout => PublishFailure::Timeout,
+            SpoolError::ShuttingDown => PublishFailure::ShuttingDown,
+        }
+    }
+
+    fn spool_cause(&self) -> Option<SpoolCause> {
+        None
+    }
+}
 
 /// Settings of the spool.
 #[derive(Debug, Clone)]
@@ -93,39 +130,17 @@ pub struct Settings {
 /// Shared handle; clone freely.
 #[derive(Clone, Debug)]
 pub struct Spool {
-    inner: Arc<Inner>,
+    engine: Engine<Writer>,
+    writer: Arc<Writer>,
 }
 
+/// The database as the sink and the reachability check share it.
 #[derive(Debug)]
-struct Inner {
+struct Writer {
     pool: Pool,
     settings: Settings,
-    queue: mpsc::UnboundedSender<Entry>,
-    slots: Arc<Semaphore>,
     health: Health,
     shutdown: CancellationToken,
-    writing: TaskTracker,
-}
-
-/// A webhook waiting for a round, with its request's reply.
-#[derive(Debug)]
-struct Entry {
-    webhook: Webhook,
-    /// Counts the body against `CORRAL_MAX_IN_FLIGHT_BYTES` until its round ends.
-    _lease: Lease,
-    reply: oneshot::Sender<Verdict>,
-}
-
-impl Waiting for Entry {
-    /// Its request already has its answer (RabbitMQ confirmed it after all,
-    /// or the deadline passed): nothing to keep.
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-
-    fn size(&self) -> usize {
-        self.webhook.body.len()
-    }
 }
 
 impl Spool {
@@ -133,46 +148,27 @@ impl Spool {
     /// reachability check.
     pub fn start(pool: Pool, settings: Settings, health: Health) -> Self {
         health.enable_spool();
-        // Unbounded, because what enters is bounded before: every entry
-        // holds its body's lease of `CORRAL_MAX_IN_FLIGHT_BYTES`.
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
+        let writer = Arc::new(Writer {
             pool,
-            slots: Arc::new(Semaphore::new(settings.connections)),
             settings,
-            queue,
             health,
             shutdown: CancellationToken::new(),
-            writing: TaskTracker::new(),
         });
-        inner.writing.spawn(dispatch(inner.clone(), receiver));
-        tokio::spawn(check(inner.clone()));
-        Self { inner }
+        let engine = Engine::start(writer.clone(), writer.shutdown.clone());
+        tokio::spawn(check(writer.clone()));
+        Self { engine, writer }
     }
 
     /// Spools `webhook` and waits for the COMMIT of the round carrying it,
     /// at most until `deadline`. Once this future is dropped, a webhook not
     /// yet in a round is left out of it.
-    pub async fn keep(
+    pub async fn keep_until(
         &self,
         webhook: Webhook,
         lease: Lease,
         deadline: tokio::time::Instant,
-    ) -> Verdict {
-        let (reply, verdict) = oneshot::channel();
-        let entry = Entry {
-            webhook,
-            _lease: lease,
-            reply,
-        };
-        if self.inner.queue.send(entry).is_err() {
-            return Err(SpoolError::ShuttingDown);
-        }
-        let verdict = match tokio::time::timeout_at(deadline, verdict).await {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(_dropped)) => Err(SpoolError::ShuttingDown),
-            Err(_elapsed) => Err(SpoolError::Timeout),
-        };
+    ) -> Verdict<SpoolError> {
+        let verdict = self.engine.keep_until(webhook, lease, deadline).await;
         // Counted here, per request that learnt it, whether its round failed
         // or its deadline passed while it still waited for a connection.
         if verdict.is_err() {
@@ -184,68 +180,78 @@ impl Spool {
     /// Writes what is queued, waits (bounded) for the rounds in progress,
     /// and closes the pool.
     pub async fn close(&self, timeout: Duration) {
-        self.inner.shutdown.cancel();
-        self.inner.writing.close();
-        let _ = tokio::time::timeout(timeout, self.inner.writing.wait()).await;
-        self.inner.pool.close();
+        self.engine.close(timeout).await;
+        self.writer.pool.close();
     }
 }
 
-/// Forms rounds from the queue until shutdown; then writes what is still
-/// queued and ends.
-async fn dispatch(inner: Arc<Inner>, queue: mpsc::UnboundedReceiver<Entry>) {
-    let mut rounds = Rounds::new(
-        queue,
-        Limits {
-            count: BATCH_MAX,
-            bytes: BATCH_MAX_BYTES,
-            overhead: 0,
-        },
-    );
-    while let Some(first) = rounds.first(&inner.shutdown).await {
-        let Ok(slot) = inner.slots.clone().acquire_owned().await else {
-            return;
-        };
-        let round = rounds.fill(first);
-        if !round.is_empty() {
-            inner.writing.spawn(write(inner.clone(), round, slot));
+impl Buffer for Spool {
+    type Error = SpoolError;
+
+    /// Alone, the spool is where every webhook goes: as if no broker were
+    /// there.
+    async fn keep(&self, webhook: Webhook, lease: Lease) -> Result<Kept, SpoolError> {
+        let deadline = tokio::time::Instant::now() + self.writer.settings.timeout;
+        self.keep_until(webhook, lease, deadline)
+            .await
+            .map(|_| Kept::Spooled(SpoolCause::Unavailable))
+    }
+}
+
+impl Sink for Writer {
+    type Error = SpoolError;
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            round: Limits {
+                count: BATCH_MAX,
+                bytes: BATCH_MAX_BYTES,
+                overhead: 0,
+            },
+            linger: Duration::ZERO,
+            lanes: 1,
+            slots: self.settings.connections,
+            timeout: self.settings.timeout,
+            in_flight: None,
         }
     }
+
+    fn size(&self, webhook: &Webhook) -> usize {
+        webhook.body.len()
+    }
+
+    /// Inserts one round and answers each of its requests.
+    async fn send(&self, mut round: Round<SpoolError>) {
+        metrics::ingress_spool_batch(round.len());
+        let started = Instant::now();
+        let verdict =
+            tokio::time::timeout(self.settings.timeout, insert(&self.pool, round.webhooks()))
+                .await
+                .unwrap_or(Err(SpoolError::Timeout))
+                .map(|()| started.elapsed());
+        self.health.set_spool(verdict.is_ok());
+        if let Err(err) = &verdict {
+            tracing::warn!(
+                webhooks = round.len(),
+                error = error_chain(err),
+                "the spool could not commit webhooks; those RabbitMQ did not confirm get 503"
+            );
+        }
+        round.answer_all(&verdict);
+    }
 }
 
-/// Inserts one round and answers each of its requests.
-async fn write(inner: Arc<Inner>, round: Vec<Entry>, slot: OwnedSemaphorePermit) {
-    metrics::ingress_spool_batch(round.len());
-    let started = Instant::now();
-    let verdict = tokio::time::timeout(inner.settings.timeout, insert(&inner.pool, &round))
-        .await
-        .unwrap_or(Err(SpoolError::Timeout))
-        .map(|()| started.elapsed());
-    drop(slot);
-    inner.health.set_spool(verdict.is_ok());
-    if let Err(err) = &verdict {
-        tracing::warn!(
-            webhooks = round.len(),
-            error = error_chain(err),
-            "the spool could not commit webhooks; those RabbitMQ did not confirm get 503"
-        );
-    }
-    for entry in round {
-        let _gone = entry.reply.send(verdict.clone());
-    }
-}
-
-async fn insert(pool: &Pool, round: &[Entry]) -> Result<(), SpoolError> {
+async fn insert(pool: &Pool, round: &[Webhook]) -> Result<(), SpoolError> {
     let client = pool
         .get()
         .await
         .map_err(|err| SpoolError::Pool(Arc::new(err)))?;
     let database = |err| SpoolError::Database(Arc::new(err));
     let statement = client.prepare_cached(INSERT).await.map_err(database)?;
-    let ids: Vec<Uuid> = round.iter().map(|e| e.webhook.message_id).collect();
-    let kinds: Vec<&str> = round.iter().map(|e| e.webhook.kind.as_str()).collect();
-    let bodies: Vec<&[u8]> = round.iter().map(|e| &e.webhook.body[..]).collect();
-    let received: Vec<DateTime<Utc>> = round.iter().map(|e| e.webhook.received_at).collect();
+    let ids: Vec<Uuid> = round.iter().map(|w| w.message_id).collect();
+    let kinds: Vec<&str> = round.iter().map(|w| w.kind.as_str()).collect();
+    let bodies: Vec<&[u8]> = round.iter().map(|w| &w.body[..]).collect();
+    let received: Vec<DateTime<Utc>> = round.iter().map(|w| w.received_at).collect();
     client
         .execute(&statement, &[&ids, &kinds, &bodies, &received])
         .await
@@ -254,23 +260,23 @@ async fn insert(pool: &Pool, round: &[Entry]) -> Result<(), SpoolError> {
 }
 
 /// Keeps the spool's readiness current while nothing is spooled.
-async fn check(inner: Arc<Inner>) {
+async fn check(writer: Arc<Writer>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tokio::select! {
-            () = inner.shutdown.cancelled() => return,
+            () = writer.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = match tokio::time::timeout(inner.settings.timeout, inner.pool.get()).await {
+        let ok = match tokio::time::timeout(writer.settings.timeout, writer.pool.get()).await {
             Ok(Ok(client)) => client
                 .query_one(MAY_INSERT, &[])
                 .await
                 .is_ok_and(|row| row.get::<_, bool>(0)),
             _ => false,
         };
-        if inner.health.spool() != ok {
+        if writer.health.spool() != ok {
             tracing::info!(reachable = ok, "the spool database's reachability changed");
         }
-        inner.health.set_spool(ok);
+        writer.health.set_spool(ok);
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AmqpError, Topology, deadline};
 use crate::{
-    config::AmqpSettings,
+    config::{AmqpSettings, redact_url},
     error_chain, retry,
     telemetry::{labels::ConnectOutcome, metrics},
 };
@@ -30,23 +30,6 @@ pub fn parse_url(url: &str) -> Result<AMQPUri, AmqpError> {
             url: redacted,
         }
     })
-}
-
-/// `url` with the password of its user info replaced by `***`, for errors and
-/// logs. Works on the text, so it also hides the password of a URL that does
-/// not parse (`guest:secret@rabbit` without a scheme) or whose password holds
-/// an unescaped `/` or `@`: everything between the first `:` after the scheme
-/// and the last `@` goes.
-pub fn redact_url(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[start..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let Some(colon) = rest[..at].find(':') else {
-        return url.to_owned();
-    };
-    format!("{}{}***{}", &url[..start], &rest[..=colon], &rest[at..])
 }
 
 /// Checks the URL and the CA file together at start: a CA file next to a

@@ -12,16 +12,18 @@
 //!   closing.
 //! - `topology`: the names under `CORRAL_AMQP_PREFIX` and their declaration.
 //! - `publish`: a mandatory publish and what its confirm means.
+//! - `properties`: the envelope's metadata as AMQP properties and headers,
+//!   and back (the AMQP edge of the transport-neutral contract).
 
 mod connect;
+mod properties;
 mod publish;
 mod topology;
 
 use std::{future::Future, time::Duration};
 
-pub use connect::{
-    check_settings, close, connect, connect_and_declare, parse_url, reconnect, redact_url,
-};
+pub use connect::{check_settings, close, connect, connect_and_declare, parse_url, reconnect};
+pub use properties::{metadata, properties, result_properties};
 pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, check_confirmations, publish_confirmed,
     publish_mandatory,

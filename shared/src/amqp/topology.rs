@@ -287,10 +287,48 @@ impl Topology {
         connection: &Connection,
         timeout: Duration,
     ) -> Result<Channel, AmqpError> {
-        let open = || deadline("opening a channel", timeout, connection.create_channel());
-        let mut channel = self
-            .declare_fanouts(connection, open().await?, timeout)
+        let open = deadline("opening a channel", timeout, connection.create_channel());
+        let channel = self
+            .declare_fanouts(connection, open.await?, timeout)
             .await?;
+        let channel = self.declare_exchange(connection, channel, timeout).await?;
+        deadline(
+            "declaring the delivery-status queue",
+            timeout,
+            channel.queue_declare(
+                self.queue().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                self.queue_arguments(),
+            ),
+        )
+        .await?;
+        deadline(
+            "binding the delivery-status queue",
+            timeout,
+            channel.queue_bind(
+                self.queue().into(),
+                self.exchange().into(),
+                "dropcowboy.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok(channel)
+    }
+
+    /// Declares the webhooks exchange with its alternate exchange on
+    /// `channel`; one an older corral declared without it is kept as it is
+    /// (checked, on a new channel: the refusal closed this one).
+    async fn declare_exchange(
+        &self,
+        connection: &Connection,
+        mut channel: Channel,
+        timeout: Duration,
+    ) -> Result<Channel, AmqpError> {
         let exchange = deadline(
             "declaring the webhooks exchange",
             timeout,
@@ -318,7 +356,8 @@ impl Topology {
                     self.unroutable_exchange(),
                     self.exchange(),
                 );
-                channel = open().await?;
+                channel =
+                    deadline("opening a channel", timeout, connection.create_channel()).await?;
                 deadline(
                     "checking the webhooks exchange",
                     timeout,
@@ -336,31 +375,6 @@ impl Topology {
             }
             Err(err) => return Err(err),
         }
-        deadline(
-            "declaring the delivery-status queue",
-            timeout,
-            channel.queue_declare(
-                self.queue().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                self.queue_arguments(),
-            ),
-        )
-        .await?;
-        deadline(
-            "binding the delivery-status queue",
-            timeout,
-            channel.queue_bind(
-                self.queue().into(),
-                self.exchange().into(),
-                "dropcowboy.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
         Ok(channel)
     }
 }

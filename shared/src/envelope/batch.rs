@@ -30,7 +30,7 @@
 //! `kind` as the truth (a message of both kinds is routed
 //! `dropcowboy.mixed`).
 //!
-//! The message says what it is in its properties: `content_type`
+//! The message says what it is in its metadata: `content_type`
 //! [`CONTENT_TYPE`] and header `x-corral-envelope` = 2. A message without
 //! them is envelope 1, a single webhook whose body is the request body.
 

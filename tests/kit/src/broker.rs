@@ -301,8 +301,12 @@ impl TestBroker {
     pub async fn publish_batch(&self, webhooks: &[batch::Packing<'_>]) -> Uuid {
         let message_id = Uuid::now_v7();
         let message = envelope::batch_message(message_id, webhooks, envelope::Charset::Any);
-        self.publish(message.routing_key, &message.body, message.properties)
-            .await;
+        self.publish(
+            message.routing_key,
+            &message.body,
+            amqp::properties(&message.metadata),
+        )
+        .await;
         message_id
     }
 

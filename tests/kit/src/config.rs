@@ -7,7 +7,7 @@ use clap::Parser;
 use corral_ingress::config::IngressConfig;
 use corral_shared::config::AmqpSettings;
 #[cfg(feature = "apps")]
-use corral_worker::config::{Cli as WorkerCli, WorkerConfig};
+use corral_worker::{commands::Cli as WorkerCli, config::WorkerConfig};
 
 /// The local RabbitMQ the tests share (`scripts/services`).
 pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -52,9 +52,9 @@ pub fn ingress(prefix: &str, token: &str) -> IngressConfig {
 #[cfg(feature = "apps")]
 pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = WorkerCli::parse_from(["corral-worker"]).config;
-    config.database_url = database_url.into();
+    config.db.database_url = database_url.into();
     config.admin_listen = "127.0.0.1:0".into();
-    config.db_pool_size = 2;
+    config.db.db_pool_size = 2;
     config.amqp = amqp(prefix);
     config
 }
@@ -65,8 +65,8 @@ pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
 #[cfg(feature = "apps")]
 pub fn short_waits(config: &mut WorkerConfig) {
     config.batch_linger_ms = 50;
-    config.db_timeout_ms = 2_000;
-    config.db_retry_max_ms = 300;
+    config.db.db_timeout_ms = 2_000;
+    config.db.db_retry_max_ms = 300;
     config.shutdown_timeout_ms = 10_000;
     config.amqp.reconnect_max_ms = 300;
     config.amqp.connect_timeout_ms = 2_000;

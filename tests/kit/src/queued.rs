@@ -4,7 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::{Envelope, Format, Kind, batch};
+use corral_shared::{
+    amqp,
+    envelope::{Envelope, Format, Kind, batch},
+};
 use lapin::message::BasicGetMessage;
 use uuid::Uuid;
 
@@ -30,7 +33,8 @@ pub struct QueuedWebhook {
 pub fn unpack(message: BasicGetMessage) -> Vec<QueuedWebhook> {
     let message = Arc::new(message);
     let delivery = &message.delivery;
-    match Format::of(&delivery.properties) {
+    let metadata = amqp::metadata(&delivery.properties);
+    match Format::of(&metadata) {
         Format::Batch => batch::decode(&delivery.data)
             .unwrap_or_else(|err| panic!("an unreadable envelope-2 message: {err}"))
             .into_iter()
@@ -43,7 +47,7 @@ pub fn unpack(message: BasicGetMessage) -> Vec<QueuedWebhook> {
             })
             .collect(),
         Format::Single => {
-            let envelope = Envelope::read(&delivery.properties);
+            let envelope = Envelope::read(&metadata);
             vec![QueuedWebhook {
                 id: envelope.message_id.expect("a single webhook's message_id"),
                 received_at: envelope

@@ -102,7 +102,7 @@ struct Batcher<'a, A> {
     drain_tx: watch::Sender<Option<Instant>>,
     /// Why the session ends, once the source has stopped delivering.
     ended: Option<SessionEnd>,
-    /// Messages (AMQP messages, as the prefetch counts them) in batches
+    /// Messages (of the buffer, as the prefetch counts them) in batches
     /// being written or waiting for their ack.
     held: usize,
     /// Messages a batch holds at most, so that a prefetch the byte budget
@@ -195,7 +195,7 @@ impl<A: Ack> Batcher<'_, A> {
             Next::Written(Ok(written)) => {
                 self.held -= written.messages;
                 metrics::worker_in_hand_changed(-(written.messages as f64));
-                return write::acknowledge(self.settings, written).await.err();
+                return write::acknowledge(written).await.err();
             }
             Next::Written(Err(end)) => return Some(end),
             Next::Delivery(delivery) => {
@@ -222,7 +222,7 @@ impl<A: Ack> Batcher<'_, A> {
                 self.ended = Some(if self.drain_deadline.is_some() {
                     SessionEnd::Drained
                 } else {
-                    SourceError::Closed("RabbitMQ cancelled the consumer (queue deleted?)").into()
+                    SourceError::Closed("the source ended without being asked to").into()
                 });
             }
             Next::Failed(err) => self.ended = Some(err.into()),
@@ -248,7 +248,7 @@ impl<A: Ack> Batcher<'_, A> {
 }
 
 /// A session that ends, however it ends, no longer holds its messages: the
-/// broker gives back what was not acknowledged.
+/// buffer gives back what was not acknowledged.
 impl<A> Drop for Batcher<'_, A> {
     fn drop(&mut self) {
         metrics::worker_in_hand_changed(-(self.held as f64));

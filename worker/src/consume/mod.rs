@@ -2,7 +2,7 @@
 //! after commit.
 //!
 //! A batch closes at `CORRAL_BATCH_MAX` webhooks or `CORRAL_BATCH_LINGER_MS`
-//! after its first message, whichever comes first. It holds whole AMQP
+//! after its first message, whichever comes first. It holds whole
 //! messages only (an envelope-2 message carries several webhooks, and one
 //! large message may take a batch past `CORRAL_BATCH_MAX` alone), so a
 //! message is never split across transactions. It is written by
@@ -11,16 +11,18 @@
 //! database fails for a transient reason, the batch is retried (with backoff)
 //! while the messages stay unacknowledged in hand; they are never nacked,
 //! since every requeue would count towards the quorum queue's delivery limit.
-//! If the broker link dies, the loop reconnects and RabbitMQ redelivers
-//! whatever was not acknowledged; rows already committed make those
-//! redeliveries duplicates.
+//! If the link to the buffer dies, the loop opens a new session and the
+//! buffer gives back whatever was not acknowledged (RabbitMQ redelivers it,
+//! SQS hands it out once its visibility timeout runs out); rows already
+//! committed make those redeliveries duplicates.
 //!
 //! On shutdown the source is stopped, the messages already received are
-//! written and acknowledged, and only then does the connection close.
+//! written and acknowledged, and only then does the session close.
 //!
 //! # Layout
 //!
-//! - this module: the settings and the reconnect loop around sessions.
+//! - this module: the settings and the one loop of sessions, whatever the
+//!   transport ([`Connector`]).
 //! - `batcher`: one session: filling batches, writing several at once,
 //!   acknowledging them in order, draining at shutdown.
 //! - `write`: one batch from its deliveries to its acknowledgement.
@@ -30,27 +32,23 @@ mod write;
 
 use std::time::Duration;
 
-use corral_shared::{
-    admin::Health,
-    amqp::{self, Topology},
-    config::AmqpSettings,
-    error_chain, retry,
-};
+use corral_shared::{admin::Health, amqp::Topology, config::AmqpSettings, error_chain, retry};
 use deadpool_postgres::Pool;
+use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::source::{
-    SourceError,
-    budget::Prefetch,
-    rabbitmq::RabbitMqSource,
-    sqs::{self, SqsSource},
+    Connector, SourceError, Transport, budget::Prefetch, rabbitmq::RabbitMqConnector,
+    sqs::SqsConnector,
 };
 
 /// What the consumer needs to know.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    /// Broker and names.
+    /// Broker and names, with `CORRAL_BUFFER=rabbitmq`.
     pub amqp: AmqpSettings,
+    /// How the SQS source receives, with `CORRAL_BUFFER=sqs`.
+    pub sqs: crate::source::sqs::Settings,
     /// The `basic.qos` prefetch of each consumer.
     pub prefetch: Prefetch,
     /// `CORRAL_PREFETCH`: a prefetch below it is the byte budget's.
@@ -84,136 +82,82 @@ enum SessionEnd {
     #[error("drained")]
     Drained,
     /// Shutdown's deadline passed with messages still in hand (the database is
-    /// down); they stay unacknowledged and RabbitMQ redelivers them.
-    #[error("shutdown deadline passed with {0} messages uncommitted; RabbitMQ will redeliver them")]
+    /// down); they stay unacknowledged and the buffer gives them out again.
+    #[error("shutdown deadline passed with {0} messages uncommitted")]
     DrainTimedOut(usize),
     /// The source failed; reconnect.
     #[error(transparent)]
     Source(#[from] SourceError),
 }
 
-/// Consumes until `shutdown`, reconnecting whenever the broker link fails:
-/// the main queue, and beside it the queue of webhooks the exchange could
-/// not route (its alternate exchange), so those land in the database too.
+/// Consumes `transport` until `shutdown`, opening a new session whenever
+/// one fails. With RabbitMQ: the main queue, and beside it the queue of
+/// webhooks the exchange could not route (its alternate exchange), so those
+/// land in the database too; with SQS, the queue.
 pub async fn run(
+    transport: Transport,
     settings: ConsumerSettings,
     pool: Pool,
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let topology = Topology::new(&settings.amqp);
-    let main = Queue {
-        name: topology.queue(),
-        unroutable: false,
-    };
-    let unroutable = Queue {
-        name: topology.unroutable_queue(),
-        unroutable: true,
-    };
-    tokio::join!(
-        consume_queue(&settings, &topology, main, &pool, &health, &shutdown),
-        consume_queue(&settings, &topology, unroutable, &pool, &health, &shutdown),
-    );
-}
-
-/// Consumes the SQS queue until `shutdown`. SQS not answering does not end
-/// a session (the source asks again with backoff), so a new one starts only
-/// after one ended some other way.
-pub async fn run_sqs(
-    settings: ConsumerSettings,
-    queue: corral_shared::sqs::Queue,
-    source: sqs::Settings,
-    pool: Pool,
-    health: Health,
-    shutdown: CancellationToken,
-) {
-    tracing::info!(
-        queue = queue.url,
-        in_hand = source.max_in_hand,
-        in_hand_bytes = source.max_in_hand_bytes,
-        wait = ?source.wait,
-        visibility = ?source.visibility,
-        writers = settings.writers,
-        "consuming from SQS"
-    );
-    loop {
-        let mut session = SqsSource::start(queue.clone(), source.clone(), health.clone());
-        let end = batcher::session(&settings, &mut session, &pool, &health, &shutdown).await;
-        drop(session);
-        health.set_broker(false);
-        match end {
-            SessionEnd::Drained => {
-                tracing::info!(
-                    "consumer drained: every message received was committed and deleted"
-                );
-                return;
-            }
-            SessionEnd::DrainTimedOut(_) => {
-                tracing::warn!(error = %end, "stopping with messages uncommitted; SQS hands them out again once their visibility timeout runs out");
-                return;
-            }
-            SessionEnd::Source(_) => tracing::warn!(
-                error = error_chain(&end),
-                "the SQS session ended; starting another"
-            ),
+    tracing::info!(writers = settings.writers, "consumer starting");
+    match transport {
+        Transport::RabbitMq => {
+            let topology = Topology::new(&settings.amqp);
+            let queue = |name: String, prefetch: u16, unroutable: bool| RabbitMqConnector {
+                amqp: settings.amqp.clone(),
+                topology: topology.clone(),
+                queue: name,
+                prefetch,
+                largest: settings.largest_message,
+                unroutable,
+                health: (!unroutable).then(|| health.clone()),
+            };
+            let queues = [
+                queue(topology.queue(), settings.prefetch.main, false),
+                queue(
+                    topology.unroutable_queue(),
+                    settings.prefetch.unroutable,
+                    true,
+                ),
+            ];
+            join_all(
+                queues
+                    .iter()
+                    .map(|queue| consume(queue, &settings, &pool, &health, &shutdown)),
+            )
+            .await;
         }
-        retry::pause(&shutdown, settings.db_retry_max).await;
+        Transport::Sqs(queue) => {
+            let connector = SqsConnector {
+                queue,
+                settings: settings.sqs.clone(),
+                health: health.clone(),
+            };
+            consume(&connector, &settings, &pool, &health, &shutdown).await;
+        }
     }
 }
 
-/// A queue the worker consumes.
-#[derive(Debug)]
-struct Queue {
-    name: String,
-    /// The queue behind the alternate exchange. Normally idle, so its link
-    /// is not what `/readyz` reports as the broker's health.
-    unroutable: bool,
-}
-
-async fn consume_queue(
+/// The one consuming loop: sessions from `connector` until shutdown has
+/// drained one, or its deadline passed.
+async fn consume<C: Connector>(
+    connector: &C,
     settings: &ConsumerSettings,
-    topology: &Topology,
-    queue: Queue,
     pool: &Pool,
     health: &Health,
     shutdown: &CancellationToken,
 ) {
-    let set_broker = |up: bool| {
-        if !queue.unroutable {
-            health.set_broker(up);
-        }
-    };
-    let prefetch = if queue.unroutable {
-        settings.prefetch.unroutable
-    } else {
-        settings.prefetch.main
-    };
+    let queue = connector.queue();
     loop {
-        let connected = amqp::reconnect(shutdown, &settings.amqp, || {
-            RabbitMqSource::connect(&settings.amqp, topology)
-        })
-        .await;
-        let Some(connected) = connected else { return };
-        let end = match connected
-            .consume(
-                &queue.name,
-                prefetch,
-                settings.largest_message,
-                queue.unroutable,
-            )
-            .await
-        {
+        let Some(opened) = connector.open(shutdown).await else {
+            return;
+        };
+        let end = match opened {
             Ok(mut source) => {
-                set_broker(true);
-                tracing::info!(
-                    queue = queue.name,
-                    prefetch,
-                    writers = settings.writers,
-                    "consuming"
-                );
                 let end = batcher::session(settings, &mut source, pool, health, shutdown).await;
-                set_broker(false);
-                source.close().await;
+                connector.close(source).await;
                 end
             }
             Err(err) => SessionEnd::Source(err),
@@ -221,21 +165,27 @@ async fn consume_queue(
         match end {
             SessionEnd::Drained => {
                 tracing::info!(
-                    queue = queue.name,
+                    queue,
                     "consumer drained: every message received was committed and acknowledged"
                 );
                 return;
             }
             SessionEnd::DrainTimedOut(_) => {
-                tracing::warn!(queue = queue.name, error = %end, "stopping with messages uncommitted");
+                tracing::warn!(
+                    queue,
+                    error = %end,
+                    "stopping with messages uncommitted; {}",
+                    C::COMES_BACK
+                );
                 return;
             }
             SessionEnd::Source(_) => tracing::warn!(
-                queue = queue.name,
+                queue,
                 error = error_chain(&end),
-                "lost the RabbitMQ link; reconnecting"
+                "lost the {} session; opening another",
+                C::TRANSPORT
             ),
         }
-        retry::pause(shutdown, settings.amqp.reconnect_max()).await;
+        retry::pause(shutdown, connector.retry_max()).await;
     }
 }

@@ -30,7 +30,7 @@ pub(super) type Write<A> = Pin<Box<dyn Future<Output = Result<Written<A>, Sessio
 
 /// A committed batch, waiting for its turn to be acknowledged.
 pub(super) struct Written<A> {
-    /// AMQP messages in the batch.
+    /// Messages of the buffer in the batch.
     pub(super) messages: usize,
     /// Webhooks in those messages (and messages quarantined whole).
     webhooks: usize,
@@ -120,11 +120,11 @@ async fn until_committed<A: Ack>(
     let outcome = retry::until_final(
         settings.db_retry_max,
         || attempt(settings, pool, health, &prepared),
-        // A closed channel means RabbitMQ redelivers these elsewhere.
+        // An ack that cannot reach the source: it gives these out again elsewhere.
         |_| ack.usable(),
     )
     .await
-    .map_err(|_| SourceError::Closed("channel closed while the batch was retried"))?;
+    .map_err(|_| SourceError::Closed("the source closed while the batch was retried"))?;
     if outcome.stored > 0 {
         settings.results.poke();
     }
@@ -175,10 +175,7 @@ async fn attempt(
 }
 
 /// Acknowledges a committed batch and records its metrics.
-pub(super) async fn acknowledge<A: Ack>(
-    settings: &ConsumerSettings,
-    written: Written<A>,
-) -> Result<(), SessionEnd> {
+pub(super) async fn acknowledge<A: Ack>(written: Written<A>) -> Result<(), SessionEnd> {
     let Written {
         messages,
         webhooks,
@@ -195,7 +192,7 @@ pub(super) async fn acknowledge<A: Ack>(
         ?write_time,
         "batch committed"
     );
-    let acked = ack.ack(settings.amqp.connect_timeout()).await;
+    let acked = ack.ack().await;
     let committed_at = Utc::now();
     metrics::worker_batch(webhooks, write_time);
     metrics::worker_messages(MessageOutcome::Stored, outcome.stored);

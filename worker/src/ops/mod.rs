@@ -4,20 +4,15 @@
 //!
 //! # Layout
 //!
-//! - [`dead_letters`]: reading and replaying `<prefix>.dead-letter`.
-//! - `dead_letter_session` (private): the confirm-mode channel those commands
-//!   work on, and how a message is moved without ever being lost.
-//! - [`sqs_dead_letters`]: the same with `CORRAL_BUFFER=sqs`, on the
-//!   dead-letter queue of the SQS queue's redrive policy.
+//! - [`dead_letters`]: reading and replaying the dead-letter queue, behind
+//!   one [`DeadLetters`] trait with a RabbitMQ and an SQS implementation.
 //! - [`quarantine`]: listing and re-typing `quarantined_webhooks`.
 //! - [`suppressions`]: listing and lifting `suppressions`.
-//! - [`commands`]: the commands as `corral-worker` runs them, and their reports.
+//!
+//! The commands that run them and print their reports: [`crate::commands`].
 
-pub mod commands;
-mod dead_letter_session;
 pub mod dead_letters;
 pub mod quarantine;
-pub mod sqs_dead_letters;
 pub mod suppressions;
 
 use corral_shared::{
@@ -25,25 +20,14 @@ use corral_shared::{
     error_chain,
 };
 
-pub use commands::{dead_letters_command, preview, quarantine_command, suppressions_command};
 pub use dead_letters::{
-    DeadLetter, DeadLetterReport, LetterWebhook, ReplayOptions, list_dead_letters,
-    replay_dead_letters,
+    DeadLetter, DeadLetterReport, DeadLetters, LetterWebhook, RabbitmqDeadLetters, ReplayOptions,
+    SqsDeadLetters,
 };
 pub use quarantine::{
     Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
     reprocess_quarantined,
 };
-pub use sqs_dead_letters::{list_sqs_dead_letters, replay_sqs_dead_letters};
-
-/// Header a message gets when it is moved to the tail of the dead-letter queue
-/// without an `x-death` header to remember its routing key (a message someone
-/// published there by hand): the routing key it will be replayed with.
-pub const ROUTING_KEY_HEADER: &str = "x-corral-routing-key";
-
-/// Broker-owned header that counts deliveries from the queue a message was
-/// in; it means nothing on a copy, so a replay drops it.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// What can go wrong in an operator command.
 #[derive(Debug, thiserror::Error)]

@@ -202,7 +202,8 @@ impl ReprocessReport {
 
 pub(super) fn ops_pool(config: &WorkerConfig) -> Result<Pool, OpsError> {
     config
-        .database()
+        .db
+        .target()
         .and_then(|target| db::pool(&target, 1))
         .map_err(|source| OpsError::Database {
             context: "building the database pool",
@@ -297,7 +298,7 @@ async fn reprocess(
         origins,
         mut still_failing,
     } = Retype::of(quarantined, options.as_messages);
-    let stored = store::store_in(tx, &incoming, config.result_events)
+    let stored = store::store_in(tx, &incoming, config.results.result_events)
         .await
         .map_err(OpsError::database("storing re-typed webhooks"))?;
     for (at, error) in stored.refused {

@@ -48,6 +48,11 @@ use self::{
     held::{Backlog, Change},
     round::{Round, RoundError},
 };
+use crate::{
+    config::WorkerConfig,
+    db,
+    periodic::{Next, Task},
+};
 
 /// The outbox's depth and oldest age: exact while small, PostgreSQL's
 /// estimate past [`EXACT_UP_TO`] rows (every worker measures, and counting
@@ -83,6 +88,15 @@ impl Wake {
         Self(Some(Arc::new(Notify::new())))
     }
 
+    /// A wake for the relay when result events are on, else one that wakes nothing.
+    pub fn new_if(result_events: bool) -> Self {
+        if result_events {
+            Self::new()
+        } else {
+            Self::default()
+        }
+    }
+
     /// Tells the relay new events are in the outbox.
     pub fn poke(&self) {
         if let Some(notify) = &self.0 {
@@ -98,6 +112,32 @@ impl Wake {
     }
 }
 
+/// Whether result events are published, and where.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResultsSettings {
+    /// Publish a typed result event for every newly stored webhook to the
+    /// fan-out exchange `<CORRAL_AMQP_PREFIX>.delivery-results` (with
+    /// confirms, through an outbox written in the batch's transaction, so a
+    /// crash never drops one; at least once, deduplicated by its `id`). Off
+    /// by default; every worker of a deployment must agree. Needs RabbitMQ
+    /// (CORRAL_RESULTS_AMQP_URL, else CORRAL_AMQP_URL) also with
+    /// CORRAL_BUFFER=sqs: a deployment without RabbitMQ leaves it off.
+    #[arg(long, env = "CORRAL_RESULT_EVENTS", default_value_t = false,
+          action = clap::ArgAction::Set, global = true)]
+    pub result_events: bool,
+
+    /// AMQP URI of the broker result events go to, when not the one of
+    /// CORRAL_AMQP_URL (which is the default); CORRAL_AMQP_CA_FILE, the
+    /// prefix, heartbeat and timeouts of CORRAL_AMQP_* apply to it too.
+    #[arg(
+        long,
+        env = "CORRAL_RESULTS_AMQP_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub results_amqp_url: Option<String>,
+}
+
 /// How the relay runs.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -107,6 +147,17 @@ pub struct RelaySettings {
     pub timeout: Duration,
     /// Cap of the backoff after a round that did not go through.
     pub retry_max: Duration,
+}
+
+impl RelaySettings {
+    /// The relay of `config`: its broker, and the database's deadlines.
+    pub fn new(config: &WorkerConfig) -> Self {
+        Self {
+            amqp: config.results_amqp(),
+            timeout: config.db.timeout() * 3,
+            retry_max: config.db.retry_max(),
+        }
+    }
 }
 
 /// Relays the outbox until `shutdown` (finishing the round in hand) and
@@ -272,24 +323,11 @@ fn log_failure(err: &RoundError, failing: bool) {
 
 /// Reads the outbox's depth and oldest age every few seconds, link or not.
 async fn measure(settings: &RelaySettings, pool: &Pool, shutdown: &CancellationToken) {
-    let mut tick = tokio::time::interval(MEASURE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let read = async {
-            let client = pool.get().await.ok()?;
-            client.query_one(MEASURE, &[&EXACT_UP_TO]).await.ok()
-        };
-        if let Ok(Some(row)) = tokio::time::timeout(settings.timeout, read).await {
-            let pending: i64 = row.get(0);
-            let oldest: f64 = row.get(1);
-            metrics::worker_result_events_outbox(
-                u64::try_from(pending).unwrap_or(0),
-                oldest.max(0.0),
-            );
-        }
-    }
+    let task = Task::measure("result-event outbox depth", MEASURE_EVERY);
+    task.run(shutdown, move || async move {
+        let (pending, oldest) = db::backlog(pool, MEASURE, EXACT_UP_TO, settings.timeout).await?;
+        metrics::worker_result_events_outbox(pending, oldest);
+        Ok::<_, String>(Next::Wait)
+    })
+    .await;
 }

@@ -143,7 +143,7 @@ async fn publish(
             target.exchange.into(),
             event.routing_key().into(),
             body,
-            event.properties(),
+            amqp::result_properties(event),
         )
     });
     amqp::deadline(

@@ -26,7 +26,7 @@
 //! v2 `memory.max`, v1 `memory.limit_in_bytes`), or [`DEFAULT_BYTES`] where
 //! there is none: what else the worker holds per byte in hand (the unpacked
 //! webhooks, their typed rows and the batch's SQL parameters) is measured in
-//! docs/operations.md#memory.
+//! docs/operations/deploy.md#memory.
 
 use std::sync::Arc;
 

@@ -2,17 +2,21 @@
 //!
 //! The consumer takes [`Delivery`]s from a [`Source`], writes them in batches
 //! and, only once a batch has committed, acknowledges it through the [`Ack`]
-//! of its last delivery. A delivery is one AMQP message and holds every
-//! webhook inside it ([`unpack`]), so a batch always holds whole messages and
-//! a message is never acknowledged before all of its webhooks are committed. Until then the source keeps every delivery it handed
-//! out, and gives it again (to this or another worker) if the worker dies or
-//! the link fails: that is what makes "stored once" survive every crash.
+//! of its last delivery. A delivery is one message of the buffer and holds
+//! every webhook inside it ([`unpack`]), so a batch always holds whole
+//! messages and a message is never acknowledged before all of its webhooks
+//! are committed. Until then the source keeps every delivery it handed out,
+//! and gives it again (to this or another worker) if the worker dies or the
+//! link fails: that is what makes "stored once" survive every crash.
 //!
-//! Two implementations, as `CORRAL_BUFFER` chooses: [`rabbitmq::RabbitMqSource`]
-//! (a consumer, acknowledged with `multiple` acks) and [`sqs::SqsSource`]
-//! (long polling, visibility extended while in hand, deleted after commit);
-//! [`sqs_depth`] measures the SQS queues for Prometheus. Both hold what
-//! [`budget`] allows: `CORRAL_MAX_IN_HAND_BYTES` of messages at most.
+//! A [`Connector`] opens sessions, each a [`Source`]; [`Transport`] is the
+//! buffer `CORRAL_BUFFER` picks, once, when the worker is built. Two
+//! transports: [`rabbitmq`] (a consumer per queue, acknowledged with
+//! `multiple` acks) and [`sqs`] (long polling, visibility extended while in
+//! hand, deleted after commit); [`sqs_depth`] measures the SQS queues for
+//! Prometheus. Both hold what [`budget`] allows: `CORRAL_MAX_IN_HAND_BYTES`
+//! of messages at most. Each adapts its message's metadata to the
+//! envelope's at its edge, so nothing past [`Delivery`] knows which it was.
 
 pub mod budget;
 pub mod rabbitmq;
@@ -22,9 +26,71 @@ pub mod unpack;
 
 use std::{future::Future, time::Duration};
 
-use corral_shared::amqp::AmqpError;
+use corral_shared::{
+    config::{AmqpSettings, BufferKind, BufferSettings},
+    envelope::Incoming,
+};
+use tokio_util::sync::CancellationToken;
 
-use crate::store::Incoming;
+/// The buffer the worker consumes, as `CORRAL_BUFFER` picks it.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// RabbitMQ: its settings are checked; connecting is each session's.
+    RabbitMq,
+    /// SQS: the client is made and the queue checked.
+    Sqs(corral_shared::sqs::Queue),
+}
+
+impl Transport {
+    /// Checks (RabbitMQ) or connects to (SQS) the buffer `buffer` names:
+    /// the worker's build step, which fails on a setting that cannot work.
+    pub fn connect(amqp: &AmqpSettings, buffer: &BufferSettings) -> anyhow::Result<Self> {
+        Ok(match buffer.kind {
+            BufferKind::Rabbitmq => {
+                corral_shared::amqp::check_settings(amqp)?;
+                Self::RabbitMq
+            }
+            BufferKind::Sqs => Self::Sqs(corral_shared::sqs::connect(buffer)?),
+        })
+    }
+
+    /// The SQS queue, when that is the buffer.
+    pub fn sqs(&self) -> Option<&corral_shared::sqs::Queue> {
+        match self {
+            Self::RabbitMq => None,
+            Self::Sqs(queue) => Some(queue),
+        }
+    }
+}
+
+/// Opens consuming sessions on one queue of a transport.
+pub trait Connector: Send + Sync {
+    /// A session.
+    type Source: Source;
+
+    /// The transport, for logs (`RabbitMQ`, `SQS`).
+    const TRANSPORT: &'static str;
+
+    /// How messages left uncommitted come back, for the log at shutdown.
+    const COMES_BACK: &'static str;
+
+    /// The queue, for logs.
+    fn queue(&self) -> &str;
+
+    /// Opens a session, trying again (with backoff) while the transport
+    /// cannot be reached; `None` once shutdown came first.
+    fn open(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Option<Result<Self::Source, SourceError>>> + Send;
+
+    /// Ends a session: what it handed out and was not acknowledged comes
+    /// back, to this worker's next session or another worker.
+    fn close(&self, source: Self::Source) -> impl Future<Output = ()> + Send;
+
+    /// Longest pause before the next session after one failed.
+    fn retry_max(&self) -> Duration;
+}
 
 /// A message taken from a source, with what acknowledges it.
 #[derive(Debug)]
@@ -65,7 +131,7 @@ pub enum Contents {
     /// unpack, an envelope version this build cannot read): it is
     /// quarantined whole, so it is kept without blocking the queue.
     Unreadable {
-        /// The whole message: its body, routing key and properties.
+        /// The whole message: its body, routing key and envelope.
         message: Incoming,
         /// Why, in full: stored as the quarantine row's `error`.
         error: String,
@@ -77,8 +143,9 @@ pub enum Contents {
 /// Acknowledges one delivery and every delivery its source handed out before
 /// it, so a batch is acknowledged by its last delivery.
 pub trait Ack: std::fmt::Debug + Send + Sync + 'static {
-    /// Tells the source it may forget the deliveries, waiting at most `timeout`.
-    fn ack(self, timeout: Duration) -> impl Future<Output = Result<(), SourceError>> + Send;
+    /// Tells the source it may forget the deliveries, waiting at most as
+    /// long as the transport's own settings allow.
+    fn ack(self) -> impl Future<Output = Result<(), SourceError>> + Send;
 
     /// Whether an ack could still reach the source. When it cannot, the source
     /// gives the deliveries again elsewhere, so retrying their write is pointless.
@@ -117,12 +184,9 @@ pub trait Source: Send {
 /// acknowledged comes back once it is reopened.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The broker failed or refused an operation.
+    /// The transport failed or refused an operation (its error says which).
     #[error(transparent)]
-    Broker(#[from] AmqpError),
-    /// The delivery stream reported an error.
-    #[error("the consumer failed")]
-    Consumer(#[source] lapin::Error),
+    Transport(Box<dyn std::error::Error + Send + Sync>),
     /// The source closed without being asked to.
     #[error("{0}")]
     Closed(&'static str),

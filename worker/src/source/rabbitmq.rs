@@ -2,11 +2,14 @@
 //! connection, acknowledged with `multiple` acks. The prefetch is what
 //! [`budget`](super::budget) derives from the byte budget and the largest
 //! message; a message larger than that is logged, since it breaks the bound.
+//! [`RabbitMqConnector`] reconnects with backoff and consumes one queue per
+//! session.
 
 use std::time::Duration;
 
 use corral_shared::{
-    amqp::{self, Topology, deadline},
+    admin::Health,
+    amqp::{self, AmqpError, Topology, deadline},
     config::AmqpSettings,
     telemetry::metrics,
 };
@@ -16,8 +19,82 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
+use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Delivery, Source, SourceError, unpack};
+use super::{Ack, Connector, Delivery, Source, SourceError, unpack};
+
+impl From<AmqpError> for SourceError {
+    fn from(err: AmqpError) -> Self {
+        Self::Transport(Box::new(err))
+    }
+}
+
+/// The delivery stream reported an error.
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer failed")]
+struct ConsumerFailed(#[source] lapin::Error);
+
+/// Opens sessions on one of corral's queues, each on a new connection with
+/// the topology declared.
+#[derive(Debug)]
+pub struct RabbitMqConnector {
+    /// Broker and names.
+    pub amqp: AmqpSettings,
+    /// The names under the prefix.
+    pub topology: Topology,
+    /// The queue consumed.
+    pub queue: String,
+    /// Messages RabbitMQ sends before an acknowledgement.
+    pub prefetch: u16,
+    /// The largest message the prefetch is sized for.
+    pub largest: u64,
+    /// It is the queue behind the alternate exchange.
+    pub unroutable: bool,
+    /// Told whether the link is up; `None` for the unroutable queue, which is
+    /// normally idle and so not what `/readyz` reports as the broker's health.
+    pub health: Option<Health>,
+}
+
+impl Connector for RabbitMqConnector {
+    type Source = RabbitMqSource;
+    const TRANSPORT: &'static str = "RabbitMQ";
+    const COMES_BACK: &'static str = "RabbitMQ redelivers them";
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn open(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<RabbitMqSource, SourceError>> {
+        let connected = amqp::reconnect(shutdown, &self.amqp, || {
+            RabbitMqSource::connect(&self.amqp, &self.topology)
+        })
+        .await?;
+        let consuming = connected
+            .consume(&self.queue, self.prefetch, self.largest, self.unroutable)
+            .await;
+        if consuming.is_ok() {
+            if let Some(health) = &self.health {
+                health.set_broker(true);
+            }
+            tracing::info!(queue = self.queue, prefetch = self.prefetch, "consuming");
+        }
+        Some(consuming)
+    }
+
+    async fn close(&self, source: RabbitMqSource) {
+        if let Some(health) = &self.health {
+            health.set_broker(false);
+        }
+        source.close().await;
+    }
+
+    fn retry_max(&self) -> Duration {
+        self.amqp.reconnect_max()
+    }
+}
 
 /// A consumer on one of corral's queues (`<prefix>.delivery-status`, or
 /// `<prefix>.unroutable`).
@@ -41,6 +118,8 @@ pub struct RabbitMqSource {
     largest: u64,
     /// A larger one has been logged this session.
     oversize_logged: bool,
+    /// The consumer was cancelled by [`Source::stop`]: its end is the drain's.
+    stopping: bool,
 }
 
 /// Acknowledges a delivery tag and every one before it on its channel.
@@ -48,6 +127,8 @@ pub struct RabbitMqAck {
     /// The delivery tag, for logs.
     tag: u64,
     acker: Acker,
+    /// `CORRAL_AMQP_CONNECT_TIMEOUT_MS`, the deadline of each broker operation.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RabbitMqAck {
@@ -113,6 +194,7 @@ impl Connected {
                 prefetch,
                 largest,
                 oversize_logged: false,
+                stopping: false,
             }),
             Err(err) => {
                 amqp::close(&connection, timeout, "corral-worker closing").await;
@@ -157,9 +239,17 @@ impl Source for RabbitMqSource {
     type Ack = RabbitMqAck;
 
     async fn next(&mut self) -> Option<Result<Delivery<RabbitMqAck>, SourceError>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(delivery) => delivery,
-            Err(err) => return Some(Err(SourceError::Consumer(err))),
+        let delivery = match self.consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(err)) => {
+                return Some(Err(SourceError::Transport(Box::new(ConsumerFailed(err)))));
+            }
+            None if self.stopping => return None,
+            None => {
+                return Some(Err(SourceError::Closed(
+                    "RabbitMQ cancelled the consumer (queue deleted?)",
+                )));
+            }
         };
         self.delivered += 1;
         if delivery.data.len() as u64 > self.largest && !self.oversize_logged {
@@ -186,13 +276,14 @@ impl Source for RabbitMqSource {
         }
         Some(Ok(Delivery {
             contents: unpack::contents(
-                &delivery.properties,
+                &amqp::metadata(&delivery.properties),
                 delivery.routing_key.as_str(),
                 delivery.data,
             ),
             ack: RabbitMqAck {
                 tag: delivery.delivery_tag,
                 acker: delivery.acker,
+                timeout: self.timeout,
             },
         }))
     }
@@ -202,6 +293,7 @@ impl Source for RabbitMqSource {
     }
 
     async fn stop(&mut self) -> Result<(), SourceError> {
+        self.stopping = true;
         deadline(
             "cancelling the consumer",
             self.timeout,
@@ -214,10 +306,10 @@ impl Source for RabbitMqSource {
 }
 
 impl Ack for RabbitMqAck {
-    async fn ack(self, timeout: Duration) -> Result<(), SourceError> {
+    async fn ack(self) -> Result<(), SourceError> {
         let acked = deadline(
             "acknowledging a batch",
-            timeout,
+            self.timeout,
             self.acker.ack(BasicAckOptions { multiple: true }),
         )
         .await?;

@@ -1,7 +1,7 @@
-//! From an AMQP message to the webhooks inside it.
+//! From a message of the buffer to the webhooks inside it.
 //!
 //! Envelope 1 is one webhook: the body, its kind from the routing key, its id
-//! and `received_at` from the properties. Envelope 2 ([`batch`]) holds several,
+//! and `received_at` from the metadata. Envelope 2 ([`batch`]) holds several,
 //! each with its own id, `received_at` and kind; each becomes its own
 //! [`Incoming`], so it is typed, de-duplicated, stored or quarantined on its
 //! own exactly like an envelope-1 webhook. A message whose webhooks cannot be
@@ -9,19 +9,19 @@
 //! cannot make it readable, and it would block the queue.
 
 use corral_shared::envelope::{
-    Envelope, Format,
+    Envelope, Format, Incoming, Metadata,
     batch::{self, UnpackError},
 };
-use lapin::BasicProperties;
 
 use super::Contents;
-use crate::store::Incoming;
 
 /// How the `error` of every quarantine row that holds a whole AMQP message
 /// begins, rather than one webhook. Only the worker writes it (each
 /// webhook's reason begins with a text of its own), and it is how
 /// `quarantine reprocess` knows which rows it may unpack: a webhook's body is
-/// always typed as one webhook, even one shaped like an envelope.
+/// always typed as one webhook, even one shaped like an envelope. It says
+/// "AMQP" for an SQS message too: rows already stored begin with it, so the
+/// text is part of the stored format and does not change.
 pub const WHOLE_MESSAGE: &str = "the AMQP message is quarantined whole";
 
 /// The reason of a message whose webhooks cannot be read, for `why`.
@@ -30,13 +30,13 @@ fn unread(why: impl std::fmt::Display) -> String {
 }
 
 /// The webhooks a message holds, or why it cannot be unpacked.
-pub fn contents(properties: &BasicProperties, routing_key: &str, body: Vec<u8>) -> Contents {
+pub fn contents(metadata: &Metadata, routing_key: &str, body: Vec<u8>) -> Contents {
     let message = |body| Incoming {
         body,
         routing_key: routing_key.to_owned(),
-        envelope: Envelope::read(properties),
+        envelope: Envelope::read(metadata),
     };
-    match Format::of(properties) {
+    match Format::of(metadata) {
         Format::Single => Contents::Webhooks(vec![message(body)]),
         Format::Batch => match webhooks(&body) {
             Ok(webhooks) => Contents::Webhooks(webhooks),
@@ -86,7 +86,7 @@ fn without_values(err: &UnpackError) -> String {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use corral_shared::envelope::{self, Kind, batch::Packing};
+    use corral_shared::envelope::{Kind, MIXED_ROUTING_KEY, batch::Packing};
     use uuid::Uuid;
 
     use super::*;
@@ -110,7 +110,7 @@ mod tests {
         let received = at("2026-11-28T14:00:00.123456Z");
         let body = b" {\"drop_id\":\"a\"}\n".to_vec();
         let unpacked = webhooks(contents(
-            &envelope::properties(id, received),
+            &Metadata::single(id, received),
             "dropcowboy.rvm",
             body.clone(),
         ));
@@ -146,8 +146,8 @@ mod tests {
             .collect();
         let mut body = Vec::new();
         batch::encode(packing.iter().copied(), &mut body);
-        let properties = envelope::batch_properties(Uuid::now_v7(), packing[0].received_at, 2);
-        let unpacked = webhooks(contents(&properties, envelope::MIXED_ROUTING_KEY, body));
+        let metadata = Metadata::batch(Uuid::now_v7(), packing[0].received_at, 2);
+        let unpacked = webhooks(contents(&metadata, MIXED_ROUTING_KEY, body));
         assert_eq!(unpacked.len(), 2);
         for (webhook, packing) in unpacked.iter().zip(&packing) {
             assert_eq!(webhook.body, packing.body, "exact bytes");
@@ -160,13 +160,13 @@ mod tests {
     #[test]
     fn an_unreadable_message_is_kept_whole_with_why_and_no_body_text_in_the_log() {
         let id = Uuid::now_v7();
-        let properties = envelope::batch_properties(id, Utc::now(), 1);
+        let metadata = Metadata::batch(id, Utc::now(), 1);
         let body = br#"{"webhooks":[{"id":"secret-value"}]}"#.to_vec();
         let Contents::Unreadable {
             message,
             error,
             logged,
-        } = contents(&properties, "dropcowboy.sms", body.clone())
+        } = contents(&metadata, "dropcowboy.sms", body.clone())
         else {
             panic!("a malformed body must not unpack");
         };
@@ -182,8 +182,10 @@ mod tests {
         assert!(error.starts_with(WHOLE_MESSAGE), "{error}");
         assert!(!logged.contains("secret-value"), "{logged}");
 
-        let newer =
-            properties.with_content_type("application/vnd.corral.webhooks+json; version=3".into());
+        let newer = Metadata {
+            content_type: Some("application/vnd.corral.webhooks+json; version=3".to_owned()),
+            ..metadata
+        };
         let Contents::Unreadable { error, .. } = contents(&newer, "dropcowboy.sms", body) else {
             panic!("version 3 must not be read");
         };

@@ -20,7 +20,6 @@ use chrono::{DateTime, Utc};
 use corral_shared::{
     admin::Health,
     envelope::{Envelope, Kind},
-    error_chain, retry,
     telemetry::{
         labels::{DbErrorKind, MessageOutcome},
         metrics,
@@ -30,7 +29,12 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{self, BatchOutcome, Incoming};
+use crate::{
+    config::WorkerConfig,
+    db,
+    periodic::{self, Next, Task},
+    store::{self, BatchOutcome, Incoming},
+};
 
 const CLAIM: &str = include_str!("claim.sql");
 /// The spool's depth and oldest age. Counting is exact while the table is
@@ -46,6 +50,18 @@ const MEASURE: &str = "SELECT CASE WHEN c.reltuples > $1 THEN c.reltuples::bigin
 
 /// Above this many rows (as PostgreSQL estimates them), the depth is the estimate.
 const EXACT_UP_TO: f32 = 100_000.0;
+
+/// The spool's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolSettings {
+    /// How often an empty PostgreSQL spool (`spooled_webhooks`, where ingress
+    /// keeps webhooks RabbitMQ could not take) is looked at again, in
+    /// milliseconds; a non-empty one is drained without pause. Also how often
+    /// its depth and oldest age are measured (at least once a second).
+    #[arg(long, env = "CORRAL_SPOOL_POLL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    pub spool_poll_ms: u64,
+}
 
 /// How the worker drains the spool.
 #[derive(Debug, Clone)]
@@ -64,6 +80,21 @@ pub struct DrainSettings {
     pub retry_max: Duration,
 }
 
+impl DrainSettings {
+    /// The drain of `config`; `results` is poked after a commit that stored
+    /// events.
+    pub fn new(config: &WorkerConfig, results: crate::results::Wake) -> Self {
+        Self {
+            batch_max: config.batch_max as usize,
+            result_events: config.results.result_events,
+            results,
+            poll: Duration::from_millis(config.spool.spool_poll_ms),
+            timeout: config.db.timeout() * 3,
+            retry_max: config.db.retry_max(),
+        }
+    }
+}
+
 /// Drains the spool until `shutdown` (finishing the round in progress), and
 /// keeps `corral_worker_spool_depth` / `_oldest_seconds` current.
 pub async fn drain(
@@ -72,52 +103,35 @@ pub async fn drain(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    tokio::join!(
-        take_rounds(&settings, &pool, &health, &shutdown),
-        measure(&settings, &pool, &shutdown),
-    );
-}
-
-async fn take_rounds(
-    settings: &DrainSettings,
-    pool: &Pool,
-    health: &Health,
-    shutdown: &CancellationToken,
-) {
-    let mut delays = retry::delays(settings.retry_max);
-    loop {
-        if shutdown.is_cancelled() {
-            return;
+    let (settings, pool, health) = (&settings, &pool, &health);
+    let draining = Task::new(
+        "spool drain",
+        settings.poll,
+        "could not drain the spool; retrying (its rows stay there)",
+    )
+    .with_backoff(settings.retry_max);
+    let taking = draining.run(&shutdown, move || async move {
+        let taken = periodic::within(settings.timeout, round(settings, pool)).await;
+        health.set_database(taken.is_ok());
+        if taken.is_err() {
+            metrics::worker_db_error(DbErrorKind::Transient);
         }
-        let wait = match tokio::time::timeout(settings.timeout, round(settings, pool)).await {
-            Ok(Ok(taken)) => {
-                delays = retry::delays(settings.retry_max);
-                health.set_database(true);
-                // A full round: more are probably waiting.
-                if taken >= settings.batch_max {
-                    continue;
-                }
-                settings.poll
+        // A full round: more are probably waiting.
+        taken.map(|taken| {
+            if taken >= settings.batch_max {
+                Next::Again
+            } else {
+                Next::Wait
             }
-            outcome => {
-                health.set_database(false);
-                metrics::worker_db_error(DbErrorKind::Transient);
-                let error = match outcome {
-                    Ok(Err(err)) => error_chain(&err),
-                    _ => format!("no answer within {:?}", settings.timeout),
-                };
-                tracing::warn!(
-                    error,
-                    "could not drain the spool; retrying (its rows stay there)"
-                );
-                delays.next().unwrap_or(settings.retry_max)
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
+        })
+    });
+    let measuring = Task::measure("spool depth", settings.poll.max(Duration::from_secs(1)));
+    let measuring = measuring.run(&shutdown, move || async move {
+        let (depth, oldest) = db::backlog(pool, MEASURE, EXACT_UP_TO, settings.timeout).await?;
+        metrics::worker_spool(depth, oldest);
+        Ok::<_, String>(Next::Wait)
+    });
+    tokio::join!(taking, measuring);
 }
 
 /// Why a round did not commit.
@@ -166,7 +180,7 @@ async fn round(settings: &DrainSettings, pool: &Pool) -> Result<usize, RoundErro
     let outcome = store::write_within(&mut tx, &prepared).await?;
     // The claim deleted rows, so this COMMIT waits for synchronous standbys
     // like any other write.
-    crate::db::commit(tx, true).await?;
+    db::commit(tx, true).await?;
     if outcome.stored > 0 {
         settings.results.poke();
     }
@@ -191,25 +205,4 @@ fn record(incoming: &[Incoming], outcome: &BatchOutcome, write: Duration) {
         ?outcome,
         "spooled webhooks stored"
     );
-}
-
-/// Reads the spool's depth and oldest age every poll.
-async fn measure(settings: &DrainSettings, pool: &Pool, shutdown: &CancellationToken) {
-    let mut tick = tokio::time::interval(settings.poll.max(Duration::from_secs(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let read = async {
-            let client = pool.get().await.ok()?;
-            client.query_one(MEASURE, &[&EXACT_UP_TO]).await.ok()
-        };
-        if let Ok(Some(row)) = tokio::time::timeout(settings.timeout, read).await {
-            let depth: i64 = row.get(0);
-            let oldest: f64 = row.get(1);
-            metrics::worker_spool(u64::try_from(depth).unwrap_or(0), oldest.max(0.0));
-        }
-    }
 }

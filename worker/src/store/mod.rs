@@ -18,28 +18,16 @@ mod quarantine;
 
 use std::collections::BTreeMap;
 
-use corral_shared::{
-    envelope::Envelope,
-    telemetry::{labels::DeliveryLabels, metrics},
-};
+use corral_shared::telemetry::{labels::DeliveryLabels, metrics};
 use deadpool_postgres::Transaction;
 use prepare::{EventRow, ProviderRow, QuarantineRow};
 pub use prepare::{Prepared, prepare_all};
 
 use crate::db::is_data_error;
 
-/// One webhook as it came off the queue: an envelope-1 message, or one
-/// entry of an envelope-2 message (with its kind's routing key and its own
-/// id and `received_at`).
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// The webhook body, byte for byte.
-    pub body: Vec<u8>,
-    /// `dropcowboy.sms` / `dropcowboy.rvm` (anything else is quarantined).
-    pub routing_key: String,
-    /// The webhook's id and `received_at`.
-    pub envelope: Envelope,
-}
+/// One webhook as it came off the buffer: the envelope's, which the
+/// source unpacks and the store writes.
+pub use corral_shared::envelope::Incoming;
 
 /// How the messages of a committed batch ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

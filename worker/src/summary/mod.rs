@@ -21,9 +21,10 @@ pub mod report;
 
 use std::time::Duration;
 
-use corral_shared::error_chain;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
+
+use crate::periodic::{self, Next, Task};
 
 const ROLL_UP: &str = include_str!("roll_up.sql");
 
@@ -35,6 +36,24 @@ pub const ROLL_UP_LOCK: i64 = 0x636f_7272_616c_5355; // "corralSU"
 
 /// Change rows one roll-up transaction moves at most.
 pub const ROLL_UP_CHUNK: i64 = 20_000;
+
+/// The summary's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SummarySettings {
+    /// How often the worker folds the summary's changes
+    /// (`delivery_summary_changes`) into `delivery_summary`, in milliseconds;
+    /// one worker at a time does it.
+    #[arg(long, env = "CORRAL_SUMMARY_ROLLUP_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub summary_rollup_ms: u64,
+}
+
+impl SummarySettings {
+    /// Roll-up interval.
+    pub fn rollup(&self) -> Duration {
+        Duration::from_millis(self.summary_rollup_ms)
+    }
+}
 
 /// What one roll-up did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,36 +103,26 @@ pub async fn roll_up_every(
     pool: Pool,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let pool = &pool;
+    let task = Task::new(
+        "summary roll-up",
+        every,
+        "could not roll the summary up; retrying at the next tick (its changes stay)",
+    );
+    task.run(&shutdown, move || async move {
         let round = async {
-            let mut client = pool.get().await.map_err(|err| error_chain(&err))?;
-            roll_up(&mut client, ROLL_UP_CHUNK)
-                .await
-                .map_err(|err| error_chain(&err))
+            let mut client = pool.get().await?;
+            anyhow::Ok(roll_up(&mut client, ROLL_UP_CHUNK).await?)
         };
-        match tokio::time::timeout(timeout, round).await {
-            Ok(Ok(Some(done))) => {
-                tracing::debug!(
-                    changes = done.changes,
-                    rows = done.rows,
-                    "summary rolled up"
-                );
-            }
-            Ok(Ok(None)) => tracing::debug!("another worker is rolling the summary up"),
-            Ok(Err(error)) => tracing::warn!(
-                error,
-                "could not roll the summary up; retrying at the next tick (its changes stay)"
+        match periodic::within(timeout, round).await? {
+            Some(done) => tracing::debug!(
+                changes = done.changes,
+                rows = done.rows,
+                "summary rolled up"
             ),
-            Err(_) => tracing::warn!(
-                "the summary roll-up got no answer within {timeout:?}; retrying at the next tick \
-                 (its changes stay)"
-            ),
+            None => tracing::debug!("another worker is rolling the summary up"),
         }
-    }
+        Ok::<_, String>(Next::Wait)
+    })
+    .await;
 }

@@ -22,7 +22,7 @@ use lapin::{
 };
 use tokio::sync::Notify;
 
-use super::Inner;
+use super::Broker;
 use crate::budget::Lease;
 
 /// One connection and its confirm channels.
@@ -178,12 +178,12 @@ impl Link {
 
 /// Keeps a link up: connect (backing off while that fails), declare, serve
 /// until it fails, pause, repeat.
-pub(super) async fn supervise(inner: Arc<Inner>) {
-    let settings = &inner.settings.amqp;
+pub(super) async fn supervise(broker: Arc<Broker>) {
+    let settings = &broker.settings.amqp;
     loop {
-        let connected = amqp::reconnect(&inner.shutdown, settings, || async {
-            let established = establish(&inner).await;
-            inner.health.broker_attempted();
+        let connected = amqp::reconnect(&broker.shutdown, settings, || async {
+            let established = establish(&broker).await;
+            broker.health.broker_attempted();
             established
         })
         .await;
@@ -194,14 +194,14 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
             channels = link.channels.len(),
             "connected to RabbitMQ; topology declared"
         );
-        *inner.link.write().expect("link lock poisoned") = Some(link.clone());
-        inner.health.set_broker(true);
+        *broker.link.write().expect("link lock poisoned") = Some(link.clone());
+        broker.health.set_broker(true);
         let reason = tokio::select! {
-            () = inner.shutdown.cancelled() => return,
+            () = broker.shutdown.cancelled() => return,
             reason = watch(&link, events) => reason,
         };
-        inner.link.write().expect("link lock poisoned").take();
-        inner.health.set_broker(false);
+        broker.link.write().expect("link lock poisoned").take();
+        broker.health.set_broker(false);
         metrics::broker_blocked(false);
         tracing::warn!(
             reason,
@@ -209,21 +209,21 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         );
         let timeout = settings.connect_timeout();
         tokio::spawn(async move { link.close(timeout).await });
-        retry::pause(&inner.shutdown, settings.reconnect_max()).await;
+        retry::pause(&broker.shutdown, settings.reconnect_max()).await;
     }
 }
 
 type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>;
 
 /// Connects, declares the topology and opens the confirm channels.
-async fn establish(inner: &Inner) -> Result<(Arc<Link>, Events), AmqpError> {
-    let settings = &inner.settings.amqp;
+async fn establish(broker: &Broker) -> Result<(Arc<Link>, Events), AmqpError> {
+    let settings = &broker.settings.amqp;
     let timeout = settings.connect_timeout();
     let (connection, first) =
-        amqp::connect_and_declare(settings, &inner.topology, "corral-ingress").await?;
+        amqp::connect_and_declare(settings, &broker.topology, "corral-ingress").await?;
     let events: Events = Box::pin(connection.events_listener());
     let channels =
-        match confirm_channels(&connection, first, inner.settings.channels, timeout).await {
+        match confirm_channels(&connection, first, broker.settings.channels, timeout).await {
             Ok(channels) => channels,
             Err(err) => {
                 amqp::close(&connection, timeout, "setup failed").await;

@@ -4,9 +4,9 @@
 //! One [`RabbitMq`] serves every request: it owns one AMQP connection with a
 //! few confirm-mode channels (messages are spread round-robin over them, never
 //! a connection or channel per request) and a supervisor task that replaces the
-//! whole link when it fails. Requests queue their webhooks; a dispatcher sends
-//! whatever is waiting as one message whenever a publish slot is free
-//! (`coalesce`). A request gets `Ok` only when the broker acked the message
+//! whole link when it fails. Requests queue their webhooks; the group-commit
+//! engine sends whatever is waiting as one message whenever a publish slot is
+//! free (`publish`). A request gets `Ok` only when the broker acked the message
 //! carrying its webhook *and* did not return it as unroutable; everything else
 //! (no link, a nack, a return, a closed channel, no confirm by the deadline,
 //! too many webhooks in flight) is a [`PublishError`]: the spool takes the
@@ -21,14 +21,14 @@
 //!
 //! # Layout
 //!
-//! - this module: the handle, a request from slot to verdict, shutdown.
-//! - `coalesce`: the queue, forming messages, one message from publish to
-//!   the verdict of each of its webhooks.
+//! - this module: the handle, its refusals, shutdown.
+//! - `publish`: the sink: one message from publish to the verdict of each
+//!   of its webhooks.
 //! - `link`: the connection and its channels, and the supervisor that
 //!   keeps one up.
 
-mod coalesce;
 mod link;
+mod publish;
 
 use std::{
     sync::{Arc, RwLock},
@@ -42,11 +42,13 @@ use corral_shared::{
     telemetry::labels::{PublishFailure, SpoolCause},
 };
 use lapin::types::ShortString;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use self::link::Link;
-use super::{Buffer, InFlight, InFlightCount, Kept, Refusal, Webhook};
+use super::{
+    Buffer, Kept, Publishing, Refusal, Webhook,
+    engine::{Engine, Stopped},
+};
 use crate::budget::Lease;
 
 /// Why a webhook could not be handed to the broker. Cloned to every
@@ -77,6 +79,16 @@ pub enum PublishError {
     /// Shutdown closed the link before the publish was confirmed.
     #[error("shutting down")]
     ShuttingDown,
+}
+
+impl From<Stopped> for PublishError {
+    fn from(stopped: Stopped) -> Self {
+        match stopped {
+            Stopped::Overloaded => PublishError::Overloaded,
+            Stopped::Timeout(timeout) => PublishError::Timeout(timeout),
+            Stopped::ShuttingDown => PublishError::ShuttingDown,
+        }
+    }
 }
 
 impl Refusal for PublishError {
@@ -116,51 +128,38 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Confirm-mode channels per connection.
     pub channels: u16,
-    /// Bound on webhooks awaiting a verdict.
-    pub max_in_flight: u32,
-    /// Messages awaiting a confirm at once.
-    pub concurrency: usize,
+    /// The bounds both primaries share (a send is a message's publish and
+    /// its confirm).
+    pub publishing: Publishing,
     /// Webhooks per message at most.
     pub batch_max: usize,
     /// Bytes per message at most (a single webhook may exceed it alone).
     pub batch_max_bytes: usize,
-    /// Longest wait for an in-flight slot.
-    pub in_flight_wait: Duration,
-    /// Deadline for a confirm.
-    pub publish_timeout: Duration,
 }
 
 /// Shared handle; clone freely.
 #[derive(Clone, Debug)]
 pub struct RabbitMq {
-    inner: Arc<Inner>,
+    engine: Engine<Broker>,
+    broker: Arc<Broker>,
 }
 
+/// The broker as the sink and its supervisor share it.
 #[derive(Debug)]
-struct Inner {
+struct Broker {
     settings: Settings,
     topology: Topology,
     /// Exchange name, made once (a `ShortString` per publish is only a clone).
     exchange: ShortString,
     /// The current link; `None` while disconnected.
     link: RwLock<Option<Arc<Link>>>,
-    /// Bounds webhooks awaiting a verdict.
-    permits: Arc<Semaphore>,
-    /// Webhooks awaiting a verdict, for the gauge.
-    in_flight: Arc<InFlightCount>,
-    /// Where requests queue their webhooks for the dispatchers.
-    queues: coalesce::Queues,
-    /// Bounds messages awaiting a confirm.
-    slots: Arc<Semaphore>,
     /// Readiness shared with the admin listener.
     health: Health,
-    /// Stops the supervisor; the dispatcher publishes what is queued and ends.
+    /// Stops the supervisor; the engine publishes what is queued and ends.
     shutdown: CancellationToken,
-    /// The dispatchers and every message until its confirm is resolved.
-    publishing: TaskTracker,
 }
 
-impl Inner {
+impl Broker {
     /// The current link; `None` while disconnected.
     fn current(&self) -> Option<Arc<Link>> {
         self.link.read().expect("link lock poisoned").clone()
@@ -170,8 +169,10 @@ impl Inner {
 impl Buffer for RabbitMq {
     type Error = PublishError;
 
+    /// Waits for the verdict on the message that carries the webhook: how
+    /// long that message's confirm took.
     async fn keep(&self, webhook: Webhook, lease: Lease) -> Result<Kept, PublishError> {
-        self.publish(webhook, lease).await.map(Kept::Published)
+        self.engine.keep(webhook, lease).await.map(Kept::Published)
     }
 }
 
@@ -185,63 +186,17 @@ impl RabbitMq {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let topology = Topology::new(&settings.amqp);
-        let (queues, receivers) = coalesce::Queues::new();
-        let inner = Arc::new(Inner {
+        let broker = Arc::new(Broker {
             exchange: topology.exchange().into(),
             topology,
-            permits: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
-            slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             link: RwLock::new(None),
-            in_flight: Arc::default(),
-            queues,
             health,
-            shutdown,
-            publishing: TaskTracker::new(),
+            shutdown: shutdown.clone(),
         });
-        for receiver in receivers {
-            inner
-                .publishing
-                .spawn(coalesce::dispatch(inner.clone(), receiver));
-        }
-        let supervisor = tokio::spawn(link::supervise(inner.clone()));
-        (Self { inner }, supervisor)
-    }
-
-    /// Hands the webhook to the publishing task and waits for the verdict
-    /// on the message that carries it. Returns how long that message's
-    /// confirm took.
-    pub async fn publish(&self, webhook: Webhook, lease: Lease) -> Result<Duration, PublishError> {
-        let timeout = self.inner.settings.publish_timeout;
-        let deadline_at = tokio::time::Instant::now() + timeout;
-        let _permit = self.take_permit(timeout).await?;
-        // Refused at once rather than after a wait in the queue: a
-        // publishing task would find the same.
-        let link = self.inner.current().ok_or(PublishError::Unavailable)?;
-        if let Some(reason) = link.blocked_reason() {
-            return Err(PublishError::Blocked(reason));
-        }
-        drop(link);
-        let _in_flight = InFlight::enter(&self.inner.in_flight);
-        let (queued, verdict) = coalesce::Queued::new(webhook, lease);
-        self.inner.queues.send(queued);
-        match tokio::time::timeout_at(deadline_at, verdict).await {
-            Ok(Ok(verdict)) => verdict,
-            // The queue is gone: the buffer is closing.
-            Ok(Err(_dropped)) => Err(PublishError::ShuttingDown),
-            Err(_elapsed) => Err(PublishError::Timeout(timeout)),
-        }
-    }
-
-    /// An in-flight slot, waiting at most `CORRAL_IN_FLIGHT_WAIT_MS`.
-    async fn take_permit(&self, timeout: Duration) -> Result<OwnedSemaphorePermit, PublishError> {
-        let inner = &self.inner;
-        let wait = inner.settings.in_flight_wait.min(timeout);
-        match tokio::time::timeout(wait, inner.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(PublishError::ShuttingDown),
-            Err(_elapsed) => Err(PublishError::Overloaded),
-        }
+        let engine = Engine::start(broker.clone(), shutdown);
+        let supervisor = tokio::spawn(link::supervise(broker.clone()));
+        (Self { engine, broker }, supervisor)
     }
 
     /// Stops reconnecting, publishes what is still queued, waits for the
@@ -249,13 +204,11 @@ impl RabbitMq {
     /// supervisor keeps repairing the link, so webhooks still arriving during
     /// the shutdown drain are served.
     pub async fn close(&self, timeout: Duration) {
-        self.inner.shutdown.cancel();
-        self.inner.publishing.close();
-        let _ = tokio::time::timeout(timeout, self.inner.publishing.wait()).await;
-        let link = self.inner.link.write().expect("link lock poisoned").take();
+        self.engine.close(timeout).await;
+        let link = self.broker.link.write().expect("link lock poisoned").take();
         if let Some(link) = link {
             link.close(timeout).await;
         }
-        self.inner.health.set_broker(false);
+        self.broker.health.set_broker(false);
     }
 }

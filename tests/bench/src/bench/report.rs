@@ -1,4 +1,6 @@
-//! `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from the results.
+//! `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from the results,
+//! and the targets table, which is for developers (tests/bench/README.md) and
+//! so printed rather than written into the user's page.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -87,7 +89,6 @@ fn ratio(value: f64, ceiling: Option<f64>) -> String {
 pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let mut out = String::new();
     intro(&mut out, results);
-    targets(&mut out, results);
     limits(&mut out, results);
     ingress_table(&mut out, results);
     super::signed::table(&mut out, results);
@@ -115,10 +116,10 @@ fn intro(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Machine\n");
     let _ = writeln!(
         out,
-        "{}; {} cores, {} GiB; Linux {}; RabbitMQ {} and {}, both local with Debian's default settings; corral `{}` \
+        "{}; {} cores, {} GiB; Linux {}; RabbitMQ {} and {}, both local with Debian's default settings; corral \
          (release build). The load generator, RabbitMQ, PostgreSQL and corral share the same {} cores, so every number \
          here includes that contention.\n",
-        m.cpu, m.cores, m.memory_gib, m.kernel, m.rabbitmq, m.postgres, m.commit, m.cores
+        m.cpu, m.cores, m.memory_gib, m.kernel, m.rabbitmq, m.postgres, m.cores
     );
     let _ = writeln!(out, "## Method\n");
     let _ = writeln!(
@@ -709,8 +710,18 @@ pub fn svg(results: &Results) -> String {
     svg
 }
 
+/// The targets of this run, each met or not, with the commit and the date
+/// of the run: what a developer compares a change against.
+pub fn targets_report(results: &Results) -> String {
+    let m = &results.machine;
+    let mut out = format!("corral `{}`, run of {} on {}\n\n", m.commit, m.date, m.cpu);
+    targets(&mut out, results);
+    out
+}
+
 /// Writes the three files under `dir`, keeping whatever follows the
-/// `<!-- notes -->` marker of an existing `benchmarks.md` (the analysis).
+/// `<!-- notes -->` marker of an existing `benchmarks.md` (the analysis),
+/// and prints the [`targets_report`].
 pub fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
     let md_path = dir.join("benchmarks.md");
     let notes = std::fs::read_to_string(&md_path)
@@ -726,5 +737,6 @@ pub fn write(results: &Results, dir: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(results)?,
     )?;
     std::fs::write(dir.join("benchmarks.svg"), svg(results))?;
+    eprint!("{}", targets_report(results));
     Ok(())
 }

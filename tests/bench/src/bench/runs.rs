@@ -359,7 +359,7 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
                 exchange.as_str().into(),
                 message.routing_key.into(),
                 &message.body,
-                message.properties,
+                corral_shared::amqp::properties(&message.metadata),
             )
             .await?
         };

@@ -10,6 +10,7 @@ use corral_shared::{
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use corral_testkit::{database, fixtures, unique_name};
@@ -104,7 +105,7 @@ pub async fn insert(
         let started = Instant::now();
         let mut inserted = 0u64;
         for chunk in typed.chunks(batch) {
-            inserted += insert_chunk(&client, &statement, chunk, now).await?;
+            inserted += insert_chunk(&client, &statement, chunk, now, kind).await?;
         }
         let what = match kind {
             InsertKind::EventsOnly => "events only",
@@ -132,6 +133,7 @@ pub(super) async fn insert_chunk(
     statement: &tokio_postgres::Statement,
     chunk: &[(payload::Typed, &str)],
     now: DateTime<Utc>,
+    kind: InsertKind,
 ) -> anyhow::Result<u64> {
     fn s<'a>(row: &'a (payload::Typed, &str)) -> &'a DeliveryStatus {
         &row.0.status
@@ -154,31 +156,39 @@ pub(super) async fn insert_chunk(
     let foreign: Vec<Option<&str>> = chunk.iter().map(|r| s(r).foreign_id.as_deref()).collect();
     let payloads: Vec<&str> = chunk.iter().map(|r| r.1).collect();
     let received: Vec<DateTime<Utc>> = chunk.iter().map(|_| now).collect();
-    Ok(client
-        .execute(
-            statement,
-            &[
-                &fingerprints,
-                &ids,
-                &kinds,
-                &drop_ids,
-                &phones,
-                &dates,
-                &statuses,
-                &reasons,
-                &dncs,
-                &spams,
-                &costs,
-                &fees,
-                &tts,
-                &names,
-                &types,
-                &foreign,
-                &payloads,
-                &received,
-            ],
-        )
-        .await?)
+    // The worker's statement also takes the signed events' columns (none of
+    // them in a callback) and whether to write result events (off here).
+    let no_ints: Vec<Option<i32>> = vec![None; chunk.len()];
+    let no_texts: Vec<Option<&str>> = vec![None; chunk.len()];
+    let no_times: Vec<Option<DateTime<Utc>>> = vec![None; chunk.len()];
+    let signed: [&(dyn ToSql + Sync); 14] = [
+        &no_ints, &no_texts, &no_texts, &no_texts, &no_texts, &no_texts, &no_texts, &no_texts,
+        &no_ints, &no_texts, &no_times, &no_texts, &no_texts, &false,
+    ];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &fingerprints,
+        &ids,
+        &kinds,
+        &drop_ids,
+        &phones,
+        &dates,
+        &statuses,
+        &reasons,
+        &dncs,
+        &spams,
+        &costs,
+        &fees,
+        &tts,
+        &names,
+        &types,
+        &foreign,
+        &payloads,
+        &received,
+    ];
+    if kind == InsertKind::WithLatest {
+        params.extend(signed);
+    }
+    Ok(client.execute(statement, &params).await?)
 }
 
 /// corral's own write path without the broker: `store::write_batch` on one

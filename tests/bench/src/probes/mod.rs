@@ -137,7 +137,7 @@ pub async fn publish_as_ingress(
         exchange.into(),
         routing_key.into(),
         body,
-        envelope::properties(Uuid::now_v7(), Utc::now()),
+        amqp::properties(&envelope::Metadata::single(Uuid::now_v7(), Utc::now())),
     )
     .await
 }

@@ -20,8 +20,11 @@ use corral_testkit::{
     stack::Stack,
 };
 use corral_worker::{
-    config::{SuppressionClass, SuppressionCommand},
-    ops, summary,
+    commands::{
+        self,
+        suppressions::{SuppressionClass, SuppressionCommand},
+    },
+    summary,
 };
 use pulldown_cmark::{CodeBlockKind, Event, LinkType, Parser, Tag, TagEnd};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -50,7 +53,7 @@ fn settings(command: clap::Command) -> Vec<(String, Option<String>)> {
 /// Every setting of both binaries, with its default.
 fn all_settings() -> Vec<(String, Option<String>)> {
     let mut all = settings(corral_ingress::config::IngressConfig::command());
-    all.extend(settings(corral_worker::config::Cli::command()));
+    all.extend(settings(corral_worker::commands::Cli::command()));
     all
 }
 
@@ -82,24 +85,41 @@ fn every_setting_is_in_the_readme_with_its_default() {
 // Reading the docs
 // ---------------------------------------------------------------------------
 
-/// The user-facing docs: README.md, CONTRIBUTING.md and CHANGELOG.md where
-/// present, and docs/*.md. Paths relative to the workspace root.
+/// The docs: README.md, CONTRIBUTING.md, CHANGELOG.md and the bench's
+/// README where present, and every `.md` under docs/ (docs/operations/
+/// too). Paths relative to the workspace root.
 fn doc_files() -> Vec<PathBuf> {
     let root = root();
-    let mut files: Vec<PathBuf> = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|file| root.join(file).is_file())
-        .collect();
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .expect("reading docs/")
-        .map(|entry| entry.expect("a docs/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-        .map(|path| PathBuf::from("docs").join(path.file_name().expect("a file name")))
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "README.md",
+        "CONTRIBUTING.md",
+        "CHANGELOG.md",
+        "tests/bench/README.md",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|file| root.join(file).is_file())
+    .collect();
+    let mut docs = Vec::new();
+    markdown_under(Path::new("docs"), &mut docs);
     docs.sort();
     files.extend(docs);
     files
+}
+
+/// The `.md` files under `dir` (relative to the workspace root), recursively.
+fn markdown_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|err| panic!("reading {}: {err}", dir.display()));
+    for entry in entries {
+        let name = entry.expect("a docs/ entry").file_name();
+        let path = dir.join(name);
+        if root().join(&path).is_dir() {
+            markdown_under(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "md") {
+            out.push(path);
+        }
+    }
 }
 
 fn read(relative: &Path) -> String {
@@ -667,7 +687,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
     let mut worker_config = stack.worker_config();
     // The test folds the summary itself, half-way, so the summary queries
     // meet rows in both of its tables.
-    worker_config.summary_rollup_ms = 3_600_000;
+    worker_config.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(worker_config.clone()).await;
     let ingress = RunningIngress::start(stack.ingress_config()).await;
 
@@ -726,7 +746,10 @@ async fn every_cookbook_query_returns_the_documented_rows() {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                envelope::properties(id, instant(received_at)),
+                corral_shared::amqp::properties(&envelope::Metadata::single(
+                    id,
+                    instant(received_at),
+                )),
             )
             .await;
     };
@@ -816,7 +839,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         ("+15550100003", "support: opt-in by phone, ticket 4712"),
     ];
     for (phone, by) in lifts {
-        ops::suppressions_command(
+        commands::suppressions::run(
             SuppressionCommand::Lift {
                 phone: phone.to_owned(),
                 kind: None,
@@ -1038,14 +1061,17 @@ fn the_cookbook_lists_the_providers_reasons_exactly() {
     assert_eq!(listed, FAILURE_REASONS);
 }
 
+/// The page of docs/operations/ that holds the suppression tables.
+const SUPPRESSIONS_PAGE: &str = "docs/operations/data.md";
+
 /// The cells of each row of the first table in `section` of
-/// docs/operations.md whose header starts with `header`.
+/// [`SUPPRESSIONS_PAGE`] whose header starts with `header`.
 fn operations_table(section: &str, header: &str) -> Vec<Vec<String>> {
-    let text = read(Path::new("docs/operations.md"));
+    let text = read(Path::new(SUPPRESSIONS_PAGE));
     let section = text
         .split("\n## ")
         .find(|part| part.starts_with(section))
-        .unwrap_or_else(|| panic!("docs/operations.md has no section {section:?}"));
+        .unwrap_or_else(|| panic!("{SUPPRESSIONS_PAGE} has no section {section:?}"));
     let table = section
         .split(&format!("\n{header}"))
         .nth(1)
@@ -1063,7 +1089,7 @@ fn operations_table(section: &str, header: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// operations.md's suppression tables say what the one mapping in
+/// The operations docs' suppression tables say what the one mapping in
 /// PostgreSQL (`corral_suppression_class`, migration V6) does, code by code
 /// and for each v1 reason, and what the metric's `reason` label says.
 #[tokio::test]

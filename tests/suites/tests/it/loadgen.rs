@@ -31,8 +31,8 @@ fn pipeline(stack: StackBuilder, secrets: &[&str]) -> StackBuilder {
     stack
         .ingress(move |ingress| ingress.signing.secrets = secrets.clone())
         .worker(|worker| {
-            worker.result_events = true;
-            worker.summary_rollup_ms = 200;
+            worker.results.result_events = true;
+            worker.summary.summary_rollup_ms = 200;
         })
 }
 

@@ -108,7 +108,10 @@ async fn the_unroutable_queue_dead_letters_past_the_delivery_limit_like_the_main
         .publish(
             "dropcowboy.sms",
             body,
-            corral_shared::envelope::properties(uuid::Uuid::now_v7(), chrono::Utc::now()),
+            corral_shared::amqp::properties(&corral_shared::envelope::Metadata::single(
+                uuid::Uuid::now_v7(),
+                chrono::Utc::now(),
+            )),
         )
         .await;
     let connection = amqp::connect(&broker.settings, "corral-tests returner")

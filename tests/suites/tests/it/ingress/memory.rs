@@ -17,7 +17,7 @@ const MIB: u64 = 1024 * 1024;
 /// The broker black-holed (sockets open, nothing answered) and a burst of
 /// large bodies from more clients than the ingress takes connections: every
 /// answer is 503, and the ingress process's peak RSS stays within the bound
-/// operations.md gives — `CORRAL_MAX_CONNECTIONS` × (body + 32 KiB of
+/// docs/operations/deploy.md gives — `CORRAL_MAX_CONNECTIONS` × (body + 32 KiB of
 /// actix's buffers) + 2 × `CORRAL_MAX_IN_FLIGHT_BYTES` — here 128 × 92 KiB +
 /// 4 MiB ≈ 16 MiB above the process's own (23 MiB measured), checked against
 /// 32 MiB for allocator slack. Without the two bounds each of the 500 bodies

@@ -15,7 +15,10 @@ use corral_shared::{
 use corral_testkit::{
     apps::RunningWorker, broker::TestBroker, config, fixtures, stack::Stack, wait,
 };
-use corral_worker::ops::{self, LetterWebhook, OpsError, ReplayOptions};
+use corral_worker::{
+    commands,
+    ops::{self, DeadLetters as _, LetterWebhook, OpsError, RabbitmqDeadLetters, ReplayOptions},
+};
 use lapin::{
     BasicProperties,
     options::{BasicGetOptions, BasicRejectOptions},
@@ -55,7 +58,7 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                envelope::properties(id, received_at),
+                corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
             )
             .await;
         sent.push(Sent {
@@ -106,8 +109,8 @@ async fn reject_all(broker: &TestBroker, count: usize) {
 async fn list_command(broker: &TestBroker) -> String {
     let mut out = Vec::new();
     let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
-    ops::dead_letters_command(
-        corral_worker::config::DeadLetterCommand::List { limit: 10 },
+    commands::dead_letters::run(
+        commands::dead_letters::DeadLetterCommand::List { limit: 10 },
         &config,
         &mut out,
     )
@@ -125,15 +128,13 @@ fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPVal
 
 /// Replays only the letter with `id` (its own, or a webhook's inside it).
 async fn replay_only(settings: &AmqpSettings, id: String) -> ops::DeadLetterReport {
-    ops::replay_dead_letters(
-        settings,
-        &ReplayOptions {
+    RabbitmqDeadLetters::new(settings)
+        .replay(&ReplayOptions {
             message_ids: vec![id],
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+        })
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -142,7 +143,10 @@ async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
     let sent = dead_letter(&broker, 3).await;
     let dlq = broker.topology.dead_letter_queue();
 
-    let listed = ops::list_dead_letters(&broker.settings, 100).await.unwrap();
+    let listed = RabbitmqDeadLetters::new(&broker.settings)
+        .list(100)
+        .await
+        .unwrap();
     assert_eq!(listed.queued_at_start, 3);
     assert!(!listed.replayed);
     let ids: BTreeSet<String> = listed
@@ -174,7 +178,10 @@ async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
 
     // Listing twice reads the same messages again: moving them to the tail
     // kept their routing key and history.
-    let again = ops::list_dead_letters(&broker.settings, 2).await.unwrap();
+    let again = RabbitmqDeadLetters::new(&broker.settings)
+        .list(2)
+        .await
+        .unwrap();
     assert_eq!(again.letters.len(), 2, "the limit is honoured");
     for letter in &again.letters {
         assert_eq!(letter.deaths, 1);
@@ -184,15 +191,13 @@ async fn listing_and_dry_run_show_dead_letters_and_remove_none() {
         );
     }
 
-    let dry = ops::replay_dead_letters(
-        &broker.settings,
-        &ReplayOptions {
+    let dry = RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions {
             dry_run: true,
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     assert_eq!(dry.letters.len(), 3);
     assert!(!dry.replayed);
     assert_eq!(
@@ -217,20 +222,19 @@ async fn replay_republishes_with_the_original_properties_and_removes_the_dead_le
     let dlq = broker.topology.dead_letter_queue();
     let main = broker.topology.queue();
 
-    let first = ops::replay_dead_letters(
-        &broker.settings,
-        &ReplayOptions {
+    let first = RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions {
             limit: Some(1),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     assert_eq!(first.letters.len(), 1);
     assert!(first.replayed);
     assert_eq!(broker.ready_count(&dlq).await, 3);
 
-    let rest = ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+    let rest = RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions::default())
         .await
         .unwrap();
     assert_eq!(rest.letters.len(), 3);
@@ -298,7 +302,8 @@ async fn replay_takes_only_the_selected_message_ids() {
             .map(|id| id.to_string()),
         Some(chosen)
     );
-    let left: BTreeSet<String> = ops::list_dead_letters(&broker.settings, 10)
+    let left: BTreeSet<String> = RabbitmqDeadLetters::new(&broker.settings)
+        .list(10)
         .await
         .unwrap()
         .letters
@@ -326,7 +331,8 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
         )
         .await;
 
-    let err = ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+    let err = RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions::default())
         .await
         .unwrap_err();
     match &err {
@@ -350,7 +356,10 @@ async fn a_replay_the_broker_cannot_route_keeps_every_dead_letter() {
     }
     assert_eq!(broker.ready_count(&dlq).await, 3, "no dead letter was lost");
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
-    let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
+    let listed = RabbitmqDeadLetters::new(&broker.settings)
+        .list(10)
+        .await
+        .unwrap();
     assert_eq!(listed.letters.len(), 3);
     assert!(listed.letters.iter().all(|letter| letter.deaths == 1));
 }
@@ -360,7 +369,10 @@ async fn a_wrong_prefix_is_reported_not_created() {
     let broker = TestBroker::new().await;
     let mut settings = broker.settings.clone();
     settings.prefix = format!("{}-typo", broker.prefix());
-    let err = ops::list_dead_letters(&settings, 10).await.unwrap_err();
+    let err = RabbitmqDeadLetters::new(&settings)
+        .list(10)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, OpsError::Missing { name, .. } if name.ends_with("-typo.dead-letter")),
         "{err:?}"
@@ -372,7 +384,8 @@ async fn replayed_dead_letters_are_stored_by_the_worker() {
     let stack = Stack::builder().database().start().await;
     let (broker, db) = (stack.broker(), stack.db());
     let sent = dead_letter(broker, 2).await;
-    ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+    RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions::default())
         .await
         .unwrap();
     let worker = RunningWorker::start(stack.worker_config()).await;
@@ -410,7 +423,7 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
     let main = broker.topology.queue();
     let all: BTreeSet<String> = sent.iter().map(|s| s.id.to_string()).collect();
 
-    let listed = ops::list_dead_letters(&settings, 10).await.unwrap();
+    let listed = RabbitmqDeadLetters::new(&settings).list(10).await.unwrap();
     let ids: BTreeSet<String> = listed
         .letters
         .iter()
@@ -430,7 +443,8 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
         .map(|id| id.to_string())
         .collect();
     assert_eq!(replayed_ids, vec![chosen.clone()]);
-    let left: BTreeSet<String> = ops::list_dead_letters(&settings, 10)
+    let left: BTreeSet<String> = RabbitmqDeadLetters::new(&settings)
+        .list(10)
         .await
         .unwrap()
         .letters
@@ -439,7 +453,12 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
         .collect();
     let want: BTreeSet<String> = [sent[0].id.to_string(), sent[2].id.to_string()].into();
     assert_eq!(left, want, "the others stay dead-lettered");
-    for letter in ops::list_dead_letters(&settings, 10).await.unwrap().letters {
+    for letter in RabbitmqDeadLetters::new(&settings)
+        .list(10)
+        .await
+        .unwrap()
+        .letters
+    {
         let original = sent
             .iter()
             .find(|s| s.id.to_string() == letter.id())
@@ -451,7 +470,8 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
         assert_eq!(letter.deaths, 1, "kept its history");
     }
 
-    let rest = ops::replay_dead_letters(&settings, &ReplayOptions::default())
+    let rest = RabbitmqDeadLetters::new(&settings)
+        .replay(&ReplayOptions::default())
         .await
         .unwrap();
     assert_eq!(rest.letters.len(), 2);
@@ -495,7 +515,10 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
     let letter_id = broker.publish_batch(&packing).await.to_string();
     reject_all(broker, 1).await;
 
-    let listed = ops::list_dead_letters(&broker.settings, 10).await.unwrap();
+    let listed = RabbitmqDeadLetters::new(&broker.settings)
+        .list(10)
+        .await
+        .unwrap();
     assert_eq!(listed.letters.len(), 1);
     let letter = &listed.letters[0];
     assert_eq!(letter.id(), letter_id);
@@ -553,7 +576,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
         Some(letter_id.clone())
     );
     assert_eq!(
-        envelope::Format::of(&delivery.properties),
+        envelope::Format::of(&amqp::metadata(&delivery.properties)),
         envelope::Format::Batch
     );
 
@@ -562,7 +585,8 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
     reject_all(broker, 1).await;
     broker.publish_batch(&packing).await;
     reject_all(broker, 1).await;
-    ops::replay_dead_letters(&broker.settings, &ReplayOptions::default())
+    RabbitmqDeadLetters::new(&broker.settings)
+        .replay(&ReplayOptions::default())
         .await
         .unwrap();
     let worker = RunningWorker::start(stack.worker_config()).await;

@@ -153,7 +153,7 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     // With result events, whose relay series (corral_worker_result_events_*)
     // exist only when CORRAL_RESULT_EVENTS=true.
     let mut worker_config = stack.worker_config();
-    worker_config.result_events = true;
+    worker_config.results.result_events = true;
     let worker = RunningWorker::start(worker_config).await;
     assert_eq!(
         ingress.post("sms", fixtures::SMS_SUCCESS).await.status(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 /// A RabbitMQ user of its own for one test, with exactly the permissions
-/// docs/operations.md tells operators to grant corral, on vhost `/`. Dropping
+/// docs/operations/deploy.md tells operators to grant corral, on vhost `/`. Dropping
 /// it deletes the user, also when the test failed.
 pub(super) struct DocumentedBrokerUser {
     name: String,
@@ -58,14 +58,17 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 /// The configure, write and read regexes of the `rabbitmqctl set_permissions`
-/// line in docs/operations.md, so the test follows the documentation.
+/// line in docs/operations/deploy.md, so the test follows the documentation.
 fn documented_permissions() -> [String; 3] {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md");
-    let docs = std::fs::read_to_string(path).expect("docs/operations.md");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations/deploy.md"
+    );
+    let docs = std::fs::read_to_string(path).expect("docs/operations/deploy.md");
     let line = docs
         .lines()
         .find(|line| line.contains("rabbitmqctl set_permissions"))
-        .expect("docs/operations.md documents the broker permissions");
+        .expect("docs/operations/deploy.md documents the broker permissions");
     let quoted: Vec<String> = line
         .split('\'')
         .skip(1)

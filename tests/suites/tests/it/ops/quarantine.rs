@@ -13,7 +13,7 @@ use corral_testkit::{
     wait,
 };
 use corral_worker::{
-    config::QuarantineCommand,
+    commands::{self, quarantine::QuarantineCommand},
     ops::{self, ReprocessOptions, Verdict},
     source::unpack,
 };
@@ -178,7 +178,7 @@ async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
 
     // The command's own output.
     let mut out = Vec::new();
-    ops::quarantine_command(QuarantineCommand::List { limit: 10 }, &config, &mut out)
+    commands::quarantine::run(QuarantineCommand::List { limit: 10 }, &config, &mut out)
         .await
         .unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -351,7 +351,7 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
         .publish(
             envelope::MIXED_ROUTING_KEY,
             br#"{"webhooks":42}"#,
-            envelope::batch_properties(unreadable_id, first, 1),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(unreadable_id, first, 1)),
         )
         .await;
     let worker = RunningWorker::start(stack.worker_config()).await;

@@ -27,7 +27,7 @@ pub(super) const OUTBOX: &str = "SELECT count(*) FROM delivery_results_outbox";
 /// The worker tests' quick settings, with result events on.
 pub(super) fn results_on(config: &mut WorkerConfig) {
     config::short_waits(config);
-    config.result_events = true;
+    config.results.result_events = true;
 }
 
 /// The event a message carries, after checking the properties the contract

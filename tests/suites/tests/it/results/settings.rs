@@ -15,8 +15,8 @@ fn worker_error(config: corral_worker::config::WorkerConfig) -> String {
 fn result_events_without_a_usable_broker_url_stop_the_worker() {
     let db = "postgres://postgres@127.0.0.1:5432/unused";
     let mut results = config::worker(db, "corral-unused");
-    results.result_events = true;
-    results.results_amqp_url = Some("rabbit:5672".into());
+    results.results.result_events = true;
+    results.results.results_amqp_url = Some("rabbit:5672".into());
     let err = worker_error(results.clone());
     assert!(
         err.contains("CORRAL_RESULT_EVENTS=true publishes to RabbitMQ (CORRAL_RESULTS_AMQP_URL)"),
@@ -27,7 +27,7 @@ fn result_events_without_a_usable_broker_url_stop_the_worker() {
     let mut sqs = results;
     sqs.buffer.kind = BufferKind::Sqs;
     sqs.buffer.sqs_queue_url = Some("http://127.0.0.1:1/000000000000/q".into());
-    sqs.results_amqp_url = None;
+    sqs.results.results_amqp_url = None;
     sqs.amqp.url = "not a url".into();
     let err = worker_error(sqs);
     assert!(

@@ -305,7 +305,7 @@ async fn a_drain_round_cut_before_its_commit_gives_its_rows_back() {
         .migrated()
         .db_proxy()
         .worker_settings(draining)
-        .worker_settings(|worker| worker.db_timeout_ms = 10_000)
+        .worker_settings(|worker| worker.db.db_timeout_ms = 10_000)
         .start()
         .await;
     let (db, client, postgres) = (stack.db(), stack.client().await, stack.db_proxy());

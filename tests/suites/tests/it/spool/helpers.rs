@@ -56,7 +56,7 @@ pub(super) fn spooling(config: &mut IngressConfig) {
 /// The worker tests' short waits, looking at an empty spool every 50 ms.
 pub(super) fn draining(config: &mut WorkerConfig) {
     short_waits(config);
-    config.spool_poll_ms = 50;
+    config.spool.spool_poll_ms = 50;
 }
 
 /// `corral_ingress_spooled_total{cause}`.

@@ -12,8 +12,8 @@ use corral_testkit::{
     wait,
 };
 use corral_worker::{
-    config::DeadLetterCommand,
-    ops::{self, DeadLetterReport, OpsError, ReplayOptions},
+    commands::{self, dead_letters::DeadLetterCommand},
+    ops::{DeadLetterReport, DeadLetters as _, OpsError, ReplayOptions, SqsDeadLetters},
 };
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ async fn dead_letter(queue: &TestQueue, first: usize, count: usize) -> Letter {
 /// its causes.
 async fn run(stack: &Stack, command: DeadLetterCommand) -> Result<String, String> {
     let mut out = Vec::new();
-    ops::dead_letters_command(command, &stack.worker_config(), &mut out)
+    commands::dead_letters::run(command, &stack.worker_config(), &mut out)
         .await
         .map_err(|err| format!("{err:#}"))?;
     Ok(String::from_utf8(out).expect("UTF-8 output"))
@@ -53,7 +53,8 @@ async fn run(stack: &Stack, command: DeadLetterCommand) -> Result<String, String
 
 async fn replay(queue: &TestQueue, options: ReplayOptions) -> DeadLetterReport {
     let queue = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
-    ops::replay_sqs_dead_letters(&queue, &options)
+    SqsDeadLetters::new(queue)
+        .replay(&options)
         .await
         .expect("the replay")
 }
@@ -309,7 +310,8 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
         assert!(err.contains("deadLetterTargetArn"), "{err}");
     }
     let connected = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
-    let err = ops::list_sqs_dead_letters(&connected, 10)
+    let err = SqsDeadLetters::new(connected)
+        .list(10)
         .await
         .expect_err("no dead-letter queue");
     assert!(

@@ -51,7 +51,7 @@ async fn the_worker_exports_the_message_counts_of_the_queue_and_its_dead_letter_
 
     let unreachable = format!("postgres://postgres@127.0.0.1:{}/corral", free_port());
     let mut config = stack.worker_config();
-    config.database_url = unreachable;
+    config.db.database_url = unreachable;
     let worker = RunningWorker::start_unready(config).await;
     let want = [
         (messages("main", "visible"), 4.0),

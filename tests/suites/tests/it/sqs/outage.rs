@@ -68,7 +68,7 @@ async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
         .sqs_proxy(Via::Ingress)
         .spool()
         .ingress(|ingress| ingress.publish_timeout_ms = 3_000)
-        .worker_settings(|worker| worker.spool_poll_ms = 50)
+        .worker_settings(|worker| worker.spool.spool_poll_ms = 50)
         .start()
         .await;
     let (ingress, proxy) = (stack.ingress(), stack.sqs_proxy());

@@ -11,7 +11,7 @@ use corral_testkit::{
     sqs::ENDPOINT,
     stack::Stack,
 };
-use corral_worker::config::Cli;
+use corral_worker::commands::Cli;
 use tokio_util::sync::CancellationToken;
 
 fn ingress_error(config: IngressConfig) -> String {

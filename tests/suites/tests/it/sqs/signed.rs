@@ -32,7 +32,7 @@ async fn a_signed_delivery_travels_through_sqs_as_kind_event() {
     let [message] = messages.as_slice() else {
         panic!("one message, got {}", messages.len());
     };
-    let (_, routing_key) = corral_shared::sqs::properties(message);
+    let (_, routing_key) = corral_shared::sqs::metadata(message);
     assert_eq!(routing_key, "dropcowboy.event");
     let body = message.body().expect("a body");
     let webhooks = batch::decode(body.as_bytes()).expect("envelope 2");

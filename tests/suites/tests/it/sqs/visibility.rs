@@ -29,8 +29,8 @@ fn short_visibility_queue(stack: StackBuilder) -> StackBuilder {
 fn worker(config: &mut WorkerConfig) {
     config.sqs_wait_secs = 1;
     config.sqs_visibility_secs = 2;
-    config.db_timeout_ms = 1_000;
-    config.db_retry_max_ms = 300;
+    config.db.db_timeout_ms = 1_000;
+    config.db.db_retry_max_ms = 300;
     config.amqp.reconnect_max_ms = 300;
 }
 

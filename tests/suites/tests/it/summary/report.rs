@@ -8,8 +8,12 @@ use corral_testkit::{
     apps::RunningWorker, config::short_waits, database::TestDatabase, fixtures, stack::Stack,
 };
 use corral_worker::{
-    config::{Cli, Command, ReportArgs, WorkerConfig},
-    summary::{self, report::report_command},
+    commands::{
+        Cli, Command,
+        report::{self, ReportArgs},
+    },
+    config::WorkerConfig,
+    summary,
 };
 
 use super::{event_totals, rows, summary_totals};
@@ -46,7 +50,7 @@ async fn report(config: &WorkerConfig, args: &[&str]) -> Result<String, String> 
         panic!("parsed as another command");
     };
     let mut out = Vec::new();
-    report_command(args, config, &mut out)
+    report::run(args, config, &mut out)
         .await
         .map_err(|err| format!("{err:#}"))?;
     Ok(String::from_utf8(out).expect("UTF-8"))
@@ -62,7 +66,7 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
     let (broker, db) = (stack.broker(), stack.db());
     let mut settings = stack.worker_config();
     // The round at start finds nothing; the test rolls up itself.
-    settings.summary_rollup_ms = 3_600_000;
+    settings.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(settings.clone()).await;
 
     let (sms, rvm) = (Kind::Sms.routing_key(), Kind::Rvm.routing_key());
@@ -274,7 +278,7 @@ async fn the_report_refuses_a_bad_window_and_names_an_unreachable_database() {
 
     let mut nowhere = settings.clone();
     let port = corral_testkit::process::free_port();
-    nowhere.database_url = format!("postgres://postgres@127.0.0.1:{port}/corral");
+    nowhere.db.database_url = format!("postgres://postgres@127.0.0.1:{port}/corral");
     let unreachable = report(&nowhere, &["--since", "24h"]).await.unwrap_err();
     assert!(
         unreachable.starts_with("connecting to PostgreSQL (CORRAL_DATABASE_URL)"),
@@ -296,7 +300,7 @@ fn the_report_defaults_to_the_last_24_hours() {
     };
     assert_eq!(
         since,
-        summary::report::Moment::Ago(std::time::Duration::from_secs(86_400))
+        report::Moment::Ago(std::time::Duration::from_secs(86_400))
     );
     assert_eq!((until, json, by_hour), (None, false, false));
 }

@@ -48,7 +48,7 @@ async fn the_worker_rolls_the_summary_up_on_its_own() {
         .await;
     let (broker, db) = (stack.broker(), stack.db());
     let mut settings = stack.worker_config();
-    settings.summary_rollup_ms = 100;
+    settings.summary.summary_rollup_ms = 100;
     let worker = RunningWorker::start(settings).await;
     for reason in ["", "", fixtures::FAILURE_REASONS[0]] {
         send(broker, Kind::Sms.routing_key(), valid(reason).1).await;

@@ -125,7 +125,7 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             envelope::MIXED_ROUTING_KEY,
             malformed,
-            envelope::batch_properties(malformed_id, at, 1),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(malformed_id, at, 1)),
         )
         .await;
     // A newer ingress's envelope: its body might even read as version 2,
@@ -147,7 +147,8 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             Kind::Sms.routing_key(),
             &newer,
-            envelope::batch_properties(newer_id, at, 1).with_content_type(content_type.into()),
+            corral_shared::amqp::properties(&envelope::Metadata::batch(newer_id, at, 1))
+                .with_content_type(content_type.into()),
         )
         .await;
     // The queue keeps moving: an envelope-1 message behind them is stored.
@@ -265,7 +266,7 @@ async fn batches_are_acknowledged_only_once_every_webhook_is_committed() {
     config.prefetch = 2;
     config.batch_max = 2;
     config.db_writers = 2;
-    config.db_timeout_ms = 1_000;
+    config.db.db_timeout_ms = 1_000;
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
     let queue = broker.queue();

@@ -105,7 +105,7 @@ async fn a_batch_committed_but_never_acked_is_redelivered_as_duplicates() {
     }
     let mut config = batches_of(N, stack.worker_config());
     // The statement timeout must outlast the trigger's sleep.
-    config.db_timeout_ms = 5_000;
+    config.db.db_timeout_ms = 5_000;
     let worker = RunningWorker::start_unready(config).await;
 
     wait_batch_in_flight(&client, &db.name).await;

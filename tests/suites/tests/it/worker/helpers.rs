@@ -55,7 +55,7 @@ pub(crate) fn worker_stack() -> StackBuilder {
 /// `config` reaching the test's database directly, not through the stack's
 /// proxy (a worker started after the database "came back").
 pub(super) fn direct(mut config: WorkerConfig, db: &TestDatabase) -> WorkerConfig {
-    config.database_url = db.url.clone();
+    config.db.database_url = db.url.clone();
     config
 }
 
@@ -91,7 +91,11 @@ pub(crate) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRe
     let received_at = now_micros();
     let body = body.as_ref().to_vec();
     broker
-        .publish(routing_key, &body, envelope::properties(id, received_at))
+        .publish(
+            routing_key,
+            &body,
+            corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
+        )
         .await;
     Sent {
         id,

@@ -3,8 +3,9 @@
 //! graceful shutdown.
 //!
 //! Messages are published straight to the test's exchange with the
-//! properties ingress gives them ([`envelope::properties`]), so each test
-//! controls exactly what the worker receives and in which batch. Faults are
+//! properties ingress gives them (`amqp::properties` of the envelope's
+//! `Metadata`), so each test controls exactly what the worker receives and
+//! in which batch. Faults are
 //! made with per-test means only (a [`TcpProxy`] in front of RabbitMQ or
 //! PostgreSQL, a trigger or `ALLOW_CONNECTIONS` on the test's own database,
 //! `pg_terminate_backend` of the worker's own backends, a primary and

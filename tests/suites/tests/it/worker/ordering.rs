@@ -112,7 +112,10 @@ async fn send_received(
         .publish(
             Kind::Sms.routing_key(),
             body.as_bytes(),
-            corral_shared::envelope::properties(id, received_at),
+            corral_shared::amqp::properties(&corral_shared::envelope::Metadata::single(
+                id,
+                received_at,
+            )),
         )
         .await;
     Sent {

@@ -18,7 +18,7 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
     let mut config = stack.worker_config();
     config.prefetch = PREFETCH;
     config.batch_max = u32::from(PREFETCH);
-    config.db_timeout_ms = 1_000;
+    config.db.db_timeout_ms = 1_000;
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
     let queue = broker.topology.queue();

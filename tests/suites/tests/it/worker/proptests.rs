@@ -246,7 +246,7 @@ async fn write(
     let mut unreadable = Vec::new();
     for message in messages {
         match unpack::contents(
-            &message.properties,
+            &corral_shared::amqp::metadata(&message.properties),
             &message.routing_key,
             message.body.clone(),
         ) {

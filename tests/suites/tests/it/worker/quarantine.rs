@@ -252,7 +252,7 @@ async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
             .publish(
                 Kind::Sms.routing_key(),
                 body,
-                envelope::batch_properties(id, at, 1),
+                corral_shared::amqp::properties(&envelope::Metadata::batch(id, at, 1)),
             )
             .await;
         ids.push(id);

@@ -61,7 +61,7 @@ async fn shutdown_with_the_database_down_leaves_the_messages_to_rabbitmq() {
     let pg = stack.db_proxy();
     let mut settings = batches_of(100, stack.worker_config());
     settings.shutdown_timeout_ms = 1_500;
-    settings.db_timeout_ms = 500;
+    settings.db.db_timeout_ms = 500;
     let worker = RunningWorker::start(settings).await;
     let mut sent = Vec::new();
     for _ in 0..10 {
@@ -101,7 +101,7 @@ async fn shutdown_during_database_retries_honours_the_shutdown_deadline() {
     let pg = stack.db_proxy();
     let mut settings = stack.worker_config();
     settings.shutdown_timeout_ms = 1_000;
-    settings.db_timeout_ms = 500;
+    settings.db.db_timeout_ms = 500;
     let worker = RunningWorker::start(settings).await;
     pg.cut();
     let before = worker.metrics().await;
@@ -142,7 +142,7 @@ async fn shutdown_is_bounded_even_while_a_write_hangs_on_a_silent_database() {
     let mut settings = batches_of(100, stack.worker_config());
     settings.shutdown_timeout_ms = 1_000;
     // Far longer than the test's deadline: only the drain deadline can end it.
-    settings.db_timeout_ms = 60_000;
+    settings.db.db_timeout_ms = 60_000;
     let worker = RunningWorker::start(settings).await;
     pg.blackhole();
     for _ in 0..10 {

@@ -40,7 +40,7 @@ async fn start_worker(cluster: &ReplicatedPostgres, broker: &TestBroker) -> Runn
     let mut config = config(&cluster.primary_url("corral"), broker.prefix());
     config.prefetch = PREFETCH;
     config.batch_max = u32::from(PREFETCH);
-    config.db_timeout_ms = DB_TIMEOUT.as_millis() as u64;
+    config.db.db_timeout_ms = DB_TIMEOUT.as_millis() as u64;
     RunningWorker::start(config).await
 }
 

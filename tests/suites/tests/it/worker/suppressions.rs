@@ -4,9 +4,9 @@
 
 use corral_shared::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, fixtures};
-use corral_worker::{
-    config::{SuppressionClass, SuppressionCommand},
-    ops,
+use corral_worker::commands::{
+    self,
+    suppressions::{SuppressionClass, SuppressionCommand},
 };
 use tokio_postgres::Client;
 
@@ -297,7 +297,7 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
 
     // The recipient opted in again in writing: an operator lifts it.
     let mut out = Vec::new();
-    ops::suppressions_command(
+    commands::suppressions::run(
         SuppressionCommand::Lift {
             phone: phone.to_owned(),
             kind: None,
@@ -320,7 +320,7 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
         expected(false, ("2026-11-20T10:00:00Z", "d-newer"))
     );
     // Lifting again finds nothing in force, and says so.
-    let again = ops::suppressions_command(
+    let again = commands::suppressions::run(
         SuppressionCommand::Lift {
             phone: phone.to_owned(),
             kind: None,
@@ -353,7 +353,7 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
         expected(true, ("2026-11-25T10:00:00Z", "d-again"))
     );
     let mut listed = Vec::new();
-    ops::suppressions_command(
+    commands::suppressions::run(
         SuppressionCommand::List {
             phone: Some(phone.to_owned()),
             kind: None,

@@ -21,7 +21,7 @@ async fn stores_webhooks_over_verified_tls() {
     let ca = TestCa::new("trusted");
     let front = TlsFront::postgres(&ca).await;
     let mut settings = config(&front.postgres_url(&db.name), broker.prefix());
-    settings.database_ca_file = Some(ca.pem_file().to_owned());
+    settings.db.database_ca_file = Some(ca.pem_file().to_owned());
     let worker = RunningWorker::start(settings).await;
 
     let sent = send(broker, Kind::Sms.routing_key(), valid("").1).await;
@@ -105,7 +105,7 @@ async fn database_tls_settings_are_checked_at_start() {
     ];
     for (url, ca_file, reason) in cases {
         let mut settings = config(url, "unused");
-        settings.database_ca_file = ca_file;
+        settings.db.database_ca_file = ca_file;
         let err = corral_worker::Application::build(settings, Default::default())
             .expect_err("the worker must refuse this configuration");
         let message = format!("{err:#}");

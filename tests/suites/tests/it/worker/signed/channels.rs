@@ -212,7 +212,7 @@ async fn two_workers_storing_both_channels_at_once_count_each_result_once() {
     let mut settings = batches_of(DROPS, stack.worker_config());
     settings.prefetch = DROPS as u16;
     // The second batch waits for the first's COMMIT, then sleeps itself.
-    settings.db_timeout_ms = 15_000;
+    settings.db.db_timeout_ms = 15_000;
     let drops: Vec<String> = (0..DROPS)
         .map(|i| format!("c1000000-0000-4000-8000-0000000000{i:02}"))
         .collect();

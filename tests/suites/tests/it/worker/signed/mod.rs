@@ -58,7 +58,7 @@ impl SignedStack {
                 ingress.retry_after_secs = RETRY_AFTER_SECS;
             })
             // The tests read the summary's two tables together; no roll-up needed.
-            .worker(|worker| worker.summary_rollup_ms = 3_600_000)
+            .worker(|worker| worker.summary.summary_rollup_ms = 3_600_000)
             .start()
             .await;
         let client = kit.client().await;

@@ -19,19 +19,26 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use super::{
-    DELIVERY_COUNT_HEADER, MoveError, OpsError, ROUTING_KEY_HEADER, dead_letters::DeadLetter,
-};
+use crate::ops::{MoveError, OpsError};
+
+/// Header a message gets when it is moved to the tail of the dead-letter queue
+/// without an `x-death` header to remember its routing key (a message someone
+/// published there by hand): the routing key it will be replayed with.
+pub(super) const ROUTING_KEY_HEADER: &str = "x-corral-routing-key";
+
+/// Broker-owned header that counts deliveries from the queue a message was
+/// in; it means nothing on a copy, so a replay drops it.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// A confirm-mode channel on its own connection, and the names.
-pub(super) struct DeadLetterSession {
+pub(super) struct Session {
     connection: Connection,
     pub(super) channel: Channel,
     pub(super) topology: Topology,
     pub(super) timeout: Duration,
 }
 
-impl DeadLetterSession {
+impl Session {
     /// Connects and checks (passively: an operator command never creates
     /// topology) that the queue and the exchanges exist.
     pub(super) async fn open(settings: &AmqpSettings) -> Result<(Self, u32), OpsError> {
@@ -162,10 +169,13 @@ impl DeadLetterSession {
     /// reaches that queue as directly as the default exchange would, which
     /// the documented permissions (`^corral\.`) refuse. `mandatory` turns a
     /// missing binding into a failure rather than a lost copy.
+    /// `routing_key` is the one the message was first published with, `id`
+    /// its `message_id` (for the error).
     pub(super) async fn keep(
         &self,
         delivery: &Delivery,
-        letter: &DeadLetter,
+        routing_key: &str,
+        id: &str,
     ) -> Result<(), OpsError> {
         let has_death = delivery
             .properties
@@ -178,19 +188,19 @@ impl DeadLetterSession {
             with_headers(&delivery.properties, |headers| {
                 headers.insert(
                     ROUTING_KEY_HEADER.into(),
-                    AMQPValue::LongString(letter.routing_key.as_str().into()),
+                    AMQPValue::LongString(routing_key.into()),
                 );
             })
         };
         let failed = |cause: MoveError| OpsError::NotKept {
-            message_id: letter.id().to_owned(),
+            message_id: id.to_owned(),
             cause: Box::new(cause),
         };
         // The original routing key, so the copy is delivered with it like
         // the letter RabbitMQ dead-lettered (a fanout exchange ignores it).
         self.publish_confirmed(
             &self.topology.dead_letter_exchange(),
-            &letter.routing_key,
+            routing_key,
             &delivery.data,
             properties,
             || {
@@ -207,31 +217,28 @@ impl DeadLetterSession {
         self.ack(delivery).await.map_err(failed)
     }
 
-    /// Publishes a message back to the webhooks exchange, then acks the
-    /// dead-letter copy.
+    /// Publishes a message back to the webhooks exchange with `routing_key`,
+    /// then acks the dead-letter copy; `id` names it in the log.
     pub(super) async fn replay(
         &self,
         delivery: &Delivery,
-        letter: &DeadLetter,
+        routing_key: &str,
+        id: &str,
     ) -> Result<(), MoveError> {
         let properties = without_headers(
             &delivery.properties,
             &[DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER],
         );
         let exchange = self.topology.exchange();
-        self.publish_confirmed(
-            &exchange,
-            &letter.routing_key,
-            &delivery.data,
-            properties,
-            || format!("{exchange} with routing key {}", letter.routing_key),
-        )
+        self.publish_confirmed(&exchange, routing_key, &delivery.data, properties, || {
+            format!("{exchange} with routing key {routing_key}")
+        })
         .await?;
         if let Err(cause) = self.ack(delivery).await {
             // The replayed copy is in the main queue; the dead-letter copy
             // comes back when the connection closes and is a duplicate.
             tracing::warn!(
-                message_id = letter.id(),
+                message_id = id,
                 cause = error_chain(&cause),
                 "replayed, but the dead-letter copy could not be acknowledged; it will be replayed again as a duplicate"
             );

@@ -1,6 +1,6 @@
-//! Group commit's queue, shared by both durable paths: webhooks wait in a
-//! queue, and whenever a writer is free it takes everything waiting, up to
-//! a count and a size, as one round (one AMQP message, one INSERT).
+//! Group commit's queue: webhooks wait in a queue, and whenever a writer is
+//! free it takes everything waiting, up to a count and a size, as one round
+//! (one AMQP message, one `SendMessageBatch`, one INSERT).
 
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -17,13 +17,13 @@ pub(super) trait Waiting {
 
 /// The limits of one round.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub(in crate::buffer) struct Limits {
     /// Webhooks at most.
-    pub(super) count: usize,
+    pub(in crate::buffer) count: usize,
     /// Size at most (a single larger webhook still goes, alone).
-    pub(super) bytes: usize,
+    pub(in crate::buffer) bytes: usize,
     /// The size of an empty round.
-    pub(super) overhead: usize,
+    pub(in crate::buffer) overhead: usize,
 }
 
 /// The receiving end of a queue, forming rounds.
