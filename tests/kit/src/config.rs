@@ -59,18 +59,15 @@ pub fn worker(database_url: &str, prefix: &str) -> WorkerConfig {
     config
 }
 
-/// An ingress accepting `token` whose buffer is the SQS queue `queue`.
-#[cfg(all(feature = "apps", feature = "sqs"))]
-pub fn ingress_sqs(queue: &crate::sqs::TestQueue, token: &str) -> IngressConfig {
-    let mut config = ingress("corral-unused", token);
-    config.buffer = queue.settings();
-    config
-}
-
-/// A worker writing to `database_url`, consuming the SQS queue `queue`.
-#[cfg(all(feature = "apps", feature = "sqs"))]
-pub fn worker_sqs(database_url: &str, queue: &crate::sqs::TestQueue) -> WorkerConfig {
-    let mut config = worker(database_url, "corral-unused");
-    config.buffer = queue.settings();
-    config
+/// Worker settings that keep every wait of a test short: batches close after
+/// 50 ms, and a lost database or broker is noticed and retried within
+/// seconds.
+#[cfg(feature = "apps")]
+pub fn short_waits(config: &mut WorkerConfig) {
+    config.batch_linger_ms = 50;
+    config.db.db_timeout_ms = 2_000;
+    config.db.db_retry_max_ms = 300;
+    config.shutdown_timeout_ms = 10_000;
+    config.amqp.reconnect_max_ms = 300;
+    config.amqp.connect_timeout_ms = 2_000;
 }

@@ -7,6 +7,9 @@
 //!   defaults, with the local broker, OS-chosen ports and a test token).
 //! - `apps` (feature `apps`): the real ingress and worker, built in-process
 //!   on port 0.
+//! - `stack` (feature `apps`): one builder for what a test runs against: a
+//!   broker prefix, a database, spool, SQS, proxies, and the services
+//!   configured for them.
 //! - [`process`]: the real binaries as child processes.
 //! - [`metrics`]: `/metrics` scraped and parsed.
 //! - [`broker`]: a private AMQP prefix per test, with helpers to read what
@@ -39,6 +42,8 @@ pub mod queued;
 pub mod replicated;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(feature = "apps")]
+pub mod stack;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wait;

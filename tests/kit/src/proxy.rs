@@ -67,6 +67,23 @@ impl TcpProxy {
         Self::start(SocketAddr::from(([127, 0, 0, 1], 5672))).await
     }
 
+    /// A proxy in front of the local PostgreSQL (127.0.0.1:5432); give
+    /// [`TcpProxy::postgres_url`] to the application under test.
+    pub async fn postgres() -> Self {
+        Self::start(SocketAddr::from(([127, 0, 0, 1], 5432))).await
+    }
+
+    /// A proxy in front of the local moto server (127.0.0.1:4566), SQS's
+    /// stand-in.
+    pub async fn sqs() -> Self {
+        Self::start(SocketAddr::from(([127, 0, 0, 1], 4566))).await
+    }
+
+    /// A PostgreSQL URL to database `name` through this proxy.
+    pub fn postgres_url(&self, name: &str) -> String {
+        format!("postgres://postgres@{}/{name}", self.addr)
+    }
+
     /// Where clients should connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr

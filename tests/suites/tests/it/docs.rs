@@ -13,11 +13,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use clap::CommandFactory;
 use corral_shared::{envelope, envelope::Kind, payload::FAILURE_REASONS, telemetry::metrics};
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
-    config as kit_config,
+    apps::{RunningIngress, RunningWorker},
+    config::short_waits,
     database::TestDatabase,
     fixtures, metrics as kit_metrics,
+    stack::Stack,
 };
 use corral_worker::{
     commands::{
@@ -30,9 +30,7 @@ use pulldown_cmark::{CodeBlockKind, Event, LinkType, Parser, Tag, TagEnd};
 use tokio_postgres::{Client, SimpleQueryMessage};
 use uuid::Uuid;
 
-use crate::worker::helpers::{
-    DUPLICATE, EVENTS, QUARANTINE, config, count, send, settled, wait_count,
-};
+use crate::worker::helpers::{DUPLICATE, EVENTS, QUARANTINE, count, send, settled, wait_count};
 
 fn settings(command: clap::Command) -> Vec<(String, Option<String>)> {
     let mut found: Vec<(String, Option<String>)> = command
@@ -680,14 +678,18 @@ fn current_api_bodies() -> [(&'static str, String); 4] {
 #[tokio::test]
 async fn every_cookbook_query_returns_the_documented_rows() {
     let queries = cookbook_queries(&read(Path::new(COOKBOOK)));
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let mut worker_config = config(&db.url, broker.prefix());
+    let stack = Stack::builder()
+        .database()
+        .worker_settings(short_waits)
+        .start()
+        .await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let mut worker_config = stack.worker_config();
     // The test folds the summary itself, half-way, so the summary queries
     // meet rows in both of its tables.
     worker_config.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(worker_config.clone()).await;
-    let ingress = RunningIngress::start(kit_config::ingress(broker.prefix(), TOKEN)).await;
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
 
     // The cookbook's queries run in a session whose zone is neither UTC
     // nor a whole hour from it, so a query that leans on the session's zone
@@ -757,7 +759,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
     // the ids and arrival times the cookbook shows; then the events before
     // today. Then the summary is folded, so what follows stays in its
     // changes.
-    send(&broker, sms, fixtures::SMS_SUCCESS).await;
+    send(broker, sms, fixtures::SMS_SUCCESS).await;
     publish(
         sms,
         SAMPLE_FAILURE_ID,
@@ -787,7 +789,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         ),
     ];
     for (routing_key, body) in &before_today {
-        send(&broker, routing_key, body).await;
+        send(broker, routing_key, body).await;
     }
     let mut stored = 6;
     wait_count(&client, EVENTS, stored).await;
@@ -823,9 +825,9 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         (sms, webhook("d1", "09", d1, "No Funds", UNPAID, false)),
     ];
     for (routing_key, body) in &today_events {
-        send(&broker, routing_key, body).await;
+        send(broker, routing_key, body).await;
     }
-    send(&broker, sms, br#"{"drop_id": 42}"#).await;
+    send(broker, sms, br#"{"drop_id": 42}"#).await;
     stored += today_events.len() as i64;
     wait_count(&client, EVENTS, stored).await;
     wait_count(&client, QUARANTINE, 1).await;
@@ -851,14 +853,14 @@ async fn every_cookbook_query_returns_the_documented_rows() {
         .expect("lifting a suppression");
     }
     let again = webhook("c8", "03", d0 + hours(7), "Opted out", UNPAID, false);
-    send(&broker, sms, again).await;
+    send(broker, sms, again).await;
     stored += 1;
     wait_count(&client, EVENTS, stored).await;
 
     // The current API's bodies, on a day no other query looks at: a send
     // reported on both channels, a voicemail's receipt, an opt-out.
     for (routing_key, body) in current_api_bodies() {
-        send(&broker, routing_key, body).await;
+        send(broker, routing_key, body).await;
     }
     stored += 3;
     wait_count(&client, EVENTS, stored).await;

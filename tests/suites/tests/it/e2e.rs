@@ -15,9 +15,9 @@ use std::{
 use corral_testkit::{
     apps::TOKEN,
     broker::TestBroker,
-    database::TestDatabase,
     fixtures,
     process::{Process, ProcessConfig},
+    stack::Stack,
     wait,
 };
 use futures_util::StreamExt;
@@ -125,8 +125,8 @@ async fn wait_rows_for(client: &Client, ids: &[Uuid], broker: &TestBroker, logs:
 #[tokio::test]
 async fn webhooks_posted_to_the_ingress_process_become_rows_in_the_worker_process() {
     const N: usize = 200;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().database().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let ingress = Process::start(ProcessConfig::ingress(broker.prefix(), TOKEN)).await;
     let worker = Process::start(ProcessConfig::worker(&db.url, broker.prefix())).await;
     ingress.wait_ready(true).await;
@@ -148,7 +148,7 @@ async fn webhooks_posted_to_the_ingress_process_become_rows_in_the_worker_proces
     }
 
     let client = db.client().await;
-    wait_rows_for(&client, &ids, &broker, &[&ingress, &worker]).await;
+    wait_rows_for(&client, &ids, broker, &[&ingress, &worker]).await;
     let (rows, total) = rows_by_id(&client, &ids).await;
     assert_eq!(total, N as i64, "rows that no webhook asked for");
     for (id, (count, kind)) in &rows {
@@ -174,8 +174,8 @@ async fn webhooks_posted_to_the_ingress_process_become_rows_in_the_worker_proces
 /// by the worker restarted with the same configuration).
 #[tokio::test]
 async fn sigterm_to_both_mid_stream_exits_zero_and_every_2xx_is_one_row() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().database().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let mut ingress = Process::start(ProcessConfig::ingress(broker.prefix(), TOKEN)).await;
     let mut worker = Process::start(ProcessConfig::worker(&db.url, broker.prefix())).await;
     ingress.wait_ready(true).await;
@@ -273,7 +273,7 @@ async fn sigterm_to_both_mid_stream_exits_zero_and_every_2xx_is_one_row() {
     worker.wait_ready(true).await;
     let accepted = accepted.lock().expect("lock").clone();
     assert!(accepted.len() >= 50);
-    wait_rows_for(&client, &accepted, &broker, &[&ingress, &worker]).await;
+    wait_rows_for(&client, &accepted, broker, &[&ingress, &worker]).await;
     wait::until_true("the queue to be drained", WAIT, || async {
         broker.ready_count(&broker.topology.queue()).await == 0
     })
@@ -309,8 +309,8 @@ async fn sigterm_to_both_mid_stream_exits_zero_and_every_2xx_is_one_row() {
 #[tokio::test]
 async fn a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
     const N: usize = 300;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().database().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let ingress = Process::start(ProcessConfig::ingress(broker.prefix(), TOKEN)).await;
     let mut worker = Process::start(ProcessConfig::worker(&db.url, broker.prefix())).await;
     ingress.wait_ready(true).await;
@@ -353,7 +353,7 @@ async fn a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
     let accepted = posting.await.expect("posting task");
     worker.restart();
     worker.wait_ready(true).await;
-    wait_rows_for(&client, &accepted, &broker, &[&ingress, &worker]).await;
+    wait_rows_for(&client, &accepted, broker, &[&ingress, &worker]).await;
     wait::until_true("the queue to be drained", WAIT, || async {
         broker.ready_count(&broker.topology.queue()).await == 0
     })

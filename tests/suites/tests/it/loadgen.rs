@@ -16,105 +16,50 @@ use std::{
 use chrono::{DateTime, Utc};
 use corral_loadgen::{self as loadgen, Config, ItemRecord, Load, Mix, Sent, Shape, VerifyOptions};
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
-    config,
-    database::TestDatabase,
+    apps::TOKEN,
     fixtures::FAILURE_REASONS,
-    sqs::TestQueue,
+    stack::{Stack, StackBuilder},
 };
 
 use crate::summary::{event_totals, summary_totals};
 
-/// The buffer a pipeline runs on, deleted when dropped.
-enum Buffer {
-    RabbitMq(Box<TestBroker>),
-    Sqs(TestQueue),
+/// Ingress and worker on `stack`'s private buffer and database, ingress
+/// verifying signed webhooks with `secrets` too, and everything the worker
+/// keeps beside the events on, the summary rolled up while the run goes on.
+fn pipeline(stack: StackBuilder, secrets: &[&str]) -> StackBuilder {
+    let secrets: Vec<String> = secrets.iter().map(|secret| (*secret).to_owned()).collect();
+    stack
+        .ingress(move |ingress| ingress.signing.secrets = secrets.clone())
+        .worker(|worker| {
+            worker.results.result_events = true;
+            worker.summary.summary_rollup_ms = 200;
+        })
 }
 
-/// Ingress and worker on a private buffer and database.
-struct Pipeline {
-    ingress: RunningIngress,
-    worker: RunningWorker,
-    db: TestDatabase,
-    _buffer: Buffer,
-    /// On SQS, the private AMQP prefix the result events go to (they need
-    /// RabbitMQ whatever the buffer); deleted with it.
-    _results: Option<TestBroker>,
-}
-
-impl Pipeline {
-    /// On a private AMQP prefix of the local RabbitMQ.
-    async fn start() -> Self {
-        Self::on(Buffer::RabbitMq(Box::new(TestBroker::new().await))).await
-    }
-
-    async fn on(buffer: Buffer) -> Self {
-        Self::signing(buffer, &[]).await
-    }
-
-    /// On `buffer`, ingress verifying signed webhooks with `secrets` too.
-    async fn signing(buffer: Buffer, secrets: &[&str]) -> Self {
-        let db = TestDatabase::new().await;
-        let mut results = None;
-        let (ingress, mut worker) = match &buffer {
-            Buffer::RabbitMq(broker) => (
-                config::ingress(broker.prefix(), TOKEN),
-                config::worker(&db.url, broker.prefix()),
-            ),
-            Buffer::Sqs(queue) => {
-                let broker = TestBroker::new().await;
-                let mut worker = config::worker_sqs(&db.url, queue);
-                worker.amqp.prefix = broker.prefix().to_owned();
-                results = Some(broker);
-                (config::ingress_sqs(queue, TOKEN), worker)
-            }
-        };
-        let mut ingress = ingress;
-        ingress.signing.secrets = secrets.iter().map(|secret| (*secret).to_owned()).collect();
-        // Everything the worker keeps beside the events on, the summary
-        // rolled up while the run goes on.
-        worker.results.result_events = true;
-        worker.summary.summary_rollup_ms = 200;
-        let ingress = RunningIngress::start(ingress).await;
-        let worker = RunningWorker::start(worker).await;
-        Self {
-            ingress,
-            worker,
-            db,
-            _buffer: buffer,
-            _results: results,
-        }
-    }
-
-    fn target(&self) -> String {
-        self.ingress.base_url()
-    }
-
-    async fn stop(self) -> TestDatabase {
-        self.worker.stop().await.expect("worker stops cleanly");
-        self.ingress.stop().await.expect("ingress stops cleanly");
-        self.db
-    }
+/// Stops the worker, then the ingress, each cleanly.
+async fn stop(stack: &mut Stack) {
+    stack.stop_worker().await.expect("worker stops cleanly");
+    stack.stop_ingress().await.expect("ingress stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_run_loses_and_duplicates_nothing() {
-    verified_run(Pipeline::start().await).await;
+    verified_run(pipeline(Stack::builder(), &[]).start().await).await;
 }
 
 /// The same run with SQS as the buffer (the local moto server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_run_over_sqs_loses_and_duplicates_nothing() {
-    verified_run(Pipeline::on(Buffer::Sqs(TestQueue::new().await)).await).await;
+    // Result events need RabbitMQ whatever the buffer.
+    verified_run(pipeline(Stack::builder().sqs().broker(), &[]).start().await).await;
 }
 
 /// 3,000 webhooks with resends and reorders through `pipeline`: each
 /// answered 200 is one row, `deliveries` shows the newer of each pair, the
 /// hourly summary's counts and sums are exactly those of the stored events,
 /// and the traffic covered both routes and every reason.
-async fn verified_run(pipeline: Pipeline) {
-    let mut config = Config::new(pipeline.target(), TOKEN);
+async fn verified_run(mut stack: Stack) {
+    let mut config = Config::new(stack.ingress().base_url(), TOKEN);
     config.load = Load::Closed { connections: 16 };
     config.duration = None;
     config.requests = Some(3_000);
@@ -141,7 +86,7 @@ async fn verified_run(pipeline: Pipeline) {
         timeout: Duration::from_secs(15),
         ..VerifyOptions::default()
     };
-    let verification = loadgen::verify(&pipeline.db.url, &run.sent, &options)
+    let verification = loadgen::verify(&stack.db().url, &run.sent, &options)
         .await
         .expect("verifying");
     assert!(verification.is_ok(), "{verification}");
@@ -153,7 +98,8 @@ async fn verified_run(pipeline: Pipeline) {
     assert_eq!(verification.confirmed, verification.webhooks);
     assert_eq!(verification.stored_once, verification.confirmed);
 
-    let db = pipeline.stop().await;
+    stop(&mut stack).await;
+    let db = stack.db();
     let client = db.client().await;
     // The resends were answered 2xx twice and stored once.
     let events: i64 = client
@@ -251,8 +197,8 @@ async fn verified_run(pipeline: Pipeline) {
 /// counted, once, and fails the verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verifier_counts_every_kind_of_wrong_row() {
-    let pipeline = Pipeline::start().await;
-    let mut config = Config::new(pipeline.target(), TOKEN);
+    let mut stack = pipeline(Stack::builder(), &[]).start().await;
+    let mut config = Config::new(stack.ingress().base_url(), TOKEN);
     // The open loop this time, so both loads go through the pipeline.
     config.load = Load::Open {
         rate: 1_000.0,
@@ -271,11 +217,12 @@ async fn the_verifier_counts_every_kind_of_wrong_row() {
         timeout: Duration::from_secs(15),
         ..VerifyOptions::default()
     };
-    let clean = loadgen::verify(&pipeline.db.url, &run.sent, &quick)
+    let clean = loadgen::verify(&stack.db().url, &run.sent, &quick)
         .await
         .unwrap();
     assert!(clean.is_ok(), "{clean}");
-    let db = pipeline.stop().await;
+    stop(&mut stack).await;
+    let db = stack.db();
     let client = db.client().await;
 
     let run_id = run.sent.run_id();

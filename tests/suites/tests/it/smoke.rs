@@ -1,19 +1,18 @@
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
-    config,
-    database::TestDatabase,
-    fixtures, wait,
+    apps::{RunningIngress, RunningWorker},
+    fixtures,
+    stack::Stack,
+    wait,
 };
 use std::time::Duration;
 
 /// The whole path in one process: a sample posted to ingress becomes a row.
 #[tokio::test]
 async fn a_posted_sample_becomes_a_row() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let stack = Stack::builder().database().start().await;
+    let db = stack.db();
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
 
     let response = ingress.post("sms", fixtures::SMS_SUCCESS).await;
     assert_eq!(response.status(), 200);

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
+    fixtures,
+    stack::Stack,
 };
 use reqwest::{StatusCode, header};
 use tokio_util::sync::CancellationToken;
@@ -14,28 +14,29 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn the_token_is_accepted_as_query_parameter_bearer_and_basic_password() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let query = ingress
         .http
         .post(format!("{}?token={TOKEN}", ingress.url("sms")))
         .header(header::CONTENT_TYPE, "application/json");
-    let bearer = unauthenticated(&ingress, "sms").bearer_auth(TOKEN);
+    let bearer = unauthenticated(ingress, "sms").bearer_auth(TOKEN);
     // What a callback URL `https://corral:<token>@host/...` sends.
-    let basic = unauthenticated(&ingress, "sms").basic_auth("corral", Some(TOKEN));
+    let basic = unauthenticated(ingress, "sms").basic_auth("corral", Some(TOKEN));
     let mut ids = HashSet::new();
     for request in [query, bearer, basic] {
         ids.insert(accepted(send(request.body(fixtures::SMS_SUCCESS)).await).await);
     }
-    assert_eq!(queued_ids(&broker, 3).await, ids);
+    assert_eq!(queued_ids(broker, 3).await, ids);
     assert_eq!(rejected(&ingress.metrics().await, "unauthorized"), 0.0);
 }
 
 /// Two configured tokens (a rotation in progress) are both accepted.
 #[tokio::test]
 async fn both_tokens_of_a_rotation_are_accepted() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let mut config = stack.ingress_config();
     let (old, new) = ("rotation-old-0123456789", "rotation-new-9876543210");
     config.webhook_tokens = vec![old.into(), new.into()];
     let ingress = RunningIngress::start(config).await;
@@ -51,7 +52,7 @@ async fn both_tokens_of_a_rotation_are_accepted() {
             .body(fixtures::SMS_FAILURE);
         ids.insert(accepted(send(query).await).await);
     }
-    assert_eq!(queued_ids(&broker, 4).await, ids);
+    assert_eq!(queued_ids(broker, 4).await, ids);
     // The built-in test token is not among the configured ones.
     let request = authenticated(&ingress, "rvm").body(fixtures::SMS_SUCCESS);
     refused(send(request).await, StatusCode::UNAUTHORIZED).await;
@@ -60,8 +61,8 @@ async fn both_tokens_of_a_rotation_are_accepted() {
 
 #[tokio::test]
 async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let base = ingress.base_url();
     for path in [
         "/webhooks/dropcowboy/fax",
@@ -89,7 +90,7 @@ async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
             "{method} {kind}"
         );
     }
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, ingress).await;
 }
 
 /// Without a token the ingress does not build, unless
@@ -98,9 +99,10 @@ async fn unknown_paths_are_404_and_other_methods_on_a_webhook_route_405() {
 #[tokio::test]
 async fn the_ingress_refuses_to_build_without_a_token_unless_unauthenticated_is_allowed() {
     let logs = CapturedLogs::install();
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     for tokens in [vec![], vec![String::new(), "  ".to_owned()]] {
-        let mut config = config::ingress(broker.prefix(), TOKEN);
+        let mut config = stack.ingress_config();
         config.webhook_tokens = tokens.clone();
         let err = corral_ingress::Application::build(config, CancellationToken::new())
             .expect_err("an ingress without tokens must not build");
@@ -110,13 +112,13 @@ async fn the_ingress_refuses_to_build_without_a_token_unless_unauthenticated_is_
         );
     }
 
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.webhook_tokens = vec![];
     config.allow_unauthenticated = true;
     let ingress = RunningIngress::start(config).await;
     let id =
         accepted(send(unauthenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    assert_eq!(queued_ids(broker, 1).await, HashSet::from([id]));
     let warned = logs
         .lines()
         .into_iter()

@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use corral_testkit::{apps::RunningIngress, broker::TestBroker, fixtures, proxy::TcpProxy, wait};
+use corral_testkit::{apps::RunningIngress, fixtures, proxy::TcpProxy, stack::Stack, wait};
 use reqwest::StatusCode;
 
 use super::helpers::*;
@@ -11,9 +11,9 @@ use super::helpers::*;
 /// and /readyz 503; once the path is back the same process serves again.
 #[tokio::test]
 async fn a_cut_broker_connection_gives_503_until_it_is_back_then_serves_without_restart() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let ingress = RunningIngress::start(via_proxy(&broker, &proxy)).await;
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
     let mut accepted_ids = HashSet::from([post_sample(&ingress).await]);
 
     proxy.cut();
@@ -39,7 +39,7 @@ async fn a_cut_broker_connection_gives_503_until_it_is_back_then_serves_without_
     ingress.wait_ready(true).await;
     accepted_ids.insert(post_sample(&ingress).await);
     // Nothing passed the cut, so the queue holds exactly what was answered 200.
-    assert_eq!(queued_ids(&broker, 2).await, accepted_ids);
+    assert_eq!(queued_ids(broker, 2).await, accepted_ids);
     assert_eq!(ingress.metrics().await.get("corral_broker_connected"), 1.0);
     ingress.stop().await.expect("the ingress stops cleanly");
 }
@@ -49,10 +49,10 @@ async fn a_cut_broker_connection_gives_503_until_it_is_back_then_serves_without_
 /// broker can be reached, with no restart.
 #[tokio::test]
 async fn an_ingress_started_without_its_broker_answers_503_then_serves_when_it_appears() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
     proxy.cut();
-    let ingress = RunningIngress::start_unready(via_proxy(&broker, &proxy)).await;
+    let ingress = RunningIngress::start_unready(stack.ingress_config()).await;
     let healthz = ingress
         .http
         .get(format!("http://127.0.0.1:{}/healthz", ingress.admin_port))
@@ -81,7 +81,7 @@ async fn an_ingress_started_without_its_broker_answers_503_then_serves_when_it_a
     proxy.restore();
     ingress.wait_ready(true).await;
     let id = post_sample(&ingress).await;
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    assert_eq!(queued_ids(broker, 1).await, HashSet::from([id]));
 }
 
 /// An idle link whose path silently stops carrying bytes is noticed by the
@@ -89,9 +89,9 @@ async fn an_ingress_started_without_its_broker_answers_503_then_serves_when_it_a
 /// stalled sockets are dropped the ingress reconnects by itself.
 #[tokio::test]
 async fn an_idle_black_holed_link_is_noticed_by_the_heartbeat() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let mut config = via_proxy(&broker, &proxy);
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
+    let mut config = stack.ingress_config();
     config.amqp.heartbeat_secs = 1;
     let ingress = RunningIngress::start(config).await;
 
@@ -107,7 +107,7 @@ async fn an_idle_black_holed_link_is_noticed_by_the_heartbeat() {
     proxy.drop_connections();
     ingress.wait_ready(true).await;
     let id = post_sample(&ingress).await;
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    assert_eq!(queued_ids(broker, 1).await, HashSet::from([id]));
 }
 
 /// The path to the broker silently stops carrying bytes (sockets open, no
@@ -116,9 +116,9 @@ async fn an_idle_black_holed_link_is_noticed_by_the_heartbeat() {
 /// the stalled sockets resume (`restore`) or are dropped (`drop_connections`).
 #[tokio::test]
 async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_itself() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let mut config = via_proxy(&broker, &proxy);
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
+    let mut config = stack.ingress_config();
     // Long enough that the publish timeout, not the heartbeat, gives the verdict.
     config.amqp.heartbeat_secs = 10;
     let ingress = RunningIngress::start(config).await;
@@ -146,7 +146,7 @@ async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_
         }
         refused_count += 3;
 
-        recover(&proxy);
+        recover(proxy);
         ingress.wait_ready(true).await;
         accepted_ids.insert(post_sample(&ingress).await);
     }
@@ -154,7 +154,7 @@ async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_
     // Every 200 is in the queue. A 503'd publish may be there too: its
     // confirm can arrive after the answer once the stalled socket resumes
     // (the worker stores a sender's retry once), but nothing else can be.
-    let queued = queued_ids(&broker, accepted_ids.len()).await;
+    let queued = queued_ids(broker, accepted_ids.len()).await;
     assert!(
         queued.is_superset(&accepted_ids),
         "a webhook answered 200 is missing"
@@ -169,13 +169,13 @@ async fn a_black_holed_broker_gives_503_on_the_publish_timeout_then_recovers_by_
 /// unroutable.
 #[tokio::test]
 async fn a_queue_deleted_under_a_running_ingress_keeps_webhooks_in_the_unroutable_queue() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
-    let first = post_sample(&ingress).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let first = post_sample(ingress).await;
 
     broker.delete_queue(&broker.queue()).await;
     let before = ingress.metrics().await;
-    let second = post_sample(&ingress).await;
+    let second = post_sample(ingress).await;
     let after = ingress.metrics().await;
     assert_eq!(
         publish_failures(&after, "unroutable") - publish_failures(&before, "unroutable"),
@@ -194,9 +194,9 @@ async fn a_queue_deleted_under_a_running_ingress_keeps_webhooks_in_the_unroutabl
 /// while the first is still waiting for its confirm.
 #[tokio::test]
 async fn past_max_in_flight_requests_get_503_overloaded_while_the_slot_is_held() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let mut config = via_proxy(&broker, &proxy);
+    let stack = broker_via_proxy().start().await;
+    let proxy = stack.amqp_proxy();
+    let mut config = stack.ingress_config();
     config.max_in_flight = 1;
     config.in_flight_wait_ms = 250;
     config.publish_timeout_ms = 5_000;

@@ -5,9 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{
-    apps::RunningIngress, broker::TestBroker, fixtures, metrics::Metrics, proxy::TcpProxy, wait,
-};
+use corral_testkit::{apps::RunningIngress, fixtures, metrics::Metrics, stack::Stack, wait};
 use reqwest::{Response, StatusCode};
 use tokio::task::JoinHandle;
 
@@ -17,12 +15,8 @@ type Post = JoinHandle<reqwest::Result<Response>>;
 
 /// An ingress through `proxy` with one publish slot: while its one message
 /// awaits a confirm, everything else waits for the next.
-async fn one_slot(
-    broker: &TestBroker,
-    proxy: &TcpProxy,
-    publish_timeout_ms: u64,
-) -> RunningIngress {
-    let mut config = via_proxy(broker, proxy);
+async fn one_slot(stack: &Stack, publish_timeout_ms: u64) -> RunningIngress {
+    let mut config = stack.ingress_config();
     config.publish_concurrency = 1;
     config.publish_timeout_ms = publish_timeout_ms;
     config.amqp.heartbeat_secs = 30;
@@ -31,13 +25,9 @@ async fn one_slot(
 
 /// [`one_slot`] with the path to the broker black-holed and a first SMS
 /// posted: its message holds the slot, unconfirmed, until the path is restored.
-async fn first_stalled(
-    broker: &TestBroker,
-    proxy: &TcpProxy,
-    publish_timeout_ms: u64,
-) -> (RunningIngress, Post) {
-    let ingress = one_slot(broker, proxy, publish_timeout_ms).await;
-    proxy.blackhole();
+async fn first_stalled(stack: &Stack, publish_timeout_ms: u64) -> (RunningIngress, Post) {
+    let ingress = one_slot(stack, publish_timeout_ms).await;
+    stack.amqp_proxy().blackhole();
     let first = post(&ingress, Kind::Sms, 0);
     wait_in_flight(&ingress, 1).await;
     (ingress, first)
@@ -89,9 +79,9 @@ async fn statuses(posts: Vec<Post>) -> Vec<StatusCode> {
 /// At low load nothing lingers: a lone webhook leaves at once, alone.
 #[tokio::test]
 async fn a_lone_webhook_is_published_at_once_in_a_message_of_its_own() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
-    let id = post_sample(&ingress).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let id = post_sample(ingress).await;
     let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
     assert_eq!(webhooks.len(), 1);
     assert_eq!(webhooks[0].id, id);
@@ -104,9 +94,9 @@ async fn a_lone_webhook_is_published_at_once_in_a_message_of_its_own() {
 #[tokio::test]
 async fn webhooks_posted_during_a_stalled_confirm_wait_for_it_then_travel_together() {
     const LATER: usize = 20;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let (ingress, first) = first_stalled(&broker, &proxy, 15_000).await;
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
+    let (ingress, first) = first_stalled(&stack, 15_000).await;
     let later: Vec<Post> = (1..=LATER).map(|i| post(&ingress, Kind::Sms, i)).collect();
     wait_in_flight(&ingress, LATER + 1).await;
     let first = Arc::new(first);
@@ -157,9 +147,9 @@ async fn webhooks_posted_during_a_stalled_confirm_wait_for_it_then_travel_togeth
 #[tokio::test]
 async fn a_message_never_confirmed_answers_every_webhook_in_it_503_and_publishes_nothing_later() {
     const LATER: usize = 10;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let (ingress, first) = first_stalled(&broker, &proxy, 2_000).await;
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
+    let (ingress, first) = first_stalled(&stack, 2_000).await;
     let mut posts = vec![first];
     posts.extend((1..=LATER).map(|i| post(&ingress, Kind::Rvm, i)));
     let answers = statuses(posts).await;
@@ -189,7 +179,7 @@ async fn a_message_never_confirmed_answers_every_webhook_in_it_503_and_publishes
         },
     )
     .await;
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, &ingress).await;
 }
 
 /// The broker nacks every RVM message and takes every SMS one: every RVM
@@ -197,10 +187,10 @@ async fn a_message_never_confirmed_answers_every_webhook_in_it_503_and_publishes
 #[tokio::test]
 async fn a_nacked_message_is_503_for_every_webhook_in_it_and_no_other() {
     const EACH: usize = 10;
-    let broker = TestBroker::new().await;
+    let stack = broker_via_proxy().start().await;
+    let (broker, proxy) = (stack.broker(), stack.amqp_proxy());
     broker.refuse(Kind::Rvm.routing_key()).await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let (ingress, first) = first_stalled(&broker, &proxy, 15_000).await;
+    let (ingress, first) = first_stalled(&stack, 15_000).await;
     let sms: Vec<Post> = (1..=EACH).map(|i| post(&ingress, Kind::Sms, i)).collect();
     let rvm: Vec<Post> = (1..=EACH)
         .map(|i| post(&ingress, Kind::Rvm, 100 + i))

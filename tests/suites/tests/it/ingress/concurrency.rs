@@ -6,7 +6,7 @@ use std::{
 };
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::TOKEN, broker::TestBroker, fixtures};
+use corral_testkit::{apps::TOKEN, fixtures, stack::Stack};
 use reqwest::header;
 use tokio::task::JoinSet;
 
@@ -17,8 +17,8 @@ use super::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_posts_each_land_exactly_once() {
     const POSTS: usize = 2_000;
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let client = bounded_client();
 
     let mut posts = JoinSet::new();
@@ -82,9 +82,10 @@ async fn two_thousand_concurrent_posts_each_land_exactly_once() {
 async fn every_answer_is_the_brokers_verdict_on_that_webhook() {
     const CLIENTS: usize = 64;
     const POSTS_PER_CLIENT: usize = 160;
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     broker.refuse("dropcowboy.rvm").await;
-    let mut config = corral_testkit::config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.amqp_channels = 1;
     config.http_workers = 2;
     let ingress = corral_testkit::apps::RunningIngress::start(config).await;

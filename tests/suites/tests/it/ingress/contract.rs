@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{TimeDelta, Utc};
 use corral_shared::envelope::batch;
-use corral_testkit::{broker::TestBroker, fixtures};
+use corral_testkit::{fixtures, stack::Stack};
 use lapin::types::AMQPValue;
 
 use super::helpers::*;
@@ -13,8 +13,9 @@ use super::helpers::*;
 /// in the envelope design.md fixes; the answered id is the webhook's `id` there.
 #[tokio::test]
 async fn a_posted_sample_arrives_in_the_queue_byte_identical_with_its_envelope() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     // Not what a serializer would write: proves the bytes are passed on, not re-encoded.
     let odd = "{ \"a\" : 1.50e0,\n\t\"b\":\"\\u00e9\\ud83d\\ude00\", \"n\": null }\r\n";
     let posts = [

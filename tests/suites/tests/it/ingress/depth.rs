@@ -2,7 +2,7 @@
 //! refused before anything is published, in time linear in its length.
 
 use corral_shared::telemetry::labels::RejectReason;
-use corral_testkit::broker::TestBroker;
+use corral_testkit::stack::Stack;
 
 use super::helpers::*;
 
@@ -14,12 +14,12 @@ fn nested(depth: usize) -> String {
 
 #[tokio::test]
 async fn a_body_nested_ten_thousand_deep_is_400_too_deep_and_not_published() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let body = nested(10_000);
     assert!(body.len() <= MAX_BODY_BYTES, "under the size limit");
-    let request = authenticated(&ingress, "sms").body(body);
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
+    let request = authenticated(ingress, "sms").body(body);
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::TooDeep).await;
     assert_eq!(error, "body nests objects and arrays deeper than 32 levels");
 }
 
@@ -27,29 +27,30 @@ async fn a_body_nested_ten_thousand_deep_is_400_too_deep_and_not_published() {
 /// array is refused as too deep rather than as "not an object".
 #[tokio::test]
 async fn the_depth_limit_is_inclusive_and_counts_arrays_too() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
 
     let at_limit = nested(32);
-    let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
+    let id = accepted(send(authenticated(ingress, "sms").body(at_limit.clone())).await).await;
     let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
     assert_eq!(webhooks.len(), 1);
     assert_eq!(webhooks[0].id, id);
     assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
-    let request = authenticated(&ingress, "rvm").body(nested(33));
-    assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
+    let request = authenticated(ingress, "rvm").body(nested(33));
+    assert_rejected(broker, ingress, request, 400, RejectReason::TooDeep).await;
     let arrays = format!(r#"{{"a":{}{}}}"#, "[".repeat(32), "]".repeat(32));
-    let request = authenticated(&ingress, "rvm").body(arrays);
-    assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
+    let request = authenticated(ingress, "rvm").body(arrays);
+    assert_rejected(broker, ingress, request, 400, RejectReason::TooDeep).await;
     let bare_array = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
-    let request = authenticated(&ingress, "rvm").body(bare_array);
-    assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
+    let request = authenticated(ingress, "rvm").body(bare_array);
+    assert_rejected(broker, ingress, request, 400, RejectReason::TooDeep).await;
 }
 
 #[tokio::test]
 async fn the_depth_limit_follows_its_setting() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let mut config = corral_testkit::config::ingress(broker.prefix(), corral_testkit::apps::TOKEN);
     config.max_json_depth = 2;
     let ingress = corral_testkit::apps::RunningIngress::start(config).await;
@@ -63,6 +64,6 @@ async fn the_depth_limit_follows_its_setting() {
         1
     );
     let request = authenticated(&ingress, "sms").body(nested(3));
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::TooDeep).await;
+    let error = assert_rejected(broker, &ingress, request, 400, RejectReason::TooDeep).await;
     assert_eq!(error, "body nests objects and arrays deeper than 2 levels");
 }

@@ -12,9 +12,9 @@ use corral_shared::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
     broker::TestBroker,
-    config, fixtures,
+    fixtures,
     metrics::Metrics,
-    proxy::TcpProxy,
+    stack::{Stack, StackBuilder, Via},
 };
 use lapin::{message::BasicGetMessage, types::AMQPValue};
 use reqwest::{RequestBuilder, Response, StatusCode, header};
@@ -33,22 +33,27 @@ pub(crate) const RETRY_AFTER_SECS: u32 = 3;
 /// The default `CORRAL_MAX_BODY_BYTES`.
 pub(crate) const MAX_BODY_BYTES: usize = 65_536;
 
-/// An ingress on `broker`'s prefix, ready.
-pub(super) async fn start(broker: &TestBroker) -> RunningIngress {
-    RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await
+/// An ingress of `stack`, ready.
+pub(super) async fn start(stack: &Stack) -> RunningIngress {
+    RunningIngress::start(stack.ingress_config()).await
 }
 
-/// An ingress configuration whose broker link goes through `proxy`, with
-/// short deadlines so a broken link is seen and mended in seconds.
-pub(crate) fn via_proxy(broker: &TestBroker, proxy: &TcpProxy) -> IngressConfig {
-    let mut config = config::ingress(broker.prefix(), TOKEN);
-    config.amqp.url = proxy.amqp_url();
+/// A stack whose ingresses reach the broker through a proxy the test
+/// controls, with [`quick_broker_recovery`].
+pub(crate) fn broker_via_proxy() -> StackBuilder {
+    Stack::builder()
+        .amqp_proxy(Via::Ingress)
+        .ingress_settings(quick_broker_recovery)
+}
+
+/// Short deadlines, so a broken broker link is seen and mended in seconds,
+/// and the `Retry-After` the broker-loss tests check.
+pub(crate) fn quick_broker_recovery(config: &mut IngressConfig) {
     config.publish_timeout_ms = 1_000;
     config.amqp.connect_timeout_ms = 2_000;
     config.amqp.reconnect_max_ms = 200;
     config.amqp.heartbeat_secs = 2;
     config.retry_after_secs = RETRY_AFTER_SECS;
-    config
 }
 
 /// A JSON POST to `kind`'s route without credentials.

@@ -8,6 +8,7 @@ use corral_testkit::{
     apps::{RunningIngress, TOKEN},
     broker::TestBroker,
     config, fixtures,
+    stack::Stack,
 };
 use reqwest::header;
 use tokio::{
@@ -109,8 +110,9 @@ async fn trickle_until_cut(stream: TcpStream, head: &[u8]) -> String {
 /// `CORRAL_HEADER_TIMEOUT_MS` or the connection is closed.
 #[tokio::test]
 async fn a_second_head_trickled_on_a_kept_alive_connection_is_cut_at_the_deadline() {
-    let broker = TestBroker::new().await;
-    let ingress = ingress_with_header_timeout(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = ingress_with_header_timeout(broker).await;
     let mut stream = TcpStream::connect(("127.0.0.1", ingress.port))
         .await
         .expect("connecting");
@@ -137,8 +139,9 @@ async fn a_second_head_trickled_on_a_kept_alive_connection_is_cut_at_the_deadlin
 /// The first head of a connection is held to the same deadline.
 #[tokio::test]
 async fn a_first_head_trickled_is_cut_at_the_deadline() {
-    let broker = TestBroker::new().await;
-    let ingress = ingress_with_header_timeout(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = ingress_with_header_timeout(broker).await;
     let stream = TcpStream::connect(("127.0.0.1", ingress.port))
         .await
         .expect("connecting");
@@ -153,8 +156,8 @@ async fn a_first_head_trickled_is_cut_at_the_deadline() {
 /// not served; it is as soon as one of them closes.
 #[tokio::test]
 async fn a_connection_past_the_limit_waits_until_one_closes() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let mut config = stack.ingress_config();
     config.http_workers = 1;
     config.max_connections = 2;
     let ingress = RunningIngress::start(config).await;
@@ -193,14 +196,14 @@ async fn a_connection_past_the_limit_waits_until_one_closes() {
 /// `unsupported_encoding`, not as a misleading "invalid JSON" 400.
 #[tokio::test]
 async fn a_compressed_body_gets_415_naming_its_encoding() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     // The first bytes of a gzip stream; never decoded.
     let gzip_magic: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
     let error = assert_rejected(
-        &broker,
-        &ingress,
-        authenticated(&ingress, "sms")
+        broker,
+        ingress,
+        authenticated(ingress, "sms")
             .header(header::CONTENT_ENCODING, "gzip")
             .body(gzip_magic),
         415,
@@ -214,7 +217,7 @@ async fn a_compressed_body_gets_415_naming_its_encoding() {
     // `identity` is no encoding at all.
     accepted(
         send(
-            authenticated(&ingress, "sms")
+            authenticated(ingress, "sms")
                 .header(header::CONTENT_ENCODING, "identity")
                 .body(fixtures::SMS_SUCCESS),
         )

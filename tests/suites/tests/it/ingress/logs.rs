@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
     config, fixtures,
     process::{Process, ProcessConfig, free_port},
+    stack::Stack,
     wait,
 };
 use reqwest::{StatusCode, header};
@@ -22,10 +22,10 @@ use super::helpers::*;
 #[tokio::test]
 async fn a_token_never_appears_in_a_log_line() {
     let logs = CapturedLogs::install();
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
     let right = format!("supersecret-right-{}", Uuid::now_v7().simple());
     let wrong = format!("supersecret-wrong-{}", Uuid::now_v7().simple());
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.webhook_tokens = vec![right.clone()];
     let ingress = RunningIngress::start(config).await;
 
@@ -109,8 +109,8 @@ fn more(line: &str) -> u64 {
 async fn a_storm_of_refusals_gives_a_few_lines_that_count_every_one() {
     const EACH: u64 = 300;
     let logs = CapturedLogs::install();
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let mut config = stack.ingress_config();
     config.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     config.retry_after_secs = RETRY_AFTER_SECS;
     let ingress = RunningIngress::start_unready(config).await;
@@ -151,7 +151,8 @@ async fn a_storm_of_refusals_gives_a_few_lines_that_count_every_one() {
 /// asks for the client library's returned-message lines.
 #[tokio::test]
 async fn a_returned_message_leaves_no_body_in_the_log() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let ingress = Process::start_ready(
         ProcessConfig::ingress(broker.prefix(), TOKEN)
             .env("CORRAL_LOG", "info,lapin::returned_messages=trace")

@@ -2,9 +2,9 @@
 
 use corral_testkit::{
     apps::TOKEN,
-    broker::TestBroker,
     process::{Process, ProcessConfig},
     proxy::TcpProxy,
+    stack::Stack,
     wait,
 };
 use reqwest::StatusCode;
@@ -28,7 +28,8 @@ async fn a_burst_of_large_bodies_into_a_black_holed_broker_is_refused_within_the
     const POSTS: usize = 500;
     const BODY_BYTES: usize = 60_000;
     const CEILING: u64 = 32 * MIB;
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let proxy = TcpProxy::rabbitmq().await;
     let config = ProcessConfig::ingress(broker.prefix(), TOKEN)
         .env("CORRAL_AMQP_URL", proxy.amqp_url())

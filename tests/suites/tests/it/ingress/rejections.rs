@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use corral_shared::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
+    fixtures,
+    stack::Stack,
 };
 use reqwest::header;
 
@@ -14,16 +14,16 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn a_request_without_a_token_is_401_with_a_basic_challenge() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
-    let request = unauthenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS);
-    assert_rejected(&broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let request = unauthenticated(ingress, "sms").body(fixtures::SMS_SUCCESS);
+    assert_rejected(broker, ingress, request, 401, RejectReason::Unauthorized).await;
 }
 
 #[tokio::test]
 async fn a_wrong_token_is_401_wherever_it_is_sent() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let wrong = "wrong-token-0123456789";
     let url = format!("{}?token={wrong}", ingress.url("rvm"));
     let requests = [
@@ -31,26 +31,26 @@ async fn a_wrong_token_is_401_wherever_it_is_sent() {
             .http
             .post(url)
             .header(header::CONTENT_TYPE, "application/json"),
-        unauthenticated(&ingress, "rvm").bearer_auth(wrong),
-        unauthenticated(&ingress, "rvm").basic_auth("corral", Some(wrong)),
+        unauthenticated(ingress, "rvm").bearer_auth(wrong),
+        unauthenticated(ingress, "rvm").basic_auth("corral", Some(wrong)),
         // The right token as the user name is not a password.
-        unauthenticated(&ingress, "rvm").basic_auth(TOKEN, Some("x")),
+        unauthenticated(ingress, "rvm").basic_auth(TOKEN, Some("x")),
         // A prefix of the right token.
-        unauthenticated(&ingress, "rvm").bearer_auth(&TOKEN[..TOKEN.len() - 1]),
+        unauthenticated(ingress, "rvm").bearer_auth(&TOKEN[..TOKEN.len() - 1]),
     ];
     for request in requests {
         let request = request.body(fixtures::SMS_SUCCESS).timeout(REQUEST_BOUND);
-        assert_rejected(&broker, &ingress, request, 401, RejectReason::Unauthorized).await;
+        assert_rejected(broker, ingress, request, 401, RejectReason::Unauthorized).await;
     }
 }
 
 #[tokio::test]
 async fn invalid_json_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let truncated = &fixtures::SMS_SUCCESS[..fixtures::SMS_SUCCESS.len() / 2];
-    let request = authenticated(&ingress, "sms").body(truncated.to_owned());
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::InvalidJson).await;
+    let request = authenticated(ingress, "sms").body(truncated.to_owned());
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::InvalidJson).await;
     assert!(
         error.contains("JSON"),
         "error {error:?} should say what is wrong"
@@ -59,11 +59,11 @@ async fn invalid_json_is_400() {
 
 #[tokio::test]
 async fn a_json_array_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let array = format!("[{}]", fixtures::SMS_SUCCESS);
-    let request = authenticated(&ingress, "sms").body(array);
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let request = authenticated(ingress, "sms").body(array);
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -72,10 +72,10 @@ async fn a_json_array_is_400() {
 
 #[tokio::test]
 async fn a_json_string_is_400() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
-    let request = authenticated(&ingress, "rvm").body(r#""delivered""#);
-    let error = assert_rejected(&broker, &ingress, request, 400, RejectReason::NotObject).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
+    let request = authenticated(ingress, "rvm").body(r#""delivered""#);
+    let error = assert_rejected(broker, ingress, request, 400, RejectReason::NotObject).await;
     assert!(
         error.contains("object"),
         "error {error:?} should say what is wrong"
@@ -86,25 +86,25 @@ async fn a_json_string_is_400() {
 /// byte more is 413 and nothing is published.
 #[tokio::test]
 async fn a_body_one_byte_over_the_limit_is_413_and_one_exactly_at_it_is_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
-    let id = accepted(send(authenticated(&ingress, "sms").body(at_limit.clone())).await).await;
+    let id = accepted(send(authenticated(ingress, "sms").body(at_limit.clone())).await).await;
     let webhooks = broker.take_webhooks(&broker.queue(), 1, QUEUE_WAIT).await;
     assert_eq!(webhooks.len(), 1);
     assert_eq!(webhooks[0].id, id);
     assert_eq!(webhooks[0].body, at_limit.as_bytes());
 
-    let request = authenticated(&ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
-    assert_rejected(&broker, &ingress, request, 413, RejectReason::TooLarge).await;
+    let request = authenticated(ingress, "sms").body(object_of_len(MAX_BODY_BYTES + 1));
+    assert_rejected(broker, ingress, request, 413, RejectReason::TooLarge).await;
 }
 
 /// Without a Content-Length the limit is enforced while reading the body.
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
 
     let at_limit = object_of_len(MAX_BODY_BYTES);
     let (status, response) = raw_http(ingress.port, &chunked_post(&at_limit)).await;
@@ -126,13 +126,13 @@ async fn a_chunked_body_over_the_limit_is_413_and_one_at_it_is_accepted() {
         rejected(&after, "too_large") - rejected(&before, "too_large"),
         1.0
     );
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, ingress).await;
 }
 
 #[tokio::test]
 async fn a_text_plain_body_is_415() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let request = ingress
         .http
         .post(ingress.url("sms"))
@@ -141,8 +141,8 @@ async fn a_text_plain_body_is_415() {
         .body(fixtures::SMS_SUCCESS)
         .timeout(REQUEST_BOUND);
     assert_rejected(
-        &broker,
-        &ingress,
+        broker,
+        ingress,
         request,
         415,
         RejectReason::UnsupportedMediaType,
@@ -154,8 +154,8 @@ async fn a_text_plain_body_is_415() {
 /// JSON media types with parameters or a `+json` suffix.
 #[tokio::test]
 async fn json_media_types_and_a_missing_content_type_are_accepted() {
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().with_ingress().start().await;
+    let (broker, ingress) = (stack.broker(), stack.ingress());
     let mut ids = HashSet::new();
     let plain = ingress.http.post(ingress.url("sms")).bearer_auth(TOKEN);
     ids.insert(accepted(send(plain.body(fixtures::SMS_SUCCESS)).await).await);
@@ -171,7 +171,7 @@ async fn json_media_types_and_a_missing_content_type_are_accepted() {
             .body(fixtures::SMS_SUCCESS);
         ids.insert(accepted(send(request).await).await);
     }
-    assert_eq!(queued_ids(&broker, ids.len()).await, ids);
+    assert_eq!(queued_ids(broker, ids.len()).await, ids);
 }
 
 /// A client that sends the headers and then trickles (here: stops sending)
@@ -179,8 +179,9 @@ async fn json_media_types_and_a_missing_content_type_are_accepted() {
 /// of holding a connection and a buffer for ever; nothing is published.
 #[tokio::test]
 async fn a_body_that_never_finishes_arriving_is_408() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let mut config = stack.ingress_config();
     config.body_timeout_ms = 300;
     let ingress = RunningIngress::start(config).await;
     let before = ingress.metrics().await;
@@ -197,5 +198,5 @@ async fn a_body_that_never_finishes_arriving_is_408() {
         rejected(&after, "body_timeout") - rejected(&before, "body_timeout"),
         1.0
     );
-    assert_nothing_else_published(&broker, &ingress).await;
+    assert_nothing_else_published(broker, &ingress).await;
 }

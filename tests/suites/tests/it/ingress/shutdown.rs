@@ -11,8 +11,9 @@ use std::{
 
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures, wait,
+    fixtures,
+    stack::Stack,
+    wait,
 };
 use reqwest::{StatusCode, header};
 use tokio::task::JoinSet;
@@ -37,8 +38,9 @@ async fn shutdown_during_a_burst_keeps_every_webhook_answered_200() {
     const SENDERS: usize = 48;
     const MAX_PER_SENDER: usize = 400;
     const ANSWERS_BEFORE_SHUTDOWN: usize = 300;
-    let broker = TestBroker::new().await;
-    let ingress = start(&broker).await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let ingress = start(&stack).await;
     let client = bounded_client();
     let answered = Arc::new(AtomicUsize::new(0));
 
@@ -162,8 +164,9 @@ async fn shutdown_during_a_burst_keeps_every_webhook_answered_200() {
 /// load balancer stops sending) while the listener still serves webhooks.
 #[tokio::test]
 async fn during_the_drain_delay_readyz_is_503_and_webhooks_are_still_served() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let mut config = stack.ingress_config();
     config.drain_delay_ms = 4_000;
     let ingress = RunningIngress::start(config).await;
 
@@ -186,7 +189,7 @@ async fn during_the_drain_delay_readyz_is_503_and_webhooks_are_still_served() {
         !ingress.task.is_finished(),
         "the ingress should still be draining"
     );
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    assert_eq!(queued_ids(broker, 1).await, HashSet::from([id]));
 
     let RunningIngress {
         task, http, port, ..

@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 
 use corral_testkit::{
-    apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
+    apps::RunningIngress,
+    fixtures,
+    stack::Stack,
     tls::{TestCa, TlsFront},
     wait,
 };
@@ -17,16 +17,17 @@ use super::helpers::*;
 /// over plain AMQP; the link really is TLS (a front with a throwaway CA).
 #[tokio::test]
 async fn publishes_over_amqps_verified_with_the_ca_file() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let ca = TestCa::new("trusted");
     let front = TlsFront::amqps(&ca).await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.amqp.url = front.amqps_url();
     config.amqp.ca_file = Some(ca.pem_file().to_owned());
     let ingress = RunningIngress::start(config).await;
 
     let id = post_sample(&ingress).await;
-    assert_eq!(queued_ids(&broker, 1).await, HashSet::from([id]));
+    assert_eq!(queued_ids(broker, 1).await, HashSet::from([id]));
     assert!(front.handshakes() >= 1, "no TLS handshake was made");
 }
 
@@ -34,11 +35,12 @@ async fn publishes_over_amqps_verified_with_the_ca_file() {
 /// stays unready and webhooks get 503, never 200.
 #[tokio::test]
 async fn refuses_a_broker_whose_certificate_does_not_verify() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let trusted = TestCa::new("trusted");
     let impostor = TestCa::new("impostor");
     let front = TlsFront::amqps(&impostor).await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.amqp.url = front.amqps_url();
     config.amqp.ca_file = Some(trusted.pem_file().to_owned());
     config.amqp.reconnect_max_ms = 200;
@@ -63,7 +65,7 @@ async fn refuses_a_broker_whose_certificate_does_not_verify() {
 /// the ingress at start with the reason.
 #[tokio::test]
 async fn amqp_tls_settings_are_checked_at_start() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
     let trusted = TestCa::new("trusted");
     let cases = [
         (
@@ -78,7 +80,7 @@ async fn amqp_tls_settings_are_checked_at_start() {
         ),
     ];
     for (url, ca_file, reason) in cases {
-        let mut config = config::ingress(broker.prefix(), TOKEN);
+        let mut config = stack.ingress_config();
         config.amqp.url = url.to_owned();
         config.amqp.ca_file = Some(ca_file);
         let err = corral_ingress::Application::build(config, CancellationToken::new())

@@ -15,9 +15,10 @@ use corral_testkit::{
     config,
     database::TestDatabase,
     metrics::Metrics,
+    stack::Stack,
 };
 
-use super::{Buffer, Pipeline};
+use super::{pipeline, stop};
 
 /// The webhook secret the generator signs with and ingress verifies with.
 const SECRET: &str = "corral-loadgen-signing-5d0e7c1a";
@@ -128,9 +129,8 @@ async fn ingress_answers_every_signed_delivery_of_the_generator_200() {
 /// `deliveries` row holding the callback's `foreign_id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_signed_run_stores_every_event_once_by_its_event_id() {
-    let broker = Buffer::RabbitMq(Box::new(TestBroker::new().await));
-    let pipeline = Pipeline::signing(broker, &[SECRET]).await;
-    let run = loadgen::run(signed_config(pipeline.target(), 2_000))
+    let mut stack = pipeline(Stack::builder(), &[SECRET]).start().await;
+    let run = loadgen::run(signed_config(stack.ingress().base_url(), 2_000))
         .await
         .expect("the run");
     let report = &run.report;
@@ -139,7 +139,7 @@ async fn a_verified_signed_run_stores_every_event_once_by_its_event_id() {
         timeout: Duration::from_secs(20),
         ..VerifyOptions::default()
     };
-    let verification = loadgen::verify(&pipeline.db.url, &run.sent, &options)
+    let verification = loadgen::verify(&stack.db().url, &run.sent, &options)
         .await
         .expect("verifying");
     assert!(verification.is_ok(), "{verification}");
@@ -152,7 +152,8 @@ async fn a_verified_signed_run_stores_every_event_once_by_its_event_id() {
     assert!(verification.both_channels > 50, "{verification}");
 
     // The same, counted by the database alone.
-    let db = pipeline.stop().await;
+    stop(&mut stack).await;
+    let db = stack.db();
     let client = db.client().await;
     let count = |sql: &'static str| {
         let client = &client;
@@ -189,20 +190,20 @@ fn sent_events(sent: &Sent) -> (u64, u64) {
 /// row lost the callback's `foreign_id` are each counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verifier_counts_every_kind_of_wrong_signed_row() {
-    let broker = Buffer::RabbitMq(Box::new(TestBroker::new().await));
-    let pipeline = Pipeline::signing(broker, &[SECRET]).await;
-    let run = loadgen::run(signed_config(pipeline.target(), 600))
+    let mut stack = pipeline(Stack::builder(), &[SECRET]).start().await;
+    let run = loadgen::run(signed_config(stack.ingress().base_url(), 600))
         .await
         .expect("the run");
     let quick = VerifyOptions {
         timeout: Duration::from_secs(15),
         ..VerifyOptions::default()
     };
-    let clean = loadgen::verify(&pipeline.db.url, &run.sent, &quick)
+    let clean = loadgen::verify(&stack.db().url, &run.sent, &quick)
         .await
         .unwrap();
     assert!(clean.is_ok(), "{clean}");
-    let db = pipeline.stop().await;
+    stop(&mut stack).await;
+    let db = stack.db();
     let client = db.client().await;
 
     let mut webhooks = run.sent.webhooks().filter(|w| w.webhook.event.is_some());

@@ -13,7 +13,7 @@ use corral_shared::{
     },
 };
 use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, config, database::TestDatabase, fixtures, wait,
+    apps::RunningWorker, broker::TestBroker, config, fixtures, stack::Stack, wait,
 };
 use corral_worker::{
     commands,
@@ -381,14 +381,14 @@ async fn a_wrong_prefix_is_reported_not_created() {
 
 #[tokio::test]
 async fn replayed_dead_letters_are_stored_by_the_worker() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let sent = dead_letter(&broker, 2).await;
+    let stack = Stack::builder().database().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let sent = dead_letter(broker, 2).await;
     RabbitmqDeadLetters::new(&broker.settings)
         .replay(&ReplayOptions::default())
         .await
         .unwrap();
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let client = db.client().await;
     let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
     wait::until_true("both replayed webhooks stored", WAIT, || {
@@ -488,8 +488,8 @@ async fn list_and_replay_work_under_the_documented_broker_permissions() {
 
 #[tokio::test]
 async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_once() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().database().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let bodies: Vec<String> = (0..3)
         .map(|n| {
             fixtures::delivery_status(
@@ -513,7 +513,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
         })
         .collect();
     let letter_id = broker.publish_batch(&packing).await.to_string();
-    reject_all(&broker, 1).await;
+    reject_all(broker, 1).await;
 
     let listed = RabbitmqDeadLetters::new(&broker.settings)
         .list(10)
@@ -537,7 +537,7 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
         "each webhook with its own id, kind, time and body"
     );
 
-    let out = list_command(&broker).await;
+    let out = list_command(broker).await;
     for p in &packing {
         let line = out
             .lines()
@@ -582,14 +582,14 @@ async fn a_dead_lettered_batch_is_listed_per_webhook_replayed_whole_and_stored_o
 
     // Stored by the worker, each webhook once, however often it is replayed.
     broker.publish_batch(&packing).await;
-    reject_all(&broker, 1).await;
+    reject_all(broker, 1).await;
     broker.publish_batch(&packing).await;
-    reject_all(&broker, 1).await;
+    reject_all(broker, 1).await;
     RabbitmqDeadLetters::new(&broker.settings)
         .replay(&ReplayOptions::default())
         .await
         .unwrap();
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let client = db.client().await;
     wait::until_true("both replayed letters committed", WAIT, || async {
         let metrics = worker.metrics().await;

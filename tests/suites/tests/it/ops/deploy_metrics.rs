@@ -7,14 +7,12 @@ use std::{
 };
 
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
-    config,
-    database::TestDatabase,
+    apps::{RunningIngress, RunningWorker},
     fixtures,
     metrics::catalogued,
     process::free_port,
     sqs::TestQueue,
+    stack::Stack,
     wait,
 };
 
@@ -142,19 +140,19 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
 
     // Both binaries, one webhook all the way through the queue and one
     // through the spool, so that every histogram has a sample and is exported.
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = Stack::builder().migrated().start().await;
+    let db = stack.db();
     let spool = db.spool_writer().await;
-    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
     // No broker where this one looks: its webhook takes the spool.
-    let mut spooling = config::ingress(broker.prefix(), TOKEN);
+    let mut spooling = stack.ingress_config();
     spooling.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     spooling.spool_database_url = Some(spool.url.clone());
     let spooling = RunningIngress::start_unready(spooling).await;
     spooling.wait_ready(true).await;
     // With result events, whose relay series (corral_worker_result_events_*)
     // exist only when CORRAL_RESULT_EVENTS=true.
-    let mut worker_config = config::worker(&db.url, broker.prefix());
+    let mut worker_config = stack.worker_config();
     worker_config.results.result_events = true;
     let worker = RunningWorker::start(worker_config).await;
     assert_eq!(
@@ -174,7 +172,9 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     // A worker on SQS too: its corral_worker_sqs_* series exist only with
     // CORRAL_BUFFER=sqs (the dead-letter queue's once it has been measured).
     let queue = TestQueue::new().await;
-    let sqs_worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
+    let mut sqs_config = stack.worker_config();
+    sqs_config.buffer = queue.settings();
+    let sqs_worker = RunningWorker::start(sqs_config).await;
     let dead_letters = r#"corral_worker_sqs_queue_messages{queue="dead_letter",state="visible"}"#;
     wait::until_true("the SQS worker to measure its queues", WAIT, || async {
         sqs_worker.metrics().await.0.contains_key(dead_letters)
@@ -194,10 +194,14 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     // the requests per call. Its own database, so that the same fixture is
     // stored, not a duplicate; the counters carry on from the pair above (one
     // registry per test process), hence `stored_before`.
-    let queue = TestQueue::new().await;
-    let sqs_db = TestDatabase::migrated().await;
-    let sqs_ingress = RunningIngress::start(config::ingress_sqs(&queue, TOKEN)).await;
-    let sqs_worker = RunningWorker::start(config::worker_sqs(&sqs_db.url, &queue)).await;
+    let mut sqs = Stack::builder()
+        .sqs()
+        .migrated()
+        .with_ingress()
+        .with_worker()
+        .start()
+        .await;
+    let (sqs_ingress, sqs_worker) = (sqs.ingress(), sqs.worker());
     let stored = r#"corral_worker_messages_total{outcome="stored"}"#;
     let stored_before = sqs_worker.metrics().await.get(stored);
     assert_eq!(
@@ -223,8 +227,8 @@ async fn the_dashboard_and_the_alerts_name_only_metrics_the_binaries_export() {
     .await;
     exported.extend(sqs_ingress.metrics().await.names());
     exported.extend(sqs_worker.metrics().await.names());
-    sqs_worker.stop().await.unwrap();
-    sqs_ingress.stop().await.unwrap();
+    sqs.stop_worker().await.unwrap();
+    sqs.stop_ingress().await.unwrap();
 
     let target_labels = [
         "job",

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use corral_shared::envelope::{self, Kind, batch::Packing};
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    broker::TestBroker,
+    apps::{RunningIngress, RunningWorker},
     config,
     database::TestDatabase,
-    fixtures, wait,
+    fixtures,
+    stack::Stack,
+    wait,
 };
 use corral_worker::{
     commands::{self, quarantine::QuarantineCommand},
@@ -318,8 +319,8 @@ async fn a_row_postgresql_refuses_stays_quarantined_and_none_of_it_is_stored() {
 /// row that re-typing cannot help, and it keeps the reason it was kept for.
 #[tokio::test]
 async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keeps_its_reason() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = Stack::builder().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client = db.client().await;
     forbid_spam(&client).await;
     let accepted = fixtures::delivery_status("d-batch-ok", "2026-11-27T05:24:31Z", "", "f-1");
@@ -353,7 +354,7 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
             corral_shared::amqp::properties(&envelope::Metadata::batch(unreadable_id, first, 1)),
         )
         .await;
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     wait::until_true("two quarantined rows and one stored", WAIT, || async {
         count(&client, "quarantined_webhooks").await == 2
             && count(&client, "delivery_events").await == 1
@@ -551,11 +552,11 @@ async fn a_batch_an_older_worker_took_for_one_webhook_is_unpacked_only_when_the_
 /// nothing of what it carries is stored.
 #[tokio::test]
 async fn a_posted_body_shaped_like_an_envelope_is_never_unpacked_by_reprocessing() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = Stack::builder().migrated().start().await;
+    let db = stack.db();
     let client = db.client().await;
-    let ingress = RunningIngress::start(config::ingress(broker.prefix(), TOKEN)).await;
-    let worker = RunningWorker::start(config::worker(&db.url, broker.prefix())).await;
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let forged_id = Uuid::now_v7();
     let inner = fixtures::delivery_status("d-forged", "2026-11-27T05:24:31Z", "", "f-1");
     let forged = format!(

@@ -9,10 +9,8 @@ use std::{
 
 use corral_shared::envelope::Kind;
 use corral_testkit::{
-    broker::TestBroker,
-    database::TestDatabase,
     process::{Process, ProcessConfig},
-    proxy::TcpProxy,
+    stack::{Stack, Via},
     wait,
 };
 use uuid::Uuid;
@@ -31,13 +29,16 @@ fn process(database_url: &str, prefix: &str) -> ProcessConfig {
 
 #[tokio::test]
 async fn a_worker_killed_between_commit_and_relay_still_delivers_every_event() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
-    let client = db.client().await;
+    let stack = Stack::builder()
+        .migrated()
+        .amqp_proxy(Via::Worker)
+        .start()
+        .await;
+    let (broker, db, proxy) = (stack.broker(), stack.db(), stack.amqp_proxy());
+    let client = stack.client().await;
     let queue = broker.bind_results("service").await;
     // Only the relay's link goes through the proxy: the worker keeps
     // consuming and committing while its result events cannot leave.
-    let proxy = TcpProxy::rabbitmq().await;
     let mut first = Process::start_ready(
         process(&db.url, broker.prefix()).env("CORRAL_RESULTS_AMQP_URL", proxy.amqp_url()),
     )
@@ -48,9 +49,9 @@ async fn a_worker_killed_between_commit_and_relay_still_delivers_every_event() {
     // The link works: these leave through the proxy.
     for _ in 0..5 {
         let (_, body) = worker::valid("");
-        sent.push(send(&broker, Kind::Sms.routing_key(), body).await.id);
+        sent.push(send(broker, Kind::Sms.routing_key(), body).await.id);
     }
-    for event in take(&broker, &queue, 5).await {
+    for event in take(broker, &queue, 5).await {
         *received.entry(event.id).or_default() += 1;
     }
 
@@ -58,7 +59,7 @@ async fn a_worker_killed_between_commit_and_relay_still_delivers_every_event() {
     proxy.blackhole();
     for i in 0..20 {
         let (_, body) = worker::valid(if i % 2 == 0 { "" } else { "Opted out" });
-        sent.push(send(&broker, Kind::Sms.routing_key(), body).await.id);
+        sent.push(send(broker, Kind::Sms.routing_key(), body).await.id);
     }
     worker::wait_count(&client, worker::EVENTS, 25).await;
     assert_eq!(

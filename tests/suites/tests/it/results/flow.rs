@@ -5,9 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use corral_shared::{envelope::Kind, results::DeliveryResult};
-use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures, wait,
-};
+use corral_testkit::{fixtures, stack::Stack, wait};
 use tokio_postgres::Client;
 
 use super::helpers::*;
@@ -76,17 +74,15 @@ async fn expected(
 
 #[tokio::test]
 async fn each_stored_event_reaches_a_bound_queue_exactly_and_once() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let mut stack = Stack::builder().worker(results_on).start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let queue = broker.bind_results("service").await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
     let sms = Kind::Sms.routing_key();
 
     // The provider's two samples, field by field.
-    let success = send(&broker, sms, fixtures::SMS_SUCCESS).await;
-    let failure = send(&broker, sms, fixtures::SMS_FAILURE).await;
-    let mut got = take(&broker, &queue, 2).await;
+    let success = send(broker, sms, fixtures::SMS_SUCCESS).await;
+    let failure = send(broker, sms, fixtures::SMS_FAILURE).await;
+    let mut got = take(broker, &queue, 2).await;
     got.sort_by_key(|event| event.event_id);
     let mut want = vec![
         expected(
@@ -119,11 +115,11 @@ async fn each_stored_event_reaches_a_bound_queue_exactly_and_once() {
     // The same webhook again (a new id, the same fingerprint) is a duplicate
     // and no event; a marker sent after it is the only one that follows. Its
     // outbox row would come after a duplicate's, so it is published after.
-    let again = send(&broker, sms, fixtures::SMS_SUCCESS).await;
-    worker::settled(&worker, worker::DUPLICATE, 1.0).await;
+    let again = send(broker, sms, fixtures::SMS_SUCCESS).await;
+    worker::settled(worker, worker::DUPLICATE, 1.0).await;
     let (marker_drop, marker) = worker::valid("");
-    let marker = send(&broker, sms, marker).await;
-    let got = take(&broker, &queue, 1).await;
+    let marker = send(broker, sms, marker).await;
+    let got = take(broker, &queue, 1).await;
     assert_eq!(
         got[0].id, marker.id,
         "only the marker follows the duplicate"
@@ -141,10 +137,10 @@ async fn each_stored_event_reaches_a_bound_queue_exactly_and_once() {
         "Network error",
         "late-1",
     );
-    let newer = send(&broker, sms, newer).await;
-    take(&broker, &queue, 1).await;
-    let older = send(&broker, sms, older).await;
-    let got = take(&broker, &queue, 1).await;
+    let newer = send(broker, sms, newer).await;
+    take(broker, &queue, 1).await;
+    let older = send(broker, sms, older).await;
+    let got = take(broker, &queue, 1).await;
     assert_eq!((got[0].id, got[0].latest), (older.id, false));
     assert_eq!(got[0].reason.as_deref(), Some("Network error"));
     let state: uuid::Uuid = client
@@ -170,12 +166,12 @@ async fn each_stored_event_reaches_a_bound_queue_exactly_and_once() {
         "Opted out",
         "o",
     );
-    send(&broker, sms, first).await;
-    let got = take(&broker, &queue, 1).await;
+    send(broker, sms, first).await;
+    let got = take(broker, &queue, 1).await;
     assert_eq!(got[0].suppressions, ["opted_out"]);
     assert_eq!(got[0].new_suppressions, ["opted_out"]);
-    send(&broker, sms, second).await;
-    let got = take(&broker, &queue, 1).await;
+    send(broker, sms, second).await;
+    let got = take(broker, &queue, 1).await;
     assert_eq!(got[0].suppressions, ["opted_out"]);
     assert!(got[0].new_suppressions.is_empty(), "{got:?}");
 
@@ -188,5 +184,5 @@ async fn each_stored_event_reaches_a_bound_queue_exactly_and_once() {
     })
     .await;
     assert!(broker.drain(&queue).await.is_empty(), "no event twice");
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }

@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use corral_shared::results::{self, DeliveryResult};
-use corral_testkit::broker::TestBroker;
+use corral_testkit::{broker::TestBroker, config};
 use corral_worker::config::WorkerConfig;
 use lapin::message::BasicGetMessage;
-
-use crate::worker::helpers as worker;
 
 /// Deadline of every wait.
 pub(super) const WAIT: Duration = Duration::from_secs(25);
@@ -27,10 +25,9 @@ pub(super) const OLDEST: &str = "corral_worker_result_events_oldest_seconds";
 pub(super) const OUTBOX: &str = "SELECT count(*) FROM delivery_results_outbox";
 
 /// The worker tests' quick settings, with result events on.
-pub(super) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
-    let mut config = worker::config(database_url, prefix);
+pub(super) fn results_on(config: &mut WorkerConfig) {
+    config::short_waits(config);
     config.results.result_events = true;
-    config
 }
 
 /// The event a message carries, after checking the properties the contract

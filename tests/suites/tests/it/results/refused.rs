@@ -11,9 +11,7 @@ use std::{
 };
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures, wait,
-};
+use corral_testkit::{broker::TestBroker, fixtures, stack::Stack, wait};
 use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;
 
@@ -57,12 +55,10 @@ fn ids(received: &Received) -> BTreeSet<Uuid> {
 
 #[tokio::test]
 async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let mut stack = Stack::builder().worker(results_on).start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let healthy = broker.bind_results("healthy").await;
     let small = broker.bind_results_with("small", small()).await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
 
     let bodies: Vec<String> = (0..EVENTS)
         .map(|i| {
@@ -71,7 +67,7 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
         })
         .collect();
     let webhooks: Vec<(Kind, &[u8])> = bodies.iter().map(|b| (Kind::Sms, b.as_bytes())).collect();
-    let sent: BTreeSet<Uuid> = send_batch(&broker, &webhooks)
+    let sent: BTreeSet<Uuid> = send_batch(broker, &webhooks)
         .await
         .iter()
         .map(|s| s.id)
@@ -81,11 +77,11 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
     // healthy queue gets them all, and the refused ones again with a retry.
     let got = Received::default();
     wait::until_true("a retry to reach the healthy queue", WAIT, || async {
-        receive(&broker, &healthy, &got).await > EVENTS
+        receive(broker, &healthy, &got).await > EVENTS
     })
     .await;
     let reached = Received::default();
-    receive(&broker, &small, &reached).await;
+    receive(broker, &small, &reached).await;
     let taken = ids(&reached);
     assert_eq!(taken.len(), ROOM as usize, "the small queue's room");
     let refused = EVENTS - taken.len();
@@ -103,11 +99,11 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
     // Drained as it fills, the small queue gets every event, once; the
     // outbox empties.
     wait::until_true("every event to reach the small queue", WAIT, || async {
-        receive(&broker, &small, &reached).await;
+        receive(broker, &small, &reached).await;
         reached.borrow().len() == EVENTS && worker::count(&client, OUTBOX).await == 0
     })
     .await;
-    receive(&broker, &small, &reached).await;
+    receive(broker, &small, &reached).await;
     assert_eq!(ids(&reached), sent);
     assert!(
         reached.borrow().values().all(|copies| *copies == 1),
@@ -116,7 +112,7 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
 
     // Those confirmed the first time reached the healthy queue exactly once;
     // a refused one again with each retry (with its id: at least once).
-    receive(&broker, &healthy, &got).await;
+    receive(broker, &healthy, &got).await;
     assert_eq!(ids(&got), sent);
     for id in &taken {
         assert_eq!(
@@ -136,5 +132,5 @@ async fn a_refusing_queue_holds_back_only_the_events_it_refused() {
         copies = got.borrow().values().sum::<usize>(),
         "refusals counted, and the copies the healthy queue received"
     );
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }

@@ -3,22 +3,20 @@
 //! gauge and as refused, and flow once a queue is bound.
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, wait};
+use corral_testkit::{stack::Stack, wait};
 
 use super::helpers::*;
 use crate::worker::helpers::{self as worker, send};
 
 #[tokio::test]
 async fn events_wait_in_the_outbox_until_a_queue_is_bound() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = Stack::builder().worker(results_on).start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
 
     let mut sent = Vec::new();
     for _ in 0..3 {
         let (_, body) = worker::valid("");
-        sent.push(send(&broker, Kind::Rvm.routing_key(), body).await);
+        sent.push(send(broker, Kind::Rvm.routing_key(), body).await);
     }
     worker::wait_count(&client, worker::EVENTS, 3).await;
     wait::until_true(
@@ -40,7 +38,7 @@ async fn events_wait_in_the_outbox_until_a_queue_is_bound() {
     );
 
     let queue = broker.bind_results("late").await;
-    let got = take(&broker, &queue, 3).await;
+    let got = take(broker, &queue, 3).await;
     let mut ids: Vec<_> = got.iter().map(|event| event.id).collect();
     let mut sent: Vec<_> = sent.iter().map(|s| s.id).collect();
     ids.sort();
@@ -53,5 +51,5 @@ async fn events_wait_in_the_outbox_until_a_queue_is_bound() {
         metrics.get(PUBLISHED) == 3.0 && metrics.get(PENDING) == 0.0 && metrics.get(OLDEST) == 0.0
     })
     .await;
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }

@@ -9,9 +9,7 @@ use std::{
 };
 
 use corral_shared::telemetry::labels::SpoolCause;
-use corral_testkit::{
-    apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
-};
+use corral_testkit::fixtures;
 
 use uuid::Uuid;
 
@@ -22,14 +20,14 @@ use crate::ingress::helpers::{MAX_BODY_BYTES, accepted, authenticated, object_of
 /// 200, cause `unavailable`.
 #[tokio::test]
 async fn without_a_broker_link_a_webhook_is_spooled_and_answered_200() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
-    let client = db.client().await;
+    let mut stack = stage().start().await;
+    without_broker(&mut stack).await;
+    let (ingress, client) = (stack.ingress(), stack.client().await);
 
     // Cause `unavailable`, not `slow`: spooled at once, without waiting
     // CORRAL_SPOOL_AFTER_MS for a broker known to be gone.
     post_spooled(
-        &ingress,
+        ingress,
         &client,
         "rvm",
         fixtures::SMS_FAILURE,
@@ -49,13 +47,12 @@ async fn without_a_broker_link_a_webhook_is_spooled_and_answered_200() {
 /// it): spooled, 200, cause `nack`.
 #[tokio::test]
 async fn a_nacked_webhook_is_spooled_and_answered_200() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
-    broker.refuse("dropcowboy.sms").await;
+    let stack = stage().with_ingress().start().await;
+    stack.broker().refuse("dropcowboy.sms").await;
 
     post_spooled(
-        &ingress,
-        &db.client().await,
+        stack.ingress(),
+        &stack.client().await,
         "sms",
         fixtures::SMS_SUCCESS,
         SpoolCause::Nack,
@@ -68,18 +65,20 @@ async fn a_nacked_webhook_is_spooled_and_answered_200() {
 /// before the request's deadline; cause `slow`.
 #[tokio::test]
 async fn a_webhook_not_confirmed_in_time_is_spooled_and_answered_before_the_deadline() {
-    let (db, writer, broker, proxy) = stage().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_after_ms = 200;
-    // The publish timeout, not the heartbeat, is what could end the wait.
-    config.amqp.heartbeat_secs = 30;
-    let ingress = RunningIngress::start(config).await;
+    let stack = stage()
+        .ingress(|ingress| {
+            ingress.spool_after_ms = 200;
+            // The publish timeout, not the heartbeat, is what could end the wait.
+            ingress.amqp.heartbeat_secs = 30;
+        })
+        .start()
+        .await;
 
-    proxy.blackhole();
+    stack.amqp_proxy().blackhole();
     let started = Instant::now();
     post_spooled(
-        &ingress,
-        &db.client().await,
+        stack.ingress(),
+        &stack.client().await,
         "sms",
         fixtures::SMS_SUCCESS,
         SpoolCause::Slow,
@@ -96,13 +95,13 @@ async fn a_webhook_not_confirmed_in_time_is_spooled_and_answered_before_the_dead
 /// closes the channel of the publish; spooled, 200, cause `channel_closed`.
 #[tokio::test]
 async fn a_webhook_whose_channel_the_broker_closes_is_spooled_and_answered_200() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
+    let stack = stage().with_ingress().start().await;
+    let broker = stack.broker();
     broker.delete_exchange(&broker.topology.exchange()).await;
 
     post_spooled(
-        &ingress,
-        &db.client().await,
+        stack.ingress(),
+        &stack.client().await,
         "sms",
         fixtures::SMS_SUCCESS,
         SpoolCause::ChannelClosed,
@@ -115,16 +114,16 @@ async fn a_webhook_whose_channel_the_broker_closes_is_spooled_and_answered_200()
 /// returns the mandatory publish; spooled, 200, cause `unroutable`.
 #[tokio::test]
 async fn a_returned_webhook_is_spooled_and_answered_200() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = RunningIngress::start(spooling(&broker, &proxy, &writer)).await;
+    let stack = stage().with_ingress().start().await;
+    let broker = stack.broker();
     broker.delete_queue(&broker.queue()).await;
     broker
         .delete_queue(&broker.topology.unroutable_queue())
         .await;
 
     post_spooled(
-        &ingress,
-        &db.client().await,
+        stack.ingress(),
+        &stack.client().await,
         "rvm",
         fixtures::SMS_FAILURE,
         SpoolCause::Unroutable,
@@ -138,12 +137,12 @@ async fn a_returned_webhook_is_spooled_and_answered_200() {
 #[tokio::test]
 async fn a_burst_without_a_broker_is_spooled_whole() {
     const WEBHOOKS: usize = 60;
-    let (db, writer, broker, proxy) = stage().await;
-    proxy.cut();
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_connections = 2;
-    let ingress = RunningIngress::start_unready(config).await;
-    ingress.wait_ready(true).await;
+    let mut stack = stage()
+        .ingress_settings(|ingress| ingress.spool_connections = 2)
+        .start()
+        .await;
+    without_broker(&mut stack).await;
+    let ingress = stack.ingress();
     let bodies: Vec<String> = (0..WEBHOOKS)
         .map(|i| {
             fixtures::delivery_status(
@@ -158,7 +157,7 @@ async fn a_burst_without_a_broker_is_spooled_whole() {
     let answers = futures_util::future::join_all(
         bodies
             .iter()
-            .map(|body| send(authenticated(&ingress, "sms").body(body.clone()))),
+            .map(|body| send(authenticated(ingress, "sms").body(body.clone()))),
     )
     .await;
     let mut sent = HashMap::new();
@@ -166,7 +165,7 @@ async fn a_burst_without_a_broker_is_spooled_whole() {
         sent.insert(accepted(response).await, body.as_bytes().to_vec());
     }
     assert_eq!(sent.len(), WEBHOOKS, "every answer has an id of its own");
-    let rows = spool_rows(&db.client().await).await;
+    let rows = spool_rows(&stack.client().await).await;
     let in_spool: HashMap<Uuid, Vec<u8>> = rows
         .into_iter()
         .map(|row| (row.message_id, row.body))
@@ -187,13 +186,13 @@ async fn a_burst_without_a_broker_is_spooled_whole() {
 #[tokio::test]
 async fn a_burst_of_the_largest_bodies_is_spooled_byte_for_byte() {
     const WEBHOOKS: usize = 90;
-    let (db, writer, broker, proxy) = stage().await;
-    proxy.cut();
-    let mut config = spooling(&broker, &proxy, &writer);
-    // One writer: what waits for it goes together, up to the byte bound.
-    config.spool_connections = 1;
-    let ingress = RunningIngress::start_unready(config).await;
-    ingress.wait_ready(true).await;
+    let mut stack = stage()
+        // One writer: what waits for it goes together, up to the byte bound.
+        .ingress_settings(|ingress| ingress.spool_connections = 1)
+        .start()
+        .await;
+    without_broker(&mut stack).await;
+    let ingress = stack.ingress();
     let bodies: Vec<String> = (0..WEBHOOKS)
         .map(|i| {
             let mut body = object_of_len(MAX_BODY_BYTES);
@@ -206,14 +205,14 @@ async fn a_burst_of_the_largest_bodies_is_spooled_byte_for_byte() {
     let answers = futures_util::future::join_all(
         bodies
             .iter()
-            .map(|body| send(authenticated(&ingress, "rvm").body(body.clone()))),
+            .map(|body| send(authenticated(ingress, "rvm").body(body.clone()))),
     )
     .await;
     let mut sent = HashMap::new();
     for (body, response) in bodies.iter().zip(answers) {
         sent.insert(accepted(response).await, body.as_bytes().to_vec());
     }
-    let in_spool: HashMap<Uuid, Vec<u8>> = spool_rows(&db.client().await)
+    let in_spool: HashMap<Uuid, Vec<u8>> = spool_rows(&stack.client().await)
         .await
         .into_iter()
         .map(|row| (row.message_id, row.body))
@@ -229,9 +228,8 @@ async fn a_burst_of_the_largest_bodies_is_spooled_byte_for_byte() {
 /// `synchronous_commit` on even when the role's default says `off`.
 #[tokio::test]
 async fn the_spool_commits_synchronously_whatever_the_roles_default() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let client = db.client().await;
+    let mut stack = stage().start().await;
+    let (writer, client) = (stack.writer(), stack.client().await);
     client
         .batch_execute(&format!(
             "ALTER ROLE \"{role}\" SET synchronous_commit = off;
@@ -256,11 +254,9 @@ async fn the_spool_commits_synchronously_whatever_the_roles_default() {
         .get(0);
     assert_eq!(direct, "off", "the role's default is in effect");
 
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
+    without_broker(&mut stack).await;
     post_spooled(
-        &ingress,
+        stack.ingress(),
         &client,
         "sms",
         fixtures::SMS_SUCCESS,

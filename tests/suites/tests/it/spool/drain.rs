@@ -6,14 +6,17 @@ use std::collections::HashMap;
 use chrono::Utc;
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures, wait,
+    apps::RunningWorker,
+    fixtures,
+    stack::{Stack, Via},
+    wait,
 };
 use uuid::Uuid;
 
 use super::helpers::*;
 use crate::worker::helpers::{
     DB_TRANSIENT, DUPLICATE, EVENTS, QUARANTINE, QUARANTINED, STORED, count, install_slow_commit,
-    postgres_proxy, settled, valid, wait_batch_in_flight, wait_count,
+    settled, valid, wait_batch_in_flight, wait_count,
 };
 
 /// Spooled rows no transaction holds: a drain round in progress locks its own.
@@ -45,9 +48,13 @@ async fn rounds_in_flight(client: &tokio_postgres::Client, name: &str) -> i64 {
 #[tokio::test]
 async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
     const WEBHOOKS: usize = 300;
-    let db = TestDatabase::migrated().await;
-    let broker = TestBroker::new().await;
-    let client = db.client().await;
+    let stack = Stack::builder()
+        .migrated()
+        .worker_settings(draining)
+        .worker_settings(|worker| worker.batch_max = 10)
+        .start()
+        .await;
+    let (db, client) = (stack.db(), stack.client().await);
     let mut expected = HashMap::new();
     for i in 0..WEBHOOKS {
         let (drop_id, body) = valid("");
@@ -69,11 +76,7 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
     install_slow_commit(&client, 0.1).await;
 
     let workers: Vec<RunningWorker> = (0..3)
-        .map(|_| {
-            let mut config = draining(&db, broker.prefix());
-            config.batch_max = 10;
-            RunningWorker::start_unready(config)
-        })
+        .map(|_| RunningWorker::start_unready(stack.worker_config()))
         .collect::<futures_util::future::JoinAll<_>>()
         .await;
     wait::until_true("rounds of two workers in flight at once", WAIT, || async {
@@ -125,20 +128,19 @@ async fn three_workers_drain_a_spool_without_duplicates_or_losses() {
 /// cannot reach RabbitMQ either: the spool needs no broker.
 #[tokio::test]
 async fn a_worker_without_a_broker_drains_the_spool() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
-    let client = db.client().await;
+    // The worker's broker path is the ingress's, cut.
+    let mut stack = stage().amqp_proxy(Via::Both).start().await;
+    without_broker(&mut stack).await;
+    let (ingress, client) = (stack.ingress(), stack.client().await);
     let mut ids = Vec::new();
     for (kind, body) in [
         ("sms", fixtures::SMS_SUCCESS),
         ("rvm", fixtures::SMS_FAILURE),
     ] {
-        ids.push(post_spooled(&ingress, &client, kind, body, SpoolCause::Unavailable).await);
+        ids.push(post_spooled(ingress, &client, kind, body, SpoolCause::Unavailable).await);
     }
 
-    let mut config = draining(&db, broker.prefix());
-    config.amqp.url = proxy.amqp_url();
-    let worker = RunningWorker::start_unready(config).await;
+    stack.start_worker_unready().await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     wait_count(&client, EVENTS, 2).await;
     let mut stored: Vec<Uuid> = client
@@ -151,12 +153,12 @@ async fn a_worker_without_a_broker_drains_the_spool() {
     stored.sort();
     ids.sort();
     assert_eq!(stored, ids);
-    let readiness = readyz(worker.admin_port).await;
+    let readiness = readyz(stack.worker().admin_port).await;
     assert_eq!(
         readiness["broker"], false,
         "the worker had no broker throughout: {readiness}"
     );
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
 
 /// A JSON object that is not a Drop Cowboy payload is spooled like any
@@ -164,13 +166,13 @@ async fn a_worker_without_a_broker_drains_the_spool() {
 /// for byte under its id, and it leaves the spool.
 #[tokio::test]
 async fn an_untypeable_spooled_body_is_quarantined_and_leaves_the_spool() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
-    let client = db.client().await;
+    let mut stack = stage().start().await;
+    without_broker(&mut stack).await;
+    let (ingress, client) = (stack.ingress(), stack.client().await);
     let body = r#"{"greeting": "not a delivery status", "n": [1, 2.50]}"#;
-    let id = post_spooled(&ingress, &client, "sms", body, SpoolCause::Unavailable).await;
+    let id = post_spooled(ingress, &client, "sms", body, SpoolCause::Unavailable).await;
 
-    let worker = RunningWorker::start_unready(draining(&db, broker.prefix())).await;
+    let worker = RunningWorker::start_unready(stack.worker_config()).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     settled(&worker, QUARANTINED, 1.0).await;
     let row = client
@@ -201,11 +203,13 @@ async fn an_untypeable_spooled_body_is_quarantined_and_leaves_the_spool() {
 /// and the spool empties: no row holds back the ones behind it.
 #[tokio::test]
 async fn hostile_spooled_rows_are_quarantined_without_holding_back_the_rest() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let broker = TestBroker::new().await;
-    let ingress_role = corral_testkit::database::connect(&writer.url).await;
-    let client = db.client().await;
+    let stack = Stack::builder()
+        .spool()
+        .worker_settings(draining)
+        .start()
+        .await;
+    let ingress_role = corral_testkit::database::connect(&stack.writer().url).await;
+    let client = stack.client().await;
     let nul = fixtures::delivery_status(
         "nul000000000000000000000",
         "2026-11-27T05:24:31.000Z",
@@ -250,7 +254,7 @@ async fn hostile_spooled_rows_are_quarantined_without_holding_back_the_rest() {
         }
     }
 
-    let worker = RunningWorker::start(draining(&db, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     let metrics = settled(&worker, DRAINED, 8.0).await;
     assert_eq!(metrics.get(STORED), 4.0);
@@ -297,10 +301,14 @@ async fn hostile_spooled_rows_are_quarantined_without_holding_back_the_rest() {
 #[tokio::test]
 async fn a_drain_round_cut_before_its_commit_gives_its_rows_back() {
     const WEBHOOKS: usize = 20;
-    let db = TestDatabase::migrated().await;
-    let broker = TestBroker::new().await;
-    let client = db.client().await;
-    let (postgres, url) = postgres_proxy(&db).await;
+    let stack = Stack::builder()
+        .migrated()
+        .db_proxy()
+        .worker_settings(draining)
+        .worker_settings(|worker| worker.db.db_timeout_ms = 10_000)
+        .start()
+        .await;
+    let (db, client, postgres) = (stack.db(), stack.client().await, stack.db_proxy());
     // Within the worker's statement timeout (its CORRAL_DB_TIMEOUT_MS), so
     // only the cut can end the round.
     install_slow_commit(&client, 2.0).await;
@@ -318,10 +326,7 @@ async fn a_drain_round_cut_before_its_commit_gives_its_rows_back() {
         ids.push(id);
     }
 
-    let mut config = draining(&db, broker.prefix());
-    config.db.database_url = url;
-    config.db.db_timeout_ms = 10_000;
-    let worker = RunningWorker::start_unready(config).await;
+    let worker = RunningWorker::start_unready(stack.worker_config()).await;
     wait_batch_in_flight(&client, &db.name).await;
     let before = worker.metrics().await;
     postgres.cut();

@@ -8,20 +8,16 @@ use corral_ingress::config::IngressConfig;
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
     apps::RunningIngress,
-    broker::TestBroker,
-    database::{SpoolWriter, TestDatabase},
+    config::short_waits,
     metrics::Metrics,
-    proxy::TcpProxy,
+    stack::{Stack, StackBuilder, Via},
 };
 use corral_worker::config::WorkerConfig;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 pub(super) use crate::ingress::helpers::readyz;
-use crate::{
-    ingress::helpers::{accepted, authenticated, send, via_proxy},
-    worker::helpers as worker,
-};
+use crate::ingress::helpers::{accepted, authenticated, quick_broker_recovery, send};
 
 /// Deadline of every wait.
 pub(super) const WAIT: Duration = Duration::from_secs(20);
@@ -33,48 +29,34 @@ pub(super) const DRAINED: &str = "corral_worker_spool_drained_total";
 pub(super) const SPOOLED_ROWS: &str = "SELECT count(*) FROM spooled_webhooks";
 
 /// What a spool test starts from: its own migrated database, spool role and
-/// AMQP prefix, and a proxy in front of RabbitMQ to cut or black-hole. In
-/// this order, so that bound to a tuple pattern the role is dropped before
-/// its database.
-pub(super) async fn stage() -> (TestDatabase, SpoolWriter, TestBroker, TcpProxy) {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    (
-        db,
-        writer,
-        TestBroker::new().await,
-        TcpProxy::rabbitmq().await,
-    )
+/// AMQP prefix; ingress's broker link through a proxy to cut or black-hole,
+/// [`spooling`]; workers [`draining`]. Nothing started yet.
+pub(super) fn stage() -> StackBuilder {
+    Stack::builder()
+        .spool()
+        .amqp_proxy(Via::Ingress)
+        .ingress_settings(spooling)
+        .worker_settings(draining)
 }
 
-/// An ingress with `config` whose broker path (`proxy`) is cut before it
-/// starts, once it is ready on the spool alone.
-pub(super) async fn without_broker(config: IngressConfig, proxy: &TcpProxy) -> RunningIngress {
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(config).await;
-    ingress.wait_ready(true).await;
-    ingress
+/// Starts the stack's ingress with its broker path cut, and waits until it
+/// is ready on the spool alone.
+pub(super) async fn without_broker(stack: &mut Stack) {
+    stack.amqp_proxy().cut();
+    stack.start_ingress_unready().await.wait_ready(true).await;
 }
 
-/// An ingress on `broker`'s prefix whose link goes through `proxy`, spooling
-/// as `writer`: the broker has the default second to confirm, the request
-/// three in all.
-pub(super) fn spooling(
-    broker: &TestBroker,
-    proxy: &TcpProxy,
-    writer: &SpoolWriter,
-) -> IngressConfig {
-    let mut config = via_proxy(broker, proxy);
+/// Ingress spooling with short broker deadlines: the broker has the default
+/// second to confirm, the request three in all.
+pub(super) fn spooling(config: &mut IngressConfig) {
+    quick_broker_recovery(config);
     config.publish_timeout_ms = 3_000;
-    config.spool_database_url = Some(writer.url.clone());
-    config
 }
 
-/// A worker on `db` and `prefix` that looks at an empty spool every 50 ms.
-pub(super) fn draining(db: &TestDatabase, prefix: &str) -> WorkerConfig {
-    let mut config = worker::config(&db.url, prefix);
+/// The worker tests' short waits, looking at an empty spool every 50 ms.
+pub(super) fn draining(config: &mut WorkerConfig) {
+    short_waits(config);
     config.spool.spool_poll_ms = 50;
-    config
 }
 
 /// `corral_ingress_spooled_total{cause}`.

@@ -2,12 +2,7 @@
 //! sender, is one row.
 
 use corral_shared::{envelope::Kind, telemetry::labels::SpoolCause};
-use corral_testkit::{
-    apps::{RunningIngress, RunningWorker},
-    broker::TestBroker,
-    database::TestDatabase,
-    fixtures, wait,
-};
+use corral_testkit::{apps::RunningWorker, fixtures, stack::Stack, wait};
 use uuid::Uuid;
 
 use super::helpers::*;
@@ -24,18 +19,20 @@ use crate::{
 /// The worker takes both copies, and stores it once, under the answered id.
 #[tokio::test]
 async fn a_webhook_spooled_and_then_confirmed_is_one_row() {
-    let (db, writer, broker, proxy) = stage().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_after_ms = 200;
-    // The stalled link must survive until the path resumes, so its publish
-    // is confirmed after all.
-    config.amqp.heartbeat_secs = 30;
-    let ingress = RunningIngress::start(config).await;
-    let client = db.client().await;
+    let stack = stage()
+        .ingress(|ingress| {
+            ingress.spool_after_ms = 200;
+            // The stalled link must survive until the path resumes, so its
+            // publish is confirmed after all.
+            ingress.amqp.heartbeat_secs = 30;
+        })
+        .start()
+        .await;
+    let (broker, proxy, client) = (stack.broker(), stack.amqp_proxy(), stack.client().await);
 
     proxy.blackhole();
     let id = post_spooled(
-        &ingress,
+        stack.ingress(),
         &client,
         "sms",
         fixtures::SMS_SUCCESS,
@@ -48,7 +45,7 @@ async fn a_webhook_spooled_and_then_confirmed_is_one_row() {
     })
     .await;
 
-    let worker = RunningWorker::start(draining(&db, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     let metrics = settled(&worker, DUPLICATE, 1.0).await;
     assert_eq!(metrics.get(STORED), 1.0);
@@ -73,23 +70,23 @@ async fn a_webhook_spooled_and_then_confirmed_is_one_row() {
 /// one row.
 #[tokio::test]
 async fn a_webhook_spooled_and_sent_again_is_one_row() {
-    let (db, writer, broker, proxy) = stage().await;
-    let ingress = without_broker(spooling(&broker, &proxy, &writer), &proxy).await;
-    let client = db.client().await;
+    let mut stack = stage().start().await;
+    without_broker(&mut stack).await;
+    let (ingress, client) = (stack.ingress(), stack.client().await);
 
     let spooled_id = post_spooled(
-        &ingress,
+        ingress,
         &client,
         "rvm",
         fixtures::SMS_FAILURE,
         SpoolCause::Unavailable,
     )
     .await;
-    proxy.restore();
+    stack.amqp_proxy().restore();
     ingress.wait_broker(true).await;
     let before = ingress.metrics().await;
     let resent_id =
-        accepted(send(authenticated(&ingress, "rvm").body(fixtures::SMS_FAILURE)).await).await;
+        accepted(send(authenticated(ingress, "rvm").body(fixtures::SMS_FAILURE)).await).await;
     assert_ne!(spooled_id, resent_id);
     assert_eq!(
         ingress
@@ -101,7 +98,7 @@ async fn a_webhook_spooled_and_sent_again_is_one_row() {
         "the resend went to the broker"
     );
 
-    let worker = RunningWorker::start(draining(&db, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     let metrics = settled(&worker, DUPLICATE, 1.0).await;
     assert_eq!(metrics.get(STORED), 1.0);
@@ -125,9 +122,13 @@ async fn a_webhook_spooled_and_sent_again_is_one_row() {
 #[tokio::test]
 async fn webhooks_both_spooled_and_queued_are_each_one_row() {
     const WEBHOOKS: usize = 200;
-    let db = TestDatabase::migrated().await;
-    let broker = TestBroker::new().await;
-    let client = db.client().await;
+    let stack = Stack::builder()
+        .migrated()
+        .worker_settings(draining)
+        .worker_settings(|worker| worker.batch_max = 25)
+        .start()
+        .await;
+    let (broker, client) = (stack.broker(), stack.client().await);
     let first = now_micros();
     let sent: Vec<Sent> = (0..WEBHOOKS)
         .map(|i| Sent {
@@ -149,12 +150,10 @@ async fn webhooks_both_spooled_and_queued_are_each_one_row() {
     }
     let reversed: Vec<Sent> = sent.iter().rev().cloned().collect();
     for message in reversed.chunks(20) {
-        publish_batch(&broker, message).await;
+        publish_batch(broker, message).await;
     }
 
-    let mut config = draining(&db, broker.prefix());
-    config.batch_max = 25;
-    let worker = RunningWorker::start(config).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     wait_count(&client, EVENTS, WEBHOOKS as i64).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     let metrics = settled(&worker, DUPLICATE, WEBHOOKS as f64).await;

@@ -2,23 +2,28 @@
 
 use std::time::{Duration, Instant};
 
-use corral_testkit::{
-    apps::RunningIngress, broker::TestBroker, database::TestDatabase, fixtures, proxy::TcpProxy,
-    wait,
-};
+use corral_testkit::{apps::RunningIngress, fixtures, proxy::TcpProxy, stack::Stack, wait};
 
 use super::helpers::*;
 use crate::{
-    ingress::helpers::{accepted, authenticated, publish_failures, send, unavailable, via_proxy},
+    ingress::helpers::{
+        accepted, authenticated, broker_via_proxy, publish_failures, send, unavailable,
+    },
     worker::helpers::count,
 };
 
-/// A proxy in front of the shared PostgreSQL, and the spool role's URL
-/// through it.
-async fn spool_proxy(db: &TestDatabase, role: &str) -> (TcpProxy, String) {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await;
-    let url = format!("postgres://{role}@{}/{}", proxy.addr(), db.name);
-    (proxy, url)
+/// A proxy in front of the shared PostgreSQL, and the settings of an
+/// ingress of `stack` spooling through it.
+async fn spool_proxy(stack: &Stack) -> (TcpProxy, corral_ingress::config::IngressConfig) {
+    let proxy = TcpProxy::postgres().await;
+    let mut config = stack.ingress_config();
+    config.spool_database_url = Some(format!(
+        "postgres://{}@{}/{}",
+        stack.writer().role,
+        proxy.addr(),
+        stack.db().name
+    ));
+    (proxy, config)
 }
 
 /// Neither the broker nor the spool can be reached: 503 with Retry-After,
@@ -26,15 +31,11 @@ async fn spool_proxy(db: &TestDatabase, role: &str) -> (TcpProxy, String) {
 /// table and the queue are empty once both are back).
 #[tokio::test]
 async fn with_both_paths_down_a_webhook_gets_503_and_is_stored_nowhere() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let (postgres, url) = spool_proxy(&db, &writer.role).await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
+    let stack = stage().start().await;
+    let (postgres, config) = spool_proxy(&stack).await;
+    let proxy = stack.amqp_proxy();
     proxy.cut();
     postgres.cut();
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_database_url = Some(url);
     let ingress = RunningIngress::start_unready(config).await;
     ingress.wait_ready(false).await;
 
@@ -58,7 +59,7 @@ async fn with_both_paths_down_a_webhook_gets_503_and_is_stored_nowhere() {
     postgres.restore();
     proxy.restore();
     ingress.wait_ready(true).await;
-    let client = db.client().await;
+    let (client, broker) = (stack.client().await, stack.broker());
     assert_eq!(count(&client, SPOOLED_ROWS).await, 0);
     assert_eq!(broker.ready_count(&broker.queue()).await, 0);
     assert_eq!(
@@ -74,15 +75,15 @@ async fn with_both_paths_down_a_webhook_gets_503_and_is_stored_nowhere() {
 /// with Retry-After, never 200, and the spool's failure is counted.
 #[tokio::test]
 async fn with_a_silent_broker_and_no_spool_a_webhook_gets_503_at_the_deadline() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let (postgres, url) = spool_proxy(&db, &writer.role).await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_database_url = Some(url);
-    config.spool_after_ms = 200;
-    config.amqp.heartbeat_secs = 30;
+    let stack = stage()
+        .ingress_settings(|ingress| {
+            ingress.spool_after_ms = 200;
+            ingress.amqp.heartbeat_secs = 30;
+        })
+        .start()
+        .await;
+    let (postgres, config) = spool_proxy(&stack).await;
+    let proxy = stack.amqp_proxy();
     let ingress = RunningIngress::start(config).await;
 
     proxy.blackhole();
@@ -102,7 +103,7 @@ async fn with_a_silent_broker_and_no_spool_a_webhook_gets_503_at_the_deadline() 
         1.0,
         "the broker's cause: no confirm by the deadline"
     );
-    assert_eq!(count(&db.client().await, SPOOLED_ROWS).await, 0);
+    assert_eq!(count(&stack.client().await, SPOOLED_ROWS).await, 0);
 }
 
 /// `/readyz` is 200 while either path works and says which: broker down and
@@ -110,13 +111,9 @@ async fn with_a_silent_broker_and_no_spool_a_webhook_gets_503_at_the_deadline() 
 /// spool back makes it ready again.
 #[tokio::test]
 async fn readiness_follows_the_broker_or_the_spool() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let (postgres, url) = spool_proxy(&db, &writer.role).await;
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.spool_database_url = Some(url);
+    let stack = stage().start().await;
+    let (postgres, config) = spool_proxy(&stack).await;
+    let proxy = stack.amqp_proxy();
     let ingress = RunningIngress::start(config).await;
     let state = |broker: bool, spool: bool| {
         let admin_port = ingress.admin_port;
@@ -164,22 +161,20 @@ async fn readiness_follows_the_broker_or_the_spool() {
 /// not turn ready again at the spool's next reachability check.
 #[tokio::test]
 async fn a_spool_that_refuses_the_insert_does_not_make_the_ingress_ready() {
-    let db = TestDatabase::migrated().await;
     // A login role of the test's own, outside `corral_spool_writer`; the
-    // SpoolWriter drops it afterwards.
-    let writer = db.spool_writer().await;
-    db.client()
+    // stack drops it afterwards.
+    let stack = stage().start().await;
+    stack
+        .client()
         .await
         .batch_execute(&format!(
             "REVOKE corral_spool_writer FROM \"{}\"",
-            writer.role
+            stack.writer().role
         ))
         .await
         .expect("taking the role out of corral_spool_writer");
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(spooling(&broker, &proxy, &writer)).await;
+    stack.amqp_proxy().cut();
+    let ingress = RunningIngress::start_unready(stack.ingress_config()).await;
 
     let before = ingress.metrics().await;
     unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
@@ -207,13 +202,17 @@ async fn a_spool_that_refuses_the_insert_does_not_make_the_ingress_ready() {
 /// from the spool (200, its row committed) before the ingress stops.
 #[tokio::test]
 async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
-    let (db, writer, broker, proxy) = stage().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.drain_delay_ms = 0;
-    config.amqp.heartbeat_secs = 30;
-    let ingress = RunningIngress::start(config).await;
+    let stack = stage()
+        .ingress_settings(|ingress| {
+            ingress.drain_delay_ms = 0;
+            ingress.amqp.heartbeat_secs = 30;
+        })
+        .start()
+        .await;
+    // The test stops it itself, half-way.
+    let ingress = RunningIngress::start(stack.ingress_config()).await;
 
-    proxy.blackhole();
+    stack.amqp_proxy().blackhole();
     let request = tokio::spawn(
         authenticated(&ingress, "sms")
             .body(fixtures::SMS_SUCCESS)
@@ -233,7 +232,7 @@ async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
         .expect("the request task")
         .expect("an answer before the ingress stops");
     let id = accepted(response).await;
-    let rows = spool_rows(&db.client().await).await;
+    let rows = spool_rows(&stack.client().await).await;
     assert_eq!(
         rows.iter().map(|row| row.message_id).collect::<Vec<_>>(),
         vec![id]
@@ -250,13 +249,12 @@ async fn a_request_in_flight_at_shutdown_is_spooled_and_answered_200() {
 /// no spool series is exported.
 #[tokio::test]
 async fn without_a_spool_a_broker_outage_is_503_and_no_spool_shows() {
-    let broker = TestBroker::new().await;
-    let proxy = TcpProxy::rabbitmq().await;
-    proxy.cut();
-    let ingress = RunningIngress::start_unready(via_proxy(&broker, &proxy)).await;
+    let mut stack = broker_via_proxy().start().await;
+    stack.amqp_proxy().cut();
+    let ingress = stack.start_ingress_unready().await;
     ingress.wait_ready(false).await;
 
-    unavailable(send(authenticated(&ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
+    unavailable(send(authenticated(ingress, "sms").body(fixtures::SMS_SUCCESS)).await).await;
     let readiness = readyz(ingress.admin_port).await;
     assert!(
         readiness.get("spool").is_none(),

@@ -2,7 +2,7 @@
 //! ingress credential can add webhooks, never read or remove one.
 
 use chrono::Utc;
-use corral_testkit::database::{TestDatabase, connect};
+use corral_testkit::{database::connect, stack::Stack};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -10,9 +10,8 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn the_spool_role_may_insert_into_the_spool_and_nothing_else() {
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let ingress = connect(&writer.url).await;
+    let stack = Stack::builder().spool().start().await;
+    let ingress = connect(&stack.writer().url).await;
 
     let id = Uuid::now_v7();
     ingress
@@ -23,7 +22,7 @@ async fn the_spool_role_may_insert_into_the_spool_and_nothing_else() {
         )
         .await
         .expect("the spool role may INSERT into spooled_webhooks");
-    let rows = spool_rows(&db.client().await).await;
+    let rows = spool_rows(&stack.client().await).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].message_id, id);
 
@@ -48,7 +47,7 @@ async fn the_spool_role_may_insert_into_the_spool_and_nothing_else() {
             "`{statement}` failed, but not for want of privilege: {err}"
         );
     }
-    let rows = spool_rows(&db.client().await).await;
+    let rows = spool_rows(&stack.client().await).await;
     assert_eq!(rows.len(), 1, "the spooled row is still there, untouched");
     assert_eq!(rows[0].kind, "sms");
 }

@@ -16,15 +16,16 @@ use crate::{
 
 #[tokio::test]
 async fn with_the_broker_down_a_signed_delivery_is_answered_200_from_the_spool() {
-    let (db, writer, broker, proxy) = stage().await;
-    let mut config = spooling(&broker, &proxy, &writer);
-    config.signing.secrets = vec![SECRET.into()];
-    let ingress = without_broker(config, &proxy).await;
-    let client = db.client().await;
+    let mut stack = stage()
+        .ingress_settings(|ingress| ingress.signing.secrets = vec![SECRET.into()])
+        .start()
+        .await;
+    without_broker(&mut stack).await;
+    let (ingress, client) = (stack.ingress(), stack.client().await);
     let delivery = Delivery::new(SECRET, fresh_event());
 
     let before = ingress.metrics().await;
-    let id = accepted(send(delivery.request(&ingress)).await).await;
+    let id = accepted(send(delivery.request(ingress)).await).await;
     let after = ingress.metrics().await;
     let cause = SpoolCause::Unavailable;
     assert_eq!(spooled(&after, cause) - spooled(&before, cause), 1.0);
@@ -37,7 +38,7 @@ async fn with_the_broker_down_a_signed_delivery_is_answered_200_from_the_spool()
         (id, "event", delivery.body.as_slice())
     );
 
-    let worker = RunningWorker::start_unready(draining(&db, broker.prefix())).await;
+    let worker = RunningWorker::start_unready(stack.worker_config()).await;
     wait_count(&client, SPOOLED_ROWS, 0).await;
     settled(&worker, STORED, 1.0).await;
     let row = client

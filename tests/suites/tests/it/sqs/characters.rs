@@ -10,14 +10,7 @@
 use std::{cell::RefCell, collections::HashMap, time::Duration};
 
 use corral_shared::envelope::batch;
-use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    config,
-    database::TestDatabase,
-    fixtures,
-    sqs::TestQueue,
-    wait,
-};
+use corral_testkit::{fixtures, stack::Stack, wait};
 use uuid::Uuid;
 
 use super::{WAIT, assert_each_once, kind};
@@ -44,12 +37,14 @@ const FOREIGN_IDS: [&str; 8] = [
 
 #[tokio::test]
 async fn a_body_with_characters_sqs_refuses_is_taken_sent_escaped_and_stored_exactly() {
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::new().await;
-    let mut settings = config::ingress_sqs(&queue, TOKEN);
-    // One call at a time: the webhooks share messages, as under load.
-    settings.publish_concurrency = 1;
-    let ingress = RunningIngress::start(settings).await;
+    let mut stack = Stack::builder()
+        .sqs()
+        // One call at a time: the webhooks share messages, as under load.
+        .ingress(|ingress| ingress.publish_concurrency = 1)
+        .database()
+        .start()
+        .await;
+    let (queue, ingress) = (stack.queue(), stack.ingress());
 
     let bodies: Vec<String> = FOREIGN_IDS
         .iter()
@@ -111,8 +106,8 @@ async fn a_body_with_characters_sqs_refuses_is_taken_sent_escaped_and_stored_exa
         "every webhook read back from SQS is the body posted, byte for byte"
     );
 
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    let client = db.client().await;
+    stack.start_worker().await;
+    let client = stack.client().await;
     let ids: Vec<Uuid> = sent.keys().copied().collect();
     assert_each_once(&client, &ids).await;
     for row in client
@@ -125,6 +120,6 @@ async fn a_body_with_characters_sqs_refuses_is_taken_sent_escaped_and_stored_exa
         let posted: serde_json::Value = serde_json::from_slice(&sent[&id]).expect("JSON");
         assert_eq!(payload, posted, "the payload as sent");
     }
-    worker.stop().await.expect("the worker stops");
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_worker().await.expect("the worker stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }

@@ -7,9 +7,8 @@ use std::{collections::BTreeSet, time::Duration};
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
-    config,
-    database::TestDatabase,
     sqs::{QueueOptions, TestQueue},
+    stack::Stack,
     wait,
 };
 use corral_worker::{
@@ -42,15 +41,11 @@ async fn dead_letter(queue: &TestQueue, first: usize, count: usize) -> Letter {
     }
 }
 
-fn ops_config(queue: &TestQueue) -> corral_worker::config::WorkerConfig {
-    config::worker_sqs("postgres://postgres@127.0.0.1:5432/unused", queue)
-}
-
 /// What `corral-worker dead-letters <command>` writes, or its error with
 /// its causes.
-async fn run(queue: &TestQueue, command: DeadLetterCommand) -> Result<String, String> {
+async fn run(stack: &Stack, command: DeadLetterCommand) -> Result<String, String> {
     let mut out = Vec::new();
-    commands::dead_letters::run(command, &ops_config(queue), &mut out)
+    commands::dead_letters::run(command, &stack.worker_config(), &mut out)
         .await
         .map_err(|err| format!("{err:#}"))?;
     Ok(String::from_utf8(out).expect("UTF-8 output"))
@@ -93,19 +88,22 @@ async fn drive_to_dead_letters(queue: &TestQueue) -> Vec<Uuid> {
 /// leaves each visible again at once, and honours `--limit`.
 #[tokio::test]
 async fn listing_shows_every_dead_letter_and_leaves_each_there() {
-    let queue = TestQueue::with(QueueOptions {
-        visibility_secs: 1,
-        max_receive_count: 2,
-        ..QueueOptions::default()
-    })
-    .await;
-    let driven = drive_to_dead_letters(&queue).await;
+    let stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            visibility_secs: 1,
+            max_receive_count: 2,
+            ..QueueOptions::default()
+        })
+        .start()
+        .await;
+    let queue = stack.queue();
+    let driven = drive_to_dead_letters(queue).await;
     let sent = [
-        dead_letter(&queue, 0, 1).await,
-        dead_letter(&queue, 1, 3).await,
+        dead_letter(queue, 0, 1).await,
+        dead_letter(queue, 1, 3).await,
     ];
 
-    let out = run(&queue, DeadLetterCommand::List { limit: 10 })
+    let out = run(&stack, DeadLetterCommand::List { limit: 10 })
         .await
         .expect("the listing");
     assert!(
@@ -146,14 +144,14 @@ async fn listing_shows_every_dead_letter_and_leaves_each_there() {
         "every dead letter is there, and visible again"
     );
 
-    let limited = run(&queue, DeadLetterCommand::List { limit: 2 })
+    let limited = run(&stack, DeadLetterCommand::List { limit: 2 })
         .await
         .expect("the limited listing");
     assert!(
         limited.contains("# listed 2 message(s); none removed"),
         "{limited}"
     );
-    let again = run(&queue, DeadLetterCommand::List { limit: 10 })
+    let again = run(&stack, DeadLetterCommand::List { limit: 10 })
         .await
         .expect("the second listing");
     assert!(again.contains("# listed 3 message(s)"), "{again}");
@@ -166,17 +164,17 @@ async fn listing_shows_every_dead_letter_and_leaves_each_there() {
 /// worker stores their webhooks once; the rest stay dead-lettered.
 #[tokio::test]
 async fn replay_by_id_moves_exactly_that_message_and_it_is_stored_once() {
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().sqs().database().start().await;
+    let queue = stack.queue();
     let letters = [
-        dead_letter(&queue, 0, 2).await,
-        dead_letter(&queue, 2, 2).await,
-        dead_letter(&queue, 4, 2).await,
-        dead_letter(&queue, 6, 1).await,
+        dead_letter(queue, 0, 2).await,
+        dead_letter(queue, 2, 2).await,
+        dead_letter(queue, 4, 2).await,
+        dead_letter(queue, 6, 1).await,
     ];
 
     let dry = replay(
-        &queue,
+        queue,
         ReplayOptions {
             dry_run: true,
             limit: None,
@@ -195,7 +193,7 @@ async fn replay_by_id_moves_exactly_that_message_and_it_is_stored_once() {
 
     // A webhook's own id, inside the envelope-2 body.
     let report = replay(
-        &queue,
+        queue,
         ReplayOptions {
             message_ids: vec![letters[1].webhooks[1].to_string()],
             ..ReplayOptions::default()
@@ -208,13 +206,13 @@ async fn replay_by_id_moves_exactly_that_message_and_it_is_stored_once() {
     assert_eq!(queue.dead_letter_counts().await, (3, 0));
     assert_eq!(queue.counts().await, (1, 0), "exactly one message replayed");
 
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    let client = db.client().await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
+    let client = stack.client().await;
     assert_each_once(&client, &letters[1].webhooks).await;
 
     // The message's own id, and SQS's MessageId.
     let report = replay(
-        &queue,
+        queue,
         ReplayOptions {
             message_ids: vec![letters[2].id.to_string(), letters[3].sqs_id.clone()],
             ..ReplayOptions::default()
@@ -238,15 +236,15 @@ async fn replay_by_id_moves_exactly_that_message_and_it_is_stored_once() {
 /// dead-letter queue once, and every webhook is one row.
 #[tokio::test]
 async fn replaying_everything_stores_every_webhook_once_and_empties_the_dead_letter_queue() {
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().sqs().database().start().await;
+    let queue = stack.queue();
     let mut letters = Vec::new();
     for n in 0..12 {
-        letters.push(dead_letter(&queue, n * 2, 2).await);
+        letters.push(dead_letter(queue, n * 2, 2).await);
     }
 
     let first = replay(
-        &queue,
+        queue,
         ReplayOptions {
             limit: Some(5),
             ..ReplayOptions::default()
@@ -258,7 +256,7 @@ async fn replaying_everything_stores_every_webhook_once_and_empties_the_dead_let
     assert_eq!(queue.counts().await, (5, 0));
 
     let out = run(
-        &queue,
+        &stack,
         DeadLetterCommand::Replay {
             dry_run: false,
             limit: None,
@@ -274,12 +272,12 @@ async fn replaying_everything_stores_every_webhook_once_and_empties_the_dead_let
     assert_eq!(queue.dead_letter_counts().await, (0, 0));
     assert_eq!(queue.counts().await, (12, 0));
 
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    let client = db.client().await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
+    let client = stack.client().await;
     let all: Vec<Uuid> = letters.iter().flat_map(|l| l.webhooks.clone()).collect();
     assert_each_once(&client, &all).await;
     worker.stop().await.expect("the worker stops");
-    let nothing = replay(&queue, ReplayOptions::default()).await;
+    let nothing = replay(queue, ReplayOptions::default()).await;
     assert!(nothing.letters.is_empty());
 }
 
@@ -287,11 +285,14 @@ async fn replaying_everything_stores_every_webhook_once_and_empties_the_dead_let
 /// say what to set.
 #[tokio::test]
 async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
-    let queue = TestQueue::with(QueueOptions {
-        redrive: false,
-        ..QueueOptions::default()
-    })
-    .await;
+    let stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            redrive: false,
+            ..QueueOptions::default()
+        })
+        .start()
+        .await;
+    let queue = stack.queue();
     for command in [
         DeadLetterCommand::List { limit: 10 },
         DeadLetterCommand::Replay {
@@ -300,7 +301,7 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
             message_ids: Vec::new(),
         },
     ] {
-        let err = run(&queue, command)
+        let err = run(&stack, command)
             .await
             .expect_err("no dead-letter queue");
         assert!(err.contains("has no redrive policy"), "{err}");
@@ -325,23 +326,26 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
 /// 5-minute window of its first sending still goes back, and is stored.
 #[tokio::test]
 async fn replaying_into_a_fifo_queue_sends_every_message_back_and_stores_it() {
-    let queue = TestQueue::with(QueueOptions {
-        fifo: true,
-        max_receive_count: 2,
-        ..QueueOptions::default()
-    })
-    .await;
-    let db = TestDatabase::new().await;
-    let ids = drive_to_dead_letters(&queue).await;
-    let letter = dead_letter(&queue, 10, 2).await;
+    let stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            fifo: true,
+            max_receive_count: 2,
+            ..QueueOptions::default()
+        })
+        .database()
+        .start()
+        .await;
+    let queue = stack.queue();
+    let ids = drive_to_dead_letters(queue).await;
+    let letter = dead_letter(queue, 10, 2).await;
 
-    let report = replay(&queue, ReplayOptions::default()).await;
+    let report = replay(queue, ReplayOptions::default()).await;
     assert_eq!(report.letters.len(), 2);
     assert_eq!(queue.dead_letter_counts().await, (0, 0));
     assert_eq!(queue.counts().await, (2, 0));
 
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    let client = db.client().await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
+    let client = stack.client().await;
     let all: Vec<Uuid> = ids.into_iter().chain(letter.webhooks).collect();
     assert_each_once(&client, &all).await;
     worker.stop().await.expect("the worker stops");

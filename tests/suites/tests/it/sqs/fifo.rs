@@ -4,13 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use corral_shared::envelope::batch;
-use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    config,
-    database::TestDatabase,
-    sqs::{QueueOptions, TestQueue},
-    wait,
-};
+use corral_testkit::{sqs::QueueOptions, stack::Stack, wait};
 use uuid::Uuid;
 
 use super::{WAIT, assert_each_once, kind, webhook};
@@ -27,15 +21,16 @@ fn to_number(i: usize, numbers: usize) -> String {
 async fn a_fifo_queue_keeps_one_numbers_webhooks_in_one_group() {
     const N: usize = 60;
     const NUMBERS: usize = 6;
-    let queue = TestQueue::with(QueueOptions {
-        fifo: true,
-        ..QueueOptions::default()
-    })
-    .await;
-    let db = TestDatabase::new().await;
-    let mut settings = config::ingress_sqs(&queue, TOKEN);
-    settings.publish_concurrency = 1;
-    let ingress = RunningIngress::start(settings).await;
+    let mut stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            fifo: true,
+            ..QueueOptions::default()
+        })
+        .ingress(|ingress| ingress.publish_concurrency = 1)
+        .database()
+        .start()
+        .await;
+    let (queue, ingress) = (stack.queue(), stack.ingress());
     let posts = (0..N).map(|i| ingress.post(kind(i), to_number(i, NUMBERS)));
     let mut ids: Vec<Uuid> = Vec::with_capacity(N);
     for response in futures_util::future::join_all(posts).await {
@@ -102,14 +97,14 @@ async fn a_fifo_queue_keeps_one_numbers_webhooks_in_one_group() {
     }
 
     // Back visible after a second; a worker stores each once.
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    assert_each_once(&db.client().await, &ids).await;
+    stack.start_worker().await;
+    assert_each_once(&stack.client().await, &ids).await;
     wait::until_true("the queue to be empty", WAIT, || async {
-        queue.counts().await == (0, 0)
+        stack.queue().counts().await == (0, 0)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_worker().await.expect("the worker stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }
 
 /// A call that is not full waits `CORRAL_SQS_LINGER_MS` for more: two
@@ -117,10 +112,12 @@ async fn a_fifo_queue_keeps_one_numbers_webhooks_in_one_group() {
 /// request counter (what SQS bills) says so.
 #[tokio::test]
 async fn lingering_sends_webhooks_posted_apart_in_one_request() {
-    let queue = TestQueue::new().await;
-    let mut settings = config::ingress_sqs(&queue, TOKEN);
-    settings.sqs_linger_ms = 2_000;
-    let ingress = RunningIngress::start(settings).await;
+    let mut stack = Stack::builder()
+        .sqs()
+        .ingress(|ingress| ingress.sqs_linger_ms = 2_000)
+        .start()
+        .await;
+    let (queue, ingress) = (stack.queue(), stack.ingress());
     let sends = r#"corral_sqs_requests_total{operation="SendMessageBatch"}"#;
     assert_eq!(ingress.metrics().await.get(sends), 0.0);
 
@@ -153,5 +150,5 @@ async fn lingering_sends_webhooks_posted_apart_in_one_request() {
         "billed SendMessageBatch requests"
     );
     assert_eq!(queue.counts().await, (1, 0));
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }

@@ -1,11 +1,10 @@
 //! Ingress and worker over SQS: what is answered 200 is one row.
 
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    config,
-    database::TestDatabase,
+    apps::TOKEN,
     process::{Process, ProcessConfig},
-    sqs::{ENDPOINT, TestQueue},
+    sqs::ENDPOINT,
+    stack::Stack,
     wait,
 };
 use uuid::Uuid;
@@ -18,14 +17,15 @@ use crate::ingress::helpers::accepted;
 #[tokio::test]
 async fn webhooks_through_sqs_are_each_one_row_and_share_messages() {
     const N: usize = 120;
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::new().await;
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
-    // One SendMessageBatch at a time: whatever arrives meanwhile waits and
-    // leaves with the next one.
-    ingress.publish_concurrency = 1;
-    let ingress = RunningIngress::start(ingress).await;
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
+    let mut stack = Stack::builder()
+        .sqs()
+        // One SendMessageBatch at a time: whatever arrives meanwhile waits and
+        // leaves with the next one.
+        .ingress(|ingress| ingress.publish_concurrency = 1)
+        .with_worker()
+        .start()
+        .await;
+    let (queue, ingress, worker) = (stack.queue(), stack.ingress(), stack.worker());
 
     let posts = (0..N).map(|i| ingress.post(kind(i), webhook(i)));
     let mut ids: Vec<Uuid> = Vec::with_capacity(N);
@@ -33,7 +33,7 @@ async fn webhooks_through_sqs_are_each_one_row_and_share_messages() {
         ids.push(accepted(response).await);
     }
 
-    let client = db.client().await;
+    let client = stack.client().await;
     assert_each_once(&client, &ids).await;
     let metrics = ingress.metrics().await;
     let messages = metrics.get("corral_ingress_publish_batch_size_count");
@@ -53,8 +53,8 @@ async fn webhooks_through_sqs_are_each_one_row_and_share_messages() {
         queue.counts().await == (0, 0)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_worker().await.expect("the worker stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }
 
 /// Both binaries as processes, configured by the environment alone
@@ -62,8 +62,8 @@ async fn webhooks_through_sqs_are_each_one_row_and_share_messages() {
 #[tokio::test]
 async fn both_processes_configured_by_the_environment_use_sqs() {
     const N: usize = 40;
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::new().await;
+    let stack = Stack::builder().sqs().database().start().await;
+    let (queue, db) = (stack.queue(), stack.db());
     let ingress =
         Process::start(ProcessConfig::ingress("corral-unused", TOKEN).sqs(&queue.url, ENDPOINT))
             .await;

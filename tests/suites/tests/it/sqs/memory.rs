@@ -3,10 +3,7 @@
 use std::{sync::Mutex, time::Duration};
 
 use corral_shared::envelope::{self, Kind};
-use corral_testkit::{
-    apps::RunningWorker, config, database::TestDatabase, fixtures::DeliveryStatus, sqs::TestQueue,
-    wait,
-};
+use corral_testkit::{fixtures::DeliveryStatus, sqs::TestQueue, stack::Stack, wait};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -23,8 +20,16 @@ const BUDGET: u64 = 4 * 1024 * 1024;
 /// them; once the lock is gone every webhook is stored once.
 #[tokio::test]
 async fn behind_a_locked_table_the_worker_receives_no_more_than_its_byte_budget() {
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::migrated().await;
+    let mut stack = Stack::builder()
+        .sqs()
+        .migrated()
+        .worker_settings(|worker| {
+            worker.sqs_wait_secs = 1;
+            worker.max_in_hand_bytes = Some(BUDGET);
+        })
+        .start()
+        .await;
+    let queue = stack.queue();
     let foreign_id = "f".repeat(3_500);
     let mut ids = Vec::new();
     let mut message_bytes = 0;
@@ -48,16 +53,13 @@ async fn behind_a_locked_table_the_worker_receives_no_more_than_its_byte_budget(
         ids.extend(packing.iter().map(|p| p.id));
     }
 
-    let locker = db.client().await;
+    let locker = stack.client().await;
     locker
         .batch_execute("BEGIN; LOCK TABLE delivery_events IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("locking delivery_events");
-    let mut settings = config::worker_sqs(&db.url, &queue);
-    settings.sqs_wait_secs = 1;
-    settings.max_in_hand_bytes = Some(BUDGET);
-    let worker = RunningWorker::start(settings).await;
-    let in_flight = in_flight_when_settled(&queue).await;
+    stack.start_worker().await;
+    let in_flight = in_flight_when_settled(stack.queue()).await;
     eprintln!("in flight: {in_flight} messages of {message_bytes} bytes");
     assert!(
         in_flight * message_bytes <= BUDGET,
@@ -68,13 +70,13 @@ async fn behind_a_locked_table_the_worker_receives_no_more_than_its_byte_budget(
         .await
         .expect("releasing the lock");
 
-    let client = db.client().await;
+    let client = stack.client().await;
     assert_each_once(&client, &ids).await;
     wait::until_true("the queue to be empty", WAIT, || async {
-        queue.counts().await == (0, 0)
+        stack.queue().counts().await == (0, 0)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
+    stack.stop_worker().await.expect("the worker stops");
 }
 
 /// Messages in flight once their count has not moved for 3 s.

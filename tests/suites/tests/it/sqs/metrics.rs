@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use corral_testkit::{
     apps::RunningWorker,
-    config,
-    database::TestDatabase,
     process::free_port,
     sqs::{QueueOptions, TestQueue},
+    stack::Stack,
     wait,
 };
 
@@ -29,11 +28,12 @@ const OLDEST: &str = "corral_worker_sqs_oldest_received_seconds";
 /// nothing) exports each count exactly.
 #[tokio::test]
 async fn the_worker_exports_the_message_counts_of_the_queue_and_its_dead_letter_queue() {
-    let queue = TestQueue::new().await;
-    send_message(&queue, 0, 1).await;
+    let stack = Stack::builder().sqs().start().await;
+    let queue = stack.queue();
+    send_message(queue, 0, 1).await;
     assert_eq!(queue.take_and_hold(Duration::from_secs(300)).await.len(), 1);
     for n in 0..4 {
-        send_message(&queue, 10 + n, 2).await;
+        send_message(queue, 10 + n, 2).await;
     }
     let bodies: Vec<String> = (20..23).map(super::webhook).collect();
     for body in &bodies {
@@ -46,11 +46,13 @@ async fn the_worker_exports_the_message_counts_of_the_queue_and_its_dead_letter_
         queue.send_delayed(&packing, 900).await;
     }
     for _ in 0..2 {
-        send_dead_letter(&queue).await;
+        send_dead_letter(queue).await;
     }
 
     let unreachable = format!("postgres://postgres@127.0.0.1:{}/corral", free_port());
-    let worker = RunningWorker::start_unready(config::worker_sqs(&unreachable, &queue)).await;
+    let mut config = stack.worker_config();
+    config.db.database_url = unreachable;
+    let worker = RunningWorker::start_unready(config).await;
     let want = [
         (messages("main", "visible"), 4.0),
         (messages("main", "in_flight"), 1.0),
@@ -81,17 +83,20 @@ async fn the_worker_exports_the_message_counts_of_the_queue_and_its_dead_letter_
 /// in the next measurement with at least the time it waited.
 #[tokio::test]
 async fn the_oldest_received_message_shows_how_long_it_waited() {
-    let queue = TestQueue::with(QueueOptions {
-        visibility_secs: 3,
-        ..QueueOptions::default()
-    })
-    .await;
-    let db = TestDatabase::new().await;
-    let ids = send_message(&queue, 0, 2).await;
+    let mut stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            visibility_secs: 3,
+            ..QueueOptions::default()
+        })
+        .database()
+        .start()
+        .await;
+    let ids = send_message(stack.queue(), 0, 2).await;
     // Another consumer holds it for 3 s first: it waits at least that long.
-    assert_eq!(queue.take_and_hold(Duration::from_secs(3)).await.len(), 1);
-    let worker = RunningWorker::start(config::worker_sqs(&db.url, &queue)).await;
-    let client = db.client().await;
+    let held = stack.queue().take_and_hold(Duration::from_secs(3)).await;
+    assert_eq!(held.len(), 1);
+    stack.start_worker().await;
+    let (worker, client) = (stack.worker(), stack.client().await);
     assert_each_once(&client, &ids).await;
     let waited = wait::until("the next measurement", MEASURED, || async {
         let seconds = worker.metrics().await.get(OLDEST);
@@ -102,7 +107,7 @@ async fn the_oldest_received_message_shows_how_long_it_waited() {
         (3.0..20.0).contains(&waited),
         "the message waited about 3 s; measured {waited}"
     );
-    worker.stop().await.expect("the worker stops");
+    stack.stop_worker().await.expect("the worker stops");
 }
 
 async fn send_dead_letter(queue: &TestQueue) {

@@ -3,13 +3,11 @@
 
 use corral_shared::telemetry::labels::SpoolCause;
 use corral_testkit::{
-    apps::{RunningIngress, RunningWorker, TOKEN},
-    config,
-    database::TestDatabase,
+    apps::RunningIngress,
     fixtures,
     process::free_port,
-    proxy::TcpProxy,
-    sqs::{ENDPOINT, QueueOptions, TestQueue},
+    sqs::QueueOptions,
+    stack::{Stack, Via},
     wait,
 };
 
@@ -19,10 +17,12 @@ use crate::ingress::helpers::{RETRY_AFTER_SECS, accepted, publish_failures, unav
 /// No spool and no SQS: 503 with `Retry-After`, counted as unavailable.
 #[tokio::test]
 async fn without_a_spool_a_webhook_sqs_cannot_take_gets_503() {
-    let queue = TestQueue::new().await;
-    let mut config = config::ingress_sqs(&queue, TOKEN);
+    let stack = Stack::builder().sqs().start().await;
+    let mut config = stack.ingress_config();
     // Nothing listens there.
-    config.buffer = queue.settings_via(&format!("http://127.0.0.1:{}", free_port()));
+    config.buffer = stack
+        .queue()
+        .settings_via(&format!("http://127.0.0.1:{}", free_port()));
     config.retry_after_secs = RETRY_AFTER_SECS;
     let ingress = RunningIngress::start_unready(config).await;
     ingress.wait_ready(false).await;
@@ -41,14 +41,15 @@ async fn without_a_spool_a_webhook_sqs_cannot_take_gets_503() {
 /// webhook that fits is taken.
 #[tokio::test]
 async fn a_call_sqs_refuses_refuses_its_webhooks_and_not_the_next() {
-    let queue = TestQueue::with(QueueOptions {
-        maximum_message_size: 2_048,
-        ..QueueOptions::default()
-    })
-    .await;
-    let mut config = config::ingress_sqs(&queue, TOKEN);
-    config.retry_after_secs = RETRY_AFTER_SECS;
-    let ingress = RunningIngress::start(config).await;
+    let mut stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            maximum_message_size: 2_048,
+            ..QueueOptions::default()
+        })
+        .ingress(|ingress| ingress.retry_after_secs = RETRY_AFTER_SECS)
+        .start()
+        .await;
+    let ingress = stack.ingress();
 
     let large = fixtures::delivery_status(&"x".repeat(4_000), "2026-11-27T05:24:31.000Z", "", "o");
     unavailable(ingress.post("sms", large).await).await;
@@ -56,28 +57,21 @@ async fn a_call_sqs_refuses_refuses_its_webhooks_and_not_the_next() {
     assert_eq!(publish_failures(&metrics, "nack"), 1.0);
     assert_eq!(publish_failures(&metrics, "unavailable"), 0.0);
     accepted(ingress.post("sms", webhook(0)).await).await;
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }
 
 /// SQS cut while ingress runs: webhooks are spooled and answered 200, and a
 /// worker stores what went through SQS and what was spooled, each once.
 #[tokio::test]
 async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
-    let queue = TestQueue::new().await;
-    let db = TestDatabase::migrated().await;
-    let writer = db.spool_writer().await;
-    let proxy = TcpProxy::start(
-        ENDPOINT
-            .trim_start_matches("http://")
-            .parse()
-            .expect("address"),
-    )
-    .await;
-    let mut config = config::ingress_sqs(&queue, TOKEN);
-    config.buffer = queue.settings_via(&format!("http://{}", proxy.addr()));
-    config.spool_database_url = Some(writer.url.clone());
-    config.publish_timeout_ms = 3_000;
-    let ingress = RunningIngress::start(config).await;
+    let mut stack = Stack::builder()
+        .sqs_proxy(Via::Ingress)
+        .spool()
+        .ingress(|ingress| ingress.publish_timeout_ms = 3_000)
+        .worker_settings(|worker| worker.spool.spool_poll_ms = 50)
+        .start()
+        .await;
+    let (ingress, proxy) = (stack.ingress(), stack.sqs_proxy());
 
     let mut ids = vec![accepted(ingress.post("sms", webhook(0)).await).await];
     proxy.cut();
@@ -91,10 +85,8 @@ async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
     );
     assert_eq!(ingress.metrics().await.get(&spooled), 5.0);
 
-    let mut worker = config::worker_sqs(&db.url, &queue);
-    worker.spool.spool_poll_ms = 50;
-    let worker = RunningWorker::start(worker).await;
-    let client = db.client().await;
+    stack.start_worker().await;
+    let client = stack.client().await;
     assert_each_once(&client, &ids).await;
     wait::until_true("the spool to be drained", WAIT, || async {
         client
@@ -104,6 +96,6 @@ async fn with_a_spool_webhooks_sqs_cannot_take_are_spooled_then_stored_once() {
             .unwrap_or(false)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_worker().await.expect("the worker stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }

@@ -7,11 +7,9 @@ use clap::Parser as _;
 use corral_ingress::config::IngressConfig;
 use corral_shared::config::BufferKind;
 use corral_testkit::{
-    apps::TOKEN,
-    config,
-    database::TestDatabase,
     process::{Process, ProcessConfig},
-    sqs::{ENDPOINT, TestQueue},
+    sqs::ENDPOINT,
+    stack::Stack,
 };
 use corral_worker::commands::Cli;
 use tokio_util::sync::CancellationToken;
@@ -58,23 +56,22 @@ fn out_of_range_values_are_refused_when_parsed() {
 
 #[tokio::test]
 async fn a_missing_or_malformed_queue_url_stops_both_binaries() {
-    let db = TestDatabase::new().await;
-    let queue = TestQueue::new().await;
+    let stack = Stack::builder().sqs().database().start().await;
     for url in [
         None,
         Some("sqs.us-east-1.amazonaws.com/1/q"),
         Some("https://host"),
     ] {
-        let mut ingress = config::ingress_sqs(&queue, TOKEN);
+        let mut ingress = stack.ingress_config();
         ingress.buffer.sqs_queue_url = url.map(str::to_owned);
         let err = ingress_error(ingress);
         assert!(err.contains("CORRAL_SQS_QUEUE_URL"), "{url:?}: {err}");
-        let mut worker = config::worker_sqs(&db.url, &queue);
+        let mut worker = stack.worker_config();
         worker.buffer.sqs_queue_url = url.map(str::to_owned);
         let err = worker_error(worker);
         assert!(err.contains("CORRAL_SQS_QUEUE_URL"), "{url:?}: {err}");
     }
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    let mut ingress = stack.ingress_config();
     ingress.buffer.sqs_endpoint_url = Some("127.0.0.1:4566".into());
     let err = ingress_error(ingress);
     assert!(err.contains("CORRAL_SQS_ENDPOINT_URL"), "{err}");
@@ -82,8 +79,8 @@ async fn a_missing_or_malformed_queue_url_stops_both_binaries() {
 
 #[tokio::test]
 async fn a_body_that_cannot_fit_a_message_stops_the_ingress() {
-    let queue = TestQueue::new().await;
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    let stack = Stack::builder().sqs().start().await;
+    let mut ingress = stack.ingress_config();
     ingress.sqs_max_message_bytes = 4096;
     let err = ingress_error(ingress);
     assert!(
@@ -94,15 +91,15 @@ async fn a_body_that_cannot_fit_a_message_stops_the_ingress() {
 
 #[tokio::test]
 async fn a_linger_past_the_spool_or_the_deadline_stops_the_ingress() {
-    let queue = TestQueue::new().await;
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    let stack = Stack::builder().sqs().start().await;
+    let mut ingress = stack.ingress_config();
     ingress.sqs_linger_ms = ingress.publish_timeout_ms;
     let err = ingress_error(ingress);
     assert!(
         err.contains("CORRAL_SQS_LINGER_MS") && err.contains("CORRAL_PUBLISH_TIMEOUT_MS"),
         "{err}"
     );
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    let mut ingress = stack.ingress_config();
     ingress.spool_database_url = Some("postgres://nowhere/spool".into());
     ingress.spool_after_ms = 40;
     let err = ingress_error(ingress);
@@ -114,17 +111,16 @@ async fn a_linger_past_the_spool_or_the_deadline_stops_the_ingress() {
 
 #[tokio::test]
 async fn a_queue_sqs_does_not_know_stops_both_binaries() {
-    let db = TestDatabase::new().await;
-    let queue = TestQueue::new().await;
-    let missing = format!("{}-missing", queue.url);
-    let mut ingress = config::ingress_sqs(&queue, TOKEN);
+    let stack = Stack::builder().sqs().database().start().await;
+    let missing = format!("{}-missing", stack.queue().url);
+    let mut ingress = stack.ingress_config();
     ingress.buffer.sqs_queue_url = Some(missing.clone());
     let err = ingress_error(ingress);
     assert!(
         err.contains("SQS refused") && err.contains(&missing),
         "{err}"
     );
-    let mut worker = config::worker_sqs(&db.url, &queue);
+    let mut worker = stack.worker_config();
     worker.buffer.sqs_queue_url = Some(missing.clone());
     let err = worker_error(worker);
     assert!(err.contains("SQS refused"), "{err}");
@@ -134,8 +130,8 @@ async fn a_queue_sqs_does_not_know_stops_both_binaries() {
 /// once and says what to set.
 #[tokio::test]
 async fn without_a_region_the_worker_process_stops_and_says_why() {
-    let db = TestDatabase::new().await;
-    let queue = TestQueue::new().await;
+    let stack = Stack::builder().sqs().database().start().await;
+    let (db, queue) = (stack.db(), stack.queue());
     let mut config = ProcessConfig::worker(&db.url, "corral-unused").sqs(&queue.url, ENDPOINT);
     config.env.remove("AWS_REGION");
     let config = config

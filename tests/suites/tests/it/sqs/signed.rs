@@ -5,12 +5,7 @@
 use std::time::Duration;
 
 use corral_shared::envelope::{Kind, batch};
-use corral_testkit::{
-    apps::{RunningIngress, TOKEN},
-    config,
-    sqs::TestQueue,
-    wait,
-};
+use corral_testkit::{stack::Stack, wait};
 
 use super::WAIT;
 use crate::ingress::{
@@ -20,12 +15,14 @@ use crate::ingress::{
 
 #[tokio::test]
 async fn a_signed_delivery_travels_through_sqs_as_kind_event() {
-    let queue = TestQueue::new().await;
-    let mut config = config::ingress_sqs(&queue, TOKEN);
-    config.signing.secrets = vec![SECRET.into()];
-    let ingress = RunningIngress::start(config).await;
+    let mut stack = Stack::builder()
+        .sqs()
+        .ingress(|ingress| ingress.signing.secrets = vec![SECRET.into()])
+        .start()
+        .await;
+    let (queue, ingress) = (stack.queue(), stack.ingress());
     let delivery = Delivery::new(SECRET, fresh_event());
-    let id = accepted(send(delivery.request(&ingress)).await).await;
+    let id = accepted(send(delivery.request(ingress)).await).await;
 
     let messages = wait::until("the message in the queue", WAIT, || async {
         let held = queue.take_and_hold(Duration::from_secs(30)).await;
@@ -46,5 +43,5 @@ async fn a_signed_delivery_travels_through_sqs_as_kind_event() {
         (webhook.id, webhook.kind, &*webhook.body),
         (id, Kind::Event, delivery.body.as_slice())
     );
-    ingress.stop().await.expect("the ingress stops");
+    stack.stop_ingress().await.expect("the ingress stops");
 }

@@ -5,54 +5,49 @@
 use std::time::Duration;
 
 use corral_testkit::{
-    apps::RunningWorker,
-    config,
-    database::TestDatabase,
-    proxy::TcpProxy,
-    sqs::{ENDPOINT, QueueOptions, TestQueue},
+    sqs::QueueOptions,
+    stack::{Stack, StackBuilder, Via},
     wait,
 };
 use corral_worker::config::WorkerConfig;
 
 use super::{WAIT, assert_each_once, send_message};
-use crate::worker::helpers::{DUPLICATE, EVENTS, STORED, count, postgres_proxy, settled};
+use crate::worker::helpers::{DUPLICATE, EVENTS, STORED, count, settled};
 
 const ACK_FAILURES: &str = "corral_worker_ack_failures_total";
 const IN_HAND: &str = "corral_worker_messages_in_hand";
 
 /// A queue whose messages come back two seconds after a receive.
-async fn short_visibility_queue() -> TestQueue {
-    TestQueue::with(QueueOptions {
+fn short_visibility_queue(stack: StackBuilder) -> StackBuilder {
+    stack.sqs_with(QueueOptions {
         visibility_secs: 2,
         ..QueueOptions::default()
     })
-    .await
 }
 
-/// A worker on `queue` that polls briefly, extends to two seconds, and
-/// retries fast.
-fn worker(database_url: &str, queue: &TestQueue) -> WorkerConfig {
-    let mut config = config::worker_sqs(database_url, queue);
+/// A worker that polls briefly, extends to two seconds, and retries fast.
+fn worker(config: &mut WorkerConfig) {
     config.sqs_wait_secs = 1;
     config.sqs_visibility_secs = 2;
     config.db.db_timeout_ms = 1_000;
     config.db.db_retry_max_ms = 300;
     config.amqp.reconnect_max_ms = 300;
-    config
 }
 
 /// Another consumer took the message and stalled: the worker gets it only
 /// once its visibility timeout has run out, and stores it once.
 #[tokio::test]
 async fn a_message_a_stalled_consumer_held_comes_back_and_is_stored_once() {
-    let queue = short_visibility_queue().await;
-    let db = TestDatabase::new().await;
-    let ids = send_message(&queue, 0, 3).await;
-    let held = queue.take_and_hold(Duration::from_secs(3)).await;
+    let mut stack = short_visibility_queue(Stack::builder())
+        .worker_settings(worker)
+        .start()
+        .await;
+    let ids = send_message(stack.queue(), 0, 3).await;
+    let held = stack.queue().take_and_hold(Duration::from_secs(3)).await;
     assert_eq!(held.len(), 1, "the stalled consumer holds the message");
 
-    let worker = RunningWorker::start(worker(&db.url, &queue)).await;
-    let client = db.client().await;
+    stack.start_worker().await;
+    let (queue, worker, client) = (stack.queue(), stack.worker(), stack.client().await);
     wait::holds(
         "nothing stored while the other consumer holds the message",
         Duration::from_millis(1_500),
@@ -65,12 +60,12 @@ async fn a_message_a_stalled_consumer_held_comes_back_and_is_stored_once() {
     )
     .await;
     assert_each_once(&client, &ids).await;
-    settled(&worker, STORED, 3.0).await;
+    settled(worker, STORED, 3.0).await;
     wait::until_true("the queue to be empty", WAIT, || async {
         queue.counts().await == (0, 0)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
+    stack.stop_worker().await.expect("the worker stops");
 }
 
 /// The worker commits a message but SQS is cut before the delete: the
@@ -78,23 +73,18 @@ async fn a_message_a_stalled_consumer_held_comes_back_and_is_stored_once() {
 /// timeout runs out, and its webhooks count as duplicates, stored once.
 #[tokio::test]
 async fn a_committed_message_sqs_did_not_delete_comes_back_as_duplicates() {
-    let queue = short_visibility_queue().await;
-    let db = TestDatabase::new().await;
-    let (database, database_url) = postgres_proxy(&db).await;
-    let sqs = TcpProxy::start(
-        ENDPOINT
-            .trim_start_matches("http://")
-            .parse()
-            .expect("address"),
-    )
-    .await;
-    let mut config = worker(&database_url, &queue);
-    config.buffer = queue.settings_via(&format!("http://{}", sqs.addr()));
-    let worker = RunningWorker::start(config).await;
+    let mut stack = short_visibility_queue(Stack::builder())
+        .sqs_proxy(Via::Worker)
+        .db_proxy()
+        .worker(worker)
+        .start()
+        .await;
+    let (queue, worker) = (stack.queue(), stack.worker());
+    let (database, sqs) = (stack.db_proxy(), stack.sqs_proxy());
 
     // The database stalls: the worker holds the message, extending it.
     database.blackhole();
-    let ids = send_message(&queue, 0, 3).await;
+    let ids = send_message(queue, 0, 3).await;
     wait::until_true("the worker to hold the message", WAIT, || async {
         worker.metrics().await.get(IN_HAND) >= 1.0
     })
@@ -119,17 +109,17 @@ async fn a_committed_message_sqs_did_not_delete_comes_back_as_duplicates() {
         worker.metrics().await.get(ACK_FAILURES) >= 1.0
     })
     .await;
-    let client = db.client().await;
+    let client = stack.client().await;
     assert_each_once(&client, &ids).await;
 
     sqs.restore();
-    settled(&worker, DUPLICATE, 3.0).await;
+    settled(worker, DUPLICATE, 3.0).await;
     assert_each_once(&client, &ids).await;
     wait::until_true("the queue to be empty", WAIT, || async {
         queue.counts().await == (0, 0)
     })
     .await;
-    worker.stop().await.expect("the worker stops");
+    stack.stop_worker().await.expect("the worker stops");
 }
 
 /// A message received again and again and never deleted — consumers that
@@ -137,13 +127,17 @@ async fn a_committed_message_sqs_did_not_delete_comes_back_as_duplicates() {
 /// policy's `maxReceiveCount`, and no worker stores it.
 #[tokio::test]
 async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue() {
-    let queue = TestQueue::with(QueueOptions {
-        visibility_secs: 1,
-        max_receive_count: 2,
-        ..QueueOptions::default()
-    })
-    .await;
-    send_message(&queue, 0, 2).await;
+    let mut stack = Stack::builder()
+        .sqs_with(QueueOptions {
+            visibility_secs: 1,
+            max_receive_count: 2,
+            ..QueueOptions::default()
+        })
+        .worker_settings(worker)
+        .start()
+        .await;
+    let queue = stack.queue();
+    send_message(queue, 0, 2).await;
     for receive in 1..=2 {
         let held = wait::until(&format!("receive {receive}"), WAIT, || async {
             let held = queue.take_and_hold(Duration::from_secs(1)).await;
@@ -161,9 +155,8 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue() {
     .await;
     assert_eq!(dead.len(), 1);
 
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(worker(&db.url, &queue)).await;
-    let client = db.client().await;
+    stack.start_worker().await;
+    let client = stack.client().await;
     wait::holds(
         "the worker stores nothing",
         Duration::from_secs(2),
@@ -175,5 +168,5 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue() {
         },
     )
     .await;
-    worker.stop().await.expect("the worker stops");
+    stack.stop_worker().await.expect("the worker stops");
 }

@@ -4,7 +4,9 @@
 
 use clap::Parser;
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures};
+use corral_testkit::{
+    apps::RunningWorker, config::short_waits, database::TestDatabase, fixtures, stack::Stack,
+};
 use corral_worker::{
     commands::{
         Cli, Command,
@@ -56,9 +58,13 @@ async fn report(config: &WorkerConfig, args: &[&str]) -> Result<String, String> 
 
 #[tokio::test]
 async fn the_report_shows_exact_sums_over_whole_hours() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let mut settings = config(&db.url, broker.prefix());
+    let stack = Stack::builder()
+        .database()
+        .worker_settings(short_waits)
+        .start()
+        .await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let mut settings = stack.worker_config();
     // The round at start finds nothing; the test rolls up itself.
     settings.summary.summary_rollup_ms = 3_600_000;
     let worker = RunningWorker::start(settings.clone()).await;
@@ -115,10 +121,10 @@ async fn the_report_shows_exact_sums_over_whole_hours() {
         ),
     ];
     for (routing_key, body) in &sent {
-        send(&broker, routing_key, body).await;
+        send(broker, routing_key, body).await;
     }
     // A resend of a1: stored once, counted once.
-    send(&broker, sms, &sent[0].1).await;
+    send(broker, sms, &sent[0].1).await;
     let client = db.client().await;
     settled(&worker, STORED, 8.0).await;
     settled(&worker, DUPLICATE, 1.0).await;

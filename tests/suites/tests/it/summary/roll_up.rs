@@ -11,13 +11,13 @@ use std::sync::{
 
 use corral_shared::envelope::Kind;
 use corral_testkit::{
-    apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures, wait,
+    apps::RunningWorker, config::short_waits, database::TestDatabase, fixtures, stack::Stack, wait,
 };
 use corral_worker::summary::{self, RolledUp};
 use tokio_postgres::{Client, GenericClient};
 
 use super::{Totals, event_totals, rows, summary_totals};
-use crate::worker::helpers::{EVENTS, WAIT, config, send, valid, wait_count};
+use crate::worker::helpers::{EVENTS, WAIT, send, valid, wait_count};
 
 /// Appends one change row as a batch does.
 async fn change(client: &impl GenericClient, hour: &str, reason: &str, cost: &str) {
@@ -41,13 +41,17 @@ async fn roll_up(client: &mut Client) -> RolledUp {
 
 #[tokio::test]
 async fn the_worker_rolls_the_summary_up_on_its_own() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let mut settings = config(&db.url, broker.prefix());
+    let stack = Stack::builder()
+        .database()
+        .worker_settings(short_waits)
+        .start()
+        .await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let mut settings = stack.worker_config();
     settings.summary.summary_rollup_ms = 100;
     let worker = RunningWorker::start(settings).await;
     for reason in ["", "", fixtures::FAILURE_REASONS[0]] {
-        send(&broker, Kind::Sms.routing_key(), valid(reason).1).await;
+        send(broker, Kind::Sms.routing_key(), valid(reason).1).await;
     }
     let client = db.client().await;
     wait_count(&client, EVENTS, 3).await;

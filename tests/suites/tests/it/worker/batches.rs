@@ -7,7 +7,7 @@ use corral_shared::envelope::{
     self, Kind,
     batch::{self, Packing},
 };
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase};
+use corral_testkit::apps::RunningWorker;
 use uuid::Uuid;
 
 use super::helpers::*;
@@ -43,14 +43,12 @@ fn borrowed(webhooks: &[(Kind, Vec<u8>)]) -> Vec<(Kind, &[u8])> {
 
 #[tokio::test]
 async fn every_webhook_of_a_mixed_batch_is_stored_once_with_its_own_id_and_received_at() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (drop_ids, webhooks) = mixed();
-    let sent = send_batch(&broker, &borrowed(&webhooks)).await;
+    let sent = send_batch(broker, &borrowed(&webhooks)).await;
 
-    let metrics = settled(&worker, STORED, 4.0).await;
+    let metrics = settled(worker, STORED, 4.0).await;
     assert_each_stored_once(&client, &sent).await;
     for (s, drop_id) in sent.iter().zip(&drop_ids) {
         let row = client
@@ -78,22 +76,21 @@ async fn every_webhook_of_a_mixed_batch_is_stored_once_with_its_own_id_and_recei
     assert_eq!(metrics.get(BATCH_SIZE_SUM), 4.0);
     assert_eq!(metrics.get(END_TO_END_COUNT), 4.0);
     assert_eq!(metrics.get(IN_HAND), 0.0, "the message was acknowledged");
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
+    let broker = stack.broker();
     assert_eq!(broker.ready_count(&broker.queue()).await, 0);
 }
 
 #[tokio::test]
 async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_stored() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (_, first) = valid("");
     let (_, last) = valid("Opted out");
     // Whitespace around it, so it travels as `body_text`: kept byte for byte.
     let untypeable = b"\t{\"drop_id\":\"5c8eb7940a057a4ab0823e1c\",\"attempt_date\":\"17/03/2019 21:10\",\"status\":\"success\"}\n";
     let sent = send_batch(
-        &broker,
+        broker,
         &[
             (Kind::Sms, first.as_bytes()),
             (Kind::Rvm, &untypeable[..]),
@@ -102,7 +99,7 @@ async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_sto
     )
     .await;
 
-    let metrics = settled(&worker, QUARANTINED, 1.0).await;
+    let metrics = settled(worker, QUARANTINED, 1.0).await;
     assert_eq!(metrics.get(STORED), 2.0);
     assert_eq!(metrics.get(QUARANTINED), 1.0);
     assert_each_stored_once(&client, &[sent[0].clone(), sent[2].clone()]).await;
@@ -113,15 +110,13 @@ async fn one_untypeable_webhook_of_a_batch_is_quarantined_alone_and_the_rest_sto
     )
     .await;
     assert_eq!(count(&client, QUARANTINE).await, 1);
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
 
 #[tokio::test]
 async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowledged() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let at = now_micros();
 
     let malformed_id = Uuid::now_v7();
@@ -157,9 +152,9 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         )
         .await;
     // The queue keeps moving: an envelope-1 message behind them is stored.
-    let behind = send(&broker, Kind::Rvm.routing_key(), valid("").1).await;
+    let behind = send(broker, Kind::Rvm.routing_key(), valid("").1).await;
 
-    let metrics = settled(&worker, QUARANTINED, 2.0).await;
+    let metrics = settled(worker, QUARANTINED, 2.0).await;
     assert_each_stored_once(&client, &[behind]).await;
     assert_eq!(metrics.get(QUARANTINED), 2.0, "one row per whole message");
     // Neither message says when its webhooks came but by its `timestamp`.
@@ -208,7 +203,8 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     assert_eq!(received_at, seconds);
     assert_eq!(count(&client, QUARANTINE).await, 2);
 
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
+    let broker = stack.broker();
     assert_eq!(
         broker.ready_count(&broker.queue()).await,
         0,
@@ -224,21 +220,19 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
 
 #[tokio::test]
 async fn a_batch_delivered_again_is_stored_once_and_counted_as_duplicates() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     let (_, webhooks) = mixed();
-    let sent = send_batch(&broker, &borrowed(&webhooks)).await;
-    settled(&worker, STORED, 4.0).await;
+    let sent = send_batch(broker, &borrowed(&webhooks)).await;
+    settled(worker, STORED, 4.0).await;
 
     // What a lost ack brings back: the same webhooks, in a message of its own.
-    publish_batch(&broker, &sent).await;
-    let metrics = settled(&worker, DUPLICATE, 4.0).await;
+    publish_batch(broker, &sent).await;
+    let metrics = settled(worker, DUPLICATE, 4.0).await;
     assert_eq!(metrics.get(STORED), 4.0);
     assert_eq!(metrics.get(DUPLICATE), 4.0);
     assert_each_stored_once(&client, &sent).await;
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }
 
 /// `CORRAL_BATCH_MAX` counts webhooks, and a message is never split: with
@@ -246,12 +240,12 @@ async fn a_batch_delivered_again_is_stored_once_and_counted_as_duplicates() {
 /// webhooks is written at once, alone, as one transaction.
 #[tokio::test]
 async fn a_message_larger_than_the_batch_is_written_whole_at_once() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(batches_of(2, &db.url, broker.prefix())).await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let worker = RunningWorker::start(batches_of(2, stack.worker_config())).await;
     let client = db.client().await;
     let (_, webhooks) = mixed();
-    let sent = send_batch(&broker, &borrowed(&webhooks[..3])).await;
+    let sent = send_batch(broker, &borrowed(&webhooks[..3])).await;
 
     let metrics = settled(&worker, STORED, 3.0).await;
     assert_each_stored_once(&client, &sent).await;
@@ -265,10 +259,10 @@ async fn a_message_larger_than_the_batch_is_written_whole_at_once() {
 /// rest wait in the queue; once it is back, every webhook is one row.
 #[tokio::test]
 async fn batches_are_acknowledged_only_once_every_webhook_is_committed() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let (pg, url) = postgres_proxy(&db).await;
-    let mut config = config(&url, broker.prefix());
+    let stack = worker_stack().db_proxy().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let pg = stack.db_proxy();
+    let mut config = stack.worker_config();
     config.prefetch = 2;
     config.batch_max = 2;
     config.db_writers = 2;
@@ -281,7 +275,7 @@ async fn batches_are_acknowledged_only_once_every_webhook_is_committed() {
     let mut sent = Vec::new();
     for _ in 0..3 {
         let (_, webhooks) = mixed();
-        sent.extend(send_batch(&broker, &borrowed(&webhooks[..2])).await);
+        sent.extend(send_batch(broker, &borrowed(&webhooks[..2])).await);
     }
     worker.wait_ready(false).await;
     let before = worker.metrics().await;

@@ -3,7 +3,7 @@
 //! the queue keeps moving.
 
 use corral_shared::{envelope::Kind, payload::MAX_DEPTH};
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase};
+use corral_testkit::apps::RunningWorker;
 
 use super::helpers::*;
 
@@ -20,24 +20,24 @@ fn nested_webhook(drop_id: &str, depth: usize) -> String {
 
 #[tokio::test]
 async fn a_payload_nested_far_past_the_cap_is_quarantined_and_the_next_one_stored() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let deep = send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         nested_webhook("deep-30000", 30_000),
     )
     .await;
     let at_cap = send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         nested_webhook("deep-at-cap", MAX_DEPTH),
     )
     .await;
     let (_, body) = valid("");
-    let normal = send(&broker, Kind::Rvm.routing_key(), body).await;
+    let normal = send(broker, Kind::Rvm.routing_key(), body).await;
     // All three in one batch: the deep one must not fail its neighbours.
-    let worker = RunningWorker::start(batches_of(3, &db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(batches_of(3, stack.worker_config())).await;
     let client = db.client().await;
     wait_count(&client, QUARANTINE, 1).await;
     wait_count(&client, EVENTS, 2).await;

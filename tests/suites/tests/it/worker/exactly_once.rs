@@ -4,9 +4,8 @@ use chrono::Utc;
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
-    broker::TestBroker,
-    database::TestDatabase,
     fixtures::{self, FAILURE_REASONS},
+    stack::Via,
     wait,
 };
 use uuid::Uuid;
@@ -15,15 +14,15 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn the_same_body_twice_is_one_row_and_counted_as_duplicate() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client;
     {
         // Twice in one batch: published before the worker starts, batches of 2.
         let (_, twin) = valid("");
-        let first = send(&broker, Kind::Sms.routing_key(), &twin).await;
-        let _second = send(&broker, Kind::Sms.routing_key(), &twin).await;
-        let worker = RunningWorker::start(batches_of(2, &db.url, broker.prefix())).await;
+        let first = send(broker, Kind::Sms.routing_key(), &twin).await;
+        let _second = send(broker, Kind::Sms.routing_key(), &twin).await;
+        let worker = RunningWorker::start(batches_of(2, stack.worker_config())).await;
         client = db.client().await;
         wait::until_true("the twin batch committed", WAIT, || async {
             worker.metrics().await.get(DUPLICATE) >= 1.0
@@ -38,12 +37,12 @@ async fn the_same_body_twice_is_one_row_and_counted_as_duplicate() {
 
     // In separate batches: a provider retry after the first was stored, then
     // the same webhook again with other formatting (keys reordered, spaces).
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let before = worker.metrics().await;
     let (drop_id, body) = valid("Opted out");
-    let first = send(&broker, Kind::Rvm.routing_key(), &body).await;
+    let first = send(broker, Kind::Rvm.routing_key(), &body).await;
     wait_count(&client, EVENTS, 2).await;
-    send(&broker, Kind::Rvm.routing_key(), &body).await;
+    send(broker, Kind::Rvm.routing_key(), &body).await;
     wait_metric(&worker, &before, DUPLICATE, 1.0).await;
     let value: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
     let mut fields: Vec<(String, serde_json::Value)> = value
@@ -63,7 +62,7 @@ async fn the_same_body_twice_is_one_row_and_counted_as_duplicate() {
     );
     // The money text is written as in the original, not through f64.
     assert!(reformatted.contains("0.0029"), "{reformatted}");
-    send(&broker, Kind::Rvm.routing_key(), &reformatted).await;
+    send(broker, Kind::Rvm.routing_key(), &reformatted).await;
     wait_metric(&worker, &before, DUPLICATE, 2.0).await;
 
     let after = worker.metrics().await;
@@ -89,19 +88,22 @@ async fn the_same_body_twice_is_one_row_and_counted_as_duplicate() {
 #[tokio::test]
 async fn a_batch_committed_but_never_acked_is_redelivered_as_duplicates() {
     const N: u32 = 6;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = worker_stack()
+        .migrated()
+        .amqp_proxy(Via::Worker)
+        .start()
+        .await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client = db.client().await;
     install_slow_commit(&client, 2.0).await;
-    let amqp = rabbitmq_proxy().await;
+    let amqp = stack.amqp_proxy();
 
     let mut sent = Vec::new();
     for i in 0..N {
         let (_, body) = valid(FAILURE_REASONS[i as usize]);
-        sent.push(send(&broker, Kind::Sms.routing_key(), &body).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), &body).await);
     }
-    let mut config = batches_of(N, &db.url, broker.prefix());
-    config.amqp.url = amqp.amqp_url();
+    let mut config = batches_of(N, stack.worker_config());
     // The statement timeout must outlast the trigger's sleep.
     config.db.db_timeout_ms = 5_000;
     let worker = RunningWorker::start_unready(config).await;
@@ -146,9 +148,9 @@ async fn competing_workers_store_each_webhook_once_and_the_newest_state() {
     use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
     const DROPS: usize = 25;
     const EVENTS_PER_DROP: usize = 4;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
-    let mut settings = config(&db.url, broker.prefix());
+    let stack = worker_stack().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let mut settings = stack.worker_config();
     settings.batch_max = 16;
     settings.batch_linger_ms = 10;
     let first = RunningWorker::start(settings.clone()).await;
@@ -166,7 +168,7 @@ async fn competing_workers_store_each_webhook_once_and_the_newest_state() {
     let mut deliveries: Vec<&String> = bodies.iter().chain(bodies.iter()).collect();
     deliveries.shuffle(&mut StdRng::seed_from_u64(seed));
     for body in deliveries {
-        send(&broker, Kind::Sms.routing_key(), body).await;
+        send(broker, Kind::Sms.routing_key(), body).await;
     }
 
     let client = db.client().await;

@@ -15,7 +15,7 @@ use corral_testkit::{
     database::TestDatabase,
     fixtures::{self},
     metrics::Metrics,
-    proxy::TcpProxy,
+    stack::{Stack, StackBuilder},
     wait,
 };
 use corral_worker::config::WorkerConfig;
@@ -42,19 +42,26 @@ pub(super) const CONNECTED: &str = r#"corral_broker_connect_attempts_total{outco
 /// Worker settings that keep every wait in these tests short.
 pub(crate) fn config(database_url: &str, prefix: &str) -> WorkerConfig {
     let mut config = config::worker(database_url, prefix);
-    config.batch_linger_ms = 50;
-    config.db.db_timeout_ms = 2_000;
-    config.db.db_retry_max_ms = 300;
-    config.shutdown_timeout_ms = 10_000;
-    config.amqp.reconnect_max_ms = 300;
-    config.amqp.connect_timeout_ms = 2_000;
+    config::short_waits(&mut config);
     config
 }
 
-/// A config whose batches close only at exactly `size` messages (the linger
-/// is far longer than any test), so a test decides what shares a batch.
-pub(super) fn batches_of(size: u32, database_url: &str, prefix: &str) -> WorkerConfig {
-    let mut config = config(database_url, prefix);
+/// What a worker test starts from: a database and a prefix of its own, and
+/// workers with [`config::short_waits`]; the test adds what differs.
+pub(crate) fn worker_stack() -> StackBuilder {
+    Stack::builder().worker_settings(config::short_waits)
+}
+
+/// `config` reaching the test's database directly, not through the stack's
+/// proxy (a worker started after the database "came back").
+pub(super) fn direct(mut config: WorkerConfig, db: &TestDatabase) -> WorkerConfig {
+    config.db.database_url = db.url.clone();
+    config
+}
+
+/// `config` with batches that close only at exactly `size` messages (the
+/// linger is far longer than any test), so a test decides what shares a batch.
+pub(super) fn batches_of(size: u32, mut config: WorkerConfig) -> WorkerConfig {
     config.batch_max = size;
     config.batch_linger_ms = 60_000;
     // A prefetch of CORRAL_PREFETCH messages, so that no share of a smaller
@@ -284,18 +291,6 @@ pub(crate) async fn wait_batch_in_flight(client: &Client, name: &str) {
         },
     )
     .await;
-}
-
-/// A proxy in front of the shared RabbitMQ.
-pub(super) async fn rabbitmq_proxy() -> TcpProxy {
-    TcpProxy::start("127.0.0.1:5672".parse().expect("address")).await
-}
-
-/// A proxy in front of the shared PostgreSQL, and `db`'s URL through it.
-pub(crate) async fn postgres_proxy(db: &TestDatabase) -> (TcpProxy, String) {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await;
-    let url = format!("postgres://postgres@{}/{}", proxy.addr(), db.name);
-    (proxy, url)
 }
 
 /// One `delivery_events` / `deliveries` row in comparable form: money as the

@@ -6,7 +6,6 @@ use std::{sync::Mutex, time::Duration};
 use corral_shared::envelope::{Kind, batch::Packing};
 use corral_testkit::{
     broker::TestBroker,
-    database::TestDatabase,
     fixtures::DeliveryStatus,
     process::{Process, ProcessConfig, workspace_root},
     wait,
@@ -14,7 +13,7 @@ use corral_testkit::{
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::helpers::{EVENTS, count, now_micros};
+use super::helpers::{EVENTS, count, now_micros, worker_stack};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -36,9 +35,9 @@ const LARGEST_MESSAGE: u64 = 256 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_locked_table_the_worker_holds_no_more_than_its_memory_limit_allows() {
     let limit = deployed_worker_memory_limit();
-    let db = TestDatabase::migrated().await;
-    let broker = TestBroker::new().await;
-    let (ids, message_bytes) = prefill(&broker).await;
+    let stack = worker_stack().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let (ids, message_bytes) = prefill(broker).await;
     assert!(
         message_bytes <= LARGEST_MESSAGE,
         "{message_bytes} bytes: a message ingress publishes is at most {LARGEST_MESSAGE}"
@@ -50,7 +49,7 @@ async fn behind_a_locked_table_the_worker_holds_no_more_than_its_memory_limit_al
         .await
         .expect("locking delivery_events");
     let worker = Process::start(ProcessConfig::worker(&db.url, broker.prefix())).await;
-    let taken = taken_when_settled(&broker).await;
+    let taken = taken_when_settled(broker).await;
     let held = worker.peak_rss_bytes().expect("the worker is running");
     eprintln!(
         "the worker took {taken} of {MESSAGES} messages ({} MiB) behind the lock; peak RSS {} MiB",

@@ -12,8 +12,8 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn deliveries_keep_the_newest_state_whatever_the_arrival_order() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let newer = "2026-11-27T10:00:00.500Z";
     let older = "2026-11-27T10:00:00.499Z";
     let body = |drop_id: &str, date: &str, reason: &str| {
@@ -22,14 +22,14 @@ async fn deliveries_keep_the_newest_state_whatever_the_arrival_order() {
 
     // Same batch, newest first: published before the worker starts, batches of 2.
     let same = "aaaaaaaaaaaaaaaaaaaaaa01";
-    let same_new = send(&broker, Kind::Sms.routing_key(), body(same, newer, "")).await;
+    let same_new = send(broker, Kind::Sms.routing_key(), body(same, newer, "")).await;
     send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         body(same, older, "Too Many"),
     )
     .await;
-    let mut config = config(&db.url, broker.prefix());
+    let mut config = stack.worker_config();
     config.batch_max = 2;
     config.batch_linger_ms = 300;
     let worker = RunningWorker::start(config).await;
@@ -46,11 +46,11 @@ async fn deliveries_keep_the_newest_state_whatever_the_arrival_order() {
 
     // Separate batches, newest first: the older must not overwrite it.
     let apart = "aaaaaaaaaaaaaaaaaaaaaa02";
-    let apart_new = send(&broker, Kind::Sms.routing_key(), body(apart, newer, "")).await;
+    let apart_new = send(broker, Kind::Sms.routing_key(), body(apart, newer, "")).await;
     wait_count(&client, EVENTS, 3).await;
     let (_, _, updated_at) = delivery(&client, apart).await;
     let apart_old = send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         body(apart, older, "No Funds"),
     )
@@ -74,13 +74,13 @@ async fn deliveries_keep_the_newest_state_whatever_the_arrival_order() {
     // And in order (oldest first, separate batches) the newer one does replace it.
     let forward = "aaaaaaaaaaaaaaaaaaaaaa03";
     send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         body(forward, older, "Internal DNC"),
     )
     .await;
     wait_count(&client, EVENTS, 5).await;
-    let forward_new = send(&broker, Kind::Sms.routing_key(), body(forward, newer, "")).await;
+    let forward_new = send(broker, Kind::Sms.routing_key(), body(forward, newer, "")).await;
     wait_count(&client, EVENTS, 6).await;
     let (state, state_event, _) = delivery(&client, forward).await;
     assert_eq!(
@@ -131,8 +131,8 @@ async fn send_received(
 /// one batch or in two — even when its fingerprint is the smaller one.
 #[tokio::test]
 async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let date = "2026-11-27T10:00:00.500Z";
     // The earlier one gets the greater fingerprint, so ordering by
     // fingerprint alone would keep it.
@@ -156,9 +156,9 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     // One batch: both published before the worker starts, batches of 2.
     let same = "aaaaaaaaaaaaaaaaaaaaaa11";
     let (earlier, later) = pair(same);
-    send_received(&broker, earlier, first_received).await;
-    let same_later = send_received(&broker, later, later_received).await;
-    let mut config = config(&db.url, broker.prefix());
+    send_received(broker, earlier, first_received).await;
+    let same_later = send_received(broker, later, later_received).await;
+    let mut config = stack.worker_config();
     config.batch_max = 2;
     config.batch_linger_ms = 300;
     let worker = RunningWorker::start(config).await;
@@ -169,22 +169,22 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     // Two batches: the correction arrives once the first is the state.
     let apart = "aaaaaaaaaaaaaaaaaaaaaa12";
     let (earlier, later) = pair(apart);
-    let apart_earlier = send_received(&broker, earlier, first_received).await;
+    let apart_earlier = send_received(broker, earlier, first_received).await;
     wait_count(&client, EVENTS, 3).await;
     assert_eq!(
         delivery(&client, apart).await.0.message_id,
         apart_earlier.id
     );
-    let apart_later = send_received(&broker, later, later_received).await;
+    let apart_later = send_received(broker, later, later_received).await;
     wait_count(&client, EVENTS, 4).await;
     assert_current(&client, apart, &apart_later).await;
 
     // And the earlier one, arriving after the correction, does not undo it.
     let back = "aaaaaaaaaaaaaaaaaaaaaa13";
     let (earlier, later) = pair(back);
-    let back_later = send_received(&broker, later, later_received).await;
+    let back_later = send_received(broker, later, later_received).await;
     wait_count(&client, EVENTS, 5).await;
-    send_received(&broker, earlier, first_received).await;
+    send_received(broker, earlier, first_received).await;
     wait_count(&client, EVENTS, 6).await;
     assert_eq!(delivery(&client, back).await.0.message_id, back_later.id);
     worker.stop().await.expect("the worker stops cleanly");

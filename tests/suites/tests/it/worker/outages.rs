@@ -1,13 +1,7 @@
 //! Database and broker outages lose nothing and ack nothing early.
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{
-    apps::RunningWorker,
-    broker::TestBroker,
-    database::{self, TestDatabase},
-    fixtures::FAILURE_REASONS,
-    wait,
-};
+use corral_testkit::{apps::RunningWorker, database, fixtures::FAILURE_REASONS, stack::Via, wait};
 
 use super::helpers::*;
 
@@ -18,10 +12,10 @@ use super::helpers::*;
 #[tokio::test]
 async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
     const PREFETCH: u16 = 5;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let (pg, url) = postgres_proxy(&db).await;
-    let mut config = config(&url, broker.prefix());
+    let stack = worker_stack().db_proxy().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let pg = stack.db_proxy();
+    let mut config = stack.worker_config();
     config.prefetch = PREFETCH;
     config.batch_max = u32::from(PREFETCH);
     config.db.db_timeout_ms = 1_000;
@@ -31,7 +25,7 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
     let mut sent = Vec::new();
 
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     wait_count(&client, EVENTS, 5).await;
 
@@ -39,7 +33,7 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
     for i in 0..15 {
         sent.push(
             send(
-                &broker,
+                broker,
                 Kind::Rvm.routing_key(),
                 valid(FAILURE_REASONS[i % 12]).1,
             )
@@ -59,7 +53,7 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
 
     pg.restore();
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("Too Many").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("Too Many").1).await);
     }
     worker.wait_ready(true).await;
     wait_count(&client, EVENTS, sent.len() as i64).await;
@@ -77,12 +71,12 @@ async fn a_database_outage_loses_nothing_and_acks_nothing_early() {
 #[tokio::test]
 async fn terminated_backends_and_refused_connections_lose_nothing() {
     const PREFETCH: u16 = 5;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = worker_stack().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client = db.client().await;
     let admin = database::connect(database::SERVER_URL).await;
     install_slow_commit(&client, 1.0).await;
-    let mut config = config(&db.url, broker.prefix());
+    let mut config = stack.worker_config();
     config.prefetch = PREFETCH;
     config.batch_max = u32::from(PREFETCH);
     let worker = RunningWorker::start(config).await;
@@ -90,7 +84,7 @@ async fn terminated_backends_and_refused_connections_lose_nothing() {
     let mut sent = Vec::new();
 
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     wait_batch_in_flight(&client, &db.name).await;
     admin
@@ -118,7 +112,7 @@ async fn terminated_backends_and_refused_connections_lose_nothing() {
 
     worker.wait_ready(false).await;
     for _ in 0..10 {
-        sent.push(send(&broker, Kind::Rvm.routing_key(), valid("Opted out").1).await);
+        sent.push(send(broker, Kind::Rvm.routing_key(), valid("Opted out").1).await);
     }
     let before = worker.metrics().await;
     wait_metric(&worker, &before, DB_TRANSIENT, 2.0).await;
@@ -148,11 +142,10 @@ async fn terminated_backends_and_refused_connections_lose_nothing() {
 
 #[tokio::test]
 async fn a_cut_broker_link_is_reconnected_and_consuming_resumes() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let amqp = rabbitmq_proxy().await;
-    let mut config = config(&db.url, broker.prefix());
-    config.amqp.url = amqp.amqp_url();
+    let stack = worker_stack().amqp_proxy(Via::Worker).start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let amqp = stack.amqp_proxy();
+    let config = stack.worker_config();
     let worker = RunningWorker::start(config).await;
     let before = worker.metrics().await;
     let client = db.client().await;
@@ -160,7 +153,7 @@ async fn a_cut_broker_link_is_reconnected_and_consuming_resumes() {
     let mut sent = Vec::new();
 
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     wait_count(&client, EVENTS, 5).await;
     settled(&worker, STORED, before.get(STORED) + 5.0).await;
@@ -169,7 +162,7 @@ async fn a_cut_broker_link_is_reconnected_and_consuming_resumes() {
     amqp.cut();
     worker.wait_ready(false).await;
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("No Funds").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("No Funds").1).await);
     }
     // At least the new five wait; an ack the cut caught in flight returns
     // its (committed) batch too, to be counted as duplicates later.
@@ -182,7 +175,7 @@ async fn a_cut_broker_link_is_reconnected_and_consuming_resumes() {
     // Connections dropped but new ones accepted: a second reconnect.
     amqp.drop_connections();
     for _ in 0..5 {
-        sent.push(send(&broker, Kind::Rvm.routing_key(), valid("Spam detected").1).await);
+        sent.push(send(broker, Kind::Rvm.routing_key(), valid("Spam detected").1).await);
     }
     wait_count(&client, EVENTS, 15).await;
     worker.wait_ready(true).await;
@@ -200,11 +193,10 @@ async fn a_cut_broker_link_is_reconnected_and_consuming_resumes() {
 /// the AMQP heartbeat notices, the worker reconnects by itself.
 #[tokio::test]
 async fn a_silent_broker_link_is_noticed_by_heartbeat() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let amqp = rabbitmq_proxy().await;
-    let mut config = config(&db.url, broker.prefix());
-    config.amqp.url = amqp.amqp_url();
+    let stack = worker_stack().amqp_proxy(Via::Worker).start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let amqp = stack.amqp_proxy();
+    let mut config = stack.worker_config();
     config.amqp.heartbeat_secs = 1;
     let worker = RunningWorker::start(config).await;
     let client = db.client().await;
@@ -214,7 +206,7 @@ async fn a_silent_broker_link_is_noticed_by_heartbeat() {
     // New connections pass again; the silent one stays dead for the worker.
     amqp.drop_connections();
     worker.wait_ready(true).await;
-    let sent = vec![send(&broker, Kind::Sms.routing_key(), valid("").1).await];
+    let sent = vec![send(broker, Kind::Sms.routing_key(), valid("").1).await];
     wait_count(&client, EVENTS, 1).await;
     assert_each_stored_once(&client, &sent).await;
     worker.stop().await.expect("the worker stops cleanly");
@@ -225,10 +217,8 @@ async fn a_silent_broker_link_is_noticed_by_heartbeat() {
 /// there, once, as if nothing had happened.
 #[tokio::test]
 async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_queue() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    let client = db.client().await;
+    let mut stack = worker_stack().with_worker().start().await;
+    let (broker, worker, client) = (stack.broker(), stack.worker(), stack.client().await);
     // Each of the worker's two consumers declares the whole topology when it
     // connects; unbinding before the unroutable queue's consumer has done so
     // would see the binding put back.
@@ -241,17 +231,17 @@ async fn webhooks_the_exchange_could_not_route_are_stored_from_the_unroutable_qu
     let mut sent = Vec::new();
     for reason in ["", "Opted out", "No Funds"] {
         let (_, body) = valid(reason);
-        sent.push(send(&broker, Kind::Sms.routing_key(), &body).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), &body).await);
     }
     wait_count(&client, EVENTS, 3).await;
     assert_each_stored_once(&client, &sent).await;
     let unroutable = "corral_worker_unroutable_total";
     assert_eq!(
-        settled(&worker, unroutable, 3.0).await.get(unroutable),
+        settled(worker, unroutable, 3.0).await.get(unroutable),
         3.0,
         "each message that came the unroutable way is counted for the alert"
     );
     assert_eq!(broker.ready_count(&broker.topology.queue()).await, 0);
     assert_eq!(broker.ready_count(&unroutable_queue).await, 0);
-    worker.stop().await.expect("the worker stops cleanly");
+    stack.stop_worker().await.expect("the worker stops cleanly");
 }

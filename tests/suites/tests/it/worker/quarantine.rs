@@ -8,8 +8,6 @@ use chrono::{DateTime, Utc};
 use corral_shared::envelope::{self, Kind};
 use corral_testkit::{
     apps::RunningWorker,
-    broker::TestBroker,
-    database::TestDatabase,
     fixtures::{self},
     wait,
 };
@@ -85,28 +83,21 @@ fn untypeable() -> Vec<Untypeable> {
 
 #[tokio::test]
 async fn untypeable_payloads_are_quarantined_byte_for_byte_and_their_batch_stored() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let cases = untypeable();
     // Valid webhooks first, between and last; one batch holds them all.
-    let mut good = vec![send(&broker, Kind::Sms.routing_key(), valid("").1).await];
+    let mut good = vec![send(broker, Kind::Sms.routing_key(), valid("").1).await];
     let mut bad = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        bad.push(send(&broker, case.routing_key, &case.body).await);
+        bad.push(send(broker, case.routing_key, &case.body).await);
         if i == cases.len() / 2 {
-            good.push(send(&broker, Kind::Rvm.routing_key(), valid("Spam detected").1).await);
+            good.push(send(broker, Kind::Rvm.routing_key(), valid("Spam detected").1).await);
         }
     }
-    good.push(
-        send(
-            &broker,
-            Kind::Sms.routing_key(),
-            valid("Message too long").1,
-        )
-        .await,
-    );
+    good.push(send(broker, Kind::Sms.routing_key(), valid("Message too long").1).await);
     let batch = (good.len() + bad.len()) as u32;
-    let worker = RunningWorker::start(batches_of(batch, &db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(batches_of(batch, stack.worker_config())).await;
     let client = db.client().await;
     wait_count(&client, QUARANTINE, cases.len() as i64).await;
     wait_count(&client, EVENTS, good.len() as i64).await;
@@ -126,9 +117,9 @@ async fn untypeable_payloads_are_quarantined_byte_for_byte_and_their_batch_store
 
     // The same untypeable body again is kept once and counted as a duplicate.
     worker.stop().await.expect("the worker stops cleanly");
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let before = worker.metrics().await;
-    send(&broker, cases[0].routing_key, &cases[0].body).await;
+    send(broker, cases[0].routing_key, &cases[0].body).await;
     wait_metric(&worker, &before, DUPLICATE, 1.0).await;
     assert_eq!(count(&client, QUARANTINE).await, cases.len() as i64);
     worker.stop().await.expect("the worker stops cleanly");
@@ -140,8 +131,8 @@ async fn untypeable_payloads_are_quarantined_byte_for_byte_and_their_batch_store
 /// PostgreSQL's own error, and every other message of the batch is stored.
 #[tokio::test]
 async fn rows_postgres_refuses_are_split_out_and_quarantined() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let refused = |drop_id: &str| {
         let body = fixtures::delivery_status(drop_id, "2026-11-27T05:24:31.000Z", "", "order-7");
         format!(
@@ -155,17 +146,17 @@ async fn rows_postgres_refuses_are_split_out_and_quarantined() {
         if i == 2 || i == 6 {
             bad.push(
                 send(
-                    &broker,
+                    broker,
                     Kind::Sms.routing_key(),
                     refused(&format!("bbbbbbbbbbbbbbbbbbbbbb0{i}")),
                 )
                 .await,
             );
         } else {
-            good.push(send(&broker, Kind::Sms.routing_key(), valid("Known Litigator").1).await);
+            good.push(send(broker, Kind::Sms.routing_key(), valid("Known Litigator").1).await);
         }
     }
-    let worker = RunningWorker::start(batches_of(8, &db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(batches_of(8, stack.worker_config())).await;
     let client = db.client().await;
     wait_count(&client, QUARANTINE, 2).await;
     wait_count(&client, EVENTS, 6).await;
@@ -196,11 +187,11 @@ async fn rows_postgres_refuses_are_split_out_and_quarantined() {
 /// if the database were down and was retried forever, blocking the queue.
 #[tokio::test]
 async fn a_routing_key_postgres_cannot_store_does_not_block_the_queue() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let odd = send(&broker, "dropcowboy.sms\0x", fixtures::SMS_SUCCESS).await;
-    let good = send(&broker, Kind::Sms.routing_key(), valid("").1).await;
-    let worker = RunningWorker::start(batches_of(2, &db.url, broker.prefix())).await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let odd = send(broker, "dropcowboy.sms\0x", fixtures::SMS_SUCCESS).await;
+    let good = send(broker, Kind::Sms.routing_key(), valid("").1).await;
+    let worker = RunningWorker::start(batches_of(2, stack.worker_config())).await;
     let client = db.client().await;
     wait_count(&client, QUARANTINE, 1).await;
     assert_each_stored_once(&client, &[good]).await;
@@ -247,8 +238,8 @@ fn envelope_entry(id: &str, kind: &str) -> Vec<u8> {
 /// batch failed as if the database were down and was retried forever.
 #[tokio::test]
 async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let at = now_micros();
     let poison = [
         envelope_entry(&Uuid::now_v7().to_string(), "\0"),
@@ -266,8 +257,8 @@ async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
             .await;
         ids.push(id);
     }
-    let good = send_batch(&broker, &[(Kind::Rvm, valid("").1.as_bytes())]).await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let good = send_batch(broker, &[(Kind::Rvm, valid("").1.as_bytes())]).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let client = db.client().await;
     wait::until_true(
         "both poison messages quarantined and the webhook stored",
@@ -316,8 +307,8 @@ async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
 /// webhooks of the same batch are stored as usual.
 #[tokio::test]
 async fn a_quarantine_row_postgresql_refuses_is_kept_in_its_last_resort_form() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = worker_stack().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client = db.client().await;
     client
         .batch_execute(
@@ -327,22 +318,22 @@ async fn a_quarantine_row_postgresql_refuses_is_kept_in_its_last_resort_form() {
         .await
         .expect("adding the test's constraint");
     let good = vec![
-        send(&broker, Kind::Sms.routing_key(), valid("").1).await,
-        send(&broker, Kind::Rvm.routing_key(), valid("Opted out").1).await,
+        send(broker, Kind::Sms.routing_key(), valid("").1).await,
+        send(broker, Kind::Rvm.routing_key(), valid("Opted out").1).await,
     ];
     let refused = send(
-        &broker,
+        broker,
         Kind::Sms.routing_key(),
         r#"{"drop_id":"d-refused","attempt_date":"refuse-me","status":"success"}"#,
     )
     .await;
     let missing = send(
-        &broker,
+        broker,
         Kind::Rvm.routing_key(),
         r#"{"attempt_date":"2026-11-27T05:24:31Z","status":"success"}"#,
     )
     .await;
-    let worker = RunningWorker::start(batches_of(4, &db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(batches_of(4, stack.worker_config())).await;
     wait_count(&client, QUARANTINE, 2).await;
     wait_count(&client, EVENTS, 2).await;
     assert_each_stored_once(&client, &good).await;

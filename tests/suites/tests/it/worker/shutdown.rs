@@ -1,7 +1,7 @@
 //! Graceful shutdown, with and without the database.
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, wait};
+use corral_testkit::{apps::RunningWorker, wait};
 
 use super::helpers::*;
 
@@ -9,15 +9,15 @@ use super::helpers::*;
 /// commits and acknowledges them before it exits Ok.
 #[tokio::test]
 async fn shutdown_commits_and_acks_the_messages_in_hand() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let queue = broker.topology.queue();
     // A batch that would close only after a minute: only shutdown closes it.
-    let worker = RunningWorker::start(batches_of(100, &db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(batches_of(100, stack.worker_config())).await;
     let client = db.client().await;
     let mut sent = Vec::new();
     for _ in 0..20 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     wait::until_true("the worker to hold every message", WAIT, || async {
         broker.ready_count(&queue).await == 0
@@ -40,8 +40,8 @@ async fn shutdown_commits_and_acks_the_messages_in_hand() {
 
     // Nothing was left unacknowledged: a new worker finds only what comes next
     // (anything returned to the queue would come before it, as a duplicate).
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
-    sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+    let worker = RunningWorker::start(stack.worker_config()).await;
+    sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     wait_count(&client, EVENTS, 21).await;
     assert_each_stored_once(&client, &sent).await;
     let metrics = settled(&worker, STORED, 21.0).await;
@@ -55,17 +55,17 @@ async fn shutdown_commits_and_acks_the_messages_in_hand() {
 /// hands every message to the next worker.
 #[tokio::test]
 async fn shutdown_with_the_database_down_leaves_the_messages_to_rabbitmq() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().db_proxy().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let queue = broker.topology.queue();
-    let (pg, url) = postgres_proxy(&db).await;
-    let mut settings = batches_of(100, &url, broker.prefix());
+    let pg = stack.db_proxy();
+    let mut settings = batches_of(100, stack.worker_config());
     settings.shutdown_timeout_ms = 1_500;
     settings.db.db_timeout_ms = 500;
     let worker = RunningWorker::start(settings).await;
     let mut sent = Vec::new();
     for _ in 0..10 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     wait::until_true("the worker to hold every message", WAIT, || async {
         broker.ready_count(&queue).await == 0
@@ -84,7 +84,7 @@ async fn shutdown_with_the_database_down_leaves_the_messages_to_rabbitmq() {
     let client = db.client().await;
     assert_eq!(count(&client, EVENTS).await, 0);
 
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let worker = RunningWorker::start(direct(stack.worker_config(), db)).await;
     wait_count(&client, EVENTS, 10).await;
     assert_each_stored_once(&client, &sent).await;
     worker.stop().await.expect("the worker stops cleanly");
@@ -95,11 +95,11 @@ async fn shutdown_with_the_database_down_leaves_the_messages_to_rabbitmq() {
 /// without acknowledging, and RabbitMQ hands the batch to the next worker.
 #[tokio::test]
 async fn shutdown_during_database_retries_honours_the_shutdown_deadline() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().db_proxy().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let queue = broker.topology.queue();
-    let (pg, url) = postgres_proxy(&db).await;
-    let mut settings = config(&url, broker.prefix());
+    let pg = stack.db_proxy();
+    let mut settings = stack.worker_config();
     settings.shutdown_timeout_ms = 1_000;
     settings.db.db_timeout_ms = 500;
     let worker = RunningWorker::start(settings).await;
@@ -107,7 +107,7 @@ async fn shutdown_during_database_retries_honours_the_shutdown_deadline() {
     let before = worker.metrics().await;
     let mut sent = Vec::new();
     for _ in 0..10 {
-        sent.push(send(&broker, Kind::Sms.routing_key(), valid("").1).await);
+        sent.push(send(broker, Kind::Sms.routing_key(), valid("").1).await);
     }
     // The batch closed and is being retried.
     wait_metric(&worker, &before, DB_TRANSIENT, 2.0).await;
@@ -122,7 +122,7 @@ async fn shutdown_during_database_retries_honours_the_shutdown_deadline() {
     .await;
 
     pg.restore();
-    let worker = RunningWorker::start(config(&url, broker.prefix())).await;
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let client = db.client().await;
     wait_count(&client, EVENTS, 10).await;
     assert_each_stored_once(&client, &sent).await;
@@ -135,18 +135,18 @@ async fn shutdown_during_database_retries_honours_the_shutdown_deadline() {
 /// The messages go back to RabbitMQ unacknowledged.
 #[tokio::test]
 async fn shutdown_is_bounded_even_while_a_write_hangs_on_a_silent_database() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().db_proxy().start().await;
+    let broker = stack.broker();
     let queue = broker.topology.queue();
-    let (pg, url) = postgres_proxy(&db).await;
-    let mut settings = batches_of(100, &url, broker.prefix());
+    let pg = stack.db_proxy();
+    let mut settings = batches_of(100, stack.worker_config());
     settings.shutdown_timeout_ms = 1_000;
     // Far longer than the test's deadline: only the drain deadline can end it.
     settings.db.db_timeout_ms = 60_000;
     let worker = RunningWorker::start(settings).await;
     pg.blackhole();
     for _ in 0..10 {
-        send(&broker, Kind::Sms.routing_key(), valid("").1).await;
+        send(broker, Kind::Sms.routing_key(), valid("").1).await;
     }
     wait::until_true("the worker to hold every message", WAIT, || async {
         broker.ready_count(&queue).await == 0

@@ -3,7 +3,7 @@
 //! whatever the order events arrive in.
 
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures};
+use corral_testkit::{apps::RunningWorker, fixtures};
 use corral_worker::commands::{
     self,
     suppressions::{SuppressionClass, SuppressionCommand},
@@ -96,9 +96,9 @@ fn row(
 
 #[tokio::test]
 async fn every_suppressing_class_comes_from_a_real_payload_and_other_reasons_suppress_nothing() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let at = "2026-11-27T05:24:31.000Z";
     let sms = Kind::Sms.routing_key();
     let rvm = Kind::Rvm.routing_key();
@@ -138,11 +138,11 @@ async fn every_suppressing_class_comes_from_a_real_payload_and_other_reasons_sup
         ),
     ];
     for (key, drop_id, phone, reason, dnc) in cases {
-        send(&broker, key, payload(drop_id, phone, at, reason, dnc)).await;
+        send(broker, key, payload(drop_id, phone, at, reason, dnc)).await;
     }
     // A provider resend of the opt-out changes nothing.
     send(
-        &broker,
+        broker,
         sms,
         payload("d-opted", "+15550000001", at, "Opted out", false),
     )
@@ -259,17 +259,17 @@ async fn every_suppressing_class_comes_from_a_real_payload_and_other_reasons_sup
 
 #[tokio::test]
 async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     // One message per batch, so arrival order is commit order.
-    let config = batches_of(1, &db.url, broker.prefix());
+    let config = batches_of(1, stack.worker_config());
     let worker = RunningWorker::start(config.clone()).await;
     let client = db.client().await;
     let phone = "+15552224444";
     let sms = Kind::Sms.routing_key();
     let mut stored = 0;
     let mut deliver = async |drop_id: &str, at: &str, reason: &str| {
-        send(&broker, sms, payload(drop_id, phone, at, reason, false)).await;
+        send(broker, sms, payload(drop_id, phone, at, reason, false)).await;
         stored += 1;
         wait_count(&client, EVENTS, stored).await;
     };
@@ -386,14 +386,14 @@ async fn suppressions_are_the_same_whatever_order_the_events_arrive_in() {
     ];
     let mut results = Vec::new();
     for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
-        let broker = TestBroker::new().await;
-        let db = TestDatabase::new().await;
-        let worker = RunningWorker::start(batches_of(1, &db.url, broker.prefix())).await;
+        let stack = worker_stack().start().await;
+        let (broker, db) = (stack.broker(), stack.db());
+        let worker = RunningWorker::start(batches_of(1, stack.worker_config())).await;
         let client = db.client().await;
         for (n, index) in order.iter().enumerate() {
             let (drop_id, at, reason, dnc) = events[*index];
             let body = payload(drop_id, "+15557770000", at, reason, dnc);
-            send(&broker, Kind::Sms.routing_key(), body).await;
+            send(broker, Kind::Sms.routing_key(), body).await;
             wait_count(&client, EVENTS, n as i64 + 1).await;
         }
         results.push(suppressions(&client).await);

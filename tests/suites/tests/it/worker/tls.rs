@@ -5,7 +5,6 @@ use std::time::Duration;
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
-    broker::TestBroker,
     database::TestDatabase,
     tls::{TestCa, TlsFront},
     wait,
@@ -17,15 +16,15 @@ use super::helpers::*;
 /// stores over TLS, and never falls back to plaintext.
 #[tokio::test]
 async fn stores_webhooks_over_verified_tls() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let ca = TestCa::new("trusted");
     let front = TlsFront::postgres(&ca).await;
     let mut settings = config(&front.postgres_url(&db.name), broker.prefix());
     settings.db.database_ca_file = Some(ca.pem_file().to_owned());
     let worker = RunningWorker::start(settings).await;
 
-    let sent = send(&broker, Kind::Sms.routing_key(), valid("").1).await;
+    let sent = send(broker, Kind::Sms.routing_key(), valid("").1).await;
     let client = db.client().await;
     wait_count(&client, EVENTS, 1).await;
     assert_each_stored_once(&client, &[sent]).await;

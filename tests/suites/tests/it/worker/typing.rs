@@ -4,8 +4,6 @@ use chrono::{DateTime, Utc};
 use corral_shared::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
-    broker::TestBroker,
-    database::TestDatabase,
     fixtures::{self, FAILURE_REASONS},
 };
 
@@ -13,13 +11,13 @@ use super::helpers::*;
 
 #[tokio::test]
 async fn samples_and_every_failure_reason_become_exact_rows() {
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::new().await;
-    let worker = RunningWorker::start(config(&db.url, broker.prefix())).await;
+    let stack = worker_stack().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
+    let worker = RunningWorker::start(stack.worker_config()).await;
     let before = worker.metrics().await;
 
-    let success = send(&broker, Kind::Sms.routing_key(), fixtures::SMS_SUCCESS).await;
-    let failure = send(&broker, Kind::Sms.routing_key(), fixtures::SMS_FAILURE).await;
+    let success = send(broker, Kind::Sms.routing_key(), fixtures::SMS_SUCCESS).await;
+    let failure = send(broker, Kind::Sms.routing_key(), fixtures::SMS_FAILURE).await;
     let mut cases = vec![
         Typed::expected(
             &success,
@@ -60,7 +58,7 @@ async fn samples_and_every_failure_reason_become_exact_rows() {
         } else {
             Kind::Rvm.routing_key()
         };
-        let message = send(&broker, routing_key, &body).await;
+        let message = send(broker, routing_key, &body).await;
         cases.push(Typed::expected(
             &message,
             &drop_id,

@@ -18,10 +18,7 @@ use std::collections::BTreeMap;
 
 use corral_shared::telemetry::labels::RejectReason;
 use corral_testkit::{
-    apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config, fixtures,
-    metrics::Metrics,
+    apps::RunningIngress, broker::TestBroker, fixtures, metrics::Metrics, stack::Stack,
 };
 use reqwest::{RequestBuilder, header};
 use uuid::Uuid;
@@ -35,8 +32,8 @@ pub(super) const SECOND_SECRET: &str = "corral-test-signing-second-8e2a";
 
 /// An ingress with the test token and `secrets`, written as the provider's
 /// conformance runner sets them: comma and space between, so trimming counts.
-pub(crate) async fn start_signed(broker: &TestBroker, secrets: &[&str]) -> RunningIngress {
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+pub(crate) async fn start_signed(stack: &Stack, secrets: &[&str]) -> RunningIngress {
+    let mut config = stack.ingress_config();
     config.signing.secrets = vec![secrets.join(", ")];
     config.retry_after_secs = RETRY_AFTER_SECS;
     RunningIngress::start(config).await

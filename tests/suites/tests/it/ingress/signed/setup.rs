@@ -6,9 +6,8 @@ use std::process::{Command, Stdio};
 
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
-    broker::TestBroker,
-    config,
     process::{Binary, Process, ProcessConfig, binary_path, prepare_binaries},
+    stack::Stack,
 };
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +20,8 @@ use super::*;
 #[tokio::test]
 async fn without_a_secret_ingress_logs_an_error_naming_the_setting_and_readyz_says_0() {
     let logs = CapturedLogs::install();
-    let broker = TestBroker::new().await;
-    let ingress = start_signed(&broker, &[" ", ""]).await;
+    let stack = Stack::builder().start().await;
+    let ingress = start_signed(&stack, &[" ", ""]).await;
     let errors: Vec<String> = logs
         .lines()
         .into_iter()
@@ -46,8 +45,9 @@ async fn without_a_secret_ingress_logs_an_error_naming_the_setting_and_readyz_sa
 /// start, and says which settings would do.
 #[tokio::test]
 async fn signing_secrets_alone_are_enough_to_start_and_keep_the_callback_routes_closed() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
+    let mut config = stack.ingress_config();
     config.webhook_tokens = vec![];
     let err = corral_ingress::Application::build(config.clone(), CancellationToken::new())
         .expect_err("neither a token nor a secret");
@@ -66,15 +66,15 @@ async fn signing_secrets_alone_are_enough_to_start_and_keep_the_callback_routes_
         let response = send(request.body(corral_testkit::fixtures::SMS_SUCCESS)).await;
         refused(response, StatusCode::UNAUTHORIZED).await;
     }
-    assert_published(&broker, &ingress, &Delivery::new(SECRET, fresh_event())).await;
+    assert_published(broker, &ingress, &Delivery::new(SECRET, fresh_event())).await;
 }
 
 /// `--allow-unauthenticated` opens the callback routes, never the signed one.
 #[tokio::test]
 async fn allowing_unauthenticated_webhooks_does_not_switch_the_signature_check_off() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
     for secrets in [vec![], vec![SECRET.to_owned()]] {
-        let mut config = config::ingress(broker.prefix(), TOKEN);
+        let mut config = stack.ingress_config();
         config.webhook_tokens = vec![];
         config.allow_unauthenticated = true;
         config.signing.secrets = secrets.clone();
@@ -99,19 +99,20 @@ async fn allowing_unauthenticated_webhooks_does_not_switch_the_signature_check_o
 /// start, naming the setting.
 #[tokio::test]
 async fn the_secrets_file_adds_to_the_setting_and_an_unreadable_one_stops_the_start() {
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let dir = std::env::temp_dir().join(corral_testkit::unique_name("secrets"));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let file = dir.join("signing-secrets");
     std::fs::write(&file, format!("\n  {SECOND_SECRET} \n,third-secret\n")).expect("writing");
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.signing.secrets = vec![SECRET.into()];
     config.signing.secrets_file = Some(file.clone());
     let ingress = RunningIngress::start(config.clone()).await;
     std::fs::remove_dir_all(&dir).expect("removing the directory");
     assert_eq!(readyz(ingress.admin_port).await["signing_secrets"], 3);
     for secret in [SECRET, SECOND_SECRET, "third-secret"] {
-        assert_published(&broker, &ingress, &Delivery::new(secret, fresh_event())).await;
+        assert_published(broker, &ingress, &Delivery::new(secret, fresh_event())).await;
     }
     ingress.stop().await.expect("stops");
 
@@ -129,8 +130,8 @@ async fn the_secrets_file_adds_to_the_setting_and_an_unreadable_one_stops_the_st
 /// Without, any deadline goes.
 #[tokio::test]
 async fn with_secrets_a_deadline_past_4_seconds_stops_the_start_and_without_it_does_not() {
-    let broker = TestBroker::new().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let stack = Stack::builder().start().await;
+    let mut config = stack.ingress_config();
     assert_eq!(config.publish_timeout_ms, 3_000, "the default");
     config.publish_timeout_ms = 3_751;
     config.in_flight_wait_ms = 250;
@@ -154,14 +155,15 @@ async fn with_secrets_a_deadline_past_4_seconds_stops_the_start_and_without_it_d
 #[tokio::test]
 async fn a_secret_never_appears_in_a_log_line_help_readyz_or_the_binary_s_output() {
     let logs = CapturedLogs::install();
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let wrong = "corral-test-wrong-secret-5d7e";
-    let ingress = start_signed(&broker, &[SECRET, SECOND_SECRET]).await;
-    assert_published(&broker, &ingress, &Delivery::new(SECRET, fresh_event())).await;
+    let ingress = start_signed(&stack, &[SECRET, SECOND_SECRET]).await;
+    assert_published(broker, &ingress, &Delivery::new(SECRET, fresh_event())).await;
     let delivery = Delivery::new(wrong, fresh_event());
     let reason = Some(RejectReason::InvalidSignature);
     assert_refused(
-        &broker,
+        broker,
         &ingress,
         &delivery,
         401,
@@ -172,7 +174,7 @@ async fn a_secret_never_appears_in_a_log_line_help_readyz_or_the_binary_s_output
     let readiness = readyz(ingress.admin_port).await.to_string();
     assert!(readiness.contains(r#""signing_secrets":2"#), "{readiness}");
     let metrics = ingress.metrics().await;
-    let mut config = config::ingress(broker.prefix(), TOKEN);
+    let mut config = stack.ingress_config();
     config.signing.secrets = vec![SECRET.into(), SECOND_SECRET.into()];
     let debug = format!("{config:?}");
     ingress.stop().await.expect("stops");
@@ -204,7 +206,8 @@ async fn child_outputs() -> String {
         .expect("running corral-ingress --help");
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     assert!(help.contains("CORRAL_DROPCOWBOY_SIGNING_SECRETS"), "{help}");
-    let broker = TestBroker::new().await;
+    let stack = Stack::builder().start().await;
+    let broker = stack.broker();
     let ingress = Process::start_ready(
         ProcessConfig::ingress(broker.prefix(), TOKEN)
             .env("CORRAL_DROPCOWBOY_SIGNING_SECRETS", &secrets)

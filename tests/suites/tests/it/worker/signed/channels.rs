@@ -6,14 +6,14 @@
 
 use chrono::{DateTime, Utc};
 use corral_shared::envelope::Kind;
-use corral_testkit::{apps::RunningWorker, broker::TestBroker, database::TestDatabase, fixtures};
+use corral_testkit::{apps::RunningWorker, fixtures};
 use corral_worker::summary::report::{self, Window};
 use serde_json::json;
 
-use super::{Stack, all_deliveries, deliveries, edited, settled_deliveries};
+use super::{SignedStack, all_deliveries, deliveries, edited, settled_deliveries};
 use crate::worker::helpers::{
     EVENTS, STORED, batches_of, count, install_slow_commit, send, send_batch, settled,
-    wait_batch_in_flight, wait_count,
+    wait_batch_in_flight, wait_count, worker_stack,
 };
 
 fn instant(text: &str) -> DateTime<Utc> {
@@ -122,7 +122,7 @@ async fn summarised(client: &tokio_postgres::Client) -> (i64, String) {
 
 #[tokio::test]
 async fn a_result_on_both_channels_is_one_delivery_counted_once_in_any_order() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let (before, after, together) = (
         "c0000000-0000-4000-8000-00000000000a",
         "c0000000-0000-4000-8000-00000000000b",
@@ -140,7 +140,7 @@ async fn a_result_on_both_channels_is_one_delivery_counted_once_in_any_order() {
     // Both in one batch.
     let (one, other) = (callback(together), webhook(together));
     send_batch(
-        &stack.broker,
+        stack.broker(),
         &[(Kind::Rvm, one.as_bytes()), (Kind::Event, other.as_bytes())],
     )
     .await;
@@ -149,13 +149,13 @@ async fn a_result_on_both_channels_is_one_delivery_counted_once_in_any_order() {
     for drop_id in [before, after, together] {
         assert_eq!(merged(&stack.client, drop_id).await, expected(drop_id));
     }
-    settled(&stack.worker, STORED, 6.0).await;
-    let metrics = settled_deliveries(&stack.worker, 3.0).await;
+    settled(stack.worker(), STORED, 6.0).await;
+    let metrics = settled_deliveries(stack.worker(), 3.0).await;
     assert_eq!(deliveries(&metrics, "rvm", "failure", "other", "4002"), 3.0);
     assert_eq!(all_deliveries(&metrics), 3.0);
     assert_eq!(summarised(&stack.client).await, (3, "0.0087".to_owned()));
 
-    let config = super::super::helpers::config(&stack.db.url, stack.broker.prefix());
+    let config = super::super::helpers::config(&stack.db().url, stack.broker().prefix());
     let window = Window::new(
         instant("2026-12-07T00:00:00Z"),
         instant("2026-12-07T01:00:00Z"),
@@ -205,11 +205,11 @@ async fn a_result_on_both_channels_is_one_delivery_counted_once_in_any_order() {
 #[tokio::test]
 async fn two_workers_storing_both_channels_at_once_count_each_result_once() {
     const DROPS: u32 = 8;
-    let broker = TestBroker::new().await;
-    let db = TestDatabase::migrated().await;
+    let stack = worker_stack().migrated().start().await;
+    let (broker, db) = (stack.broker(), stack.db());
     let client = &db.client().await;
     install_slow_commit(client, 1.0).await;
-    let mut settings = batches_of(DROPS, &db.url, broker.prefix());
+    let mut settings = batches_of(DROPS, stack.worker_config());
     settings.prefetch = DROPS as u16;
     // The second batch waits for the first's COMMIT, then sleeps itself.
     settings.db.db_timeout_ms = 15_000;
@@ -219,14 +219,14 @@ async fn two_workers_storing_both_channels_at_once_count_each_result_once() {
 
     let first = RunningWorker::start(settings.clone()).await;
     for drop_id in &drops {
-        send(&broker, Kind::Rvm.routing_key(), callback(drop_id)).await;
+        send(broker, Kind::Rvm.routing_key(), callback(drop_id)).await;
     }
     wait_batch_in_flight(client, &db.name).await;
     // The first worker holds every callback unacknowledged (its prefetch):
     // the webhooks go to the second.
     let second = RunningWorker::start(settings).await;
     for drop_id in &drops {
-        send(&broker, Kind::Event.routing_key(), webhook(drop_id)).await;
+        send(broker, Kind::Event.routing_key(), webhook(drop_id)).await;
     }
     wait_count(client, EVENTS, i64::from(2 * DROPS)).await;
     settled(&first, STORED, f64::from(2 * DROPS)).await;
@@ -258,7 +258,7 @@ async fn two_workers_storing_both_channels_at_once_count_each_result_once() {
 /// after it, say) counts nothing more, and another outcome counts.
 #[tokio::test]
 async fn a_drop_stored_before_the_upgrade_counts_its_status_once() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let (same, changed) = (
         "c2000000-0000-4000-8000-00000000000a",
         "c2000000-0000-4000-8000-00000000000b",
@@ -272,7 +272,7 @@ async fn a_drop_stored_before_the_upgrade_counts_its_status_once() {
         .execute("UPDATE deliveries SET counted_results = NULL", &[])
         .await
         .expect("the rows as the previous release left them");
-    let before = settled_deliveries(&stack.worker, 2.0).await;
+    let before = settled_deliveries(stack.worker(), 2.0).await;
     stack.deliver(&webhook(same)).await;
     let success = edited(
         &webhook(changed),
@@ -283,8 +283,8 @@ async fn a_drop_stored_before_the_upgrade_counts_its_status_once() {
         ],
     );
     stack.deliver(&success).await;
-    settled(&stack.worker, STORED, 4.0).await;
-    let after = settled_deliveries(&stack.worker, 3.0).await;
+    settled(stack.worker(), STORED, 4.0).await;
+    let after = settled_deliveries(stack.worker(), 3.0).await;
     assert_eq!(all_deliveries(&after) - all_deliveries(&before), 1.0);
     assert_eq!(
         deliveries(&after, "rvm", "success", "none", "0")

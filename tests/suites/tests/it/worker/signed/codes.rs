@@ -7,7 +7,7 @@ use corral_testkit::{database::TestDatabase, fixtures};
 use serde_json::json;
 use tokio_postgres::Client;
 
-use super::{Stack, deliveries, edited, settled_deliveries};
+use super::{SignedStack, deliveries, edited, settled_deliveries};
 use crate::worker::helpers::{EVENTS, STORED, settled, wait_count};
 
 /// Every suppression: number, kind, class, reason.
@@ -61,7 +61,7 @@ fn status(event: &str, event_id: &str, to: &str, code: i32, reason: &str) -> Str
 
 #[tokio::test]
 async fn suppressions_follow_the_code_whatever_the_text_and_the_text_without_a_code() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let (sms, rvm) = ("contact.sms.status", "contact.rvm.status");
     let signed = [
         status(sms, "e1", "+15550020090", 4016, "Something new"),
@@ -112,8 +112,8 @@ async fn suppressions_follow_the_code_whatever_the_text_and_the_text_without_a_c
         ]
     );
     // The metric labels the code's meaning, not the text.
-    settled(&stack.worker, STORED, 9.0).await;
-    let metrics = settled_deliveries(&stack.worker, 9.0).await;
+    settled(stack.worker(), STORED, 9.0).await;
+    let metrics = settled_deliveries(stack.worker(), 9.0).await;
     assert_eq!(
         deliveries(&metrics, "sms", "failure", "Internal DNC", "4016"),
         1.0

@@ -8,7 +8,7 @@ use corral_testkit::fixtures;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Stack, all_deliveries, deliveries, edited, settled_deliveries};
+use super::{SignedStack, all_deliveries, deliveries, edited, settled_deliveries};
 use crate::{
     ingress::signed::{Delivery, SECRET, fresh_event, now},
     worker::helpers::{
@@ -40,7 +40,7 @@ type Stored = (
 
 #[tokio::test]
 async fn a_signed_status_is_one_row_with_its_event_id_code_and_time() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let id = stack.deliver(fixtures::V2_WEBHOOK_SMS_STATUS).await;
     wait_count(&stack.client, EVENTS, 1).await;
     let row = stack
@@ -110,7 +110,7 @@ async fn a_signed_status_is_one_row_with_its_event_id_code_and_time() {
             None
         )
     );
-    let metrics = settled_deliveries(&stack.worker, 1.0).await;
+    let metrics = settled_deliveries(stack.worker(), 1.0).await;
     assert_eq!(metrics.get(STORED), 1.0);
     assert_eq!(
         deliveries(&metrics, "sms", "failure", "Internal DNC", "4016"),
@@ -122,7 +122,7 @@ async fn a_signed_status_is_one_row_with_its_event_id_code_and_time() {
 
 #[tokio::test]
 async fn a_retry_with_a_new_signature_and_other_bytes_is_stored_once() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let body = fixtures::V2_WEBHOOK_RVM_STATUS;
     let first = stack.deliver(body).await;
     // The provider's retries: signed anew a little later, the next attempt
@@ -144,8 +144,8 @@ async fn a_retry_with_a_new_signature_and_other_bytes_is_stored_once() {
         let delivery = Delivery::at(SECRET, &later, retry).with("x-attempt", attempt.to_string());
         stack.deliver_as(delivery).await;
     }
-    settled(&stack.worker, DUPLICATE, 2.0).await;
-    let metrics = settled_deliveries(&stack.worker, 1.0).await;
+    settled(stack.worker(), DUPLICATE, 2.0).await;
+    let metrics = settled_deliveries(stack.worker(), 1.0).await;
     assert_eq!(metrics.get(STORED), 1.0);
     assert_eq!(count(&stack.client, EVENTS).await, 1);
     let kept: Uuid = stack
@@ -162,7 +162,7 @@ async fn a_retry_with_a_new_signature_and_other_bytes_is_stored_once() {
 
 #[tokio::test]
 async fn an_event_of_another_type_is_kept_whole_once() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let received = fresh_event();
     let opt_out = r#"{"event_id":"7d3f1a2b-4c5e-4f60-8a9b-0c1d2e3f4a5b","event":"contact.msg.opt_out","event_at":1796601700000,"data":{"contact_id":"3c5e7a9b-1d2f-4e6a-8b0c-2d4f6a8c0e1b","phone":"+15550020090"}}"#;
     let unheard_of = r#"{"event_id":"e-unheard-of","event":"contact.tag.added","data":[1,2]}"#;
@@ -173,7 +173,7 @@ async fn an_event_of_another_type_is_kept_whole_once() {
     ];
     // A retry of the opt-out: the same event.
     stack.deliver(&edited(opt_out, &[])).await;
-    settled(&stack.worker, DUPLICATE, 1.0).await;
+    settled(stack.worker(), DUPLICATE, 1.0).await;
     wait_count(&stack.client, PROVIDER_EVENTS, 3).await;
     let rows = stack
         .client
@@ -216,7 +216,7 @@ async fn an_event_of_another_type_is_kept_whole_once() {
     assert_eq!(count(&stack.client, EVENTS).await, 0);
     let suppressions = count(&stack.client, "SELECT count(*) FROM suppressions").await;
     assert_eq!(suppressions, 0);
-    let metrics = stack.worker.metrics().await;
+    let metrics = stack.worker().metrics().await;
     assert_eq!(metrics.get(STORED), 3.0);
     assert_eq!(all_deliveries(&metrics), 0.0);
     stack.stop().await;
@@ -224,14 +224,14 @@ async fn an_event_of_another_type_is_kept_whole_once() {
 
 #[tokio::test]
 async fn an_event_without_event_id_is_quarantined_alone_and_the_rest_of_its_message_stored() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let (_, callback) = valid("");
     let without_id = edited(
         fixtures::V2_WEBHOOK_RVM_STATUS,
         &[("event_id", serde_json::Value::Null)],
     );
     let sent = crate::worker::helpers::send_batch(
-        &stack.broker,
+        stack.broker(),
         &[
             (Kind::Sms, callback.as_bytes()),
             (Kind::Event, fixtures::V2_WEBHOOK_SMS_STATUS.as_bytes()),
@@ -240,7 +240,7 @@ async fn an_event_without_event_id_is_quarantined_alone_and_the_rest_of_its_mess
         ],
     )
     .await;
-    let metrics = settled(&stack.worker, QUARANTINED, 1.0).await;
+    let metrics = settled(stack.worker(), QUARANTINED, 1.0).await;
     assert_eq!(metrics.get(STORED), 3.0);
     assert_eq!(count(&stack.client, EVENTS).await, 2);
     assert_eq!(count(&stack.client, PROVIDER_EVENTS).await, 1);
@@ -262,7 +262,7 @@ async fn an_event_without_event_id_is_quarantined_alone_and_the_rest_of_its_mess
 /// The delivery's proof of delivery as the sender reads it: the link, when
 /// it became available, the latest event's provider id and status.
 async fn receipt_of(
-    stack: &Stack,
+    stack: &SignedStack,
     drop_id: &str,
 ) -> (
     Option<String>,
@@ -284,7 +284,7 @@ async fn receipt_of(
 
 #[tokio::test]
 async fn a_receipt_joins_its_delivery_whether_it_comes_before_or_after_the_status() {
-    let stack = Stack::start().await;
+    let stack = SignedStack::start().await;
     let status = fixtures::V2_WEBHOOK_RVM_STATUS;
     let receipt = fixtures::V2_WEBHOOK_RVM_RECEIPT;
     // After: the provider's order.
@@ -336,8 +336,8 @@ async fn a_receipt_joins_its_delivery_whether_it_comes_before_or_after_the_statu
         )
     );
     // A receipt repeats its delivery's result: each delivery counts once.
-    settled(&stack.worker, STORED, 4.0).await;
-    let metrics = settled_deliveries(&stack.worker, 2.0).await;
+    settled(stack.worker(), STORED, 4.0).await;
+    let metrics = settled_deliveries(stack.worker(), 2.0).await;
     assert_eq!(deliveries(&metrics, "rvm", "success", "none", "0"), 2.0);
     assert_eq!(all_deliveries(&metrics), 2.0);
     let summarised = count(

@@ -21,50 +21,48 @@ mod channels;
 mod codes;
 mod events;
 
-use corral_testkit::{
-    apps::{RunningIngress, RunningWorker},
-    broker::TestBroker,
-    database::TestDatabase,
-    metrics::Metrics,
-    wait,
-};
+use std::ops::Deref;
+
+use corral_testkit::{apps::RunningWorker, metrics::Metrics, stack::Stack, wait};
 use serde_json::Value;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::helpers::{WAIT, config};
+use super::helpers::{WAIT, worker_stack};
 use crate::ingress::{
-    helpers::{accepted, send},
-    signed::{Delivery, SECRET, start_signed},
+    helpers::{RETRY_AFTER_SECS, accepted, send},
+    signed::{Delivery, SECRET},
 };
 
 /// Ingress with the test's signing secret and a worker, on the test's own
-/// broker prefix and database.
-pub(super) struct Stack {
-    pub(super) broker: TestBroker,
-    pub(super) db: TestDatabase,
-    pub(super) ingress: RunningIngress,
-    pub(super) worker: RunningWorker,
+/// broker prefix and database (the kit's stack, which it derefs to), and a
+/// client on that database.
+pub(super) struct SignedStack {
+    kit: Stack,
     pub(super) client: Client,
 }
 
-impl Stack {
+impl Deref for SignedStack {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        &self.kit
+    }
+}
+
+impl SignedStack {
     pub(super) async fn start() -> Self {
-        let broker = TestBroker::new().await;
-        let db = TestDatabase::new().await;
-        let ingress = start_signed(&broker, &[SECRET]).await;
-        let mut settings = config(&db.url, broker.prefix());
-        // The tests read the summary's two tables together; no roll-up needed.
-        settings.summary.summary_rollup_ms = 3_600_000;
-        let worker = RunningWorker::start(settings).await;
-        let client = db.client().await;
-        Self {
-            broker,
-            db,
-            ingress,
-            worker,
-            client,
-        }
+        let kit = worker_stack()
+            .ingress(|ingress| {
+                ingress.signing.secrets = vec![SECRET.into()];
+                ingress.retry_after_secs = RETRY_AFTER_SECS;
+            })
+            // The tests read the summary's two tables together; no roll-up needed.
+            .worker(|worker| worker.summary.summary_rollup_ms = 3_600_000)
+            .start()
+            .await;
+        let client = kit.client().await;
+        Self { kit, client }
     }
 
     /// Delivers `body` signed, as the provider does; the id answered.
@@ -74,17 +72,23 @@ impl Stack {
 
     /// Sends `delivery` to the signed route; the id answered.
     pub(super) async fn deliver_as(&self, delivery: Delivery) -> Uuid {
-        accepted(send(delivery.request(&self.ingress)).await).await
+        accepted(send(delivery.request(self.ingress())).await).await
     }
 
     /// Posts a callback to the legacy route of `kind`; the id answered.
     pub(super) async fn callback(&self, kind: &str, body: &str) -> Uuid {
-        accepted(self.ingress.post(kind, body.to_owned()).await).await
+        accepted(self.ingress().post(kind, body.to_owned()).await).await
     }
 
-    pub(super) async fn stop(self) {
-        self.ingress.stop().await.expect("ingress stops cleanly");
-        self.worker.stop().await.expect("the worker stops cleanly");
+    pub(super) async fn stop(mut self) {
+        self.kit
+            .stop_ingress()
+            .await
+            .expect("ingress stops cleanly");
+        self.kit
+            .stop_worker()
+            .await
+            .expect("the worker stops cleanly");
     }
 }
 
