@@ -155,6 +155,16 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
     let behind = send(broker, Kind::Rvm.routing_key(), valid("").1).await;
 
     let metrics = settled(worker, QUARANTINED, 2.0).await;
+    // The message behind may land in a later batch than the two quarantined.
+    wait_count(
+        &client,
+        &format!(
+            "SELECT count(*) FROM delivery_events WHERE message_id = '{}'",
+            behind.id
+        ),
+        1,
+    )
+    .await;
     assert_each_stored_once(&client, &[behind]).await;
     assert_eq!(metrics.get(QUARANTINED), 2.0, "one row per whole message");
     // Neither message says when its webhooks came but by its `timestamp`.
