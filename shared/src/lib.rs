@@ -32,6 +32,8 @@
 //! - `sqs` (feature `sqs`): Amazon SQS as the buffer (`CORRAL_BUFFER=sqs`):
 //!   the client both binaries make, the check of the queue, and the message
 //!   attributes between them.
+//! - [`spool`]: the spool's row (table, columns, the INSERT ingress runs),
+//!   the contract between ingress and worker outside the queue.
 //! - [`results`]: the result event the worker publishes for each newly
 //!   stored webhook, the contract with the customer's own services.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
@@ -51,6 +53,7 @@ pub mod provider;
 pub mod results;
 pub mod retry;
 pub mod shutdown;
+pub mod spool;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 pub mod telemetry;

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use corral_shared::{
     admin::Health,
     error_chain,
+    spool::{INSERT, MAY_INSERT},
     telemetry::{
         labels::{PublishFailure, SpoolCause},
         metrics,
@@ -52,17 +53,6 @@ pub const BATCH_MAX: usize = 256;
 
 /// Body bytes per INSERT at most (a single larger webhook still goes, alone).
 pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
-
-/// One INSERT for every row of a round: arrays in, rows out, no statement
-/// text growing with the round. Only INSERT is needed: no table is read.
-pub const INSERT: &str = "INSERT INTO spooled_webhooks (message_id, kind, body, received_at) \
-                      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])";
-
-/// What a spool write needs, without writing: the table, and the right to
-/// INSERT into it. Reaching the server is not enough: a role never made a
-/// member of `corral_spool_writer`, or a database not yet migrated, fails
-/// every write.
-const MAY_INSERT: &str = "SELECT has_table_privilege('spooled_webhooks', 'INSERT')";
 
 /// How often the spool's reachability is checked while no webhook is spooled,
 /// so `/readyz` and `corral_ingress_spool_connected` do not wait for an outage

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use corral_ingress::buffer::spool::INSERT;
+use corral_shared::spool::INSERT;
 use uuid::Uuid;
 
 use corral_testkit::{database, unique_name};
