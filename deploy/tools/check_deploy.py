@@ -602,7 +602,7 @@ ROLE_CODE = {
     "WorkerRole": (["worker/src"], ["worker/src/ops"]),
     "OperatorRole": (["worker/src/ops"], []),
 }
-SHARED_CODE = "shared/src"
+SHARED_CODE = "shared"
 POLICY_FILES = {
     "IngressRole": "ingress-policy.json",
     "WorkerRole": "worker-policy.json",

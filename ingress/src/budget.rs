@@ -10,7 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use corral_shared::telemetry::metrics;
+use corral_runtime::telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// `CORRAL_MAX_IN_FLIGHT_BYTES`, shared by every request.

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use clap::Parser;
-use corral_shared::{
+use corral_contract::envelope::batch;
+use corral_runtime::{
     config::{AmqpSettings, BufferKind, BufferSettings, LogSettings, MessageLimits},
-    envelope::batch,
     sqs,
 };
 
@@ -44,7 +44,7 @@ pub struct IngressConfig {
     /// Deepest nesting of objects and arrays a body may have (the top-level
     /// object is level 1; the provider's payload has 2); deeper ones get 400.
     #[arg(long, env = "CORRAL_MAX_JSON_DEPTH", default_value_t = 32,
-          value_parser = clap::value_parser!(u64).range(1..=corral_shared::json::MAX_DEPTH as u64))]
+          value_parser = clap::value_parser!(u64).range(1..=corral_contract::json::MAX_DEPTH as u64))]
     pub max_json_depth: u64,
 
     /// Deadline for keeping a webhook, in milliseconds: the buffer's confirm,

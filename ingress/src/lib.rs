@@ -39,7 +39,7 @@ use actix_http::{HttpService, KeepAlive, error::DispatchError};
 use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service, map_config};
 use actix_web::{App, dev::AppConfig, dev::Server, web};
 use anyhow::Context as _;
-use corral_shared::{
+use corral_runtime::{
     admin,
     admin::Health,
     config::BufferKind,
@@ -96,7 +96,7 @@ impl Application {
     pub fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = config.validate()?;
         if config.buffer.kind == BufferKind::Rabbitmq {
-            corral_shared::amqp::check_settings(&config.amqp)?;
+            corral_runtime::amqp::check_settings(&config.amqp)?;
         }
         let prometheus = telemetry::prometheus();
         telemetry::metrics::register_binary(Binary::Ingress);
@@ -239,8 +239,8 @@ fn start_primary(
             Ok((Primary::RabbitMq(buffer), supervisor))
         }
         BufferKind::Sqs => {
-            let queue = corral_shared::sqs::connect(&config.buffer)?;
-            let fifo = corral_shared::sqs::is_fifo(&queue.url);
+            let queue = corral_runtime::sqs::connect(&config.buffer)?;
+            let fifo = corral_runtime::sqs::is_fifo(&queue.url);
             tracing::info!(
                 queue = queue.url,
                 max_message_bytes = config.sqs_max_message_bytes,
@@ -267,7 +267,7 @@ fn start_primary(
 
 /// The spool, when `CORRAL_SPOOL_DATABASE_URL` is set; connects lazily.
 fn start_spool(config: &IngressConfig, health: &Health) -> anyhow::Result<Option<Spool>> {
-    use corral_shared::postgres;
+    use corral_runtime::postgres;
     let Some(url) = &config.spool_database_url else {
         tracing::warn!(
             "NO SPOOL (CORRAL_SPOOL_DATABASE_URL is unset): every webhook RabbitMQ does not \

@@ -1,6 +1,6 @@
 use clap::Parser;
 use corral_ingress::{Application, config::IngressConfig};
-use corral_shared::{shutdown, telemetry};
+use corral_runtime::{shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 // jemalloc with background purging hands memory back to the system after a

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use serde::{
     Deserialize, Deserializer,
     de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor},

@@ -12,7 +12,8 @@ mod pipeline;
 use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::header, web};
-use corral_shared::{envelope::Kind, error_chain, telemetry::metrics};
+use corral_contract::envelope::Kind;
+use corral_runtime::{error_chain, telemetry::metrics};
 use uuid::Uuid;
 
 #[cfg(test)]

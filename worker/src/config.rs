@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use corral_shared::config::{AmqpSettings, BufferKind, BufferSettings, LogSettings, MessageLimits};
+use corral_runtime::config::{
+    AmqpSettings, BufferKind, BufferSettings, LogSettings, MessageLimits,
+};
 
 /// Settings of the worker.
 #[derive(Debug, Clone, Args)]
@@ -144,7 +146,7 @@ pub enum ConfigError {
     DatabaseUrl(String),
     /// An SQS setting is missing or malformed.
     #[error(transparent)]
-    Sqs(#[from] corral_shared::sqs::SettingsError),
+    Sqs(#[from] corral_runtime::sqs::SettingsError),
     /// Result events are on, but their broker's settings do not work.
     #[error(
         "CORRAL_RESULT_EVENTS=true publishes to RabbitMQ ({setting}), also with \
@@ -155,7 +157,7 @@ pub enum ConfigError {
         setting: &'static str,
         /// What is wrong.
         #[source]
-        source: corral_shared::amqp::AmqpError,
+        source: corral_runtime::amqp::AmqpError,
     },
 }
 
@@ -170,7 +172,7 @@ impl WorkerConfig {
             });
         }
         if self.buffer.kind == BufferKind::Sqs {
-            corral_shared::sqs::check_settings(&self.buffer)?;
+            corral_runtime::sqs::check_settings(&self.buffer)?;
         }
         if self.results.result_events {
             let setting = if self.results.results_amqp_url.is_some() {
@@ -178,7 +180,7 @@ impl WorkerConfig {
             } else {
                 "CORRAL_AMQP_URL"
             };
-            corral_shared::amqp::check_settings(&self.results_amqp())
+            corral_runtime::amqp::check_settings(&self.results_amqp())
                 .map_err(|source| ConfigError::ResultsBroker { setting, source })?;
         }
         if self.db_writers > self.db.db_pool_size {

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-pub use corral_shared::postgres::Target;
+pub use corral_runtime::postgres::Target;
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 
@@ -106,7 +106,7 @@ const MIGRATION_LOCK: i64 = 0x636f_7272_616c; // "corral"
 
 /// Builds the worker's pool (connections made lazily).
 pub fn pool(target: &Target, size: u32) -> anyhow::Result<Pool> {
-    corral_shared::postgres::pool(target, size, "corral-worker")
+    corral_runtime::postgres::pool(target, size, "corral-worker")
 }
 
 /// Commits a batch's transaction. A transaction that wrote nothing (every

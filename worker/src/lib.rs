@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use anyhow::Context as _;
-use corral_shared::{
+use corral_runtime::{
     admin::{self, Health},
     error_chain, retry,
     telemetry::{self, labels::Binary, metrics},

@@ -1,5 +1,5 @@
 use clap::Parser;
-use corral_shared::telemetry;
+use corral_runtime::telemetry;
 use corral_worker::commands::{self, Cli, Command};
 
 // jemalloc with background purging hands memory back to the system after a

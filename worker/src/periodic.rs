@@ -10,7 +10,7 @@
 
 use std::{fmt::Display, future::Future, time::Duration};
 
-use corral_shared::retry;
+use corral_runtime::retry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

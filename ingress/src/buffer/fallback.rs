@@ -12,7 +12,7 @@
 
 use std::{fmt, pin::pin, time::Duration};
 
-use corral_shared::telemetry::labels::{PublishFailure, SpoolCause};
+use corral_runtime::telemetry::labels::{PublishFailure, SpoolCause};
 use tokio::time::Instant;
 
 use super::{Buffer, Kept, Refusal, Webhook, spool::Spool, spool::SpoolError};

@@ -38,10 +38,8 @@ use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use corral_shared::{
-    envelope::{self, BatchMessage, Charset, Kind, batch},
-    telemetry::labels::{PublishFailure, SpoolCause},
-};
+use corral_contract::envelope::{self, BatchMessage, Charset, Kind, batch};
+use corral_runtime::telemetry::labels::{PublishFailure, SpoolCause};
 use uuid::Uuid;
 
 use crate::budget::Lease;

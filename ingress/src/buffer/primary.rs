@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use corral_shared::telemetry::labels::{PublishFailure, SpoolCause};
+use corral_runtime::telemetry::labels::{PublishFailure, SpoolCause};
 
 use super::{
     Buffer, Kept, Refusal, Webhook,

@@ -28,10 +28,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
+use corral_contract::spool::{INSERT, MAY_INSERT};
+use corral_runtime::{
     admin::Health,
     error_chain,
-    spool::{INSERT, MAY_INSERT},
     telemetry::{
         labels::{PublishFailure, SpoolCause},
         metrics,

@@ -4,7 +4,7 @@ use actix_web::{
     HttpResponse, ResponseError,
     http::{StatusCode, header},
 };
-use corral_shared::telemetry::labels::{PublishFailure, RejectReason};
+use corral_runtime::telemetry::labels::{PublishFailure, RejectReason};
 
 use crate::{refusal_log::DropId, signature};
 

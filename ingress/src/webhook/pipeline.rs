@@ -12,7 +12,8 @@
 use actix_web::{HttpRequest, http::header, web};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use corral_shared::{envelope::Kind, json, telemetry::labels::PublishFailure, telemetry::metrics};
+use corral_contract::{envelope::Kind, json};
+use corral_runtime::{telemetry::labels::PublishFailure, telemetry::metrics};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
@@ -242,7 +243,7 @@ pub(super) fn check_json_object(body: &[u8], max_depth: usize) -> Result<(), Web
 #[cfg(test)]
 mod tests {
     use actix_web::{ResponseError as _, http::StatusCode};
-    use corral_shared::telemetry::labels::RejectReason;
+    use corral_runtime::telemetry::labels::RejectReason;
 
     use super::*;
 

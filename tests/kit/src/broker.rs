@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use corral_shared::{
+use corral_contract::envelope::{self, batch};
+use corral_runtime::{
     amqp::{self, AmqpError, Topology},
     config::AmqpSettings,
-    envelope::{self, batch},
 };
 use lapin::{
     BasicProperties, Channel, Connection,

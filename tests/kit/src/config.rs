@@ -5,7 +5,7 @@
 use clap::Parser;
 #[cfg(feature = "apps")]
 use corral_ingress::config::IngressConfig;
-use corral_shared::config::AmqpSettings;
+use corral_runtime::config::AmqpSettings;
 #[cfg(feature = "apps")]
 use corral_worker::{commands::Cli as WorkerCli, config::WorkerConfig};
 

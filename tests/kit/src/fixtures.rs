@@ -21,7 +21,7 @@ pub const V2_WEBHOOK_RVM_RECEIPT: &str = include_str!("../../fixtures/v2-webhook
 pub const V2_CALLBACK_RVM_FAILURE: &str =
     include_str!("../../fixtures/v2-callback-rvm-failure.json");
 
-pub use corral_shared::payload::FAILURE_REASONS;
+pub use corral_contract::provider::FAILURE_REASONS;
 
 /// `X-Signature` as Drop Cowboy computes it: `sha256=` and the lower-case
 /// hex HMAC-SHA256, keyed with `secret`'s UTF-8 bytes, of `timestamp`, `.`

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use corral_shared::telemetry::metrics::{CATALOGUE, Kind, MetricDef};
+use corral_runtime::telemetry::metrics::{CATALOGUE, Kind, MetricDef};
 
 /// The series a histogram is exported as, besides its name.
 const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];

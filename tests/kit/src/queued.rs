@@ -4,10 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
-    amqp,
-    envelope::{Envelope, Format, Kind, batch},
-};
+use corral_contract::envelope::{Envelope, Format, Kind, batch};
+use corral_runtime::amqp;
 use lapin::message::BasicGetMessage;
 use uuid::Uuid;
 

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
-use corral_shared::{
+use corral_contract::envelope::{self, batch};
+use corral_runtime::{
     config::{BufferKind, BufferSettings, SqsIdentity},
-    envelope::{self, batch},
     sqs::{self, Client},
 };
 use uuid::Uuid;

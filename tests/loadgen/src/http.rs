@@ -12,7 +12,7 @@
 use std::{io, sync::Mutex, time::Duration};
 
 use bytes::Bytes;
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use http_body_util::{BodyExt, Full};
 use hyper::{
     Method, Request, StatusCode, Uri,

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use clap::Subcommand;
-use corral_shared::config::BufferKind;
+use corral_runtime::config::BufferKind;
 
 use super::preview;
 use crate::{

@@ -19,7 +19,7 @@ pub mod report;
 pub mod suppressions;
 
 use clap::{Parser, Subcommand};
-use corral_shared::shutdown;
+use corral_runtime::shutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Application, config::WorkerConfig};

@@ -15,7 +15,7 @@
 //! before an acknowledgement is written at once rather than after the
 //! linger, since waiting could bring nothing.
 
-use corral_shared::{admin::Health, error_chain, telemetry::metrics};
+use corral_runtime::{admin::Health, error_chain, telemetry::metrics};
 use deadpool_postgres::Pool;
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use tokio::{sync::watch, time::Instant};

@@ -32,7 +32,7 @@ mod write;
 
 use std::time::Duration;
 
-use corral_shared::{admin::Health, amqp::Topology, config::AmqpSettings, error_chain, retry};
+use corral_runtime::{admin::Health, amqp::Topology, config::AmqpSettings, error_chain, retry};
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
+use corral_runtime::{
     admin::Health,
     error_chain, retry,
     telemetry::{

@@ -15,7 +15,7 @@ pub mod dead_letters;
 pub mod quarantine;
 pub mod suppressions;
 
-use corral_shared::{
+use corral_runtime::{
     amqp::{AmqpError, PublishOutcomeError},
     error_chain,
 };
@@ -89,7 +89,7 @@ pub enum OpsError {
         queue: String,
         /// What is wrong with it.
         #[source]
-        source: corral_shared::sqs::RedrivePolicyError,
+        source: corral_runtime::sqs::RedrivePolicyError,
     },
     /// An SQS call failed or was refused.
     #[error("{context}")]
@@ -98,7 +98,7 @@ pub enum OpsError {
         context: String,
         /// What SQS said, or that it did not answer.
         #[source]
-        source: corral_shared::sqs::CheckError,
+        source: corral_runtime::sqs::CheckError,
     },
     /// SQS did not take a replayed copy; the dead-letter copy was kept.
     #[error(

@@ -1,7 +1,7 @@
 //! Quarantine: The worker quarantines a webhook it cannot type into `quarantined_webhooks`,
 //! byte for byte. After a fix in the typing code, [`reprocess_quarantined`]
-//! re-types each row with this version's [`corral_shared::payload::parse`]
-//! (a signed event's with [`corral_shared::payload::parse_event`]):
+//! re-types each row with this version's [`corral_payload::parse`]
+//! (a signed event's with [`corral_payload::parse_event`]):
 //! in one transaction per batch of rows (locked with `SKIP LOCKED`, so two
 //! operators cannot process a row twice), a row that now types is stored by
 //! [`crate::store::store_in`] — the worker's own SQL — and deleted from the
@@ -25,7 +25,8 @@
 //! fails is then marked a whole message, so later runs unpack it too.
 
 use chrono::{DateTime, Utc};
-use corral_shared::{envelope::Envelope, postgres::text::storable};
+use corral_contract::envelope::Envelope;
+use corral_runtime::postgres::text::storable;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 

@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use corral_shared::retry;
+use corral_runtime::retry;
 use tokio::time::Instant;
 
 use super::round::Round;
@@ -159,7 +159,7 @@ impl Backlog {
 
 #[cfg(test)]
 mod tests {
-    use corral_shared::telemetry::labels::ResultRefusal;
+    use corral_runtime::telemetry::labels::ResultRefusal;
 
     use super::*;
 

@@ -6,7 +6,7 @@
 //! exactly when it is stored. This relay publishes the outbox, in rounds of
 //! one transaction each: lock the oldest rows no other relay holds
 //! (`FOR UPDATE … SKIP LOCKED`, so every worker's relay shares the outbox),
-//! publish each as a [`DeliveryResult`](corral_shared::results::DeliveryResult)
+//! publish each as a [`DeliveryResult`](corral_contract::results::DeliveryResult)
 //! to the fan-out exchange `<prefix>.delivery-results` (mandatory, on a
 //! confirm-mode channel, all of them before waiting), wait for their
 //! confirms, then delete the rows RabbitMQ acked and routed and commit. An
@@ -33,7 +33,7 @@ mod round;
 
 use std::{future::pending, sync::Arc, time::Duration};
 
-use corral_shared::{
+use corral_runtime::{
     amqp::{self, AmqpError, Topology},
     config::AmqpSettings,
     error_chain, retry,

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use corral_shared::{
-    amqp::{self, AmqpError, Refused},
+use corral_contract::{
     envelope::Kind,
     results::{self, DeliveryResult},
+};
+use corral_runtime::{
+    amqp::{self, AmqpError, Refused},
     telemetry::{labels::ResultRefusal, metrics},
 };
 use deadpool_postgres::Pool;

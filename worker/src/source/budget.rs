@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use corral_shared::config::MessageLimits;
+use corral_runtime::config::MessageLimits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The budget where no container memory limit is found: a quarter of the

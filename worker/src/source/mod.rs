@@ -26,10 +26,8 @@ pub mod unpack;
 
 use std::{future::Future, time::Duration};
 
-use corral_shared::{
-    config::{AmqpSettings, BufferKind, BufferSettings},
-    envelope::Incoming,
-};
+use corral_contract::envelope::Incoming;
+use corral_runtime::config::{AmqpSettings, BufferKind, BufferSettings};
 use tokio_util::sync::CancellationToken;
 
 /// The buffer the worker consumes, as `CORRAL_BUFFER` picks it.
@@ -38,7 +36,7 @@ pub enum Transport {
     /// RabbitMQ: its settings are checked; connecting is each session's.
     RabbitMq,
     /// SQS: the client is made and the queue checked.
-    Sqs(corral_shared::sqs::Queue),
+    Sqs(corral_runtime::sqs::Queue),
 }
 
 impl Transport {
@@ -47,15 +45,15 @@ impl Transport {
     pub fn connect(amqp: &AmqpSettings, buffer: &BufferSettings) -> anyhow::Result<Self> {
         Ok(match buffer.kind {
             BufferKind::Rabbitmq => {
-                corral_shared::amqp::check_settings(amqp)?;
+                corral_runtime::amqp::check_settings(amqp)?;
                 Self::RabbitMq
             }
-            BufferKind::Sqs => Self::Sqs(corral_shared::sqs::connect(buffer)?),
+            BufferKind::Sqs => Self::Sqs(corral_runtime::sqs::connect(buffer)?),
         })
     }
 
     /// The SQS queue, when that is the buffer.
-    pub fn sqs(&self) -> Option<&corral_shared::sqs::Queue> {
+    pub fn sqs(&self) -> Option<&corral_runtime::sqs::Queue> {
         match self {
             Self::RabbitMq => None,
             Self::Sqs(queue) => Some(queue),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use corral_shared::{
+use corral_runtime::{
     admin::Health,
     amqp::{self, AmqpError, Topology, deadline},
     config::AmqpSettings,

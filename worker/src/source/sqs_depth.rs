@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use corral_shared::{
+use corral_runtime::{
     sqs::{self, DeadLetterTarget, Queue},
     telemetry::{labels::SqsQueue, metrics},
 };

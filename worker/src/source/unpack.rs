@@ -8,7 +8,7 @@
 //! told apart is quarantined whole instead of dropped or retried: retrying
 //! cannot make it readable, and it would block the queue.
 
-use corral_shared::envelope::{
+use corral_contract::envelope::{
     Envelope, Format, Incoming, Metadata,
     batch::{self, UnpackError},
 };
@@ -86,7 +86,7 @@ fn without_values(err: &UnpackError) -> String {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use corral_shared::envelope::{Kind, MIXED_ROUTING_KEY, batch::Packing};
+    use corral_contract::envelope::{Kind, MIXED_ROUTING_KEY, batch::Packing};
     use uuid::Uuid;
 
     use super::*;

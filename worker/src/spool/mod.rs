@@ -17,9 +17,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
+use corral_contract::envelope::{Envelope, Kind};
+use corral_runtime::{
     admin::Health,
-    envelope::{Envelope, Kind},
     telemetry::{
         labels::{DbErrorKind, MessageOutcome},
         metrics,

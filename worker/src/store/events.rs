@@ -4,7 +4,8 @@
 
 use std::{collections::HashMap, future::Future};
 
-use corral_shared::{payload::DeliveryStatus, telemetry::labels::DeliveryLabels};
+use corral_payload::DeliveryStatus;
+use corral_runtime::telemetry::labels::DeliveryLabels;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::types::ToSql;
 

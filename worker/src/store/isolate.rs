@@ -6,7 +6,7 @@
 
 use std::{future::Future, pin::Pin};
 
-use corral_shared::telemetry::{labels::DbErrorKind, metrics};
+use corral_runtime::telemetry::{labels::DbErrorKind, metrics};
 use deadpool_postgres::Transaction;
 
 use crate::db::is_data_error;

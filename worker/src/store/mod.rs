@@ -18,7 +18,7 @@ mod quarantine;
 
 use std::collections::BTreeMap;
 
-use corral_shared::telemetry::{labels::DeliveryLabels, metrics};
+use corral_runtime::telemetry::{labels::DeliveryLabels, metrics};
 use deadpool_postgres::Transaction;
 use prepare::{EventRow, ProviderRow, QuarantineRow};
 pub use prepare::{Prepared, prepare_all};
@@ -27,7 +27,7 @@ use crate::db::is_data_error;
 
 /// One webhook as it came off the buffer: the envelope's, which the
 /// source unpacks and the store writes.
-pub use corral_shared::envelope::Incoming;
+pub use corral_contract::envelope::Incoming;
 
 /// How the messages of a committed batch ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

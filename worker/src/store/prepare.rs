@@ -3,10 +3,8 @@
 //! to keep, or a quarantine row with why.
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
-    envelope::Kind,
-    payload::{self, Fingerprint, ProviderEvent, Signed},
-};
+use corral_contract::envelope::Kind;
+use corral_payload::{self as payload, Fingerprint, ProviderEvent, Signed};
 use uuid::Uuid;
 
 use super::Incoming;

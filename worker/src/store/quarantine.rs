@@ -3,7 +3,7 @@
 //!
 //! Its texts come from untrusted bytes (a routing key, serde's error quoting
 //! an envelope's field), so each goes through
-//! [`corral_shared::postgres::text::storable`]. The insert is isolated like
+//! [`corral_runtime::postgres::text::storable`]. The insert is isolated like
 //! the event insert, and a row PostgreSQL still refuses is kept in a last
 //! resort form rather than failing, or holding, its batch: the body is
 //! `bytea` and always storable; its texts become printable ASCII, the reason
@@ -12,7 +12,7 @@
 use std::{borrow::Cow, future::Future};
 
 use chrono::{DateTime, Utc};
-use corral_shared::postgres::text::{ascii, storable};
+use corral_runtime::postgres::text::{ascii, storable};
 use deadpool_postgres::{GenericClient, Transaction};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;

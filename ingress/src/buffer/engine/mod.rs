@@ -38,7 +38,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::telemetry::metrics;
+use corral_runtime::telemetry::metrics;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::Instant,

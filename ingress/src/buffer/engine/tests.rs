@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use chrono::Utc;
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use uuid::Uuid;
 
 use super::*;

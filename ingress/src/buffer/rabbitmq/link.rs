@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corral_shared::{
+use corral_runtime::{
     amqp::{self, AmqpError, deadline},
     error_chain, retry,
     telemetry::metrics,

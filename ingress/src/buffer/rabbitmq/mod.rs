@@ -35,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::{
+use corral_runtime::{
     admin::Health,
     amqp::Topology,
     config::AmqpSettings,

@@ -22,9 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-use corral_shared::{
+use corral_contract::envelope::{Charset, Kind, batch};
+use corral_runtime::{
     amqp::{self, Refused},
-    envelope::{Charset, Kind, batch},
     telemetry::metrics,
 };
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};

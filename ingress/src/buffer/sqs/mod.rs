@@ -7,7 +7,7 @@
 //! `CORRAL_PUBLISH_BATCH_MAX` webhooks each, the whole call at most
 //! `CORRAL_SQS_MAX_MESSAGE_BYTES` — and sends it with one `SendMessageBatch`.
 //! Each message is an envelope-2 body with the attributes the worker reads
-//! (`corral_shared::sqs`), holding only the characters SQS takes (a body
+//! (`corral_runtime::sqs`), holding only the characters SQS takes (a body
 //! with one SQS refuses goes escaped, `Charset::Sqs`). SQS answers per
 //! message: a webhook is taken only when its message is among the call's
 //! successful entries; a failed entry refuses its webhooks alone, a failed
@@ -36,7 +36,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::{
+use corral_runtime::{
     admin::Health,
     sqs::{self, CheckError, Queue},
     telemetry::labels::{PublishFailure, SpoolCause},

@@ -9,8 +9,8 @@ use aws_sdk_sqs::{
     operation::send_message_batch::SendMessageBatchOutput,
     types::{SendMessageBatchRequestEntry, builders::SendMessageBatchRequestEntryBuilder},
 };
-use corral_shared::{
-    envelope::{Charset, batch},
+use corral_contract::envelope::{Charset, batch};
+use corral_runtime::{
     error_chain,
     sqs::{self, CheckError},
     telemetry::metrics,

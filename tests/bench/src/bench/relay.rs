@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_shared::{
+use corral_runtime::{
     amqp,
     telemetry::metrics::{WORKER_MESSAGES, WORKER_RESULT_EVENTS_PUBLISHED},
 };

@@ -7,12 +7,10 @@ use anyhow::Context as _;
 use chrono::Utc;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
+use corral_contract::envelope::{self, Kind, batch};
 use corral_loadgen::{self as loadgen, Load, Mix, VerifyOptions};
-use corral_shared::{
-    envelope::{self, Kind, batch},
-    telemetry::metrics::{
-        INGRESS_PUBLISH_BATCH_SIZE, INGRESS_SPOOL_BATCH_SIZE, SQS_BILLED_REQUESTS, SQS_REQUESTS,
-    },
+use corral_runtime::telemetry::metrics::{
+    INGRESS_PUBLISH_BATCH_SIZE, INGRESS_SPOOL_BATCH_SIZE, SQS_BILLED_REQUESTS, SQS_REQUESTS,
 };
 use corral_testkit::{
     broker, config, database, fixtures,
@@ -354,12 +352,12 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
                 })
                 .collect();
             let message = envelope::batch_message(Uuid::now_v7(), &packing, envelope::Charset::Any);
-            corral_shared::amqp::publish_mandatory(
+            corral_runtime::amqp::publish_mandatory(
                 channel,
                 exchange.as_str().into(),
                 message.routing_key.into(),
                 &message.body,
-                corral_shared::amqp::properties(&message.metadata),
+                corral_runtime::amqp::properties(&message.metadata),
             )
             .await?
         };
@@ -368,7 +366,7 @@ pub async fn prefill(prefix: &str, count: usize, batch: Option<usize>) -> anyhow
     while let Some(confirmation) = pending.next().await {
         anyhow::ensure!(confirmation?.is_ack(), "prefill publish nacked");
     }
-    corral_shared::amqp::close(&connection, Duration::from_secs(10), "prefilled").await;
+    corral_runtime::amqp::close(&connection, Duration::from_secs(10), "prefilled").await;
     Ok(())
 }
 

@@ -4,10 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use corral_shared::{
-    envelope::Kind,
-    payload::{self, DeliveryStatus},
-};
+use corral_contract::envelope::Kind;
+use corral_payload::{self as payload, DeliveryStatus};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
@@ -209,7 +207,7 @@ pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Resul
         .map(|i| corral_worker::store::Incoming {
             body: body(&name, i).into_bytes(),
             routing_key: Kind::Sms.routing_key().into(),
-            envelope: corral_shared::envelope::Envelope {
+            envelope: corral_contract::envelope::Envelope {
                 message_id: Some(Uuid::now_v7()),
                 received_at: Some(Utc::now()),
             },

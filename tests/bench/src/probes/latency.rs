@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use corral_shared::{
+use corral_contract::envelope::Kind;
+use corral_runtime::{
     amqp::{self, Topology},
     config::AmqpSettings,
-    envelope::Kind,
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;

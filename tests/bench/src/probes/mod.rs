@@ -35,10 +35,10 @@ pub use self::{http::*, insert::*, latency::*, publish::*, spool::*};
 use std::time::Duration;
 
 use chrono::Utc;
-use corral_shared::{
+use corral_contract::envelope;
+use corral_runtime::{
     amqp::{self, Topology},
     config::AmqpSettings,
-    envelope,
 };
 use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;

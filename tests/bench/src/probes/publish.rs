@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use corral_shared::{config::AmqpSettings, envelope::Kind};
+use corral_contract::envelope::Kind;
+use corral_runtime::config::AmqpSettings;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use corral_testkit::broker;

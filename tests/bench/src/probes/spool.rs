@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use corral_shared::spool::INSERT;
+use corral_contract::spool::INSERT;
 use uuid::Uuid;
 
 use corral_testkit::{database, unique_name};

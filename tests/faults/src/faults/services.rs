@@ -117,11 +117,11 @@ pub async fn ensure_services_up(timeout: Duration) {
     }
     while Instant::now() < deadline {
         let broker =
-            corral_shared::amqp::connect(&corral_testkit::config::amqp("probe"), "corral-faults")
+            corral_runtime::amqp::connect(&corral_testkit::config::amqp("probe"), "corral-faults")
                 .await;
         let database = tokio_postgres::connect(database::SERVER_URL, tokio_postgres::NoTls).await;
         if let (Ok(connection), Ok(_)) = (broker, database) {
-            corral_shared::amqp::close(&connection, Duration::from_secs(10), "ok").await;
+            corral_runtime::amqp::close(&connection, Duration::from_secs(10), "ok").await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

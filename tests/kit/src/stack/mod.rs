@@ -205,7 +205,7 @@ impl Stack {
         &self,
         queue: &crate::sqs::TestQueue,
         service: Via,
-    ) -> corral_shared::config::BufferSettings {
+    ) -> corral_runtime::config::BufferSettings {
         match &self.sqs_proxy {
             Some((proxy, via)) if via.includes(service) => {
                 queue.settings_via(&format!("http://{}", proxy.addr()))

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 
 /// Carriers as the provider names them, with the network type.
 pub(super) const NETWORKS: &[(&str, &str)] = &[

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 
 /// Every reason code the provider documents for a send's result (its test
 /// numbers' tables and its send-results page), with the provider's text.

@@ -40,11 +40,11 @@ pub use self::{
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::Serialize;
 
-use corral_shared::payload::FAILURE_REASONS;
+use corral_contract::provider::FAILURE_REASONS;
 
 /// The reason given to the older event of an out-of-order pair: a transient
 /// failure that made the provider try again.

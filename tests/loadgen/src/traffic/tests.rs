@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use corral_shared::payload;
+use corral_payload as payload;
 
 fn traffic(mix: Mix) -> Traffic {
     Traffic::new(RunId::random(), 7, mix)

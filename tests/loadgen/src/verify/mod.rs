@@ -12,7 +12,7 @@
 //! a run sends has its own `(drop_id, attempt_date)` (the generator makes
 //! them so), and the body's fingerprint is made again from the same bytes
 //! with the worker's own canonical form
-//! ([`corral_shared::payload::parse`]). A row with the key and the
+//! ([`corral_payload::parse`]). A row with the key and the
 //! fingerprint of a sent body is a copy of it; with the key but another
 //! fingerprint it is *mismatched* (the content changed on the way); a row of
 //! the run with a key never sent is *unexpected*. Per webhook: no copy is
@@ -69,7 +69,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use corral_shared::payload;
+use corral_payload as payload;
 use serde::Serialize;
 use tokio_postgres::{NoTls, types::ToSql};
 

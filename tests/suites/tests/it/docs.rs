@@ -11,7 +11,8 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::CommandFactory;
-use corral_shared::{envelope, envelope::Kind, payload::FAILURE_REASONS, telemetry::metrics};
+use corral_contract::{envelope, envelope::Kind, provider::FAILURE_REASONS};
+use corral_runtime::telemetry::metrics;
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker},
     config::short_waits,
@@ -278,7 +279,9 @@ const NOT_METRICS: &[&str] = &[
     "corral_ingress",
     "corral_grafana",
     "corral_worker",
-    "corral_shared",
+    "corral_contract",
+    "corral_runtime",
+    "corral_payload",
     "corral_testkit",
     "corral_loadgen",
     "corral_test_",
@@ -746,7 +749,7 @@ async fn every_cookbook_query_returns_the_documented_rows() {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                corral_shared::amqp::properties(&envelope::Metadata::single(
+                corral_runtime::amqp::properties(&envelope::Metadata::single(
                     id,
                     instant(received_at),
                 )),
@@ -1094,7 +1097,8 @@ fn operations_table(section: &str, header: &str) -> Vec<Vec<String>> {
 /// and for each v1 reason, and what the metric's `reason` label says.
 #[tokio::test]
 async fn the_reason_code_table_is_the_mapping_the_database_applies() {
-    use corral_shared::{provider::REASON_CODES, telemetry::labels::DeliveryLabels};
+    use corral_contract::provider::REASON_CODES;
+    use corral_runtime::telemetry::labels::DeliveryLabels;
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
     let class = async |code: Option<i32>, reason: &str| -> String {

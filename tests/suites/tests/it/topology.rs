@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use corral_shared::amqp::{self, Topology};
+use corral_runtime::amqp::{self, Topology};
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker, TOKEN},
     broker::{TestBroker, delete_prefix},
@@ -108,7 +108,7 @@ async fn the_unroutable_queue_dead_letters_past_the_delivery_limit_like_the_main
         .publish(
             "dropcowboy.sms",
             body,
-            corral_shared::amqp::properties(&corral_shared::envelope::Metadata::single(
+            corral_runtime::amqp::properties(&corral_contract::envelope::Metadata::single(
                 uuid::Uuid::now_v7(),
                 chrono::Utc::now(),
             )),

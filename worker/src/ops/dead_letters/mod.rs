@@ -30,7 +30,7 @@ mod sqs_calls;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::{Envelope, Format, Metadata};
+use corral_contract::envelope::{Envelope, Format, Metadata};
 
 pub use self::{rabbitmq::RabbitmqDeadLetters, sqs::SqsDeadLetters};
 use super::OpsError;

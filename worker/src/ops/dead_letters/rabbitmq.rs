@@ -15,7 +15,7 @@
 //! so the ones it moves to the tail are not read twice.
 //!
 
-use corral_shared::{
+use corral_runtime::{
     amqp::{self, Topology, deadline},
     config::AmqpSettings,
 };

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use corral_shared::{
+use corral_runtime::{
     amqp::{self, Topology, deadline},
     config::AmqpSettings,
     error_chain,

@@ -22,7 +22,7 @@ use aws_sdk_sqs::types::{
     BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
-use corral_shared::{
+use corral_runtime::{
     config::BufferSettings,
     error_chain,
     sqs::{self, Queue},

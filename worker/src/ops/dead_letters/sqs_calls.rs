@@ -8,7 +8,7 @@ use aws_sdk_sqs::{
     error::{ProvideErrorMetadata, SdkError},
     types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry},
 };
-use corral_shared::{
+use corral_runtime::{
     error_chain,
     sqs::{self, Queue},
 };

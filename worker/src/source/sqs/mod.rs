@@ -42,7 +42,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::{
+use corral_runtime::{
     admin::Health,
     sqs::{self, Queue},
     telemetry::metrics,

@@ -10,7 +10,7 @@ use aws_sdk_sqs::{
     error::DisplayErrorContext,
     types::{Message, MessageSystemAttributeName},
 };
-use corral_shared::{admin::Health, retry, sqs};
+use corral_runtime::{admin::Health, retry, sqs};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 

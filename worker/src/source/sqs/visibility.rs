@@ -6,7 +6,7 @@ use aws_sdk_sqs::{
     error::DisplayErrorContext,
     types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry},
 };
-use corral_shared::sqs;
+use corral_runtime::sqs;
 use futures_util::{StreamExt, stream};
 use tokio::time::Instant;
 

@@ -259,8 +259,8 @@ async fn past_max_in_flight_requests_get_503_overloaded_while_the_slot_is_held()
 async fn an_exchange_declared_without_the_alternate_exchange_is_used_as_it_is_with_a_warning() {
     let logs = CapturedLogs::install();
     let settings = corral_testkit::config::amqp(corral_testkit::unique_name("legacy"));
-    let topology = corral_shared::amqp::Topology::new(&settings);
-    let connection = corral_shared::amqp::connect(&settings, "corral-tests legacy")
+    let topology = corral_runtime::amqp::Topology::new(&settings);
+    let connection = corral_runtime::amqp::connect(&settings, "corral-tests legacy")
         .await
         .expect("connecting");
     let channel = connection.create_channel().await.expect("a channel");
@@ -299,5 +299,5 @@ async fn an_exchange_declared_without_the_alternate_exchange_is_used_as_it_is_wi
         .iter()
         .any(|line| line.contains("without the alternate exchange") && line.contains("WARN"));
     assert!(warned, "the upgrade step is logged: {:#?}", logs.lines());
-    corral_shared::amqp::close(&connection, Duration::from_secs(5), "done").await;
+    corral_runtime::amqp::close(&connection, Duration::from_secs(5), "done").await;
 }

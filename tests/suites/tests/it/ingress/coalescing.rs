@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningIngress, fixtures, metrics::Metrics, stack::Stack, wait};
 use reqwest::{Response, StatusCode};
 use tokio::task::JoinHandle;

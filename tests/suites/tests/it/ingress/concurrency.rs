@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::TOKEN, fixtures, stack::Stack};
 use reqwest::header;
 use tokio::task::JoinSet;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{TimeDelta, Utc};
-use corral_shared::envelope::batch;
+use corral_contract::envelope::batch;
 use corral_testkit::{fixtures, stack::Stack};
 use lapin::types::AMQPValue;
 

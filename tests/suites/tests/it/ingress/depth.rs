@@ -1,7 +1,7 @@
 //! Nesting depth: a body nested deeper than `CORRAL_MAX_JSON_DEPTH` is
 //! refused before anything is published, in time linear in its length.
 
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::stack::Stack;
 
 use super::helpers::*;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use corral_ingress::config::IngressConfig;
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
     broker::TestBroker,

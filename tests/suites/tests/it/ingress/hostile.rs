@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
     broker::TestBroker,

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::{RunningIngress, TOKEN},
     fixtures,

@@ -3,15 +3,12 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use chrono::{DateTime, Utc};
-use corral_shared::amqp::{PublishOutcomeError, Refused};
-use corral_shared::{
-    amqp,
-    config::AmqpSettings,
-    envelope::{
-        self, Kind, RECEIVED_AT_HEADER,
-        batch::{self, Packing},
-    },
+use corral_contract::envelope::{
+    self, Kind, RECEIVED_AT_HEADER,
+    batch::{self, Packing},
 };
+use corral_runtime::amqp::{PublishOutcomeError, Refused};
+use corral_runtime::{amqp, config::AmqpSettings};
 use corral_testkit::{
     apps::RunningWorker, broker::TestBroker, config, fixtures, stack::Stack, wait,
 };
@@ -58,7 +55,7 @@ async fn dead_letter(broker: &TestBroker, count: usize) -> Vec<Sent> {
             .publish(
                 routing_key,
                 body.as_bytes(),
-                corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
+                corral_runtime::amqp::properties(&envelope::Metadata::single(id, received_at)),
             )
             .await;
         sent.push(Sent {

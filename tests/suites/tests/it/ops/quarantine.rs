@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::{self, Kind, batch::Packing};
+use corral_contract::envelope::{self, Kind, batch::Packing};
 use corral_testkit::{
     apps::{RunningIngress, RunningWorker},
     config,
@@ -150,7 +150,7 @@ async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
         )
         .await
         .unwrap();
-    let typed = corral_shared::payload::parse(typeable.as_bytes()).unwrap();
+    let typed = corral_payload::parse(typeable.as_bytes()).unwrap();
     assert_eq!(row.get::<_, String>("kind"), "sms");
     assert_eq!(row.get::<_, String>("drop_id"), typed.status.drop_id);
     assert_eq!(row.get::<_, String>("latest"), typed.status.drop_id);
@@ -351,7 +351,7 @@ async fn webhooks_of_a_batch_are_reprocessed_one_by_one_and_a_whole_message_keep
         .publish(
             envelope::MIXED_ROUTING_KEY,
             br#"{"webhooks":42}"#,
-            corral_shared::amqp::properties(&envelope::Metadata::batch(unreadable_id, first, 1)),
+            corral_runtime::amqp::properties(&envelope::Metadata::batch(unreadable_id, first, 1)),
         )
         .await;
     let worker = RunningWorker::start(stack.worker_config()).await;

@@ -4,7 +4,7 @@
 //! duplicate webhook.
 
 use chrono::{DateTime, Utc};
-use corral_shared::{envelope::Kind, results::DeliveryResult};
+use corral_contract::{envelope::Kind, results::DeliveryResult};
 use corral_testkit::{fixtures, stack::Stack, wait};
 use tokio_postgres::Client;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use corral_shared::results::{self, DeliveryResult};
+use corral_contract::results::{self, DeliveryResult};
 use corral_testkit::{broker::TestBroker, config};
 use corral_worker::config::WorkerConfig;
 use lapin::message::BasicGetMessage;

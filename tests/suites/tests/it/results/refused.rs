@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
 };
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{broker::TestBroker, fixtures, stack::Stack, wait};
 use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;

@@ -1,7 +1,7 @@
 //! Result events need RabbitMQ, also with `CORRAL_BUFFER=sqs`: a worker
 //! whose result-event broker URL cannot work refuses to start and says why.
 
-use corral_shared::config::BufferKind;
+use corral_runtime::config::BufferKind;
 use corral_testkit::config;
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //! event (mandatory), so they wait in the outbox, counted in the pending
 //! gauge and as refused, and flow once a queue is bound.
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{stack::Stack, wait};
 
 use super::helpers::*;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::fixtures;
 
 use uuid::Uuid;

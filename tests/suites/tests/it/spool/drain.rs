@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::{
     apps::RunningWorker,
     fixtures,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use corral_ingress::config::IngressConfig;
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::{
     apps::RunningIngress,
     config::short_waits,

@@ -1,7 +1,8 @@
 //! A webhook spooled and also published, or spooled and sent again by its
 //! sender, is one row.
 
-use corral_shared::{envelope::Kind, telemetry::labels::SpoolCause};
+use corral_contract::envelope::Kind;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::{apps::RunningWorker, fixtures, stack::Stack, wait};
 use uuid::Uuid;
 

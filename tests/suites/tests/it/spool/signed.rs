@@ -2,7 +2,7 @@
 //! answered 200 from the spool, kept as kind `event`, and the worker stores
 //! it from there under the answered id.
 
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::apps::RunningWorker;
 
 use super::helpers::*;

@@ -9,7 +9,7 @@
 
 use std::{cell::RefCell, collections::HashMap, time::Duration};
 
-use corral_shared::envelope::batch;
+use corral_contract::envelope::batch;
 use corral_testkit::{fixtures, stack::Stack, wait};
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     sqs::{QueueOptions, TestQueue},
@@ -52,7 +52,7 @@ async fn run(stack: &Stack, command: DeadLetterCommand) -> Result<String, String
 }
 
 async fn replay(queue: &TestQueue, options: ReplayOptions) -> DeadLetterReport {
-    let queue = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
+    let queue = corral_runtime::sqs::connect(&queue.settings()).expect("the SQS queue");
     SqsDeadLetters::new(queue)
         .replay(&options)
         .await
@@ -309,7 +309,7 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
         assert!(err.contains("RedrivePolicy"), "{err}");
         assert!(err.contains("deadLetterTargetArn"), "{err}");
     }
-    let connected = corral_shared::sqs::connect(&queue.settings()).expect("the SQS queue");
+    let connected = corral_runtime::sqs::connect(&queue.settings()).expect("the SQS queue");
     let err = SqsDeadLetters::new(connected)
         .list(10)
         .await

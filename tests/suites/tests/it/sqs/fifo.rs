@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use corral_shared::envelope::batch;
+use corral_contract::envelope::batch;
 use corral_testkit::{sqs::QueueOptions, stack::Stack, wait};
 use uuid::Uuid;
 

@@ -2,7 +2,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use corral_shared::envelope::{self, Kind};
+use corral_contract::envelope::{self, Kind};
 use corral_testkit::{fixtures::DeliveryStatus, sqs::TestQueue, stack::Stack, wait};
 use tokio::time::Instant;
 use uuid::Uuid;

@@ -37,10 +37,10 @@ async fn the_worker_exports_the_message_counts_of_the_queue_and_its_dead_letter_
     }
     let bodies: Vec<String> = (20..23).map(super::webhook).collect();
     for body in &bodies {
-        let packing = [corral_shared::envelope::batch::Packing {
+        let packing = [corral_contract::envelope::batch::Packing {
             id: uuid::Uuid::now_v7(),
             received_at: chrono::Utc::now(),
-            kind: corral_shared::envelope::Kind::Sms,
+            kind: corral_contract::envelope::Kind::Sms,
             body: body.as_bytes(),
         }];
         queue.send_delayed(&packing, 900).await;
@@ -112,10 +112,10 @@ async fn the_oldest_received_message_shows_how_long_it_waited() {
 
 async fn send_dead_letter(queue: &TestQueue) {
     let body = super::webhook(99);
-    let packing = [corral_shared::envelope::batch::Packing {
+    let packing = [corral_contract::envelope::batch::Packing {
         id: uuid::Uuid::now_v7(),
         received_at: chrono::Utc::now(),
-        kind: corral_shared::envelope::Kind::Rvm,
+        kind: corral_contract::envelope::Kind::Rvm,
         body: body.as_bytes(),
     }];
     queue.send_dead_letter(&packing).await;

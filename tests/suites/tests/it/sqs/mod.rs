@@ -33,7 +33,7 @@ mod visibility;
 use std::time::Duration;
 
 use chrono::Utc;
-use corral_shared::envelope::{Kind, batch::Packing};
+use corral_contract::envelope::{Kind, batch::Packing};
 use corral_testkit::{fixtures, sqs::TestQueue};
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! SQS unreachable: a webhook goes to the spool where one is configured,
 //! and is answered 503 where none is.
 
-use corral_shared::telemetry::labels::SpoolCause;
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::{
     apps::RunningIngress,
     fixtures,

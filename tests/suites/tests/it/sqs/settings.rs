@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use corral_ingress::config::IngressConfig;
-use corral_shared::config::BufferKind;
+use corral_runtime::config::BufferKind;
 use corral_testkit::{
     process::{Process, ProcessConfig},
     sqs::ENDPOINT,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use corral_shared::envelope::{Kind, batch};
+use corral_contract::envelope::{Kind, batch};
 use corral_testkit::{stack::Stack, wait};
 
 use super::WAIT;
@@ -32,7 +32,7 @@ async fn a_signed_delivery_travels_through_sqs_as_kind_event() {
     let [message] = messages.as_slice() else {
         panic!("one message, got {}", messages.len());
     };
-    let (_, routing_key) = corral_shared::sqs::metadata(message);
+    let (_, routing_key) = corral_runtime::sqs::metadata(message);
     assert_eq!(routing_key, "dropcowboy.event");
     let body = message.body().expect("a body");
     let webhooks = batch::decode(body.as_bytes()).expect("envelope 2");

@@ -3,7 +3,7 @@
 //! a roll-up, and its errors.
 
 use clap::Parser;
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker, config::short_waits, database::TestDatabase, fixtures, stack::Stack,
 };

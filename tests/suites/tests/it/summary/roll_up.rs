@@ -9,7 +9,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker, config::short_waits, database::TestDatabase, fixtures, stack::Stack, wait,
 };

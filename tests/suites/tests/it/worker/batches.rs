@@ -3,7 +3,7 @@
 //! is never split across transactions.
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::{
+use corral_contract::envelope::{
     self, Kind,
     batch::{self, Packing},
 };
@@ -125,7 +125,7 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             envelope::MIXED_ROUTING_KEY,
             malformed,
-            corral_shared::amqp::properties(&envelope::Metadata::batch(malformed_id, at, 1)),
+            corral_runtime::amqp::properties(&envelope::Metadata::batch(malformed_id, at, 1)),
         )
         .await;
     // A newer ingress's envelope: its body might even read as version 2,
@@ -147,7 +147,7 @@ async fn an_unreadable_message_is_quarantined_whole_with_the_reason_and_acknowle
         .publish(
             Kind::Sms.routing_key(),
             &newer,
-            corral_shared::amqp::properties(&envelope::Metadata::batch(newer_id, at, 1))
+            corral_runtime::amqp::properties(&envelope::Metadata::batch(newer_id, at, 1))
                 .with_content_type(content_type.into()),
         )
         .await;

@@ -2,7 +2,8 @@
 //! the queue without passing ingress — is quarantined with the reason, and
 //! the queue keeps moving.
 
-use corral_shared::{envelope::Kind, payload::MAX_DEPTH};
+use corral_contract::envelope::Kind;
+use corral_payload::MAX_DEPTH;
 use corral_testkit::apps::RunningWorker;
 
 use super::helpers::*;

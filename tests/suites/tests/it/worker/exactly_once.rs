@@ -1,7 +1,7 @@
 //! Exactly-once storage: duplicates, redeliveries, competing workers.
 
 use chrono::Utc;
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     fixtures::{self, FAILURE_REASONS},

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use corral_shared::{
-    envelope::{self, Kind, batch::Packing},
-    telemetry,
-};
+use corral_contract::envelope::{self, Kind, batch::Packing};
+use corral_runtime::telemetry;
 use corral_testkit::{
     apps::RunningWorker,
     broker::TestBroker,
@@ -94,7 +92,7 @@ pub(crate) async fn send(broker: &TestBroker, routing_key: &str, body: impl AsRe
         .publish(
             routing_key,
             &body,
-            corral_shared::amqp::properties(&envelope::Metadata::single(id, received_at)),
+            corral_runtime::amqp::properties(&envelope::Metadata::single(id, received_at)),
         )
         .await;
     Sent {

@@ -3,7 +3,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use corral_shared::envelope::{Kind, batch::Packing};
+use corral_contract::envelope::{Kind, batch::Packing};
 use corral_testkit::{
     broker::TestBroker,
     fixtures::DeliveryStatus,
@@ -127,10 +127,10 @@ async fn prefill(broker: &TestBroker) -> (Vec<Uuid>, u64) {
             })
             .collect();
         if message_bytes == 0 {
-            message_bytes = corral_shared::envelope::batch_message(
+            message_bytes = corral_contract::envelope::batch_message(
                 Uuid::now_v7(),
                 &packing,
-                corral_shared::envelope::Charset::Any,
+                corral_contract::envelope::Charset::Any,
             )
             .body
             .len() as u64;

@@ -1,6 +1,6 @@
 //! The newest state wins whatever the arrival order.
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     broker::TestBroker,
@@ -112,7 +112,7 @@ async fn send_received(
         .publish(
             Kind::Sms.routing_key(),
             body.as_bytes(),
-            corral_shared::amqp::properties(&corral_shared::envelope::Metadata::single(
+            corral_runtime::amqp::properties(&corral_contract::envelope::Metadata::single(
                 id,
                 received_at,
             )),
@@ -139,11 +139,7 @@ async fn of_two_states_with_the_same_attempt_date_the_later_received_wins() {
     let pair = |drop_id: &str| {
         let a = fixtures::delivery_status(drop_id, date, "", "order-5");
         let b = fixtures::delivery_status(drop_id, date, "No Funds", "order-5");
-        let fingerprint = |body: &str| {
-            corral_shared::payload::parse(body.as_bytes())
-                .unwrap()
-                .fingerprint
-        };
+        let fingerprint = |body: &str| corral_payload::parse(body.as_bytes()).unwrap().fingerprint;
         if fingerprint(&a) > fingerprint(&b) {
             (a, b)
         } else {

@@ -1,6 +1,6 @@
 //! Database and broker outages lose nothing and ack nothing early.
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, database, fixtures::FAILURE_REASONS, stack::Via, wait};
 
 use super::helpers::*;

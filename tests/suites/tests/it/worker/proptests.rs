@@ -10,10 +10,8 @@
 //! 64 cases, or `PROPTEST_CASES`
 //! (`PROPTEST_CASES=2000 cargo nextest run -p corral-suites proptest`).
 
-use corral_shared::{
-    envelope::{self, Kind, batch},
-    payload,
-};
+use corral_contract::envelope::{self, Kind, batch};
+use corral_payload as payload;
 use corral_testkit::{database::TestDatabase, fixtures};
 use corral_worker::{
     db,
@@ -246,7 +244,7 @@ async fn write(
     let mut unreadable = Vec::new();
     for message in messages {
         match unpack::contents(
-            &corral_shared::amqp::metadata(&message.properties),
+            &corral_runtime::amqp::metadata(&message.properties),
             &message.routing_key,
             message.body.clone(),
         ) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::helpers::*;
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::{self, Kind};
+use corral_contract::envelope::{self, Kind};
 use corral_testkit::{
     apps::RunningWorker,
     fixtures::{self},
@@ -252,7 +252,7 @@ async fn a_nul_in_an_entry_s_kind_or_id_does_not_hold_the_webhooks_behind_it() {
             .publish(
                 Kind::Sms.routing_key(),
                 body,
-                corral_shared::amqp::properties(&envelope::Metadata::batch(id, at, 1)),
+                corral_runtime::amqp::properties(&envelope::Metadata::batch(id, at, 1)),
             )
             .await;
         ids.push(id);

@@ -1,6 +1,6 @@
 //! Graceful shutdown, with and without the database.
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, wait};
 
 use super::helpers::*;

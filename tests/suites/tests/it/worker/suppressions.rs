@@ -2,7 +2,7 @@
 //! worker from the webhooks in the batch's own transaction, exactly once and
 //! whatever the order events arrive in.
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, fixtures};
 use corral_worker::commands::{
     self,

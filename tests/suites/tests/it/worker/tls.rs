@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     database::TestDatabase,

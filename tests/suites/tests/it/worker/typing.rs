@@ -1,7 +1,7 @@
 //! Samples and every documented failure reason become exact rows.
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{
     apps::RunningWorker,
     fixtures::{self, FAILURE_REASONS},

@@ -4,7 +4,7 @@
 //! corral keeps every verified delivery and answers each `200 {"id"}`: the
 //! worker, not ingress, recognises an `event_id` it already stored.
 
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::{fixtures, stack::Stack};
 use uuid::Uuid;
 

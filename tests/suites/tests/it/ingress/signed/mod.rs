@@ -16,7 +16,7 @@ mod setup;
 
 use std::collections::BTreeMap;
 
-use corral_shared::telemetry::labels::RejectReason;
+use corral_runtime::telemetry::labels::RejectReason;
 use corral_testkit::{
     apps::RunningIngress, broker::TestBroker, fixtures, metrics::Metrics, stack::Stack,
 };
@@ -210,7 +210,7 @@ pub(super) async fn assert_published(
         );
     };
     assert_eq!(webhook.id, id, "the queued webhook carries the answered id");
-    assert_eq!(webhook.kind, corral_shared::envelope::Kind::Event);
+    assert_eq!(webhook.kind, corral_contract::envelope::Kind::Event);
     assert_eq!(webhook.body, delivery.body, "the exact bytes received");
     assert_eq!(
         webhook.message.delivery.routing_key.as_str(),

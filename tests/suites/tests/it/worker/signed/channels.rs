@@ -5,7 +5,7 @@
 //! the summary and `report` — with the callback's money exact.
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, fixtures};
 use corral_worker::summary::report::{self, Window};
 use serde_json::json;

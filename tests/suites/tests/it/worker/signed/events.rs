@@ -3,7 +3,7 @@
 //! without `event_id` quarantined alone, a receipt joined to its delivery.
 
 use chrono::{DateTime, Utc};
-use corral_shared::envelope::Kind;
+use corral_contract::envelope::Kind;
 use corral_testkit::fixtures;
 use serde_json::json;
 use uuid::Uuid;

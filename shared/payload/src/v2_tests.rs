@@ -16,7 +16,7 @@ fn dec(text: &str) -> Decimal {
     Decimal::from_str_exact(text).unwrap()
 }
 
-fn result(body: &str) -> (crate::envelope::Kind, Typed) {
+fn result(body: &str) -> (corral_contract::envelope::Kind, Typed) {
     match parse_event(body.as_bytes()) {
         Ok(Signed::Result { kind, typed }) => (kind, *typed),
         other => panic!("{body}: {other:?}"),
@@ -62,7 +62,7 @@ fn the_v2_callback_sample_is_typed_with_every_new_field() {
 #[test]
 fn signed_results_are_typed_with_event_at_as_their_attempt_date() {
     let (kind, typed) = result(SMS_STATUS);
-    assert_eq!(kind, crate::envelope::Kind::Sms);
+    assert_eq!(kind, corral_contract::envelope::Kind::Sms);
     assert_eq!(
         typed.status,
         DeliveryStatus {
@@ -81,14 +81,14 @@ fn signed_results_are_typed_with_event_at_as_their_attempt_date() {
         }
     );
     let (kind, status) = result(RVM_STATUS);
-    assert_eq!(kind, crate::envelope::Kind::Rvm);
+    assert_eq!(kind, corral_contract::envelope::Kind::Rvm);
     assert_eq!(
         status.status.campaign_id.as_deref(),
         Some("2e4a6c8f-0b1d-4e3f-a5c7-9d1b3f5e7a90")
     );
     assert_eq!(status.status.reason_code, Some(0));
     let (kind, receipt) = result(RVM_RECEIPT);
-    assert_eq!(kind, crate::envelope::Kind::Rvm);
+    assert_eq!(kind, corral_contract::envelope::Kind::Rvm);
     assert_eq!(receipt.status.drop_id, status.status.drop_id);
     assert_eq!(
         receipt.status.proof_of_delivery_url.as_deref(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 use uuid::Uuid;
 
-use crate::envelope::Metadata;
+use corral_contract::envelope::Metadata;
 
 /// Attribute naming the body's media type, as AMQP's `content_type`.
 pub const CONTENT_TYPE: &str = "content-type";
@@ -84,28 +84,32 @@ mod tests {
             .set_message_attributes(Some(attributes(
                 id,
                 "dropcowboy.sms",
-                crate::envelope::batch::CONTENT_TYPE,
+                corral_contract::envelope::batch::CONTENT_TYPE,
             )))
             .attributes(MessageSystemAttributeName::SentTimestamp, "1764338400123")
             .build();
         let (metadata, routing_key) = metadata(&message);
         assert_eq!(routing_key, "dropcowboy.sms");
         assert_eq!(
-            crate::envelope::Format::of(&metadata),
-            crate::envelope::Format::Batch
+            corral_contract::envelope::Format::of(&metadata),
+            corral_contract::envelope::Format::Batch
         );
-        let envelope = crate::envelope::Envelope::read(&metadata);
+        let envelope = corral_contract::envelope::Envelope::read(&metadata);
         assert_eq!(envelope.message_id, Some(id));
         assert_eq!(
             envelope.received_at,
             chrono::DateTime::from_timestamp(1_764_338_400, 0)
         );
-        let bytes: usize = attributes(id, "dropcowboy.mixed", crate::envelope::batch::CONTENT_TYPE)
-            .iter()
-            .map(|(name, value)| {
-                name.len() + value.data_type().len() + value.string_value().unwrap_or("").len()
-            })
-            .sum();
+        let bytes: usize = attributes(
+            id,
+            "dropcowboy.mixed",
+            corral_contract::envelope::batch::CONTENT_TYPE,
+        )
+        .iter()
+        .map(|(name, value)| {
+            name.len() + value.data_type().len() + value.string_value().unwrap_or("").len()
+        })
+        .sum();
         assert!(bytes <= ATTRIBUTES_MAX, "{bytes}");
     }
 }

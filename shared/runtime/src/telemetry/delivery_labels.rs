@@ -25,7 +25,7 @@ pub struct DeliveryLabels {
 impl DeliveryLabels {
     /// The labels of a result of `kind` with this status, reason and code.
     pub fn of(
-        kind: crate::envelope::Kind,
+        kind: corral_contract::envelope::Kind,
         status: &str,
         reason: Option<&str>,
         reason_code: Option<i32>,
@@ -37,13 +37,13 @@ impl DeliveryLabels {
         };
         let text = || match reason {
             None | Some("") => "none",
-            Some(reason) => crate::provider::FAILURE_REASONS
+            Some(reason) => corral_contract::provider::FAILURE_REASONS
                 .iter()
                 .find(|known| **known == reason)
                 .copied()
                 .unwrap_or("other"),
         };
-        let (reason, reason_code) = match reason_code.map(crate::provider::reason_code) {
+        let (reason, reason_code) = match reason_code.map(corral_contract::provider::reason_code) {
             None => (text(), "none"),
             Some(None) => (text(), "other"),
             Some(Some(known)) => (Self::coded(known), known.label),
@@ -57,7 +57,7 @@ impl DeliveryLabels {
     }
 
     /// The reason label of a documented code.
-    fn coded(known: &crate::provider::ReasonCode) -> &'static str {
+    fn coded(known: &corral_contract::provider::ReasonCode) -> &'static str {
         match known.legacy {
             Some(legacy) => legacy,
             None if known.code == 0 => "none",
@@ -70,37 +70,41 @@ impl DeliveryLabels {
     /// code, a failure with each v1 reason or `other` and no code, and each
     /// documented code as it is labelled (`0` a success, the rest failures).
     pub fn expected() -> impl Iterator<Item = Self> {
-        crate::envelope::Kind::CALLBACKS.iter().flat_map(|kind| {
-            let kind = kind.as_str();
-            let label = move |status, reason, reason_code| Self {
-                kind,
-                status,
-                reason,
-                reason_code,
-            };
-            let success = label("success", "none", "none");
-            let failures = crate::provider::FAILURE_REASONS
-                .iter()
-                .copied()
-                .chain(["other"])
-                .map(move |reason| label("failure", reason, "none"));
-            let coded = crate::provider::REASON_CODES.iter().map(move |known| {
-                let status = if known.code == 0 {
-                    "success"
-                } else {
-                    "failure"
+        corral_contract::envelope::Kind::CALLBACKS
+            .iter()
+            .flat_map(|kind| {
+                let kind = kind.as_str();
+                let label = move |status, reason, reason_code| Self {
+                    kind,
+                    status,
+                    reason,
+                    reason_code,
                 };
-                label(status, Self::coded(known), known.label)
-            });
-            std::iter::once(success).chain(failures).chain(coded)
-        })
+                let success = label("success", "none", "none");
+                let failures = corral_contract::provider::FAILURE_REASONS
+                    .iter()
+                    .copied()
+                    .chain(["other"])
+                    .map(move |reason| label("failure", reason, "none"));
+                let coded = corral_contract::provider::REASON_CODES
+                    .iter()
+                    .map(move |known| {
+                        let status = if known.code == 0 {
+                            "success"
+                        } else {
+                            "failure"
+                        };
+                        label(status, Self::coded(known), known.label)
+                    });
+                std::iter::once(success).chain(failures).chain(coded)
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::DeliveryLabels;
-    use crate::envelope::Kind;
+    use corral_contract::envelope::Kind;
 
     #[test]
     fn unknown_statuses_and_reasons_share_one_series_each() {
@@ -145,10 +149,10 @@ mod tests {
 
     #[test]
     fn registered_series_are_bounded_and_cover_every_documented_code() {
-        let codes = crate::provider::REASON_CODES.len();
+        let codes = corral_contract::provider::REASON_CODES.len();
         let expected: Vec<DeliveryLabels> = DeliveryLabels::expected().collect();
         assert_eq!(expected.len(), 2 * (1 + 12 + 1 + codes));
-        for known in crate::provider::REASON_CODES {
+        for known in corral_contract::provider::REASON_CODES {
             let status = if known.code == 0 {
                 "success"
             } else {

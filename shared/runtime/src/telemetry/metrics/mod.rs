@@ -14,7 +14,7 @@ use super::labels::{
     Binary, ConnectOutcome, DbErrorKind, DeliveryLabels, Label, MessageOutcome, PublishFailure,
     RejectReason,
 };
-use crate::envelope::Kind as WebhookKind;
+use corral_contract::envelope::Kind as WebhookKind;
 
 mod record;
 pub use record::*;

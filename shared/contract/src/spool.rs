@@ -44,8 +44,8 @@ mod tests {
 
     /// Both sides of the contract, read from where they live: the table's
     /// migration and the worker's claim.
-    const MIGRATION: &str = include_str!("../../worker/migrations/V3__spooled_webhooks.sql");
-    const CLAIM: &str = include_str!("../../worker/src/spool/claim.sql");
+    const MIGRATION: &str = include_str!("../../../worker/migrations/V3__spooled_webhooks.sql");
+    const CLAIM: &str = include_str!("../../../worker/src/spool/claim.sql");
 
     #[test]
     fn the_statements_name_the_table_and_its_columns() {

@@ -1,12 +1,12 @@
 //! Properties of typing and of the canonical form, on generated payloads.
 //!
 //! The case count is proptest's (256, or `PROPTEST_CASES`); a long run:
-//! `PROPTEST_CASES=100000 cargo nextest run -p corral-shared --features payload proptest`.
+//! `PROPTEST_CASES=100000 cargo nextest run -p corral-payload proptest`.
 
 use proptest::prelude::*;
 
 use super::{PayloadError, fingerprint::canonical, parse};
-use crate::json;
+use corral_contract::json;
 
 /// A JSON value whose text is under the test's control: numbers are kept as
 /// the text they are written with, object keys are distinct.

@@ -4,7 +4,7 @@
 //! raw. An SQS message body is text, and SQS refuses a message holding a
 //! character outside `#x9 | #xA | #xD | #x20–#xD7FF | #xE000–#xFFFD |
 //! #x10000–#x10FFFF`. Of the characters outside that set, a body ingress
-//! accepts (UTF-8 JSON, `corral_shared::json`) can hold only U+FFFE and
+//! accepts (UTF-8 JSON, `crate::json`) can hold only U+FFFE and
 //! U+FFFF: UTF-8 cannot encode a surrogate, JSON allows no raw control
 //! character inside a string and only tab, LF, CR and space between tokens,
 //! but lets a string hold any other character raw (a `foreign_id` is the

@@ -43,7 +43,7 @@ pub use fields::exact_decimal;
 use fields::parse_date;
 pub use fingerprint::{Fingerprint, MAX_DEPTH};
 
-pub use crate::provider::FAILURE_REASONS;
+pub use corral_contract::provider::FAILURE_REASONS;
 
 /// A delivery result with every documented field typed: a legacy callback
 /// (v1 or v2), or a signed `contact.sms.status`, `contact.rvm.status` or

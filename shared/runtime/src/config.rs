@@ -294,7 +294,7 @@ impl MessageLimits {
     /// valid JSON text at most doubles it (only `"`, `\` and the blanks
     /// `\t`, `\n`, `\r` are escaped, each to two bytes).
     pub fn largest_message(&self) -> u64 {
-        use crate::envelope::batch::{ENTRY_OVERHEAD, FRAME_OVERHEAD};
+        use corral_contract::envelope::batch::{ENTRY_OVERHEAD, FRAME_OVERHEAD};
         let alone = 2 * self.max_body_bytes + 2 + (ENTRY_OVERHEAD + FRAME_OVERHEAD) as u64;
         alone.max(u64::from(self.publish_batch_max_bytes))
     }

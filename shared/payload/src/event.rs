@@ -19,7 +19,7 @@ use super::{
     fingerprint::canonical,
     read_result,
 };
-use crate::envelope::Kind;
+use corral_contract::envelope::Kind;
 
 /// The event types that carry a delivery's result, and the kind of delivery.
 pub const RESULT_EVENTS: [(&str, Kind); 3] = [

@@ -13,7 +13,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::{
+use corral_contract::{
     envelope::{
         ENVELOPE_HEADER, Metadata, RECEIVED_AT_HEADER, WEBHOOKS_HEADER, format_received_at,
     },
@@ -106,7 +106,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::envelope::{Envelope, Format, batch};
+    use corral_contract::envelope::{Envelope, Format, batch};
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().expect("an RFC 3339 instant")

@@ -1,12 +1,12 @@
 //! Amazon SQS as the buffer (`CORRAL_BUFFER=sqs`): the client both binaries
 //! make, the check of the queue, and what a message carries besides its body.
 //!
-//! A message's body is an envelope-2 body ([`crate::envelope::batch`]): one
+//! A message's body is an envelope-2 body ([`corral_contract::envelope::batch`]): one
 //! or more webhooks, each with its own id, `received_at` and kind. Its
 //! message attributes carry the envelope's metadata ([`metadata`] reads them
 //! back, as [`crate::amqp::metadata`] reads AMQP properties), so the worker
 //! reads both buffers with one code path: `content-type` (what
-//! [`crate::envelope::Format::of`] reads), `message-id` (the message's own
+//! [`corral_contract::envelope::Format::of`] reads), `message-id` (the message's own
 //! UUIDv7) and `routing-key` (the kind's, or `dropcowboy.mixed`).
 //!
 //! # Layout

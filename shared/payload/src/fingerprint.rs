@@ -19,7 +19,7 @@ use super::PayloadError;
 /// configured to accept. Deeper ones are refused with
 /// [`PayloadError::TooDeep`]. It also bounds the cost of a hostile body: each
 /// level's canonical text is copied once into its parent.
-pub const MAX_DEPTH: usize = crate::json::MAX_DEPTH;
+pub const MAX_DEPTH: usize = corral_contract::json::MAX_DEPTH;
 
 /// SHA-256 of a payload's canonical form: the identity of a webhook.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
