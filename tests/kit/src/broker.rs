@@ -342,6 +342,16 @@ pub async fn delete_prefix(prefix: &str) {
     if let Ok((connection, channel)) =
         amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
     {
+        // Shards a test declared past the one queue.
+        let shards = topology.leftover_queues(&connection, TIMEOUT).await;
+        for queue in shards.unwrap_or_default() {
+            let _ = amqp::deadline(
+                "deleting a shard",
+                TIMEOUT,
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
+        }
         let _ = delete_topology(&topology, &channel, TIMEOUT).await;
         amqp::close(&connection, TIMEOUT, "cleanup").await;
     }
@@ -354,11 +364,8 @@ pub async fn delete_topology(
     channel: &Channel,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
-    for queue in [
-        topology.queue(),
-        topology.dead_letter_queue(),
-        topology.unroutable_queue(),
-    ] {
+    let queues = topology.queues().into_iter();
+    for queue in queues.chain([topology.dead_letter_queue(), topology.unroutable_queue()]) {
         amqp::deadline(
             "deleting a queue",
             timeout,
@@ -371,6 +378,7 @@ pub async fn delete_topology(
     // declares it.
     for exchange in [
         topology.exchange(),
+        topology.shard_exchange(),
         topology.dead_letter_exchange(),
         topology.unroutable_exchange(),
         topology.delivery_results(),

@@ -74,6 +74,21 @@ pub enum SettingsError {
         /// What it holds.
         value: String,
     },
+    /// Sharded queues asked of SQS, which has no use for them.
+    #[error(
+        "CORRAL_AMQP_QUEUES={0} is for RabbitMQ: an SQS standard queue is already spread over \
+         many hosts and takes any rate, so with CORRAL_BUFFER=sqs leave it unset (1)"
+    )]
+    Sharded(u16),
+}
+
+/// Refuses `CORRAL_AMQP_QUEUES` (`queues`) > 1 with the SQS buffer, where
+/// it would be ignored.
+pub fn check_queues(settings: &BufferSettings, queues: u16) -> Result<(), SettingsError> {
+    match settings.kind {
+        BufferKind::Sqs if queues > 1 => Err(SettingsError::Sharded(queues)),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the SQS settings without any I/O; nothing to check for RabbitMQ.
