@@ -87,7 +87,11 @@ impl Consumers<'_> {
                 connector(queue, prefetch, Some(links))
             })
             .collect();
-        connectors.extend(leftovers.into_iter().map(|queue| connector(queue, prefetch, None)));
+        connectors.extend(
+            leftovers
+                .into_iter()
+                .map(|queue| connector(queue, prefetch, None)),
+        );
         let unroutable = topology.unroutable_queue();
         connectors.push(connector(unroutable, self.prefetch.unroutable, None));
         Some(connectors)
@@ -103,7 +107,8 @@ async fn leftover_queues(
 ) -> Option<Vec<String>> {
     let timeout = settings.connect_timeout();
     let leftovers = amqp::reconnect(shutdown, settings, || async {
-        let (connection, _) = amqp::connect_and_declare(settings, topology, "corral-worker").await?;
+        let (connection, _) =
+            amqp::connect_and_declare(settings, topology, "corral-worker").await?;
         let found = topology.leftover_queues(&connection, timeout).await;
         amqp::close(&connection, timeout, "corral-worker looked for shards").await;
         found

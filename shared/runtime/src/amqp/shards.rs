@@ -254,7 +254,11 @@ mod tests {
         assert_eq!(topology("1").queues(), ["p.delivery-status"]);
         assert_eq!(
             topology("3").queues(),
-            ["p.delivery-status", "p.delivery-status.1", "p.delivery-status.2"]
+            [
+                "p.delivery-status",
+                "p.delivery-status.1",
+                "p.delivery-status.2"
+            ]
         );
     }
 

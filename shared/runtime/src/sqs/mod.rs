@@ -154,6 +154,23 @@ mod tests {
     }
 
     #[test]
+    fn sqs_refuses_sharded_queues_and_rabbitmq_takes_them() {
+        let queue = Some("https://sqs.eu-west-1.amazonaws.com/1/q");
+        assert!(check_queues(&sqs(queue, None), 1).is_ok());
+        let refused = check_queues(&sqs(queue, None), 3).expect_err("SQS has no use for shards");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("CORRAL_AMQP_QUEUES=3 is for RabbitMQ")
+        );
+        let rabbitmq = BufferSettings {
+            kind: BufferKind::Rabbitmq,
+            ..sqs(None, None)
+        };
+        assert!(check_queues(&rabbitmq, 3).is_ok());
+    }
+
+    #[test]
     fn an_sqs_buffer_needs_a_queue_url_with_a_host_and_a_path() {
         let good = "https://sqs.eu-west-1.amazonaws.com/123456789012/corral";
         assert!(check_settings(&sqs(Some(good), None)).is_ok());

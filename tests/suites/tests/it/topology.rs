@@ -77,7 +77,10 @@ pub(crate) fn queue_arguments(queue: &str) -> serde_json::Map<String, Value> {
 }
 
 /// The arguments both queues the worker consumes must carry.
-pub(crate) fn dead_lettering(topology: &Topology, delivery_limit: u32) -> serde_json::Map<String, Value> {
+pub(crate) fn dead_lettering(
+    topology: &Topology,
+    delivery_limit: u32,
+) -> serde_json::Map<String, Value> {
     let expected = json!({
         "x-queue-type": "quorum",
         "x-delivery-limit": delivery_limit,
@@ -164,11 +167,14 @@ pub(crate) async fn returned_until_dead_lettered(
     assert_eq!(broker.ready_count(queue).await, 0);
     let mut dead = broker.take(&dead_letters, 1, WAIT).await;
     assert_eq!(dead.len(), 1);
-    let death = first_death(&dead[0].delivery.properties);
-    assert_eq!(death("queue"), queue);
-    assert_eq!(death("reason"), "delivery_limit");
+    let dead = dead.remove(0);
+    {
+        let death = first_death(&dead.delivery.properties);
+        assert_eq!(death("queue"), queue);
+        assert_eq!(death("reason"), "delivery_limit");
+    }
     amqp::close(&connection, Duration::from_secs(5), "done").await;
-    dead.remove(0)
+    dead
 }
 
 /// A field of the first `x-death` entry, as text.
