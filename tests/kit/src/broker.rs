@@ -392,3 +392,38 @@ pub async fn delete_topology(
     }
     Ok(())
 }
+
+/// The node leading each of `queues` (e.g. [`Topology::queues`]), as
+/// `rabbitmqctl list_queues name leader` says: `node` names the node to ask
+/// (`-n`, for a cluster the test started), `None` the local default one. A
+/// queue the broker does not list is left out.
+pub fn queue_leaders(
+    node: Option<&str>,
+    queues: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let args = ["list_queues", "-q", "-p", "/", "name", "leader"];
+    let output = command
+        .args(args)
+        .args(["--formatter", "json"])
+        .output()
+        .expect("rabbitmqctl (RabbitMQ's CLI) on PATH");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl list_queues: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("rabbitmqctl's JSON");
+    listed
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry["name"].as_str()?.to_owned();
+            let leader = entry["leader"].as_str()?.to_owned();
+            queues.contains(&name).then_some((name, leader))
+        })
+        .collect()
+}

@@ -126,3 +126,32 @@ async fn leftover_queues(
     }
     Some(leftovers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_is_up_only_while_every_shard_consumer_is() {
+        let health = Health::new(true);
+        let shared = Arc::new(Shared {
+            health: health.clone(),
+            up: Mutex::new(vec![false; 3]),
+        });
+        let links: Vec<Links> = (0..3)
+            .map(|index| Links {
+                shared: shared.clone(),
+                index,
+            })
+            .collect();
+        links[0].set(true);
+        links[1].set(true);
+        assert!(!health.broker(), "shard 2 not connected yet");
+        links[2].set(true);
+        assert!(health.broker());
+        links[1].set(false);
+        assert!(!health.broker(), "shard 1 lost its link");
+        links[1].set(true);
+        assert!(health.broker());
+    }
+}
