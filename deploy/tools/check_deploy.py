@@ -163,16 +163,21 @@ def kubernetes(rendered: pathlib.Path) -> None:
     scaled = by_kind.get("ScaledObject", [])
     check(len(scaled) == 1, "worker ScaledObject")
     for so in scaled:
-        check(len(so["spec"]["triggers"]) == 1, "KEDA scales the worker on one trigger")
-        trigger = so["spec"]["triggers"][0]
+        triggers = so["spec"]["triggers"]
         if buffer == "sqs":
-            sqs_trigger(by_kind, trigger, shared)
+            check(len(triggers) == 1, "KEDA scales the worker on one trigger")
+            sqs_trigger(by_kind, triggers[0], shared)
         else:
-            queue = f"{shared['CORRAL_AMQP_PREFIX']}.delivery-status"
+            # One trigger per shard queue (CORRAL_AMQP_QUEUES), named as
+            # Topology::shard_queue names them.
+            main = f"{shared['CORRAL_AMQP_PREFIX']}.delivery-status"
+            shards = int(shared.get("CORRAL_AMQP_QUEUES", "1"))
+            queues = [main] + [f"{main}.{k}" for k in range(1, shards)]
             check(
-                trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue,
-                f"KEDA scales the worker on {queue} (CORRAL_AMQP_PREFIX)",
-                json.dumps(trigger["metadata"]),
+                [t["type"] for t in triggers] == ["rabbitmq"] * shards
+                and [t["metadata"].get("queueName") for t in triggers] == queues,
+                f"KEDA scales the worker on {queues} (CORRAL_AMQP_PREFIX, CORRAL_AMQP_QUEUES)",
+                json.dumps([t["metadata"] for t in triggers]),
             )
         check(so["spec"]["scaleTargetRef"]["name"] == "corral-worker", "KEDA targets corral-worker")
 

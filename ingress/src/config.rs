@@ -333,6 +333,7 @@ impl IngressConfig {
         }
         if self.buffer.kind == BufferKind::Sqs {
             sqs::check_settings(&self.buffer)?;
+            sqs::check_queues(&self.buffer, self.amqp.queues)?;
             let mut limits = vec![("CORRAL_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms)];
             if self.spool_database_url.is_some() {
                 limits.push(("CORRAL_SPOOL_AFTER_MS", self.spool_after_ms));

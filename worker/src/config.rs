@@ -121,15 +121,19 @@ pub struct WorkerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The byte budget does not hold one of the largest messages for each
-    /// of the two consumers (the main and the unroutable queue).
+    /// consumer (each of the `CORRAL_AMQP_QUEUES` queues and the unroutable
+    /// queue), with room to spare for the unroutable queue's eighth.
     #[error(
-        "CORRAL_MAX_IN_HAND_BYTES ({budget}) must hold two of the largest messages ingress may \
-         publish ({largest} bytes each: CORRAL_PUBLISH_BATCH_MAX_BYTES, or a body of \
+        "CORRAL_MAX_IN_HAND_BYTES ({budget}) must hold {consumers} of the largest messages \
+         ingress may publish, one for each consumer (CORRAL_AMQP_QUEUES and the unroutable \
+         queue; {largest} bytes each: CORRAL_PUBLISH_BATCH_MAX_BYTES, or a body of \
          CORRAL_MAX_BODY_BYTES alone)"
     )]
     InHandBelowMessages {
         /// The budget.
         budget: u64,
+        /// Consumers that each need one message at least.
+        consumers: u32,
         /// The largest message.
         largest: u64,
     },
@@ -165,14 +169,17 @@ impl WorkerConfig {
     /// Checks the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let budget = self.budget();
-        if budget.prefetch(self.prefetch).is_none() {
+        let shares = budget.prefetch(self.prefetch);
+        if shares.is_none_or(|prefetch| prefetch.main < self.amqp.queues) {
             return Err(ConfigError::InHandBelowMessages {
                 budget: budget.bytes,
+                consumers: u32::from(self.amqp.queues) + 1,
                 largest: budget.largest,
             });
         }
         if self.buffer.kind == BufferKind::Sqs {
             corral_runtime::sqs::check_settings(&self.buffer)?;
+            corral_runtime::sqs::check_queues(&self.buffer, self.amqp.queues)?;
         }
         if self.results.result_events {
             let setting = if self.results.results_amqp_url.is_some() {

@@ -247,6 +247,8 @@ fn consumer_settings(
         in_hand_bytes = budget.bytes,
         largest_message = budget.largest,
         prefetch = prefetch.main,
+        queues = config.amqp.queues,
+        prefetch_per_queue = prefetch.per_queue(usize::from(config.amqp.queues)),
         unroutable_prefetch = prefetch.unroutable,
         "messages in hand bounded by CORRAL_MAX_IN_HAND_BYTES"
     );

@@ -79,6 +79,20 @@ pub struct AmqpSettings {
     /// connect, so a rotated file is picked up without a restart.
     #[arg(global = true, long = "amqp-ca-file", env = "CORRAL_AMQP_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
+
+    /// How many quorum queues share the webhooks, each with its own leader
+    /// (RabbitMQ spreads new ones over the cluster's nodes). 1 is the
+    /// single `<prefix>.delivery-status` queue; more route through the
+    /// `<prefix>.shards` exchange. Both binaries must agree; with the SQS
+    /// buffer only 1 is accepted.
+    #[arg(
+        global = true,
+        long = "amqp-queues",
+        env = "CORRAL_AMQP_QUEUES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=crate::amqp::MAX_QUEUES as i64)
+    )]
+    pub queues: u16,
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -92,6 +106,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("ca_file", &self.ca_file)
+            .field("queues", &self.queues)
             .finish()
     }
 }

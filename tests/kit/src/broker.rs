@@ -342,6 +342,16 @@ pub async fn delete_prefix(prefix: &str) {
     if let Ok((connection, channel)) =
         amqp::connect_and_declare(&settings, &topology, "corral-tests-cleanup").await
     {
+        // Shards a test declared past the one queue.
+        let shards = topology.leftover_queues(&connection, TIMEOUT).await;
+        for queue in shards.unwrap_or_default() {
+            let _ = amqp::deadline(
+                "deleting a shard",
+                TIMEOUT,
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
+        }
         let _ = delete_topology(&topology, &channel, TIMEOUT).await;
         amqp::close(&connection, TIMEOUT, "cleanup").await;
     }
@@ -354,11 +364,8 @@ pub async fn delete_topology(
     channel: &Channel,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
-    for queue in [
-        topology.queue(),
-        topology.dead_letter_queue(),
-        topology.unroutable_queue(),
-    ] {
+    let queues = topology.queues().into_iter();
+    for queue in queues.chain([topology.dead_letter_queue(), topology.unroutable_queue()]) {
         amqp::deadline(
             "deleting a queue",
             timeout,
@@ -371,6 +378,7 @@ pub async fn delete_topology(
     // declares it.
     for exchange in [
         topology.exchange(),
+        topology.shard_exchange(),
         topology.dead_letter_exchange(),
         topology.unroutable_exchange(),
         topology.delivery_results(),
@@ -383,4 +391,39 @@ pub async fn delete_topology(
         .await?;
     }
     Ok(())
+}
+
+/// The node leading each of `queues` (e.g. [`Topology::queues`]), as
+/// `rabbitmqctl list_queues name leader` says: `node` names the node to ask
+/// (`-n`, for a cluster the test started), `None` the local default one. A
+/// queue the broker does not list is left out.
+pub fn queue_leaders(
+    node: Option<&str>,
+    queues: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let args = ["list_queues", "-q", "-p", "/", "name", "leader"];
+    let output = command
+        .args(args)
+        .args(["--formatter", "json"])
+        .output()
+        .expect("rabbitmqctl (RabbitMQ's CLI) on PATH");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl list_queues: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("rabbitmqctl's JSON");
+    listed
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry["name"].as_str()?.to_owned();
+            let leader = entry["leader"].as_str()?.to_owned();
+            queues.contains(&name).then_some((name, leader))
+        })
+        .collect()
 }

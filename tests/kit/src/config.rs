@@ -30,6 +30,7 @@ pub fn amqp(prefix: impl Into<String>) -> AmqpSettings {
     settings.heartbeat_secs = 10;
     settings.reconnect_max_ms = 5_000;
     settings.ca_file = None;
+    settings.queues = 1;
     settings
 }
 

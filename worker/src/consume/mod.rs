@@ -32,14 +32,13 @@ mod write;
 
 use std::time::Duration;
 
-use corral_runtime::{admin::Health, amqp::Topology, config::AmqpSettings, error_chain, retry};
+use corral_runtime::{admin::Health, config::AmqpSettings, error_chain, retry};
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::source::{
-    Connector, SourceError, Transport, budget::Prefetch, rabbitmq::RabbitMqConnector,
-    sqs::SqsConnector,
+    Connector, SourceError, Transport, budget::Prefetch, shards::Consumers, sqs::SqsConnector,
 };
 
 /// What the consumer needs to know.
@@ -91,9 +90,9 @@ enum SessionEnd {
 }
 
 /// Consumes `transport` until `shutdown`, opening a new session whenever
-/// one fails. With RabbitMQ: the main queue, and beside it the queue of
-/// webhooks the exchange could not route (its alternate exchange), so those
-/// land in the database too; with SQS, the queue.
+/// one fails. With RabbitMQ: the main queue (each of its shards), and beside
+/// it the queue of webhooks the exchange could not route (its alternate
+/// exchange), so those land in the database too; with SQS, the queue.
 pub async fn run(
     transport: Transport,
     settings: ConsumerSettings,
@@ -104,24 +103,15 @@ pub async fn run(
     tracing::info!(writers = settings.writers, "consumer starting");
     match transport {
         Transport::RabbitMq => {
-            let topology = Topology::new(&settings.amqp);
-            let queue = |name: String, prefetch: u16, unroutable: bool| RabbitMqConnector {
-                amqp: settings.amqp.clone(),
-                topology: topology.clone(),
-                queue: name,
-                prefetch,
+            let consumers = Consumers {
+                amqp: &settings.amqp,
+                prefetch: settings.prefetch,
                 largest: settings.largest_message,
-                unroutable,
-                health: (!unroutable).then(|| health.clone()),
+                health: &health,
             };
-            let queues = [
-                queue(topology.queue(), settings.prefetch.main, false),
-                queue(
-                    topology.unroutable_queue(),
-                    settings.prefetch.unroutable,
-                    true,
-                ),
-            ];
+            let Some(queues) = consumers.connectors(&shutdown).await else {
+                return;
+            };
             join_all(
                 queues
                     .iter()

@@ -16,9 +16,10 @@
 //! messages = CORRAL_MAX_IN_HAND_BYTES ÷ largest message
 //! ```
 //!
-//! shared by the worker's two consumers: an eighth for the unroutable queue
+//! shared by the worker's consumers: an eighth for the unroutable queue
 //! (normally idle), the rest for the main queue, each capped by
-//! `CORRAL_PREFETCH`. So the bytes in hand stay within the budget whatever
+//! `CORRAL_PREFETCH`; with `CORRAL_AMQP_QUEUES` = N, the main queue's share
+//! is split evenly between the N shard consumers ([`Prefetch::per_queue`]). So the bytes in hand stay within the budget whatever
 //! the messages hold. The SQS source bounds the bytes themselves
 //! (see [`super::sqs`]).
 //!
@@ -62,6 +63,19 @@ pub struct Prefetch {
     pub main: u16,
     /// The unroutable queue's consumer.
     pub unroutable: u16,
+}
+
+impl Prefetch {
+    /// The prefetch of each of `queues` shard consumers: the main queue's
+    /// share split between them, so that together they hold no more. One
+    /// at least: [`WorkerConfig::validate`](crate::config::WorkerConfig::validate)
+    /// checks the share holds a message for each of `CORRAL_AMQP_QUEUES`;
+    /// only shards a higher setting left behind, drained, may take the
+    /// total past the share, by a message each.
+    pub fn per_queue(&self, queues: usize) -> u16 {
+        let queues = u16::try_from(queues.max(1)).unwrap_or(u16::MAX);
+        (self.main / queues).max(1)
+    }
 }
 
 impl Budget {
@@ -249,6 +263,17 @@ mod tests {
         );
         let held = u64::from(prefetch.main + prefetch.unroutable) * budget.largest;
         assert!(held <= budget.bytes);
+    }
+
+    #[test]
+    fn shard_consumers_split_the_main_share() {
+        let budget = Budget::new(Some(64 * MIB), &limits(65_536, 1024 * 1024));
+        let prefetch = budget.prefetch(2_000).expect("64 messages fit");
+        assert_eq!(prefetch.per_queue(1), 56);
+        assert_eq!(prefetch.per_queue(3), 18);
+        let held = u64::from(prefetch.per_queue(3) * 3 + prefetch.unroutable) * budget.largest;
+        assert!(held <= budget.bytes);
+        assert_eq!(prefetch.per_queue(64), 1, "one message each at least");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! A [`Connector`] opens sessions, each a [`Source`]; [`Transport`] is the
 //! buffer `CORRAL_BUFFER` picks, once, when the worker is built. Two
 //! transports: [`rabbitmq`] (a consumer per queue, acknowledged with
-//! `multiple` acks) and [`sqs`] (long polling, visibility extended while in
+//! `multiple` acks; which queues: [`shards`]) and [`sqs`] (long polling, visibility extended while in
 //! hand, deleted after commit); [`sqs_depth`] measures the SQS queues for
 //! Prometheus. Both hold what [`budget`] allows: `CORRAL_MAX_IN_HAND_BYTES`
 //! of messages at most. Each adapts its message's metadata to the
@@ -20,6 +20,7 @@
 
 pub mod budget;
 pub mod rabbitmq;
+pub mod shards;
 pub mod sqs;
 pub mod sqs_depth;
 pub mod unpack;

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use corral_runtime::{
-    admin::Health,
     amqp::{self, AmqpError, Topology, deadline},
     config::AmqpSettings,
     telemetry::metrics,
@@ -21,7 +20,7 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Connector, Delivery, Source, SourceError, unpack};
+use super::{Ack, Connector, Delivery, Source, SourceError, shards::Links, unpack};
 
 impl From<AmqpError> for SourceError {
     fn from(err: AmqpError) -> Self {
@@ -50,9 +49,10 @@ pub struct RabbitMqConnector {
     pub largest: u64,
     /// It is the queue behind the alternate exchange.
     pub unroutable: bool,
-    /// Told whether the link is up; `None` for the unroutable queue, which is
-    /// normally idle and so not what `/readyz` reports as the broker's health.
-    pub health: Option<Health>,
+    /// Told whether the link is up; `None` for the unroutable queue and
+    /// left-over shards, normally idle and so not what `/readyz` reports as
+    /// the broker's health.
+    pub health: Option<Links>,
 }
 
 impl Connector for RabbitMqConnector {
@@ -77,7 +77,7 @@ impl Connector for RabbitMqConnector {
             .await;
         if consuming.is_ok() {
             if let Some(health) = &self.health {
-                health.set_broker(true);
+                health.set(true);
             }
             tracing::info!(queue = self.queue, prefetch = self.prefetch, "consuming");
         }
@@ -86,7 +86,7 @@ impl Connector for RabbitMqConnector {
 
     async fn close(&self, source: RabbitMqSource) {
         if let Some(health) = &self.health {
-            health.set_broker(false);
+            health.set(false);
         }
         source.close().await;
     }
@@ -96,8 +96,8 @@ impl Connector for RabbitMqConnector {
     }
 }
 
-/// A consumer on one of corral's queues (`<prefix>.delivery-status`, or
-/// `<prefix>.unroutable`).
+/// A consumer on one of corral's queues (`<prefix>.delivery-status`, a
+/// shard, or `<prefix>.unroutable`).
 #[derive(Debug)]
 pub struct RabbitMqSource {
     connection: Connection,

@@ -37,7 +37,7 @@ use std::{
 
 use corral_runtime::{
     admin::Health,
-    amqp::Topology,
+    amqp::{self, Topology},
     config::AmqpSettings,
     telemetry::labels::{PublishFailure, SpoolCause},
 };
@@ -151,6 +151,8 @@ struct Broker {
     topology: Topology,
     /// Exchange name, made once (a `ShortString` per publish is only a clone).
     exchange: ShortString,
+    /// Which queue each message goes to (`CORRAL_AMQP_QUEUES`).
+    shards: amqp::ShardPicker,
     /// The current link; `None` while disconnected.
     link: RwLock<Option<Arc<Link>>>,
     /// Readiness shared with the admin listener.
@@ -188,6 +190,7 @@ impl RabbitMq {
         let topology = Topology::new(&settings.amqp);
         let broker = Arc::new(Broker {
             exchange: topology.exchange().into(),
+            shards: amqp::ShardPicker::new(&topology),
             topology,
             settings,
             link: RwLock::new(None),

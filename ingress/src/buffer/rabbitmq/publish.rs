@@ -102,7 +102,7 @@ async fn publish(
         &link,
         packed.routing_key,
         &packed.body,
-        amqp::properties(&packed.metadata),
+        broker.shards.stamp(amqp::properties(&packed.metadata)),
         round.take_leases(),
     )
     .await?;

@@ -11,6 +11,7 @@
 //! - `connect`: URL and TLS checks, connecting, reconnecting until shutdown,
 //!   closing.
 //! - `topology`: the names under `CORRAL_AMQP_PREFIX` and their declaration.
+//! - `shards`: the queue(s) behind the webhooks exchange, `CORRAL_AMQP_QUEUES`.
 //! - `publish`: a mandatory publish and what its confirm means.
 //! - `properties`: the envelope's metadata as AMQP properties and headers,
 //!   and back (the AMQP edge of the transport-neutral contract).
@@ -18,6 +19,7 @@
 mod connect;
 mod properties;
 mod publish;
+mod shards;
 mod topology;
 
 use std::{future::Future, time::Duration};
@@ -28,6 +30,7 @@ pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, check_confirmations, publish_confirmed,
     publish_mandatory,
 };
+pub use shards::{MAX_QUEUES, SHARD_HEADER, ShardPicker};
 pub use topology::Topology;
 
 use crate::config::CaBundleError;
@@ -94,10 +97,19 @@ impl AmqpError {
     /// Whether the broker refused a declaration because the entity exists
     /// with other properties or arguments (PRECONDITION_FAILED, 406).
     pub fn is_precondition_failed(&self) -> bool {
+        self.is_reply(406)
+    }
+
+    /// Whether the broker found no such queue or exchange (NOT_FOUND, 404).
+    pub fn is_not_found(&self) -> bool {
+        self.is_reply(404)
+    }
+
+    fn is_reply(&self, code: u16) -> bool {
         matches!(
             self,
             AmqpError::Broker { source, .. }
-                if matches!(source.kind(), lapin::ErrorKind::ProtocolError(err) if err.get_id() == 406)
+                if matches!(source.kind(), lapin::ErrorKind::ProtocolError(err) if err.get_id() == code)
         )
     }
 }

@@ -15,9 +15,11 @@ use crate::config::AmqpSettings;
 #[derive(Debug, Clone)]
 pub struct Topology {
     /// `CORRAL_AMQP_PREFIX`: keeps tests and tenants apart on one broker.
-    prefix: String,
+    pub(super) prefix: String,
     /// `x-delivery-limit` of the main queue.
     delivery_limit: u32,
+    /// `CORRAL_AMQP_QUEUES`: how many queues share the webhooks.
+    pub(super) queues: u16,
 }
 
 impl Topology {
@@ -26,6 +28,7 @@ impl Topology {
         Self {
             prefix: settings.prefix.clone(),
             delivery_limit: settings.delivery_limit,
+            queues: settings.queues,
         }
     }
 
@@ -34,7 +37,8 @@ impl Topology {
         format!("{}.webhooks", self.prefix)
     }
 
-    /// Quorum queue the worker consumes.
+    /// Quorum queue the worker consumes: the only one, or shard 0
+    /// ([`Topology::queues`]).
     pub fn queue(&self) -> String {
         format!("{}.delivery-status", self.prefix)
     }
@@ -100,7 +104,7 @@ impl Topology {
     /// from an existing queue of the same name makes the broker refuse the
     /// declaration (PRECONDITION_FAILED), which [`Topology::declare`] reports
     /// as such (the main queue) or works around (an older unroutable queue).
-    fn queue_arguments(&self) -> FieldTable {
+    pub(super) fn queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -130,10 +134,11 @@ impl Topology {
         args
     }
 
-    /// Arguments of the webhooks exchange. An exchange declared by an older
-    /// corral lacks `alternate-exchange`, and RabbitMQ refuses to redeclare
-    /// it with a different one (PRECONDITION_FAILED).
-    fn exchange_arguments(&self) -> FieldTable {
+    /// Arguments of the webhooks exchange, and of the shards exchange. An
+    /// exchange declared by an older corral lacks `alternate-exchange`, and
+    /// RabbitMQ refuses to redeclare it with a different one
+    /// (PRECONDITION_FAILED).
+    pub(super) fn exchange_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "alternate-exchange".into(),
@@ -167,7 +172,7 @@ impl Topology {
 
     /// Declares a durable queue with `arguments`, or with `passive` checks
     /// that it exists whatever its arguments.
-    async fn declare_queue(
+    pub(super) async fn declare_queue(
         channel: &Channel,
         queue: &str,
         arguments: FieldTable,
@@ -191,11 +196,13 @@ impl Topology {
         .map(drop)
     }
 
-    /// Binds `queue` to the fanout `exchange`.
-    async fn bind_fanout(
+    /// Binds `queue` to `exchange` by `routing_key` and `arguments`.
+    pub(super) async fn bind_queue(
         channel: &Channel,
         queue: &str,
         exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
         timeout: Duration,
     ) -> Result<(), AmqpError> {
         deadline(
@@ -204,12 +211,23 @@ impl Topology {
             channel.queue_bind(
                 queue.into(),
                 exchange.into(),
-                ShortString::from(""),
+                ShortString::from(routing_key),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                arguments,
             ),
         )
         .await
+    }
+
+    /// Binds `queue` to the fanout `exchange`.
+    async fn bind_fanout(
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        timeout: Duration,
+    ) -> Result<(), AmqpError> {
+        let none = FieldTable::default();
+        Self::bind_queue(channel, queue, exchange, "", none, timeout).await
     }
 
     /// The dead-letter exchange and queue, then the unroutable ones; returns
@@ -292,31 +310,7 @@ impl Topology {
             .declare_fanouts(connection, open.await?, timeout)
             .await?;
         let channel = self.declare_exchange(connection, channel, timeout).await?;
-        deadline(
-            "declaring the delivery-status queue",
-            timeout,
-            channel.queue_declare(
-                self.queue().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                self.queue_arguments(),
-            ),
-        )
-        .await?;
-        deadline(
-            "binding the delivery-status queue",
-            timeout,
-            channel.queue_bind(
-                self.queue().into(),
-                self.exchange().into(),
-                "dropcowboy.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        self.declare_queues(&channel, timeout).await?;
         Ok(channel)
     }
 

@@ -74,6 +74,21 @@ pub enum SettingsError {
         /// What it holds.
         value: String,
     },
+    /// Sharded queues asked of SQS, which has no use for them.
+    #[error(
+        "CORRAL_AMQP_QUEUES={0} is for RabbitMQ: an SQS standard queue is already spread over \
+         many hosts and takes any rate, so with CORRAL_BUFFER=sqs leave it unset (1)"
+    )]
+    Sharded(u16),
+}
+
+/// Refuses `CORRAL_AMQP_QUEUES` (`queues`) > 1 with the SQS buffer, where
+/// it would be ignored.
+pub fn check_queues(settings: &BufferSettings, queues: u16) -> Result<(), SettingsError> {
+    match settings.kind {
+        BufferKind::Sqs if queues > 1 => Err(SettingsError::Sharded(queues)),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the SQS settings without any I/O; nothing to check for RabbitMQ.
@@ -136,6 +151,23 @@ mod tests {
             sqs_endpoint_url: endpoint.map(str::to_owned),
             sqs_identity: None,
         }
+    }
+
+    #[test]
+    fn sqs_refuses_sharded_queues_and_rabbitmq_takes_them() {
+        let queue = Some("https://sqs.eu-west-1.amazonaws.com/1/q");
+        assert!(check_queues(&sqs(queue, None), 1).is_ok());
+        let refused = check_queues(&sqs(queue, None), 3).expect_err("SQS has no use for shards");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("CORRAL_AMQP_QUEUES=3 is for RabbitMQ")
+        );
+        let rabbitmq = BufferSettings {
+            kind: BufferKind::Rabbitmq,
+            ..sqs(None, None)
+        };
+        assert!(check_queues(&rabbitmq, 3).is_ok());
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //!   service bound to `<prefix>.delivery-results` receives them.
 //! - `sqs`: SQS as the buffer (`CORRAL_BUFFER=sqs`), against the local moto
 //!   server.
+//! - `shards`: several queues (`CORRAL_AMQP_QUEUES`): spread, a customer's
+//!   binding, dead letters, the unroutable path, and changing the number.
 //! - `topology`: what both binaries declare on the broker, read back from
 //!   it, and an older corral's unroutable queue upgraded.
 
@@ -31,6 +33,7 @@ mod ingress;
 mod loadgen;
 mod ops;
 mod results;
+mod shards;
 mod smoke;
 mod spool;
 mod sqs;

@@ -27,7 +27,7 @@ use crate::{
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `rabbitmqctl` with `args`, its standard output; panics if it fails.
-fn rabbitmqctl(args: &[&str]) -> String {
+pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
     let output = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -42,7 +42,7 @@ fn rabbitmqctl(args: &[&str]) -> String {
 
 /// The arguments `queue` was declared with, as the broker holds them, by
 /// name (`rabbitmqctl list_queues`); `None` while there is no such queue.
-fn listed_arguments(queue: &str) -> Option<serde_json::Map<String, Value>> {
+pub(crate) fn listed_arguments(queue: &str) -> Option<serde_json::Map<String, Value>> {
     let listed = rabbitmqctl(&[
         "list_queues",
         "-q",
@@ -72,12 +72,15 @@ fn listed_arguments(queue: &str) -> Option<serde_json::Map<String, Value>> {
     )
 }
 
-fn queue_arguments(queue: &str) -> serde_json::Map<String, Value> {
+pub(crate) fn queue_arguments(queue: &str) -> serde_json::Map<String, Value> {
     listed_arguments(queue).unwrap_or_else(|| panic!("{queue} is not on the broker"))
 }
 
 /// The arguments both queues the worker consumes must carry.
-fn dead_lettering(topology: &Topology, delivery_limit: u32) -> serde_json::Map<String, Value> {
+pub(crate) fn dead_lettering(
+    topology: &Topology,
+    delivery_limit: u32,
+) -> serde_json::Map<String, Value> {
     let expected = json!({
         "x-queue-type": "quorum",
         "x-delivery-limit": delivery_limit,
@@ -114,22 +117,32 @@ async fn the_unroutable_queue_dead_letters_past_the_delivery_limit_like_the_main
             )),
         )
         .await;
+    let unroutable = topology.unroutable_queue();
+    let dead = returned_until_dead_lettered(&broker, &unroutable).await;
+    assert_eq!(dead.delivery.data, body, "the message itself");
+}
+
+/// Takes the one message of `queue` and returns it (nack, requeue), as a
+/// worker that cannot settle it would, until it is dead-lettered: checks it
+/// took more deliveries than the limit, left `queue` and went to the
+/// dead-letter queue for that reason, and returns the dead letter.
+pub(crate) async fn returned_until_dead_lettered(
+    broker: &TestBroker,
+    queue: &str,
+) -> lapin::message::BasicGetMessage {
+    let limit = broker.settings.delivery_limit;
     let connection = amqp::connect(&broker.settings, "corral-tests returner")
         .await
         .expect("connecting");
     let channel = connection.create_channel().await.expect("a channel");
-    let unroutable = topology.unroutable_queue();
-    let dead_letters = topology.dead_letter_queue();
+    let dead_letters = broker.topology.dead_letter_queue();
     let deliveries = std::cell::Cell::new(0u32);
     wait::until_true(
         "the returned message in the dead-letter queue",
         WAIT,
         || async {
             let got = channel
-                .basic_get(
-                    unroutable.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await
                 .expect("basic.get");
             if let Some(message) = got {
@@ -151,18 +164,21 @@ async fn the_unroutable_queue_dead_letters_past_the_delivery_limit_like_the_main
     let deliveries = deliveries.get();
     eprintln!("dead-lettered after {deliveries} deliveries (limit {limit})");
     assert!(deliveries > limit, "{deliveries} deliveries, limit {limit}");
-    assert_eq!(broker.ready_count(&unroutable).await, 0);
-    let dead = broker.take(&dead_letters, 1, WAIT).await;
+    assert_eq!(broker.ready_count(queue).await, 0);
+    let mut dead = broker.take(&dead_letters, 1, WAIT).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].delivery.data, body, "the message itself");
-    let death = first_death(&dead[0].delivery.properties);
-    assert_eq!(death("queue"), unroutable);
-    assert_eq!(death("reason"), "delivery_limit");
+    let dead = dead.remove(0);
+    {
+        let death = first_death(&dead.delivery.properties);
+        assert_eq!(death("queue"), queue);
+        assert_eq!(death("reason"), "delivery_limit");
+    }
     amqp::close(&connection, Duration::from_secs(5), "done").await;
+    dead
 }
 
 /// A field of the first `x-death` entry, as text.
-fn first_death(properties: &lapin::BasicProperties) -> impl Fn(&str) -> String + '_ {
+pub(crate) fn first_death(properties: &lapin::BasicProperties) -> impl Fn(&str) -> String + '_ {
     move |field| {
         let headers = properties.headers().as_ref().expect("headers");
         let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {

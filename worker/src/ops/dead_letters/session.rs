@@ -227,8 +227,14 @@ impl Session {
     ) -> Result<(), MoveError> {
         let properties = without_headers(
             &delivery.properties,
-            &[DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER],
+            &[
+                DELIVERY_COUNT_HEADER,
+                ROUTING_KEY_HEADER,
+                amqp::SHARD_HEADER,
+            ],
         );
+        // A shard of today's CORRAL_AMQP_QUEUES, not the one it had.
+        let properties = amqp::ShardPicker::new(&self.topology).stamp(properties);
         let exchange = self.topology.exchange();
         self.publish_confirmed(&exchange, routing_key, &delivery.data, properties, || {
             format!("{exchange} with routing key {routing_key}")
