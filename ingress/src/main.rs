@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use corral_ingress::{Application, config::IngressConfig};
 use corral_runtime::{shutdown, telemetry};
@@ -10,13 +12,24 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let config = IngressConfig::parse();
     telemetry::init_tracing(&config.log);
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    let app = Application::build(config, token).inspect_err(|err| {
-        tracing::error!(error = format!("{err:#}"), "corral-ingress cannot start");
-    })?;
-    app.run_until_stopped().await
+    // Each error is logged once (returning it from main would print it again).
+    let app = match Application::build(config, token) {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "corral-ingress cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "corral-ingress failed");
+            ExitCode::FAILURE
+        }
+    }
 }

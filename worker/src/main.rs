@@ -1,6 +1,11 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use corral_runtime::telemetry;
-use corral_worker::commands::{self, Cli, Command};
+use corral_worker::{
+    commands::{self, Cli, Command, Outcome, output},
+    ops::OpsError,
+};
 
 // jemalloc with background purging hands memory back to the system after a
 // burst or a broker outage; glibc's per-thread arenas keep what each
@@ -9,10 +14,33 @@ use corral_worker::commands::{self, Cli, Command};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let Cli { command, config } = Cli::parse();
     telemetry::init_tracing(&config.log);
-    commands::run(command.unwrap_or(Command::Run), config)
-        .await
-        .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "corral-worker failed"))
+    let command = command.unwrap_or(Command::Run);
+    let serving = matches!(command, Command::Run);
+    // Each error is printed once: as a log event by the service, as one
+    // plain line by an operator command (both on stderr).
+    match commands::run(command, config).await {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(outcome @ Outcome::NothingMatched(_)) => {
+            if let Outcome::NothingMatched(what) = &outcome {
+                eprintln!("corral-worker: {what}");
+            }
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(err) if serving => {
+            tracing::error!(error = format!("{err:#}"), "corral-worker failed");
+            ExitCode::from(output::EXIT_FAILED)
+        }
+        Err(err) => {
+            eprintln!("corral-worker: error: {err:#}");
+            let usage = matches!(err.downcast_ref(), Some(OpsError::Usage(_)));
+            ExitCode::from(if usage {
+                output::EXIT_USAGE
+            } else {
+                output::EXIT_FAILED
+            })
+        }
+    }
 }

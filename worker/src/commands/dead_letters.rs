@@ -6,12 +6,18 @@ use std::io::Write;
 
 use clap::Subcommand;
 use corral_runtime::config::BufferKind;
+use serde_json::Value;
 
-use super::preview;
+use super::{
+    Outcome,
+    output::{ListArgs, finish_list},
+    preview,
+};
 use crate::{
     config::WorkerConfig,
     ops::dead_letters::{
-        DeadLetterReport, DeadLetters, RabbitmqDeadLetters, ReplayOptions, SqsDeadLetters,
+        DeadLetter, DeadLetterReport, DeadLetters, RabbitmqDeadLetters, ReplayOptions,
+        SqsDeadLetters,
     },
 };
 
@@ -23,17 +29,17 @@ pub enum DeadLetterCommand {
     /// Show dead-lettered messages, one line per webhook inside them; removes
     /// none (on RabbitMQ each one read is moved to the tail of the
     /// dead-letter queue, so their order changes; on SQS each is made visible
-    /// again).
+    /// again). Oldest first (queue order), like every listing.
     List {
-        /// Show at most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Publish dead-lettered messages back to the webhooks exchange with their
     /// original routing key and properties (on SQS: to the queue, with the
     /// same body and attributes), as they are (the webhooks of an envelope-2
     /// message stay together); each dead-letter copy is removed only after
-    /// RabbitMQ confirmed (SQS accepted) the republished one.
+    /// RabbitMQ confirmed (SQS accepted) the republished one. Exits 3 when
+    /// --message-id matched nothing.
     Replay {
         /// Show what would be replayed; replay nothing.
         #[arg(long)]
@@ -63,7 +69,7 @@ pub async fn run(
     command: DeadLetterCommand,
     config: &WorkerConfig,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
     match config.buffer.kind {
         BufferKind::Rabbitmq => on(&RabbitmqDeadLetters::new(&config.amqp), command, out).await,
         BufferKind::Sqs => on(&SqsDeadLetters::connect(&config.buffer)?, command, out).await,
@@ -74,9 +80,22 @@ async fn on<Queue: DeadLetters>(
     queue: &Queue,
     command: DeadLetterCommand,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let (report, verb) = match command {
-        DeadLetterCommand::List { limit } => (queue.list(limit).await?, "listed"),
+) -> anyhow::Result<Outcome> {
+    match command {
+        DeadLetterCommand::List { list } => {
+            let report = queue.list(list.limit).await?;
+            let truncated = report.letters.len() < report.queued_at_start as usize;
+            if !list.json {
+                write_report(&report, "listed", Queue::KEEPS_HISTORY, out)?;
+            }
+            let items = report
+                .letters
+                .iter()
+                .map(|letter| json(letter, Queue::KEEPS_HISTORY))
+                .collect();
+            finish_list(&list, items, truncated, "dead-lettered messages", out)?;
+            Ok(Outcome::Done)
+        }
         DeadLetterCommand::Replay {
             dry_run,
             limit,
@@ -87,11 +106,44 @@ async fn on<Queue: DeadLetters>(
                 limit,
                 message_ids,
             };
+            let report = queue.replay(&options).await?;
+            if report.letters.is_empty() && !options.message_ids.is_empty() {
+                return Ok(Outcome::NothingMatched(format!(
+                    "no dead-lettered message matches {:?} ({} passed over; \
+                     `corral-worker dead-letters list` shows them)",
+                    options.message_ids, report.passed_over
+                )));
+            }
             let verb = if dry_run { "would replay" } else { "replayed" };
-            (queue.replay(&options).await?, verb)
+            write_report(&report, verb, Queue::KEEPS_HISTORY, out)?;
+            Ok(Outcome::Done)
         }
-    };
-    write_report(&report, verb, Queue::KEEPS_HISTORY, out)
+    }
+}
+
+/// A message in `--json`, with the webhooks inside it; `reason` and `deaths`
+/// are null where the queue keeps no history (SQS).
+fn json(letter: &DeadLetter, keeps_history: bool) -> Value {
+    let webhooks: Vec<Value> = letter
+        .webhooks
+        .iter()
+        .map(|webhook| {
+            serde_json::json!({
+                "message_id": webhook.message_id,
+                "routing_key": webhook.routing_key,
+                "received_at": webhook.received_at.map(|at| at.to_rfc3339()),
+                "body": String::from_utf8_lossy(&webhook.body),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "letter": letter.id(),
+        "routing_key": letter.routing_key,
+        "reason": letter.reason,
+        "deaths": keeps_history.then_some(letter.deaths),
+        "received_at": letter.received_at.map(|at| at.to_rfc3339()),
+        "webhooks": webhooks,
+    })
 }
 
 fn write_report(

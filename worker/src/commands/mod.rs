@@ -1,6 +1,9 @@
 //! The command line: `corral-worker [COMMAND]`, one file per operator
 //! command, each holding its arguments, what it runs and the report it
-//! prints (tab-separated columns an operator can read or pipe to `cut`).
+//! prints (tab-separated columns an operator can read or pipe to `cut`, or
+//! with `--json` one document). [`output`] holds the conventions they share:
+//! report on stdout, logs and errors on stderr, exit codes 0 done, 1 failed,
+//! 2 usage, 3 nothing matched.
 //!
 //! # Layout
 //!
@@ -14,6 +17,7 @@
 
 pub mod dead_letters;
 pub mod migrate;
+pub mod output;
 pub mod quarantine;
 pub mod report;
 pub mod suppressions;
@@ -23,6 +27,7 @@ use corral_runtime::shutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Application, config::WorkerConfig};
+pub use output::Outcome;
 
 /// Consumes corral's queue and lands each webhook exactly once in PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -32,7 +37,12 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    #[command(flatten)]
+    /// Global so every command takes them, but under their own heading, so
+    /// a command's `--help` shows its own options first.
+    #[command(
+        flatten,
+        next_help_heading = "Settings (each also a CORRAL_* variable)"
+    )]
     pub config: WorkerConfig,
 }
 
@@ -59,19 +69,24 @@ pub enum Command {
 }
 
 /// Runs `command`; the operator commands write their report to stdout.
-pub async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
+pub async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<Outcome> {
     let out = &mut std::io::stdout();
     match command {
         Command::Run => {
             let token = CancellationToken::new();
             shutdown::cancel_on_signal(token.clone());
-            Application::build(config, token)?.run_until_stopped().await
+            Application::build(config, token)?
+                .run_until_stopped()
+                .await?;
+            Ok(Outcome::Done)
         }
-        Command::Migrate => migrate::run(&config).await,
+        Command::Migrate => migrate::run(&config).await.map(|()| Outcome::Done),
         Command::DeadLetters(command) => dead_letters::run(command, &config, out).await,
         Command::Quarantine(command) => quarantine::run(command, &config, out).await,
         Command::Suppressions(command) => suppressions::run(command, &config, out).await,
-        Command::Report(args) => report::run(args, &config, out).await,
+        Command::Report(args) => report::run(args, &config, out)
+            .await
+            .map(|()| Outcome::Done),
     }
 }
 
@@ -88,4 +103,37 @@ pub fn preview(body: &[u8], max: usize) -> String {
         line.push('…');
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Every command line the docs teach parses: an argument whose id is
+    /// also a global setting's (`kind` was `--buffer`'s) parses into the
+    /// wrong type and panics at run time, which `debug_assert` does not see.
+    #[test]
+    fn every_command_and_its_options_parse() {
+        Cli::command().debug_assert();
+        for line in [
+            "run",
+            "migrate",
+            "suppressions list --phone +15552224444 --kind sms --class opted_out --all --limit 5 --json",
+            "suppressions lift --phone +15552224444 --kind rvm --class litigator --by x --dry-run --yes",
+            "suppressions lift --phone +15552224444 --all-classes --by x --yes",
+            "quarantine list --limit 5 --json",
+            "quarantine reprocess --dry-run --limit 3 --id 1 --id 2 --batch 10 --as-messages",
+            "dead-letters list --limit 2 --json",
+            "dead-letters replay --dry-run --limit 1 --message-id a",
+            "report --since 24h --until 1h --json --by-hour",
+            "--buffer sqs dead-letters list",
+        ] {
+            let args = std::iter::once("corral-worker").chain(line.split(' '));
+            if let Err(err) = Cli::try_parse_from(args) {
+                panic!("{line}: {err}");
+            }
+        }
+    }
 }

@@ -3,14 +3,20 @@
 
 use std::io::Write;
 
+use anyhow::Context as _;
 use clap::Subcommand;
+use serde_json::Value;
 
-use super::preview;
+use super::{
+    Outcome,
+    output::{ListArgs, finish_list, progress, progress_done},
+    preview,
+};
 use crate::{
     config::WorkerConfig,
     ops::quarantine::{
         Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
-        reprocess_quarantined,
+        reprocess_quarantined_with,
     },
 };
 
@@ -18,16 +24,17 @@ use crate::{
 /// `quarantined_webhooks` byte for byte.
 #[derive(Debug, Clone, Subcommand)]
 pub enum QuarantineCommand {
-    /// Show quarantined webhooks, oldest first.
+    /// Show quarantined webhooks, oldest first (by id), like every listing.
     List {
-        /// Show at most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Re-type quarantined webhooks with this version's code: those that now
     /// type are stored exactly as the worker stores them and leave the
     /// quarantine in the same transaction; the others stay, with their error
-    /// updated.
+    /// updated. Result events are written to the outbox only when
+    /// CORRAL_RESULT_EVENTS=true is in this command's environment. Exits 3
+    /// when the rows named with --id are not quarantined.
     Reprocess {
         /// Report what would happen; change nothing.
         #[arg(long)]
@@ -54,10 +61,17 @@ pub async fn run(
     command: QuarantineCommand,
     config: &WorkerConfig,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
     match command {
-        QuarantineCommand::List { limit } => {
-            write_list(&list_quarantined(config, limit).await?, out)
+        QuarantineCommand::List { list } => {
+            let mut rows = list_quarantined(config, list.fetch()).await?;
+            let truncated = list.cut(&mut rows);
+            if !list.json {
+                write_list(&rows, out)?;
+            }
+            let items = rows.iter().map(json).collect();
+            finish_list(&list, items, truncated, "quarantined webhooks", out)?;
+            Ok(Outcome::Done)
         }
         QuarantineCommand::Reprocess {
             dry_run,
@@ -73,9 +87,41 @@ pub async fn run(
                 batch,
                 as_messages,
             };
-            write_reprocessed(&reprocess_quarantined(config, &options).await?, out)
+            let report = reprocess(config, &options).await?;
+            if report.rows.is_empty() && !options.ids.is_empty() {
+                return Ok(Outcome::NothingMatched(format!(
+                    "no quarantined row has the id(s) {:?} (`corral-worker quarantine list` \
+                     shows them)",
+                    options.ids
+                )));
+            }
+            write_reprocessed(&report, out)?;
+            Ok(Outcome::Done)
         }
     }
+}
+
+/// Re-processes with a running count on a terminal; a failure says how many
+/// rows earlier batches had already settled.
+async fn reprocess(
+    config: &WorkerConfig,
+    options: &ReprocessOptions,
+) -> anyhow::Result<ReprocessReport> {
+    let mut settled = 0;
+    let result = reprocess_quarantined_with(config, options, &mut |report| {
+        settled = report.rows.len();
+        progress("re-processed", settled);
+    })
+    .await;
+    progress_done();
+    result.with_context(|| {
+        let done = if options.dry_run {
+            "examined"
+        } else {
+            "committed"
+        };
+        format!("{settled} row(s) were already {done} by earlier batches")
+    })
 }
 
 fn write_list(rows: &[Quarantined], out: &mut dyn Write) -> anyhow::Result<()> {
@@ -100,6 +146,20 @@ fn write_list(rows: &[Quarantined], out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(out, "# listed {} row(s)", rows.len())?;
     Ok(())
+}
+
+/// A row in `--json`: the table's column names; the body whole, decoded as
+/// UTF-8 (invalid bytes replaced).
+fn json(row: &Quarantined) -> Value {
+    serde_json::json!({
+        "id": row.id,
+        "message_id": row.message_id.map(|id| id.to_string()),
+        "routing_key": row.routing_key,
+        "received_at": row.received_at.map(|at| at.to_rfc3339()),
+        "quarantined_at": row.quarantined_at.to_rfc3339(),
+        "error": row.error,
+        "body": String::from_utf8_lossy(&row.body),
+    })
 }
 
 fn write_reprocessed(report: &ReprocessReport, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ pub use dead_letters::{
 };
 pub use quarantine::{
     Quarantined, ReprocessOptions, ReprocessReport, Verdict, list_quarantined,
-    reprocess_quarantined,
+    reprocess_quarantined, reprocess_quarantined_with,
 };
 
 /// What can go wrong in an operator command.

@@ -239,6 +239,17 @@ pub async fn reprocess_quarantined(
     config: &WorkerConfig,
     options: &ReprocessOptions,
 ) -> Result<ReprocessReport, OpsError> {
+    reprocess_quarantined_with(config, options, &mut |_| {}).await
+}
+
+/// [`reprocess_quarantined`], calling `on_batch` with the report so far after
+/// each batch is committed (or rolled back, in a dry run): a long run's
+/// running count, and what was done when a later batch fails.
+pub async fn reprocess_quarantined_with(
+    config: &WorkerConfig,
+    options: &ReprocessOptions,
+    on_batch: &mut (dyn FnMut(&ReprocessReport) + Send),
+) -> Result<ReprocessReport, OpsError> {
     if options.as_messages && options.ids.is_empty() {
         return Err(OpsError::Usage(
             "--as-messages unpacks only the rows named with --id: a body shaped like an \
@@ -280,6 +291,7 @@ pub async fn reprocess_quarantined(
                 .await
                 .map_err(OpsError::database("committing re-processed webhooks"))?;
         }
+        on_batch(&report);
         remaining = remaining.saturating_sub(quarantined.len() as u64);
     }
     Ok(report)

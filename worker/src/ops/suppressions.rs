@@ -65,7 +65,7 @@ pub struct Selection {
     pub class: Option<String>,
 }
 
-/// Suppressions, newest first: in force only, unless `all`.
+/// Suppressions, oldest first: in force only, unless `all`.
 pub async fn list_suppressions(
     config: &WorkerConfig,
     selection: &Selection,
@@ -83,7 +83,7 @@ pub async fn list_suppressions(
                    AND ($2::text IS NULL OR kind = $2)
                    AND ($3::text IS NULL OR class = $3)
                    AND (active OR $4)
-                 ORDER BY last_seen DESC, phone_number, kind, class
+                 ORDER BY first_seen, phone_number, kind, class
                  LIMIT $5"
             ),
             &[
@@ -99,14 +99,24 @@ pub async fn list_suppressions(
     Ok(rows.iter().map(Suppression::from_row).collect())
 }
 
+/// Which rows a lift takes: the number's suppressions in force, narrowed by
+/// kind and class. One clause for the lift and its dry run, so the dry run
+/// shows exactly what the lift would take.
+const LIFTABLE: &str = "phone_number = $1
+                        AND ($2::text IS NULL OR kind = $2)
+                        AND ($3::text IS NULL OR class = $3)
+                        AND active";
+
 /// Lifts the suppressions in force for `selection.phone_number` (narrowed
 /// by kind and class): each is lifted through its `last_seen`, so an older
 /// event arriving late does not put it back, and a newer one does. `by` is
-/// kept with it (who, and why). Errors when none is in force.
+/// kept with it (who, and why). With `dry_run`, returns what it would lift
+/// and changes nothing. Empty when none is in force.
 pub async fn lift_suppressions(
     config: &WorkerConfig,
     selection: &Selection,
     by: &str,
+    dry_run: bool,
 ) -> Result<Vec<Suppression>, OpsError> {
     let Some(phone_number) = &selection.phone_number else {
         return Err(OpsError::Usage(
@@ -120,35 +130,26 @@ pub async fn lift_suppressions(
     }
     let pool = ops_pool(config)?;
     let client = client(&pool).await?;
+    let statement = if dry_run {
+        format!(
+            "SELECT {COLUMNS} FROM suppressions WHERE {LIFTABLE} AND $4::text IS NOT NULL
+             ORDER BY first_seen, kind, class"
+        )
+    } else {
+        format!(
+            "UPDATE suppressions
+             SET lifted_through = last_seen, lifted_at = now(), lifted_by = $4,
+                 updated_at = now()
+             WHERE {LIFTABLE}
+             RETURNING {COLUMNS}"
+        )
+    };
     let rows = client
         .query(
-            &format!(
-                "UPDATE suppressions
-                 SET lifted_through = last_seen, lifted_at = now(), lifted_by = $4,
-                     updated_at = now()
-                 WHERE phone_number = $1
-                   AND ($2::text IS NULL OR kind = $2)
-                   AND ($3::text IS NULL OR class = $3)
-                   AND active
-                 RETURNING {COLUMNS}"
-            ),
+            &statement,
             &[phone_number, &selection.kind, &selection.class, &by],
         )
         .await
         .map_err(OpsError::database("lifting suppressions"))?;
-    if rows.is_empty() {
-        return Err(OpsError::Usage(format!(
-            "no suppression in force matches {phone_number}{}{} \
-             (`corral-worker suppressions list --all --phone {phone_number}` shows its rows)",
-            selection
-                .kind
-                .as_deref()
-                .map_or_else(String::new, |kind| format!(", kind {kind}")),
-            selection
-                .class
-                .as_deref()
-                .map_or_else(String::new, |class| format!(", class {class}")),
-        )));
-    }
     Ok(rows.iter().map(Suppression::from_row).collect())
 }

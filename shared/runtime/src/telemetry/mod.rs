@@ -34,8 +34,10 @@ pub fn without_message_bodies() -> Targets {
         .with_target("lapin::frames", LevelFilter::DEBUG)
 }
 
-/// Installs the global `tracing` subscriber. Safe to call more than once
-/// (tests build several applications in one process): later calls are no-ops.
+/// Installs the global `tracing` subscriber, writing to stderr: stdout is
+/// kept for an operator command's report, so it can be piped. Safe to call
+/// more than once (tests build several applications in one process): later
+/// calls are no-ops.
 pub fn init_tracing(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|err| {
         // A typo in the filter must not silence the service; say so and fall back.
@@ -52,12 +54,15 @@ pub fn init_tracing(settings: &LogSettings) {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .flatten_event(true)
                     .with_current_span(false),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     // Already initialised: keep the first subscriber.
     let _ = result;

@@ -77,29 +77,29 @@ pub fn binary_path(binary: Binary) -> PathBuf {
     let path = bin_dir().join(binary.name());
     assert!(
         path.exists(),
-        "{} not found at {} (set CORRAL_TEST_BIN_DIR or run `cargo build --bins`)",
+        "{} not found at {} (set CORRAL_TEST_BIN_DIR or run `cargo build --workspace --bins`)",
         binary.name(),
         path.display()
     );
     path
 }
 
-/// `cargo build --bins` for the two service packages (cargo's own lock makes
-/// concurrent test processes build one after another; the second is a no-op).
+/// `cargo build --workspace --bins --locked`, the very command `scripts/test`
+/// runs before the tests: cargo unifies features over the packages it is
+/// asked to build, so building only the two service packages would compile a
+/// second variant of their dependencies (ring, rustls, lapin: about a minute)
+/// and replace the binaries the build step made. Cargo's own lock makes
+/// concurrent test processes build one after another; the second is a no-op.
 fn build_binaries() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "corral-ingress",
-            "-p",
-            "corral-worker",
-        ])
+        .args(["build", "--workspace", "--bins", "--locked"])
         .stdin(Stdio::null())
         .status()
-        .expect("running cargo build --bins");
-    assert!(status.success(), "cargo build --bins failed: {status}");
+        .expect("running cargo build --workspace --bins");
+    assert!(
+        status.success(),
+        "cargo build --workspace --bins failed: {status}"
+    );
 }

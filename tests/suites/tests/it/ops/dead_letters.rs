@@ -107,7 +107,9 @@ async fn list_command(broker: &TestBroker) -> String {
     let mut out = Vec::new();
     let config = config::worker("postgres://postgres@127.0.0.1:5432/unused", broker.prefix());
     commands::dead_letters::run(
-        commands::dead_letters::DeadLetterCommand::List { limit: 10 },
+        commands::dead_letters::DeadLetterCommand::List {
+            list: commands::output::ListArgs::first(10),
+        },
         &config,
         &mut out,
     )

@@ -11,6 +11,8 @@
 //!
 //! # Layout
 //!
+//! - `conventions`: what every command does the same way, through the real
+//!   binary: stdout and stderr, `--json`, `--limit`, exit codes, `--help`.
 //! - `dead_letters`: `corral-worker dead-letters`: listing, dry runs and
 //!   replays.
 //! - `deploy_metrics`: deploy/: every corral_* metric the dashboard and the
@@ -19,6 +21,7 @@
 //! - `quarantine`: `corral-worker quarantine`: re-processing quarantined
 //!   webhooks.
 
+mod conventions;
 mod dead_letters;
 mod deploy_metrics;
 mod helpers;

@@ -178,9 +178,15 @@ async fn reprocessing_stores_what_types_now_and_keeps_what_does_not() {
 
     // The command's own output.
     let mut out = Vec::new();
-    commands::quarantine::run(QuarantineCommand::List { limit: 10 }, &config, &mut out)
-        .await
-        .unwrap();
+    commands::quarantine::run(
+        QuarantineCommand::List {
+            list: commands::output::ListArgs::first(10),
+        },
+        &config,
+        &mut out,
+    )
+    .await
+    .unwrap();
     let out = String::from_utf8(out).unwrap();
     assert!(
         out.contains(&format!(

@@ -103,9 +103,14 @@ async fn listing_shows_every_dead_letter_and_leaves_each_there() {
         dead_letter(queue, 1, 3).await,
     ];
 
-    let out = run(&stack, DeadLetterCommand::List { limit: 10 })
-        .await
-        .expect("the listing");
+    let out = run(
+        &stack,
+        DeadLetterCommand::List {
+            list: commands::output::ListArgs::first(10),
+        },
+    )
+    .await
+    .expect("the listing");
     assert!(
         out.starts_with(&format!(
             "# {}: 3 message(s) queued at start\n",
@@ -144,16 +149,26 @@ async fn listing_shows_every_dead_letter_and_leaves_each_there() {
         "every dead letter is there, and visible again"
     );
 
-    let limited = run(&stack, DeadLetterCommand::List { limit: 2 })
-        .await
-        .expect("the limited listing");
+    let limited = run(
+        &stack,
+        DeadLetterCommand::List {
+            list: commands::output::ListArgs::first(2),
+        },
+    )
+    .await
+    .expect("the limited listing");
     assert!(
         limited.contains("# listed 2 message(s); none removed"),
         "{limited}"
     );
-    let again = run(&stack, DeadLetterCommand::List { limit: 10 })
-        .await
-        .expect("the second listing");
+    let again = run(
+        &stack,
+        DeadLetterCommand::List {
+            list: commands::output::ListArgs::first(10),
+        },
+    )
+    .await
+    .expect("the second listing");
     assert!(again.contains("# listed 3 message(s)"), "{again}");
     assert_eq!(queue.dead_letter_counts().await, (3, 0));
     assert_eq!(queue.counts().await, (0, 0), "nothing went to the queue");
@@ -294,7 +309,9 @@ async fn a_queue_without_a_redrive_policy_is_an_error_naming_what_to_set() {
         .await;
     let queue = stack.queue();
     for command in [
-        DeadLetterCommand::List { limit: 10 },
+        DeadLetterCommand::List {
+            list: commands::output::ListArgs::first(10),
+        },
         DeadLetterCommand::Replay {
             dry_run: false,
             limit: None,

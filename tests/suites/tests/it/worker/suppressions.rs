@@ -5,7 +5,7 @@
 use corral_contract::envelope::Kind;
 use corral_testkit::{apps::RunningWorker, fixtures};
 use corral_worker::commands::{
-    self,
+    self, Outcome,
     suppressions::{SuppressionClass, SuppressionCommand},
 };
 use tokio_postgres::Client;
@@ -302,7 +302,10 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
             phone: phone.to_owned(),
             kind: None,
             class: Some(SuppressionClass::OptedOut),
+            all_classes: false,
             by: "ops: written opt-in, ticket 42".to_owned(),
+            dry_run: false,
+            yes: true,
         },
         &config,
         &mut out,
@@ -319,24 +322,29 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
         suppressions(&client).await,
         expected(false, ("2026-11-20T10:00:00Z", "d-newer"))
     );
-    // Lifting again finds nothing in force, and says so.
+    // Lifting again finds nothing in force, and says so (exit code 3).
     let again = commands::suppressions::run(
         SuppressionCommand::Lift {
             phone: phone.to_owned(),
             kind: None,
             class: None,
+            all_classes: true,
             by: "ops".to_owned(),
+            dry_run: false,
+            yes: true,
         },
         &config,
         &mut Vec::new(),
     )
     .await
-    .expect_err("nothing is in force");
+    .expect("a lift that matches nothing is not an error");
+    let Outcome::NothingMatched(said) = &again else {
+        panic!("nothing is in force, yet {again:?}");
+    };
+    assert_eq!(again.exit_code(), 3);
     assert!(
-        again
-            .to_string()
-            .contains("no suppression in force matches +15552224444"),
-        "{again:#}"
+        said.contains("no suppression in force matches +15552224444"),
+        "{said}"
     );
 
     // An opt-out attempted before the lift's last event, arriving late, does
@@ -359,7 +367,7 @@ async fn an_older_event_arriving_late_never_lifts_or_moves_a_newer_suppression()
             kind: None,
             class: None,
             all: false,
-            limit: 10,
+            list: commands::output::ListArgs::first(10),
         },
         &config,
         &mut listed,
