@@ -59,6 +59,7 @@ fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, AmqpError> {
 /// `name` shows in the management UI.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
     let uris = parse_urls(&settings.url)?;
+    let mut passed = Vec::new();
     let mut failed = None;
     for index in settings.rotation.order(uris.len()) {
         let uri = uris[index].clone();
@@ -66,17 +67,26 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
         match connect_to(settings, uri, name).await {
             Ok(connection) => {
                 settings.rotation.reached(index);
+                if !passed.is_empty() {
+                    // The node this process left is down: say so once, here,
+                    // rather than on every failed round of an outage.
+                    tracing::warn!(
+                        broker = address,
+                        unreachable = passed.join(", "),
+                        "connected to RabbitMQ past brokers that did not answer"
+                    );
+                }
                 return Ok(connection);
             }
-            Err(err) if uris.len() > 1 => {
-                tracing::warn!(
+            Err(err) => {
+                tracing::debug!(
                     broker = address,
                     error = error_chain(&err),
-                    "cannot connect to this RabbitMQ node; trying the next"
+                    "cannot connect"
                 );
+                passed.push(address);
                 failed = Some(err);
             }
-            Err(err) => failed = Some(err),
         }
     }
     Err(failed.expect("CORRAL_AMQP_URL names at least one broker"))
@@ -175,7 +185,6 @@ pub async fn close(connection: &Connection, timeout: Duration, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::{amqp::parse_url, config::redact_url};
 
     #[test]
