@@ -45,6 +45,21 @@ struct Cli {
     markdown: Option<PathBuf>,
 }
 
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -62,9 +77,21 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut errors = Vec::new();
+    // Registered once: from here on SIGINT and SIGTERM end the run through it.
+    let mut stop = std::pin::pin!(interrupted());
     for name in &names {
         eprintln!("== {name} ({} profile)", profile.name);
-        match faults::run(name, profile).await {
+        // Interrupted, the scenario is dropped before the process exits, so
+        // its processes and a cluster of its own are stopped and removed.
+        let run = tokio::select! {
+            run = faults::run(name, profile) => Ok(run),
+            signal = &mut stop => Err(signal),
+        };
+        let run = run.unwrap_or_else(|signal| {
+            eprintln!("   interrupted by {signal}");
+            std::process::exit(130)
+        });
+        match run {
             Ok(outcome) => {
                 eprintln!("   {}", if outcome.passed { "pass" } else { "FAIL" });
                 for note in &outcome.notes {
