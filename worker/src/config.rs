@@ -206,6 +206,8 @@ impl WorkerConfig {
         let mut settings = self.amqp.clone();
         if let Some(url) = &self.results.results_amqp_url {
             settings.url.clone_from(url);
+            // Another list of brokers: its own place in it.
+            settings.rotation = corral_runtime::amqp::Rotation::default();
         }
         settings
     }

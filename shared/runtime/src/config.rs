@@ -11,7 +11,9 @@ use clap::{Args, ValueEnum};
 /// How to reach RabbitMQ and which names to use there.
 #[derive(Clone, Args)]
 pub struct AmqpSettings {
-    /// AMQP URI of the broker (`amqps://` for TLS). Credentials in it are never logged.
+    /// AMQP URI of the broker (`amqps://` for TLS), or several separated by
+    /// commas (the nodes of a cluster): each connect tries them in turn,
+    /// starting after the one used last. Credentials in it are never logged.
     #[arg(
         global = true,
         long = "amqp-url",
@@ -93,6 +95,12 @@ pub struct AmqpSettings {
         value_parser = clap::value_parser!(u16).range(1..=crate::amqp::MAX_QUEUES as i64)
     )]
     pub queues: u16,
+
+    /// Which of the URLs the next connect tries first; shared by the clones
+    /// of these settings, so every reconnect of a process moves on from the
+    /// broker it last reached instead of starting again at a dead first one.
+    #[arg(skip)]
+    pub rotation: crate::amqp::Rotation,
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -100,6 +108,7 @@ impl std::fmt::Debug for AmqpSettings {
         // The URL's password must not reach a log through a printed config.
         f.debug_struct("AmqpSettings")
             .field("url", &redact_url(&self.url))
+            .field("rotation", &self.rotation)
             .field("prefix", &self.prefix)
             .field("delivery_limit", &self.delivery_limit)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -111,12 +120,44 @@ impl std::fmt::Debug for AmqpSettings {
     }
 }
 
-/// `url` with the password of its user info replaced by `***`, for errors and
-/// logs. Works on the text, so it also hides the password of a URL that does
-/// not parse (`guest:secret@rabbit` without a scheme) or whose password holds
-/// an unescaped `/` or `@`: everything between the first `:` after the scheme
-/// and the last `@` goes.
+/// The entries of a `CORRAL_AMQP_URL` list, each trimmed: the text is cut
+/// before every comma that a scheme (`amqp://`, `amqps://`, or any
+/// `letters://`) follows, so a comma inside a password stays in its URL.
+pub fn url_entries(list: &str) -> Vec<&str> {
+    let mut cuts = vec![0];
+    for (comma, _) in list.match_indices(',') {
+        let rest = list[comma + 1..].trim_start();
+        let scheme = rest.find("://").map(|end| &rest[..end]);
+        let starts_url = scheme.is_some_and(|scheme| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        if starts_url {
+            cuts.push(comma + 1);
+        }
+    }
+    cuts.push(list.len() + 1);
+    cuts.windows(2)
+        .map(|cut| list[cut[0]..cut[1] - 1].trim())
+        .collect()
+}
+
+/// `url` (or each URL of a list) with the password of its user info
+/// replaced by `***`, for errors and logs. Works on the text, so it also
+/// hides the password of a URL that does not parse (`guest:secret@rabbit`
+/// without a scheme) or whose password holds an unescaped `/`, `@` or `,`:
+/// everything between the first `:` after the scheme and the last `@` goes.
 pub fn redact_url(url: &str) -> String {
+    url_entries(url)
+        .into_iter()
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
     let Some(at) = rest.rfind('@') else {

@@ -14,6 +14,9 @@
 //! - [`metrics`]: `/metrics` scraped and parsed.
 //! - [`broker`]: a private AMQP prefix per test, with helpers to read what
 //!   landed in its queue, and clean-up on drop.
+//! - [`cluster`]: a throwaway three-node RabbitMQ cluster
+//!   (`scripts/services --cluster`), its nodes killed, stopped and started
+//!   by a test, removed on drop.
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
 //! - `sqs` (feature `sqs`): a queue (with its dead-letter queue) per test on
 //!   the local moto server, deleted afterwards.
@@ -32,6 +35,7 @@
 #[cfg(feature = "apps")]
 pub mod apps;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod database;
 pub mod fixtures;

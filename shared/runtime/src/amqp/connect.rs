@@ -1,6 +1,6 @@
 //! Connecting to the broker (with TLS where asked) and closing a connection.
 
-use std::{future::Future, str::FromStr, time::Duration};
+use std::{future::Future, time::Duration};
 
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -11,33 +11,19 @@ use lapin::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AmqpError, Topology, deadline};
+use super::{AmqpError, Topology, brokers::parse_urls, deadline};
 use crate::{
-    config::{AmqpSettings, redact_url},
+    config::AmqpSettings,
     error_chain, retry,
     telemetry::{labels::ConnectOutcome, metrics},
 };
 
-/// Parses `CORRAL_AMQP_URL`; binaries call it at start so a typo fails fast
-/// instead of looking like an unreachable broker. The error shows the URL
-/// with its password replaced by `***`, also where the parser's own message
-/// quotes the URL.
-pub fn parse_url(url: &str) -> Result<AMQPUri, AmqpError> {
-    AMQPUri::from_str(url).map_err(|reason| {
-        let redacted = redact_url(url);
-        AmqpError::InvalidUrl {
-            reason: reason.replace(url, &redacted),
-            url: redacted,
-        }
-    })
-}
-
-/// Checks the URL and the CA file together at start: a CA file next to a
+/// Checks the URLs and the CA file together at start: a CA file next to a
 /// plain `amqp://` URL would otherwise be silently ignored.
 pub fn check_settings(settings: &AmqpSettings) -> Result<(), AmqpError> {
-    let uri = parse_url(&settings.url)?;
+    let uris = parse_urls(&settings.url)?;
     if let Some(path) = &settings.ca_file {
-        if uri.scheme != AMQPScheme::AMQPS {
+        if uris.iter().any(|uri| uri.scheme != AMQPScheme::AMQPS) {
             return Err(AmqpError::CaFileWithoutTls {
                 path: path.display().to_string(),
             });
@@ -67,10 +53,51 @@ fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, AmqpError> {
     })
 }
 
-/// Connects to the broker named by `settings`, with the heartbeat and the
-/// connect deadline applied. `name` shows in the management UI.
+/// Connects to a broker named by `settings`, with the heartbeat and the
+/// connect deadline applied: the first of its URLs that answers, in the
+/// order of its [`Rotation`](super::Rotation); the error is the last one's.
+/// `name` shows in the management UI.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
-    let mut uri = parse_url(&settings.url)?;
+    let uris = parse_urls(&settings.url)?;
+    let mut passed = Vec::new();
+    let mut failed = None;
+    for index in settings.rotation.order(uris.len()) {
+        let uri = uris[index].clone();
+        let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+        match connect_to(settings, uri, name).await {
+            Ok(connection) => {
+                settings.rotation.reached(index);
+                if !passed.is_empty() {
+                    // The node this process left is down: say so once, here,
+                    // rather than on every failed round of an outage.
+                    tracing::warn!(
+                        broker = address,
+                        unreachable = passed.join(", "),
+                        "connected to RabbitMQ past brokers that did not answer"
+                    );
+                }
+                return Ok(connection);
+            }
+            Err(err) => {
+                tracing::debug!(
+                    broker = address,
+                    error = error_chain(&err),
+                    "cannot connect"
+                );
+                passed.push(address);
+                failed = Some(err);
+            }
+        }
+    }
+    Err(failed.expect("CORRAL_AMQP_URL names at least one broker"))
+}
+
+/// Connects to the broker at `uri`.
+async fn connect_to(
+    settings: &AmqpSettings,
+    mut uri: AMQPUri,
+    name: &str,
+) -> Result<Connection, AmqpError> {
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(settings.heartbeat_secs);
     }
@@ -158,7 +185,7 @@ pub async fn close(connection: &Connection, timeout: Duration, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::{amqp::parse_url, config::redact_url};
 
     #[test]
     fn passwords_are_redacted_from_urls() {

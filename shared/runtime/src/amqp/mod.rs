@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - `brokers`: the list of broker URLs, parsed, and the rotation over it.
 //! - `connect`: URL and TLS checks, connecting, reconnecting until shutdown,
 //!   closing.
 //! - `topology`: the names under `CORRAL_AMQP_PREFIX` and their declaration.
@@ -16,6 +17,7 @@
 //! - `properties`: the envelope's metadata as AMQP properties and headers,
 //!   and back (the AMQP edge of the transport-neutral contract).
 
+mod brokers;
 mod connect;
 mod properties;
 mod publish;
@@ -24,7 +26,8 @@ mod topology;
 
 use std::{future::Future, time::Duration};
 
-pub use connect::{check_settings, close, connect, connect_and_declare, parse_url, reconnect};
+pub use brokers::{Rotation, parse_url, parse_urls};
+pub use connect::{check_settings, close, connect, connect_and_declare, reconnect};
 pub use properties::{metadata, properties, result_properties};
 pub use publish::{
     PublishOutcomeError, Refused, check_confirmation, check_confirmations, publish_confirmed,
@@ -38,13 +41,18 @@ use crate::config::CaBundleError;
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    /// `CORRAL_AMQP_URL` does not parse; a configuration error, not retried.
-    #[error("invalid CORRAL_AMQP_URL {url}: {reason}")]
+    /// `CORRAL_AMQP_URL` (or an entry of its list) does not parse; a
+    /// configuration error, not retried.
+    #[error("invalid CORRAL_AMQP_URL{} {url}: {reason}", brokers::entry_note(.entry, .of))]
     InvalidUrl {
         /// The URL, its password replaced by `***`.
         url: String,
         /// The parser's reason, the URL in it redacted likewise.
         reason: String,
+        /// Which entry of the list, from 1.
+        entry: usize,
+        /// How many entries the list has.
+        of: usize,
     },
     /// The broker did not answer within the deadline.
     #[error("RabbitMQ did not answer {operation} within {timeout:?}")]

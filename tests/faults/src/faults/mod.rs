@@ -10,6 +10,9 @@
 //!
 //! # Layout
 //!
+//! - [`cluster`]: The scenarios on a three-node RabbitMQ cluster of their
+//!   own (a node killed, stopped or partitioned): they never touch the
+//!   shared broker.
 //! - [`outcome`]: How hard each scenario runs, what it found, and the table of
 //!   docs/reliability.md.
 //! - [`scenarios`]: The scenarios, one function each, and running one by name.
@@ -19,6 +22,7 @@
 //! - [`sqs`]: The scenarios on SQS (`CORRAL_BUFFER=sqs`), each on its own
 //!   queue on moto behind its own proxy: they never stop a shared service.
 
+mod cluster;
 mod outcome;
 mod scenarios;
 mod services;
@@ -29,6 +33,6 @@ mod tests;
 
 pub use self::{
     outcome::{Outcome, Profile, table},
-    scenarios::{SCENARIOS, run},
+    scenarios::{SCENARIOS, run, selected},
     services::ensure_services_up,
 };

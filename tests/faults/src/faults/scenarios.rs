@@ -6,7 +6,7 @@ use anyhow::{bail, ensure};
 
 use corral_testkit::database;
 
-use super::{outcome::*, services::*, sqs, stack::*};
+use super::{cluster, outcome::*, services::*, sqs, stack::*};
 
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
@@ -27,7 +27,29 @@ pub const SCENARIOS: &[&str] = &[
     "sqs-endpoint-unreachable",
     "sqs-slow-endpoint",
     "sqs-worker-killed",
+    "cluster-leader-killed",
+    "cluster-follower-killed",
+    "cluster-majority-stopped",
+    "cluster-node-partitioned",
 ];
+
+/// Scenarios only the full profile runs: each starts a cluster of its own,
+/// which takes a while; the CI profile proves the cluster with the leader's
+/// death alone.
+const FULL_ONLY: &[&str] = &[
+    "cluster-follower-killed",
+    "cluster-majority-stopped",
+    "cluster-node-partitioned",
+];
+
+/// The scenarios `profile` runs, in order.
+pub fn selected(profile: Profile) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|name| profile.name == Profile::FULL.name || !FULL_ONLY.contains(name))
+        .collect()
+}
 
 /// The share of requests that must be answered 2xx while only the broker is
 /// away: the spool takes what RabbitMQ cannot.
@@ -59,6 +81,10 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "sqs-endpoint-unreachable" => sqs::endpoint_unreachable(profile).await,
         "sqs-slow-endpoint" => sqs::slow_endpoint(profile).await,
         "sqs-worker-killed" => sqs::worker_killed(profile).await,
+        "cluster-leader-killed" => cluster::leader_killed(profile).await,
+        "cluster-follower-killed" => cluster::follower_killed(profile).await,
+        "cluster-majority-stopped" => cluster::majority_stopped(profile).await,
+        "cluster-node-partitioned" => cluster::node_partitioned(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

@@ -61,6 +61,9 @@ pub(super) struct Stack {
     /// The load is Drop Cowboy's signed webhooks ([`signed_mix`]), the
     /// ingresses verifying them with [`SIGNING_SECRET`].
     pub(super) signed: bool,
+    /// Whether [`finish`](Self::finish) notes the longest gaps in answers
+    /// and in stored rows (the cluster scenarios).
+    pub(super) measure_gaps: bool,
 }
 
 impl Stack {
@@ -74,13 +77,26 @@ impl Stack {
         } else {
             None
         };
-        Self::start_with(ingresses, workers, proxy, None, false).await
+        Self::start_with(ingresses, workers, proxy, None, false, None).await
+    }
+
+    /// A stack whose processes reach RabbitMQ through `amqp_url` (several
+    /// brokers, comma-separated), with the gaps measured at the end.
+    pub(super) async fn start_on(
+        ingresses: usize,
+        workers: usize,
+        amqp_url: &str,
+    ) -> anyhow::Result<Self> {
+        let mut stack =
+            Self::start_with(ingresses, workers, None, None, false, Some(amqp_url)).await?;
+        stack.measure_gaps = true;
+        Ok(stack)
     }
 
     /// A stack whose load goes to the signed route: its ingresses have a
     /// signing secret, and the load is Drop Cowboy's signed webhooks.
     pub(super) async fn start_signed(ingresses: usize, workers: usize) -> anyhow::Result<Self> {
-        Self::start_with(ingresses, workers, None, None, true).await
+        Self::start_with(ingresses, workers, None, None, true, None).await
     }
 
     /// A stack on SQS (`CORRAL_BUFFER=sqs`): a fresh queue on moto, which
@@ -95,7 +111,7 @@ impl Stack {
         let proxy = TcpProxy::start(SQS_SERVER.parse()?).await;
         let visibility = options.visibility_secs;
         let sqs = Some((queue, visibility));
-        Self::start_with(ingresses, workers, Some(proxy), sqs, false).await
+        Self::start_with(ingresses, workers, Some(proxy), sqs, false, None).await
     }
 
     async fn start_with(
@@ -104,6 +120,7 @@ impl Stack {
         proxy: Option<TcpProxy>,
         sqs: Option<(TestQueue, u32)>,
         signed: bool,
+        amqp_url: Option<&str>,
     ) -> anyhow::Result<Self> {
         ensure!(
             workers > 0,
@@ -111,9 +128,10 @@ impl Stack {
         );
         let prefix = unique_name("fault");
         let db = TestDatabase::new().await;
-        let on_sqs = |config: ProcessConfig| match (&sqs, &proxy) {
+        let on_sqs = |config: ProcessConfig| match (&sqs, &proxy, amqp_url) {
+            (_, _, Some(url)) => config.env("CORRAL_AMQP_URL", url),
             // The worker's visibility timeout as the queue's own.
-            (Some((queue, visibility)), Some(proxy)) => config
+            (Some((queue, visibility)), Some(proxy), None) => config
                 .sqs(&queue.url, &format!("http://{}", proxy.addr()))
                 .env("CORRAL_SQS_VISIBILITY_SECS", visibility.to_string()),
             _ => config,
@@ -137,6 +155,7 @@ impl Stack {
             http: reqwest::Client::new(),
             canaries: 0,
             signed,
+            measure_gaps: false,
         };
         for _ in 0..ingresses {
             let mut config = on_sqs(tuned(ProcessConfig::ingress(&stack.prefix, TOKEN)))
@@ -302,8 +321,27 @@ impl Stack {
     /// Rows of the load in `delivery_events` right now.
     pub(super) async fn rows(&self) -> anyhow::Result<u64> {
         let client = self.db.client().await;
-        let rows: i64 = client.query_one(LOAD_ROWS, &[]).await?.get(0);
+        let query = format!("SELECT count(*) FROM delivery_events WHERE {LOAD}");
+        let rows: i64 = client.query_one(&query, &[]).await?.get(0);
         Ok(rows as u64)
+    }
+
+    /// The longest time between two webhooks of the load that were answered
+    /// 2xx (their `received_at`: ingress stamps it as it takes one) and
+    /// between two rows stored (`stored_at`), in seconds. Every 2xx is a row
+    /// (the suite checks that), so the rows tell both.
+    pub(super) async fn gaps(&self) -> anyhow::Result<(f64, f64)> {
+        let client = self.db.client().await;
+        let mut gaps = [0.0; 2];
+        for (gap, column) in gaps.iter_mut().zip(["received_at", "stored_at"]) {
+            let query = format!(
+                "SELECT coalesce(extract(epoch FROM max(t - previous)), 0)::float8 FROM \
+                 (SELECT {column} AS t, lag({column}) OVER (ORDER BY {column}) AS previous \
+                  FROM delivery_events WHERE {LOAD}) gaps"
+            );
+            *gap = client.query_one(&query, &[]).await?.get(0);
+        }
+        Ok((gaps[0], gaps[1]))
     }
 
     /// A counter or gauge summed over the workers.
@@ -401,6 +439,12 @@ impl Stack {
             notes.extend(v.examples.iter().take(3).cloned());
         }
         outcome.rows = self.rows().await?;
+        if self.measure_gaps {
+            let (answered, stored) = self.gaps().await?;
+            notes.push(format!(
+                "gap: {answered:.1} s without a 2xx answer, {stored:.1} s without a row stored"
+            ));
+        }
         (outcome.spooled, outcome.spool_failures) = self.spool_counts().await;
         if !outcome.spooled.is_empty() {
             let causes = outcome
@@ -469,8 +513,7 @@ pub(super) fn signed_mix(callbacks: Mix) -> Mix {
 const SQS_SERVER: &str = "127.0.0.1:4566";
 
 /// The load's rows: canaries and poison messages are not part of it.
-const LOAD_ROWS: &str = "SELECT count(*) FROM delivery_events \
-                         WHERE drop_id NOT LIKE 'canary-%' AND drop_id NOT LIKE 'poison-%'";
+const LOAD: &str = "drop_id NOT LIKE 'canary-%' AND drop_id NOT LIKE 'poison-%'";
 
 /// How long a scenario's load runs: before, the fault, two seconds to
 /// recover, after.

@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! - `smoke`: the whole path in one process.
+//! - `brokers`: several broker addresses in `CORRAL_AMQP_URL`.
 //! - `docs`: the docs match the code: settings, metrics, links, and the
 //!   SQL cookbook's queries run on known webhooks.
 //! - `ingress`: the HTTP contract, publishing, broker loss, shutdown.
@@ -27,6 +28,7 @@
 //! - `topology`: what both binaries declare on the broker, read back from
 //!   it, and an older corral's unroutable queue upgraded.
 
+mod brokers;
 mod docs;
 mod e2e;
 mod ingress;
