@@ -117,16 +117,116 @@ pub fn pool(target: &Target, size: u32) -> anyhow::Result<Pool> {
 /// message, prefix `corral`), so its COMMIT waits like any other, and WAL
 /// replicated up to it holds those rows too. `wrote`: whether the
 /// transaction inserted, updated or deleted any row.
+///
+/// Before committing it checks that the schema is not newer than this
+/// worker's migrations ([`is_newer_schema`]): a worker left running while a
+/// newer release migrated the database would store rows the new schema's
+/// backfills never see.
 pub async fn commit(
     tx: deadpool_postgres::Transaction<'_>,
     wrote: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    if !wrote {
-        tx.batch_execute("SELECT pg_logical_emit_message(true, 'corral', '')")
-            .await?;
-    }
+    let statements = &*COMMIT_CHECKS;
+    tx.batch_execute(if wrote {
+        &statements.check
+    } else {
+        &statements.check_and_mark
+    })
+    .await?;
     tx.commit().await
 }
+
+/// The database holds migrations newer than this worker's: a newer release
+/// migrated it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database schema is at V{found}, newer than this corral-worker knows (V{known}): \
+     a newer release migrated it; stop this worker and run the new version"
+)]
+pub struct NewerSchema {
+    /// The newest migration applied.
+    pub found: i64,
+    /// The newest this worker carries.
+    pub known: i64,
+}
+
+async fn refuse_newer(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let history: Option<String> = client
+        .query_one("SELECT to_regclass('refinery_schema_history')::text", &[])
+        .await?
+        .get(0);
+    if history.is_none() {
+        return Ok(());
+    }
+    let found: Option<i64> = client
+        .query_one(
+            "SELECT max(version)::bigint FROM refinery_schema_history",
+            &[],
+        )
+        .await?
+        .get(0);
+    let known = known_schema();
+    match found {
+        Some(found) if found > known => Err(NewerSchema { found, known }.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Ends the process when the schema is newer than this worker ([`commit`]'s
+/// check, or [`migrate`] at start): nothing is committed or acknowledged, so
+/// what the worker holds is redelivered to the others when its connections
+/// close, and retrying could only hold those messages back.
+pub fn stop_on_newer_schema(error: &str) -> ! {
+    tracing::error!(
+        error,
+        "stopping: the database schema is newer than this worker"
+    );
+    std::process::exit(1)
+}
+
+/// SQLSTATE of [`commit`]'s schema check (a class of corral's own, so it is
+/// never taken for a data error and the batch never for poison).
+const NEWER_SCHEMA: &str = "CRL01";
+
+/// Whether `err` is [`commit`] finding the schema newer than this worker
+/// knows: nothing was committed, and retrying cannot help.
+pub fn is_newer_schema(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|code| code.code() == NEWER_SCHEMA)
+}
+
+/// The newest migration this worker carries.
+pub fn known_schema() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|migration| i64::from(migration.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+struct CommitChecks {
+    check: String,
+    check_and_mark: String,
+}
+
+/// One round trip before each COMMIT: the version check (a `DO` block, as a
+/// check needs no function in the schema it checks), with the WAL record of
+/// a transaction that wrote nothing.
+static COMMIT_CHECKS: std::sync::LazyLock<CommitChecks> = std::sync::LazyLock::new(|| {
+    let known = known_schema();
+    let check = format!(
+        "DO $$ DECLARE newest bigint; BEGIN \
+         SELECT max(version) INTO newest FROM refinery_schema_history; \
+         IF newest > {known} THEN RAISE EXCEPTION \
+         'the database schema is at V%, newer than this corral-worker knows (V{known})', newest \
+         USING ERRCODE = '{NEWER_SCHEMA}', HINT = 'a newer release migrated the database: \
+         stop this worker and run the new version'; END IF; END $$"
+    );
+    CommitChecks {
+        check_and_mark: format!("{check}; SELECT pg_logical_emit_message(true, 'corral', '')"),
+        check,
+    }
+});
 
 /// Creates the database named in the target if it does not exist, by
 /// connecting to the `postgres` maintenance database of the same server.
@@ -170,6 +270,12 @@ pub async fn migrate(target: &Target) -> anyhow::Result<usize> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("taking the migration lock")?;
+    if let Err(err) = refuse_newer(&client).await {
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        return Err(err);
+    }
     let report = embedded::migrations::runner()
         .set_grouped(true)
         .run_async(&mut client)

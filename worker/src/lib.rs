@@ -289,6 +289,9 @@ async fn migrate_with_retry(
         config.db.retry_max(),
         || db::migrate(database),
         |err| {
+            if err.downcast_ref::<db::NewerSchema>().is_some() {
+                db::stop_on_newer_schema(&error_chain(err.as_ref()));
+            }
             health.set_database(false);
             tracing::warn!(
                 error = error_chain(err.as_ref()),

@@ -161,6 +161,9 @@ async fn attempt(
         .unwrap_or(Err(WriteError::Timeout(bound)));
     match &result {
         Ok(_) => health.set_database(true),
+        Err(WriteError::Database(err)) if crate::db::is_newer_schema(err) => {
+            crate::db::stop_on_newer_schema(&error_chain(err))
+        }
         Err(err) => {
             health.set_database(false);
             metrics::worker_db_error(DbErrorKind::Transient);

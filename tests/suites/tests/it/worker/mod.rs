@@ -30,6 +30,7 @@
 //! - `outages`: Database and broker outages lose nothing and ack nothing early.
 //! - `quarantine`: What cannot be typed or stored is quarantined, and the rest
 //!   of its batch stored.
+//! - `schema`: A schema newer than the worker stops it, nothing acknowledged.
 //! - `shutdown`: Graceful shutdown, with and without the database.
 //! - `signed`: Drop Cowboy's signed webhooks through the signed route:
 //!   results once by `event_id`, other events kept, receipts joined, a
@@ -50,6 +51,7 @@ mod ordering;
 mod outages;
 mod proptests;
 mod quarantine;
+mod schema;
 mod shutdown;
 pub(crate) mod signed;
 mod standby;
