@@ -6,7 +6,7 @@ use anyhow::{bail, ensure};
 
 use corral_testkit::database;
 
-use super::{outcome::*, services::*, sqs, stack::*};
+use super::{failover, outcome::*, services::*, sqs, stack::*};
 
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
@@ -27,6 +27,7 @@ pub const SCENARIOS: &[&str] = &[
     "sqs-endpoint-unreachable",
     "sqs-slow-endpoint",
     "sqs-worker-killed",
+    "postgres-failover",
 ];
 
 /// The share of requests that must be answered 2xx while only the broker is
@@ -59,6 +60,7 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "sqs-endpoint-unreachable" => sqs::endpoint_unreachable(profile).await,
         "sqs-slow-endpoint" => sqs::slow_endpoint(profile).await,
         "sqs-worker-killed" => sqs::worker_killed(profile).await,
+        "postgres-failover" => failover::postgres_failover(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

@@ -11,7 +11,7 @@ use anyhow::{Context as _, ensure};
 use corral_loadgen::{self as loadgen, Load, Mix, Verification, VerifyOptions};
 use corral_testkit::{
     broker,
-    database::{SpoolWriter, TestDatabase},
+    database::{Server, SpoolWriter, TestDatabase},
     fixtures,
     process::{Process, ProcessConfig},
     proxy::TcpProxy,
@@ -77,6 +77,24 @@ impl Stack {
         Self::start_with(ingresses, workers, proxy, None, false).await
     }
 
+    /// A stack whose database (and spool) is on `server` instead of the
+    /// shared PostgreSQL: a scenario's own primary and standby.
+    pub(super) async fn start_on(
+        server: Server,
+        ingresses: usize,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(
+            TestDatabase::new_on(server).await,
+            ingresses,
+            workers,
+            None,
+            None,
+            false,
+        )
+        .await
+    }
+
     /// A stack whose load goes to the signed route: its ingresses have a
     /// signing secret, and the load is Drop Cowboy's signed webhooks.
     pub(super) async fn start_signed(ingresses: usize, workers: usize) -> anyhow::Result<Self> {
@@ -105,12 +123,23 @@ impl Stack {
         sqs: Option<(TestQueue, u32)>,
         signed: bool,
     ) -> anyhow::Result<Self> {
+        let db = TestDatabase::new().await;
+        Self::start_in(db, ingresses, workers, proxy, sqs, signed).await
+    }
+
+    async fn start_in(
+        db: TestDatabase,
+        ingresses: usize,
+        workers: usize,
+        proxy: Option<TcpProxy>,
+        sqs: Option<(TestQueue, u32)>,
+        signed: bool,
+    ) -> anyhow::Result<Self> {
         ensure!(
             workers > 0,
             "a stack needs a worker: it migrates the database"
         );
         let prefix = unique_name("fault");
-        let db = TestDatabase::new().await;
         let on_sqs = |config: ProcessConfig| match (&sqs, &proxy) {
             // The worker's visibility timeout as the queue's own.
             (Some((queue, visibility)), Some(proxy)) => config
