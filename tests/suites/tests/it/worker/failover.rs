@@ -250,18 +250,34 @@ async fn a_commit_in_flight_at_the_crash_is_retried_and_stored_once() {
 }
 
 /// A pooled session that can no longer write (its server was made
-/// read-only, or is a standby now) is not handed out again: a write there
-/// fails with 25006, which is not the batch's fault (never a reason to split
-/// or quarantine it), and the next checkout opens a new connection, which
-/// writes. Before, the pool's liveness check passed such a session, and
-/// every retry of the batch landed on it again.
+/// read-only, or is a standby) is not handed out again: a write there fails
+/// with 25006, which is not the batch's fault (never a reason to split or
+/// quarantine it), and the next checkout opens a new connection. Before, the
+/// pool's liveness check passed such a session, and every retry of a batch
+/// landed on it again.
 #[tokio::test]
 async fn a_pooled_session_that_cannot_write_is_replaced_at_checkout() {
+    let db = database::TestDatabase::new().await;
+    let pool = refused_then_replaced(&db.url, "SET default_transaction_read_only = on").await;
+    let client = pool.get().await.expect("a connection");
+    client
+        .batch_execute("CREATE TABLE written (x int)")
+        .await
+        .expect("the new session writes");
+
+    // A standby (a URL without target_session_attrs=read-write reaches it).
+    let cluster = ReplicatedPostgres::start().await;
+    refused_then_replaced(&cluster.standby_url("postgres"), "SELECT 1").await;
+}
+
+/// A pool of one connection on `url`: its session, after `setup`, refuses a
+/// write with 25006 (a transient error for the worker), and the next
+/// checkout gives another session. Returns the pool.
+async fn refused_then_replaced(url: &str, setup: &str) -> deadpool_postgres::Pool {
     use corral_runtime::postgres;
     use tokio_postgres::error::SqlState;
 
-    let db = database::TestDatabase::new().await;
-    let target = postgres::Target::new(&db.url, None, Duration::from_secs(5)).expect("a target");
+    let target = postgres::Target::new(url, None, Duration::from_secs(5)).expect("a target");
     let pool = postgres::pool(&target, 1, "corral-test").expect("a pool");
     let backend = async |client: &deadpool_postgres::Client| -> i32 {
         let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
@@ -269,10 +285,7 @@ async fn a_pooled_session_that_cannot_write_is_replaced_at_checkout() {
     };
     let client = pool.get().await.expect("a connection");
     let first = backend(&client).await;
-    client
-        .batch_execute("SET default_transaction_read_only = on")
-        .await
-        .expect("a read-only session");
+    client.batch_execute(setup).await.expect(setup);
     let refused = client
         .batch_execute("CREATE TABLE written (x int)")
         .await
@@ -283,11 +296,8 @@ async fn a_pooled_session_that_cannot_write_is_replaced_at_checkout() {
         "transient, not the batch's data"
     );
     drop(client);
-
     let client = pool.get().await.expect("a connection");
-    assert_ne!(backend(&client).await, first, "a new session");
-    client
-        .batch_execute("CREATE TABLE written (x int)")
-        .await
-        .expect("the new session writes");
+    assert_ne!(backend(&client).await, first, "a new session ({url})");
+    drop(client);
+    pool
 }
