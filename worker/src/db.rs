@@ -74,11 +74,12 @@ impl DbSettings {
         Duration::from_millis(self.db_retry_max_ms)
     }
 
-    /// Checks the URL parses; why not, for the operator.
+    /// Checks the URL parses (and names one host, or several with
+    /// `target_session_attrs=read-write`); why not, for the operator.
     pub fn check(&self) -> Result<(), String> {
+        use corral_runtime::postgres::{DATABASE, check_hosts};
         self.database_url
             .parse::<tokio_postgres::Config>()
-            .map(drop)
             .map_err(|err| {
                 let mut reason = err.to_string();
                 if let Some(source) = std::error::Error::source(&err) {
@@ -93,6 +94,7 @@ impl DbSettings {
                 }
                 reason
             })
+            .and_then(|config| check_hosts(&config, DATABASE))
     }
 }
 

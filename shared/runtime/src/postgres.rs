@@ -9,6 +9,11 @@
 //! here (`drive_pooled`), and every pooled connection commits with
 //! `synchronous_commit` on, whatever the server's, database's or role's
 //! default: the caller never acknowledges what a failover could lose.
+//!
+//! After a failover the pool finds the new primary: with several hosts and
+//! `target_session_attrs=read-write` a new connection goes to the one that
+//! accepts writes, and a pooled one that can no longer write is dropped at
+//! checkout.
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
@@ -96,6 +101,7 @@ impl Target {
         let mut config: tokio_postgres::Config = database_url
             .parse()
             .with_context(|| format!("parsing {}", names.url))?;
+        check_hosts(&config, names).map_err(anyhow::Error::msg)?;
         config.connect_timeout(timeout);
         let tls = match (config.get_ssl_mode(), ca_file) {
             (SslMode::Require, ca_file) => Some(tls_connector(ca_file, names)?),
@@ -124,6 +130,11 @@ impl Target {
         self.tls.is_some()
     }
 
+    /// How many hosts the URL names (tried in order for each new connection).
+    pub fn hosts(&self) -> usize {
+        host_count(&self.config)
+    }
+
     /// The database's name.
     pub fn dbname(&self) -> Option<&str> {
         self.config.get_dbname()
@@ -143,6 +154,26 @@ impl Target {
             Some(tls) => drive(self.config.connect(tls.clone()).await?),
         }
     }
+}
+
+/// Refuses a URL naming several hosts without `target_session_attrs=read-write`:
+/// libpq's default (`any`) takes the first host that answers, a standby as
+/// well as the primary, and every write there would fail until it restarts.
+pub fn check_hosts(config: &tokio_postgres::Config, names: Names) -> Result<(), String> {
+    use tokio_postgres::config::TargetSessionAttrs;
+    let hosts = host_count(config);
+    if hosts > 1 && config.get_target_session_attrs() != TargetSessionAttrs::ReadWrite {
+        return Err(format!(
+            "{} names {hosts} hosts but not target_session_attrs=read-write: add it, \
+             so that corral connects to the one that accepts writes (the primary)",
+            names.url
+        ));
+    }
+    Ok(())
+}
+
+fn host_count(config: &tokio_postgres::Config) -> usize {
+    config.get_hosts().len().max(config.get_hostaddrs().len())
 }
 
 fn drive<S, T>(
@@ -208,6 +239,31 @@ fn tls_connector(ca_file: Option<&Path>, names: Names) -> anyhow::Result<MakeRus
 /// what was acknowledged. (`remote_apply` is lowered to `on` too, which
 /// waits for the standby's disk, all corral needs.)
 pub fn pool(target: &Target, size: u32, application: &str) -> anyhow::Result<Pool> {
+    let config = session_config(target, application);
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Custom(WRITABLE.to_owned()),
+    };
+    let manager = match &target.tls {
+        None => Manager::from_connect(config, Connector { tls: NoTls }, manager_config),
+        Some(tls) => Manager::from_connect(config, Connector { tls: tls.clone() }, manager_config),
+    };
+    let timeout = target.timeout;
+    // Each host gets the connect deadline (they are tried in turn): a dead
+    // first host that never answers leaves time for the next.
+    let hosts = u32::try_from(target.hosts()).unwrap_or(1).max(1);
+    Pool::builder(manager)
+        .max_size(size as usize)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout * hosts))
+        .recycle_timeout(Some(timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("building the database pool")
+}
+
+/// The URL's settings (every host, `target_session_attrs`, the URL's own
+/// options) plus what each pooled session needs.
+fn session_config(target: &Target, application: &str) -> tokio_postgres::Config {
     let mut config = target.config.clone();
     // Notice a dead peer (a cut network) in under a minute, not two hours.
     config.keepalives_idle(Duration::from_secs(15));
@@ -231,23 +287,17 @@ pub fn pool(target: &Target, size: u32, application: &str) -> anyhow::Result<Poo
         None => settings,
     };
     config.options(&options);
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Verified,
-    };
-    let manager = match &target.tls {
-        None => Manager::from_connect(config, Connector { tls: NoTls }, manager_config),
-        Some(tls) => Manager::from_connect(config, Connector { tls: tls.clone() }, manager_config),
-    };
-    let timeout = target.timeout;
-    Pool::builder(manager)
-        .max_size(size as usize)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .context("building the database pool")
+    config
 }
+
+/// The check of a pooled connection at checkout (one round trip, as a bare
+/// liveness query): it fails in a session that cannot write (its server is a
+/// standby now, or read-only), so the pool drops that connection and opens
+/// another, instead of handing out one where every write fails (25006) for
+/// ever. Read-write mode asked for after the query's snapshot is refused in
+/// a read-only transaction (25001), as every one on a standby is; elsewhere
+/// it changes nothing, and only for this statement's implicit transaction.
+const WRITABLE: &str = "SELECT set_config('transaction_read_only', 'off', true)";
 
 /// A connection being opened for the pool: its client and the task driving it.
 type Connecting<'a> = Pin<
@@ -342,3 +392,6 @@ fn log_notice(notice: &DbError) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,9 @@
 //! machine without them fails the test that asks for a cluster, with a hint.
 //! `initdb` refuses to run as root, so a test running as root runs the server
 //! programs as the `postgres` user (`runuser`), which then owns the directory.
+//!
+//! A failover test reaches both servers by one multi-host URL, kills the
+//! primary and promotes the standby (`failover`).
 
 use std::{
     fmt::Write as _,
@@ -19,6 +22,10 @@ use std::{
 };
 
 use crate::{database, process::free_port, wait};
+
+mod failover;
+
+pub use failover::{HeldReceiver, longest_gap};
 
 /// Deadline of each start, stop and wait for replication.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,7 +137,19 @@ impl ReplicatedPostgres {
             .arg(cluster.data("standby"))
             .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
         cluster.run("pg_basebackup of the standby", basebackup);
-        cluster.append_config("standby", &format!("port = {}\n", cluster.standby_port));
+        // The copy has the primary's `synchronous_standby_names`, which a
+        // standby ignores; once promoted it would make every commit wait for
+        // a standby of its own that does not exist. Production keeps
+        // replicating synchronously after a failover (CloudNativePG re-points
+        // `synchronous_standby_names` at the remaining instances); two
+        // servers cannot, so the promoted one commits alone.
+        cluster.append_config(
+            "standby",
+            &format!(
+                "port = {}\nsynchronous_standby_names = ''\n",
+                cluster.standby_port
+            ),
+        );
         cluster.run(
             "starting the standby",
             cluster.pg_ctl("standby", &["start"]),

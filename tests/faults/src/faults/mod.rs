@@ -19,10 +19,13 @@
 //! - [`stack`]: The processes of one scenario, on their own AMQP prefix and
 //!   database, and the checks made after it.
 //! - [`services`]: Stopping and starting the shared RabbitMQ and PostgreSQL.
+//! - [`failover`]: `postgres-failover`, on a PostgreSQL primary and
+//!   synchronous standby of its own: the primary killed, the standby promoted.
 //! - [`sqs`]: The scenarios on SQS (`CORRAL_BUFFER=sqs`), each on its own
 //!   queue on moto behind its own proxy: they never stop a shared service.
 
 mod cluster;
+mod failover;
 mod outcome;
 mod scenarios;
 mod services;

@@ -6,7 +6,7 @@ use anyhow::{bail, ensure};
 
 use corral_testkit::database;
 
-use super::{cluster, outcome::*, services::*, sqs, stack::*};
+use super::{cluster, failover, outcome::*, services::*, sqs, stack::*};
 
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
@@ -31,6 +31,7 @@ pub const SCENARIOS: &[&str] = &[
     "cluster-follower-killed",
     "cluster-majority-stopped",
     "cluster-node-partitioned",
+    "postgres-failover",
 ];
 
 /// Scenarios only the full profile runs: each starts a cluster of its own,
@@ -85,6 +86,7 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "cluster-follower-killed" => cluster::follower_killed(profile).await,
         "cluster-majority-stopped" => cluster::majority_stopped(profile).await,
         "cluster-node-partitioned" => cluster::node_partitioned(profile).await,
+        "postgres-failover" => failover::postgres_failover(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

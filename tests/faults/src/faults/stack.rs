@@ -11,7 +11,7 @@ use anyhow::{Context as _, ensure};
 use corral_loadgen::{self as loadgen, Load, Mix, Verification, VerifyOptions};
 use corral_testkit::{
     broker,
-    database::{SpoolWriter, TestDatabase},
+    database::{Server, SpoolWriter, TestDatabase},
     fixtures,
     process::{Process, ProcessConfig},
     proxy::TcpProxy,
@@ -93,6 +93,25 @@ impl Stack {
         Ok(stack)
     }
 
+    /// A stack whose database (and spool) is on `server` instead of the
+    /// shared PostgreSQL: a scenario's own primary and standby.
+    pub(super) async fn start_on_server(
+        server: Server,
+        ingresses: usize,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(
+            TestDatabase::new_on(server).await,
+            ingresses,
+            workers,
+            None,
+            None,
+            false,
+            None,
+        )
+        .await
+    }
+
     /// A stack whose load goes to the signed route: its ingresses have a
     /// signing secret, and the load is Drop Cowboy's signed webhooks.
     pub(super) async fn start_signed(ingresses: usize, workers: usize) -> anyhow::Result<Self> {
@@ -122,12 +141,24 @@ impl Stack {
         signed: bool,
         amqp_url: Option<&str>,
     ) -> anyhow::Result<Self> {
+        let db = TestDatabase::new().await;
+        Self::start_in(db, ingresses, workers, proxy, sqs, signed, amqp_url).await
+    }
+
+    async fn start_in(
+        db: TestDatabase,
+        ingresses: usize,
+        workers: usize,
+        proxy: Option<TcpProxy>,
+        sqs: Option<(TestQueue, u32)>,
+        signed: bool,
+        amqp_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         ensure!(
             workers > 0,
             "a stack needs a worker: it migrates the database"
         );
         let prefix = unique_name("fault");
-        let db = TestDatabase::new().await;
         let on_sqs = |config: ProcessConfig| match (&sqs, &proxy, amqp_url) {
             (_, _, Some(url)) => config.env("CORRAL_AMQP_URL", url),
             // The worker's visibility timeout as the queue's own.

@@ -6,7 +6,11 @@ use corral_ingress::config::IngressConfig;
 use corral_worker::config::WorkerConfig;
 
 use super::{IngressSettings, Stack, Via, WorkerSettings};
-use crate::{broker::TestBroker, database::TestDatabase, proxy::TcpProxy};
+use crate::{
+    broker::TestBroker,
+    database::{Server, TestDatabase},
+    proxy::TcpProxy,
+};
 
 /// Which database a stack has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +27,7 @@ enum Database {
 #[must_use = "a builder does nothing until `start`"]
 pub struct StackBuilder {
     database: Database,
+    server: Server,
     broker: bool,
     spool: bool,
     #[cfg(feature = "sqs")]
@@ -47,6 +52,14 @@ impl StackBuilder {
     pub fn migrated(mut self) -> Self {
         self.database = Database::Migrated;
         self
+    }
+
+    /// The test's database (and spool role) on `server` instead of the
+    /// shared one: a [`ReplicatedPostgres`](crate::replicated::ReplicatedPostgres)'s
+    /// primary and standby, which the services then reach by a multi-host URL.
+    pub fn on(mut self, server: Server) -> Self {
+        self.server = server;
+        self.database()
     }
 
     /// Ingress spools to the (migrated) database as a spool role of the
@@ -160,8 +173,8 @@ impl StackBuilder {
         crate::init_test_logging();
         let db = match self.database {
             Database::None => None,
-            Database::Fresh => Some(TestDatabase::new().await),
-            Database::Migrated => Some(TestDatabase::migrated().await),
+            Database::Fresh => Some(TestDatabase::new_on(self.server.clone()).await),
+            Database::Migrated => Some(TestDatabase::migrated_on(self.server.clone()).await),
         };
         let writer = match (&db, self.spool) {
             (Some(db), true) => Some(db.spool_writer().await),
@@ -210,6 +223,7 @@ impl std::fmt::Debug for StackBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StackBuilder")
             .field("database", &self.database)
+            .field("server", &self.server)
             .field("spool", &self.spool)
             .field("amqp_proxy", &self.amqp_proxy)
             .field("db_proxy", &self.db_proxy)
@@ -224,6 +238,7 @@ impl Stack {
     pub fn builder() -> StackBuilder {
         StackBuilder {
             database: Database::None,
+            server: Server::shared(),
             broker: false,
             spool: false,
             #[cfg(feature = "sqs")]

@@ -15,6 +15,8 @@
 //!   byte, counted under its cause.
 //! - `drain`: Workers drain the spool: several at once, without a broker, a
 //!   round cut before its commit, and what cannot be typed into quarantine.
+//! - `failover`: Spooling across a PostgreSQL failover: the spool and its
+//!   drain reach the promoted standby, every webhook answered 200 stored once.
 //! - `helpers`: What the spool tests share: a spooling ingress, the rows it
 //!   wrote, a draining worker.
 //! - `once`: A webhook spooled and also published, or spooled and sent again,
@@ -27,6 +29,7 @@
 
 mod causes;
 mod drain;
+mod failover;
 mod helpers;
 mod once;
 mod outage;

@@ -9,7 +9,7 @@
 //! made with per-test means only (a [`TcpProxy`] in front of RabbitMQ or
 //! PostgreSQL, a trigger or `ALLOW_CONNECTIONS` on the test's own database,
 //! `pg_terminate_backend` of the worker's own backends, a primary and
-//! synchronous standby of the test's own), never by touching the shared
+//! synchronous standby of the test's own, killed and promoted), never by touching the shared
 //! services.
 //!
 //! # Layout
@@ -21,6 +21,9 @@
 //!   quarantined with the reason, and the queue keeps moving.
 //! - `exactly_once`: Exactly-once storage: duplicates, redeliveries, competing
 //!   workers.
+//! - `failover`: A PostgreSQL failover while the worker writes: every
+//!   webhook answered before and after on the new primary once, and a
+//!   COMMIT in flight at the crash retried and stored once.
 //! - `helpers`: What the worker tests share: settings, publishing as ingress,
 //!   counting rows, metrics, slow commits, proxies and typed rows.
 //! - `memory`: Memory bounded by the bytes in hand, behind a locked table.
@@ -45,6 +48,7 @@
 mod batches;
 mod depth;
 mod exactly_once;
+pub(crate) mod failover;
 pub(crate) mod helpers;
 mod memory;
 mod ordering;
