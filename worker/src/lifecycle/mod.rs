@@ -82,8 +82,6 @@ pub struct Maintained {
     pub dropped: Vec<String>,
     /// Rows deleted, by table.
     pub pruned: Vec<(PrunedTable, u64)>,
-    /// Days after `now`'s day that partitions exist for.
-    pub days_ahead: i64,
 }
 
 /// One maintenance round as of `now` (the clock is the caller's, so a test
@@ -138,7 +136,6 @@ async fn round(
         done.pruned
             .push((table, prune::older_than(client, table, now - keep).await?));
     }
-    done.days_ahead = partitions::days_ahead(client, now).await?;
     Ok(done)
 }
 
@@ -149,7 +146,6 @@ impl Maintained {
         for (table, rows) in &self.pruned {
             metrics::worker_pruned_rows(*table, *rows);
         }
-        metrics::worker_event_days_ahead(self.days_ahead as f64);
         if self.created > 0 || !self.dropped.is_empty() || self.pruned.iter().any(|p| p.1 > 0) {
             tracing::info!(
                 created = self.created,
@@ -187,9 +183,14 @@ pub async fn maintain_every(
     task.run(&shutdown, move || async move {
         let round = async {
             let mut client = target.connect().await?;
-            anyhow::Ok(maintain(&mut client, Utc::now(), settings).await?)
+            let done = maintain(&mut client, Utc::now(), settings).await?;
+            // Every worker, the one that kept them or not, shows the days.
+            let ahead = partitions::days_ahead(&client, Utc::now()).await?;
+            anyhow::Ok((done, ahead))
         };
-        match periodic::within(PERIOD, round).await? {
+        let (done, ahead) = periodic::within(PERIOD, round).await?;
+        metrics::worker_event_days_ahead(ahead as f64);
+        match done {
             Some(done) => done.record(),
             None => tracing::debug!("another worker is keeping the partitions"),
         }
