@@ -28,7 +28,11 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_constraint
                    WHERE conrelid = 'delivery_events'::regclass
                      AND conname = 'delivery_events_legacy_bound' AND convalidated) THEN
-        ALTER TABLE delivery_events DROP CONSTRAINT IF EXISTS delivery_events_legacy_bound;
+        IF EXISTS (SELECT FROM pg_constraint
+                   WHERE conrelid = 'delivery_events'::regclass
+                     AND conname = 'delivery_events_legacy_bound') THEN
+            ALTER TABLE delivery_events DROP CONSTRAINT delivery_events_legacy_bound;
+        END IF;
         EXECUTE format('ALTER TABLE delivery_events ADD CONSTRAINT delivery_events_legacy_bound
                             CHECK (attempt_date < %L)',
                        (SELECT date_trunc('day', greatest(now(), max(attempt_date)), 'UTC')

@@ -4,9 +4,10 @@
 //! standbys to replay.
 
 use chrono::{DateTime, Utc};
+use corral_runtime::telemetry::labels::PrunedTable;
 use tokio_postgres::Client;
 
-use super::AHEAD;
+use super::{AHEAD, prune};
 use crate::db::quote_ident;
 
 /// Creates the days missing from the newest partition to `now` + [`AHEAD`]
@@ -50,12 +51,7 @@ pub async fn drop_behind(
     for partition in expired {
         let name: String = partition.get("name");
         let upper: DateTime<Utc> = partition.get("upper");
-        outbox += client
-            .execute(
-                "DELETE FROM delivery_results_outbox WHERE attempt_date < $1",
-                &[&upper],
-            )
-            .await?;
+        outbox += prune::older_than(client, PrunedTable::DeliveryResultsOutbox, upper).await?;
         let how = if partition.get("detaching") {
             "FINALIZE"
         } else {

@@ -5,6 +5,7 @@
 //! the indexes V7 needs, built CONCURRENTLY. V7 then only renames and
 //! attaches. Each step is idempotent, so an interrupted run is run again.
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 /// Indexes V7 finds ready (it creates them itself, under its lock, where
@@ -39,19 +40,39 @@ const INDEXES: [(&str, &str, &str); 5] = [
 
 /// The legacy partition's bound: midnight UTC two days past the newest
 /// event or now, whichever is later, so events keep landing below it until
-/// V7 runs. Re-made on every run, so a run long after an interrupted one
-/// does not keep an old bound.
+/// V7 runs. Read (a scan, under ACCESS SHARE) before the constraint is
+/// added, so the ACCESS EXCLUSIVE lock of adding it lasts only that.
 const BOUND: &str = "
-DO $$
-BEGIN
-    ALTER TABLE delivery_events DROP CONSTRAINT IF EXISTS delivery_events_legacy_bound;
-    EXECUTE format('ALTER TABLE delivery_events ADD CONSTRAINT delivery_events_legacy_bound
-                        CHECK (attempt_date < %L) NOT VALID',
-                   (SELECT date_trunc('day', greatest(now(), max(attempt_date)), 'UTC')
-                               + interval '48 hours'
-                    FROM delivery_events));
-END
-$$";
+SELECT date_trunc('day', greatest(now(), max(attempt_date)), 'UTC') + interval '48 hours'
+FROM delivery_events";
+
+/// Adds the bound's CHECK, NOT VALID: no scan under the lock. Re-made on
+/// every run, so a run long after an interrupted one does not keep an old
+/// bound.
+async fn add_bound(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let bound: DateTime<Utc> = client.query_one(BOUND, &[]).await?.get(0);
+    let existing = client
+        .query_opt(
+            "SELECT FROM pg_constraint WHERE conrelid = 'delivery_events'::regclass
+                 AND conname = 'delivery_events_legacy_bound'",
+            &[],
+        )
+        .await?;
+    if existing.is_some() {
+        client
+            .batch_execute(
+                "ALTER TABLE delivery_events DROP CONSTRAINT delivery_events_legacy_bound",
+            )
+            .await?;
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE delivery_events ADD CONSTRAINT delivery_events_legacy_bound
+                 CHECK (attempt_date < '{}') NOT VALID",
+            bound.to_rfc3339()
+        ))
+        .await
+}
 
 /// Prepares V7 when it is the next migration (the database is at V6);
 /// returns whether it did.
@@ -74,7 +95,7 @@ pub async fn before_v7(client: &Client) -> Result<bool, tokio_postgres::Error> {
         return Ok(false);
     }
     tracing::info!("preparing migration V7 (partitioned delivery_events); writers go on");
-    client.batch_execute(BOUND).await?;
+    add_bound(client).await?;
     client
         .batch_execute(
             "ALTER TABLE delivery_events VALIDATE CONSTRAINT delivery_events_legacy_bound",

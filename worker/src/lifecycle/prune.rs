@@ -40,7 +40,7 @@ fn batch_delete(table: PrunedTable) -> &'static str {
             "DELETE FROM delivery_summary WHERE ctid = ANY(ARRAY(
                  SELECT ctid FROM delivery_summary WHERE hour < $1 LIMIT $2))"
         }
-        // Pruned with the partitions their events were in.
+        // Before the partition of their events is dropped (`partitions`).
         PrunedTable::DeliveryResultsOutbox => {
             "DELETE FROM delivery_results_outbox WHERE ctid = ANY(ARRAY(
                  SELECT ctid FROM delivery_results_outbox WHERE attempt_date < $1 LIMIT $2))"
