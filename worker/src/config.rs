@@ -2,7 +2,8 @@
 //! global to every command (the commands themselves: [`crate::commands`]).
 //! Settings with one reader live beside it and are flattened in here:
 //! [`crate::db::DbSettings`], [`crate::spool::SpoolSettings`],
-//! [`crate::results::ResultsSettings`], [`crate::summary::SummarySettings`];
+//! [`crate::results::ResultsSettings`], [`crate::summary::SummarySettings`],
+//! [`crate::lifecycle::LifecycleSettings`];
 //! those of the consumer and its sources, and the checks that span several
 //! groups, are here.
 
@@ -102,6 +103,10 @@ pub struct WorkerConfig {
     /// Result events and their broker.
     #[command(flatten)]
     pub results: crate::results::ResultsSettings,
+
+    /// The data lifecycle: partitions and retention.
+    #[command(flatten)]
+    pub lifecycle: crate::lifecycle::LifecycleSettings,
 
     /// The hourly summary's roll-up.
     #[command(flatten)]

@@ -246,9 +246,8 @@ pub async fn create_database_if_missing(target: &Target) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the `postgres` database to create ours")?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client
-        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
         .await
     {
         Ok(()) => {
@@ -261,8 +260,21 @@ pub async fn create_database_if_missing(target: &Target) -> anyhow::Result<()> {
     }
 }
 
+/// `name` as an SQL identifier, quoted.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Applies pending migrations under an advisory lock; returns how many ran.
 pub async fn migrate(target: &Target) -> anyhow::Result<usize> {
+    migrate_to(target, None).await
+}
+
+/// Applies the migrations up to `version` (all with `None`) as [`migrate`]
+/// does: tests make the schema a previous release left, to migrate from it.
+pub async fn migrate_to(target: &Target, version: Option<i32>) -> anyhow::Result<usize> {
+    let with_v7 = version.is_none_or(|version| version >= 7);
+    let version = version.map_or(refinery::Target::Latest, refinery::Target::Version);
     create_database_if_missing(target).await?;
     let mut client = target
         .connect()
@@ -272,17 +284,21 @@ pub async fn migrate(target: &Target) -> anyhow::Result<usize> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("taking the migration lock")?;
-    if let Err(err) = refuse_newer(&client).await {
-        let _ = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await;
-        return Err(err);
+    let report = async {
+        refuse_newer(&client).await?;
+        if with_v7 {
+            crate::lifecycle::prepare::before_v7(&client)
+                .await
+                .context("preparing migration V7")?;
+        }
+        embedded::migrations::runner()
+            .set_grouped(true)
+            .set_target(version)
+            .run_async(&mut client)
+            .await
+            .context("applying migrations")
     }
-    let report = embedded::migrations::runner()
-        .set_grouped(true)
-        .run_async(&mut client)
-        .await
-        .context("applying migrations");
+    .await;
     // The lock also goes with the session; unlock explicitly so a pooled
     // session could never keep it.
     let _ = client

@@ -23,16 +23,19 @@
 //!   [`ops::DeadLetters`] trait, RabbitMQ and SQS), quarantine, suppressions.
 //! - [`summary`]: the hourly outcome and spend summary's roll-up, and
 //!   `corral-worker report`.
+//! - [`lifecycle`]: `delivery_events`' day partitions, made ahead and
+//!   dropped past `CORRAL_RETENTION`, and the other tables pruned with them.
 //! - [`periodic`]: the one runner of periodic work (name, period, backoff,
 //!   shutdown, a log line naming the task when a round fails).
 //! - [`Application`]: admin listener, migrations, then the worker's tasks
-//!   (consumers, spool drain, summary roll-up, result-event relay, SQS
-//!   depth, database watchdog) until a graceful drain.
+//!   (consumers, spool drain, summary roll-up, result-event relay, data
+//!   lifecycle, SQS depth, database watchdog) until a graceful drain.
 
 pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod db;
+pub mod lifecycle;
 pub mod ops;
 pub mod periodic;
 pub mod results;
@@ -147,6 +150,7 @@ impl Application {
         if migrate_with_retry(&config, &database, &health, &shutdown).await {
             let running = Running {
                 config: &config,
+                database: &database,
                 pool: &pool,
                 health: &health,
                 shutdown: &shutdown,
@@ -169,6 +173,7 @@ impl Application {
 #[derive(Clone, Copy)]
 struct Running<'a> {
     config: &'a WorkerConfig,
+    database: &'a db::Target,
     pool: &'a Pool,
     health: &'a Health,
     shutdown: &'a CancellationToken,
@@ -181,6 +186,7 @@ impl Running<'_> {
     async fn tasks(self, transport: source::Transport, oldest: source::sqs_depth::OldestReceived) {
         let Self {
             config,
+            database,
             pool,
             health,
             shutdown,
@@ -201,6 +207,11 @@ impl Running<'_> {
                     config.summary.rollup(),
                     config.db.timeout() * 3,
                     pool.clone(),
+                    shutdown.clone(),
+                ),
+                lifecycle::maintain_every(
+                    database.clone(),
+                    config.lifecycle.clone(),
                     shutdown.clone(),
                 ),
                 async {

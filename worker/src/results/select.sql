@@ -3,7 +3,8 @@
 -- holds back after a refusal, a retry round at the oldest. One bound only:
 -- with two, a table not yet analyzed (the outbox after a burst) gets a
 -- bitmap scan and a sort of every row instead of the index scan LIMIT stops.
--- The row locks last until this relay's transaction ends: the rows RabbitMQ
+-- The event is looked up by its partition key too, so only its partition
+-- is probed. The row locks last until this relay's transaction ends: the rows RabbitMQ
 -- confirmed are deleted with the COMMIT, the others are released.
 SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.id AS event_id, e.message_id, e.kind, e.drop_id, e.foreign_id, e.phone_number,
@@ -15,7 +16,7 @@ SELECT o.id AS outbox_id, o.latest, o.suppressions, o.new_suppressions,
        e.reason_code, e.event, e.event_id AS provider_event_id, e.contact_id,
        e.proof_of_delivery_url
 FROM delivery_results_outbox o
-JOIN delivery_events e ON e.id = o.event_id
+JOIN delivery_events e ON e.id = o.event_id AND e.attempt_date = o.attempt_date
 WHERE o.id > $2
 ORDER BY o.id
 LIMIT $1

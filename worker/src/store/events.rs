@@ -5,7 +5,7 @@
 use std::{collections::HashMap, future::Future};
 
 use corral_payload::DeliveryStatus;
-use corral_runtime::telemetry::labels::DeliveryLabels;
+use corral_runtime::telemetry::{labels::DeliveryLabels, metrics};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::types::ToSql;
 
@@ -65,6 +65,9 @@ impl<'r> Rows<EventRow<'r>> for Events<'_, 'r> {
         row: &'a EventRow<'r>,
         err: tokio_postgres::Error,
     ) -> impl Future<Output = Result<Stored, tokio_postgres::Error>> + Send + 'a {
+        if crate::lifecycle::is_unpartitioned(&err) {
+            metrics::worker_event_unpartitioned();
+        }
         self.quarantine
             .push(QuarantineRow::refused_by_postgres(row.incoming, &err));
         std::future::ready(Ok(Stored::default()))

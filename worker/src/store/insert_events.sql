@@ -1,7 +1,9 @@
 -- Stores a batch of typed results (callbacks and signed status events) in
 -- one round trip and returns the fingerprints that were new, each with
 -- whether its result counted. Duplicates (same fingerprint, already stored
--- or twice in this batch) are skipped by the unique constraint. Rows are
+-- or twice in this batch) are skipped by the unique constraint, which holds
+-- the partition key too (migration V7): every copy of a webhook has the
+-- same attempt_date, so it meets the first in the same partition. Rows are
 -- sorted by the keys they lock, so concurrent workers cannot deadlock on
 -- them. Only the new events feed `deliveries`, `suppressions`, the
 -- summary's changes and (when $32 is true) the result-event outbox, all in
@@ -39,7 +41,7 @@ inserted AS (
            event
     FROM input
     ORDER BY fingerprint
-    ON CONFLICT (fingerprint) DO NOTHING
+    ON CONFLICT (fingerprint, attempt_date) DO NOTHING
     RETURNING id, fingerprint, message_id, kind, drop_id, phone_number, attempt_date,
               status, reason, dnc, spam, product_cost, compliance_fee,
               tts_fee, network_name, network_type, foreign_id, received_at,
@@ -272,8 +274,10 @@ summarised AS (
     GROUP BY 1, 2, 3, 4, 5
 ),
 outboxed AS (
-    INSERT INTO delivery_results_outbox (event_id, latest, suppressions, new_suppressions)
+    INSERT INTO delivery_results_outbox (event_id, attempt_date, latest, suppressions,
+                                         new_suppressions)
     SELECT c.id,
+           c.attempt_date,
            c.latest,
            coalesce(array_agg(s.class ORDER BY s.class) FILTER (WHERE s.class IS NOT NULL), '{}'),
            coalesce(array_agg(s.class ORDER BY s.class) FILTER (

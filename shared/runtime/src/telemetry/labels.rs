@@ -165,6 +165,22 @@ labels! {
         Unroutable,
     }
 
+    /// `corral_worker_pruned_rows_total{table}`: the table the retention
+    /// deleted rows from (whole days of `delivery_events` are dropped, and
+    /// counted in `corral_worker_partitions_dropped_total` instead).
+    PrunedTable {
+        /// `delivery_results_outbox`: result events of dropped events.
+        DeliveryResultsOutbox,
+        /// `deliveries`: drops whose latest event is past the retention.
+        Deliveries,
+        /// `provider_events`, by `stored_at`.
+        ProviderEvents,
+        /// `quarantined_webhooks`, by `quarantined_at`.
+        QuarantinedWebhooks,
+        /// `delivery_summary`, by hour (`CORRAL_SUMMARY_RETENTION`).
+        DeliverySummary,
+    }
+
     /// `corral_worker_sqs_queue_messages{queue}`: which SQS queue.
     SqsQueue {
         /// `CORRAL_SQS_QUEUE_URL`.

@@ -42,8 +42,8 @@ SELECT decode(md5('relay-' || i), 'hex'), gen_random_uuid(), 'sms', 'relay-' || 
        'order-' || i, '{}'::jsonb, now()
 FROM generate_series(1, $1::bigint) AS i";
 const FILL_OUTBOX: &str = "
-INSERT INTO delivery_results_outbox (event_id, latest, suppressions, new_suppressions)
-SELECT id, true, '{}', '{}' FROM delivery_events ORDER BY id";
+INSERT INTO delivery_results_outbox (event_id, attempt_date, latest, suppressions, new_suppressions)
+SELECT id, attempt_date, true, '{}', '{}' FROM delivery_events ORDER BY id";
 
 /// What one relay run measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -45,7 +45,7 @@ FROM unnest($1::bytea[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::tim
             $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[])
     AS t(fingerprint, message_id, kind, drop_id, phone_number, attempt_date, status, reason, dnc, spam,
          product_cost, compliance_fee, tts_fee, network_name, network_type, foreign_id, payload, received_at)
-ON CONFLICT (fingerprint) DO NOTHING";
+ON CONFLICT (fingerprint, attempt_date) DO NOTHING";
 
 /// The whole job of storing a webhook in one statement: the event rows and
 /// the `deliveries` upsert (the same statement the worker runs; here without

@@ -480,6 +480,11 @@ fn anchors_follow_github_rules() {
 
 const COOKBOOK: &str = "docs/queries.md";
 
+/// The cookbook's queries by name (for the plans test of `lifecycle`).
+pub(crate) fn cookbook() -> BTreeMap<String, String> {
+    cookbook_queries(&read(Path::new(COOKBOOK)))
+}
+
 /// The cookbook's SQL blocks by the name in the `<!-- query: name -->`
 /// marker before each. Every SQL block must have one, each name once, and a
 /// marker must be followed by its SQL block.

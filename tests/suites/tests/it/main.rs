@@ -14,6 +14,9 @@
 //! - `e2e`: both binaries as real processes.
 //! - `loadgen`: a short `corral-loadgen --verify` run: zero lost, zero
 //!   duplicated.
+//! - `lifecycle`: `delivery_events` partitioned by day, the retention
+//!   (`CORRAL_RETENTION`) over many simulated days, the migration of an
+//!   existing table, and the cookbook's plans on partitions.
 //! - `ops`: the operator commands (dead-letter replay, quarantine
 //!   re-processing).
 //! - `spool`: ingress's PostgreSQL spool, and the worker draining it.
@@ -32,6 +35,7 @@ mod brokers;
 mod docs;
 mod e2e;
 mod ingress;
+mod lifecycle;
 mod loadgen;
 mod ops;
 mod results;

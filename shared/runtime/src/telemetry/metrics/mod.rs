@@ -11,8 +11,8 @@
 use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 use super::labels::{
-    Binary, ConnectOutcome, DbErrorKind, DeliveryLabels, Label, MessageOutcome, PublishFailure,
-    RejectReason,
+    Binary, ConnectOutcome, DbErrorKind, DeliveryLabels, Label, MessageOutcome, PrunedTable,
+    PublishFailure, RejectReason,
 };
 use corral_contract::envelope::Kind as WebhookKind;
 
@@ -142,6 +142,14 @@ catalogue! {
         "Result events waiting in the outbox (delivery_results_outbox) to be published, measured every 5 s by each worker; grows while no queue is bound to <prefix>.delivery-results or RabbitMQ is unreachable. Exact up to 100,000, PostgreSQL's estimate above (CORRAL_RESULT_EVENTS=true only).";
     WORKER_RESULT_EVENTS_OLDEST_SECONDS = "corral_worker_result_events_oldest_seconds", Gauge, [], None,
         "Age of the oldest result event in the outbox, in seconds; 0 when it is empty (CORRAL_RESULT_EVENTS=true only).";
+    WORKER_EVENTS_UNPARTITIONED = "corral_worker_events_unpartitioned_total", Counter, [], None,
+        "Webhooks quarantined because no partition of delivery_events holds their provider time (attempt_date, or a signed event's event_at): older than the oldest day kept (past CORRAL_RETENTION), or more than a week ahead of the worker's clock. `corral-worker quarantine reprocess` stores them once their day has a partition.";
+    WORKER_PARTITIONS_DROPPED = "corral_worker_partitions_dropped_total", Counter, [], None,
+        "Partitions of delivery_events (days, and the legacy partition of the events stored before migration V7) dropped because all their events are older than CORRAL_RETENTION.";
+    WORKER_PRUNED_ROWS = "corral_worker_pruned_rows_total", Counter, ["table"], None,
+        "Rows deleted by the data lifecycle's maintenance, by table: delivery_results_outbox (result events of dropped events), deliveries, provider_events and quarantined_webhooks past CORRAL_RETENTION, delivery_summary past CORRAL_SUMMARY_RETENTION.";
+    WORKER_EVENT_DAYS_AHEAD = "corral_worker_event_days_ahead", Gauge, [], None,
+        "Days after today (UTC) that delivery_events already has partitions for, as the maintenance last saw them (it keeps a week); below 1, events of the coming day would be quarantined: the maintenance is failing.";
     WORKER_SQS_QUEUE_MESSAGES = "corral_worker_sqs_queue_messages", Gauge, ["queue", "state"], None,
         "Messages in the SQS queue (queue=main) and in the dead-letter queue its redrive policy names (queue=dead_letter), by state: visible (waiting), in_flight (received, not deleted), delayed; SQS's approximate counts, read with GetQueueAttributes every 15 s by each worker (CORRAL_BUFFER=sqs only).";
     WORKER_SQS_OLDEST_RECEIVED_SECONDS = "corral_worker_sqs_oldest_received_seconds", Gauge, [], None,
@@ -198,6 +206,10 @@ pub fn register_binary(binary: Binary) {
             gauge!(WORKER_SPOOL_DEPTH).set(0.0);
             gauge!(WORKER_SPOOL_OLDEST_SECONDS).set(0.0);
             counter!(WORKER_SPOOL_DRAINED).increment(0);
+            counter!(WORKER_EVENTS_UNPARTITIONED).increment(0);
+            counter!(WORKER_PARTITIONS_DROPPED).increment(0);
+            zero_counters::<PrunedTable>(WORKER_PRUNED_ROWS, "table");
+            gauge!(WORKER_EVENT_DAYS_AHEAD).set(0.0);
             for labels in DeliveryLabels::expected() {
                 worker_deliveries(labels, 0);
             }

@@ -10,8 +10,8 @@ use ::metrics::{counter, gauge, histogram};
 
 use super::*;
 use crate::telemetry::labels::{
-    ConnectOutcome, DbErrorKind, DeliveryLabels, MessageOutcome, PublishFailure, RejectReason,
-    ResultRefusal, SpoolCause, SqsMessageState, SqsQueue,
+    ConnectOutcome, DbErrorKind, DeliveryLabels, MessageOutcome, PrunedTable, PublishFailure,
+    RejectReason, ResultRefusal, SpoolCause, SqsMessageState, SqsQueue,
 };
 
 /// Broker link up or down.
@@ -102,6 +102,26 @@ pub fn worker_end_to_end(seconds: f64) {
 /// A failed batch write.
 pub fn worker_db_error(kind: DbErrorKind) {
     counter!(WORKER_DB_ERRORS, "kind" => kind.as_str()).increment(1);
+}
+
+/// A webhook quarantined because no partition holds its provider time.
+pub fn worker_event_unpartitioned() {
+    counter!(WORKER_EVENTS_UNPARTITIONED).increment(1);
+}
+
+/// Partitions of `delivery_events` dropped past the retention.
+pub fn worker_partitions_dropped(count: u64) {
+    counter!(WORKER_PARTITIONS_DROPPED).increment(count);
+}
+
+/// Rows the retention deleted from `table`.
+pub fn worker_pruned_rows(table: PrunedTable, count: u64) {
+    counter!(WORKER_PRUNED_ROWS, "table" => table.as_str()).increment(count);
+}
+
+/// Days ahead of today that `delivery_events` has partitions for.
+pub fn worker_event_days_ahead(days: f64) {
+    gauge!(WORKER_EVENT_DAYS_AHEAD).set(days);
 }
 
 /// A committed batch whose ack did not reach the broker.
