@@ -31,6 +31,7 @@ pub const SCENARIOS: &[&str] = &[
     "cluster-follower-killed",
     "cluster-majority-stopped",
     "cluster-node-partitioned",
+    "cluster-shard-leader-killed",
     "postgres-failover",
 ];
 
@@ -41,6 +42,7 @@ const FULL_ONLY: &[&str] = &[
     "cluster-follower-killed",
     "cluster-majority-stopped",
     "cluster-node-partitioned",
+    "cluster-shard-leader-killed",
 ];
 
 /// The scenarios `profile` runs, in order.
@@ -86,6 +88,7 @@ pub async fn run(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
         "cluster-follower-killed" => cluster::follower_killed(profile).await,
         "cluster-majority-stopped" => cluster::majority_stopped(profile).await,
         "cluster-node-partitioned" => cluster::node_partitioned(profile).await,
+        "cluster-shard-leader-killed" => cluster::shard_leader_killed(profile).await,
         "postgres-failover" => failover::postgres_failover(profile).await,
         other => bail!(
             "unknown scenario {other:?}; known: {}",

@@ -66,6 +66,16 @@ pub(super) struct Stack {
     pub(super) measure_gaps: bool,
 }
 
+/// The brokers a stack's processes use instead of the shared one: every
+/// node's URL, and how many quorum queues share the webhooks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Brokers<'a> {
+    /// `CORRAL_AMQP_URL`, comma-separated.
+    pub url: &'a str,
+    /// `CORRAL_AMQP_QUEUES`.
+    pub queues: u16,
+}
+
 impl Stack {
     pub(super) async fn start(
         ingresses: usize,
@@ -85,10 +95,10 @@ impl Stack {
     pub(super) async fn start_on(
         ingresses: usize,
         workers: usize,
-        amqp_url: &str,
+        brokers: Brokers<'_>,
     ) -> anyhow::Result<Self> {
         let mut stack =
-            Self::start_with(ingresses, workers, None, None, false, Some(amqp_url)).await?;
+            Self::start_with(ingresses, workers, None, None, false, Some(brokers)).await?;
         stack.measure_gaps = true;
         Ok(stack)
     }
@@ -139,10 +149,10 @@ impl Stack {
         proxy: Option<TcpProxy>,
         sqs: Option<(TestQueue, u32)>,
         signed: bool,
-        amqp_url: Option<&str>,
+        brokers: Option<Brokers<'_>>,
     ) -> anyhow::Result<Self> {
         let db = TestDatabase::new().await;
-        Self::start_in(db, ingresses, workers, proxy, sqs, signed, amqp_url).await
+        Self::start_in(db, ingresses, workers, proxy, sqs, signed, brokers).await
     }
 
     async fn start_in(
@@ -152,15 +162,17 @@ impl Stack {
         proxy: Option<TcpProxy>,
         sqs: Option<(TestQueue, u32)>,
         signed: bool,
-        amqp_url: Option<&str>,
+        brokers: Option<Brokers<'_>>,
     ) -> anyhow::Result<Self> {
         ensure!(
             workers > 0,
             "a stack needs a worker: it migrates the database"
         );
         let prefix = unique_name("fault");
-        let on_sqs = |config: ProcessConfig| match (&sqs, &proxy, amqp_url) {
-            (_, _, Some(url)) => config.env("CORRAL_AMQP_URL", url),
+        let on_sqs = |config: ProcessConfig| match (&sqs, &proxy, brokers) {
+            (_, _, Some(brokers)) => config
+                .env("CORRAL_AMQP_URL", brokers.url)
+                .env("CORRAL_AMQP_QUEUES", brokers.queues.to_string()),
             // The worker's visibility timeout as the queue's own.
             (Some((queue, visibility)), Some(proxy), None) => config
                 .sqs(&queue.url, &format!("http://{}", proxy.addr()))
