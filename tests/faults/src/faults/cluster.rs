@@ -12,8 +12,8 @@ use corral_testkit::cluster::{NODES, QueueNodes, RabbitCluster};
 
 use super::{
     outcome::*,
-    stack::Brokers,
     scenarios::{SPOOLED_SHARE, require_answered},
+    stack::Brokers,
     stack::*,
 };
 
