@@ -236,6 +236,8 @@ async fn the_verifier_counts_every_kind_of_wrong_signed_row() {
              UPDATE other SET event_id = '{never_sent}';
              INSERT INTO provider_events OVERRIDING SYSTEM VALUE SELECT * FROM other;
              ALTER TABLE delivery_events DROP CONSTRAINT delivery_events_fingerprint_key;
+             ALTER TABLE delivery_events_legacy
+                 DROP CONSTRAINT delivery_events_legacy_fingerprint_key;
              CREATE TEMP TABLE copy AS SELECT * FROM delivery_events WHERE event_id = '{result_id}';
              UPDATE copy SET id = id + 1000000000;
              INSERT INTO delivery_events OVERRIDING SYSTEM VALUE SELECT * FROM copy;
