@@ -144,6 +144,21 @@ enum Command {
         #[arg(long)]
         into: Option<PathBuf>,
     },
+    /// Only the pipeline on a three-node RabbitMQ cluster of its own
+    /// (`scripts/services --cluster`) at fixed rates: each part's CPU per
+    /// webhook, the sizing table's inputs.
+    Sizing {
+        /// Webhooks per second; repeat for several.
+        #[arg(long = "rate", default_values_t = [1_000.0, 3_000.0])]
+        rates: Vec<f64>,
+        /// Seconds measured per run, after a 2 s warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Put the runs into this directory's benchmarks.json (replacing its
+        /// sizing runs) and rewrite the report from it, instead of printing them.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
     /// Only the signed route beside the token route: ingress alone with a
     /// signing secret, each route loaded in turn, in pairs; prints each pair
     /// as JSON, or puts them into a directory's results.
@@ -292,6 +307,25 @@ async fn main() -> anyhow::Result<()> {
                         eprintln!("{}", serde_json::to_string(&run)?);
                     }
                 }
+            }
+        }
+        Command::Sizing {
+            rates,
+            seconds,
+            into,
+        } => {
+            let plan = bench::Plan {
+                pipeline_seconds: seconds,
+                sizing_rates: rates,
+                ..bench::Plan::quick()
+            };
+            let runs = bench::sizing_runs(&plan).await?;
+            if let Some(dir) = into {
+                let mut results = read_results(&dir)?;
+                results.plan.sizing_rates = plan.sizing_rates;
+                results.sizing = runs;
+                bench::write(&results, &dir)?;
+                eprintln!("bench: wrote the sizing runs into {}", dir.display());
             }
         }
         Command::Latency { rates, seconds } => {

@@ -81,6 +81,17 @@ impl RabbitCluster {
         format!("corral{}n{node}@localhost", self.base)
     }
 
+    /// The pid of `node`'s Erlang VM, from the pid file RabbitMQ writes once
+    /// it runs.
+    pub fn node_pid(&self, node: usize) -> anyhow::Result<u32> {
+        let file = self.dir.join(format!("n{node}")).join("pid");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{} holds {text:?}, not a pid", file.display()))
+    }
+
     /// SIGKILLs `node`'s Erlang VM and waits until it is gone.
     pub async fn kill(&self, node: usize) -> anyhow::Result<()> {
         self.node_command("kill", node).await

@@ -47,6 +47,19 @@ impl Metrics {
         self.0.get(series).copied().unwrap_or(0.0)
     }
 
+    /// The sum of every series of the metric `name`, whatever its labels.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                series
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+
     /// Names of all metrics present (without labels or histogram suffixes).
     pub fn names(&self) -> BTreeSet<String> {
         self.0

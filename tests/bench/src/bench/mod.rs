@@ -15,6 +15,7 @@
 //! - [`relay`]: The result-event relay, alone or while the worker drains.
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
+//! - [`sizing`]: What each part costs per webhook on a three-node cluster.
 //! - [`signed`]: The signed route beside the token route, and its table.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
@@ -25,6 +26,7 @@ mod results;
 mod runs;
 mod sampler;
 mod signed;
+mod sizing;
 
 pub use self::{
     relay::relay_run,
@@ -32,4 +34,5 @@ pub use self::{
     results::*,
     runs::{latency_at, worker_alone_with},
     signed::{SignedRun, signed_runs},
+    sizing::{SizingRun, sizing_runs},
 };

@@ -98,6 +98,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     latency_table(&mut out, results);
     spool_table(&mut out, results);
     sqs_table(&mut out, results);
+    super::sizing::table(&mut out, results);
     out.push_str(previous_notes);
     out
 }

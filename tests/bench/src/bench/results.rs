@@ -55,6 +55,10 @@ pub struct Plan {
     /// results written before SQS.
     #[serde(default)]
     pub sqs_rates: Vec<f64>,
+    /// Webhooks/s for the pipeline on a three-node cluster, each part's
+    /// CPU per webhook measured. Absent in results written before them.
+    #[serde(default)]
+    pub sizing_rates: Vec<f64>,
     /// Connections for the signed route measured beside the token route.
     /// Absent in results written before the signed route.
     #[serde(default)]
@@ -81,6 +85,7 @@ impl Plan {
             spool_connections: vec![64, 256],
             sqs_rates: vec![1_000.0, 5_000.0],
             signed_connections: vec![64],
+            sizing_rates: vec![1_000.0, 3_000.0],
             signed_pairs: 4,
         }
     }
@@ -100,6 +105,7 @@ impl Plan {
             spool_connections: vec![64],
             sqs_rates: vec![1_000.0],
             signed_connections: vec![64],
+            sizing_rates: vec![1_000.0],
             signed_pairs: 2,
         }
     }
@@ -371,6 +377,9 @@ pub struct Results {
     /// The signed route beside the token route, ingress alone.
     #[serde(default)]
     pub signed: Vec<super::SignedRun>,
+    /// The pipeline on a three-node cluster: each part's CPU per webhook.
+    #[serde(default)]
+    pub sizing: Vec<super::SizingRun>,
     /// The run these results replaced, for the targets stated against
     /// "before"; `None` when there was none to read.
     #[serde(default)]
@@ -451,6 +460,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     let latency = latency_runs(&plan, max).await?;
     let spool = spool_runs(&plan).await?;
     let sqs = sqs_runs(&plan).await?;
+    let sizing = super::sizing_runs(&plan).await?;
     Ok(Results {
         machine,
         plan,
@@ -464,6 +474,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         spool,
         sqs,
         signed,
+        sizing,
         baseline,
     })
 }

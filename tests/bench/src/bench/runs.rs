@@ -257,7 +257,7 @@ impl Measured {
 
 /// Ingress's publish batch-size histogram now: (webhooks, messages) so far,
 /// or `None` when ingress does not export it.
-async fn publish_batches(ingress: &Process) -> Option<(f64, f64)> {
+pub(super) async fn publish_batches(ingress: &Process) -> Option<(f64, f64)> {
     histogram_now(ingress, INGRESS_PUBLISH_BATCH_SIZE).await
 }
 
@@ -272,7 +272,10 @@ async fn histogram_now(process: &Process, name: &str) -> Option<(f64, f64)> {
 /// Webhooks per message between two [`publish_batches`] readings. A
 /// histogram appears with its first observation, so one absent before but
 /// present after started from zero.
-fn webhooks_per_message(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64> {
+pub(super) fn webhooks_per_message(
+    before: Option<(f64, f64)>,
+    after: Option<(f64, f64)>,
+) -> Option<f64> {
     let (sum, count) = after?;
     let (sum_before, count_before) = before.unwrap_or((0.0, 0.0));
     let messages = count - count_before;
@@ -447,6 +450,24 @@ pub async fn worker_alone_with(
     })
 }
 
+/// The pipeline runs' load: an open loop at `rate` for `duration` after a
+/// 2 s warm-up, with a few duplicates and results out of order.
+pub(super) fn open_loop(ingress: &Process, rate: f64, duration: Duration) -> loadgen::Config {
+    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
+    config.load = Load::Open {
+        rate,
+        max_connections: 512,
+    };
+    config.duration = Some(duration);
+    config.warmup = Duration::from_secs(2);
+    config.mix = Mix {
+        duplicates: 0.02,
+        out_of_order: 0.02,
+        ..Mix::default()
+    };
+    config
+}
+
 pub(super) async fn pipeline(
     fraction: f64,
     rate: f64,
@@ -463,18 +484,7 @@ pub(super) async fn pipeline(
     let mut ingress =
         Process::start_ready(ProcessConfig::ingress(&prefix, TOKEN).env("CORRAL_LOG", "warn"))
             .await;
-    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
-    config.load = Load::Open {
-        rate,
-        max_connections: 512,
-    };
-    config.duration = Some(duration);
-    config.warmup = Duration::from_secs(2);
-    config.mix = Mix {
-        duplicates: 0.02,
-        out_of_order: 0.02,
-        ..Mix::default()
-    };
+    let config = open_loop(&ingress, rate, duration);
     let ingress_sampler = Sampler::start(ingress.pid());
     let worker_sampler = Sampler::start(worker.pid());
     let before = publish_batches(&ingress).await;
