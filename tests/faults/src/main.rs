@@ -13,6 +13,7 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use crate::faults::{Outcome, Profile};
 use clap::{Parser, ValueEnum};
+use futures_util::StreamExt as _;
 
 mod faults;
 
@@ -43,6 +44,12 @@ struct Cli {
     /// Also write the markdown table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// How many contained scenarios (those that break only what they start
+    /// themselves) run at once, after the ones that break the shared
+    /// broker or database, which always run alone. 1 runs everything in
+    /// order, one at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    parallel: u16,
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.
@@ -73,59 +80,87 @@ async fn main() -> anyhow::Result<()> {
             .map(str::to_owned)
             .collect()
     } else {
-        cli.scenarios
+        cli.scenarios.clone()
     };
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut errors = Vec::new();
+    // The scenarios that stop or cut the shared services run first, one at a
+    // time; the contained ones then run `--parallel` at once.
+    let (beside, alone): (Vec<String>, Vec<String>) = names
+        .iter()
+        .cloned()
+        .partition(|name| cli.parallel > 1 && faults::is_contained(name));
+    let mut results = Results::default();
     // Registered once: from here on SIGINT and SIGTERM end the run through it.
     let mut stop = std::pin::pin!(interrupted());
-    for name in &names {
-        eprintln!("== {name} ({} profile)", profile.name);
-        // Interrupted, the scenario is dropped before the process exits, so
-        // its processes and a cluster of its own are stopped and removed.
-        let run = tokio::select! {
-            run = faults::run(name, profile) => Ok(run),
-            signal = &mut stop => Err(signal),
-        };
-        let run = run.unwrap_or_else(|signal| {
+    // Interrupted, the scenarios are dropped before the process exits, so
+    // their processes and clusters of their own are stopped and removed.
+    let run = async {
+        for name in &alone {
+            results.add(name, faults::run(name, profile).await);
+            // A failed scenario must not leave the next one without its services.
+            faults::ensure_services_up(Duration::from_secs(120)).await;
+        }
+        let mut runs = futures_util::stream::iter(&beside)
+            .map(|name| async move { (name, faults::run(name, profile).await) })
+            .buffered(usize::from(cli.parallel));
+        while let Some((name, run)) = runs.next().await {
+            results.add(name, run);
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        signal = &mut stop => {
             eprintln!("   interrupted by {signal}");
             std::process::exit(130)
-        });
+        }
+    }
+    results.finish(&cli, names.len())
+}
+
+/// The outcomes so far, and the scenarios that could not run.
+#[derive(Default)]
+struct Results {
+    outcomes: Vec<Outcome>,
+    errors: Vec<String>,
+}
+
+impl Results {
+    /// Prints one scenario's result as it is known.
+    fn add(&mut self, name: &str, run: anyhow::Result<Outcome>) {
+        eprintln!("== {name}");
         match run {
             Ok(outcome) => {
                 eprintln!("   {}", if outcome.passed { "pass" } else { "FAIL" });
                 for note in &outcome.notes {
                     eprintln!("   - {note}");
                 }
-                outcomes.push(outcome);
+                self.outcomes.push(outcome);
             }
             Err(err) => {
                 eprintln!("   ERROR: {err:#}");
-                errors.push(format!("{name}: {err:#}"));
+                self.errors.push(format!("{name}: {err:#}"));
             }
         }
-        // A failed scenario must not leave the next one without its services.
-        faults::ensure_services_up(Duration::from_secs(120)).await;
     }
-    let table = faults::table(&outcomes);
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "\n{table}")?;
-    if let Some(path) = cli.json {
-        std::fs::write(path, serde_json::to_string_pretty(&outcomes)?)?;
+
+    /// Prints and writes the table; exits 1 if a scenario failed.
+    fn finish(self, cli: &Cli, planned: usize) -> anyhow::Result<()> {
+        let table = faults::table(&self.outcomes);
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "\n{table}")?;
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_string_pretty(&self.outcomes)?)?;
+        }
+        if let Some(path) = &cli.markdown {
+            std::fs::write(path, &table)?;
+        }
+        for error in &self.errors {
+            eprintln!("error: {error}");
+        }
+        let failed = self.outcomes.iter().filter(|o| !o.passed).count() + self.errors.len();
+        if failed > 0 {
+            eprintln!("corral-faults: {failed} of {planned} scenarios failed");
+            std::process::exit(1);
+        }
+        Ok(())
     }
-    if let Some(path) = cli.markdown {
-        std::fs::write(path, &table)?;
-    }
-    for error in &errors {
-        eprintln!("error: {error}");
-    }
-    let failed = outcomes.iter().filter(|o| !o.passed).count() + errors.len();
-    if failed > 0 {
-        eprintln!(
-            "corral-faults: {failed} of {} scenarios failed",
-            names.len()
-        );
-        std::process::exit(1);
-    }
-    Ok(())
 }

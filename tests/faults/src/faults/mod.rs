@@ -36,6 +36,6 @@ mod tests;
 
 pub use self::{
     outcome::{Outcome, Profile, table},
-    scenarios::{SCENARIOS, run, selected},
+    scenarios::{SCENARIOS, is_contained, run, selected},
     services::ensure_services_up,
 };

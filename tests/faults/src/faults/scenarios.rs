@@ -45,6 +45,34 @@ const FULL_ONLY: &[&str] = &[
     "cluster-shard-leader-killed",
 ];
 
+/// Scenarios that break only what they start themselves (their own
+/// processes, database, proxy, SQS queue, cluster or PostgreSQL pair) and
+/// never the shared broker or database: they may run beside each other.
+const CONTAINED: &[&str] = &[
+    "worker-sigkill",
+    "worker-sigterm",
+    "ingress-sigterm",
+    "postgres-backends-terminated",
+    "broker-path-blackholed",
+    "poison-messages",
+    "two-of-each-one-killed",
+    "spool-table-locked",
+    "sqs-endpoint-unreachable",
+    "sqs-slow-endpoint",
+    "sqs-worker-killed",
+    "cluster-leader-killed",
+    "cluster-follower-killed",
+    "cluster-majority-stopped",
+    "cluster-node-partitioned",
+    "cluster-shard-leader-killed",
+    "postgres-failover",
+];
+
+/// Whether scenario `name` may run beside other contained ones.
+pub fn is_contained(name: &str) -> bool {
+    CONTAINED.contains(&name)
+}
+
 /// The scenarios `profile` runs, in order.
 pub fn selected(profile: Profile) -> Vec<&'static str> {
     SCENARIOS
