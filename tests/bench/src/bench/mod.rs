@@ -16,9 +16,12 @@
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
 //! - [`signed`]: The signed route beside the token route, and its table.
+//! - [`figures`]: The key figures other pages link to, and the version
+//!   measured.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
+mod figures;
 mod relay;
 mod report;
 mod results;
