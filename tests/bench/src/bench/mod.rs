@@ -17,9 +17,12 @@
 //!   it runs.
 //! - [`sizing`]: What each part costs per webhook on a three-node cluster.
 //! - [`signed`]: The signed route beside the token route, and its table.
+//! - [`figures`]: The key figures other pages link to, and the version
+//!   measured.
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
+mod figures;
 mod relay;
 mod report;
 mod results;

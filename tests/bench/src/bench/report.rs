@@ -89,6 +89,7 @@ fn ratio(value: f64, ceiling: Option<f64>) -> String {
 pub fn markdown(results: &Results, previous_notes: &str) -> String {
     let mut out = String::new();
     intro(&mut out, results);
+    super::figures::key_figures(&mut out, results);
     limits(&mut out, results);
     ingress_table(&mut out, results);
     super::signed::table(&mut out, results);

@@ -130,6 +130,11 @@ pub struct Machine {
     pub postgres: String,
     /// Commit of corral measured.
     pub commit: String,
+    /// `git describe --always --dirty` of the tree measured: the commit, and
+    /// whether it had uncommitted changes. `None` in results written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// Ingress alone at a concurrency (or the HTTP ceiling server, measured the

@@ -635,6 +635,17 @@ pub(super) async fn machine() -> anyhow::Result<Machine> {
                 "HEAD",
             ],
         ),
+        version: Some(command(
+            "git",
+            &[
+                "-C",
+                &process::workspace_root().to_string_lossy(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        ))
+        .filter(|version| !version.is_empty()),
     })
 }
 

@@ -2,7 +2,10 @@
 //! accepts is in the README's configuration table with its default; every
 //! query of the SQL cookbook (docs/queries.md) runs and returns what it says
 //! on known webhooks; and every setting, metric and relative link the docs
-//! name exists.
+//! name exists. [`one_home`]: each measured number and each contract table
+//! has one home the other pages link to.
+
+mod one_home;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
