@@ -77,29 +77,30 @@ pub fn binary_path(binary: Binary) -> PathBuf {
     let path = bin_dir().join(binary.name());
     assert!(
         path.exists(),
-        "{} not found at {} (set CORRAL_TEST_BIN_DIR or run `cargo build --workspace --bins`)",
+        "{} not found at {} (set CORRAL_TEST_BIN_DIR or run `cargo build --workspace --all-targets`)",
         binary.name(),
         path.display()
     );
     path
 }
 
-/// `cargo build --workspace --bins --locked`, the very command `scripts/test`
-/// runs before the tests: cargo unifies features over the packages it is
-/// asked to build, so building only the two service packages would compile a
-/// second variant of their dependencies (ring, rustls, lapin: about a minute)
-/// and replace the binaries the build step made. Cargo's own lock makes
-/// concurrent test processes build one after another; the second is a no-op.
+/// `cargo build --workspace --all-targets --locked`, the very command
+/// `scripts/test` builds with: cargo unifies features over the targets it is
+/// asked to build, and the tests' dev-dependencies add features to tokio,
+/// lapin and some 80 other crates, so building the binaries alone (`--bins`)
+/// compiled a second variant of each (about a minute) and replaced the
+/// binaries the build step made. Cargo's own lock makes concurrent test
+/// processes build one after another; after the first it is a no-op.
 fn build_binaries() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--workspace", "--bins", "--locked"])
+        .args(["build", "--workspace", "--all-targets", "--locked"])
         .stdin(Stdio::null())
         .status()
-        .expect("running cargo build --workspace --bins");
+        .expect("running cargo build --workspace --all-targets");
     assert!(
         status.success(),
-        "cargo build --workspace --bins failed: {status}"
+        "cargo build --workspace --all-targets failed: {status}"
     );
 }

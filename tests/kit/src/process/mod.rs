@@ -5,7 +5,7 @@
 //!
 //! The binaries come from the workspace's target directory
 //! (`$CARGO_TARGET_DIR` or `<workspace>/target`, `debug` profile). Each test
-//! process runs `cargo build --workspace --bins` for them once, before the first start,
+//! process runs `cargo build --workspace --all-targets` for them once, before the first start,
 //! so a test never runs yesterday's binary by accident; cargo's own freshness
 //! check makes that a no-op when they are up to date. `CORRAL_TEST_BIN_DIR`
 //! points at another directory (a release build for the fault suite); those
