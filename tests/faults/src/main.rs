@@ -84,10 +84,13 @@ async fn main() -> anyhow::Result<()> {
     };
     // The scenarios that stop or cut the shared services run first, one at a
     // time; the contained ones then run `--parallel` at once.
-    let (beside, alone): (Vec<String>, Vec<String>) = names
+    let (mut beside, alone): (Vec<String>, Vec<String>) = names
         .iter()
         .cloned()
         .partition(|name| cli.parallel > 1 && faults::is_contained(name));
+    // The ones that start services of their own take longest: first, so the
+    // others run beside them rather than after them.
+    beside.sort_by_key(|name| !faults::starts_services(name));
     let mut results = Results::default();
     // Registered once: from here on SIGINT and SIGTERM end the run through it.
     let mut stop = std::pin::pin!(interrupted());

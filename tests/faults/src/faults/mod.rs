@@ -36,6 +36,6 @@ mod tests;
 
 pub use self::{
     outcome::{Outcome, Profile, table},
-    scenarios::{SCENARIOS, is_contained, run, selected},
+    scenarios::{SCENARIOS, is_contained, run, selected, starts_services},
     services::ensure_services_up,
 };

@@ -73,6 +73,12 @@ pub fn is_contained(name: &str) -> bool {
     CONTAINED.contains(&name)
 }
 
+/// Whether scenario `name` starts services of its own (a RabbitMQ cluster,
+/// a PostgreSQL pair), which makes it the longest.
+pub fn starts_services(name: &str) -> bool {
+    name.starts_with("cluster-") || name == "postgres-failover"
+}
+
 /// The scenarios `profile` runs, in order.
 pub fn selected(profile: Profile) -> Vec<&'static str> {
     SCENARIOS
