@@ -303,6 +303,14 @@ fn start_spool(config: &IngressConfig, health: &Health) -> anyhow::Result<Option
     )))
 }
 
+/// `CORRAL_HTTP_WORKERS`, where 0 means one per CPU.
+fn http_workers(config: &IngressConfig) -> usize {
+    match config.http_workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Binds the public listener with the webhook routes; returns the server, the
 /// port it got and its worker count.
 ///
@@ -315,18 +323,14 @@ fn webhook_server<B: Buffer + std::fmt::Debug>(
     state: WebhookState<B>,
 ) -> anyhow::Result<(Server, u16, usize)> {
     let state = web::Data::new(state);
-    let workers = match config.http_workers {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
+    let workers = http_workers(config);
     let deadlines = connection::Deadlines {
         header: config.header_timeout(),
         keep_alive: config.keep_alive(),
     };
-    let keep_alive = match config.keep_alive() {
-        Some(idle) => KeepAlive::Timeout(idle),
-        None => KeepAlive::Disabled,
-    };
+    let keep_alive = config
+        .keep_alive()
+        .map_or(KeepAlive::Disabled, KeepAlive::Timeout);
     // actix counts connections per worker.
     let per_worker = (config.max_connections as usize).div_ceil(workers);
     let builder = actix_server::Server::build()

@@ -294,20 +294,10 @@ async fn main() -> anyhow::Result<()> {
                 ..bench::Plan::quick()
             };
             let runs = bench::sqs_runs(&plan).await?;
-            match into {
-                Some(dir) => {
-                    let mut results = read_results(&dir)?;
-                    results.plan.sqs_rates = plan.sqs_rates;
-                    results.sqs = runs;
-                    bench::write(&results, &dir)?;
-                    eprintln!("bench: wrote the SQS runs into {}", dir.display());
-                }
-                None => {
-                    for run in runs {
-                        eprintln!("{}", serde_json::to_string(&run)?);
-                    }
-                }
-            }
+            put_or_print(into, "SQS runs", runs, |results, runs| {
+                results.plan.sqs_rates = plan.sqs_rates;
+                results.sqs = runs;
+            })?;
         }
         Command::Sizing {
             rates,
@@ -320,13 +310,10 @@ async fn main() -> anyhow::Result<()> {
                 ..bench::Plan::quick()
             };
             let runs = bench::sizing_runs(&plan).await?;
-            if let Some(dir) = into {
-                let mut results = read_results(&dir)?;
+            put_or_print(into, "sizing runs", runs, |results, runs| {
                 results.plan.sizing_rates = plan.sizing_rates;
                 results.sizing = runs;
-                bench::write(&results, &dir)?;
-                eprintln!("bench: wrote the sizing runs into {}", dir.display());
-            }
+            })?;
         }
         Command::Latency { rates, seconds } => {
             for rate in rates {
@@ -349,21 +336,11 @@ async fn main() -> anyhow::Result<()> {
                 ..bench::Plan::quick()
             };
             let runs = bench::signed_runs(&plan).await?;
-            match into {
-                Some(dir) => {
-                    let mut results = read_results(&dir)?;
-                    results.plan.signed_connections = plan.signed_connections;
-                    results.plan.signed_pairs = plan.signed_pairs;
-                    results.signed = runs;
-                    bench::write(&results, &dir)?;
-                    eprintln!("bench: wrote the signed-route pairs into {}", dir.display());
-                }
-                None => {
-                    for run in runs {
-                        eprintln!("{}", serde_json::to_string(&run)?);
-                    }
-                }
-            }
+            put_or_print(into, "signed-route pairs", runs, |results, runs| {
+                results.plan.signed_connections = plan.signed_connections;
+                results.plan.signed_pairs = plan.signed_pairs;
+                results.signed = runs;
+            })?;
         }
         Command::Probes {
             seconds,
@@ -395,6 +372,27 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// With a directory, puts `runs` into its benchmarks.json (`put` says where)
+/// and rewrites the report from it; without one, prints each run as JSON.
+fn put_or_print<R: serde::Serialize>(
+    into: Option<PathBuf>,
+    what: &str,
+    runs: Vec<R>,
+    put: impl FnOnce(&mut bench::Results, Vec<R>),
+) -> anyhow::Result<()> {
+    let Some(dir) = into else {
+        for run in &runs {
+            eprintln!("{}", serde_json::to_string(run)?);
+        }
+        return Ok(());
+    };
+    let mut results = read_results(&dir)?;
+    put(&mut results, runs);
+    bench::write(&results, &dir)?;
+    eprintln!("bench: wrote the {what} into {}", dir.display());
     Ok(())
 }
 

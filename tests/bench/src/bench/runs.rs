@@ -707,13 +707,10 @@ pub(super) async fn sqs_pipeline(
     )
     .await;
     let before = (ingress.metrics().await, worker.metrics().await);
-    let mut config = loadgen::Config::new(ingress.base_url(), TOKEN);
-    config.load = Load::Open {
-        rate,
-        max_connections: 512,
+    let config = loadgen::Config {
+        mix: Mix::default(),
+        ..open_loop(&ingress, rate, duration)
     };
-    config.duration = Some(duration);
-    config.warmup = Duration::from_secs(2);
     let run = loadgen::run(config).await?;
     let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
     // Everything is stored: the worker has deleted what it took, or is

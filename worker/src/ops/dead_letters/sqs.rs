@@ -154,22 +154,7 @@ async fn walk(
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut seen = HashSet::new();
     while (report.letters.len() as u64) < limit {
-        let messages = call(
-            format!("receiving from {}", dead.url),
-            dead.client
-                .receive_message()
-                .queue_url(&dead.url)
-                .max_number_of_messages(sqs::BATCH_ENTRIES as i32)
-                .wait_time_seconds(1)
-                .visibility_timeout(LOOK_SECS)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-                .send(),
-        )
-        .await?
-        .messages
-        .unwrap_or_default();
+        let messages = receive(dead).await?;
         let mut fresh = Vec::new();
         for message in messages {
             let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
@@ -206,6 +191,26 @@ async fn walk(
         replay(queue, dead, to_replay, report, held).await?;
     }
     Ok(())
+}
+
+/// One receive from the dead-letter queue, each message kept invisible for
+/// [`LOOK_SECS`] with everything a replay sends back.
+async fn receive(dead: &Queue) -> Result<Vec<Message>, OpsError> {
+    let output = call(
+        format!("receiving from {}", dead.url),
+        dead.client
+            .receive_message()
+            .queue_url(&dead.url)
+            .max_number_of_messages(sqs::BATCH_ENTRIES as i32)
+            .wait_time_seconds(1)
+            .visibility_timeout(LOOK_SECS)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send(),
+    )
+    .await?;
+    Ok(output.messages.unwrap_or_default())
 }
 
 /// Sends `letters` to `queue` and deletes from `dead` those SQS accepted.
@@ -289,6 +294,25 @@ async fn replay_chunk(
         .collect();
     delete(dead, &replayed).await;
     let refused = first_refusal(output.failed(), &chunk);
+    settle(chunk, &accepted, report, held);
+    match refused {
+        Some((message_id, reason)) => Err(OpsError::SqsNotReplayed {
+            message_id,
+            reason,
+            replayed: report.letters.len(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reports the letters of `chunk` SQS accepted (by index) as replayed and
+/// holds the others, to be made visible again.
+fn settle(
+    chunk: Vec<Received>,
+    accepted: &HashSet<usize>,
+    report: &mut DeadLetterReport,
+    held: &mut HashMap<String, String>,
+) {
     for (i, letter) in chunk.into_iter().enumerate() {
         if accepted.contains(&i) {
             tracing::info!(
@@ -300,14 +324,6 @@ async fn replay_chunk(
         } else {
             held.insert(letter.sqs_id, letter.receipt);
         }
-    }
-    match refused {
-        Some((message_id, reason)) => Err(OpsError::SqsNotReplayed {
-            message_id,
-            reason,
-            replayed: report.letters.len(),
-        }),
-        None => Ok(()),
     }
 }
 
