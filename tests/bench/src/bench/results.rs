@@ -85,7 +85,7 @@ impl Plan {
             spool_connections: vec![64, 256],
             sqs_rates: vec![1_000.0, 5_000.0],
             signed_connections: vec![64],
-            sizing_rates: vec![1_000.0, 3_000.0],
+            sizing_rates: vec![1_000.0, 3_000.0, 5_000.0],
             signed_pairs: 4,
         }
     }
