@@ -225,6 +225,30 @@ fn judge(link: &Link, confirmation: Confirmation, message_id: Uuid) -> Result<()
         }
         // confirm_select is set on every channel before it is used, so
         // `NotConfirmed` cannot happen; were it to, it is no promise either.
-        Err(Refused::Nacked | Refused::NotConfirmed) => Err(PublishError::Nacked),
+        Err(Refused::Nacked | Refused::NotConfirmed) => {
+            replace_if_only_nacking(link);
+            Err(PublishError::Nacked)
+        }
+    }
+}
+
+/// How long a link may nack every publish before it is replaced.
+const NACK_STREAK: Duration = Duration::from_secs(1);
+
+/// A link that has acked nothing for [`NACK_STREAK`] and nacks is replaced.
+/// A connection made while a quorum queue's leader was dead (a client
+/// reconnecting within the election) was seen to have every later publish
+/// nacked on RabbitMQ 3.10, for as long as it lived, although the queue had a
+/// new leader within a second; fresh channels on the next broker publish
+/// again. A queue that refuses on purpose (`x-overflow: reject-publish`)
+/// goes on refusing on the new link too, which costs a reconnect a period.
+fn replace_if_only_nacking(link: &Link) {
+    let period = NACK_STREAK.as_millis() as u64;
+    let since = link.now_ms().saturating_sub(period);
+    if since > 0 && !link.acked_since(since) && !link.is_broken() {
+        tracing::warn!(
+            "RabbitMQ has nacked every publish on this link for {NACK_STREAK:?}; replacing the connection"
+        );
+        link.mark_broken();
     }
 }
