@@ -18,34 +18,29 @@ pub const BY_RETENTION: [PrunedTable; 3] = [
     PrunedTable::QuarantinedWebhooks,
 ];
 
-/// One batch's DELETE for `table`: $1 the horizon, $2 the batch. A row is
-/// named by its ctid (a TID scan): one whose key a writer changes meanwhile
-/// (a newer event for a drop) is skipped, not deleted.
-fn batch_delete(table: PrunedTable) -> &'static str {
+/// The column `table` is pruned by, each indexed for it (migration V7).
+fn time_column(table: PrunedTable) -> &'static str {
     match table {
         // A drop's row holds its latest event's time: older, and so are all.
-        PrunedTable::Deliveries => {
-            "DELETE FROM deliveries WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM deliveries WHERE attempt_date < $1 LIMIT $2))"
-        }
-        PrunedTable::ProviderEvents => {
-            "DELETE FROM provider_events WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM provider_events WHERE stored_at < $1 LIMIT $2))"
-        }
-        PrunedTable::QuarantinedWebhooks => {
-            "DELETE FROM quarantined_webhooks WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM quarantined_webhooks WHERE quarantined_at < $1 LIMIT $2))"
-        }
-        PrunedTable::DeliverySummary => {
-            "DELETE FROM delivery_summary WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM delivery_summary WHERE hour < $1 LIMIT $2))"
-        }
+        PrunedTable::Deliveries => "attempt_date",
+        PrunedTable::ProviderEvents => "stored_at",
+        PrunedTable::QuarantinedWebhooks => "quarantined_at",
+        PrunedTable::DeliverySummary => "hour",
         // Before the partition of their events is dropped (`partitions`).
-        PrunedTable::DeliveryResultsOutbox => {
-            "DELETE FROM delivery_results_outbox WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM delivery_results_outbox WHERE attempt_date < $1 LIMIT $2))"
-        }
+        PrunedTable::DeliveryResultsOutbox => "attempt_date",
     }
+}
+
+/// One batch's DELETE for `table` (its label is the table's name): $1 the
+/// horizon, $2 the batch. A row is named by its ctid (a TID scan): one whose
+/// key a writer changes meanwhile (a newer event for a drop) is skipped, not
+/// deleted.
+fn batch_delete(table: PrunedTable) -> String {
+    let (name, column) = (table.as_str(), time_column(table));
+    format!(
+        "DELETE FROM {name} WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM {name} WHERE {column} < $1 LIMIT $2))"
+    )
 }
 
 /// Deletes `table`'s rows older than `horizon`, batch after batch until one
@@ -55,7 +50,7 @@ pub async fn older_than(
     table: PrunedTable,
     horizon: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let statement = client.prepare(batch_delete(table)).await?;
+    let statement = client.prepare(&batch_delete(table)).await?;
     let mut deleted = 0;
     loop {
         let batch = client.execute(&statement, &[&horizon, &BATCH]).await?;
