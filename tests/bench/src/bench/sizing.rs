@@ -115,7 +115,7 @@ async fn sizing_run(
     let verification = loadgen::verify(&db.url, &run.sent, &VerifyOptions::default()).await?;
     ingress.terminate(Duration::from_secs(40)).await;
     worker.terminate(Duration::from_secs(40)).await;
-    let seconds = after.seconds - before.seconds;
+    let seconds = (after.at - before.at).as_secs_f64();
     Ok(SizingRun {
         rate,
         webhooks: published,
@@ -176,7 +176,7 @@ struct Parts {
 struct Reading {
     ticks: BTreeMap<String, u64>,
     machine: MachineTicks,
-    seconds: f64,
+    at: std::time::Instant,
 }
 
 /// What the parts cost at rest: CPU % of one core each.
@@ -210,7 +210,7 @@ impl Parts {
         Reading {
             ticks,
             machine: MachineTicks::now(),
-            seconds: monotonic_seconds(),
+            at: std::time::Instant::now(),
         }
     }
 
@@ -218,7 +218,7 @@ impl Parts {
         let start = self.read();
         tokio::time::sleep(period).await;
         let end = self.read();
-        let seconds = end.seconds - start.seconds;
+        let seconds = (end.at - start.at).as_secs_f64();
         let percent = end
             .ticks
             .iter()
@@ -234,7 +234,7 @@ impl Parts {
 impl Reading {
     /// CPU µs per webhook since `before`, each part's rest subtracted.
     fn per_webhook(&self, before: &Reading, idle: &Idle, webhooks: u64) -> BTreeMap<String, f64> {
-        let seconds = self.seconds - before.seconds;
+        let seconds = (self.at - before.at).as_secs_f64();
         self.ticks
             .iter()
             .map(|(name, ticks)| {
@@ -249,14 +249,6 @@ impl Reading {
     fn machine_busy_since(&self, before: &Reading) -> f64 {
         self.machine.busy_share_since(&before.machine) * 100.0
     }
-}
-
-fn monotonic_seconds() -> f64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs_f64()
 }
 
 /// The parts in the order the table gives them.
