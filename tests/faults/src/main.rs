@@ -9,7 +9,11 @@
 //!   table goes.
 //! - `faults`: the scenarios, the processes each runs, and the outcome table.
 
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::faults::{Outcome, Profile};
 use clap::{Parser, ValueEnum};
@@ -98,15 +102,22 @@ async fn main() -> anyhow::Result<()> {
     // their processes and clusters of their own are stopped and removed.
     let run = async {
         for name in &alone {
-            results.add(name, faults::run(name, profile).await);
+            let began = Instant::now();
+            results.add(name, faults::run(name, profile).await, began);
             // A failed scenario must not leave the next one without its services.
             faults::ensure_services_up(Duration::from_secs(120)).await;
         }
+        // Unordered: a scenario that ends frees its place for the next at
+        // once, rather than after every one started before it (a cluster's
+        // scenario takes three times as long as most).
         let mut runs = futures_util::stream::iter(&beside)
-            .map(|name| async move { (name, faults::run(name, profile).await) })
-            .buffered(usize::from(cli.parallel));
-        while let Some((name, run)) = runs.next().await {
-            results.add(name, run);
+            .map(|name| async move {
+                let began = Instant::now();
+                (name, faults::run(name, profile).await, began)
+            })
+            .buffer_unordered(usize::from(cli.parallel));
+        while let Some((name, run, began)) = runs.next().await {
+            results.add(name, run, began);
         }
     };
     tokio::select! {
@@ -116,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(130)
         }
     }
-    results.finish(&cli, names.len())
+    results.finish(&cli, &names)
 }
 
 /// The outcomes so far, and the scenarios that could not run.
@@ -127,9 +138,9 @@ struct Results {
 }
 
 impl Results {
-    /// Prints one scenario's result as it is known.
-    fn add(&mut self, name: &str, run: anyhow::Result<Outcome>) {
-        eprintln!("== {name}");
+    /// Prints one scenario's result as it is known, and how long it took.
+    fn add(&mut self, name: &str, run: anyhow::Result<Outcome>, began: Instant) {
+        eprintln!("== {name} ({:.0} s)", began.elapsed().as_secs_f64());
         match run {
             Ok(outcome) => {
                 eprintln!("   {}", if outcome.passed { "pass" } else { "FAIL" });
@@ -146,7 +157,12 @@ impl Results {
     }
 
     /// Prints and writes the table; exits 1 if a scenario failed.
-    fn finish(self, cli: &Cli, planned: usize) -> anyhow::Result<()> {
+    fn finish(mut self, cli: &Cli, planned: &[String]) -> anyhow::Result<()> {
+        // In the planned order, whatever order they ended in.
+        let position =
+            |outcome: &Outcome| planned.iter().position(|name| *name == outcome.scenario);
+        self.outcomes.sort_by_key(position);
+        let planned = planned.len();
         let table = faults::table(&self.outcomes);
         let mut stdout = std::io::stdout();
         writeln!(stdout, "\n{table}")?;
