@@ -13,7 +13,7 @@ use corral_testkit::{
     broker,
     database::{Server, SpoolWriter, TestDatabase},
     fixtures,
-    process::{Process, ProcessConfig},
+    process::{Process, ProcessConfig, fresh_connections},
     proxy::TcpProxy,
     sqs::{QueueOptions, TestQueue},
     unique_name,
@@ -195,7 +195,8 @@ impl Stack {
             workers: started,
             proxy: None,
             sqs: None,
-            http: reqwest::Client::new(),
+            // Its canaries go to ingresses that scenarios kill and restart.
+            http: fresh_connections(),
             canaries: 0,
             signed,
             measure_gaps: false,

@@ -42,7 +42,7 @@ impl Process {
             child,
             exit: None,
             log,
-            http: reqwest::Client::new(),
+            http: fresh_connections(),
         }
     }
 
@@ -272,6 +272,18 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+/// An HTTP client that opens a connection per request, for processes that
+/// are killed and restarted: [`Process::restart`] brings a new process up
+/// on the same ports, and a keep-alive connection pooled from the one it
+/// replaced was reused after that process died (a fault run's scrape
+/// failed with an incomplete message).
+pub fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("building an HTTP client")
 }
 
 fn spawn(config: &ProcessConfig, log: &Arc<Mutex<VecDeque<String>>>) -> Child {

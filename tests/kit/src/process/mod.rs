@@ -29,6 +29,6 @@ mod settings;
 
 pub use self::{
     binaries::{Binary, binary_path, prepare_binaries, workspace_root},
-    child::Process,
+    child::{Process, fresh_connections},
     settings::{ProcessConfig, free_port},
 };
