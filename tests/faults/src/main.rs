@@ -11,13 +11,14 @@
 
 use std::{
     io::Write as _,
+    panic::AssertUnwindSafe,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use crate::faults::{Outcome, Profile};
 use clap::{Parser, ValueEnum};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 
 mod faults;
 
@@ -103,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let run = async {
         for name in &alone {
             let began = Instant::now();
-            results.add(name, faults::run(name, profile).await, began);
+            results.add(name, run_one(name, profile).await, began);
             // A failed scenario must not leave the next one without its services.
             faults::ensure_services_up(Duration::from_secs(120)).await;
         }
@@ -113,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         let mut runs = futures_util::stream::iter(&beside)
             .map(|name| async move {
                 let began = Instant::now();
-                (name, faults::run(name, profile).await, began)
+                (name, run_one(name, profile).await, began)
             })
             .buffer_unordered(usize::from(cli.parallel));
         while let Some((name, run, began)) = runs.next().await {
@@ -128,6 +129,26 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     results.finish(&cli, &names)
+}
+
+/// Runs scenario `name`; a panic in it (a helper's `expect`) is its error,
+/// not the end of the run: the other scenarios still run and report, and
+/// this one's processes and clusters are dropped where it stopped.
+async fn run_one(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
+    match AssertUnwindSafe(faults::run(name, profile))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(anyhow::anyhow!("panicked: {message}"))
+        }
+    }
 }
 
 /// The outcomes so far, and the scenarios that could not run.
