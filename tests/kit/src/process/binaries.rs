@@ -100,9 +100,8 @@ fn build_binaries() {
     // (`rerun-if-env-changed`: ring's does) make cargo rebuild them and every
     // crate above them, once in the tests and again in the fault suite
     // (about 40 s each from a clean clone).
-    for (key, _) in std::env::vars_os() {
-        let name = key.to_string_lossy();
-        let of_the_crate = [
+    remove_inherited(&mut command, |name| {
+        [
             "CARGO_PKG_",
             "CARGO_MANIFEST_",
             "CARGO_CRATE_",
@@ -110,11 +109,8 @@ fn build_binaries() {
         ]
         .iter()
         .any(|prefix| name.starts_with(prefix))
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name);
-        if of_the_crate {
-            command.env_remove(key);
-        }
-    }
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name)
+    });
     let status = command
         .current_dir(workspace_root())
         .args(["build", "--workspace", "--all-targets", "--locked"])
@@ -125,4 +121,14 @@ fn build_binaries() {
         status.success(),
         "cargo build --workspace --all-targets failed: {status}"
     );
+}
+
+/// Keeps every variable of this process's environment whose name `unwanted`
+/// picks from reaching `command`.
+pub(super) fn remove_inherited(command: &mut Command, unwanted: impl Fn(&str) -> bool) {
+    for (key, _) in std::env::vars_os() {
+        if unwanted(&key.to_string_lossy()) {
+            command.env_remove(key);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::{ProcessConfig, binary_path, prepare_binaries};
+use super::{ProcessConfig, binaries::remove_inherited, binary_path, prepare_binaries};
 use crate::metrics::{self, Metrics};
 
 /// Lines of a process's output kept for panic messages.
@@ -292,12 +292,9 @@ fn spawn(config: &ProcessConfig, log: &Arc<Mutex<VecDeque<String>>>) -> Child {
     // The test's own settings only: neither a `CORRAL_*` nor an AWS
     // variable (region, credentials, endpoint) of the environment the tests
     // run in reaches the process unless the test set it.
-    for (key, _) in std::env::vars_os() {
-        let name = key.to_string_lossy();
-        if name.starts_with("CORRAL_") || name.starts_with("AWS_") {
-            command.env_remove(key);
-        }
-    }
+    remove_inherited(&mut command, |name| {
+        name.starts_with("CORRAL_") || name.starts_with("AWS_")
+    });
     command
         .args(&config.args)
         .envs(&config.env)
