@@ -103,8 +103,8 @@ async fn main() -> anyhow::Result<()> {
     // their processes and clusters of their own are stopped and removed.
     let run = async {
         for name in &alone {
-            let began = Instant::now();
-            results.add(name, run_one(name, profile).await, began);
+            let (run, took) = run_one(name, profile).await;
+            results.add(name, run, took);
             // A failed scenario must not leave the next one without its services.
             faults::ensure_services_up(Duration::from_secs(120)).await;
         }
@@ -112,13 +112,10 @@ async fn main() -> anyhow::Result<()> {
         // once, rather than after every one started before it (a cluster's
         // scenario takes three times as long as most).
         let mut runs = futures_util::stream::iter(&beside)
-            .map(|name| async move {
-                let began = Instant::now();
-                (name, run_one(name, profile).await, began)
-            })
+            .map(|name| async move { (name, run_one(name, profile).await) })
             .buffer_unordered(usize::from(cli.parallel));
-        while let Some((name, run, began)) = runs.next().await {
-            results.add(name, run, began);
+        while let Some((name, (run, took))) = runs.next().await {
+            results.add(name, run, took);
         }
     };
     tokio::select! {
@@ -131,14 +128,16 @@ async fn main() -> anyhow::Result<()> {
     results.finish(&cli, &names)
 }
 
-/// Runs scenario `name`; a panic in it (a helper's `expect`) is its error,
-/// not the end of the run: the other scenarios still run and report, and
-/// this one's processes and clusters are dropped where it stopped.
-async fn run_one(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
-    match AssertUnwindSafe(faults::run(name, profile))
+/// Runs scenario `name`, and how long it took. A panic in it (a helper's
+/// `expect`) is its error, not the end of the run: the other scenarios still
+/// run and report, and this one's processes and clusters are dropped where
+/// it stopped.
+async fn run_one(name: &str, profile: Profile) -> (anyhow::Result<Outcome>, Duration) {
+    let began = Instant::now();
+    let run = AssertUnwindSafe(faults::run(name, profile))
         .catch_unwind()
-        .await
-    {
+        .await;
+    let outcome = match run {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic
@@ -148,7 +147,8 @@ async fn run_one(name: &str, profile: Profile) -> anyhow::Result<Outcome> {
                 .unwrap_or("(no message)");
             Err(anyhow::anyhow!("panicked: {message}"))
         }
-    }
+    };
+    (outcome, began.elapsed())
 }
 
 /// The outcomes so far, and the scenarios that could not run.
@@ -160,8 +160,8 @@ struct Results {
 
 impl Results {
     /// Prints one scenario's result as it is known, and how long it took.
-    fn add(&mut self, name: &str, run: anyhow::Result<Outcome>, began: Instant) {
-        eprintln!("== {name} ({:.0} s)", began.elapsed().as_secs_f64());
+    fn add(&mut self, name: &str, run: anyhow::Result<Outcome>, took: Duration) {
+        eprintln!("== {name} ({:.0} s)", took.as_secs_f64());
         match run {
             Ok(outcome) => {
                 eprintln!("   {}", if outcome.passed { "pass" } else { "FAIL" });
