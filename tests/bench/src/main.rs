@@ -70,6 +70,9 @@ enum Command {
         /// HTTP worker threads; 0 means one per CPU.
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Milliseconds each answer waits after its body was read (0: none).
+        #[arg(long, default_value_t = 0.0)]
+        hold_ms: f64,
     },
     /// Rewrite benchmarks.md and benchmarks.svg from an existing benchmarks.json.
     Report {
@@ -230,13 +233,25 @@ async fn main() -> anyhow::Result<()> {
                 ..bench::Plan::quick()
             };
             let (ceiling, ingress) = bench::ingress_runs(&plan).await?;
-            let wide = bench::wide_runs(&plan).await?;
-            for run in ceiling.iter().chain(&ingress).chain(&wide) {
+            let (wide, bare, holding) = bench::wide_runs(&plan).await?;
+            let holding: Vec<_> = holding.into_iter().map(|(_, run)| run).collect();
+            for run in ceiling
+                .iter()
+                .chain(&ingress)
+                .chain(&wide)
+                .chain(&bare)
+                .chain(&holding)
+            {
                 eprintln!("{}", serde_json::to_string(run)?);
             }
         }
-        Command::HttpCeiling { listen, workers } => {
-            probes::serve_http_ceiling(&listen, workers).await?;
+        Command::HttpCeiling {
+            listen,
+            workers,
+            hold_ms,
+        } => {
+            let hold = Duration::from_secs_f64(hold_ms.max(0.0) / 1000.0);
+            probes::serve_http_ceiling(&listen, workers, hold).await?;
         }
         Command::Drain {
             messages,

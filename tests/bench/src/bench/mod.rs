@@ -13,6 +13,8 @@
 //! - [`runs`]: Each measured run: ingress alone, worker alone, the pipeline,
 //!   the latency layers, and the machine.
 //! - [`relay`]: The result-event relay, alone or while the worker drains.
+//! - [`events`]: The relay and the drain with events off and on, in the
+//!   suite, with their targets and table.
 //! - [`sampler`]: A process's CPU time and peak RSS, sampled from /proc while
 //!   it runs.
 //! - [`sizing`]: What each part costs per webhook on a three-node cluster.
@@ -22,6 +24,7 @@
 //! - [`report`]: `benchmarks.md`, `benchmarks.json` and `benchmarks.svg` from
 //!   the results.
 
+mod events;
 mod figures;
 mod relay;
 mod report;
@@ -32,6 +35,7 @@ mod signed;
 mod sizing;
 
 pub use self::{
+    events::ResultEvents,
     relay::relay_run,
     report::write,
     results::*,

@@ -75,6 +75,23 @@ pub async fn relay_run(
     drain: bool,
     env: &[(String, String)],
 ) -> anyhow::Result<RelayRun> {
+    measure(events, drain, true, env).await
+}
+
+/// The drain of [`relay_run`] with result events off: the same pre-fill,
+/// database and worker settings, timed by the webhooks stored alone (its
+/// `events_per_sec` is 0), so the two divide into what events cost a drain.
+pub async fn drain_without_events(events: usize) -> anyhow::Result<RelayRun> {
+    let off = [("CORRAL_RESULT_EVENTS".to_owned(), "false".to_owned())];
+    measure(events, true, false, &off).await
+}
+
+async fn measure(
+    events: usize,
+    drain: bool,
+    events_on: bool,
+    env: &[(String, String)],
+) -> anyhow::Result<RelayRun> {
     let prefix = unique_name("bench");
     let db = probes::migrated_database().await?;
     fill(&db, &prefix, events, drain).await?;
@@ -94,7 +111,7 @@ pub async fn relay_run(
     }
     let mut worker = Process::start(config).await;
     let sampler = Sampler::start(worker.pid());
-    let timed = time_relay(&worker, events, drain).await;
+    let timed = time_relay(&worker, events, drain, events_on).await;
     let (cpu_percent, _) = sampler.finish();
     worker.terminate(TIMEOUT).await;
     let queued = channel
@@ -107,7 +124,7 @@ pub async fn relay_run(
         events,
         draining: drain,
         seconds: timed.seconds,
-        events_per_sec: timed.published as f64 / timed.seconds,
+        events_per_sec: timed.published as f64 / timed.seconds.max(f64::EPSILON),
         stored_per_sec: timed.stored_at.map(|at| events as f64 / at),
         published_while_storing: timed.published_while_storing,
         cpu_percent,
@@ -186,8 +203,13 @@ struct Timed {
 
 /// Follows the worker's own counters every 50 ms (a `count(*)` of the
 /// outbox that often would compete with the relay for the same two cores)
-/// until `events` are published.
-async fn time_relay(worker: &Process, events: usize, drain: bool) -> anyhow::Result<Timed> {
+/// until `events` are published, or with `events_on` false, stored.
+async fn time_relay(
+    worker: &Process,
+    events: usize,
+    drain: bool,
+    events_on: bool,
+) -> anyhow::Result<Timed> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(1800);
     let stored_series = format!(r#"{WORKER_MESSAGES}{{outcome="stored"}}"#);
@@ -207,6 +229,14 @@ async fn time_relay(worker: &Process, events: usize, drain: bool) -> anyhow::Res
         if published > 0 && first.is_none() {
             first = Some((published, Instant::now()));
         }
+        if !events_on && let Some((at, _)) = stored_at {
+            return Ok(Timed {
+                published: 0,
+                seconds: at,
+                stored_at: Some(at),
+                published_while_storing: Some(0),
+            });
+        }
         if let Some((at_first, since)) = first
             && published >= events
         {
@@ -219,7 +249,12 @@ async fn time_relay(worker: &Process, events: usize, drain: bool) -> anyhow::Res
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the relay did not publish {events} events in 30 minutes ({published} done)"
+            "the worker did not {} {events} in 30 minutes ({published} published, {stored} stored)",
+            if events_on {
+                "publish the events of"
+            } else {
+                "store"
+            }
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

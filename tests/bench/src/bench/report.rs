@@ -100,6 +100,7 @@ pub fn markdown(results: &Results, previous_notes: &str) -> String {
     spool_table(&mut out, results);
     sqs_table(&mut out, results);
     super::sizing::table(&mut out, results);
+    super::events::table(&mut out, results);
     out.push_str(previous_notes);
     out
 }
@@ -294,6 +295,21 @@ fn targets(out: &mut String, results: &Results) {
             INGRESS_RSS_LIMIT_MIB,
             "MiB",
         ));
+        let (bare, holding) = bare_wide_rss(results, c);
+        let bare = bare.map(|b| wide.peak_rss_mib / b);
+        let holding = holding.map(|h| wide.peak_rss_mib / h);
+        rows.push(Target {
+            what: format!("ingress alone, {c} connections, peak RSS ÷ the bare actix-web server's"),
+            needed: "≤ 1.25×".to_owned(),
+            measured: match (bare, holding) {
+                (Some(b), Some(h)) => {
+                    format!("{b:.2}× ({h:.2}× the bare server holding its answers)")
+                }
+                (Some(b), None) => format!("{b:.2}×"),
+                _ => "n/a".to_owned(),
+            },
+            met: bare.map(|b| b <= 1.25),
+        });
     }
     for run in &results.spool {
         let c = run.connections;
@@ -314,6 +330,7 @@ fn targets(out: &mut String, results: &Results) {
         });
     }
     rows.push(super::signed::target(results));
+    rows.extend(super::events::targets(results));
     let _ = writeln!(
         out,
         "## Targets
@@ -405,13 +422,15 @@ fn wide_table(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n## Ingress alone, many connections\n");
     let _ = writeln!(
         out,
-        "| connections | CORRAL_MAX_CONNECTIONS | accepted/s | ÷ 256 connections | webhooks per message | p50 ms | p99 ms | p99.9 ms | connection errors | timeouts | 5xx | connections opened | peak RSS MiB (limit {INGRESS_RSS_LIMIT_MIB:.0}) | CPU % | load generator CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| connections | CORRAL_MAX_CONNECTIONS | accepted/s | ÷ 256 connections | webhooks per message | p50 ms | p99 ms | p99.9 ms | connection errors | timeouts | 5xx | connections opened | peak RSS MiB (limit {INGRESS_RSS_LIMIT_MIB:.0}) | bare actix-web server's peak RSS MiB | ÷ it | bare server holding each answer ingress's p50: peak RSS MiB | ÷ it | CPU % | load generator CPU % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let at256 = ingress_at(results, 256).map(|r| r.accepted_per_sec);
     for r in &results.ingress_wide {
+        let (bare, holding) = bare_wide_rss(results, r.connections);
+        let mib = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0} |",
             r.connections,
             r.max_connections
                 .map_or_else(|| "default".to_owned(), |m| m.to_string()),
@@ -426,10 +445,39 @@ fn wide_table(out: &mut String, results: &Results) {
             r.server_errors,
             r.connections_opened,
             r.peak_rss_mib,
+            mib(bare),
+            ratio(r.peak_rss_mib, bare),
+            mib(holding),
+            ratio(r.peak_rss_mib, holding),
             r.cpu_percent,
             r.generator_cpu_percent
         );
     }
+    if !results.http_ceiling_wide.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe bare actix-web server (the HTTP ceiling's, as many HTTP workers) was held by the same closed \
+             loop right after ingress, answering at once and then holding each answer as long as ingress's p50 \
+             in its run (so that it, too, holds about every connection's request at once); its peak RSS is the \
+             same high-water mark."
+        );
+    }
+}
+
+/// The bare actix-web server's peak RSS holding `connections`, answering at
+/// once and holding its answers, if measured.
+fn bare_wide_rss(results: &Results, connections: usize) -> (Option<f64>, Option<f64>) {
+    let at = |r: &&IngressRun| r.connections == connections;
+    let bare = results.http_ceiling_wide.iter().find(at);
+    let holding = results
+        .http_holding_wide
+        .iter()
+        .map(|(_, run)| run)
+        .find(at);
+    (
+        bare.map(|r| r.peak_rss_mib),
+        holding.map(|r| r.peak_rss_mib),
+    )
 }
 
 /// Ingress through the spool alone, against the bare spool INSERT.

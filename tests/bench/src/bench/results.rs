@@ -67,6 +67,11 @@ pub struct Plan {
     /// other pair in the reverse order.
     #[serde(default = "four")]
     pub signed_pairs: usize,
+    /// Events for the result-event runs (the relay alone, and a drain of as
+    /// many webhooks with events off and on); 0 runs none, as in results
+    /// written before them.
+    #[serde(default)]
+    pub result_events: usize,
 }
 
 impl Plan {
@@ -87,6 +92,7 @@ impl Plan {
             signed_connections: vec![64],
             sizing_rates: vec![1_000.0, 3_000.0, 5_000.0],
             signed_pairs: 4,
+            result_events: 200_000,
         }
     }
 
@@ -107,6 +113,7 @@ impl Plan {
             signed_connections: vec![64],
             sizing_rates: vec![1_000.0],
             signed_pairs: 2,
+            result_events: 50_000,
         }
     }
 }
@@ -366,6 +373,15 @@ pub struct Results {
     /// Ingress alone at `Plan::wide_connections`.
     #[serde(default)]
     pub ingress_wide: Vec<IngressRun>,
+    /// The bare actix-web server at `Plan::wide_connections`, right after
+    /// ingress at each: the memory ingress's connections are held to.
+    #[serde(default)]
+    pub http_ceiling_wide: Vec<IngressRun>,
+    /// The same bare server holding each answer as long as ingress's p50 at
+    /// the same connections (ms, the run): what holding the requests costs
+    /// actix-web itself.
+    #[serde(default)]
+    pub http_holding_wide: Vec<(f64, IngressRun)>,
     /// Worker alone.
     pub worker: Vec<WorkerRun>,
     /// Pipeline.
@@ -385,6 +401,9 @@ pub struct Results {
     /// The pipeline on a three-node cluster: each part's CPU per webhook.
     #[serde(default)]
     pub sizing: Vec<super::SizingRun>,
+    /// The result-event relay, and a drain with events off and on.
+    #[serde(default)]
+    pub result_events: Option<super::ResultEvents>,
     /// The run these results replaced, for the targets stated against
     /// "before"; `None` when there was none to read.
     #[serde(default)]
@@ -451,7 +470,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     let probes = limit_probes(&plan).await?;
     let (http_ceiling, ingress) = ingress_runs(&plan).await?;
     let signed = super::signed_runs(&plan).await?;
-    let ingress_wide = wide_runs(&plan).await?;
+    let (ingress_wide, http_ceiling_wide, http_holding_wide) = wide_runs(&plan).await?;
     let worker = worker_runs(&plan).await?;
     // The pipeline runs at fractions of the best rate ingress reached alone
     // (at the planned connection counts; the wide point measures holding
@@ -466,6 +485,9 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
     let spool = spool_runs(&plan).await?;
     let sqs = sqs_runs(&plan).await?;
     let sizing = super::sizing_runs(&plan).await?;
+    // Last: the quorum queue that took their events is deleted at the end of
+    // each run, and the broker's clean-up must not fall on the pipeline runs.
+    let result_events = super::events::runs(&plan).await?;
     Ok(Results {
         machine,
         plan,
@@ -473,6 +495,8 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         http_ceiling,
         ingress,
         ingress_wide,
+        http_ceiling_wide,
+        http_holding_wide,
         worker,
         pipeline,
         latency,
@@ -480,6 +504,7 @@ pub async fn run(plan: Plan, baseline: Option<Baseline>) -> anyhow::Result<Resul
         sqs,
         signed,
         sizing,
+        result_events,
         baseline,
     })
 }
@@ -574,7 +599,7 @@ pub async fn ingress_runs(plan: &Plan) -> anyhow::Result<(Vec<IngressRun>, Vec<I
     let mut ceiling_runs = Vec::new();
     let mut ingress_runs = Vec::new();
     for &connections in &plan.connections {
-        let ceiling = http_ceiling(connections, duration).await?;
+        let ceiling = http_ceiling(connections, duration, 0.0).await?;
         eprintln!(
             "bench: HTTP ceiling at {connections} connections: {:.0}/s, p99 {:.2} ms",
             ceiling.accepted_per_sec, ceiling.p99_ms
@@ -593,11 +618,19 @@ pub async fn ingress_runs(plan: &Plan) -> anyhow::Result<(Vec<IngressRun>, Vec<I
     Ok((ceiling_runs, ingress_runs))
 }
 
-/// Ingress alone at each planned wide connection count.
-pub async fn wide_runs(plan: &Plan) -> anyhow::Result<Vec<IngressRun>> {
+/// The wide runs: ingress, the bare server, the bare server holding answers.
+pub type WideRuns = (Vec<IngressRun>, Vec<IngressRun>, Vec<(f64, IngressRun)>);
+
+/// Ingress alone at each planned wide connection count, and the bare
+/// actix-web server right after it at the same count: answering at once, and
+/// holding each answer as long as ingress's p50.
+pub async fn wide_runs(plan: &Plan) -> anyhow::Result<WideRuns> {
+    let duration = Duration::from_secs(plan.seconds);
     let mut wide_runs = Vec::new();
+    let mut bare_runs = Vec::new();
+    let mut holding_runs = Vec::new();
     for &connections in &plan.wide_connections {
-        let run = ingress_wide(connections, Duration::from_secs(plan.seconds)).await?;
+        let run = ingress_wide(connections, duration).await?;
         eprintln!(
             "bench: ingress at {connections} connections: {:.0}/s, p99 {:.2} ms, peak RSS {:.1} MiB, \
              {} connection errors, {} timeouts, {} 5xx, {} connections opened",
@@ -609,9 +642,23 @@ pub async fn wide_runs(plan: &Plan) -> anyhow::Result<Vec<IngressRun>> {
             run.server_errors,
             run.connections_opened
         );
+        let hold_ms = run.p50_ms;
         wide_runs.push(run);
+        for hold in [0.0, hold_ms] {
+            let bare = http_ceiling(connections, duration, hold).await?;
+            eprintln!(
+                "bench: HTTP ceiling at {connections} connections, answers held {hold:.1} ms: \
+                 {:.0}/s, peak RSS {:.1} MiB",
+                bare.accepted_per_sec, bare.peak_rss_mib
+            );
+            if hold == 0.0 {
+                bare_runs.push(bare);
+            } else {
+                holding_runs.push((hold, bare));
+            }
+        }
     }
-    Ok(wide_runs)
+    Ok((wide_runs, bare_runs, holding_runs))
 }
 
 /// Webhooks per message for a log line: "—" when ingress does not say.

@@ -134,11 +134,12 @@ pub(super) async fn ingress_under(
 }
 
 /// The HTTP ceiling ([`probes::serve_http_ceiling`]) as its own process, with
-/// as many HTTP workers as ingress, under the same closed loop as
-/// [`ingress_alone`].
+/// as many HTTP workers as ingress, each answer held `hold_ms`, under the same
+/// closed loop as [`ingress_alone`].
 pub(super) async fn http_ceiling(
     connections: usize,
     duration: Duration,
+    hold_ms: f64,
 ) -> anyhow::Result<IngressRun> {
     let port = process::free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -151,6 +152,7 @@ pub(super) async fn http_ceiling(
     let mut server = ChildGuard(
         std::process::Command::new(std::env::current_exe().context("finding corral-bench")?)
             .args(["http-ceiling", "--listen", &listen, "--workers", &workers])
+            .args(["--hold-ms", &hold_ms.to_string()])
             .stdin(std::process::Stdio::null())
             .spawn()
             .context("starting the HTTP ceiling server")?,
