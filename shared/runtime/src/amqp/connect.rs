@@ -151,7 +151,7 @@ pub async fn connect_and_declare(
 }
 
 /// Opens a broker session with `open` until it works or `shutdown` is
-/// cancelled (`None`), per the [`retry`](crate::retry) policy capped at
+/// cancelled (`None`), per the [`retry`] policy capped at
 /// `CORRAL_AMQP_RECONNECT_MAX_MS`; every attempt is counted in
 /// `corral_broker_connect_attempts_total` and every failure logged.
 pub async fn reconnect<T, E, Fut>(

@@ -110,4 +110,7 @@ pub fn prometheus() -> PrometheusHandle {
 
 mod delivery_labels;
 pub mod labels;
+// The metric help texts are Prometheus's HELP lines, written as operators read
+// them (`<prefix>.delivery-results`), not as HTML.
+#[allow(rustdoc::invalid_html_tags)]
 pub mod metrics;

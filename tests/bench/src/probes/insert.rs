@@ -191,7 +191,7 @@ pub(super) async fn insert_chunk(
 
 /// corral's own write path without the broker: `store::write_batch` on one
 /// pooled connection, `rows` rows in batches of `batch`, into a fresh database.
-/// The gap between this and [`insert`] is the price of corral's statement
+/// The gap between this and [`insert`](fn@insert) is the price of corral's statement
 /// (typing, fingerprints, the `deliveries` upsert); the gap between this and
 /// the worker draining a queue is the price of consuming and acknowledging.
 pub async fn store(server_url: &str, rows: usize, batch: usize) -> anyhow::Result<ProbeResult> {

@@ -2,7 +2,7 @@
 //! machine, with corral's own payloads and topology but none of its code in
 //! the way. corral's throughput is reported as a ratio of these.
 //!
-//! - [`publish`]: a bare lapin client publishing persistent messages with
+//! - [`publish`](fn@publish): a bare lapin client publishing persistent messages with
 //!   publisher confirms into the same quorum queue, with a fixed window of
 //!   publishes in flight.
 //! - [`confirm_latency`]: the same client publishing at a fixed rate (open
@@ -10,18 +10,18 @@
 //!   answer latency, the floor under ingress's.
 //! - [`serve_http_ceiling`]: a bare actix-web server with ingress's routes
 //!   that reads each body and answers 200, no broker: the HTTP ceiling.
-//! - [`insert`]: a bare tokio-postgres client inserting the same typed rows
+//! - [`insert`](fn@insert): a bare tokio-postgres client inserting the same typed rows
 //!   into the same `delivery_events` table (same indexes) with one set-based
 //!   `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per batch.
 //!
 //! # Layout
 //!
 //! - `http`: The HTTP ceiling server.
-//! - [`insert`]: The insert and store probes: rows per second into a fresh
+//! - [`insert`](mod@insert): The insert and store probes: rows per second into a fresh
 //!   database.
 //! - [`latency`]: The confirm-latency probe, and a bare consumer that keeps the
 //!   queue empty.
-//! - [`publish`]: The publish probe: confirmed publishes per second with a
+//! - [`publish`](mod@publish): The publish probe: confirmed publishes per second with a
 //!   fixed window in flight.
 
 mod http;
@@ -48,14 +48,14 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "probe", rename_all = "snake_case")]
 pub enum ProbeKey {
-    /// [`publish`].
+    /// [`publish`](fn@publish).
     Publish {
         /// Publishes awaiting a confirm at once.
         in_flight: usize,
         /// Confirm-mode channels.
         channels: usize,
     },
-    /// [`insert`].
+    /// [`insert`](fn@insert).
     Insert {
         /// What is written.
         kind: InsertKind,

@@ -14,7 +14,7 @@ pub fn free_port() -> u16 {
 }
 
 /// How to run one service process: the binary, its environment and ports.
-/// Kept by [`Process`] so a restart reuses it exactly.
+/// Kept by [`Process`](super::Process) so a restart reuses it exactly.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// Which binary.

@@ -54,7 +54,7 @@ pub struct SentWebhook {
 }
 
 /// The ledger of a run: what was sent and what ingress answered, enough for
-/// [`verify()`](super::verify()) to know what must be in the database.
+/// [`verify()`](crate::verify::verify()) to know what must be in the database.
 #[derive(Debug, Clone)]
 pub struct Sent {
     /// What decides the bodies.

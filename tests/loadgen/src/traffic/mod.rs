@@ -18,7 +18,7 @@
 //!
 //! - [`ids`]: The run id, in every id a run sends; UUIDs.
 //! - [`mix`]: The traffic mix.
-//! - [`body`]: Writing one callback body in the provider's legacy shape.
+//! - [`body`](mod@body): Writing one callback body in the provider's legacy shape.
 //! - [`events`]: Writing the signed events and the current API's callback.
 //! - [`signed`]: Planning a signed item: which events, retries, both channels.
 //! - [`ledger`]: The ledger of what was sent and how ingress answered each body.

@@ -52,7 +52,7 @@
 //!
 //! # Layout
 //!
-//! - [`check`]: One pass over the run's rows: events, copies, latest state,
+//! - [`check`](mod@check): One pass over the run's rows: events, copies, latest state,
 //!   quarantine.
 //! - [`signed`]: What the database can hold of signed events, the run's
 //!   `provider_events`, and the drops reported on both channels.

@@ -231,7 +231,7 @@ impl Source for SqsSource {
         self.deliveries.recv().await.map(Ok)
     }
 
-    /// It counts bytes: see [`Room`].
+    /// It counts bytes: see [`Room`](crate::source::budget::Room).
     fn limit(&self) -> Option<usize> {
         None
     }
