@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::cluster::{NODES, QueueNodes, RabbitCluster};
 
 use super::{
@@ -196,7 +197,7 @@ const NACKING: Duration = Duration::from_millis(2_500);
 /// full profile); with it, the CI profile's run had 301, one second of its
 /// load.
 fn require_few_nacks(outcome: &mut Outcome, p: Profile) {
-    let nacked = outcome.spooled.get("nack").copied().unwrap_or(0);
+    let nacked = outcome.spooled_for(SpoolCause::Nack);
     let bound = (p.rate * NACKING.as_secs_f64()) as u64;
     if nacked > bound {
         outcome.fail(format!(

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use corral_runtime::telemetry::labels::SpoolCause;
 use serde::Serialize;
 
 /// How hard and how long each scenario runs.
@@ -97,6 +98,11 @@ impl Outcome {
         self.spooled.values().sum()
     }
 
+    /// Webhooks answered from the spool for `cause`.
+    pub fn spooled_for(&self, cause: SpoolCause) -> u64 {
+        spooled_for(&self.spooled, cause)
+    }
+
     /// The share of requests answered 2xx.
     pub fn ok_share(&self) -> f64 {
         if self.sent == 0 {
@@ -144,4 +150,10 @@ pub fn table(outcomes: &[Outcome]) -> String {
         ));
     }
     out
+}
+
+/// Of webhooks spooled by cause (`corral_ingress_spooled_total`'s label),
+/// those spooled for `cause`.
+pub fn spooled_for(spooled: &BTreeMap<String, u64>, cause: SpoolCause) -> u64 {
+    spooled.get(cause.as_str()).copied().unwrap_or(0)
 }

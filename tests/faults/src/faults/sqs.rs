@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 
+use corral_runtime::telemetry::labels::SpoolCause;
 use corral_testkit::sqs::QueueOptions;
 
 use super::{
@@ -258,8 +259,8 @@ impl Snapshot {
         let drained = stack.worker_metric(SPOOL_DRAINED).await;
         Self {
             at: Instant::now(),
-            spooled_slow: spooled.get("slow").copied().unwrap_or(0),
-            spooled_unavailable: spooled.get("unavailable").copied().unwrap_or(0),
+            spooled_slow: spooled_for(&spooled, SpoolCause::Slow),
+            spooled_unavailable: spooled_for(&spooled, SpoolCause::Unavailable),
             from_sqs: (committed - drained).max(0.0) as u64,
             ack_failures: stack
                 .worker_metric("corral_worker_ack_failures_total")
