@@ -644,21 +644,25 @@ pub async fn wide_runs(plan: &Plan) -> anyhow::Result<WideRuns> {
         );
         let hold_ms = run.p50_ms;
         wide_runs.push(run);
-        for hold in [0.0, hold_ms] {
-            let bare = http_ceiling(connections, duration, hold).await?;
-            eprintln!(
-                "bench: HTTP ceiling at {connections} connections, answers held {hold:.1} ms: \
-                 {:.0}/s, peak RSS {:.1} MiB",
-                bare.accepted_per_sec, bare.peak_rss_mib
-            );
-            if hold == 0.0 {
-                bare_runs.push(bare);
-            } else {
-                holding_runs.push((hold, bare));
-            }
-        }
+        bare_runs.push(bare_wide(connections, duration, 0.0).await?);
+        holding_runs.push((hold_ms, bare_wide(connections, duration, hold_ms).await?));
     }
     Ok((wide_runs, bare_runs, holding_runs))
+}
+
+/// The HTTP ceiling holding `connections`, each answer held `hold_ms`.
+async fn bare_wide(
+    connections: usize,
+    duration: Duration,
+    hold_ms: f64,
+) -> anyhow::Result<IngressRun> {
+    let bare = http_ceiling(connections, duration, hold_ms).await?;
+    eprintln!(
+        "bench: HTTP ceiling at {connections} connections, answers held {hold_ms:.1} ms: \
+         {:.0}/s, peak RSS {:.1} MiB",
+        bare.accepted_per_sec, bare.peak_rss_mib
+    );
+    Ok(bare)
 }
 
 /// Webhooks per message for a log line: "—" when ingress does not say.
